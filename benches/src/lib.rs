@@ -1,0 +1,1 @@
+//! Shared input builders for the criterion benches in `benches/`.

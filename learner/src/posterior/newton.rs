@@ -1,0 +1,280 @@
+//! The MAP step of the logistic Laplace update (Chapelle & Li 2011,
+//! Algorithm 3): for a Gaussian prior N(m, Q⁻¹) and a micro-batch of
+//! (xⱼ, yⱼ ∈ {0, 1}, ωⱼ), minimise
+//!
+//! f(w) = ½ (w − m)ᵀ Q (w − m) + Σⱼ ωⱼ log(1 + exp(−sⱼ w·xⱼ)),  sⱼ = 2yⱼ − 1,
+//!
+//! by Newton's method with a backtracking line search (f is strictly
+//! convex). Two equivalent parameterisations, chosen by size:
+//! - **dual** (n ≤ d): the minimiser lies in m + Q⁻¹Xᵀc; with K = XQ⁻¹Xᵀ
+//!   the optimality condition is c = ω∘(y − σ(Xm + Kc)), an n-dimensional
+//!   Newton problem. One sample costs O(d) per iteration.
+//! - **primal** (n > d): Newton on w with the d × d Hessian
+//!   Q + Σ ωⱼ pⱼ(1 − pⱼ) xⱼxⱼᵀ.
+
+use super::Observation;
+use super::linalg::{cholesky_in_place, cholesky_solve, dot, dot_f32};
+use super::logistic::{MAX_NEWTON_ITERATIONS, NEWTON_TOLERANCE, sigmoid, softplus};
+
+/// The prior precision Q of the step.
+pub(crate) enum Precision<'a> {
+    /// Q = diag(q).
+    Diagonal(&'a [f64]),
+    /// Dense Q (row-major) with its Cholesky factor L (Q = L Lᵀ).
+    Full { q: &'a [f64], chol: &'a [f64] },
+}
+
+impl Precision<'_> {
+    /// `Q⁻¹ x` into `out`.
+    fn solve(&self, x: &[f32], out: &mut [f64]) {
+        match self {
+            Precision::Diagonal(q) => {
+                for ((o, &xi), qi) in out.iter_mut().zip(x).zip(q.iter()) {
+                    *o = f64::from(xi) / qi;
+                }
+            }
+            Precision::Full { chol, .. } => {
+                for (o, &xi) in out.iter_mut().zip(x) {
+                    *o = f64::from(xi);
+                }
+                cholesky_solve(chol, x.len(), out);
+            }
+        }
+    }
+
+    /// `vᵀ Q v`.
+    fn quadratic(&self, v: &[f64]) -> f64 {
+        match self {
+            Precision::Diagonal(q) => v.iter().zip(q.iter()).map(|(vi, qi)| qi * vi * vi).sum(),
+            Precision::Full { q, .. } => {
+                let d = v.len();
+                (0..d).map(|i| v[i] * dot(&q[i * d..(i + 1) * d], v)).sum()
+            }
+        }
+    }
+
+    /// Writes Q into the dense row-major `h`.
+    fn write_dense(&self, d: usize, h: &mut [f64]) {
+        match self {
+            Precision::Diagonal(q) => {
+                h.fill(0.0);
+                for i in 0..d {
+                    h[i * d + i] = q[i];
+                }
+            }
+            Precision::Full { q, .. } => h.copy_from_slice(q),
+        }
+    }
+}
+
+/// Result of a MAP step.
+pub(crate) struct MapStep {
+    /// The MAP weights, the new posterior mean.
+    pub(crate) w: Vec<f64>,
+    /// Newton iterations used.
+    pub(crate) iterations: u32,
+    /// Whether the tolerance was met before the iteration cap.
+    pub(crate) converged: bool,
+}
+
+/// Finds the MAP weights for `batch` under the prior N(`mean`, Q⁻¹).
+/// The batch must be validated (finite, right dimension) by the caller.
+pub(crate) fn map_step(
+    mean: &[f64],
+    precision: &Precision<'_>,
+    batch: &[Observation<'_>],
+) -> MapStep {
+    if batch.len() <= mean.len() {
+        dual(mean, precision, batch)
+    } else {
+        primal(mean, precision, batch)
+    }
+}
+
+fn signed(obs: &Observation<'_>) -> f64 {
+    if obs.reward { 1.0 } else { -1.0 }
+}
+
+fn target(obs: &Observation<'_>) -> f64 {
+    if obs.reward { 1.0 } else { 0.0 }
+}
+
+fn converged(step: &[f64], point: &[f64]) -> bool {
+    let step_max = step.iter().fold(0.0_f64, |a, s| a.max(s.abs()));
+    let point_max = point.iter().fold(0.0_f64, |a, s| a.max(s.abs()));
+    step_max <= NEWTON_TOLERANCE * (1.0 + point_max)
+}
+
+/// Backtracking (Armijo) along `dir` from `x`, where `slope` = ∇f·dir < 0.
+/// Returns the accepted step length (0 if no decrease was found).
+fn line_search(f0: f64, slope: f64, mut objective: impl FnMut(f64) -> f64) -> f64 {
+    let mut t = 1.0;
+    for _ in 0..40 {
+        let ft = objective(t);
+        if ft.is_finite() && ft <= f0 + 1e-4 * t * slope {
+            return t;
+        }
+        t *= 0.5;
+    }
+    0.0
+}
+
+fn dual(mean: &[f64], precision: &Precision<'_>, batch: &[Observation<'_>]) -> MapStep {
+    let (n, d) = (batch.len(), mean.len());
+    // v_j = Q⁻¹ x_j, K = X Q⁻¹ Xᵀ, a = X m.
+    let mut v = vec![0.0; n * d];
+    for (j, obs) in batch.iter().enumerate() {
+        precision.solve(obs.context, &mut v[j * d..(j + 1) * d]);
+    }
+    let mut k = vec![0.0; n * n];
+    for j in 0..n {
+        for l in 0..=j {
+            let kjl = dot_f32(&v[l * d..(l + 1) * d], batch[j].context);
+            k[j * n + l] = kjl;
+            k[l * n + j] = kjl;
+        }
+    }
+    let a: Vec<f64> = batch.iter().map(|o| dot_f32(mean, o.context)).collect();
+    let objective = |c: &[f64]| -> f64 {
+        let mut f = 0.0;
+        for j in 0..n {
+            let kc = dot(&k[j * n..(j + 1) * n], c);
+            f += 0.5 * c[j] * kc + batch[j].weight * softplus(-signed(&batch[j]) * (a[j] + kc));
+        }
+        f
+    };
+
+    let mut c = vec![0.0; n];
+    let mut iterations = 0;
+    let mut done = false;
+    let (mut residual, mut sqrt_d) = (vec![0.0; n], vec![0.0; n]);
+    let (mut b, mut dir, mut trial) = (vec![0.0; n * n], vec![0.0; n], vec![0.0; n]);
+    while iterations < MAX_NEWTON_ITERATIONS && !done {
+        iterations += 1;
+        // residual r = −F(c) = ω(y − p) − c; D = ω p (1 − p).
+        for j in 0..n {
+            let p = sigmoid(a[j] + dot(&k[j * n..(j + 1) * n], &c));
+            residual[j] = batch[j].weight * (target(&batch[j]) - p) - c[j];
+            sqrt_d[j] = (batch[j].weight * p * (1.0 - p)).sqrt();
+        }
+        // dir = (I + D K)⁻¹ r = r − D^½ B⁻¹ D^½ K r, B = I + D^½ K D^½.
+        for j in 0..n {
+            for l in 0..n {
+                b[j * n + l] =
+                    sqrt_d[j] * k[j * n + l] * sqrt_d[l] + if j == l { 1.0 } else { 0.0 };
+            }
+        }
+        let factored = cholesky_in_place(&mut b, n);
+        debug_assert!(factored, "I + D^½ K D^½ is positive definite");
+        for j in 0..n {
+            trial[j] = sqrt_d[j] * dot(&k[j * n..(j + 1) * n], &residual);
+        }
+        cholesky_solve(&b, n, &mut trial);
+        for j in 0..n {
+            dir[j] = residual[j] - sqrt_d[j] * trial[j];
+        }
+        // ∇f = K F = −K r.
+        let slope: f64 = -(0..n)
+            .map(|j| dot(&k[j * n..(j + 1) * n], &residual) * dir[j])
+            .sum::<f64>();
+        let f0 = objective(&c);
+        let t = if slope < 0.0 {
+            line_search(f0, slope, |t| {
+                for j in 0..n {
+                    trial[j] = c[j] + t * dir[j];
+                }
+                objective(&trial)
+            })
+        } else {
+            0.0
+        };
+        for j in 0..n {
+            dir[j] *= t;
+            c[j] += dir[j];
+        }
+        done = t == 0.0 || converged(&dir, &c);
+    }
+    let mut w = mean.to_vec();
+    for j in 0..n {
+        for (wi, vi) in w.iter_mut().zip(&v[j * d..(j + 1) * d]) {
+            *wi += c[j] * vi;
+        }
+    }
+    MapStep {
+        w,
+        iterations,
+        converged: done,
+    }
+}
+
+fn primal(mean: &[f64], precision: &Precision<'_>, batch: &[Observation<'_>]) -> MapStep {
+    let d = mean.len();
+    let objective = |w: &[f64], diff: &mut [f64]| -> f64 {
+        for ((di, wi), mi) in diff.iter_mut().zip(w).zip(mean) {
+            *di = wi - mi;
+        }
+        let likelihood: f64 = batch
+            .iter()
+            .map(|o| o.weight * softplus(-signed(o) * dot_f32(w, o.context)))
+            .sum();
+        0.5 * precision.quadratic(diff) + likelihood
+    };
+    let mut w = mean.to_vec();
+    let (mut h, mut g, mut diff, mut trial) =
+        (vec![0.0; d * d], vec![0.0; d], vec![0.0; d], vec![0.0; d]);
+    let mut iterations = 0;
+    let mut done = false;
+    while iterations < MAX_NEWTON_ITERATIONS && !done {
+        iterations += 1;
+        // g = Q (w − m) − Σ ω (y − p) x; H = Q + Σ ω p (1 − p) x xᵀ.
+        precision.write_dense(d, &mut h);
+        for i in 0..d {
+            diff[i] = w[i] - mean[i];
+        }
+        for i in 0..d {
+            g[i] = dot(&h[i * d..(i + 1) * d], &diff);
+        }
+        for obs in batch {
+            let p = sigmoid(dot_f32(&w, obs.context));
+            let (gj, hj) = (obs.weight * (target(obs) - p), obs.weight * p * (1.0 - p));
+            for i in 0..d {
+                let xi = f64::from(obs.context[i]);
+                g[i] -= gj * xi;
+                for l in 0..=i {
+                    h[i * d + l] += hj * xi * f64::from(obs.context[l]);
+                }
+            }
+        }
+        for i in 0..d {
+            for l in 0..i {
+                h[l * d + i] = h[i * d + l];
+            }
+        }
+        let factored = cholesky_in_place(&mut h, d);
+        debug_assert!(factored, "Q + XᵀDX is positive definite");
+        let mut dir: Vec<f64> = g.iter().map(|gi| -gi).collect();
+        cholesky_solve(&h, d, &mut dir);
+        let slope = dot(&g, &dir);
+        let f0 = objective(&w, &mut diff);
+        let t = if slope < 0.0 {
+            line_search(f0, slope, |t| {
+                for i in 0..d {
+                    trial[i] = w[i] + t * dir[i];
+                }
+                objective(&trial, &mut diff)
+            })
+        } else {
+            0.0
+        };
+        for i in 0..d {
+            dir[i] *= t;
+            w[i] += dir[i];
+        }
+        done = t == 0.0 || converged(&dir, &w);
+    }
+    MapStep {
+        w,
+        iterations,
+        converged: done,
+    }
+}

@@ -1,0 +1,131 @@
+//! The domain sample, converted from the wire `JoinedSample` and validated
+//! at that boundary: nothing non-finite gets past it.
+
+use posterior_proto::v1::JoinedSample;
+
+/// Why a sample cannot be applied. Each variant has a stable
+/// [`SampleError::reason`] for dead-letter records and metrics.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SampleError {
+    /// `version` was empty.
+    #[error("version is empty")]
+    EmptyVersion,
+    /// A context entry, label or the weight was NaN or infinite.
+    #[error("{field} is not finite ({value})")]
+    NonFinite {
+        /// `context[i]`, `labels.<name>` or `weight`.
+        field: String,
+        /// The offending value.
+        value: f32,
+    },
+    /// The weight was negative.
+    #[error("weight {0} is negative")]
+    NegativeWeight(f32),
+    /// The context length does not match the version's dimension.
+    #[error("context has dimension {got}, expected {expected}")]
+    WrongDimension {
+        /// The version's dimension.
+        expected: usize,
+        /// The sample's.
+        got: usize,
+    },
+    /// The version's reward label is absent.
+    #[error("reward label {label:?} is missing")]
+    MissingLabel {
+        /// The label the version rewards.
+        label: String,
+    },
+    /// The sample was routed to the wrong version's spec.
+    #[error("sample of version {got:?} given to version {expected:?}")]
+    VersionMismatch {
+        /// The spec's version.
+        expected: String,
+        /// The sample's version.
+        got: String,
+    },
+}
+
+impl SampleError {
+    /// Stable, low-cardinality reason for dead-letter records and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SampleError::EmptyVersion => "empty_version",
+            SampleError::NonFinite { .. } => "non_finite",
+            SampleError::NegativeWeight(_) => "negative_weight",
+            SampleError::WrongDimension { .. } => "wrong_dimension",
+            SampleError::MissingLabel { .. } => "missing_label",
+            SampleError::VersionMismatch { .. } => "version_mismatch",
+        }
+    }
+}
+
+/// A validated joined sample: finite context, labels and weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Document shown.
+    pub doc_id: u64,
+    /// A/B version that ranked the request.
+    pub version: String,
+    /// Exposure time (Unix ms).
+    pub event_time_ms: i64,
+    /// Dense context (empty for Beta versions).
+    pub context: Vec<f32>,
+    /// Labels sorted by name (deterministic iteration).
+    pub labels: Vec<(String, f32)>,
+    /// Weight ≥ 0; a wire value of 0 (the proto3 default) reads as 1.
+    pub weight: f32,
+    /// Optional id for de-duplication.
+    pub sample_id: Option<String>,
+}
+
+impl Sample {
+    /// The value of a label, if present.
+    pub fn label(&self, name: &str) -> Option<f32> {
+        self.labels
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .map(|i| self.labels[i].1)
+    }
+}
+
+impl TryFrom<JoinedSample> for Sample {
+    type Error = SampleError;
+
+    fn try_from(wire: JoinedSample) -> Result<Self, Self::Error> {
+        if wire.version.is_empty() {
+            return Err(SampleError::EmptyVersion);
+        }
+        if let Some(i) = wire.context.iter().position(|x| !x.is_finite()) {
+            return Err(SampleError::NonFinite {
+                field: format!("context[{i}]"),
+                value: wire.context[i],
+            });
+        }
+        let mut labels: Vec<(String, f32)> = wire.labels.into_iter().collect();
+        labels.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some((name, value)) = labels.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(SampleError::NonFinite {
+                field: format!("labels.{name}"),
+                value: *value,
+            });
+        }
+        if !wire.weight.is_finite() {
+            return Err(SampleError::NonFinite {
+                field: "weight".to_owned(),
+                value: wire.weight,
+            });
+        }
+        if wire.weight < 0.0 {
+            return Err(SampleError::NegativeWeight(wire.weight));
+        }
+        Ok(Self {
+            doc_id: wire.doc_id,
+            version: wire.version,
+            event_time_ms: wire.event_time_ms,
+            context: wire.context,
+            labels,
+            weight: if wire.weight == 0.0 { 1.0 } else { wire.weight },
+            sample_id: (!wire.sample_id.is_empty()).then_some(wire.sample_id),
+        })
+    }
+}
