@@ -6,9 +6,11 @@
 //!   posteriors, forgetting, Thompson draws and the binary state encoding.
 //!   No I/O, no clock, no global RNG.
 //! - [`version`]: an A/B version's spec: model, prior, reward label, weights.
+//! - [`params`]: a key's state as the wire `Params` / `ParamUpdate`.
 //! - [`sample`]: the domain `Sample`, converted from the wire `JoinedSample`
 //!   and validated at that boundary.
 
+pub mod params;
 pub mod posterior;
 pub mod sample;
 pub mod version;

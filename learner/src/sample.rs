@@ -129,3 +129,80 @@ impl TryFrom<JoinedSample> for Sample {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire() -> JoinedSample {
+        JoinedSample {
+            doc_id: 42,
+            version: "ctr-ts".into(),
+            event_time_ms: 1_700_000_000_000,
+            context: vec![0.1, -0.3, 2.0],
+            labels: [("click".to_owned(), 1.0), ("dwell_s".to_owned(), 12.5)].into(),
+            weight: 0.0,
+            sample_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn valid_sample_converts_with_defaults() {
+        let sample = Sample::try_from(wire()).unwrap();
+        assert_eq!(sample.weight, 1.0, "proto3 default weight reads as 1");
+        assert_eq!(sample.sample_id, None);
+        assert_eq!(sample.label("dwell_s"), Some(12.5));
+        assert_eq!(sample.label("order"), None);
+    }
+
+    #[test]
+    fn bad_samples_are_rejected_naming_the_field() {
+        let cases: Vec<(JoinedSample, &str, &str)> = vec![
+            (
+                JoinedSample {
+                    context: vec![0.0, 0.0, f32::NAN],
+                    ..wire()
+                },
+                "context[2]",
+                "non_finite",
+            ),
+            (
+                JoinedSample {
+                    labels: [("click".to_owned(), f32::INFINITY)].into(),
+                    ..wire()
+                },
+                "labels.click",
+                "non_finite",
+            ),
+            (
+                JoinedSample {
+                    weight: -1.0,
+                    ..wire()
+                },
+                "negative",
+                "negative_weight",
+            ),
+            (
+                JoinedSample {
+                    weight: f32::NAN,
+                    ..wire()
+                },
+                "weight",
+                "non_finite",
+            ),
+            (
+                JoinedSample {
+                    version: String::new(),
+                    ..wire()
+                },
+                "version",
+                "empty_version",
+            ),
+        ];
+        for (input, needle, reason) in cases {
+            let err = Sample::try_from(input).unwrap_err();
+            assert!(err.to_string().contains(needle), "{err} lacks {needle}");
+            assert_eq!(err.reason(), reason);
+        }
+    }
+}

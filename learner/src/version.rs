@@ -145,3 +145,119 @@ impl TryFrom<v1::VersionSpec> for VersionSpec {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use posterior_proto::v1::{BetaModel, LogisticModel, version_spec::Model};
+
+    fn logistic_spec(dim: u32) -> v1::VersionSpec {
+        v1::VersionSpec {
+            name: "dwell".into(),
+            model: Some(Model::Logistic(LogisticModel {
+                dim,
+                form: v1::CovarianceForm::Diagonal as i32,
+                prior_mean: vec![],
+                prior_precision: 1.0,
+            })),
+            reward_label: "dwell_s".into(),
+            reward_threshold: 30.0,
+            forgetting_half_life_ms: 3_600_000,
+            use_sample_weight: true,
+        }
+    }
+
+    fn sample(dwell: f32, context: Vec<f32>) -> Sample {
+        Sample {
+            doc_id: 1,
+            version: "dwell".into(),
+            event_time_ms: 5,
+            context,
+            labels: vec![("click".into(), 1.0), ("dwell_s".into(), dwell)],
+            weight: 2.0,
+            sample_id: None,
+        }
+    }
+
+    #[test]
+    fn reward_is_the_versions_label_against_its_threshold() {
+        let spec = VersionSpec::try_from(logistic_spec(2)).unwrap();
+        assert_eq!(spec.model.forgetting.unwrap().half_life_ms(), 3_600_000);
+        let long = sample(45.0, vec![1.0, 0.0]);
+        let short = sample(10.0, vec![1.0, 0.0]);
+        let obs = spec.observation(&long).unwrap();
+        assert!(obs.reward);
+        assert_eq!((obs.weight, obs.event_time_ms), (2.0, 5));
+        assert!(!spec.observation(&short).unwrap().reward);
+        let unweighted = VersionSpec {
+            use_sample_weight: false,
+            ..spec.clone()
+        };
+        assert_eq!(unweighted.observation(&long).unwrap().weight, 1.0);
+    }
+
+    #[test]
+    fn unusable_samples_are_rejected() {
+        let spec = VersionSpec::try_from(logistic_spec(2)).unwrap();
+        let err = spec.observation(&sample(45.0, vec![1.0])).unwrap_err();
+        assert_eq!(err.reason(), "wrong_dimension");
+        let mut no_label = sample(45.0, vec![1.0, 0.0]);
+        no_label.labels.retain(|(n, _)| n != "dwell_s");
+        let err = spec.observation(&no_label).unwrap_err();
+        assert_eq!(err.reason(), "missing_label");
+        assert!(err.to_string().contains("dwell_s"));
+        let mut other = sample(45.0, vec![1.0, 0.0]);
+        other.version = "other".into();
+        assert_eq!(
+            spec.observation(&other).unwrap_err().reason(),
+            "version_mismatch"
+        );
+    }
+
+    #[test]
+    fn invalid_specs_name_the_field() {
+        let mut bad_mean = logistic_spec(3);
+        if let Some(Model::Logistic(l)) = &mut bad_mean.model {
+            l.prior_mean = vec![0.0; 2];
+        }
+        let cases = [
+            (bad_mean, "prior_mean"),
+            (
+                v1::VersionSpec {
+                    model: None,
+                    ..logistic_spec(2)
+                },
+                "model",
+            ),
+            (logistic_spec(0), "dim"),
+            (
+                v1::VersionSpec {
+                    reward_label: String::new(),
+                    ..logistic_spec(2)
+                },
+                "reward_label",
+            ),
+            (
+                v1::VersionSpec {
+                    model: Some(Model::Beta(BetaModel {
+                        alpha0: 1.0,
+                        beta0: -2.0,
+                    })),
+                    ..logistic_spec(2)
+                },
+                "beta0",
+            ),
+            (
+                v1::VersionSpec {
+                    forgetting_half_life_ms: -5,
+                    ..logistic_spec(2)
+                },
+                "forgetting_half_life_ms",
+            ),
+        ];
+        for (spec, field) in cases {
+            let err = VersionSpec::try_from(spec).unwrap_err();
+            assert!(err.to_string().contains(field), "{err} lacks {field}");
+        }
+    }
+}
