@@ -18,7 +18,7 @@ use rand_distr::StandardNormal;
 
 use super::forgetting::decay;
 use super::linalg::dot_f32;
-use super::newton::{Precision, map_step};
+use super::newton::{Precision, map_step, single_step};
 use super::observation::validate_context;
 use super::{Forgetting, Observation, PosteriorError};
 
@@ -231,14 +231,19 @@ impl DiagonalGaussian {
         if batch.is_empty() {
             return Ok(UpdateStats::default());
         }
+        let factor = match forgetting {
+            Some(forgetting) => {
+                let newest_ms = batch.iter().map(|o| o.event_time_ms).max();
+                forgetting.factor(last_event_ms, newest_ms.unwrap_or(last_event_ms))
+            }
+            None => 1.0,
+        };
+        if let [obs] = batch {
+            return self.update_single(prior, factor, obs);
+        }
         let mut next = self.clone();
-        if let Some(forgetting) = forgetting {
-            let newest_ms = batch
-                .iter()
-                .map(|o| o.event_time_ms)
-                .max()
-                .unwrap_or(last_event_ms);
-            next.decay(prior, forgetting.factor(last_event_ms, newest_ms));
+        if factor < 1.0 {
+            next.decay(prior, factor);
         }
         let q = next
             .precision
@@ -268,6 +273,51 @@ impl DiagonalGaussian {
         })
     }
 
+    /// The update for one observation, the common case of a fresh click,
+    /// without allocation: the dual step reduces to a scalar root (see
+    /// `newton::single_step`). The new state is computed twice — once to
+    /// check that it is finite, once to write it — so a rejected update
+    /// changes nothing.
+    fn update_single(
+        &mut self,
+        prior: &LogisticPrior,
+        factor: f64,
+        obs: &Observation<'_>,
+    ) -> Result<UpdateStats, PosteriorError> {
+        let (q0, m0) = (prior.precision, &prior.mean);
+        // Forgetting first, in natural parameters, exactly as `decay` does.
+        let decayed = |m: f64, q: f64, i: usize| decay_coordinate(m, q, m0[i], q0, factor);
+        let (mut a, mut k) = (0.0, 0.0);
+        for (i, &x) in obs.context.iter().enumerate() {
+            let (m, q) = decayed(self.mean[i], self.precision[i], i);
+            let x = f64::from(x);
+            a += m * x;
+            k += x * x / q;
+        }
+        let (c, iterations, converged) = single_step(a, k, obs.reward, obs.weight);
+        let p = sigmoid(a + k * c);
+        let curvature = obs.weight * p * (1.0 - p);
+        let next = |m: f64, q: f64, i: usize| {
+            let (m, q) = decayed(m, q, i);
+            let x = f64::from(obs.context[i]);
+            (m + c * x / q, q + curvature * x * x)
+        };
+        let finite = (0..self.dim()).all(|i| {
+            let (m, q) = next(self.mean[i], self.precision[i], i);
+            m.is_finite() && q.is_finite()
+        });
+        if !finite {
+            return Err(PosteriorError::Unstable);
+        }
+        for i in 0..self.dim() {
+            (self.mean[i], self.precision[i]) = next(self.mean[i], self.precision[i], i);
+        }
+        Ok(UpdateStats {
+            newton_iterations: iterations,
+            converged,
+        })
+    }
+
     /// Decays the evidence toward the prior in natural parameters
     /// (precision q and information η = q·m) by `factor` ∈ (0, 1].
     pub fn decay(&mut self, prior: &LogisticPrior, factor: f64) {
@@ -278,9 +328,7 @@ impl DiagonalGaussian {
             .zip(self.precision.iter_mut())
             .zip(&prior.mean)
         {
-            let eta = decay(*q * *m, q0 * m0, factor);
-            *q = decay(*q, q0, factor).max(PRECISION_FLOOR);
-            *m = eta / *q;
+            (*m, *q) = decay_coordinate(*m, *q, m0, q0, factor);
         }
     }
 
@@ -332,6 +380,18 @@ impl DiagonalGaussian {
                 .iter()
                 .all(|q| q.is_finite() && *q >= PRECISION_FLOOR)
     }
+}
+
+/// One coordinate (mean, precision) decayed toward the prior (m₀, q₀) in
+/// natural parameters; `factor` 1 leaves it as is.
+#[inline]
+fn decay_coordinate(m: f64, q: f64, m0: f64, q0: f64, factor: f64) -> (f64, f64) {
+    if factor == 1.0 {
+        return (m, q);
+    }
+    let eta = decay(q * m, q0 * m0, factor);
+    let q = decay(q, q0, factor).max(PRECISION_FLOOR);
+    (eta / q, q)
 }
 
 pub(crate) fn check_finite(field: &'static str, values: &[f64]) -> Result<(), PosteriorError> {
