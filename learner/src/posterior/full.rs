@@ -143,7 +143,7 @@ impl FullGaussian {
                 chol: next.chol_slice(),
             },
             batch,
-        );
+        )?;
         next.mean = Array1::from(step.w);
         let d = next.dim();
         for obs in batch {

@@ -250,7 +250,7 @@ impl DiagonalGaussian {
             .as_slice()
             .expect("owned array is contiguous");
         let m = next.mean.as_slice().expect("owned array is contiguous");
-        let step = map_step(m, &Precision::Diagonal(q), batch);
+        let step = map_step(m, &Precision::Diagonal(q), batch)?;
         next.mean = Array1::from(step.w);
         for obs in batch {
             let p = sigmoid(dot_f32(

@@ -12,9 +12,9 @@
 //! - **primal** (n > d): Newton on w with the d × d Hessian
 //!   Q + Σ ωⱼ pⱼ(1 − pⱼ) xⱼxⱼᵀ.
 
-use super::Observation;
 use super::linalg::{cholesky_in_place, cholesky_solve, dot, dot_f32};
 use super::logistic::{MAX_NEWTON_ITERATIONS, NEWTON_TOLERANCE, sigmoid, softplus};
+use super::{Observation, PosteriorError};
 
 /// The prior precision Q of the step.
 pub(crate) enum Precision<'a> {
@@ -83,7 +83,7 @@ pub(crate) fn map_step(
     mean: &[f64],
     precision: &Precision<'_>,
     batch: &[Observation<'_>],
-) -> MapStep {
+) -> Result<MapStep, PosteriorError> {
     if batch.len() <= mean.len() {
         dual(mean, precision, batch)
     } else {
@@ -119,7 +119,11 @@ fn line_search(f0: f64, slope: f64, mut objective: impl FnMut(f64) -> f64) -> f6
     0.0
 }
 
-fn dual(mean: &[f64], precision: &Precision<'_>, batch: &[Observation<'_>]) -> MapStep {
+fn dual(
+    mean: &[f64],
+    precision: &Precision<'_>,
+    batch: &[Observation<'_>],
+) -> Result<MapStep, PosteriorError> {
     let (n, d) = (batch.len(), mean.len());
     // v_j = Q⁻¹ x_j, K = X Q⁻¹ Xᵀ, a = X m.
     let mut v = vec![0.0; n * d];
@@ -164,8 +168,11 @@ fn dual(mean: &[f64], precision: &Precision<'_>, batch: &[Observation<'_>]) -> M
                     sqrt_d[j] * k[j * n + l] * sqrt_d[l] + if j == l { 1.0 } else { 0.0 };
             }
         }
-        let factored = cholesky_in_place(&mut b, n);
-        debug_assert!(factored, "I + D^½ K D^½ is positive definite");
+        // Positive definite in exact arithmetic; at the edge of floating
+        // point (features ~1e15) it can fail, and the update is refused.
+        if !cholesky_in_place(&mut b, n) {
+            return Err(PosteriorError::Unstable);
+        }
         for j in 0..n {
             trial[j] = sqrt_d[j] * dot(&k[j * n..(j + 1) * n], &residual);
         }
@@ -200,14 +207,18 @@ fn dual(mean: &[f64], precision: &Precision<'_>, batch: &[Observation<'_>]) -> M
             *wi += c[j] * vi;
         }
     }
-    MapStep {
+    Ok(MapStep {
         w,
         iterations,
         converged: done,
-    }
+    })
 }
 
-fn primal(mean: &[f64], precision: &Precision<'_>, batch: &[Observation<'_>]) -> MapStep {
+fn primal(
+    mean: &[f64],
+    precision: &Precision<'_>,
+    batch: &[Observation<'_>],
+) -> Result<MapStep, PosteriorError> {
     let d = mean.len();
     let objective = |w: &[f64], diff: &mut [f64]| -> f64 {
         for ((di, wi), mi) in diff.iter_mut().zip(w).zip(mean) {
@@ -250,8 +261,9 @@ fn primal(mean: &[f64], precision: &Precision<'_>, batch: &[Observation<'_>]) ->
                 h[l * d + i] = h[i * d + l];
             }
         }
-        let factored = cholesky_in_place(&mut h, d);
-        debug_assert!(factored, "Q + XᵀDX is positive definite");
+        if !cholesky_in_place(&mut h, d) {
+            return Err(PosteriorError::Unstable);
+        }
         let mut dir: Vec<f64> = g.iter().map(|gi| -gi).collect();
         cholesky_solve(&h, d, &mut dir);
         let slope = dot(&g, &dir);
@@ -272,11 +284,11 @@ fn primal(mean: &[f64], precision: &Precision<'_>, batch: &[Observation<'_>]) ->
         }
         done = t == 0.0 || converged(&dir, &w);
     }
-    MapStep {
+    Ok(MapStep {
         w,
         iterations,
         converged: done,
-    }
+    })
 }
 
 /// The MAP step for a single observation in the dual form, without

@@ -507,6 +507,46 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Far outside any real feature scale: an update may be refused as
+    /// unstable, but it never panics and never leaves a broken state.
+    #[test]
+    fn extreme_inputs_never_break_invariants(
+        model in 1_u8..3,
+        batches in prop::collection::vec(
+            prop::collection::vec(
+                (
+                    prop::collection::vec(
+                        prop_oneof![-1.0e15_f32..1.0e15, -1.0e-20_f32..1.0e-20, Just(0.0_f32)],
+                        3,
+                    ),
+                    any::<bool>(),
+                    prop_oneof![Just(0.0), 0.0_f64..MAX_WEIGHT],
+                    any::<i64>(),
+                ),
+                1..8,
+            ),
+            1..5,
+        ),
+    ) {
+        let spec = spec_for(model, 3);
+        let mut state = KeyState::prior(&spec);
+        for batch in &batches {
+            let before = state.clone();
+            let obs: Vec<Observation<'_>> = batch
+                .iter()
+                .map(|(x, y, w, t)| Observation { context: x, reward: *y, weight: *w, event_time_ms: *t })
+                .collect();
+            if state.update(&spec, &obs).is_err() {
+                prop_assert_eq!(&state, &before);
+            }
+            assert_invariants(&state);
+        }
+    }
+}
+
 #[test]
 fn decode_refuses_other_formats() {
     let state = KeyState::prior(&spec_for(1, 2));
