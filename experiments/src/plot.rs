@@ -1,0 +1,189 @@
+//! PNG plots of regret curves: log-x axis, one line per policy, reference
+//! curves dashed-looking (thin, black).
+//!
+//! The font is loaded at run time from [`FONT_PATH`] and registered with
+//! plotters' `ab_glyph` backend; nothing is drawn without it.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, anyhow, bail};
+use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
+
+use crate::report::ScenarioResult;
+
+/// The TrueType font the plots use.
+pub const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+/// Plot size in pixels.
+pub const SIZE_PX: (u32, u32) = (960, 600);
+
+static FONT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+
+/// Registers [`FONT_PATH`] as `sans-serif`, once per process.
+pub fn ensure_font() -> Result<()> {
+    FONT.get_or_init(|| {
+        let bytes = std::fs::read(FONT_PATH).map_err(|e| {
+            format!("font {FONT_PATH} missing ({e}); install it with `apt-get install fonts-dejavu-core`")
+        })?;
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| format!("font {FONT_PATH} is not a usable TrueType font"))
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// The y-range: three times the best non-zero final regret (or the
+/// reference curves, if larger), so that the interesting curves are not
+/// flattened by linear-regret baselines, which run off the top instead.
+fn y_max(result: &ScenarioResult) -> f64 {
+    let finals: Vec<f64> = result
+        .policies
+        .iter()
+        .map(|p| p.band.last().0)
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .collect();
+    let best = finals.iter().copied().fold(f64::INFINITY, f64::min);
+    let worst = finals.iter().copied().fold(0.0f64, f64::max);
+    let reference = result
+        .references
+        .iter()
+        .filter_map(|r| r.values.last().copied())
+        .fold(0.0f64, f64::max);
+    let top = (3.0 * best).max(1.1 * reference);
+    if top.is_finite() {
+        top.min(1.05 * worst.max(reference)).max(1.0)
+    } else {
+        1.0
+    }
+}
+
+/// The curve's points up to where it leaves the plot at `y_max`, the last
+/// one interpolated onto the top edge (log-x).
+fn clipped(steps: &[u64], values: &[f64], y_max: f64) -> Vec<(f64, f64)> {
+    let mut points: Vec<(f64, f64)> = Vec::with_capacity(steps.len());
+    for (&t, &v) in steps.iter().zip(values) {
+        let t = t as f64;
+        if v <= y_max {
+            points.push((t, v));
+            continue;
+        }
+        if let Some(&(t0, v0)) = points.last() {
+            let f = (y_max - v0) / (v - v0);
+            points.push(((t0.ln() + f * (t.ln() - t0.ln())).exp(), y_max));
+        }
+        break;
+    }
+    points
+}
+
+/// Draws `result`'s mean regret curves to `path`.
+pub fn regret_plot(result: &ScenarioResult, path: &Path) -> Result<()> {
+    ensure_font()?;
+    let steps = result.checkpoints.steps();
+    if steps.len() < 2 {
+        bail!("need at least two checkpoints to plot");
+    }
+    let x_max = result.horizon() as f64;
+    let y_max = y_max(result);
+    let root = BitMapBackend::new(path, SIZE_PX).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
+    let title = format!("{} (seed {})", result.scenario, result.seed);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((1f64..x_max).log_scale(), 0f64..y_max)
+        .map_err(|e| anyhow!("plot: {e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("t (log scale)")
+        .y_desc("cumulative regret (curves leaving the top are clipped)")
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .x_label_formatter(&|x| format!("{x:.0e}"))
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| anyhow!("plot: {e}"))?;
+    for (i, p) in result.policies.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let points = steps
+            .iter()
+            .zip(&p.band.mean)
+            .map(|(&t, &r)| (t as f64, r.min(y_max * 2.0)));
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(|e| anyhow!("plot: {e}"))?
+            .label(p.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    for r in &result.references {
+        let points = clipped(steps, &r.values, y_max);
+        chart
+            .draw_series(LineSeries::new(points, BLACK.stroke_width(1)))
+            .map_err(|e| anyhow!("plot: {e}"))?
+            .label(r.name.clone())
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(1)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(|e| anyhow!("plot: {e}"))?;
+    root.present()
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::curve::{Band, Checkpoints, Curve};
+    use crate::report::PolicyResult;
+
+    #[test]
+    fn clipping_interpolates_onto_the_top_edge() {
+        let p = clipped(&[1, 10, 100], &[0.0, 5.0, 15.0], 10.0);
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[2].1, 10.0);
+        assert!((p[2].0 - 10f64.powf(1.5)).abs() < 1e-9, "{p:?}");
+    }
+
+    #[test]
+    fn draws_a_png_when_the_font_exists() {
+        if !Path::new(FONT_PATH).exists() {
+            println!("plot: skipped, {FONT_PATH} missing");
+            return;
+        }
+        let checkpoints = Checkpoints::from_steps(vec![1, 10, 100]);
+        let band = Band::from_curves(&[Curve {
+            regret: vec![0.5, 3.0, 8.0],
+            clicks: vec![0.0, 1.0, 5.0],
+        }]);
+        let result = ScenarioResult {
+            scenario: "unit".into(),
+            seed: 1,
+            params: serde_json::json!({}),
+            checkpoints,
+            policies: vec![PolicyResult {
+                name: "ts".into(),
+                band,
+                examples_per_s: 1.0,
+                note: String::new(),
+            }],
+            references: Vec::new(),
+            notes: Vec::new(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unit.png");
+        regret_plot(&result, &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+    }
+}
