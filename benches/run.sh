@@ -15,7 +15,7 @@ trap 'rm -f "$marker"' EXIT
 # The commit being built, and whether the crates it measures have
 # uncommitted edits (the working tree is shared), recorded before building.
 commit="$(git -C "$repo" rev-parse --short HEAD)"
-if [ -n "$(git -C "$repo" status --porcelain -- learner benches)" ]; then
+if [ -n "$(git -C "$repo" status --porcelain -- learner benches/src benches/benches benches/Cargo.toml)" ]; then
     commit="$commit + uncommitted edits in learner/ or benches/"
 fi
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
