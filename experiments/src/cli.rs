@@ -11,7 +11,7 @@ use crate::contextual::{self, ContextualConfig, Entry};
 use crate::curve::Checkpoints;
 use crate::environment::{CtrLevel, WorldConfig};
 use crate::parallel::Runner;
-use crate::plot;
+use crate::plot::{self, XAxis};
 use crate::policy::PriorConfig;
 use crate::report::ScenarioResult;
 use crate::vw::{self, PeerConfig, Variant};
@@ -381,7 +381,11 @@ fn emit(result: &ScenarioResult, dir: &Path, stem: &str) -> Result<()> {
     println!("{}", result.table());
     result.write(dir, stem)?;
     let png = dir.join(format!("{}-regret.png", result.file_stem(stem)));
-    plot::regret_plot(result, &png).context("plot regret")?;
+    plot::regret_plot(result, &png, XAxis::Log).context("plot regret")?;
+    if result.scenario.starts_with("drift") {
+        let png = dir.join(format!("{}-regret-linear.png", result.file_stem(stem)));
+        plot::regret_plot(result, &png, XAxis::Linear).context("plot regret")?;
+    }
     println!("wrote {}", dir.display());
     Ok(())
 }

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result, anyhow, bail};
+use plotters::coord::ranged1d::{Ranged, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
@@ -78,40 +80,76 @@ fn clipped(steps: &[u64], values: &[f64], y_max: f64) -> Vec<(f64, f64)> {
     points
 }
 
+/// The x axis of a plot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XAxis {
+    /// Log-spaced t, for regret curves.
+    Log,
+    /// Linear t, to see a change at a given step (drift).
+    Linear,
+}
+
 /// Draws `result`'s mean regret curves to `path`.
-pub fn regret_plot(result: &ScenarioResult, path: &Path) -> Result<()> {
+pub fn regret_plot(result: &ScenarioResult, path: &Path, x_axis: XAxis) -> Result<()> {
     ensure_font()?;
-    let steps = result.checkpoints.steps();
-    if steps.len() < 2 {
+    if result.checkpoints.steps().len() < 2 {
         bail!("need at least two checkpoints to plot");
     }
     let x_max = result.horizon() as f64;
-    let y_max = y_max(result);
     let root = BitMapBackend::new(path, SIZE_PX).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
     let title = format!("{} (seed {})", result.scenario, result.seed);
-    let mut chart = ChartBuilder::on(&root)
+    let mut builder = ChartBuilder::on(&root);
+    builder
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d((1f64..x_max).log_scale(), 0f64..y_max)
-        .map_err(|e| anyhow!("plot: {e}"))?;
+        .y_label_area_size(70);
+    let y_max = y_max(result);
+    match x_axis {
+        XAxis::Log => {
+            let chart = builder
+                .build_cartesian_2d((1f64..x_max).log_scale(), 0f64..y_max)
+                .map_err(|e| anyhow!("plot: {e}"))?;
+            draw(chart, result, y_max, "t (log scale)", &|x| {
+                format!("{x:.0e}")
+            })?;
+        }
+        XAxis::Linear => {
+            let chart = builder
+                .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+                .map_err(|e| anyhow!("plot: {e}"))?;
+            draw(chart, result, y_max, "t", &|x| format!("{x:.1e}"))?;
+        }
+    }
+    root.present()
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+fn draw<'a, X>(
+    mut chart: ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, RangedCoordf64>>,
+    result: &ScenarioResult,
+    y_max: f64,
+    x_desc: &str,
+    x_format: &dyn Fn(&f64) -> String,
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let steps = result.checkpoints.steps();
     chart
         .configure_mesh()
-        .x_desc("t (log scale)")
+        .x_desc(x_desc)
         .y_desc("cumulative regret (curves leaving the top are clipped)")
         .y_label_formatter(&|y| format!("{y:.0}"))
-        .x_label_formatter(&|x| format!("{x:.0e}"))
+        .x_label_formatter(x_format)
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| anyhow!("plot: {e}"))?;
     for (i, p) in result.policies.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let points = steps
-            .iter()
-            .zip(&p.band.mean)
-            .map(|(&t, &r)| (t as f64, r.min(y_max * 2.0)));
+        let points = clipped(steps, &p.band.mean, y_max);
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(|e| anyhow!("plot: {e}"))?
@@ -136,8 +174,6 @@ pub fn regret_plot(result: &ScenarioResult, path: &Path) -> Result<()> {
         .label_font(("sans-serif", 13))
         .draw()
         .map_err(|e| anyhow!("plot: {e}"))?;
-    root.present()
-        .with_context(|| format!("write {}", path.display()))?;
     Ok(())
 }
 
@@ -182,7 +218,8 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("unit.png");
-        regret_plot(&result, &path).unwrap();
+        regret_plot(&result, &path, XAxis::Log).unwrap();
+        regret_plot(&result, &path, XAxis::Linear).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
     }
