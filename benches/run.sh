@@ -100,7 +100,7 @@ print("| benchmark | per second | 95% CI | goal | ratio to goal |")
 print("|---|---:|---:|---:|---:|")
 for full_id, group, elements, ns, slow_ns, fast_ns, goal in sorted(rows, key=lambda r: natural(r[0])):
     per_s = rate(elements, ns)
-    unit = UNITS[group]
+    unit = "scores/s" if "mean_score" in full_id else UNITS[group]
     ci = f"{human(rate(elements, slow_ns))}–{human(rate(elements, fast_ns))}"
     goal_cell = f"≥ {human(goal)} {unit}" if goal else "—"
     ratio = f"{per_s / goal:.2f}" if goal else "—"

@@ -16,7 +16,7 @@
 //! fewer Newton iterations than a young one, so these figures flatter a
 //! young key. `diagonal_update_fresh` (d = 32) bounds that effect: every
 //! timed update starts from a clone of the 512-sample state (cloned
-//! outside the timing).
+//! outside the timing). The `newton_iterations` example measures the drift.
 //!
 //! Run: `cargo bench -p posterior-benches --bench posterior_update`, or
 //! `benches/run.sh` for the table of samples/s against the goals.
