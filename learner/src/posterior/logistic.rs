@@ -284,12 +284,16 @@ impl DiagonalGaussian {
         factor: f64,
         obs: &Observation<'_>,
     ) -> Result<UpdateStats, PosteriorError> {
-        let (q0, m0) = (prior.precision, &prior.mean);
+        let (q0, m0) = (prior.precision, prior.mean.as_slice().expect("contiguous"));
+        let mean = self.mean.as_slice_mut().expect("owned array is contiguous");
+        let precision = self
+            .precision
+            .as_slice_mut()
+            .expect("owned array is contiguous");
         // Forgetting first, in natural parameters, exactly as `decay` does.
-        let decayed = |m: f64, q: f64, i: usize| decay_coordinate(m, q, m0[i], q0, factor);
         let (mut a, mut k) = (0.0, 0.0);
-        for (i, &x) in obs.context.iter().enumerate() {
-            let (m, q) = decayed(self.mean[i], self.precision[i], i);
+        for (((&m, &q), &m0i), &x) in mean.iter().zip(precision.iter()).zip(m0).zip(obs.context) {
+            let (m, q) = decay_coordinate(m, q, m0i, q0, factor);
             let x = f64::from(x);
             a += m * x;
             k += x * x / q;
@@ -297,20 +301,22 @@ impl DiagonalGaussian {
         let (c, iterations, converged) = single_step(a, k, obs.reward, obs.weight);
         let p = sigmoid(a + k * c);
         let curvature = obs.weight * p * (1.0 - p);
-        let next = |m: f64, q: f64, i: usize| {
-            let (m, q) = decayed(m, q, i);
-            let x = f64::from(obs.context[i]);
-            (m + c * x / q, q + curvature * x * x)
-        };
-        let finite = (0..self.dim()).all(|i| {
-            let (m, q) = next(self.mean[i], self.precision[i], i);
-            m.is_finite() && q.is_finite()
-        });
-        if !finite {
+        // The state is finite and q ≥ 1e-6, x is a finite f32 and the
+        // weight ≤ 1e6, so every new coordinate is finite whenever these
+        // scalars are: |c| ≤ ω, |x|/q < 1e45, x² < 1e77.
+        if !(a.is_finite() && k.is_finite() && c.is_finite() && curvature.is_finite()) {
             return Err(PosteriorError::Unstable);
         }
-        for i in 0..self.dim() {
-            (self.mean[i], self.precision[i]) = next(self.mean[i], self.precision[i], i);
+        for (((m, q), &m0i), &x) in mean
+            .iter_mut()
+            .zip(precision.iter_mut())
+            .zip(m0)
+            .zip(obs.context)
+        {
+            let (m_old, q_old) = decay_coordinate(*m, *q, m0i, q0, factor);
+            let x = f64::from(x);
+            *m = m_old + c * x / q_old;
+            *q = q_old + curvature * x * x;
         }
         Ok(UpdateStats {
             newton_iterations: iterations,

@@ -42,13 +42,19 @@ impl Precision<'_> {
         }
     }
 
-    /// `vᵀ Q v`.
-    fn quadratic(&self, v: &[f64]) -> f64 {
+    /// `Q v` into `out`.
+    fn multiply(&self, v: &[f64], out: &mut [f64]) {
         match self {
-            Precision::Diagonal(q) => v.iter().zip(q.iter()).map(|(vi, qi)| qi * vi * vi).sum(),
+            Precision::Diagonal(q) => {
+                for ((o, vi), qi) in out.iter_mut().zip(v).zip(q.iter()) {
+                    *o = qi * vi;
+                }
+            }
             Precision::Full { q, .. } => {
                 let d = v.len();
-                (0..d).map(|i| v[i] * dot(&q[i * d..(i + 1) * d], v)).sum()
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = dot(&q[i * d..(i + 1) * d], v);
+                }
             }
         }
     }
@@ -105,18 +111,19 @@ fn converged(step: &[f64], point: &[f64]) -> bool {
     step_max <= NEWTON_TOLERANCE * (1.0 + point_max)
 }
 
-/// Backtracking (Armijo) along `dir` from `x`, where `slope` = ∇f·dir < 0.
-/// Returns the accepted step length (0 if no decrease was found).
-fn line_search(f0: f64, slope: f64, mut objective: impl FnMut(f64) -> f64) -> f64 {
+/// Backtracking (Armijo) along a direction with `slope` = ∇f·dir < 0 from
+/// f(0) = `f0`. Returns the accepted step length and f there (0 and `f0`
+/// if no decrease was found).
+fn line_search(f0: f64, slope: f64, mut objective: impl FnMut(f64) -> f64) -> (f64, f64) {
     let mut t = 1.0;
     for _ in 0..40 {
         let ft = objective(t);
         if ft.is_finite() && ft <= f0 + 1e-4 * t * slope {
-            return t;
+            return (t, ft);
         }
         t *= 0.5;
     }
-    0.0
+    (0.0, f0)
 }
 
 fn dual(
@@ -139,31 +146,47 @@ fn dual(
         }
     }
     let a: Vec<f64> = batch.iter().map(|o| dot_f32(mean, o.context)).collect();
-    let objective = |c: &[f64]| -> f64 {
+    let (s, y, omega): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+        batch.iter().map(signed).collect(),
+        batch.iter().map(target).collect(),
+        batch.iter().map(|o| o.weight).collect(),
+    );
+    let k_times = |x: &[f64], out: &mut [f64]| {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = dot(&k[j * n..(j + 1) * n], x);
+        }
+    };
+    // f(c + t·dir) in O(n) from kc = K c and kdir = K dir:
+    // ½(c·kc + 2t c·kdir + t² dir·kdir) + Σ ω softplus(−s(a + kc + t kdir)).
+    let objective = |c: &[f64], kc: &[f64], dir: &[f64], kdir: &[f64], t: f64| -> f64 {
         let mut f = 0.0;
         for j in 0..n {
-            let kc = dot(&k[j * n..(j + 1) * n], c);
-            f += 0.5 * c[j] * kc + batch[j].weight * softplus(-signed(&batch[j]) * (a[j] + kc));
+            let (cj, kcj) = (c[j] + t * dir[j], kc[j] + t * kdir[j]);
+            f += 0.5 * cj * kcj + omega[j] * softplus(-s[j] * (a[j] + kcj));
         }
         f
     };
 
-    let mut c = vec![0.0; n];
+    let (mut c, mut kc) = (vec![0.0; n], vec![0.0; n]);
+    let zeros = vec![0.0; n];
+    let mut f0 = objective(&c, &kc, &zeros, &zeros, 0.0);
+    let (mut residual, mut kr, mut sqrt_d) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let (mut b, mut dir, mut kdir, mut tmp) =
+        (vec![0.0; n * n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
     let mut iterations = 0;
     let mut done = false;
-    let (mut residual, mut sqrt_d) = (vec![0.0; n], vec![0.0; n]);
-    let (mut b, mut dir, mut trial) = (vec![0.0; n * n], vec![0.0; n], vec![0.0; n]);
     while iterations < MAX_NEWTON_ITERATIONS && !done {
         iterations += 1;
         // residual r = −F(c) = ω(y − p) − c; D = ω p (1 − p).
         for j in 0..n {
-            let p = sigmoid(a[j] + dot(&k[j * n..(j + 1) * n], &c));
-            residual[j] = batch[j].weight * (target(&batch[j]) - p) - c[j];
-            sqrt_d[j] = (batch[j].weight * p * (1.0 - p)).sqrt();
+            let p = sigmoid(a[j] + kc[j]);
+            residual[j] = omega[j] * (y[j] - p) - c[j];
+            sqrt_d[j] = (omega[j] * p * (1.0 - p)).sqrt();
         }
+        k_times(&residual, &mut kr);
         // dir = (I + D K)⁻¹ r = r − D^½ B⁻¹ D^½ K r, B = I + D^½ K D^½.
         for j in 0..n {
-            for l in 0..n {
+            for l in 0..=j {
                 b[j * n + l] =
                     sqrt_d[j] * k[j * n + l] * sqrt_d[l] + if j == l { 1.0 } else { 0.0 };
             }
@@ -174,31 +197,26 @@ fn dual(
             return Err(PosteriorError::Unstable);
         }
         for j in 0..n {
-            trial[j] = sqrt_d[j] * dot(&k[j * n..(j + 1) * n], &residual);
+            tmp[j] = sqrt_d[j] * kr[j];
         }
-        cholesky_solve(&b, n, &mut trial);
+        cholesky_solve(&b, n, &mut tmp);
         for j in 0..n {
-            dir[j] = residual[j] - sqrt_d[j] * trial[j];
+            dir[j] = residual[j] - sqrt_d[j] * tmp[j];
         }
+        k_times(&dir, &mut kdir);
         // ∇f = K F = −K r.
-        let slope: f64 = -(0..n)
-            .map(|j| dot(&k[j * n..(j + 1) * n], &residual) * dir[j])
-            .sum::<f64>();
-        let f0 = objective(&c);
-        let t = if slope < 0.0 {
-            line_search(f0, slope, |t| {
-                for j in 0..n {
-                    trial[j] = c[j] + t * dir[j];
-                }
-                objective(&trial)
-            })
+        let slope = -dot(&kr, &dir);
+        let (t, f_new) = if slope < 0.0 {
+            line_search(f0, slope, |t| objective(&c, &kc, &dir, &kdir, t))
         } else {
-            0.0
+            (0.0, f0)
         };
         for j in 0..n {
             dir[j] *= t;
             c[j] += dir[j];
+            kc[j] += t * kdir[j];
         }
+        f0 = f_new;
         done = t == 0.0 || converged(&dir, &c);
     }
     let mut w = mean.to_vec();
@@ -219,46 +237,64 @@ fn primal(
     precision: &Precision<'_>,
     batch: &[Observation<'_>],
 ) -> Result<MapStep, PosteriorError> {
-    let d = mean.len();
-    let objective = |w: &[f64], diff: &mut [f64]| -> f64 {
-        for ((di, wi), mi) in diff.iter_mut().zip(w).zip(mean) {
-            *di = wi - mi;
-        }
-        let likelihood: f64 = batch
-            .iter()
-            .map(|o| o.weight * softplus(-signed(o) * dot_f32(w, o.context)))
-            .sum();
-        0.5 * precision.quadratic(diff) + likelihood
-    };
+    let (n, d) = (batch.len(), mean.len());
+    let xs: Vec<f64> = batch
+        .iter()
+        .flat_map(|o| o.context.iter().map(|&x| f64::from(x)))
+        .collect();
+    let row = |j: usize| &xs[j * d..(j + 1) * d];
+    let (s, y, omega): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+        batch.iter().map(signed).collect(),
+        batch.iter().map(target).collect(),
+        batch.iter().map(|o| o.weight).collect(),
+    );
     let mut w = mean.to_vec();
-    let (mut h, mut g, mut diff, mut trial) =
-        (vec![0.0; d * d], vec![0.0; d], vec![0.0; d], vec![0.0; d]);
+    let (mut h, mut g, mut diff, mut q_diff, mut q_dir) = (
+        vec![0.0; d * d],
+        vec![0.0; d],
+        vec![0.0; d],
+        vec![0.0; d],
+        vec![0.0; d],
+    );
+    let (mut z, mut xdir) = (vec![0.0; n], vec![0.0; n]);
+    for (j, zj) in z.iter_mut().enumerate() {
+        *zj = dot(row(j), &w);
+    }
+    // f(w + t·dir) in O(n) from z = Xw, xdir = X dir, Q(w − m) and Q dir.
+    let objective = |diff: &[f64],
+                     q_diff: &[f64],
+                     dir_q_dir: f64,
+                     dir_q_diff: f64,
+                     z: &[f64],
+                     xdir: &[f64],
+                     t: f64| {
+        let quad = 0.5 * (dot(diff, q_diff) + 2.0 * t * dir_q_diff + t * t * dir_q_dir);
+        quad + (0..n)
+            .map(|j| omega[j] * softplus(-s[j] * (z[j] + t * xdir[j])))
+            .sum::<f64>()
+    };
     let mut iterations = 0;
     let mut done = false;
     while iterations < MAX_NEWTON_ITERATIONS && !done {
         iterations += 1;
-        // g = Q (w − m) − Σ ω (y − p) x; H = Q + Σ ω p (1 − p) x xᵀ.
-        precision.write_dense(d, &mut h);
+        // g = Q (w − m) − Σ ω (y − p) x; H = Q + Σ ω p (1 − p) x xᵀ (lower
+        // triangle: the factorisation reads nothing else).
         for i in 0..d {
             diff[i] = w[i] - mean[i];
         }
-        for i in 0..d {
-            g[i] = dot(&h[i * d..(i + 1) * d], &diff);
-        }
-        for obs in batch {
-            let p = sigmoid(dot_f32(&w, obs.context));
-            let (gj, hj) = (obs.weight * (target(obs) - p), obs.weight * p * (1.0 - p));
+        precision.multiply(&diff, &mut q_diff);
+        g.copy_from_slice(&q_diff);
+        precision.write_dense(d, &mut h);
+        for j in 0..n {
+            let x = row(j);
+            let p = sigmoid(z[j]);
+            let (gj, hj) = (omega[j] * (y[j] - p), omega[j] * p * (1.0 - p));
             for i in 0..d {
-                let xi = f64::from(obs.context[i]);
-                g[i] -= gj * xi;
-                for l in 0..=i {
-                    h[i * d + l] += hj * xi * f64::from(obs.context[l]);
+                g[i] -= gj * x[i];
+                let hx = hj * x[i];
+                for (hil, &xl) in h[i * d..i * d + i + 1].iter_mut().zip(&x[..=i]) {
+                    *hil += hx * xl;
                 }
-            }
-        }
-        for i in 0..d {
-            for l in 0..i {
-                h[l * d + i] = h[i * d + l];
             }
         }
         if !cholesky_in_place(&mut h, d) {
@@ -267,20 +303,25 @@ fn primal(
         let mut dir: Vec<f64> = g.iter().map(|gi| -gi).collect();
         cholesky_solve(&h, d, &mut dir);
         let slope = dot(&g, &dir);
-        let f0 = objective(&w, &mut diff);
-        let t = if slope < 0.0 {
+        precision.multiply(&dir, &mut q_dir);
+        let (dir_q_dir, dir_q_diff) = (dot(&dir, &q_dir), dot(&dir, &q_diff));
+        for (j, xj) in xdir.iter_mut().enumerate() {
+            *xj = dot(row(j), &dir);
+        }
+        let f0 = objective(&diff, &q_diff, dir_q_dir, dir_q_diff, &z, &xdir, 0.0);
+        let (t, _) = if slope < 0.0 {
             line_search(f0, slope, |t| {
-                for i in 0..d {
-                    trial[i] = w[i] + t * dir[i];
-                }
-                objective(&trial, &mut diff)
+                objective(&diff, &q_diff, dir_q_dir, dir_q_diff, &z, &xdir, t)
             })
         } else {
-            0.0
+            (0.0, f0)
         };
         for i in 0..d {
             dir[i] *= t;
             w[i] += dir[i];
+        }
+        for j in 0..n {
+            z[j] += t * xdir[j];
         }
         done = t == 0.0 || converged(&dir, &w);
     }
