@@ -62,6 +62,8 @@ pub enum Scenario {
     Delayed(DelayedArgs),
     /// The README's run: bernoulli K=10 ε=0.1 and contextual low-CTR with VW.
     Headline(HeadlineArgs),
+    /// Redraws the plots of a result already written to --out.
+    Replot,
 }
 
 /// `bernoulli` options.
@@ -221,7 +223,7 @@ pub struct HeadlineArgs {
     #[arg(long, default_value_t = 8)]
     pub bernoulli_seeds: usize,
     /// Horizon of the contextual part.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 500_000)]
     pub contextual_horizon: u64,
     /// The peer.
     #[command(flatten)]
@@ -239,7 +241,9 @@ pub fn run(cli: Cli) -> Result<()> {
         };
     }
     runner.progress = !common.no_progress;
-    println!("seed {} (replay with --seed {})", common.seed, common.seed);
+    if !matches!(cli.scenario, Scenario::Replot) {
+        println!("seed {} (replay with --seed {})", common.seed, common.seed);
+    }
     match &cli.scenario {
         Scenario::Bernoulli(args) => {
             let result = bernoulli::run(&bernoulli_config(args, common), &runner)?;
@@ -282,6 +286,10 @@ pub fn run(cli: Cli) -> Result<()> {
             emit(&contextual::run(&config, &runner)?, &common.out, "")
         }
         Scenario::Headline(args) => headline(args, common, &runner),
+        Scenario::Replot => {
+            let result = crate::reload::load(&common.out)?;
+            plots(&result, &common.out, "")
+        }
     }
 }
 
@@ -380,13 +388,19 @@ fn with_peer(
 fn emit(result: &ScenarioResult, dir: &Path, stem: &str) -> Result<()> {
     println!("{}", result.table());
     result.write(dir, stem)?;
+    plots(result, dir, stem)?;
+    println!("wrote {}", dir.display());
+    Ok(())
+}
+
+/// Log-x regret plot; contextual scenarios also get a linear-x one.
+fn plots(result: &ScenarioResult, dir: &Path, stem: &str) -> Result<()> {
     let png = dir.join(format!("{}-regret.png", result.file_stem(stem)));
     plot::regret_plot(result, &png, XAxis::Log).context("plot regret")?;
-    if result.scenario.starts_with("drift") {
+    if !result.scenario.starts_with("bernoulli") {
         let png = dir.join(format!("{}-regret-linear.png", result.file_stem(stem)));
         plot::regret_plot(result, &png, XAxis::Linear).context("plot regret")?;
     }
-    println!("wrote {}", dir.display());
     Ok(())
 }
 
@@ -428,10 +442,8 @@ fn headline(args: &HeadlineArgs, common: &CommonArgs, runner: &Runner) -> Result
     let mut vw_args = args.vw.clone();
     if vw_args.variants.is_empty() {
         vw_args.variants = vec![
-            "squarecb-g10=--squarecb --gamma_scale 10".into(),
-            "squarecb-g100=--squarecb --gamma_scale 100".into(),
+            "squarecb-g1000=--squarecb --gamma_scale 1000".into(),
             "bag5=--bag 5".into(),
-            "egreedy0.05=--epsilon 0.05".into(),
         ];
     }
     let result = with_peer(

@@ -20,6 +20,7 @@
 //! - [`parallel`] — jobs on a few threads with a progress bar.
 //! - [`report`] — tables, `summary.json` and curve CSVs.
 //! - [`plot`] — PNG regret plots.
+//! - [`reload`] — reads a written result back, to redraw its plots.
 //! - [`vw`] — the Vowpal Wabbit peer (file format, Python driver).
 
 pub mod bernoulli;
@@ -34,6 +35,7 @@ pub mod feedback;
 pub mod parallel;
 pub mod plot;
 pub mod policy;
+pub mod reload;
 pub mod report;
 pub mod seed;
 pub mod ucb;

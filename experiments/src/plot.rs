@@ -140,6 +140,7 @@ where
     let steps = result.checkpoints.steps();
     chart
         .configure_mesh()
+        .max_light_lines(2)
         .x_desc(x_desc)
         .y_desc("cumulative regret (curves leaving the top are clipped)")
         .y_label_formatter(&|y| format!("{y:.0}"))
