@@ -5,7 +5,8 @@
 //! `posterior` module; every random stream derives from one `--seed`.
 //!
 //! Layout:
-//! - [`cli`] — arguments and the dispatch of scenarios to runners and outputs.
+//! - [`cli`] — command-line arguments.
+//! - [`run`] — runs a parsed command and writes its outputs.
 //! - [`seed`] — seed derivation and the simulation RNG.
 //! - [`bernoulli`] — the K-armed Bernoulli scenario (TS, UCB1, ε-greedy, uniform).
 //! - [`ucb`] — UCB1.
@@ -37,6 +38,7 @@ pub mod plot;
 pub mod policy;
 pub mod reload;
 pub mod report;
+pub mod run;
 pub mod seed;
 pub mod ucb;
 pub mod vw;

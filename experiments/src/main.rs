@@ -3,7 +3,8 @@
 
 use anyhow::Result;
 use clap::Parser;
-use posterior_experiments::cli::{Cli, run};
+use posterior_experiments::cli::Cli;
+use posterior_experiments::run::run;
 
 fn main() -> Result<()> {
     run(Cli::parse())
