@@ -133,6 +133,11 @@ impl Batcher {
         keys.into_iter().map(|k| (k, self.take(k))).collect()
     }
 
+    /// A key's pending observations, if any.
+    pub fn get(&self, key: ParamKey) -> Option<&[PendingObservation]> {
+        self.pending.get(&key).map(|b| b.observations.as_slice())
+    }
+
     /// Every pending batch, for checkpoints.
     pub fn iter(&self) -> impl Iterator<Item = (&ParamKey, &PendingBatch)> {
         self.pending.iter()

@@ -4,6 +4,21 @@
 
 use serde::Serialize;
 
+/// Every dead-letter reason this build emits.
+pub const REASONS: [&str; 11] = [
+    "undecodable",
+    "non_finite",
+    "negative_weight",
+    "empty_version",
+    "wrong_dimension",
+    "missing_label",
+    "version_mismatch",
+    "unknown_version",
+    "late",
+    "duplicate",
+    "rejected_update",
+];
+
 /// A record that was not applied.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeadLetter {

@@ -7,7 +7,7 @@
 //! early (and a duplicate of one of them would be applied again — size the
 //! bound above ids-per-window). Samples without an id are never duplicates.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Recently released sample ids.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -16,6 +16,9 @@ pub struct Dedup {
     max_ids: usize,
     seen: HashMap<String, i64>,
     by_time: BTreeSet<(i64, String)>,
+    /// Since the last `take_changes`: true = added, false = removed (and
+    /// stored before).
+    changes: BTreeMap<(i64, String), bool>,
 }
 
 impl Dedup {
@@ -26,6 +29,7 @@ impl Dedup {
             max_ids: max_ids.max(1),
             seen: HashMap::new(),
             by_time: BTreeSet::new(),
+            changes: BTreeMap::new(),
         }
     }
 
@@ -50,9 +54,11 @@ impl Dedup {
             && let Some(oldest) = self.by_time.pop_first()
         {
             self.seen.remove(&oldest.1);
+            self.note_removed(oldest);
         }
         self.seen.insert(id.to_owned(), event_ms);
         self.by_time.insert((event_ms, id.to_owned()));
+        self.changes.insert((event_ms, id.to_owned()), true);
         false
     }
 
@@ -73,9 +79,22 @@ impl Dedup {
         while let Some((t, _)) = self.by_time.first()
             && *t < before_ms
         {
-            let (_, id) = self.by_time.pop_first().expect("first exists");
-            self.seen.remove(&id);
+            let entry = self.by_time.pop_first().expect("first exists");
+            self.seen.remove(&entry.1);
+            self.note_removed(entry);
         }
+    }
+
+    fn note_removed(&mut self, entry: (i64, String)) {
+        if self.changes.remove(&entry) != Some(true) {
+            self.changes.insert(entry, false);
+        }
+    }
+
+    /// Additions (true) and removals (false) since the last call, for
+    /// incremental checkpoints.
+    pub fn take_changes(&mut self) -> BTreeMap<(i64, String), bool> {
+        std::mem::take(&mut self.changes)
     }
 }
 

@@ -20,9 +20,10 @@ use crate::batcher::{BatchPolicy, Batcher, PendingObservation};
 use crate::deadletter::DeadLetter;
 use crate::dedup::Dedup;
 use crate::posterior::KeyState;
-use crate::registry::{ParamKey, Registry};
+use crate::registry::{ParamKey, Registry, RegistryError, VersionId};
 use crate::reorder::{OrderKey, ReorderBuffer};
 use crate::sample::Sample;
+use crate::version::VersionSpec;
 use crate::watermark::{Timeliness, Watermarks};
 
 /// Tuning of the engine.
@@ -78,6 +79,16 @@ pub struct Engine {
     changed: BTreeSet<ParamKey>,
     dead_letters: Vec<DeadLetter>,
     counters: Counters,
+    dirty: Dirty,
+}
+
+/// What changed since the last checkpoint delta.
+#[derive(Debug, Default)]
+struct Dirty {
+    params: BTreeSet<ParamKey>,
+    pending: BTreeSet<ParamKey>,
+    /// true: buffered since the last delta; false: released, and stored.
+    reorder: BTreeMap<OrderKey, bool>,
 }
 
 impl Engine {
@@ -101,6 +112,7 @@ impl Engine {
             changed: BTreeSet::new(),
             dead_letters: Vec::new(),
             counters: Counters::default(),
+            dirty: Dirty::default(),
         }
     }
 
@@ -132,6 +144,7 @@ impl Engine {
             offset,
         };
         self.buffer.insert(key, sample);
+        self.dirty.reorder.insert(key, true);
         self.release(self.watermarks.instance_watermark());
     }
 
@@ -191,11 +204,20 @@ impl Engine {
         &self.registry
     }
 
+    /// Registers a version; its samples are accepted from the next released
+    /// sample on.
+    pub fn create_version(&mut self, spec: VersionSpec) -> Result<VersionId, RegistryError> {
+        self.registry.create(spec)
+    }
+
     fn release(&mut self, watermark_ms: i64) {
         if watermark_ms <= self.released_below_ms {
             return;
         }
         for (key, sample) in self.buffer.release_below(watermark_ms) {
+            if self.dirty.reorder.remove(&key) != Some(true) {
+                self.dirty.reorder.insert(key, false);
+            }
             self.process(key, sample);
         }
         self.released_below_ms = watermark_ms;
@@ -251,12 +273,15 @@ impl Engine {
                 return;
             }
         };
+        self.dirty.pending.insert(key);
         if let Some(batch) = self.batcher.push(key, obs) {
             self.apply(key, batch);
         }
     }
 
     fn apply(&mut self, key: ParamKey, batch: Vec<PendingObservation>) {
+        // The key's pending batch is gone (flushed), whatever the outcome.
+        self.dirty.pending.insert(key);
         let spec = &self
             .registry
             .get(key.version)
@@ -275,6 +300,7 @@ impl Engine {
                 self.counters.applied += batch.len() as u64;
                 self.counters.updates += 1;
                 self.changed.insert(key);
+                self.dirty.params.insert(key);
             }
             Err(err) => {
                 let version = spec.name.clone();
@@ -315,5 +341,8 @@ impl Engine {
     }
 }
 
+mod persist;
 #[cfg(test)]
 mod tests;
+
+pub use persist::{Entries, MemoryStore, Write};

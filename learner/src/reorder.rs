@@ -70,6 +70,11 @@ impl ReorderBuffer {
             .collect()
     }
 
+    /// The sample at `key`, if still waiting.
+    pub fn get(&self, key: OrderKey) -> Option<&Sample> {
+        self.entries.get(&key)
+    }
+
     /// Every waiting sample in release order, for checkpoints.
     pub fn iter(&self) -> impl Iterator<Item = (&OrderKey, &Sample)> {
         self.entries.iter()
