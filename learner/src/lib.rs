@@ -6,14 +6,44 @@
 //!   posteriors, forgetting, Thompson draws and the binary state encoding.
 //!   No I/O, no clock, no global RNG.
 //! - [`version`]: an A/B version's spec: model, prior, reward label, weights.
+//! - [`config`]: the learner's TOML configuration, validated before use.
+//! - [`file_source`]: JSONL and length-delimited protobuf files and stdin.
+//! - [`engine`]: the pure core — records in, parameters and dead letters out.
+//! - [`watermark`]: per-partition and instance event-time watermarks.
+//! - [`reorder`]: the reorder buffer, released in (event_time, partition, offset) order.
+//! - [`dedup`]: de-duplication by `sample_id` within an event-time window.
+//! - [`batcher`]: per-key micro-batches and their triggers.
+//! - [`registry`]: the A/B version registry and parameter keys.
+//! - [`codec`]: byte encodings of the engine state (keys sort in release order).
+//! - [`runner`]: drives the engine over a file or stdin with checkpoints.
+//! - [`dump`]: every key's state as exact JSONL.
+//! - [`store`]: the RocksDB state store; its doc states the delivery guarantee.
+//! - [`meta`]: the small named state: offsets, clocks, registry, counters.
+//! - [`deadletter`]: records that were not applied, and why.
 //! - [`params`]: a key's state as the wire `Params` / `ParamUpdate`.
 //! - [`sample`]: the domain `Sample`, converted from the wire `JoinedSample`
 //!   and validated at that boundary.
 
+pub mod batcher;
+pub mod codec;
+pub mod config;
+pub mod deadletter;
+pub mod dedup;
+pub mod dump;
+pub mod engine;
+pub mod file_source;
+pub mod meta;
 pub mod params;
 pub mod posterior;
+pub mod registry;
+pub mod reorder;
+#[cfg(feature = "store")]
+pub mod runner;
 pub mod sample;
+#[cfg(feature = "store")]
+pub mod store;
 pub mod version;
+pub mod watermark;
 
 pub use posterior::{KeyState, Observation, Posterior, PosteriorError};
 pub use sample::{Sample, SampleError};

@@ -78,6 +78,36 @@ impl VersionSpec {
     }
 }
 
+/// The wire form of a spec (for the admin API and the checkpointed
+/// registry); `TryFrom` reads it back exactly.
+impl From<&VersionSpec> for v1::VersionSpec {
+    fn from(spec: &VersionSpec) -> Self {
+        let model = match &spec.model.kind {
+            ModelKind::Beta(prior) => v1::version_spec::Model::Beta(v1::BetaModel {
+                alpha0: prior.alpha(),
+                beta0: prior.beta(),
+            }),
+            ModelKind::Logistic(prior) => v1::version_spec::Model::Logistic(v1::LogisticModel {
+                dim: prior.dim() as u32,
+                form: match prior.form() {
+                    CovarianceForm::Diagonal => v1::CovarianceForm::Diagonal,
+                    CovarianceForm::Full => v1::CovarianceForm::Full,
+                } as i32,
+                prior_mean: prior.mean().to_vec(),
+                prior_precision: prior.precision(),
+            }),
+        };
+        v1::VersionSpec {
+            name: spec.name.clone(),
+            model: Some(model),
+            reward_label: spec.reward.label.clone(),
+            reward_threshold: spec.reward.threshold,
+            forgetting_half_life_ms: spec.model.forgetting.map_or(0, |f| f.half_life_ms()),
+            use_sample_weight: spec.use_sample_weight,
+        }
+    }
+}
+
 /// Converts an admin or config spec, rejecting anything incomplete or out
 /// of range with an error that names the field.
 impl TryFrom<v1::VersionSpec> for VersionSpec {
@@ -194,6 +224,15 @@ mod tests {
             ..spec.clone()
         };
         assert_eq!(unweighted.observation(&long).unwrap().weight, 1.0);
+    }
+
+    #[test]
+    fn specs_round_trip_through_the_wire() {
+        let spec = VersionSpec::try_from(logistic_spec(3)).unwrap();
+        assert_eq!(
+            VersionSpec::try_from(v1::VersionSpec::from(&spec)).unwrap(),
+            spec
+        );
     }
 
     #[test]

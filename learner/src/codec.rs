@@ -1,0 +1,332 @@
+//! Byte encodings of the engine's state for the state store: table names,
+//! order-preserving keys, and values. Keys sort in the engine's own order
+//! (big-endian, sign-flipped event times), so a store's iteration order is
+//! the release order. Every decoder validates and returns
+//! [`CorruptState`] instead of panicking.
+
+use posterior_proto::v1;
+use prost::Message;
+
+use crate::batcher::PendingObservation;
+use crate::registry::{ParamKey, VersionId};
+use crate::reorder::OrderKey;
+use crate::sample::Sample;
+
+/// Format version of the engine state as a whole (meta `format`).
+pub const STATE_FORMAT_VERSION: u16 = 1;
+
+/// The tables (RocksDB column families) of the engine state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// (version, doc) → `KeyState` encoding.
+    Params,
+    /// (version, doc) → pending micro-batch.
+    Pending,
+    /// (event_time, partition, offset) → `JoinedSample` bytes.
+    Reorder,
+    /// (event_time, sample_id) → empty.
+    Dedup,
+    /// Named entries: format, offsets, clocks, registry, counters.
+    Meta,
+}
+
+impl Table {
+    /// Every table.
+    pub const ALL: [Table; 5] = [
+        Table::Params,
+        Table::Pending,
+        Table::Reorder,
+        Table::Dedup,
+        Table::Meta,
+    ];
+
+    /// Column-family name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Params => "params",
+            Table::Pending => "pending",
+            Table::Reorder => "reorder",
+            Table::Dedup => "dedup",
+            Table::Meta => "meta",
+        }
+    }
+}
+
+/// A stored entry that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt {table} entry {key}: {reason}")]
+pub struct CorruptState {
+    /// Table name.
+    pub table: &'static str,
+    /// The key, hex-encoded.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl CorruptState {
+    /// A corruption report for `key` of `table`.
+    pub fn new(table: Table, key: &[u8], reason: impl ToString) -> Self {
+        Self {
+            table: table.name(),
+            key: key.iter().map(|b| format!("{b:02x}")).collect(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// i64 → bytes that sort like the integers.
+fn time_bytes(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn time_from(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}
+
+/// Key of a parameter or pending batch.
+pub fn param_key(key: ParamKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12);
+    out.extend_from_slice(&key.version.0.to_be_bytes());
+    out.extend_from_slice(&key.doc_id.to_be_bytes());
+    out
+}
+
+/// Decodes [`param_key`].
+pub fn param_key_from(table: Table, bytes: &[u8]) -> Result<ParamKey, CorruptState> {
+    let arr: [u8; 12] = bytes
+        .try_into()
+        .map_err(|_| CorruptState::new(table, bytes, "key is not 12 bytes"))?;
+    Ok(ParamKey {
+        version: VersionId(u32::from_be_bytes(arr[..4].try_into().expect("4 bytes"))),
+        doc_id: u64::from_be_bytes(arr[4..].try_into().expect("8 bytes")),
+    })
+}
+
+/// Key of a reorder-buffer entry.
+pub fn order_key(key: OrderKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20);
+    out.extend_from_slice(&time_bytes(key.event_time_ms));
+    out.extend_from_slice(&key.partition.to_be_bytes());
+    out.extend_from_slice(&key.offset.to_be_bytes());
+    out
+}
+
+/// Decodes [`order_key`].
+pub fn order_key_from(bytes: &[u8]) -> Result<OrderKey, CorruptState> {
+    let arr: [u8; 20] = bytes
+        .try_into()
+        .map_err(|_| CorruptState::new(Table::Reorder, bytes, "key is not 20 bytes"))?;
+    Ok(OrderKey {
+        event_time_ms: time_from(arr[..8].try_into().expect("8 bytes")),
+        partition: u32::from_be_bytes(arr[8..12].try_into().expect("4 bytes")),
+        offset: u64::from_be_bytes(arr[12..].try_into().expect("8 bytes")),
+    })
+}
+
+/// Key of a de-duplication entry.
+pub fn dedup_key(event_ms: i64, id: &str) -> Vec<u8> {
+    let mut out = time_bytes(event_ms).to_vec();
+    out.extend_from_slice(id.as_bytes());
+    out
+}
+
+/// Decodes [`dedup_key`].
+pub fn dedup_key_from(bytes: &[u8]) -> Result<(i64, String), CorruptState> {
+    if bytes.len() < 8 {
+        return Err(CorruptState::new(
+            Table::Dedup,
+            bytes,
+            "key shorter than 8 bytes",
+        ));
+    }
+    let id =
+        std::str::from_utf8(&bytes[8..]).map_err(|e| CorruptState::new(Table::Dedup, bytes, e))?;
+    Ok((
+        time_from(bytes[..8].try_into().expect("8 bytes")),
+        id.to_owned(),
+    ))
+}
+
+/// A sample as stored in the reorder table: its wire form.
+pub fn sample_bytes(sample: &Sample) -> Vec<u8> {
+    v1::JoinedSample {
+        doc_id: sample.doc_id,
+        version: sample.version.clone(),
+        event_time_ms: sample.event_time_ms,
+        context: sample.context.clone(),
+        labels: sample.labels.iter().cloned().collect(),
+        weight: sample.weight,
+        sample_id: sample.sample_id.clone().unwrap_or_default(),
+    }
+    .encode_to_vec()
+}
+
+/// Decodes [`sample_bytes`].
+pub fn sample_from(key: &[u8], bytes: &[u8]) -> Result<Sample, CorruptState> {
+    let wire =
+        v1::JoinedSample::decode(bytes).map_err(|e| CorruptState::new(Table::Reorder, key, e))?;
+    Sample::try_from(wire).map_err(|e| CorruptState::new(Table::Reorder, key, e))
+}
+
+/// A pending micro-batch: u32 count, then per observation event time,
+/// partition, offset, reward, weight, dimension and context.
+pub fn pending_bytes(batch: &[PendingObservation]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + batch.len() * 40);
+    out.extend_from_slice(&(batch.len() as u32).to_le_bytes());
+    for obs in batch {
+        out.extend_from_slice(&obs.origin.event_time_ms.to_le_bytes());
+        out.extend_from_slice(&obs.origin.partition.to_le_bytes());
+        out.extend_from_slice(&obs.origin.offset.to_le_bytes());
+        out.push(u8::from(obs.reward));
+        out.extend_from_slice(&obs.weight.to_le_bytes());
+        out.extend_from_slice(&(obs.context.len() as u32).to_le_bytes());
+        for x in &obs.context {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Decodes [`pending_bytes`].
+pub fn pending_from(key: &[u8], bytes: &[u8]) -> Result<Vec<PendingObservation>, CorruptState> {
+    let corrupt = |reason: &str| CorruptState::new(Table::Pending, key, reason);
+    let mut r = Cursor { bytes, pos: 0 };
+    let n = r.u32().ok_or_else(|| corrupt("truncated count"))? as usize;
+    let mut out = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let event_time_ms = r.i64().ok_or_else(|| corrupt("truncated observation"))?;
+        let partition = r.u32().ok_or_else(|| corrupt("truncated observation"))?;
+        let offset = r.u64().ok_or_else(|| corrupt("truncated observation"))?;
+        let reward = match r.u8() {
+            Some(0) => false,
+            Some(1) => true,
+            _ => return Err(corrupt("bad reward byte")),
+        };
+        let weight = r.f64().ok_or_else(|| corrupt("truncated observation"))?;
+        let dim = r.u32().ok_or_else(|| corrupt("truncated observation"))? as usize;
+        let context: Option<Vec<f32>> = (0..dim).map(|_| r.f32()).collect();
+        let context = context.ok_or_else(|| corrupt("truncated context"))?;
+        if !weight.is_finite() || context.iter().any(|x| !x.is_finite()) {
+            return Err(corrupt("non-finite value"));
+        }
+        out.push(PendingObservation {
+            origin: OrderKey {
+                event_time_ms,
+                partition,
+                offset,
+            },
+            context,
+            reward,
+            weight,
+        });
+    }
+    if r.pos != bytes.len() {
+        return Err(corrupt("trailing bytes"));
+    }
+    Ok(out)
+}
+
+/// Little-endian reader returning `None` past the end.
+pub(crate) struct Cursor<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) pos: usize,
+}
+
+impl Cursor<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let out = self.bytes.get(self.pos..self.pos + N)?.try_into().ok()?;
+        self.pos += N;
+        Some(out)
+    }
+    pub(crate) fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|b| b[0])
+    }
+    pub(crate) fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_le_bytes)
+    }
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_le_bytes)
+    }
+    pub(crate) fn i64(&mut self) -> Option<i64> {
+        self.take().map(i64::from_le_bytes)
+    }
+    pub(crate) fn f64(&mut self) -> Option<f64> {
+        self.take().map(f64::from_le_bytes)
+    }
+    pub(crate) fn f32(&mut self) -> Option<f32> {
+        self.take().map(f32::from_le_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_in_engine_order() {
+        let keys = [
+            OrderKey {
+                event_time_ms: -5,
+                partition: 9,
+                offset: 0,
+            },
+            OrderKey {
+                event_time_ms: 3,
+                partition: 0,
+                offset: 7,
+            },
+            OrderKey {
+                event_time_ms: 3,
+                partition: 1,
+                offset: 0,
+            },
+            OrderKey {
+                event_time_ms: i64::MAX,
+                partition: 0,
+                offset: 0,
+            },
+        ];
+        let bytes: Vec<Vec<u8>> = keys.iter().map(|k| order_key(*k)).collect();
+        let mut sorted = bytes.clone();
+        sorted.sort();
+        assert_eq!(sorted, bytes);
+        for (k, b) in keys.iter().zip(&bytes) {
+            assert_eq!(order_key_from(b).unwrap(), *k);
+        }
+        let pk = ParamKey {
+            version: VersionId(3),
+            doc_id: u64::MAX,
+        };
+        assert_eq!(param_key_from(Table::Params, &param_key(pk)).unwrap(), pk);
+        assert_eq!(
+            dedup_key_from(&dedup_key(-1, "id-1")).unwrap(),
+            (-1, "id-1".to_owned())
+        );
+    }
+
+    #[test]
+    fn pending_batches_round_trip_and_reject_damage() {
+        let batch = vec![PendingObservation {
+            origin: OrderKey {
+                event_time_ms: 12,
+                partition: 1,
+                offset: 99,
+            },
+            context: vec![0.5, -1.25],
+            reward: true,
+            weight: 2.0,
+        }];
+        let bytes = pending_bytes(&batch);
+        assert_eq!(pending_from(b"k", &bytes).unwrap(), batch);
+        assert!(pending_from(b"k", &bytes[..bytes.len() - 1]).is_err());
+        let mut bad = bytes.clone();
+        bad[4 + 8 + 4 + 8] = 7;
+        assert!(
+            pending_from(b"k", &bad)
+                .unwrap_err()
+                .to_string()
+                .contains("reward")
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! The learner's TOML configuration. Every struct denies unknown keys and
+//! [`Config::validate`] checks values, so a bad file stops the process
+//! before it opens any state, with a message naming the key.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::batcher::BatchPolicy;
+use crate::engine::EngineConfig;
+use crate::file_source::Format;
+use crate::posterior::{
+    BetaPrior, CovarianceForm, Forgetting, LogisticPrior, ModelKind, ModelSpec, PosteriorError,
+};
+use crate::version::{RewardSpec, VersionSpec};
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where state lives.
+    pub state: StateConfig,
+    /// Where samples come from.
+    pub source: SourceConfig,
+    /// Event-time ordering.
+    #[serde(default)]
+    pub order: OrderConfig,
+    /// Micro-batch triggers.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// De-duplication by `sample_id`; absent = off.
+    pub dedup: Option<DedupConfig>,
+    /// Where dead letters go.
+    pub dead_letter: DeadLetterConfig,
+    /// The versions present at start.
+    #[serde(default)]
+    pub versions: Vec<VersionConfig>,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// RocksDB directory of the live state.
+    pub dir: PathBuf,
+    /// Checkpoint after this many records (≥ 1).
+    #[serde(default = "default_checkpoint_records")]
+    pub checkpoint_every_records: u64,
+}
+
+fn default_checkpoint_records() -> u64 {
+    100_000
+}
+
+/// `[source]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// A file read to its end (a bounded input).
+    File {
+        /// Path of the file.
+        path: PathBuf,
+        /// `jsonl` or `protobuf` (length-delimited).
+        format: Format,
+    },
+    /// Standard input, to its end.
+    Stdin {
+        /// `jsonl` or `protobuf`.
+        format: Format,
+    },
+}
+
+/// `[order]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderConfig {
+    /// Allowed out-of-orderness within a partition.
+    pub out_of_orderness_ms: i64,
+    /// Soft bound of the reorder buffer, in samples.
+    pub reorder_capacity: usize,
+}
+
+impl Default for OrderConfig {
+    fn default() -> Self {
+        Self {
+            out_of_orderness_ms: 5_000,
+            reorder_capacity: 1_000_000,
+        }
+    }
+}
+
+/// `[batch]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Apply a key's batch at this many samples.
+    pub max_samples: usize,
+    /// … or at this many positives (0 = off).
+    pub max_positives: usize,
+    /// … or when its oldest sample is this much older than the newest
+    /// released (0 = off).
+    pub max_age_ms: i64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_samples: 1,
+            max_positives: 0,
+            max_age_ms: 0,
+        }
+    }
+}
+
+/// `[dedup]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Window in event-time ms.
+    pub window_ms: i64,
+    /// Most ids held.
+    pub max_ids: usize,
+}
+
+/// `[dead_letter]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// JSONL file dead letters are appended to.
+    pub path: PathBuf,
+}
+
+/// A `[[versions]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionConfig {
+    /// Unique name.
+    pub name: String,
+    /// `beta`, `logistic`.
+    pub model: ModelName,
+    /// Beta prior α₀ (beta).
+    #[serde(default = "one")]
+    pub alpha0: f64,
+    /// Beta prior β₀ (beta).
+    #[serde(default = "one")]
+    pub beta0: f64,
+    /// Context dimension (logistic).
+    #[serde(default)]
+    pub dim: usize,
+    /// `diagonal` or `full` (logistic).
+    #[serde(default = "diagonal")]
+    pub covariance: CovarianceForm,
+    /// Prior mean, `dim` entries; absent = zeros (logistic).
+    #[serde(default)]
+    pub prior_mean: Vec<f64>,
+    /// Prior precision of every coordinate (logistic).
+    #[serde(default = "one")]
+    pub prior_precision: f64,
+    /// The reward label.
+    pub reward_label: String,
+    /// Positive when the label is ≥ this.
+    #[serde(default = "half")]
+    pub reward_threshold: f64,
+    /// Forgetting half-life (event-time ms); absent = off.
+    pub forgetting_half_life_ms: Option<i64>,
+    /// Use the samples' weights.
+    #[serde(default = "yes")]
+    pub use_sample_weight: bool,
+}
+
+/// Model names in version tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelName {
+    /// Beta–Bernoulli.
+    Beta,
+    /// Logistic Thompson sampling.
+    Logistic,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn half() -> f64 {
+    0.5
+}
+fn yes() -> bool {
+    true
+}
+fn diagonal() -> CovarianceForm {
+    CovarianceForm::Diagonal
+}
+
+/// A config value that is out of range, named by its key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    /// Dotted key, e.g. `versions[1].prior_precision`.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Config {
+    /// Parses and validates a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            key: e
+                .span()
+                .map_or_else(String::new, |s| format!("at bytes {}..{}", s.start, s.end)),
+            reason: e.message().to_owned(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: &str| {
+            Err(ConfigError {
+                key: key.to_owned(),
+                reason: reason.to_owned(),
+            })
+        };
+        if self.state.checkpoint_every_records == 0 {
+            return bad("state.checkpoint_every_records", "must be >= 1");
+        }
+        if self.order.out_of_orderness_ms < 0 {
+            return bad("order.out_of_orderness_ms", "must be >= 0");
+        }
+        if self.order.reorder_capacity == 0 {
+            return bad("order.reorder_capacity", "must be >= 1");
+        }
+        if self.batch.max_samples == 0 {
+            return bad("batch.max_samples", "must be >= 1");
+        }
+        if self.batch.max_age_ms < 0 {
+            return bad("batch.max_age_ms", "must be >= 0");
+        }
+        if let Some(d) = &self.dedup
+            && (d.window_ms <= 0 || d.max_ids == 0)
+        {
+            return bad("dedup", "window_ms and max_ids must be > 0");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, v) in self.versions.iter().enumerate() {
+            if !names.insert(v.name.as_str()) {
+                return bad(&format!("versions[{i}].name"), "duplicate version name");
+            }
+            v.spec().map_err(|e| ConfigError {
+                key: format!("versions[{i}]"),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The engine's tuning.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            out_of_orderness_ms: self.order.out_of_orderness_ms,
+            reorder_capacity: self.order.reorder_capacity,
+            dedup: self.dedup.as_ref().map(|d| (d.window_ms, d.max_ids)),
+            batch: BatchPolicy {
+                max_samples: self.batch.max_samples,
+                max_positives: self.batch.max_positives,
+                max_age_ms: (self.batch.max_age_ms > 0).then_some(self.batch.max_age_ms),
+            },
+        }
+    }
+
+    /// The versions' specs.
+    pub fn version_specs(&self) -> Vec<VersionSpec> {
+        self.versions
+            .iter()
+            .map(|v| v.spec().expect("validated at load"))
+            .collect()
+    }
+}
+
+impl VersionConfig {
+    /// The version's spec; errors name the field.
+    pub fn spec(&self) -> Result<VersionSpec, PosteriorError> {
+        let kind = match self.model {
+            ModelName::Beta => ModelKind::Beta(BetaPrior::new(self.alpha0, self.beta0)?),
+            ModelName::Logistic => {
+                let mean = if self.prior_mean.is_empty() {
+                    vec![0.0; self.dim]
+                } else if self.prior_mean.len() == self.dim {
+                    self.prior_mean.clone()
+                } else {
+                    return Err(PosteriorError::WrongDimension {
+                        field: "prior_mean",
+                        expected: self.dim,
+                        got: self.prior_mean.len(),
+                    });
+                };
+                ModelKind::Logistic(LogisticPrior::new(
+                    self.covariance,
+                    mean,
+                    self.prior_precision,
+                )?)
+            }
+        };
+        Ok(VersionSpec {
+            name: self.name.clone(),
+            model: ModelSpec {
+                kind,
+                forgetting: self
+                    .forgetting_half_life_ms
+                    .map(Forgetting::new)
+                    .transpose()?,
+            },
+            reward: RewardSpec {
+                label: self.reward_label.clone(),
+                threshold: self.reward_threshold,
+            },
+            use_sample_weight: self.use_sample_weight,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[state]
+dir = "/tmp/state"
+
+[source]
+kind = "file"
+path = "samples.jsonl"
+format = "jsonl"
+
+[dead_letter]
+path = "dead.jsonl"
+
+[[versions]]
+name = "ctr-beta"
+model = "beta"
+reward_label = "click"
+
+[[versions]]
+name = "ctr-logistic"
+model = "logistic"
+dim = 3
+reward_label = "click"
+forgetting_half_life_ms = 3600000
+"#;
+
+    #[test]
+    fn a_good_file_loads() {
+        let config = Config::from_toml(GOOD).unwrap();
+        let specs = config.version_specs();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[1].model.kind.dim(), 3);
+        assert_eq!(config.engine().batch.max_samples, 1);
+    }
+
+    #[test]
+    fn bad_files_name_the_key() {
+        let cases = [
+            (
+                GOOD.replace("[dead_letter]", "[dead_letter]\ncolour = 1"),
+                "colour",
+            ),
+            (
+                GOOD.replace("dim = 3", "dim = 3\nprior_precision = -1"),
+                "versions[1]",
+            ),
+            (GOOD.replace("dim = 3", "dim = 0"), "dim"),
+            (
+                GOOD.replace("name = \"ctr-logistic\"", "name = \"ctr-beta\""),
+                "versions[1].name",
+            ),
+            (
+                format!("{GOOD}\n[batch]\nmax_samples = 0\nmax_positives = 0\nmax_age_ms = 0\n"),
+                "batch.max_samples",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = Config::from_toml(&text).unwrap_err();
+            assert!(err.to_string().contains(needle), "{err} lacks {needle}");
+        }
+    }
+}

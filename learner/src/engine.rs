@@ -1,0 +1,348 @@
+//! The learner's pure core: records in, parameters and dead letters out.
+//!
+//! [`Engine::ingest`] takes one record of one partition (already decoded by
+//! the source, or marked undecodable), judges it against its partition's
+//! watermark, buffers it, and releases everything below the instance
+//! watermark in (event_time, partition, offset) order. A released sample is
+//! de-duplicated, matched to its version, reduced to that version's
+//! observation and added to its key's micro-batch; full or aged batches are
+//! applied to the key's posterior. [`Engine::finish`] ends a bounded input:
+//! it releases and applies everything left.
+//!
+//! No I/O, no clock: the engine is driven by a source and checkpointed by
+//! its owner. Given the same records per partition it reaches the same
+//! state bit for bit, whatever the interleaving of partitions (see
+//! `watermark`) — which is what makes replay from a checkpoint harmless.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::batcher::{BatchPolicy, Batcher, PendingObservation};
+use crate::deadletter::DeadLetter;
+use crate::dedup::Dedup;
+use crate::posterior::KeyState;
+use crate::registry::{ParamKey, Registry, RegistryError, VersionId};
+use crate::reorder::{OrderKey, ReorderBuffer};
+use crate::sample::Sample;
+use crate::version::VersionSpec;
+use crate::watermark::{Timeliness, Watermarks};
+
+/// Tuning of the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Allowed out-of-orderness of event times within a partition.
+    pub out_of_orderness_ms: i64,
+    /// Soft bound of the reorder buffer; beyond it the driver pauses the
+    /// partitions that are ahead (see [`Engine::buffer_full`]).
+    pub reorder_capacity: usize,
+    /// De-duplication window (event-time ms) and id bound; `None` = off.
+    pub dedup: Option<(i64, usize)>,
+    /// Micro-batch triggers.
+    pub batch: BatchPolicy,
+}
+
+/// What a record carries, as decoded by the source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// A valid sample.
+    Sample(Sample),
+    /// A record that could not become a sample.
+    Invalid {
+        /// Stable reason, e.g. `undecodable`, `non_finite`.
+        reason: &'static str,
+        /// Detail for the dead letter.
+        detail: String,
+    },
+}
+
+/// Counts by outcome, for metrics and tests.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Samples applied to a posterior.
+    pub applied: u64,
+    /// Updates (micro-batches) applied.
+    pub updates: u64,
+    /// Dead letters by reason.
+    pub dead: BTreeMap<&'static str, u64>,
+}
+
+/// The learner's state and logic, without I/O.
+#[derive(Debug)]
+pub struct Engine {
+    watermarks: Watermarks,
+    buffer: ReorderBuffer,
+    dedup: Option<Dedup>,
+    batcher: Batcher,
+    registry: Registry,
+    params: HashMap<ParamKey, KeyState>,
+    next_offsets: BTreeMap<u32, u64>,
+    released_below_ms: i64,
+    changed: BTreeSet<ParamKey>,
+    dead_letters: Vec<DeadLetter>,
+    counters: Counters,
+    dirty: Dirty,
+}
+
+/// What changed since the last checkpoint delta.
+#[derive(Debug, Default)]
+struct Dirty {
+    params: BTreeSet<ParamKey>,
+    pending: BTreeSet<ParamKey>,
+    /// true: buffered since the last delta; false: released, and stored.
+    reorder: BTreeMap<OrderKey, bool>,
+}
+
+impl Engine {
+    /// A fresh engine over the assigned `partitions`.
+    pub fn new(
+        config: EngineConfig,
+        registry: Registry,
+        partitions: impl IntoIterator<Item = u32>,
+    ) -> Self {
+        Self {
+            watermarks: Watermarks::new(config.out_of_orderness_ms, partitions),
+            buffer: ReorderBuffer::new(config.reorder_capacity),
+            dedup: config
+                .dedup
+                .map(|(window_ms, max_ids)| Dedup::new(window_ms, max_ids)),
+            batcher: Batcher::new(config.batch),
+            registry,
+            params: HashMap::new(),
+            next_offsets: BTreeMap::new(),
+            released_below_ms: i64::MIN,
+            changed: BTreeSet::new(),
+            dead_letters: Vec::new(),
+            counters: Counters::default(),
+            dirty: Dirty::default(),
+        }
+    }
+
+    /// Takes one record of `partition` at `offset`. The partition's next
+    /// offset advances whatever the record holds.
+    pub fn ingest(&mut self, partition: u32, offset: u64, payload: Payload) {
+        self.next_offsets.insert(partition, offset + 1);
+        let sample = match payload {
+            Payload::Sample(sample) => sample,
+            Payload::Invalid { reason, detail } => {
+                self.dead(partition, offset, reason, detail, None);
+                return;
+            }
+        };
+        let t = sample.event_time_ms;
+        let late = match self.watermarks.observe(partition, t) {
+            Timeliness::Late { watermark_ms } => Some(watermark_ms),
+            Timeliness::OnTime if t < self.released_below_ms => Some(self.released_below_ms),
+            Timeliness::OnTime => None,
+        };
+        if let Some(watermark_ms) = late {
+            let detail = format!("event time {t} is below watermark {watermark_ms}");
+            self.dead(partition, offset, "late", detail, Some(&sample));
+            return;
+        }
+        let key = OrderKey {
+            event_time_ms: t,
+            partition,
+            offset,
+        };
+        self.buffer.insert(key, sample);
+        self.dirty.reorder.insert(key, true);
+        self.release(self.watermarks.instance_watermark());
+    }
+
+    /// Marks a partition idle (left out of the instance watermark) or
+    /// active, and releases what that allows.
+    pub fn set_idle(&mut self, partition: u32, idle: bool) {
+        self.watermarks.set_idle(partition, idle);
+        self.release(self.watermarks.instance_watermark());
+    }
+
+    /// Ends a bounded input: releases every buffered sample and applies
+    /// every pending batch.
+    pub fn finish(&mut self) {
+        self.release(i64::MAX);
+        for (key, batch) in self.batcher.drain() {
+            self.apply(key, batch);
+        }
+    }
+
+    /// True when the reorder buffer is at its soft bound.
+    pub fn buffer_full(&self) -> bool {
+        self.buffer.is_full()
+    }
+
+    /// The next offset to read per partition.
+    pub fn next_offsets(&self) -> &BTreeMap<u32, u64> {
+        &self.next_offsets
+    }
+
+    /// Keys updated since the last call, with their state (for publishing
+    /// and incremental checkpoints), in key order.
+    pub fn take_changed(&mut self) -> Vec<(ParamKey, &KeyState)> {
+        let changed = std::mem::take(&mut self.changed);
+        changed
+            .into_iter()
+            .map(|k| (k, self.params.get(&k).expect("changed keys exist")))
+            .collect()
+    }
+
+    /// Dead letters since the last call.
+    pub fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
+        std::mem::take(&mut self.dead_letters)
+    }
+
+    /// Counts by outcome since start.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The parameter table.
+    pub fn params(&self) -> &HashMap<ParamKey, KeyState> {
+        &self.params
+    }
+
+    /// The version registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Registers a version; its samples are accepted from the next released
+    /// sample on.
+    pub fn create_version(&mut self, spec: VersionSpec) -> Result<VersionId, RegistryError> {
+        self.registry.create(spec)
+    }
+
+    fn release(&mut self, watermark_ms: i64) {
+        if watermark_ms <= self.released_below_ms {
+            return;
+        }
+        for (key, sample) in self.buffer.release_below(watermark_ms) {
+            if self.dirty.reorder.remove(&key) != Some(true) {
+                self.dirty.reorder.insert(key, false);
+            }
+            self.process(key, sample);
+        }
+        self.released_below_ms = watermark_ms;
+    }
+
+    fn process(&mut self, origin: OrderKey, sample: Sample) {
+        for (key, batch) in self.batcher.due(origin.event_time_ms) {
+            self.apply(key, batch);
+        }
+        if let (Some(dedup), Some(id)) = (self.dedup.as_mut(), sample.sample_id.as_deref())
+            && dedup.check(id, origin.event_time_ms)
+        {
+            let detail = format!("sample_id {id:?} already applied");
+            self.dead(
+                origin.partition,
+                origin.offset,
+                "duplicate",
+                detail,
+                Some(&sample),
+            );
+            return;
+        }
+        let Some(entry) = self.registry.live(&sample.version) else {
+            let detail = format!("version {:?} is not registered or retired", sample.version);
+            self.dead(
+                origin.partition,
+                origin.offset,
+                "unknown_version",
+                detail,
+                Some(&sample),
+            );
+            return;
+        };
+        let key = ParamKey {
+            version: entry.id,
+            doc_id: sample.doc_id,
+        };
+        let obs = match entry.spec.observation(&sample) {
+            Ok(obs) => PendingObservation {
+                origin,
+                context: sample.context.clone(),
+                reward: obs.reward,
+                weight: obs.weight,
+            },
+            Err(err) => {
+                self.dead(
+                    origin.partition,
+                    origin.offset,
+                    err.reason(),
+                    err.to_string(),
+                    Some(&sample),
+                );
+                return;
+            }
+        };
+        self.dirty.pending.insert(key);
+        if let Some(batch) = self.batcher.push(key, obs) {
+            self.apply(key, batch);
+        }
+    }
+
+    fn apply(&mut self, key: ParamKey, batch: Vec<PendingObservation>) {
+        // The key's pending batch is gone (flushed), whatever the outcome.
+        self.dirty.pending.insert(key);
+        let spec = &self
+            .registry
+            .get(key.version)
+            .expect("keys are created from registered versions")
+            .spec;
+        let state = self
+            .params
+            .entry(key)
+            .or_insert_with(|| KeyState::prior(&spec.model));
+        let observations: Vec<_> = batch
+            .iter()
+            .map(PendingObservation::as_observation)
+            .collect();
+        match state.update(&spec.model, &observations) {
+            Ok(_) => {
+                self.counters.applied += batch.len() as u64;
+                self.counters.updates += 1;
+                self.changed.insert(key);
+                self.dirty.params.insert(key);
+            }
+            Err(err) => {
+                let version = spec.name.clone();
+                for obs in &batch {
+                    *self.counters.dead.entry("rejected_update").or_default() += 1;
+                    self.dead_letters.push(DeadLetter {
+                        partition: obs.origin.partition,
+                        offset: obs.origin.offset,
+                        reason: "rejected_update",
+                        detail: err.to_string(),
+                        doc_id: Some(key.doc_id),
+                        version: Some(version.clone()),
+                        event_time_ms: Some(obs.origin.event_time_ms),
+                    });
+                }
+            }
+        }
+    }
+
+    fn dead(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        reason: &'static str,
+        detail: String,
+        sample: Option<&Sample>,
+    ) {
+        *self.counters.dead.entry(reason).or_default() += 1;
+        self.dead_letters.push(DeadLetter {
+            partition,
+            offset,
+            reason,
+            detail,
+            doc_id: sample.map(|s| s.doc_id),
+            version: sample.map(|s| s.version.clone()),
+            event_time_ms: sample.map(|s| s.event_time_ms),
+        });
+    }
+}
+
+mod persist;
+#[cfg(test)]
+mod tests;
+
+pub use persist::{Entries, MemoryStore, Write};

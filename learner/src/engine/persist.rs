@@ -1,0 +1,235 @@
+//! The engine's state as store writes (incremental, for checkpoints) and
+//! back (restore). Which bytes go where is `codec` and `meta`; this file
+//! only decides what changed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{Dirty, Engine, EngineConfig};
+use crate::batcher::Batcher;
+use crate::codec::{self, CorruptState, Table};
+use crate::dedup::Dedup;
+use crate::meta;
+use crate::posterior::KeyState;
+use crate::reorder::ReorderBuffer;
+use crate::watermark::Watermarks;
+
+/// One write of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Set `key` of a table.
+    Put(Table, Vec<u8>, Vec<u8>),
+    /// Remove `key` of a table.
+    Delete(Table, Vec<u8>),
+}
+
+/// Stored entries of one table, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+impl Engine {
+    /// The writes that bring a store holding the previous checkpoint up to
+    /// the current state: changed keys only, plus the small meta entries.
+    /// Applied atomically, they make a consistent checkpoint (offsets and
+    /// the state they produced together).
+    pub fn checkpoint_delta(&mut self) -> Vec<Write> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut writes =
+            Vec::with_capacity(dirty.params.len() + dirty.pending.len() + dirty.reorder.len() + 6);
+        for key in dirty.params {
+            let state = self.params.get(&key).expect("dirty params exist");
+            writes.push(Write::Put(
+                Table::Params,
+                codec::param_key(key),
+                state.encode(),
+            ));
+        }
+        for key in dirty.pending {
+            let bytes = codec::param_key(key);
+            writes.push(match self.batcher.get(key) {
+                Some(batch) => Write::Put(Table::Pending, bytes, codec::pending_bytes(batch)),
+                None => Write::Delete(Table::Pending, bytes),
+            });
+        }
+        for (key, buffered) in dirty.reorder {
+            let bytes = codec::order_key(key);
+            writes.push(match (buffered, self.buffer.get(key)) {
+                (true, Some(sample)) => {
+                    Write::Put(Table::Reorder, bytes, codec::sample_bytes(sample))
+                }
+                _ => Write::Delete(Table::Reorder, bytes),
+            });
+        }
+        if let Some(dedup) = self.dedup.as_mut() {
+            for ((t, id), added) in dedup.take_changes() {
+                let bytes = codec::dedup_key(t, &id);
+                writes.push(if added {
+                    Write::Put(Table::Dedup, bytes, Vec::new())
+                } else {
+                    Write::Delete(Table::Dedup, bytes)
+                });
+            }
+        }
+        let released = self.released_below_ms.to_le_bytes().to_vec();
+        writes.extend([
+            Write::Put(Table::Meta, meta::FORMAT.to_vec(), meta::format_bytes()),
+            Write::Put(
+                Table::Meta,
+                meta::OFFSETS.to_vec(),
+                meta::offsets_bytes(&self.next_offsets),
+            ),
+            Write::Put(
+                Table::Meta,
+                meta::CLOCKS.to_vec(),
+                meta::clocks_bytes(self.watermarks.clocks()),
+            ),
+            Write::Put(Table::Meta, meta::RELEASED.to_vec(), released),
+            Write::Put(
+                Table::Meta,
+                meta::REGISTRY.to_vec(),
+                meta::registry_bytes(&self.registry),
+            ),
+            Write::Put(
+                Table::Meta,
+                meta::COUNTERS.to_vec(),
+                meta::counters_bytes(&self.counters),
+            ),
+        ]);
+        writes
+    }
+
+    /// Every write of a complete checkpoint, whatever changed: for an
+    /// empty store (a new live store, or a savepoint).
+    pub fn full_checkpoint(&mut self) -> Vec<Write> {
+        self.dirty = Dirty {
+            params: self.params.keys().copied().collect(),
+            pending: self.batcher.iter().map(|(k, _)| *k).collect(),
+            reorder: self.buffer.iter().map(|(k, _)| (*k, true)).collect(),
+        };
+        let mut writes = self.checkpoint_delta();
+        if let Some(dedup) = self.dedup.as_ref() {
+            writes.retain(|w| {
+                !matches!(
+                    w,
+                    Write::Put(Table::Dedup, ..) | Write::Delete(Table::Dedup, ..)
+                )
+            });
+            writes.extend(
+                dedup
+                    .entries()
+                    .map(|(t, id)| Write::Put(Table::Dedup, codec::dedup_key(*t, id), Vec::new())),
+            );
+        }
+        writes
+    }
+
+    /// Rebuilds an engine from stored tables (`read` returns a table's
+    /// entries in key order). Returns `Ok(None)` for an empty store.
+    /// Anything that does not decode is reported, never repaired.
+    pub fn restore(
+        config: EngineConfig,
+        mut read: impl FnMut(Table) -> Entries,
+    ) -> Result<Option<Engine>, CorruptState> {
+        let meta: HashMap<Vec<u8>, Vec<u8>> = read(Table::Meta).into_iter().collect();
+        let Some(format) = meta.get(meta::FORMAT) else {
+            return Ok(None);
+        };
+        meta::check_format(format)?;
+        let entry = |name: &[u8]| {
+            meta.get(name)
+                .ok_or_else(|| CorruptState::new(Table::Meta, name, "missing"))
+        };
+        let registry = meta::registry_from(entry(meta::REGISTRY)?)?;
+        let clocks = meta::clocks_from(entry(meta::CLOCKS)?)?;
+        let next_offsets = meta::offsets_from(entry(meta::OFFSETS)?)?;
+        let counters = meta::counters_from(entry(meta::COUNTERS)?)?;
+        let released = entry(meta::RELEASED)?;
+        let released_below_ms = i64::from_le_bytes(
+            released
+                .as_slice()
+                .try_into()
+                .map_err(|_| CorruptState::new(Table::Meta, meta::RELEASED, "not 8 bytes"))?,
+        );
+
+        let mut params = HashMap::new();
+        for (k, v) in read(Table::Params) {
+            let key = codec::param_key_from(Table::Params, &k)?;
+            let state =
+                KeyState::decode(&v).map_err(|e| CorruptState::new(Table::Params, &k, e))?;
+            if registry.get(key.version).is_none() {
+                return Err(CorruptState::new(
+                    Table::Params,
+                    &k,
+                    "unregistered version id",
+                ));
+            }
+            params.insert(key, state);
+        }
+        let mut batcher = Batcher::new(config.batch);
+        for (k, v) in read(Table::Pending) {
+            batcher.restore(
+                codec::param_key_from(Table::Pending, &k)?,
+                codec::pending_from(&k, &v)?,
+            );
+        }
+        let mut buffer = ReorderBuffer::new(config.reorder_capacity);
+        for (k, v) in read(Table::Reorder) {
+            buffer.insert(codec::order_key_from(&k)?, codec::sample_from(&k, &v)?);
+        }
+        let dedup = match config.dedup {
+            Some((window_ms, max_ids)) => {
+                let mut dedup = Dedup::new(window_ms, max_ids);
+                let entries: Result<Vec<_>, _> = read(Table::Dedup)
+                    .iter()
+                    .map(|(k, _)| codec::dedup_key_from(k))
+                    .collect();
+                dedup.restore(entries?);
+                Some(dedup)
+            }
+            None => None,
+        };
+        Ok(Some(Engine {
+            watermarks: Watermarks::from_clocks(config.out_of_orderness_ms, clocks),
+            buffer,
+            dedup,
+            batcher,
+            registry,
+            params,
+            next_offsets,
+            released_below_ms,
+            changed: Default::default(),
+            dead_letters: Vec::new(),
+            counters,
+            dirty: Dirty::default(),
+        }))
+    }
+}
+
+/// An in-memory state store: the tables as sorted maps. The unit-test fake
+/// of the RocksDB store, with the same semantics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryStore {
+    tables: BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemoryStore {
+    /// Applies a checkpoint's writes.
+    pub fn apply(&mut self, writes: Vec<Write>) {
+        for write in writes {
+            match write {
+                Write::Put(t, k, v) => {
+                    self.tables.entry(t).or_default().insert(k, v);
+                }
+                Write::Delete(t, k) => {
+                    self.tables.entry(t).or_default().remove(&k);
+                }
+            }
+        }
+    }
+
+    /// A table's entries in key order.
+    pub fn entries(&self, table: Table) -> Entries {
+        self.tables
+            .get(&table)
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,501 @@
+//! The engine against an independent reference ("oracle") that applies the
+//! documented rules to the whole log at once: per-partition lateness, a
+//! global sort by (event_time, partition, offset), de-duplication, version
+//! and observation checks, count / positive / age batch triggers. The
+//! engine, fed the partitions in several random interleavings, must reach
+//! the oracle's state bit for bit and the same dead-letter counts.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use super::*;
+use crate::codec::Table;
+use crate::posterior::{
+    BetaPrior, CovarianceForm, LogisticPrior, ModelKind, ModelSpec, Observation,
+};
+use crate::version::{RewardSpec, VersionSpec};
+
+const OUT_OF_ORDERNESS_MS: i64 = 50;
+const DEDUP_WINDOW_MS: i64 = 2_000;
+const DIM: usize = 4;
+
+fn registry() -> Registry {
+    let beta = VersionSpec {
+        name: "beta".into(),
+        model: ModelSpec::new(ModelKind::Beta(BetaPrior::UNIFORM)),
+        reward: RewardSpec::binary("click"),
+        use_sample_weight: true,
+    };
+    let logistic = VersionSpec {
+        name: "logistic".into(),
+        model: ModelSpec::new(ModelKind::Logistic(
+            LogisticPrior::isotropic(CovarianceForm::Diagonal, DIM, 1.0).unwrap(),
+        )),
+        reward: RewardSpec::binary("click"),
+        use_sample_weight: true,
+    };
+    Registry::with_versions([beta, logistic]).unwrap()
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        reorder_capacity: 100_000,
+        dedup: Some((DEDUP_WINDOW_MS, 1_000_000)),
+        batch: BatchPolicy {
+            max_samples: 8,
+            max_positives: 2,
+            max_age_ms: Some(300),
+        },
+    }
+}
+
+/// A pending observation of the oracle: (reward, weight, event time, context).
+type Pending = (bool, f64, i64, Vec<f32>);
+
+/// One partition's log: (offset, payload) in offset order.
+type Log = Vec<Vec<Payload>>;
+
+/// Bounded disorder, ~1% late, ~1% duplicates, ~1% poison, ~1% unknown
+/// version, a few wrong dimensions and missing labels.
+fn generate(seed: u64, partitions: usize, per_partition: usize) -> Log {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut logs: Log = vec![Vec::new(); partitions];
+    let mut recent: Vec<Sample> = Vec::new();
+    for (p, log) in logs.iter_mut().enumerate() {
+        let mut clock = 1_000_000 + rng.random_range(0..200) as i64;
+        let mut max_t = i64::MIN;
+        for i in 0..per_partition {
+            clock += rng.random_range(0..4);
+            let roll: f64 = rng.random();
+            let payload = if roll < 0.01 {
+                Payload::Invalid {
+                    reason: "undecodable",
+                    detail: "poison".into(),
+                }
+            } else if roll < 0.02 && !recent.is_empty() {
+                let mut dup = recent[rng.random_range(0..recent.len())].clone();
+                dup.event_time_ms = dup.event_time_ms.max(clock - OUT_OF_ORDERNESS_MS);
+                Payload::Sample(dup)
+            } else {
+                let mut t = clock - rng.random_range(0..OUT_OF_ORDERNESS_MS);
+                if roll < 0.03 {
+                    t = clock - OUT_OF_ORDERNESS_MS - 10 - rng.random_range(0..500);
+                } else if roll < 0.04 && max_t > i64::MIN {
+                    // Exactly on, or one below, the partition's watermark.
+                    t = max_t - OUT_OF_ORDERNESS_MS - rng.random_range(0..2);
+                }
+                max_t = max_t.max(t);
+                let version = match rng.random_range(0..100) {
+                    0 => "unknown",
+                    x if x < 50 => "beta",
+                    _ => "logistic",
+                };
+                let dim = if version == "beta" {
+                    0
+                } else if rng.random_range(0..200) == 0 {
+                    DIM + 1
+                } else {
+                    DIM
+                };
+                let mut labels = vec![("click".to_owned(), f32::from(rng.random_bool(0.3)))];
+                if rng.random_range(0..300) == 0 {
+                    labels.clear();
+                }
+                let sample = Sample {
+                    doc_id: rng.random_range(0..60),
+                    version: version.into(),
+                    event_time_ms: t,
+                    context: (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect(),
+                    labels,
+                    weight: [1.0, 0.5, 2.0][rng.random_range(0..3)],
+                    sample_id: Some(format!("p{p}-{i}")),
+                };
+                recent.push(sample.clone());
+                if recent.len() > 50 {
+                    recent.remove(0);
+                }
+                Payload::Sample(sample)
+            };
+            log.push(payload);
+        }
+    }
+    logs
+}
+
+/// Feeds the partitions to the engine in a random interleaving.
+fn run_engine(logs: &Log, interleave_seed: u64) -> Engine {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(interleave_seed);
+    let mut engine = Engine::new(config(), registry(), 0..logs.len() as u32);
+    let mut cursor = vec![0_usize; logs.len()];
+    loop {
+        let open: Vec<usize> = (0..logs.len())
+            .filter(|&p| cursor[p] < logs[p].len())
+            .collect();
+        let Some(&p) = open.get(rng.random_range(0..open.len().max(1))) else {
+            break;
+        };
+        // Bursts of up to 64 records from one partition, like broker fetches.
+        for _ in 0..rng.random_range(1..64) {
+            if cursor[p] == logs[p].len() {
+                break;
+            }
+            engine.ingest(p as u32, cursor[p] as u64, logs[p][cursor[p]].clone());
+            cursor[p] += 1;
+        }
+    }
+    engine.finish();
+    engine
+}
+
+/// The documented rules applied to the whole log at once.
+fn oracle(logs: &Log) -> (HashMap<ParamKey, KeyState>, BTreeMap<&'static str, u64>) {
+    let registry = registry();
+    let policy = config().batch;
+    let mut dead: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut on_time = Vec::new();
+    for (p, log) in logs.iter().enumerate() {
+        let mut max_t: Option<i64> = None;
+        for (o, payload) in log.iter().enumerate() {
+            match payload {
+                Payload::Invalid { reason, .. } => *dead.entry(reason).or_default() += 1,
+                Payload::Sample(s) => {
+                    if max_t.is_some_and(|m| s.event_time_ms < m - OUT_OF_ORDERNESS_MS) {
+                        *dead.entry("late").or_default() += 1;
+                    } else {
+                        max_t = Some(max_t.map_or(s.event_time_ms, |m| m.max(s.event_time_ms)));
+                        on_time.push((s.event_time_ms, p as u32, o as u64, s.clone()));
+                    }
+                }
+            }
+        }
+    }
+    on_time.sort_by_key(|(t, p, o, _)| (*t, *p, *o));
+
+    let mut params: HashMap<ParamKey, KeyState> = HashMap::new();
+    let mut pending: BTreeMap<ParamKey, Vec<Pending>> = BTreeMap::new();
+    let mut last_accepted: HashMap<String, i64> = HashMap::new();
+    let apply = |params: &mut HashMap<ParamKey, KeyState>, key: ParamKey, batch: Vec<Pending>| {
+        let spec = &registry.get(key.version).unwrap().spec;
+        let obs: Vec<Observation<'_>> = batch
+            .iter()
+            .map(|(y, w, t, x)| Observation {
+                context: x,
+                reward: *y,
+                weight: *w,
+                event_time_ms: *t,
+            })
+            .collect();
+        params
+            .entry(key)
+            .or_insert_with(|| KeyState::prior(&spec.model))
+            .update(&spec.model, &obs)
+            .unwrap();
+    };
+    for (t, _, _, s) in on_time {
+        let mut due: Vec<(i64, ParamKey)> = pending
+            .iter()
+            .filter(|(_, b)| t - b[0].2 >= policy.max_age_ms.unwrap())
+            .map(|(k, b)| (b[0].2, *k))
+            .collect();
+        due.sort();
+        for (_, key) in due {
+            let batch = pending.remove(&key).unwrap();
+            apply(&mut params, key, batch);
+        }
+        let id = s.sample_id.clone().unwrap();
+        if last_accepted
+            .get(&id)
+            .is_some_and(|&prev| prev >= t - DEDUP_WINDOW_MS)
+        {
+            *dead.entry("duplicate").or_default() += 1;
+            continue;
+        }
+        last_accepted.insert(id, t);
+        let Some(entry) = registry.live(&s.version) else {
+            *dead.entry("unknown_version").or_default() += 1;
+            continue;
+        };
+        let dim = entry.spec.model.kind.dim();
+        let Some(click) = s.label("click") else {
+            if s.context.len() != dim {
+                *dead.entry("wrong_dimension").or_default() += 1;
+            } else {
+                *dead.entry("missing_label").or_default() += 1;
+            }
+            continue;
+        };
+        if s.context.len() != dim {
+            *dead.entry("wrong_dimension").or_default() += 1;
+            continue;
+        }
+        let key = ParamKey {
+            version: entry.id,
+            doc_id: s.doc_id,
+        };
+        let batch = pending.entry(key).or_default();
+        batch.push((click >= 0.5, f64::from(s.weight), t, s.context.clone()));
+        let positives = batch.iter().filter(|b| b.0).count();
+        if batch.len() >= policy.max_samples || positives >= policy.max_positives {
+            let batch = pending.remove(&key).unwrap();
+            apply(&mut params, key, batch);
+        }
+    }
+    for (key, batch) in std::mem::take(&mut pending) {
+        apply(&mut params, key, batch);
+    }
+    (params, dead)
+}
+
+#[test]
+fn any_interleaving_reaches_the_oracle_state_bit_for_bit() {
+    let logs = generate(7, 3, 4_000);
+    let (expected, expected_dead) = oracle(&logs);
+    for (name, count) in [
+        ("late", 50),
+        ("duplicate", 50),
+        ("undecodable", 50),
+        ("unknown_version", 50),
+    ] {
+        assert!(
+            expected_dead.get(name).copied().unwrap_or(0) >= count / 2,
+            "{name}: {expected_dead:?}"
+        );
+    }
+    assert!(
+        expected_dead.contains_key("wrong_dimension")
+            && expected_dead.contains_key("missing_label")
+    );
+    for interleave_seed in [1, 2, 3] {
+        let engine = run_engine(&logs, interleave_seed);
+        assert_eq!(
+            engine.counters().dead,
+            expected_dead,
+            "interleaving {interleave_seed}"
+        );
+        assert_eq!(engine.params().len(), expected.len());
+        for (key, state) in engine.params() {
+            assert_eq!(
+                state.encode(),
+                expected[key].encode(),
+                "key {key:?}, interleaving {interleave_seed}"
+            );
+        }
+        let total: u64 = logs.iter().map(|l| l.len() as u64).sum();
+        let dead: u64 = engine.counters().dead.values().sum();
+        assert_eq!(
+            engine.counters().applied + dead,
+            total,
+            "every record is applied or dead-lettered"
+        );
+    }
+}
+
+#[test]
+fn offsets_advance_past_every_record_and_dead_letters_say_where() {
+    let logs = generate(8, 2, 500);
+    let mut engine = run_engine(&logs, 9);
+    assert_eq!(engine.next_offsets(), &BTreeMap::from([(0, 500), (1, 500)]));
+    let letters = engine.take_dead_letters();
+    assert_eq!(
+        letters.len() as u64,
+        engine.counters().dead.values().sum::<u64>()
+    );
+    let late = letters
+        .iter()
+        .find(|d| d.reason == "late")
+        .expect("some late sample");
+    match &logs[late.partition as usize][late.offset as usize] {
+        Payload::Sample(s) => assert_eq!(Some(s.event_time_ms), late.event_time_ms),
+        Payload::Invalid { .. } => panic!("a late letter points at a sample"),
+    }
+    assert!(engine.take_dead_letters().is_empty());
+}
+
+#[test]
+fn an_idle_partition_lets_the_others_proceed_and_its_old_events_are_late() {
+    let mut engine = Engine::new(
+        EngineConfig {
+            batch: BatchPolicy::default(),
+            ..config()
+        },
+        registry(),
+        [0, 1],
+    );
+    let sample = |t| {
+        Payload::Sample(Sample {
+            doc_id: 1,
+            version: "beta".into(),
+            event_time_ms: t,
+            context: vec![],
+            labels: vec![("click".into(), 1.0)],
+            weight: 1.0,
+            sample_id: None,
+        })
+    };
+    engine.ingest(0, 0, sample(1_000));
+    engine.ingest(0, 1, sample(2_000));
+    assert!(
+        engine.take_changed().is_empty(),
+        "partition 1 holds the watermark back"
+    );
+    engine.set_idle(1, true);
+    let changed = engine.take_changed();
+    assert_eq!(changed.len(), 1);
+    assert_eq!(
+        changed[0].1.seq, 1,
+        "only the sample below 2000 - 50 was released"
+    );
+    engine.ingest(1, 0, sample(1_500));
+    assert_eq!(
+        engine.counters().dead.get("late"),
+        Some(&1),
+        "behind what was already released"
+    );
+}
+
+/// Like `run_engine`, but checkpoints into a store at random moments and
+/// "crashes" at others: the engine is dropped, rebuilt from the store, and
+/// each partition re-read from its checkpointed next offset.
+fn run_engine_with_crashes(logs: &Log, seed: u64, crashes: usize) -> (Engine, usize) {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let total: usize = logs.iter().map(Vec::len).sum();
+    let mut crash_at: Vec<usize> = (0..crashes).map(|_| rng.random_range(0..total)).collect();
+    crash_at.sort_unstable();
+    let mut store = MemoryStore::default();
+    let mut engine = Engine::new(config(), registry(), 0..logs.len() as u32);
+    let mut cursor = vec![0_usize; logs.len()];
+    let (mut steps, mut restarts) = (0_usize, 0_usize);
+    loop {
+        let open: Vec<usize> = (0..logs.len())
+            .filter(|&p| cursor[p] < logs[p].len())
+            .collect();
+        let Some(&p) = open.get(rng.random_range(0..open.len().max(1))) else {
+            break;
+        };
+        engine.ingest(p as u32, cursor[p] as u64, logs[p][cursor[p]].clone());
+        cursor[p] += 1;
+        steps += 1;
+        if rng.random_range(0..500) == 0 {
+            store.apply(engine.checkpoint_delta());
+        }
+        if crash_at.first().is_some_and(|&c| c <= steps) {
+            crash_at.remove(0);
+            restarts += 1;
+            engine = Engine::restore(config(), |t| store.entries(t))
+                .unwrap()
+                .unwrap_or_else(|| Engine::new(config(), registry(), 0..logs.len() as u32));
+            for (p, c) in cursor.iter_mut().enumerate() {
+                *c = engine.next_offsets().get(&(p as u32)).copied().unwrap_or(0) as usize;
+            }
+        }
+    }
+    engine.finish();
+    (engine, restarts)
+}
+
+#[test]
+fn crashes_and_restores_from_checkpoints_change_nothing() {
+    let logs = generate(17, 3, 3_000);
+    let (expected, expected_dead) = oracle(&logs);
+    for seed in [1, 2] {
+        let (engine, restarts) = run_engine_with_crashes(&logs, seed, 12);
+        assert!(restarts >= 10, "{restarts}");
+        assert_eq!(engine.counters().dead, expected_dead, "seed {seed}");
+        assert_eq!(engine.params().len(), expected.len());
+        for (key, state) in engine.params() {
+            assert_eq!(
+                state.encode(),
+                expected[key].encode(),
+                "key {key:?}, seed {seed}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_restored_store_equals_a_full_rewrite() {
+    // Incremental deltas must leave the store exactly as a fresh full
+    // checkpoint of the same engine would.
+    let logs = generate(23, 2, 1_500);
+    let mut engine = Engine::new(config(), registry(), [0, 1]);
+    let mut incremental = MemoryStore::default();
+    for (i, (a, b)) in logs[0].iter().zip(&logs[1]).enumerate() {
+        engine.ingest(0, i as u64, a.clone());
+        engine.ingest(1, i as u64, b.clone());
+        if i % 97 == 0 {
+            incremental.apply(engine.checkpoint_delta());
+        }
+    }
+    incremental.apply(engine.checkpoint_delta());
+    let mut restored = Engine::restore(config(), |t| incremental.entries(t))
+        .unwrap()
+        .unwrap();
+    let mut fresh = MemoryStore::default();
+    // Mark everything dirty by restoring into a new engine and writing all.
+    fresh.apply(restored.full_checkpoint());
+    for table in Table::ALL {
+        assert_eq!(
+            incremental.entries(table),
+            fresh.entries(table),
+            "{table:?}"
+        );
+    }
+}
+
+/// After every checkpoint, an engine restored from the store holds exactly
+/// the live engine's state, table by table (a missed dirty mark shows here
+/// first, long before it skews a final result).
+#[test]
+fn every_checkpoint_restores_the_live_state_exactly() {
+    let logs = generate(17, 3, 3_000);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let mut store = MemoryStore::default();
+    let mut engine = Engine::new(config(), registry(), 0..3);
+    let mut cursor = [0_usize; 3];
+    let mut steps = 0;
+    loop {
+        let open: Vec<usize> = (0..3).filter(|&p| cursor[p] < logs[p].len()).collect();
+        let Some(&p) = open.get(rng.random_range(0..open.len().max(1))) else {
+            break;
+        };
+        engine.ingest(p as u32, cursor[p] as u64, logs[p][cursor[p]].clone());
+        cursor[p] += 1;
+        steps += 1;
+        if steps % 211 == 0 {
+            store.apply(engine.checkpoint_delta());
+            let restored = Engine::restore(config(), |t| store.entries(t))
+                .unwrap()
+                .unwrap();
+            assert_eq!(restored.buffer, engine.buffer, "buffer at {steps}");
+            let mut a: Vec<_> = engine
+                .batcher
+                .iter()
+                .map(|(k, b)| (*k, b.observations.clone()))
+                .collect();
+            let mut b: Vec<_> = restored
+                .batcher
+                .iter()
+                .map(|(k, b)| (*k, b.observations.clone()))
+                .collect();
+            a.sort_by_key(|x| x.0);
+            b.sort_by_key(|x| x.0);
+            assert_eq!(a.len(), b.len(), "pending at {steps}");
+            assert!(a == b, "pending at {steps}");
+            assert_eq!(restored.params, engine.params, "params at {steps}");
+            assert_eq!(
+                restored.dedup,
+                engine.dedup.as_ref().map(|d| {
+                    let mut d = d.clone();
+                    d.take_changes();
+                    d
+                }),
+                "dedup at {steps}"
+            );
+            assert_eq!(restored.released_below_ms, engine.released_below_ms);
+            assert_eq!(restored.watermarks, engine.watermarks);
+        }
+    }
+}

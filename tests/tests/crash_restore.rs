@@ -1,0 +1,202 @@
+//! The central test: the learner runs as a child process over a generated
+//! log with defects, is killed with SIGKILL at random moments and aborted
+//! at fail points (before and after a checkpoint write), restarted each
+//! time, and must end with exactly the state and the dead letters of an
+//! uninterrupted run — bit for bit.
+
+#![cfg(feature = "store")]
+#![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use posterior_learner::config::Config;
+use posterior_learner::runner::{open_engine, run_bounded};
+use posterior_learner::store::RocksStore;
+use posterior_tests::binary;
+use posterior_tests::log::{LogSpec, generate};
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+const OUT_OF_ORDERNESS_MS: i64 = 200;
+
+fn config_text(dir: &Path, log: &Path, name: &str) -> String {
+    format!(
+        r#"
+[state]
+dir = "{state}"
+checkpoint_every_records = 5000
+
+[source]
+kind = "file"
+path = "{log}"
+format = "jsonl"
+
+[order]
+out_of_orderness_ms = {OUT_OF_ORDERNESS_MS}
+reorder_capacity = 100000
+
+[batch]
+max_samples = 8
+max_positives = 1
+max_age_ms = 2000
+
+[dedup]
+window_ms = 60000
+max_ids = 1000000
+
+[dead_letter]
+path = "{dead}"
+
+[[versions]]
+name = "beta"
+model = "beta"
+reward_label = "click"
+
+[[versions]]
+name = "logistic"
+model = "logistic"
+dim = 4
+prior_mean = [-3.0, 0.0, 0.0, 0.0]
+reward_label = "click"
+"#,
+        state = dir.join(format!("{name}-state")).display(),
+        log = log.display(),
+        dead = dir.join(format!("{name}-dead.jsonl")).display(),
+    )
+}
+
+fn dump(config: &Config) -> String {
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    let (engine, _, _) = open_engine(config, &store).unwrap();
+    let mut out = Vec::new();
+    posterior_learner::dump::dump(&engine, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn killed_and_restarted_learner_ends_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("samples.jsonl");
+    let (text, injected) = generate(LogSpec {
+        records: 200_000,
+        docs: 5_000,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 42,
+    });
+    std::fs::write(&log, text).unwrap();
+
+    // The reference: one uninterrupted run, in process.
+    let reference_path = dir.path().join("reference.toml");
+    std::fs::write(&reference_path, config_text(dir.path(), &log, "reference")).unwrap();
+    let reference = Config::from_toml(&std::fs::read_to_string(&reference_path).unwrap()).unwrap();
+    let summary = run_bounded(&reference).unwrap();
+    let dead = &summary.counters.dead;
+    assert_eq!(
+        dead.get("undecodable").copied().unwrap_or(0),
+        injected.poison
+    );
+    assert_eq!(
+        dead.get("unknown_version").copied().unwrap_or(0),
+        injected.unknown_version
+    );
+    assert!(
+        dead.get("late").copied().unwrap_or(0) >= injected.late * 9 / 10,
+        "{dead:?} vs {injected:?}"
+    );
+    assert!(
+        dead.get("duplicate").copied().unwrap_or(0) >= injected.duplicates / 2,
+        "{dead:?}"
+    );
+    let expected_dump = dump(&reference);
+    assert!(
+        expected_dump.lines().count() >= 9_000,
+        "≥ 10 k keys expected"
+    );
+
+    // The victim: a child process, killed again and again.
+    let victim_path = dir.path().join("victim.toml");
+    std::fs::write(&victim_path, config_text(dir.path(), &log, "victim")).unwrap();
+    let learner = binary("learner");
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    let mut kills = 0;
+    let failpoints = [
+        "before_checkpoint:30000",
+        "after_checkpoint:60000",
+        "after_ingest:90000",
+    ];
+    for round in 0..14 {
+        let mut cmd = Command::new(&learner);
+        cmd.args(["run", "--config"])
+            .arg(&victim_path)
+            .stderr(Stdio::null());
+        if let Some(fp) = failpoints.get(round % 5) {
+            cmd.env("POSTERIOR_FAILPOINT", fp);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_millis(rng.random_range(100..1_500));
+        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(kills >= 10, "only {kills} kills landed mid-run");
+    let status = Command::new(&learner)
+        .args(["run", "--config"])
+        .arg(&victim_path)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let victim = Config::from_toml(&std::fs::read_to_string(&victim_path).unwrap()).unwrap();
+    let got = dump(&victim);
+    assert!(got == expected_dump, "state differs after {kills} kills");
+    let dead_expected = std::fs::read(dir.path().join("reference-dead.jsonl")).unwrap();
+    let dead_got = std::fs::read(dir.path().join("victim-dead.jsonl")).unwrap();
+    assert!(dead_got == dead_expected, "dead letters differ");
+}
+
+#[test]
+fn a_corrupt_state_store_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("samples.jsonl");
+    let (text, _) = generate(LogSpec {
+        records: 20_000,
+        docs: 100,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 3,
+    });
+    std::fs::write(&log, text).unwrap();
+    let config = Config::from_toml(&config_text(dir.path(), &log, "c")).unwrap();
+    run_bounded(&config).unwrap();
+    // Damage every table file of the store.
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(&config.state.dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "sst" || e == "log") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            if bytes.len() > 64 {
+                for b in bytes.iter_mut().skip(32).step_by(97) {
+                    *b ^= 0xff;
+                }
+                std::fs::write(&path, bytes).unwrap();
+                damaged += 1;
+            }
+        }
+    }
+    assert!(damaged > 0);
+    let err = RocksStore::open(&config.state.dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|store| open_engine(&config, &store).map(|_| ()));
+    let message = format!("{:#}", err.expect_err("corruption must be detected"));
+    assert!(
+        message.to_lowercase().contains("corrupt") || message.contains("checksum"),
+        "unclear error: {message}"
+    );
+}
