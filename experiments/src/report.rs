@@ -96,7 +96,7 @@ impl ScenarioResult {
                 out,
                 "{:<name_width$}  {:>22}  {:>8.3}  {:>12.0}",
                 p.name,
-                format!("{mean:.1} ± {se:.1}"),
+                mean_se(mean, se, p.band.seeds),
                 100.0 * p.ctr(horizon),
                 p.examples_per_s
             );
@@ -134,7 +134,7 @@ impl ScenarioResult {
             let _ = write!(out, "{:<name_width$}", p.name);
             for &(i, _) in &decades {
                 let cell = match (p.band.mean.get(i), p.band.se.get(i)) {
-                    (Some(m), Some(s)) => format!("{m:.1} ± {s:.1}"),
+                    (Some(m), Some(s)) => mean_se(*m, *s, p.band.seeds),
                     _ => "-".to_string(),
                 };
                 let _ = write!(out, "  {cell:>18}");
@@ -267,6 +267,15 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// "mean ± s.e.", or the mean alone when one seed leaves the error undefined.
+fn mean_se(mean: f64, se: f64, seeds: usize) -> String {
+    if seeds < 2 {
+        format!("{mean:.1}")
+    } else {
+        format!("{mean:.1} ± {se:.1}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,7 +310,10 @@ mod tests {
     fn table_csv_and_summary() {
         let r = sample();
         let table = r.table();
-        assert!(table.contains("10.0 ± 0.0"), "{table}");
+        // One seed: the standard error is undefined and not printed.
+        let row = table.lines().find(|l| l.starts_with("a,b")).unwrap();
+        assert!(row.contains("10.0") && !row.contains('±'), "{table}");
+        assert_eq!(mean_se(10.0, 0.5, 2), "10.0 ± 0.5");
         assert!(table.contains("1e3"), "{table}");
         assert!(table.contains("note: hello"));
         let csv = r.csv();
