@@ -134,6 +134,8 @@ fn checkpoint(
     records: u64,
 ) -> Result<()> {
     let dead_bytes = dead.append(&engine.take_dead_letters())?;
+    // No publishing sink yet (it comes with the params topic): the keys
+    // changed since the last checkpoint are not sent anywhere.
     let _ = engine.take_changed();
     let mut writes = engine.checkpoint_delta();
     writes.push(Write::Put(
