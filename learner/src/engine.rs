@@ -116,10 +116,17 @@ impl Engine {
         }
     }
 
-    /// Takes one record of `partition` at `offset`. The partition's next
-    /// offset advances whatever the record holds.
+    /// Takes one record of `partition` at `offset` (Kafka offsets: the next
+    /// record is at `offset + 1`). The partition's next offset advances
+    /// whatever the record holds.
     pub fn ingest(&mut self, partition: u32, offset: u64, payload: Payload) {
-        self.next_offsets.insert(partition, offset + 1);
+        self.ingest_at(partition, offset, offset + 1, payload);
+    }
+
+    /// Like [`Engine::ingest`] for sources whose offsets are not dense (a
+    /// file's byte positions): `next_offset` is where the next record starts.
+    pub fn ingest_at(&mut self, partition: u32, offset: u64, next_offset: u64, payload: Payload) {
+        self.next_offsets.insert(partition, next_offset);
         let sample = match payload {
             Payload::Sample(sample) => sample,
             Payload::Invalid { reason, detail } => {

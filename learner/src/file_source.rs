@@ -115,6 +115,11 @@ impl FileSource {
         }
     }
 
+    /// Byte position after the last record read: where the next starts.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
     /// The next record as (offset, payload), `None` at the end.
     pub fn next_record(&mut self) -> io::Result<Option<(u64, Payload)>> {
         match self.format {
@@ -235,9 +240,13 @@ mod tests {
         assert!(
             matches!(&records[3].1, Payload::Invalid { detail, .. } if detail.contains("surprise"))
         );
-        // Resuming at a record's offset reads that record again.
+        // Resuming at a record's offset reads that record again, and the
+        // position after a record is the next record's offset.
         let mut resumed = FileSource::open(&path, Format::Jsonl, records[3].0).unwrap();
         assert_eq!(resumed.next_record().unwrap().unwrap(), records[3]);
+        let mut source = FileSource::open(&path, Format::Jsonl, 0).unwrap();
+        source.next_record().unwrap();
+        assert_eq!(source.position(), records[1].0);
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub fn run_bounded(config: &Config) -> Result<RunSummary> {
     let failpoint = Failpoint::from_env();
     let (mut records, mut checkpoints) = (0_u64, 0_u64);
     while let Some((offset, payload)) = source.next_record().context("read source")? {
-        engine.ingest(FILE_PARTITION, offset, payload);
+        engine.ingest_at(FILE_PARTITION, offset, source.position(), payload);
         records += 1;
         failpoint.hit("after_ingest", records);
         if records % config.state.checkpoint_every_records == 0 {

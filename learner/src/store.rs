@@ -66,6 +66,10 @@ impl RocksStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_paranoid_checks(true);
+        // Every checkpoint is a synced write, so only a torn last record (a
+        // write that was never acknowledged) may be dropped on recovery;
+        // corruption anywhere else is an error, never a silent rewind.
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let cfs = Table::ALL.map(|t| ColumnFamilyDescriptor::new(t.name(), Options::default()));
         let display = path.display().to_string();

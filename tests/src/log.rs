@@ -62,7 +62,7 @@ pub fn generate(spec: LogSpec) -> (String, Injected) {
         } else {
             clock - rng.random_range(0..spec.out_of_orderness_ms.max(1))
         };
-        let version = if roll < 0.04 {
+        let version = if (0.03..0.04).contains(&roll) {
             injected.unknown_version += 1;
             "nobody"
         } else if rng.random_bool(0.5) {

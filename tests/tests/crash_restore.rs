@@ -156,7 +156,18 @@ fn killed_and_restarted_learner_ends_bit_identical() {
 
     let victim = Config::from_toml(&std::fs::read_to_string(&victim_path).unwrap()).unwrap();
     let got = dump(&victim);
-    assert!(got == expected_dump, "state differs after {kills} kills");
+    if got != expected_dump {
+        let (g, e): (Vec<&str>, Vec<&str>) =
+            (got.lines().collect(), expected_dump.lines().collect());
+        let first = g.iter().zip(&e).position(|(a, b)| a != b);
+        panic!(
+            "state differs after {kills} kills: {} vs {} keys; first difference at {first:?}: {:?} vs {:?}",
+            g.len(),
+            e.len(),
+            first.map(|i| g[i]),
+            first.map(|i| e[i])
+        );
+    }
     let dead_expected = std::fs::read(dir.path().join("reference-dead.jsonl")).unwrap();
     let dead_got = std::fs::read(dir.path().join("victim-dead.jsonl")).unwrap();
     assert!(dead_got == dead_expected, "dead letters differ");
