@@ -231,19 +231,26 @@ impl<M: LogisticModel> Policy for Logistic<M> {
     }
 
     fn learn(&mut self, doc: u32, batch: &[Observation<'_>]) -> Result<()> {
-        let d = doc as usize;
-        self.posteriors[d]
-            .apply(
-                &self.prior,
-                self.forgetting.as_ref(),
-                self.last_event_ms[d],
-                batch,
-            )
-            .with_context(|| format!("update doc {doc}"))?;
-        let newest = batch.iter().map(|o| o.event_time_ms).max().unwrap_or(0);
-        self.last_event_ms[d] = self.last_event_ms[d].max(newest);
-        Ok(())
+        let posterior = &mut self.posteriors[doc as usize];
+        learn_doc(&mut self.last_event_ms, doc, batch, |last| {
+            posterior.apply(&self.prior, self.forgetting.as_ref(), last, batch)
+        })
     }
+}
+
+/// Applies `batch` to one doc's posterior through `update`, which gets the
+/// doc's last event time (for forgetting), then advances that time.
+fn learn_doc(
+    last_event_ms: &mut [i64],
+    doc: u32,
+    batch: &[Observation<'_>],
+    update: impl FnOnce(i64) -> Result<(), PosteriorError>,
+) -> Result<()> {
+    let d = doc as usize;
+    update(last_event_ms[d]).with_context(|| format!("update doc {doc}"))?;
+    let newest = batch.iter().map(|o| o.event_time_ms).max().unwrap_or(0);
+    last_event_ms[d] = last_event_ms[d].max(newest);
+    Ok(())
 }
 
 /// Beta TS per doc.
@@ -265,18 +272,10 @@ impl Policy for BetaTs {
     }
 
     fn learn(&mut self, doc: u32, batch: &[Observation<'_>]) -> Result<()> {
-        let d = doc as usize;
-        self.posteriors[d]
-            .update(
-                &self.prior,
-                self.forgetting.as_ref(),
-                self.last_event_ms[d],
-                batch,
-            )
-            .with_context(|| format!("update doc {doc}"))?;
-        let newest = batch.iter().map(|o| o.event_time_ms).max().unwrap_or(0);
-        self.last_event_ms[d] = self.last_event_ms[d].max(newest);
-        Ok(())
+        let posterior = &mut self.posteriors[doc as usize];
+        learn_doc(&mut self.last_event_ms, doc, batch, |last| {
+            posterior.update(&self.prior, self.forgetting.as_ref(), last, batch)
+        })
     }
 }
 
