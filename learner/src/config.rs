@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::batcher::BatchPolicy;
 use crate::engine::EngineConfig;
 use crate::file_source::Format;
+use crate::kafka::{KafkaConfig, RESERVED_PROPERTIES};
 use crate::posterior::{
     BetaPrior, CovarianceForm, Forgetting, LogisticPrior, ModelKind, ModelSpec, PosteriorError,
 };
@@ -32,9 +33,49 @@ pub struct Config {
     pub dedup: Option<DedupConfig>,
     /// Where dead letters go.
     pub dead_letter: DeadLetterConfig,
+    /// Where parameter updates are published; absent = nowhere (an
+    /// embedded param-server attaches its channel in code).
+    pub publish: Option<PublishConfig>,
     /// The versions present at start.
     #[serde(default)]
     pub versions: Vec<VersionConfig>,
+}
+
+/// `[publish]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Coalescing window: changed keys are published at most this often
+    /// (wall clock), and at every checkpoint.
+    #[serde(default = "default_publish_interval")]
+    pub interval_ms: u64,
+    /// The Kafka `params` topic.
+    pub kafka: Option<PublishKafkaConfig>,
+}
+
+fn default_publish_interval() -> u64 {
+    100
+}
+
+/// `[publish.kafka]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishKafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The params topic.
+    #[serde(default = "default_params_topic")]
+    pub topic: String,
+    /// A checkpoint waits at most this long for deliveries, then fails.
+    #[serde(default = "default_flush_timeout")]
+    pub flush_timeout_ms: u64,
+}
+
+fn default_params_topic() -> String {
+    "params".into()
+}
+fn default_flush_timeout() -> u64 {
+    30_000
 }
 
 /// `[state]`.
@@ -46,10 +87,17 @@ pub struct StateConfig {
     /// Checkpoint after this many records (≥ 1).
     #[serde(default = "default_checkpoint_records")]
     pub checkpoint_every_records: u64,
+    /// … or after this many ms of wall clock with records since the last
+    /// one (0 = off; file and stdin runs checkpoint by records only).
+    #[serde(default = "default_checkpoint_ms")]
+    pub checkpoint_every_ms: u64,
 }
 
 fn default_checkpoint_records() -> u64 {
     100_000
+}
+fn default_checkpoint_ms() -> u64 {
+    10_000
 }
 
 /// `[source]`.
@@ -68,6 +116,8 @@ pub enum SourceConfig {
         /// `jsonl` or `protobuf`.
         format: Format,
     },
+    /// Kafka partitions of the samples topic (protobuf records).
+    Kafka(KafkaConfig),
 }
 
 /// `[order]`.
@@ -225,6 +275,41 @@ impl Config {
         if self.state.checkpoint_every_records == 0 {
             return bad("state.checkpoint_every_records", "must be >= 1");
         }
+        if let SourceConfig::Kafka(kafka) = &self.source {
+            if kafka.brokers.trim().is_empty() {
+                return bad("source.brokers", "must name at least one broker");
+            }
+            if kafka.topic.is_empty() {
+                return bad("source.topic", "must not be empty");
+            }
+            if kafka.partitions.as_ref().is_some_and(Vec::is_empty) {
+                return bad(
+                    "source.partitions",
+                    "must list a partition, or be left out for all",
+                );
+            }
+            if kafka.request_timeout_ms == 0 {
+                return bad("source.request_timeout_ms", "must be >= 1");
+            }
+            if let Some(key) = kafka
+                .properties
+                .keys()
+                .find(|k| RESERVED_PROPERTIES.contains(&k.as_str()))
+            {
+                return bad(
+                    &format!("source.properties.{key:?}"),
+                    "is set by the learner (its delivery guarantee depends on it)",
+                );
+            }
+        }
+        if let Some(kafka) = self.publish.as_ref().and_then(|p| p.kafka.as_ref()) {
+            if kafka.brokers.trim().is_empty() {
+                return bad("publish.kafka.brokers", "must name at least one broker");
+            }
+            if kafka.flush_timeout_ms == 0 {
+                return bad("publish.kafka.flush_timeout_ms", "must be >= 1");
+            }
+        }
         if self.order.out_of_orderness_ms < 0 {
             return bad("order.out_of_orderness_ms", "must be >= 0");
         }
@@ -253,6 +338,13 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+
+    /// The publishing coalescing window in ms.
+    pub fn publish_interval_ms(&self) -> u64 {
+        self.publish
+            .as_ref()
+            .map_or_else(default_publish_interval, |p| p.interval_ms)
     }
 
     /// The engine's tuning.

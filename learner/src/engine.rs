@@ -176,6 +176,11 @@ impl Engine {
         self.buffer.is_full()
     }
 
+    /// The partitions this engine owns and their watermark clocks.
+    pub fn clocks(&self) -> &BTreeMap<u32, crate::watermark::PartitionClock> {
+        self.watermarks.clocks()
+    }
+
     /// The next offset to read per partition.
     pub fn next_offsets(&self) -> &BTreeMap<u32, u64> {
         &self.next_offsets

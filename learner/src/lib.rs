@@ -8,6 +8,11 @@
 //! - [`version`]: an A/B version's spec: model, prior, reward label, weights.
 //! - [`config`]: the learner's TOML configuration, validated before use.
 //! - [`file_source`]: JSONL and length-delimited protobuf files and stdin.
+//! - [`kafka`]: the Kafka source: self-assigned partitions, offsets in the
+//!   learner's own checkpoint.
+//! - [`publish`]: coalesced parameter updates to a channel or the `params`
+//!   topic.
+//! - [`partitioning`]: the doc → partition rule of the topics.
 //! - [`engine`]: the pure core — records in, parameters and dead letters out.
 //! - [`watermark`]: per-partition and instance event-time watermarks.
 //! - [`reorder`]: the reorder buffer, released in (event_time, partition, offset) order.
@@ -15,7 +20,7 @@
 //! - [`batcher`]: per-key micro-batches and their triggers.
 //! - [`registry`]: the A/B version registry and parameter keys.
 //! - [`codec`]: byte encodings of the engine state (keys sort in release order).
-//! - [`runner`]: drives the engine over a file or stdin with checkpoints.
+//! - [`runner`]: drives the engine over a source with checkpoints.
 //! - [`dump`]: every key's state as exact JSONL.
 //! - [`store`]: the RocksDB state store; its doc states the delivery guarantee.
 //! - [`meta`]: the small named state: offsets, clocks, registry, counters.
@@ -32,15 +37,16 @@ pub mod dedup;
 pub mod dump;
 pub mod engine;
 pub mod file_source;
+pub mod kafka;
 pub mod meta;
 pub mod params;
+pub mod partitioning;
 pub mod posterior;
+pub mod publish;
 pub mod registry;
 pub mod reorder;
-#[cfg(feature = "store")]
 pub mod runner;
 pub mod sample;
-#[cfg(feature = "store")]
 pub mod store;
 pub mod version;
 pub mod watermark;

@@ -8,8 +8,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use posterior_learner::config::Config;
-use posterior_learner::runner::{open_engine, run_bounded};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use posterior_learner::config::{Config, SourceConfig};
+use posterior_learner::runner::{KafkaRunMode, open_engine, run_bounded, run_kafka};
 use posterior_learner::store::RocksStore;
 
 #[derive(Parser)]
@@ -21,11 +25,16 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Consume the source to its end, with checkpoints.
+    /// Consume the source with checkpoints: a file or stdin to its end,
+    /// Kafka until SIGTERM/SIGINT (or `--until-end`).
     Run {
         /// The learner's TOML config.
         #[arg(long)]
         config: PathBuf,
+        /// Kafka: stop at the high watermarks seen at start and end the
+        /// input there (release and apply everything), as for a file.
+        #[arg(long)]
+        until_end: bool,
     },
     /// Print every key's state as JSONL.
     Dump {
@@ -42,9 +51,27 @@ fn load(path: &PathBuf) -> Result<Config> {
 
 fn main() -> Result<()> {
     match Args::parse().command {
-        Command::Run { config } => {
+        Command::Run { config, until_end } => {
             let config = load(&config)?;
-            let summary = run_bounded(&config)?;
+            let summary = match &config.source {
+                SourceConfig::Kafka(_) => {
+                    let stop = Arc::new(AtomicBool::new(false));
+                    for signal in [SIGTERM, SIGINT] {
+                        signal_hook::flag::register(signal, Arc::clone(&stop))
+                            .context("install signal handler")?;
+                    }
+                    let mode = if until_end {
+                        KafkaRunMode::UntilEnd
+                    } else {
+                        KafkaRunMode::Unbounded
+                    };
+                    run_kafka(&config, mode, &stop)?
+                }
+                _ => {
+                    anyhow::ensure!(!until_end, "--until-end is for kafka sources");
+                    run_bounded(&config)?
+                }
+            };
             eprintln!(
                 "learner: {} records ({}), {} checkpoints; applied {}, dead letters {:?}",
                 summary.records,

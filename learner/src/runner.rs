@@ -1,14 +1,18 @@
-//! Drives the engine over a bounded source (a file or stdin) with the
-//! RocksDB store and a JSONL dead-letter file: restore, read from the
-//! checkpointed offset, checkpoint every N records, finish at the end.
+//! Drives the engine over a source with the RocksDB store and a JSONL
+//! dead-letter file: restore, read from the checkpointed offsets,
+//! checkpoint every N records (and, for Kafka, every T ms), and finish a
+//! bounded input at its end.
 //!
 //! The dead-letter file is exactly-once too: each checkpoint records the
 //! file's length, and a restore truncates the file to it, so letters
 //! written after the last checkpoint are written again by the replay, once.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write as _};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -17,6 +21,8 @@ use crate::config::{Config, SourceConfig};
 use crate::deadletter::DeadLetter;
 use crate::engine::{Counters, Engine, Write};
 use crate::file_source::FileSource;
+use crate::kafka::{KafkaSource, Polled};
+use crate::publish::{KafkaSink, NullSink, ParamSink, take_updates};
 use crate::registry::Registry;
 use crate::store::RocksStore;
 
@@ -38,10 +44,14 @@ pub struct RunSummary {
     pub counters: Counters,
 }
 
-/// Opens the store and rebuilds the engine, or starts a fresh one from the
-/// config's versions. Versions in the config that the stored registry
-/// lacks are added, so adding a version never invalidates a checkpoint.
-pub fn open_engine(config: &Config, store: &RocksStore) -> Result<(Engine, bool, Option<u64>)> {
+/// Rebuilds the engine from the live store, or `None` when the store is
+/// empty. Versions in the config that the stored registry lacks are added,
+/// so adding a version never invalidates a checkpoint. Also returns the
+/// dead-letter file length recorded with the checkpoint.
+pub fn restore_engine(
+    config: &Config,
+    store: &RocksStore,
+) -> Result<Option<(Engine, Option<u64>)>> {
     let mut tables = Vec::new();
     for table in Table::ALL {
         tables.push((table, store.entries(table).context("read state")?));
@@ -60,40 +70,69 @@ pub fn open_engine(config: &Config, store: &RocksStore) -> Result<(Engine, bool,
             .unwrap_or_default()
     })
     .context("restore state")?;
-    Ok(match restored {
-        Some(mut engine) => {
-            for spec in config.version_specs() {
-                if engine.registry().live(&spec.name).is_none()
-                    && engine
-                        .registry()
-                        .entries()
-                        .iter()
-                        .all(|e| e.spec.name != spec.name)
-                {
-                    engine
-                        .create_version(spec)
-                        .context("add configured version")?;
-                }
-            }
-            (engine, true, dead_letter_bytes)
+    let Some(mut engine) = restored else {
+        return Ok(None);
+    };
+    for spec in config.version_specs() {
+        if engine
+            .registry()
+            .entries()
+            .iter()
+            .all(|e| e.spec.name != spec.name)
+        {
+            engine
+                .create_version(spec)
+                .context("add configured version")?;
         }
-        None => {
-            let registry =
-                Registry::with_versions(config.version_specs()).context("configured versions")?;
-            (
-                Engine::new(config.engine(), registry, [FILE_PARTITION]),
-                false,
-                None,
-            )
-        }
+    }
+    Ok(Some((engine, dead_letter_bytes)))
+}
+
+/// A fresh engine over `partitions` with the config's versions.
+pub fn fresh_engine(config: &Config, partitions: impl IntoIterator<Item = u32>) -> Result<Engine> {
+    let registry =
+        Registry::with_versions(config.version_specs()).context("configured versions")?;
+    Ok(Engine::new(config.engine(), registry, partitions))
+}
+
+/// Opens the engine of a file or stdin source (one partition): restored
+/// from the store, or fresh. Returns whether it was restored and the
+/// checkpointed dead-letter file length.
+pub fn open_engine(config: &Config, store: &RocksStore) -> Result<(Engine, bool, Option<u64>)> {
+    Ok(match restore_engine(config, store)? {
+        Some((engine, dead_len)) => (engine, true, dead_len),
+        None => (fresh_engine(config, [FILE_PARTITION])?, false, None),
     })
 }
 
-/// Runs a file or stdin source to its end.
+/// The sink the config names: the Kafka `params` topic, or none.
+pub fn open_sink(config: &Config) -> Result<Box<dyn ParamSink>> {
+    Ok(
+        match config.publish.as_ref().and_then(|p| p.kafka.as_ref()) {
+            Some(kafka) => Box::new(
+                KafkaSink::open(
+                    &kafka.brokers,
+                    &kafka.topic,
+                    Duration::from_millis(kafka.flush_timeout_ms),
+                )
+                .context("open params topic")?,
+            ),
+            None => Box::new(NullSink::default()),
+        },
+    )
+}
+
+/// Runs a file or stdin source to its end, publishing to the config's
+/// sink.
 pub fn run_bounded(config: &Config) -> Result<RunSummary> {
+    run_bounded_with(config, open_sink(config)?)
+}
+
+/// Runs a file or stdin source to its end, publishing to `sink`.
+pub fn run_bounded_with(config: &Config, sink: Box<dyn ParamSink>) -> Result<RunSummary> {
     let store = RocksStore::open(&config.state.dir).context("open state store")?;
     let (mut engine, restored, dead_len) = open_engine(config, &store)?;
-    let mut dead = DeadLetterFile::open(&config.dead_letter.path, dead_len)?;
+    let mut checkpointer = Checkpointer::new(config, store, dead_len, sink)?;
     let offset = engine
         .next_offsets()
         .get(&FILE_PARTITION)
@@ -103,50 +142,237 @@ pub fn run_bounded(config: &Config) -> Result<RunSummary> {
         SourceConfig::File { path, format } => FileSource::open(path, *format, offset)
             .with_context(|| format!("open {}", path.display()))?,
         SourceConfig::Stdin { format } => FileSource::stdin(*format),
+        SourceConfig::Kafka(_) => anyhow::bail!("run_bounded reads files and stdin; use run_kafka"),
     };
-    let failpoint = Failpoint::from_env();
-    let (mut records, mut checkpoints) = (0_u64, 0_u64);
+    let mut records = 0_u64;
     while let Some((offset, payload)) = source.next_record().context("read source")? {
         engine.ingest_at(FILE_PARTITION, offset, source.position(), payload);
         records += 1;
-        failpoint.hit("after_ingest", records);
-        if records % config.state.checkpoint_every_records == 0 {
-            checkpoint(&mut engine, &store, &mut dead, &failpoint, records)?;
-            checkpoints += 1;
+        checkpointer.failpoint.hit("after_ingest", records);
+        if records.is_multiple_of(config.state.checkpoint_every_records) {
+            checkpointer.checkpoint(&mut engine, records)?;
         }
     }
     engine.finish();
-    checkpoint(&mut engine, &store, &mut dead, &failpoint, records)?;
-    checkpoints += 1;
+    checkpointer.checkpoint(&mut engine, records)?;
     Ok(RunSummary {
         restored,
         records,
-        checkpoints,
+        checkpoints: checkpointer.count,
         counters: engine.counters().clone(),
     })
 }
 
-fn checkpoint(
-    engine: &mut Engine,
-    store: &RocksStore,
-    dead: &mut DeadLetterFile,
-    failpoint: &Failpoint,
-    records: u64,
-) -> Result<()> {
-    let dead_bytes = dead.append(&engine.take_dead_letters())?;
-    // No publishing sink yet (it comes with the params topic): the keys
-    // changed since the last checkpoint are not sent anywhere.
-    let _ = engine.take_changed();
-    let mut writes = engine.checkpoint_delta();
-    writes.push(Write::Put(
-        Table::Meta,
-        DEAD_LETTER_BYTES.to_vec(),
-        dead_bytes.to_le_bytes().to_vec(),
-    ));
-    failpoint.hit("before_checkpoint", records);
-    store.write(writes).context("write checkpoint")?;
-    failpoint.hit("after_checkpoint", records);
-    Ok(())
+/// How a Kafka run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaRunMode {
+    /// Until `stop` is set (a signal): checkpoint and return.
+    Unbounded,
+    /// Until every partition reaches the high watermark it had at start,
+    /// then end the input like a file (release and apply everything) —
+    /// for replays, backfills and tests.
+    UntilEnd,
+}
+
+/// Runs the Kafka source: restore, assign the partitions at the
+/// checkpointed offsets, ingest, checkpoint every N records or T ms, and
+/// on `stop` (or at the end, see [`KafkaRunMode`]) checkpoint and return.
+pub fn run_kafka(config: &Config, mode: KafkaRunMode, stop: &AtomicBool) -> Result<RunSummary> {
+    run_kafka_with(config, mode, stop, open_sink(config)?)
+}
+
+/// [`run_kafka`] publishing to `sink`.
+pub fn run_kafka_with(
+    config: &Config,
+    mode: KafkaRunMode,
+    stop: &AtomicBool,
+    sink: Box<dyn ParamSink>,
+) -> Result<RunSummary> {
+    let SourceConfig::Kafka(kafka) = &config.source else {
+        anyhow::bail!("run_kafka needs a kafka source");
+    };
+    let store = RocksStore::open(&config.state.dir).context("open state store")?;
+    let restored = restore_engine(config, &store)?;
+    let (offsets, dead_len) = match &restored {
+        Some((engine, dead_len)) => (engine.next_offsets().clone(), *dead_len),
+        None => (BTreeMap::new(), None),
+    };
+    let source = KafkaSource::open(kafka, &offsets).context("open kafka source")?;
+    let partitions: BTreeSet<u32> = source.partitions().iter().copied().collect();
+    let was_restored = restored.is_some();
+    let mut engine = match restored {
+        Some((engine, _)) => {
+            let owned: BTreeSet<u32> = engine.clocks().keys().copied().collect();
+            anyhow::ensure!(
+                owned == partitions,
+                "the live state belongs to partitions {owned:?} but this instance reads \
+                 {partitions:?}; to rescale, restore a savepoint"
+            );
+            engine
+        }
+        None => fresh_engine(config, partitions.iter().copied())?,
+    };
+    let mut checkpointer = Checkpointer::new(config, store, dead_len, sink)?;
+    let publish_every = Duration::from_millis(config.publish_interval_ms());
+    let mut last_publish = Instant::now();
+    let targets = match mode {
+        KafkaRunMode::UntilEnd => Some(source.high_watermarks().context("read high watermarks")?),
+        KafkaRunMode::Unbounded => None,
+    };
+    let reached = |engine: &Engine, targets: &BTreeMap<u32, u64>| {
+        targets
+            .iter()
+            .all(|(p, &high)| engine.next_offsets().get(p).copied().unwrap_or(0) >= high)
+    };
+    let idle_after = Duration::from_millis(kafka.idle_timeout_ms);
+    let mut last_record: BTreeMap<u32, Instant> =
+        partitions.iter().map(|&p| (p, Instant::now())).collect();
+    let mut caught_up = BTreeSet::new();
+    let mut paused: Vec<u32> = Vec::new();
+    let mut records = 0_u64;
+    let mut since_checkpoint = 0_u64;
+    let mut last_checkpoint = Instant::now();
+    let every = Duration::from_millis(config.state.checkpoint_every_ms);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(targets) = &targets
+            && reached(&engine, targets)
+        {
+            engine.finish();
+            break;
+        }
+        // Backpressure: a full reorder buffer pauses every partition but
+        // the one holding the watermark back.
+        if engine.buffer_full() && paused.is_empty() {
+            let slowest = engine
+                .clocks()
+                .iter()
+                .filter(|(p, _)| !caught_up.contains(*p))
+                .min_by_key(|(_, c)| c.max_event_ms)
+                .map(|(&p, _)| p);
+            paused = partitions
+                .iter()
+                .copied()
+                .filter(|&p| Some(p) != slowest)
+                .collect();
+            source.pause(&paused)?;
+        } else if !engine.buffer_full() && !paused.is_empty() {
+            source.resume(&paused)?;
+            paused.clear();
+        }
+        match source.poll(Duration::from_millis(100))? {
+            Polled::Record {
+                partition,
+                offset,
+                payload,
+            } => {
+                engine.ingest(partition, offset, payload);
+                records += 1;
+                since_checkpoint += 1;
+                caught_up.remove(&partition);
+                last_record.insert(partition, Instant::now());
+                checkpointer.failpoint.hit("after_ingest", records);
+            }
+            Polled::CaughtUp(partition) => {
+                caught_up.insert(partition);
+            }
+            Polled::Nothing(Some(err)) => eprintln!("learner: kafka: {err}"),
+            Polled::Nothing(None) => {}
+        }
+        if targets.is_none() && kafka.idle_timeout_ms > 0 {
+            for &p in &caught_up {
+                let quiet = last_record
+                    .get(&p)
+                    .is_none_or(|t| t.elapsed() >= idle_after);
+                if quiet && engine.clocks().get(&p).is_some_and(|c| !c.idle) {
+                    engine.set_idle(p, true);
+                }
+            }
+        }
+        if last_publish.elapsed() >= publish_every {
+            checkpointer.publish(&mut engine)?;
+            last_publish = Instant::now();
+        }
+        if since_checkpoint >= config.state.checkpoint_every_records
+            || (since_checkpoint > 0
+                && config.state.checkpoint_every_ms > 0
+                && last_checkpoint.elapsed() >= every)
+        {
+            checkpointer.checkpoint(&mut engine, records)?;
+            if let Err(err) = source.commit_informational(engine.next_offsets()) {
+                eprintln!("learner: informational offset commit failed: {err}");
+            }
+            since_checkpoint = 0;
+            last_checkpoint = Instant::now();
+        }
+    }
+    checkpointer.checkpoint(&mut engine, records)?;
+    if let Err(err) = source.commit_informational(engine.next_offsets()) {
+        eprintln!("learner: informational offset commit failed: {err}");
+    }
+    Ok(RunSummary {
+        restored: was_restored,
+        records,
+        checkpoints: checkpointer.count,
+        counters: engine.counters().clone(),
+    })
+}
+
+/// Writes checkpoints: the engine's delta and the dead-letter file length,
+/// in one synced store write.
+struct Checkpointer {
+    store: RocksStore,
+    dead: DeadLetterFile,
+    sink: Box<dyn ParamSink>,
+    failpoint: Failpoint,
+    count: u64,
+}
+
+impl Checkpointer {
+    fn new(
+        config: &Config,
+        store: RocksStore,
+        dead_len: Option<u64>,
+        sink: Box<dyn ParamSink>,
+    ) -> Result<Self> {
+        Ok(Self {
+            store,
+            dead: DeadLetterFile::open(&config.dead_letter.path, dead_len)?,
+            sink,
+            failpoint: Failpoint::from_env(),
+            count: 0,
+        })
+    }
+
+    /// Publishes the keys changed since the last publish.
+    fn publish(&mut self, engine: &mut Engine) -> Result<()> {
+        let updates = take_updates(engine);
+        if !updates.is_empty() {
+            self.sink.publish(updates).context("publish updates")?;
+        }
+        Ok(())
+    }
+
+    /// Publishes and flushes (everything the checkpoint covers is
+    /// delivered first), then writes the checkpoint.
+    fn checkpoint(&mut self, engine: &mut Engine, records: u64) -> Result<()> {
+        self.publish(engine)?;
+        self.sink.flush().context("flush published updates")?;
+        let dead_bytes = self.dead.append(&engine.take_dead_letters())?;
+        let mut writes = engine.checkpoint_delta();
+        writes.push(Write::Put(
+            Table::Meta,
+            DEAD_LETTER_BYTES.to_vec(),
+            dead_bytes.to_le_bytes().to_vec(),
+        ));
+        self.failpoint.hit("before_checkpoint", records);
+        self.store.write(writes).context("write checkpoint")?;
+        self.count += 1;
+        self.failpoint.hit("after_checkpoint", records);
+        Ok(())
+    }
 }
 
 /// Append-only JSONL dead-letter file, synced before each checkpoint.

@@ -127,16 +127,25 @@ impl Watermarks {
         }
     }
 
-    /// Minimum watermark over the active partitions; `i64::MAX` when every
-    /// partition is idle (nothing holds release back), `i64::MIN` while an
-    /// active partition has delivered nothing.
+    /// Minimum watermark over the active partitions, `i64::MIN` while an
+    /// active partition has delivered nothing. When every partition is
+    /// idle, the largest partition watermark: release catches up with the
+    /// furthest partition but never jumps past what any partition has
+    /// delivered, so a partition that resumes is judged against real
+    /// event times (ending a bounded input is `Engine::finish`).
     pub fn instance_watermark(&self) -> i64 {
         self.partitions
             .iter()
             .filter(|(_, c)| !c.idle)
             .map(|(&p, _)| self.partition_watermark(p))
             .min()
-            .unwrap_or(i64::MAX)
+            .unwrap_or_else(|| {
+                self.partitions
+                    .keys()
+                    .map(|&p| self.partition_watermark(p))
+                    .max()
+                    .unwrap_or(i64::MIN)
+            })
     }
 }
 
@@ -180,7 +189,11 @@ mod tests {
         );
         w.set_idle(0, true);
         w.set_idle(1, true);
-        assert_eq!(w.instance_watermark(), i64::MAX);
+        assert_eq!(
+            w.instance_watermark(),
+            500,
+            "all idle: up to the furthest partition, never beyond"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+pub mod broker;
 pub mod log;
 
 /// Path of a workspace binary (`learner`, `param-server`), building it if

@@ -1,8 +1,12 @@
-//! A generated JSONL sample log with bounded disorder and injected defects
-//! (late samples, duplicates, poison lines, unknown versions), written to a
-//! file, for the crash and restore tests.
+//! A generated sample log with bounded disorder and injected defects
+//! (late samples, duplicates, poison records, unknown versions), as JSONL
+//! for files and as protobuf records for the broker, for the crash and
+//! restore tests.
 
 use std::fmt::Write as _;
+
+use posterior_proto::v1::JoinedSample;
+use prost::Message as _;
 
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -33,27 +37,48 @@ pub struct Injected {
     pub unknown_version: u64,
 }
 
+/// One record of a generated log, in both encodings.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    /// The doc it is about (a poison record gets one too, for its
+    /// partition).
+    pub doc_id: u64,
+    /// The JSONL line, with its newline.
+    pub jsonl: String,
+    /// The protobuf `JoinedSample` bytes (garbage for a poison record).
+    pub protobuf: Vec<u8>,
+}
+
 /// Generates the log as JSONL text; versions `beta` (no context) and
 /// `logistic` (4-dimensional context), reward label `click`.
 pub fn generate(spec: LogSpec) -> (String, Injected) {
+    let (records, injected) = generate_records(spec);
+    (records.into_iter().map(|r| r.jsonl).collect(), injected)
+}
+
+/// Generates the log as records in both encodings (see [`generate`]).
+pub fn generate_records(spec: LogSpec) -> (Vec<LogRecord>, Injected) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(spec.seed);
-    let mut out = String::with_capacity(spec.records * 140);
+    let mut out = Vec::with_capacity(spec.records);
     let mut injected = Injected::default();
     let mut clock: i64 = 1_700_000_000_000;
-    let mut recent: Vec<String> = Vec::new();
+    let mut recent: Vec<LogRecord> = Vec::new();
     for i in 0..spec.records {
         clock += rng.random_range(0..3);
         let roll: f64 = rng.random();
         if roll < 0.01 {
             injected.poison += 1;
-            out.push_str("{\"doc_id\": \"poison\"\n");
+            out.push(LogRecord {
+                doc_id: rng.random_range(0..spec.docs),
+                jsonl: "{\"doc_id\": \"poison\"\n".into(),
+                protobuf: vec![0xff; 9],
+            });
             continue;
         }
         if roll < 0.02 && !recent.is_empty() {
-            // A duplicate: the same line again, shortly after.
+            // A duplicate: the same record again, shortly after.
             injected.duplicates += 1;
-            let line = recent[rng.random_range(0..recent.len())].clone();
-            out.push_str(&line);
+            out.push(recent[rng.random_range(0..recent.len())].clone());
             continue;
         }
         let t = if roll < 0.03 {
@@ -74,18 +99,38 @@ pub fn generate(spec: LogSpec) -> (String, Injected) {
         let click = u8::from(rng.random_bool(0.05));
         let mut line =
             format!("{{\"doc_id\": {doc}, \"version\": \"{version}\", \"event_time_ms\": {t}, ");
+        let mut context = Vec::new();
         if version != "beta" {
-            let x: Vec<String> = (0..4)
+            let text: Vec<String> = (0..4)
                 .map(|_| format!("{:.4}", rng.random_range(-1.0..1.0_f32)))
                 .collect();
-            let _ = write!(line, "\"context\": [{}], ", x.join(", "));
+            context = text
+                .iter()
+                .map(|x| x.parse().expect("printed f32"))
+                .collect();
+            let _ = write!(line, "\"context\": [{}], ", text.join(", "));
         }
+        let sample_id = format!("s{i}");
         let _ = writeln!(
             line,
-            "\"labels\": {{\"click\": {click}}}, \"sample_id\": \"s{i}\"}}"
+            "\"labels\": {{\"click\": {click}}}, \"sample_id\": \"{sample_id}\"}}"
         );
-        out.push_str(&line);
-        recent.push(line);
+        let wire = JoinedSample {
+            doc_id: doc,
+            version: version.into(),
+            event_time_ms: t,
+            context,
+            labels: [("click".to_owned(), f32::from(click))].into(),
+            weight: 1.0,
+            sample_id,
+        };
+        let record = LogRecord {
+            doc_id: doc,
+            jsonl: line,
+            protobuf: wire.encode_to_vec(),
+        };
+        out.push(record.clone());
+        recent.push(record);
         if recent.len() > 32 {
             recent.remove(0);
         }

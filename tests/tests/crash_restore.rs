@@ -4,7 +4,6 @@
 //! time, and must end with exactly the state and the dead letters of an
 //! uninterrupted run — bit for bit.
 
-#![cfg(feature = "store")]
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
 use std::path::Path;

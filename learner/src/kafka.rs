@@ -1,0 +1,371 @@
+//! The Kafka source: protobuf `JoinedSample` records of one topic, read
+//! from partitions the learner assigns itself, starting at the offsets of
+//! its own checkpoint.
+//!
+//! Offsets live in the learner's checkpoint, in the same RocksDB write as
+//! the state they produced; the broker's consumer group offsets are only
+//! informational (committed after each checkpoint, for lag dashboards).
+//! Auto commit and the auto offset store are off, and
+//! `auto.offset.reset=error`: when a checkpointed offset is no longer on
+//! the broker (retention, a broker that lost data), the source fails
+//! loudly instead of silently skipping or replaying. Partitions without a
+//! checkpointed offset start at the configured [`StartPosition`].
+//!
+//! A record that does not decode is still a record: it becomes a
+//! `Payload::Invalid` for the engine's dead-letter sink, and its offset
+//! advances like any other.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::Deserialize;
+
+use crate::engine::Payload;
+use crate::file_source::decode_protobuf;
+
+/// Where a partition without a checkpointed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartPosition {
+    /// The oldest record the broker holds.
+    #[default]
+    Earliest,
+    /// Records produced after the learner starts.
+    Latest,
+}
+
+/// `[source]` with `kind = "kafka"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The samples topic.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Partitions this instance owns; absent = all of the topic's.
+    pub partitions: Option<Vec<u32>>,
+    /// Consumer group for the informational offset commits.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Start of partitions the checkpoint has no offset for.
+    #[serde(default)]
+    pub start: StartPosition,
+    /// A partition that is caught up and delivers nothing for this long
+    /// (wall clock) is marked idle and stops holding the watermark back
+    /// (see `watermark`). 0 = never.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// Broker metadata and watermark queries time out after this long.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_ms: u64,
+    /// Extra librdkafka properties (e.g. `fetch.max.bytes`). The ones that
+    /// carry the delivery guarantee are refused.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_topic() -> String {
+    "samples".into()
+}
+fn default_group() -> String {
+    "posterior-learner".into()
+}
+fn default_idle_timeout() -> u64 {
+    30_000
+}
+fn default_request_timeout() -> u64 {
+    10_000
+}
+
+/// librdkafka properties the source sets itself because the delivery
+/// guarantee depends on them.
+pub const RESERVED_PROPERTIES: [&str; 5] = [
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+    "bootstrap.servers",
+];
+
+/// Why the Kafka source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    /// The client could not be created or a request failed.
+    #[error("kafka {what}: {source}")]
+    Client {
+        /// What was attempted.
+        what: String,
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// The topic is missing or lacks a configured partition.
+    #[error("topic {topic:?}: {reason}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A checkpointed offset is not on the broker any more: records were
+    /// lost (retention, broker data loss). Never skipped silently.
+    #[error(
+        "partition {partition}: the checkpointed offset is no longer on the broker ({source}); \
+         records were lost — restore from a savepoint or reset the offset explicitly"
+    )]
+    OffsetLost {
+        /// The partition.
+        partition: u32,
+        /// The client's error.
+        source: KafkaError,
+    },
+}
+
+/// What one poll returned.
+#[derive(Debug)]
+pub enum Polled {
+    /// A record of `partition` at `offset`.
+    Record {
+        /// Partition.
+        partition: u32,
+        /// Offset.
+        offset: u64,
+        /// The decoded record.
+        payload: Payload,
+    },
+    /// `partition` has delivered everything the broker holds.
+    CaughtUp(u32),
+    /// Nothing within the timeout, or a transient client error (the
+    /// client retries by itself; the error is kept for logs and metrics).
+    Nothing(Option<KafkaError>),
+}
+
+/// A consumer over the learner's partitions of the samples topic.
+pub struct KafkaSource {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: Vec<u32>,
+    timeout: Duration,
+}
+
+impl KafkaSource {
+    /// Connects, resolves the partitions (the configured ones, or all of
+    /// the topic's) and assigns them at `next_offsets` (checkpointed) or
+    /// the configured start.
+    pub fn open(
+        config: &KafkaConfig,
+        next_offsets: &BTreeMap<u32, u64>,
+    ) -> Result<Self, KafkaSourceError> {
+        let mut client = ClientConfig::new();
+        for (key, value) in &config.properties {
+            client.set(key, value);
+        }
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error")
+            .set("enable.partition.eof", "true");
+        let consumer: BaseConsumer =
+            client.create().map_err(|source| KafkaSourceError::Client {
+                what: "create consumer".into(),
+                source,
+            })?;
+        let timeout = Duration::from_millis(config.request_timeout_ms);
+        let partitions = topic_partitions(&consumer, &config.topic, timeout)?;
+        let partitions = match &config.partitions {
+            None => partitions,
+            Some(wanted) => {
+                let present: BTreeSet<u32> = partitions.into_iter().collect();
+                if let Some(missing) = wanted.iter().find(|p| !present.contains(p)) {
+                    return Err(KafkaSourceError::Topic {
+                        topic: config.topic.clone(),
+                        reason: format!("has no partition {missing} (it has {})", present.len()),
+                    });
+                }
+                let mut wanted = wanted.clone();
+                wanted.sort_unstable();
+                wanted.dedup();
+                wanted
+            }
+        };
+        let mut assignment = TopicPartitionList::new();
+        for &p in &partitions {
+            let offset = match (next_offsets.get(&p), config.start) {
+                (Some(&next), _) => Offset::Offset(next as i64),
+                (None, StartPosition::Earliest) => Offset::Beginning,
+                (None, StartPosition::Latest) => Offset::End,
+            };
+            assignment
+                .add_partition_offset(&config.topic, p as i32, offset)
+                .map_err(|source| KafkaSourceError::Client {
+                    what: format!("assign partition {p}"),
+                    source,
+                })?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|source| KafkaSourceError::Client {
+                what: "assign partitions".into(),
+                source,
+            })?;
+        Ok(Self {
+            consumer,
+            topic: config.topic.clone(),
+            partitions,
+            timeout,
+        })
+    }
+
+    /// The partitions this source reads, ascending.
+    pub fn partitions(&self) -> &[u32] {
+        &self.partitions
+    }
+
+    /// The broker's high watermark (the offset the next produced record
+    /// will get) of every assigned partition.
+    pub fn high_watermarks(&self) -> Result<BTreeMap<u32, u64>, KafkaSourceError> {
+        let mut out = BTreeMap::new();
+        for &p in &self.partitions {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, p as i32, self.timeout)
+                .map_err(|source| KafkaSourceError::Client {
+                    what: format!("fetch watermarks of partition {p}"),
+                    source,
+                })?;
+            out.insert(p, high.max(0) as u64);
+        }
+        Ok(out)
+    }
+
+    /// Waits up to `timeout` for the next record or event.
+    pub fn poll(&self, timeout: Duration) -> Result<Polled, KafkaSourceError> {
+        let Some(result) = self.consumer.poll(timeout) else {
+            return Ok(Polled::Nothing(None));
+        };
+        match result {
+            Ok(message) => {
+                let payload = match message.payload() {
+                    Some(bytes) => decode_protobuf(bytes),
+                    None => Payload::Invalid {
+                        reason: "undecodable",
+                        detail: "record without a value".into(),
+                    },
+                };
+                Ok(Polled::Record {
+                    partition: message.partition() as u32,
+                    offset: message.offset() as u64,
+                    payload,
+                })
+            }
+            Err(KafkaError::PartitionEOF(p)) => Ok(Polled::CaughtUp(p as u32)),
+            Err(err) if is_offset_lost(&err) => Err(KafkaSourceError::OffsetLost {
+                partition: lost_partition(&err),
+                source: err,
+            }),
+            Err(err) => Ok(Polled::Nothing(Some(err))),
+        }
+    }
+
+    /// Stops fetching `partitions` (backpressure) until [`Self::resume`].
+    pub fn pause(&self, partitions: &[u32]) -> Result<(), KafkaSourceError> {
+        let list = self.list(partitions);
+        self.consumer
+            .pause(&list)
+            .map_err(|source| KafkaSourceError::Client {
+                what: "pause partitions".into(),
+                source,
+            })
+    }
+
+    /// Fetches `partitions` again.
+    pub fn resume(&self, partitions: &[u32]) -> Result<(), KafkaSourceError> {
+        let list = self.list(partitions);
+        self.consumer
+            .resume(&list)
+            .map_err(|source| KafkaSourceError::Client {
+                what: "resume partitions".into(),
+                source,
+            })
+    }
+
+    /// Commits checkpointed offsets to the consumer group, for lag
+    /// monitoring only: the learner never reads them back.
+    pub fn commit_informational(
+        &self,
+        next_offsets: &BTreeMap<u32, u64>,
+    ) -> Result<(), KafkaError> {
+        let mut list = TopicPartitionList::new();
+        for (&p, &next) in next_offsets {
+            list.add_partition_offset(&self.topic, p as i32, Offset::Offset(next as i64))?;
+        }
+        self.consumer.commit(&list, CommitMode::Async)
+    }
+
+    fn list(&self, partitions: &[u32]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for &p in partitions {
+            list.add_partition(&self.topic, p as i32);
+        }
+        list
+    }
+}
+
+/// The partitions of `topic`, ascending; an error when it does not exist.
+pub fn topic_partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<u32>, KafkaSourceError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|source| KafkaSourceError::Client {
+            what: format!("fetch metadata of topic {topic:?}"),
+            source,
+        })?;
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Err(KafkaSourceError::Topic {
+            topic: topic.into(),
+            reason: "not in the broker's metadata".into(),
+        });
+    };
+    if let Some(err) = found.error() {
+        return Err(KafkaSourceError::Topic {
+            topic: topic.into(),
+            reason: format!("{:?}", RDKafkaErrorCode::from(err)),
+        });
+    }
+    let mut partitions: Vec<u32> = found.partitions().iter().map(|p| p.id() as u32).collect();
+    partitions.sort_unstable();
+    if partitions.is_empty() {
+        return Err(KafkaSourceError::Topic {
+            topic: topic.into(),
+            reason: "has no partitions".into(),
+        });
+    }
+    Ok(partitions)
+}
+
+fn is_offset_lost(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset)
+    )
+}
+
+/// librdkafka names the partition in the message of an offset reset
+/// error, not in a field; `u32::MAX` when it cannot be read.
+fn lost_partition(err: &KafkaError) -> u32 {
+    let text = err.to_string();
+    text.split(['[', ']'])
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(u32::MAX)
+}

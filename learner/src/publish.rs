@@ -1,0 +1,336 @@
+//! Publishing: the keys an update changed leave the learner as coalesced
+//! `ParamUpdate`s — one per key per publish, with the key's latest state
+//! and its sequence number (the key's update count, from the input, never
+//! a clock).
+//!
+//! After a crash the learner replays from its checkpoint and, being
+//! deterministic, republishes identical values under identical sequence
+//! numbers; a consumer that keeps the highest sequence number per key
+//! therefore never sees a parameter go backwards. Before every checkpoint
+//! the sink is flushed, so everything a checkpoint covers has been
+//! delivered: a crash can repeat publications, never lose them.
+//!
+//! Sinks have bounded queues. When one is full, publishing blocks (the
+//! learner stops taking records) and the time blocked is counted — the
+//! backpressure is visible, the memory bounded.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use posterior_proto::v1::ParamUpdate;
+use prost::Message as _;
+use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+
+use crate::engine::Engine;
+use crate::kafka::topic_partitions;
+use crate::params::update_to_wire;
+use crate::partitioning::partition_of;
+
+/// Why publishing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The consumer of an in-process channel is gone.
+    #[error("the params channel is closed")]
+    Closed,
+    /// The Kafka producer failed.
+    #[error("params topic: {0}")]
+    Kafka(String),
+}
+
+/// Counts of a sink, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishStats {
+    /// Publish calls.
+    pub batches: u64,
+    /// Updates handed over.
+    pub updates: u64,
+    /// Microseconds spent blocked on a full queue.
+    pub blocked_us: u64,
+}
+
+/// Where coalesced updates go.
+pub trait ParamSink {
+    /// Hands over one batch of coalesced updates (at most one per key),
+    /// blocking while the sink's bounded queue is full.
+    fn publish(&mut self, updates: Vec<ParamUpdate>) -> Result<(), PublishError>;
+
+    /// Returns once everything handed over is delivered (called before a
+    /// checkpoint).
+    fn flush(&mut self) -> Result<(), PublishError>;
+
+    /// The sink's counts.
+    fn stats(&self) -> PublishStats;
+}
+
+/// The coalesced updates of every key the engine changed since the last
+/// call, in key order.
+pub fn take_updates(engine: &mut Engine) -> Vec<ParamUpdate> {
+    let names: Vec<(u32, String)> = engine
+        .registry()
+        .entries()
+        .iter()
+        .map(|e| (e.id.0, e.spec.name.clone()))
+        .collect();
+    engine
+        .take_changed()
+        .into_iter()
+        .map(|(key, state)| {
+            let name = names
+                .iter()
+                .find(|(id, _)| *id == key.version.0)
+                .map_or("", |(_, n)| n.as_str());
+            update_to_wire(name, key.doc_id, state)
+        })
+        .collect()
+}
+
+/// Drops every update: a learner nobody reads from (replays, tests).
+#[derive(Debug, Default)]
+pub struct NullSink {
+    stats: PublishStats,
+}
+
+impl ParamSink for NullSink {
+    fn publish(&mut self, updates: Vec<ParamUpdate>) -> Result<(), PublishError> {
+        self.stats.batches += 1;
+        self.stats.updates += updates.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), PublishError> {
+        Ok(())
+    }
+
+    fn stats(&self) -> PublishStats {
+        self.stats
+    }
+}
+
+/// An in-process bounded channel of update batches, read by an embedded
+/// param-server.
+#[derive(Debug)]
+pub struct ChannelSink {
+    tx: tokio::sync::mpsc::Sender<Vec<ParamUpdate>>,
+    stats: PublishStats,
+}
+
+/// A channel sink holding at most `capacity` batches, and its receiver.
+pub fn channel(capacity: usize) -> (ChannelSink, tokio::sync::mpsc::Receiver<Vec<ParamUpdate>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+    (
+        ChannelSink {
+            tx,
+            stats: PublishStats::default(),
+        },
+        rx,
+    )
+}
+
+impl ParamSink for ChannelSink {
+    fn publish(&mut self, updates: Vec<ParamUpdate>) -> Result<(), PublishError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        self.stats.batches += 1;
+        self.stats.updates += updates.len() as u64;
+        match self.tx.try_send(updates) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(PublishError::Closed),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(updates)) => {
+                let start = Instant::now();
+                let sent = self.tx.blocking_send(updates);
+                self.stats.blocked_us += start.elapsed().as_micros() as u64;
+                sent.map_err(|_| PublishError::Closed)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), PublishError> {
+        // The receiver applies batches in order; nothing is in flight
+        // outside the queue.
+        if self.tx.is_closed() {
+            return Err(PublishError::Closed);
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> PublishStats {
+        self.stats
+    }
+}
+
+/// Delivery failures reported by librdkafka's background thread.
+#[derive(Debug, Default, Clone)]
+struct Deliveries {
+    failed: Arc<AtomicU64>,
+    last_error: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((err, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = Some(err.to_string());
+            }
+        }
+    }
+}
+
+/// The Kafka `params` topic: key `version/doc_id`, value a protobuf
+/// `ParamUpdate`, partition `partitioning::partition_of(doc_id, n)` — the
+/// samples topic's rule, so a key's updates stay in order on one
+/// partition and the topic can be compacted.
+pub struct KafkaSink {
+    producer: BaseProducer<Deliveries>,
+    deliveries: Deliveries,
+    topic: String,
+    partitions: u32,
+    flush_timeout: Duration,
+    stats: PublishStats,
+}
+
+impl KafkaSink {
+    /// Connects to `brokers` and reads the partition count of `topic`.
+    pub fn open(brokers: &str, topic: &str, flush_timeout: Duration) -> Result<Self, PublishError> {
+        let deliveries = Deliveries::default();
+        let producer: BaseProducer<Deliveries> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "200000")
+            .create_with_context(deliveries.clone())
+            .map_err(|e| PublishError::Kafka(format!("create producer: {e}")))?;
+        let probe: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .map_err(|e| PublishError::Kafka(format!("create metadata client: {e}")))?;
+        let partitions = topic_partitions(&probe, topic, flush_timeout)
+            .map_err(|e| PublishError::Kafka(e.to_string()))?;
+        Ok(Self {
+            producer,
+            deliveries,
+            topic: topic.to_owned(),
+            partitions: partitions.len() as u32,
+            flush_timeout,
+            stats: PublishStats::default(),
+        })
+    }
+}
+
+impl ParamSink for KafkaSink {
+    fn publish(&mut self, updates: Vec<ParamUpdate>) -> Result<(), PublishError> {
+        self.stats.batches += 1;
+        self.stats.updates += updates.len() as u64;
+        for update in updates {
+            let Some(params) = update.params.as_ref() else {
+                continue;
+            };
+            let key = format!("{}/{}", params.version, params.doc_id);
+            let partition = partition_of(params.doc_id, self.partitions) as i32;
+            let value = update.encode_to_vec();
+            let mut record = BaseRecord::to(&self.topic)
+                .key(&key)
+                .payload(&value)
+                .partition(partition);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // The bounded queue is full: wait for deliveries.
+                        let start = Instant::now();
+                        self.producer.poll(Duration::from_millis(10));
+                        self.stats.blocked_us += start.elapsed().as_micros() as u64;
+                        record = back;
+                    }
+                    Err((err, _)) => return Err(PublishError::Kafka(format!("send {key}: {err}"))),
+                }
+            }
+        }
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), PublishError> {
+        self.producer
+            .flush(self.flush_timeout)
+            .map_err(|e| PublishError::Kafka(format!("flush: {e}")))?;
+        let failed = self.deliveries.failed.swap(0, Ordering::Relaxed);
+        if failed > 0 {
+            let last = self
+                .deliveries
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|l| l.clone())
+                .unwrap_or_default();
+            return Err(PublishError::Kafka(format!(
+                "{failed} updates were not delivered (last error: {last})"
+            )));
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> PublishStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use posterior_proto::v1::Params;
+
+    fn update(doc_id: u64, seq: u64) -> ParamUpdate {
+        ParamUpdate {
+            params: Some(Params {
+                version: "v".into(),
+                doc_id,
+                seq,
+                ..Default::default()
+            }),
+            state: vec![],
+        }
+    }
+
+    #[test]
+    fn a_full_channel_blocks_the_publisher_until_the_reader_drains_it() {
+        let (mut sink, mut rx) = channel(1);
+        sink.publish(vec![update(1, 1)]).unwrap();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut seen = Vec::new();
+            while let Some(batch) = rx.blocking_recv() {
+                seen.extend(batch.into_iter().map(|u| u.params.unwrap().seq));
+            }
+            seen
+        });
+        sink.publish(vec![update(1, 2)]).unwrap();
+        sink.publish(vec![update(1, 3), update(2, 1)]).unwrap();
+        let stats = sink.stats();
+        assert!(stats.blocked_us >= 20_000, "{stats:?}");
+        assert_eq!((stats.batches, stats.updates), (3, 4));
+        drop(sink);
+        assert_eq!(reader.join().unwrap(), vec![1, 2, 3, 1]);
+    }
+
+    #[test]
+    fn a_closed_channel_is_an_error_not_a_hang() {
+        let (mut sink, rx) = channel(1);
+        drop(rx);
+        assert!(matches!(
+            sink.publish(vec![update(1, 1)]),
+            Err(PublishError::Closed)
+        ));
+        assert!(matches!(sink.flush(), Err(PublishError::Closed)));
+    }
+}

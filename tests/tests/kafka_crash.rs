@@ -1,0 +1,286 @@
+//! The learner on a real Kafka-protocol broker: a generated log of 10⁶
+//! samples with defects is produced to a 4-partition `samples` topic; the
+//! learner runs as a child process, is killed with SIGKILL at random
+//! moments and aborted at fail points, restarted each time, and must end
+//! with exactly the state and dead letters that a pure in-process engine
+//! (the oracle) computes from the same records; and the `params` topic it
+//! published to must end at that state without a value going backwards.
+
+#![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use posterior_learner::config::Config;
+use posterior_learner::file_source::decode_protobuf;
+use posterior_learner::partitioning::partition_of;
+use posterior_learner::runner::{fresh_engine, restore_engine};
+use posterior_learner::store::RocksStore;
+use posterior_proto::v1::ParamUpdate;
+use posterior_tests::binary;
+use posterior_tests::broker::{Broker, Storage};
+use posterior_tests::log::{LogRecord, LogSpec, generate_records};
+use prost::Message as _;
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+const PARTITIONS: u32 = 4;
+const OUT_OF_ORDERNESS_MS: i64 = 200;
+
+fn config_text(dir: &Path, bootstrap: &str, name: &str) -> String {
+    format!(
+        r#"
+[state]
+dir = "{state}"
+checkpoint_every_records = 20000
+checkpoint_every_ms = 1000
+
+[source]
+kind = "kafka"
+brokers = "{bootstrap}"
+topic = "samples"
+
+[order]
+out_of_orderness_ms = {OUT_OF_ORDERNESS_MS}
+reorder_capacity = 100000
+
+[batch]
+max_samples = 8
+max_positives = 1
+max_age_ms = 2000
+
+[dedup]
+window_ms = 60000
+max_ids = 1000000
+
+[dead_letter]
+path = "{dead}"
+
+[publish]
+interval_ms = 50
+
+[publish.kafka]
+brokers = "{bootstrap}"
+topic = "params"
+
+[[versions]]
+name = "beta"
+model = "beta"
+reward_label = "click"
+
+[[versions]]
+name = "logistic"
+model = "logistic"
+dim = 4
+prior_mean = [-3.0, 0.0, 0.0, 0.0]
+reward_label = "click"
+"#,
+        state = dir.join(format!("{name}-state")).display(),
+        dead = dir.join(format!("{name}-dead.jsonl")).display(),
+    )
+}
+
+/// The oracle: the pure engine over the records of each partition, with
+/// Kafka offsets, ended like a bounded input. Returns its dump and its
+/// dead letters as the learner writes them.
+fn oracle(config: &Config, records: &[LogRecord]) -> (String, String) {
+    let mut engine = fresh_engine(config, 0..PARTITIONS).unwrap();
+    let mut next = [0_u64; PARTITIONS as usize];
+    for record in records {
+        let p = partition_of(record.doc_id, PARTITIONS);
+        engine.ingest(p, next[p as usize], decode_protobuf(&record.protobuf));
+        next[p as usize] += 1;
+    }
+    engine.finish();
+    let mut dump = Vec::new();
+    posterior_learner::dump::dump(&engine, &mut dump).unwrap();
+    let mut dead = String::new();
+    for letter in engine.take_dead_letters() {
+        dead.push_str(&serde_json::to_string(&letter).unwrap());
+        dead.push('\n');
+    }
+    (String::from_utf8(dump).unwrap(), dead)
+}
+
+fn dump_store(config: &Config) -> String {
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    let (engine, _) = restore_engine(config, &store).unwrap().unwrap();
+    let mut out = Vec::new();
+    posterior_learner::dump::dump(&engine, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn first_difference(got: &str, expected: &str) -> String {
+    let (g, e): (Vec<&str>, Vec<&str>) = (got.lines().collect(), expected.lines().collect());
+    let first = g.iter().zip(&e).position(|(a, b)| a != b);
+    format!(
+        "{} vs {} lines; first difference at {first:?}: {:?} vs {:?}",
+        g.len(),
+        e.len(),
+        first.map(|i| g[i]),
+        first.map(|i| e[i])
+    )
+}
+
+#[test]
+fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(Storage::Memory);
+    broker.create_topic("samples", PARTITIONS);
+    broker.create_topic("params", PARTITIONS);
+    let (records, injected) = generate_records(LogSpec {
+        records: 1_000_000,
+        docs: 10_000,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 2026,
+    });
+    broker.produce(
+        "samples",
+        records.iter().map(|r| {
+            (
+                partition_of(r.doc_id, PARTITIONS),
+                r.doc_id.to_be_bytes().to_vec(),
+                r.protobuf.as_slice(),
+            )
+        }),
+    );
+    let mut per_partition = vec![0_u64; PARTITIONS as usize];
+    for r in &records {
+        per_partition[partition_of(r.doc_id, PARTITIONS) as usize] += 1;
+    }
+    assert_eq!(broker.high_watermarks("samples", PARTITIONS), per_partition);
+
+    let config_path = dir.path().join("victim.toml");
+    std::fs::write(
+        &config_path,
+        config_text(dir.path(), &broker.bootstrap(), "victim"),
+    )
+    .unwrap();
+    let config = Config::from_toml(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let (expected, expected_dead) = oracle(&config, &records);
+    assert!(expected.lines().count() >= 19_000, "≥ 10 k keys expected");
+    let dead_lines = |reason: &str| {
+        expected_dead
+            .lines()
+            .filter(|l| l.contains(&format!("\"reason\":\"{reason}\"")))
+            .count() as u64
+    };
+    assert_eq!(dead_lines("undecodable"), injected.poison);
+    assert_eq!(dead_lines("unknown_version"), injected.unknown_version);
+    assert!(dead_lines("late") >= injected.late * 9 / 10);
+    assert!(dead_lines("duplicate") >= injected.duplicates / 2);
+
+    let learner = binary("learner");
+    let run = || {
+        let mut cmd = Command::new(&learner);
+        cmd.args(["run", "--until-end", "--config"])
+            .arg(&config_path)
+            .stderr(Stdio::null());
+        cmd
+    };
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(99);
+    let failpoints = [
+        "before_checkpoint:40000",
+        "after_checkpoint:40000",
+        "after_ingest:30000",
+    ];
+    let mut kills = 0;
+    for round in 0..16 {
+        let mut cmd = run();
+        if let Some(fp) = failpoints.get(round % 6) {
+            cmd.env("POSTERIOR_FAILPOINT", fp);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_millis(rng.random_range(300..2_500));
+        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(kills >= 10, "only {kills} kills landed mid-run");
+    assert!(run().status().unwrap().success());
+
+    let got = dump_store(&config);
+    assert!(
+        got == expected,
+        "state differs after {kills} kills: {}",
+        first_difference(&got, &expected)
+    );
+    check_params_topic(&broker, &config);
+    // Exactly once each; across partitions they follow the broker's
+    // interleaving, so compare them in a canonical order.
+    let sorted = |text: &str| {
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        lines.join("\n")
+    };
+    let got_dead = std::fs::read_to_string(&config.dead_letter.path).unwrap();
+    let (got_dead, expected_dead) = (sorted(&got_dead), sorted(&expected_dead));
+    assert!(
+        got_dead == expected_dead,
+        "dead letters differ: {}",
+        first_difference(&got_dead, &expected_dead)
+    );
+}
+
+/// The params topic, read like a param-server replica would (highest
+/// sequence number per key wins), ends at the learner's final state; and
+/// every update republished after a crash is identical to the first
+/// publication of its sequence number.
+fn check_params_topic(broker: &Broker, config: &Config) {
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    let (engine, _) = restore_engine(config, &store).unwrap().unwrap();
+    let mut expected: HashMap<(String, u64), Vec<u8>> = HashMap::new();
+    for (key, state) in engine.params() {
+        let name = engine
+            .registry()
+            .get(key.version)
+            .unwrap()
+            .spec
+            .name
+            .clone();
+        expected.insert((name, key.doc_id), state.encode());
+    }
+    let mut by_seq: HashMap<(String, u64, u64), Vec<u8>> = HashMap::new();
+    let mut latest: HashMap<(String, u64), (u64, Vec<u8>)> = HashMap::new();
+    let records = broker.consume_all("params", PARTITIONS);
+    assert!(records.len() >= expected.len());
+    for (partition, key, value) in records {
+        let update = ParamUpdate::decode(value.as_slice()).unwrap();
+        let params = update.params.unwrap();
+        assert_eq!(partition, partition_of(params.doc_id, PARTITIONS));
+        assert_eq!(
+            key,
+            format!("{}/{}", params.version, params.doc_id).into_bytes()
+        );
+        let first = by_seq
+            .entry((params.version.clone(), params.doc_id, params.seq))
+            .or_insert_with(|| update.state.clone());
+        assert!(
+            *first == update.state,
+            "seq {} of {}/{} republished with a different value",
+            params.seq,
+            params.version,
+            params.doc_id
+        );
+        let slot = latest
+            .entry((params.version, params.doc_id))
+            .or_insert((0, Vec::new()));
+        if params.seq > slot.0 {
+            *slot = (params.seq, update.state);
+        }
+    }
+    assert_eq!(latest.len(), expected.len(), "every key published");
+    for (key, state) in &expected {
+        assert!(
+            latest.get(key).is_some_and(|(_, s)| s == state),
+            "{key:?}: the newest published state is not the final one"
+        );
+    }
+}
