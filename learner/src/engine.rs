@@ -176,6 +176,21 @@ impl Engine {
         self.buffer.is_full()
     }
 
+    /// Samples waiting in the reorder buffer.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// True when the reorder buffer holds at most half its soft bound.
+    pub fn buffer_half_empty(&self) -> bool {
+        self.buffer.is_half_empty()
+    }
+
+    /// The instance watermark: samples below it are released.
+    pub fn instance_watermark(&self) -> i64 {
+        self.watermarks.instance_watermark()
+    }
+
     /// The partitions this engine owns and their watermark clocks.
     pub fn clocks(&self) -> &BTreeMap<u32, crate::watermark::PartitionClock> {
         self.watermarks.clocks()

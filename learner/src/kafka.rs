@@ -112,6 +112,24 @@ pub enum KafkaSourceError {
         /// What is wrong.
         reason: String,
     },
+    /// At start, a checkpointed offset lies outside the records the broker
+    /// holds: below its oldest (deleted by retention) or beyond its newest
+    /// (the broker lost data).
+    #[error(
+        "partition {partition}: the checkpoint's next offset {next} is outside the broker's \
+         records [{low}, {high}); records were lost — restore from a savepoint or reset the \
+         offset explicitly"
+    )]
+    OffsetOutsideBroker {
+        /// The partition.
+        partition: u32,
+        /// The checkpointed next offset.
+        next: u64,
+        /// The broker's oldest offset.
+        low: i64,
+        /// The broker's high watermark.
+        high: i64,
+    },
     /// A checkpointed offset is not on the broker any more: records were
     /// lost (retention, broker data loss). Never skipped silently.
     #[error(
@@ -195,6 +213,27 @@ impl KafkaSource {
                 wanted
             }
         };
+        // A checkpointed offset outside what the broker holds means records
+        // were lost (retention) or the broker lost data: refuse to start.
+        for &p in &partitions {
+            let Some(&next) = next_offsets.get(&p) else {
+                continue;
+            };
+            let (low, high) = consumer
+                .fetch_watermarks(&config.topic, p as i32, timeout)
+                .map_err(|source| KafkaSourceError::Client {
+                    what: format!("fetch watermarks of partition {p}"),
+                    source,
+                })?;
+            if (next as i64) < low || (next as i64) > high {
+                return Err(KafkaSourceError::OffsetOutsideBroker {
+                    partition: p,
+                    next,
+                    low,
+                    high,
+                });
+            }
+        }
         let mut assignment = TopicPartitionList::new();
         for &p in &partitions {
             let offset = match (next_offsets.get(&p), config.start) {
@@ -276,6 +315,9 @@ impl KafkaSource {
 
     /// Stops fetching `partitions` (backpressure) until [`Self::resume`].
     pub fn pause(&self, partitions: &[u32]) -> Result<(), KafkaSourceError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
         let list = self.list(partitions);
         self.consumer
             .pause(&list)
@@ -287,6 +329,9 @@ impl KafkaSource {
 
     /// Fetches `partitions` again.
     pub fn resume(&self, partitions: &[u32]) -> Result<(), KafkaSourceError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
         let list = self.list(partitions);
         self.consumer
             .resume(&list)

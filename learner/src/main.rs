@@ -73,7 +73,7 @@ fn main() -> Result<()> {
                 }
             };
             eprintln!(
-                "learner: {} records ({}), {} checkpoints; applied {}, dead letters {:?}",
+                "learner: {} records ({}), {} checkpoints, {} throttles; applied {}, dead letters {:?}",
                 summary.records,
                 if summary.restored {
                     "resumed from checkpoint"
@@ -81,6 +81,7 @@ fn main() -> Result<()> {
                     "fresh state"
                 },
                 summary.checkpoints,
+                summary.throttles,
                 summary.counters.applied,
                 summary.counters.dead,
             );

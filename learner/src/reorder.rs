@@ -51,6 +51,13 @@ impl ReorderBuffer {
         self.entries.len() >= self.capacity
     }
 
+    /// True when the buffer holds at most half its bound: backpressure
+    /// lifts here, not at the bound, so partitions are not paused and
+    /// resumed on every sample.
+    pub fn is_half_empty(&self) -> bool {
+        self.entries.len() <= self.capacity / 2
+    }
+
     /// Buffers a sample.
     pub fn insert(&mut self, key: OrderKey, sample: Sample) {
         self.entries.insert(key, sample);

@@ -25,7 +25,10 @@ use crate::kafka::{KafkaSource, Polled};
 use crate::publish::{KafkaSink, NullSink, ParamSink, take_updates};
 use crate::registry::Registry;
 use crate::store::RocksStore;
+use crate::watermark::PartitionClock;
 
+/// How often a Kafka run prints its progress to stderr.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// Meta entry: length of the dead-letter file at the checkpoint.
 const DEAD_LETTER_BYTES: &[u8] = b"dead_letter_bytes";
 /// The single partition of a file or stdin source.
@@ -42,6 +45,8 @@ pub struct RunSummary {
     pub checkpoints: u64,
     /// Counters since the state began.
     pub counters: Counters,
+    /// Times a full reorder buffer narrowed fetching to one partition.
+    pub throttles: u64,
 }
 
 /// Rebuilds the engine from the live store, or `None` when the store is
@@ -160,6 +165,7 @@ pub fn run_bounded_with(config: &Config, sink: Box<dyn ParamSink>) -> Result<Run
         records,
         checkpoints: checkpointer.count,
         counters: engine.counters().clone(),
+        throttles: 0,
     })
 }
 
@@ -215,6 +221,7 @@ pub fn run_kafka_with(
     let mut checkpointer = Checkpointer::new(config, store, dead_len, sink)?;
     let publish_every = Duration::from_millis(config.publish_interval_ms());
     let mut last_publish = Instant::now();
+    let mut last_status = Instant::now();
     let targets = match mode {
         KafkaRunMode::UntilEnd => Some(source.high_watermarks().context("read high watermarks")?),
         KafkaRunMode::Unbounded => None,
@@ -229,6 +236,8 @@ pub fn run_kafka_with(
         partitions.iter().map(|&p| (p, Instant::now())).collect();
     let mut caught_up = BTreeSet::new();
     let mut paused: Vec<u32> = Vec::new();
+    let mut fetching: Option<u32> = None;
+    let mut throttles = 0_u64;
     let mut records = 0_u64;
     let mut since_checkpoint = 0_u64;
     let mut last_checkpoint = Instant::now();
@@ -243,24 +252,65 @@ pub fn run_kafka_with(
             engine.finish();
             break;
         }
-        // Backpressure: a full reorder buffer pauses every partition but
-        // the one holding the watermark back.
-        if engine.buffer_full() && paused.is_empty() {
-            let slowest = engine
-                .clocks()
-                .iter()
-                .filter(|(p, _)| !caught_up.contains(*p))
-                .min_by_key(|(_, c)| c.max_event_ms)
-                .map(|(&p, _)| p);
-            paused = partitions
+        if let Some(targets) = &targets {
+            // A partition at its end has nothing more to give in this run:
+            // it stops holding the watermark back. Its later records (none
+            // in this run) could not be late, so the order stays the log's.
+            for (&p, &high) in targets {
+                let done = engine.next_offsets().get(&p).copied().unwrap_or(0) >= high;
+                if done && engine.clocks().get(&p).is_some_and(|c| !c.idle) {
+                    engine.set_idle(p, true);
+                }
+            }
+        }
+        // Backpressure: from the moment the reorder buffer is full until it
+        // is half empty again, only the partition holding the watermark
+        // back is fetched (see `throttle_to`).
+        let throttled = engine.buffer_full() || (!paused.is_empty() && !engine.buffer_half_empty());
+        let want_paused = match throttled.then(|| {
+            throttle_to(
+                engine.clocks(),
+                &caught_up,
+                fetching,
+                config.order.out_of_orderness_ms,
+            )
+        }) {
+            Some(Some(only)) => {
+                if fetching != Some(only) {
+                    throttles += 1;
+                }
+                fetching = Some(only);
+                partitions.iter().copied().filter(|&p| p != only).collect()
+            }
+            _ => {
+                fetching = None;
+                Vec::new()
+            }
+        };
+        if want_paused != paused {
+            let resume: Vec<u32> = paused
                 .iter()
                 .copied()
-                .filter(|&p| Some(p) != slowest)
+                .filter(|p| !want_paused.contains(p))
                 .collect();
-            source.pause(&paused)?;
-        } else if !engine.buffer_full() && !paused.is_empty() {
-            source.resume(&paused)?;
-            paused.clear();
+            let pause: Vec<u32> = want_paused
+                .iter()
+                .copied()
+                .filter(|p| !paused.contains(p))
+                .collect();
+            source.resume(&resume)?;
+            source.pause(&pause)?;
+            paused = want_paused;
+        }
+        if last_status.elapsed() >= STATUS_EVERY {
+            eprintln!(
+                "learner: {records} records, next offsets {:?}, {} buffered below watermark {}, \
+                 paused {paused:?}, caught up {caught_up:?}",
+                engine.next_offsets(),
+                engine.buffered(),
+                engine.instance_watermark(),
+            );
+            last_status = Instant::now();
         }
         match source.poll(Duration::from_millis(100))? {
             Polled::Record {
@@ -317,7 +367,37 @@ pub fn run_kafka_with(
         records,
         checkpoints: checkpointer.count,
         counters: engine.counters().clone(),
+        throttles,
     })
+}
+
+/// While throttled, the one partition to fetch: the one holding the
+/// watermark back (the smallest clock among partitions that can deliver).
+/// The `current` one is kept until its clock passes the slowest other by
+/// the out-of-orderness or it has nothing more to deliver, so a pause and
+/// resume (which costs a fetch round trip) is not paid on every sample.
+/// `None` when no partition can deliver.
+fn throttle_to(
+    clocks: &BTreeMap<u32, PartitionClock>,
+    caught_up: &BTreeSet<u32>,
+    current: Option<u32>,
+    out_of_orderness_ms: i64,
+) -> Option<u32> {
+    let deliverable = |p: &u32, c: &PartitionClock| !c.idle && !caught_up.contains(p);
+    let slowest = clocks
+        .iter()
+        .filter(|(p, c)| deliverable(p, c))
+        .min_by_key(|(_, c)| c.max_event_ms)
+        .map(|(&p, c)| (p, c.max_event_ms))?;
+    let keep = current.and_then(|cur| {
+        let clock = clocks.get(&cur)?;
+        let behind = match (clock.max_event_ms, slowest.1) {
+            (Some(mine), Some(min)) => mine < min.saturating_add(out_of_orderness_ms),
+            _ => true,
+        };
+        (deliverable(&cur, clock) && behind).then_some(cur)
+    });
+    Some(keep.unwrap_or(slowest.0))
 }
 
 /// Writes checkpoints: the engine's delta and the dead-letter file length,
@@ -443,5 +523,38 @@ impl Failpoint {
         {
             std::process::abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock(max_event_ms: i64) -> PartitionClock {
+        PartitionClock {
+            max_event_ms: Some(max_event_ms),
+            idle: false,
+        }
+    }
+
+    #[test]
+    fn throttling_fetches_the_slowest_deliverable_partition_and_sticks_to_it() {
+        let clocks: BTreeMap<u32, PartitionClock> =
+            [(0, clock(1_000)), (1, clock(900)), (2, clock(950))].into();
+        let none = BTreeSet::new();
+        assert_eq!(throttle_to(&clocks, &none, None, 100), Some(1));
+        // Partition 2 is no longer the slowest, but within the
+        // out-of-orderness of it: keep fetching it.
+        assert_eq!(throttle_to(&clocks, &none, Some(2), 100), Some(2));
+        // Partition 0 is 100 ms ahead of the slowest: switch.
+        assert_eq!(throttle_to(&clocks, &none, Some(0), 100), Some(1));
+        // A caught-up partition cannot deliver: the next slowest.
+        let caught_up = BTreeSet::from([1]);
+        assert_eq!(throttle_to(&clocks, &caught_up, Some(1), 100), Some(2));
+        let mut idle = clocks.clone();
+        for c in idle.values_mut() {
+            c.idle = true;
+        }
+        assert_eq!(throttle_to(&idle, &none, Some(0), 100), None);
     }
 }

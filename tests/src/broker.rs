@@ -213,11 +213,17 @@ impl Broker {
 
     fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let storage = match &self.storage {
-            Storage::Memory => "memory://nisshi/".to_owned(),
-            Storage::Sqlite(path) => format!("sqlite://{}", path.display()),
+        // nisshi resolves a sqlite path against its working directory.
+        let (storage, cwd) = match &self.storage {
+            Storage::Memory => ("memory://nisshi/".to_owned(), std::env::temp_dir()),
+            Storage::Sqlite(path) => {
+                let name = path.file_name().expect("a file name").to_string_lossy();
+                let dir = path.parent().expect("a directory").to_owned();
+                (format!("sqlite://{name}"), dir)
+            }
         };
         let child = Command::new(nisshi_binary())
+            .current_dir(cwd)
             .arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", &storage])

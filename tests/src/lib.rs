@@ -1,36 +1,54 @@
 //! Shared harness of the end-to-end tests in `tests/tests/`: locating the
 //! workspace binaries, and generating sample logs with known defects.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 pub mod broker;
+pub mod config;
 pub mod log;
+pub mod oracle;
 
-/// Path of a workspace binary (`learner`, `param-server`), building it if
-/// the test runs without it (e.g. `cargo test -p posterior-tests`).
+/// Path of a workspace binary (`learner`, `param-server`), up to date.
+///
+/// The first call of a test process runs `cargo build --workspace
+/// --all-targets` (a no-op after the workspace-wide test command, which
+/// builds the same units) so that a `cargo test -p posterior-tests` run
+/// never tests a stale binary.
+///
+/// # Panics
+/// When the build fails or the binary does not exist.
 pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
+    let profile_dir = exe
         .parent()
-        .and_then(|deps| deps.parent())
+        .and_then(Path::parent)
         .expect("test executable lives in target/<profile>/deps");
-    let path = dir.join(name);
-    if !path.exists() {
-        let package = match name {
-            "learner" => "posterior-learner",
-            "param-server" => "posterior-param-server",
-            other => panic!("unknown binary {other}"),
-        };
-        let release = dir.ends_with("release");
+    let target_dir = profile_dir.parent().expect("target/<profile>");
+    BUILT.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ lives in the workspace");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", package, "--bin", name]);
-        if release {
+        cmd.current_dir(workspace)
+            .args([
+                "build",
+                "--quiet",
+                "--workspace",
+                "--all-targets",
+                "--target-dir",
+            ])
+            .arg(target_dir);
+        if profile_dir.ends_with("release") {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build of {name} failed");
-    }
+        assert!(status.success(), "cargo build of the workspace failed");
+    });
+    let path = profile_dir.join(name);
+    assert!(path.exists(), "{} was not built", path.display());
     path
 }

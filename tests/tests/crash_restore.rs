@@ -14,56 +14,13 @@ use posterior_learner::config::Config;
 use posterior_learner::runner::{open_engine, run_bounded};
 use posterior_learner::store::RocksStore;
 use posterior_tests::binary;
+use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
 use posterior_tests::log::{LogSpec, generate};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-const OUT_OF_ORDERNESS_MS: i64 = 200;
-
 fn config_text(dir: &Path, log: &Path, name: &str) -> String {
-    format!(
-        r#"
-[state]
-dir = "{state}"
-checkpoint_every_records = 5000
-
-[source]
-kind = "file"
-path = "{log}"
-format = "jsonl"
-
-[order]
-out_of_orderness_ms = {OUT_OF_ORDERNESS_MS}
-reorder_capacity = 100000
-
-[batch]
-max_samples = 8
-max_positives = 1
-max_age_ms = 2000
-
-[dedup]
-window_ms = 60000
-max_ids = 1000000
-
-[dead_letter]
-path = "{dead}"
-
-[[versions]]
-name = "beta"
-model = "beta"
-reward_label = "click"
-
-[[versions]]
-name = "logistic"
-model = "logistic"
-dim = 4
-prior_mean = [-3.0, 0.0, 0.0, 0.0]
-reward_label = "click"
-"#,
-        state = dir.join(format!("{name}-state")).display(),
-        log = log.display(),
-        dead = dir.join(format!("{name}-dead.jsonl")).display(),
-    )
+    learner_toml(dir, name, Source::File(log), 5_000, None)
 }
 
 fn dump(config: &Config) -> String {

@@ -9,120 +9,26 @@
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use posterior_learner::config::Config;
-use posterior_learner::file_source::decode_protobuf;
 use posterior_learner::partitioning::partition_of;
-use posterior_learner::runner::{fresh_engine, restore_engine};
+use posterior_learner::runner::restore_engine;
 use posterior_learner::store::RocksStore;
 use posterior_proto::v1::ParamUpdate;
 use posterior_tests::binary;
 use posterior_tests::broker::{Broker, Storage};
-use posterior_tests::log::{LogRecord, LogSpec, generate_records};
+use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
+use posterior_tests::log::{LogSpec, generate_records};
+use posterior_tests::oracle::{
+    dump_store, first_difference, oracle, produce_samples, sorted_lines,
+};
 use prost::Message as _;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 const PARTITIONS: u32 = 4;
-const OUT_OF_ORDERNESS_MS: i64 = 200;
-
-fn config_text(dir: &Path, bootstrap: &str, name: &str) -> String {
-    format!(
-        r#"
-[state]
-dir = "{state}"
-checkpoint_every_records = 20000
-checkpoint_every_ms = 1000
-
-[source]
-kind = "kafka"
-brokers = "{bootstrap}"
-topic = "samples"
-
-[order]
-out_of_orderness_ms = {OUT_OF_ORDERNESS_MS}
-reorder_capacity = 100000
-
-[batch]
-max_samples = 8
-max_positives = 1
-max_age_ms = 2000
-
-[dedup]
-window_ms = 60000
-max_ids = 1000000
-
-[dead_letter]
-path = "{dead}"
-
-[publish]
-interval_ms = 50
-
-[publish.kafka]
-brokers = "{bootstrap}"
-topic = "params"
-
-[[versions]]
-name = "beta"
-model = "beta"
-reward_label = "click"
-
-[[versions]]
-name = "logistic"
-model = "logistic"
-dim = 4
-prior_mean = [-3.0, 0.0, 0.0, 0.0]
-reward_label = "click"
-"#,
-        state = dir.join(format!("{name}-state")).display(),
-        dead = dir.join(format!("{name}-dead.jsonl")).display(),
-    )
-}
-
-/// The oracle: the pure engine over the records of each partition, with
-/// Kafka offsets, ended like a bounded input. Returns its dump and its
-/// dead letters as the learner writes them.
-fn oracle(config: &Config, records: &[LogRecord]) -> (String, String) {
-    let mut engine = fresh_engine(config, 0..PARTITIONS).unwrap();
-    let mut next = [0_u64; PARTITIONS as usize];
-    for record in records {
-        let p = partition_of(record.doc_id, PARTITIONS);
-        engine.ingest(p, next[p as usize], decode_protobuf(&record.protobuf));
-        next[p as usize] += 1;
-    }
-    engine.finish();
-    let mut dump = Vec::new();
-    posterior_learner::dump::dump(&engine, &mut dump).unwrap();
-    let mut dead = String::new();
-    for letter in engine.take_dead_letters() {
-        dead.push_str(&serde_json::to_string(&letter).unwrap());
-        dead.push('\n');
-    }
-    (String::from_utf8(dump).unwrap(), dead)
-}
-
-fn dump_store(config: &Config) -> String {
-    let store = RocksStore::open(&config.state.dir).unwrap();
-    let (engine, _) = restore_engine(config, &store).unwrap().unwrap();
-    let mut out = Vec::new();
-    posterior_learner::dump::dump(&engine, &mut out).unwrap();
-    String::from_utf8(out).unwrap()
-}
-
-fn first_difference(got: &str, expected: &str) -> String {
-    let (g, e): (Vec<&str>, Vec<&str>) = (got.lines().collect(), expected.lines().collect());
-    let first = g.iter().zip(&e).position(|(a, b)| a != b);
-    format!(
-        "{} vs {} lines; first difference at {first:?}: {:?} vs {:?}",
-        g.len(),
-        e.len(),
-        first.map(|i| g[i]),
-        first.map(|i| e[i])
-    )
-}
 
 #[test]
 fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
@@ -136,30 +42,23 @@ fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
         out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
         seed: 2026,
     });
-    broker.produce(
-        "samples",
-        records.iter().map(|r| {
-            (
-                partition_of(r.doc_id, PARTITIONS),
-                r.doc_id.to_be_bytes().to_vec(),
-                r.protobuf.as_slice(),
-            )
-        }),
-    );
-    let mut per_partition = vec![0_u64; PARTITIONS as usize];
-    for r in &records {
-        per_partition[partition_of(r.doc_id, PARTITIONS) as usize] += 1;
-    }
+    let per_partition = produce_samples(&broker, &records, PARTITIONS);
     assert_eq!(broker.high_watermarks("samples", PARTITIONS), per_partition);
 
     let config_path = dir.path().join("victim.toml");
     std::fs::write(
         &config_path,
-        config_text(dir.path(), &broker.bootstrap(), "victim"),
+        learner_toml(
+            dir.path(),
+            "victim",
+            Source::Kafka(&broker.bootstrap()),
+            20_000,
+            Some(&broker.bootstrap()),
+        ),
     )
     .unwrap();
     let config = Config::from_toml(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    let (expected, expected_dead) = oracle(&config, &records);
+    let (expected, expected_dead) = oracle(&config, &records, PARTITIONS);
     assert!(expected.lines().count() >= 19_000, "≥ 10 k keys expected");
     let dead_lines = |reason: &str| {
         expected_dead
@@ -215,13 +114,8 @@ fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
     check_params_topic(&broker, &config);
     // Exactly once each; across partitions they follow the broker's
     // interleaving, so compare them in a canonical order.
-    let sorted = |text: &str| {
-        let mut lines: Vec<&str> = text.lines().collect();
-        lines.sort_unstable();
-        lines.join("\n")
-    };
     let got_dead = std::fs::read_to_string(&config.dead_letter.path).unwrap();
-    let (got_dead, expected_dead) = (sorted(&got_dead), sorted(&expected_dead));
+    let (got_dead, expected_dead) = (sorted_lines(&got_dead), sorted_lines(&expected_dead));
     assert!(
         got_dead == expected_dead,
         "dead letters differ: {}",

@@ -1,0 +1,85 @@
+//! Learner configs of the end-to-end tests: one model setup (a Beta and a
+//! 4-dimensional logistic version, micro-batches, dedup) over a file or a
+//! broker, so every test checks the same rules.
+
+use std::path::Path;
+
+/// The allowed out-of-orderness every generated log is made for.
+pub const OUT_OF_ORDERNESS_MS: i64 = 200;
+
+/// Where the learner reads from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// A JSONL file.
+    File(&'a Path),
+    /// The `samples` topic of a broker (`bootstrap.servers`).
+    Kafka(&'a str),
+}
+
+/// A learner config whose state and dead letters live in `dir` under
+/// `name`, checkpointing every `checkpoint_every` records (and second);
+/// `publish` names a broker whose `params` topic gets the updates.
+pub fn learner_toml(
+    dir: &Path,
+    name: &str,
+    source: Source<'_>,
+    checkpoint_every: u64,
+    publish: Option<&str>,
+) -> String {
+    let source = match source {
+        Source::File(path) => format!(
+            "kind = \"file\"\npath = \"{}\"\nformat = \"jsonl\"",
+            path.display()
+        ),
+        Source::Kafka(bootstrap) => {
+            format!("kind = \"kafka\"\nbrokers = \"{bootstrap}\"\ntopic = \"samples\"")
+        }
+    };
+    let publish = publish.map_or_else(String::new, |bootstrap| {
+        format!(
+            "[publish]\ninterval_ms = 50\n\n[publish.kafka]\nbrokers = \"{bootstrap}\"\ntopic = \"params\"\n"
+        )
+    });
+    format!(
+        r#"
+[state]
+dir = "{state}"
+checkpoint_every_records = {checkpoint_every}
+checkpoint_every_ms = 1000
+
+[source]
+{source}
+
+[order]
+out_of_orderness_ms = {OUT_OF_ORDERNESS_MS}
+reorder_capacity = 100000
+
+[batch]
+max_samples = 8
+max_positives = 1
+max_age_ms = 2000
+
+[dedup]
+window_ms = 60000
+max_ids = 1000000
+
+[dead_letter]
+path = "{dead}"
+
+{publish}
+[[versions]]
+name = "beta"
+model = "beta"
+reward_label = "click"
+
+[[versions]]
+name = "logistic"
+model = "logistic"
+dim = 4
+prior_mean = [-3.0, 0.0, 0.0, 0.0]
+reward_label = "click"
+"#,
+        state = dir.join(format!("{name}-state")).display(),
+        dead = dir.join(format!("{name}-dead.jsonl")).display(),
+    )
+}

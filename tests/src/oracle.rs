@@ -1,0 +1,93 @@
+//! The expected results of the end-to-end tests: a pure in-process engine
+//! (the oracle) over the same records, and the comparisons with what a
+//! learner process left in its store.
+
+use posterior_learner::config::Config;
+use posterior_learner::file_source::decode_protobuf;
+use posterior_learner::partitioning::partition_of;
+use posterior_learner::runner::{fresh_engine, restore_engine};
+use posterior_learner::store::RocksStore;
+
+use crate::broker::Broker;
+use crate::log::LogRecord;
+
+/// The oracle: the pure engine over the records of each of `partitions`
+/// (partition `doc_id mod partitions`, Kafka offsets), ended like a
+/// bounded input. Returns its dump and its dead letters as JSONL, in the
+/// form the learner writes them.
+///
+/// # Panics
+/// When the engine cannot be built from `config`.
+pub fn oracle(config: &Config, records: &[LogRecord], partitions: u32) -> (String, String) {
+    let mut engine = fresh_engine(config, 0..partitions).expect("engine from config");
+    let mut next = vec![0_u64; partitions as usize];
+    for record in records {
+        let p = partition_of(record.doc_id, partitions);
+        engine.ingest(p, next[p as usize], decode_protobuf(&record.protobuf));
+        next[p as usize] += 1;
+    }
+    engine.finish();
+    let mut dump = Vec::new();
+    posterior_learner::dump::dump(&engine, &mut dump).expect("dump to memory");
+    let mut dead = String::new();
+    for letter in engine.take_dead_letters() {
+        dead.push_str(&serde_json::to_string(&letter).expect("dead letter as JSON"));
+        dead.push('\n');
+    }
+    (String::from_utf8(dump).expect("dumps are UTF-8"), dead)
+}
+
+/// Produces `records` to the `samples` topic, keyed and partitioned by
+/// doc; returns the record count of each partition.
+pub fn produce_samples(broker: &Broker, records: &[LogRecord], partitions: u32) -> Vec<u64> {
+    broker.produce(
+        "samples",
+        records.iter().map(|r| {
+            (
+                partition_of(r.doc_id, partitions),
+                r.doc_id.to_be_bytes().to_vec(),
+                r.protobuf.as_slice(),
+            )
+        }),
+    );
+    let mut counts = vec![0_u64; partitions as usize];
+    for r in records {
+        counts[partition_of(r.doc_id, partitions) as usize] += 1;
+    }
+    counts
+}
+
+/// The dump of the state a learner left in its store.
+///
+/// # Panics
+/// When the store cannot be opened or holds no state.
+pub fn dump_store(config: &Config) -> String {
+    let store = RocksStore::open(&config.state.dir).expect("open store");
+    let (engine, _) = restore_engine(config, &store)
+        .expect("restore")
+        .expect("the store holds a state");
+    let mut out = Vec::new();
+    posterior_learner::dump::dump(&engine, &mut out).expect("dump to memory");
+    String::from_utf8(out).expect("dumps are UTF-8")
+}
+
+/// Where two texts first differ, by line, for failure messages.
+pub fn first_difference(got: &str, expected: &str) -> String {
+    let (g, e): (Vec<&str>, Vec<&str>) = (got.lines().collect(), expected.lines().collect());
+    let first = g.iter().zip(&e).position(|(a, b)| a != b);
+    format!(
+        "{} vs {} lines; first difference at {first:?}: {:?} vs {:?}",
+        g.len(),
+        e.len(),
+        first.map(|i| g[i]),
+        first.map(|i| e[i])
+    )
+}
+
+/// The lines of `text` sorted: dead letters are written exactly once each,
+/// but across partitions in the broker's interleaving.
+pub fn sorted_lines(text: &str) -> String {
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    lines.join("\n")
+}
