@@ -36,9 +36,23 @@ pub struct Config {
     /// Where parameter updates are published; absent = nowhere (an
     /// embedded param-server attaches its channel in code).
     pub publish: Option<PublishConfig>,
+    /// Savepoints; absent = none on shutdown, and `learner savepoint`
+    /// needs a directory.
+    pub savepoints: Option<SavepointConfig>,
     /// The versions present at start.
     #[serde(default)]
     pub versions: Vec<VersionConfig>,
+}
+
+/// `[savepoints]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavepointConfig {
+    /// Directory holding one sub-directory per savepoint.
+    pub dir: PathBuf,
+    /// Take one when a run ends (end of a file, `--until-end`, SIGTERM).
+    #[serde(default)]
+    pub on_shutdown: bool,
 }
 
 /// `[publish]`.

@@ -168,6 +168,7 @@ pub struct KafkaSource {
     consumer: BaseConsumer,
     topic: String,
     partitions: Vec<u32>,
+    partition_count: u32,
     timeout: Duration,
 }
 
@@ -197,6 +198,7 @@ impl KafkaSource {
             })?;
         let timeout = Duration::from_millis(config.request_timeout_ms);
         let partitions = topic_partitions(&consumer, &config.topic, timeout)?;
+        let partition_count = partitions.len() as u32;
         let partitions = match &config.partitions {
             None => partitions,
             Some(wanted) => {
@@ -258,8 +260,14 @@ impl KafkaSource {
             consumer,
             topic: config.topic.clone(),
             partitions,
+            partition_count,
             timeout,
         })
+    }
+
+    /// How many partitions the topic has (this source may read fewer).
+    pub fn partition_count(&self) -> u32 {
+        self.partition_count
     }
 
     /// The partitions this source reads, ascending.

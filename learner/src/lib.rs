@@ -21,6 +21,7 @@
 //! - [`registry`]: the A/B version registry and parameter keys.
 //! - [`codec`]: byte encodings of the engine state (keys sort in release order).
 //! - [`runner`]: drives the engine over a source with checkpoints.
+//! - [`savepoint`]: portable, verified snapshots; split by partition.
 //! - [`dump`]: every key's state as exact JSONL.
 //! - [`store`]: the RocksDB state store; its doc states the delivery guarantee.
 //! - [`meta`]: the small named state: offsets, clocks, registry, counters.
@@ -47,6 +48,7 @@ pub mod registry;
 pub mod reorder;
 pub mod runner;
 pub mod sample;
+pub mod savepoint;
 pub mod store;
 pub mod version;
 pub mod watermark;

@@ -10,7 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use crate::file_source::FileSource;
 use crate::kafka::{KafkaSource, Polled};
 use crate::publish::{KafkaSink, NullSink, ParamSink, take_updates};
 use crate::registry::Registry;
+use crate::savepoint::{self, Savepoint};
 use crate::store::RocksStore;
 use crate::watermark::PartitionClock;
 
@@ -93,6 +95,50 @@ pub fn restore_engine(
     Ok(Some((engine, dead_letter_bytes)))
 }
 
+/// Which savepoint to restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavepointChoice {
+    /// The newest valid one under the config's `[savepoints] dir`.
+    Latest,
+    /// This directory.
+    Dir(PathBuf),
+}
+
+/// Restores a verified savepoint into the (empty) live store, taking the
+/// partitions this instance owns: the Kafka source's configured ones, or
+/// all. Run the learner afterwards as usual; it resumes from it.
+pub fn restore_savepoint(config: &Config, choice: &SavepointChoice) -> Result<Savepoint> {
+    let chosen = match choice {
+        SavepointChoice::Dir(dir) => savepoint::verify(dir)?,
+        SavepointChoice::Latest => {
+            let root = &config
+                .savepoints
+                .as_ref()
+                .context("--from-savepoint latest needs [savepoints] dir in the config")?
+                .dir;
+            let (valid, invalid) = savepoint::list(root)?;
+            for err in invalid {
+                eprintln!("learner: skipping invalid savepoint: {err}");
+            }
+            valid
+                .into_iter()
+                .next_back()
+                .with_context(|| format!("no valid savepoint under {}", root.display()))?
+        }
+    };
+    let partitions: Option<BTreeSet<u32>> = match &config.source {
+        SourceConfig::Kafka(kafka) => kafka
+            .partitions
+            .as_ref()
+            .map(|p| p.iter().copied().collect()),
+        _ => None,
+    };
+    let store = RocksStore::open(&config.state.dir).context("open state store")?;
+    savepoint::restore_into(&chosen, partitions.as_ref(), &store)
+        .with_context(|| format!("restore savepoint {}", chosen.dir.display()))?;
+    Ok(chosen)
+}
+
 /// A fresh engine over `partitions` with the config's versions.
 pub fn fresh_engine(config: &Config, partitions: impl IntoIterator<Item = u32>) -> Result<Engine> {
     let registry =
@@ -160,6 +206,9 @@ pub fn run_bounded_with(config: &Config, sink: Box<dyn ParamSink>) -> Result<Run
     }
     engine.finish();
     checkpointer.checkpoint(&mut engine, records)?;
+    if config.savepoints.as_ref().is_some_and(|s| s.on_shutdown) {
+        checkpointer.savepoint(config, 1)?;
+    }
     Ok(RunSummary {
         restored,
         records,
@@ -180,18 +229,27 @@ pub enum KafkaRunMode {
     UntilEnd,
 }
 
+/// Requests to a running Kafka learner, set from signal handlers.
+#[derive(Debug, Default, Clone)]
+pub struct Controls {
+    /// Checkpoint and return (SIGTERM, SIGINT).
+    pub stop: Arc<AtomicBool>,
+    /// Checkpoint and take a savepoint, then go on (SIGUSR1).
+    pub savepoint: Arc<AtomicBool>,
+}
+
 /// Runs the Kafka source: restore, assign the partitions at the
 /// checkpointed offsets, ingest, checkpoint every N records or T ms, and
 /// on `stop` (or at the end, see [`KafkaRunMode`]) checkpoint and return.
-pub fn run_kafka(config: &Config, mode: KafkaRunMode, stop: &AtomicBool) -> Result<RunSummary> {
-    run_kafka_with(config, mode, stop, open_sink(config)?)
+pub fn run_kafka(config: &Config, mode: KafkaRunMode, controls: &Controls) -> Result<RunSummary> {
+    run_kafka_with(config, mode, controls, open_sink(config)?)
 }
 
 /// [`run_kafka`] publishing to `sink`.
 pub fn run_kafka_with(
     config: &Config,
     mode: KafkaRunMode,
-    stop: &AtomicBool,
+    controls: &Controls,
     sink: Box<dyn ParamSink>,
 ) -> Result<RunSummary> {
     let SourceConfig::Kafka(kafka) = &config.source else {
@@ -243,8 +301,14 @@ pub fn run_kafka_with(
     let mut last_checkpoint = Instant::now();
     let every = Duration::from_millis(config.state.checkpoint_every_ms);
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if controls.stop.load(Ordering::Relaxed) {
             break;
+        }
+        if controls.savepoint.swap(false, Ordering::Relaxed) {
+            checkpointer.checkpoint(&mut engine, records)?;
+            checkpointer.savepoint(config, source.partition_count())?;
+            since_checkpoint = 0;
+            last_checkpoint = Instant::now();
         }
         if let Some(targets) = &targets
             && reached(&engine, targets)
@@ -362,6 +426,9 @@ pub fn run_kafka_with(
     if let Err(err) = source.commit_informational(engine.next_offsets()) {
         eprintln!("learner: informational offset commit failed: {err}");
     }
+    if config.savepoints.as_ref().is_some_and(|s| s.on_shutdown) {
+        checkpointer.savepoint(config, source.partition_count())?;
+    }
     Ok(RunSummary {
         restored: was_restored,
         records,
@@ -424,6 +491,19 @@ impl Checkpointer {
             failpoint: Failpoint::from_env(),
             count: 0,
         })
+    }
+
+    /// Takes a savepoint of the last checkpoint.
+    fn savepoint(&self, config: &Config, partition_count: u32) -> Result<()> {
+        let dir = &config
+            .savepoints
+            .as_ref()
+            .context("a savepoint needs [savepoints] dir in the config")?
+            .dir;
+        let taken =
+            savepoint::write(dir, &self.store, partition_count).context("take savepoint")?;
+        eprintln!("learner: savepoint {}", taken.dir.display());
+        Ok(())
     }
 
     /// Publishes the keys changed since the last publish.

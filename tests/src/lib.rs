@@ -2,8 +2,9 @@
 //! workspace binaries, and generating sample logs with known defects.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 pub mod broker;
 pub mod config;
@@ -51,4 +52,44 @@ pub fn binary(name: &str) -> PathBuf {
     let path = profile_dir.join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// Waits for `child` at most `limit`; on timeout kills it and panics with
+/// the last lines of its log (`log`, where its stderr goes).
+///
+/// # Panics
+/// On timeout, or when waiting fails.
+pub fn finish_within(child: &mut Child, limit: Duration, log: &Path) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            panic!(
+                "{} did not finish within {limit:?}; its log ends:\n{}",
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A file that a child's stderr appends to.
+///
+/// # Panics
+/// When it cannot be opened.
+pub fn log_file(path: &Path) -> Stdio {
+    Stdio::from(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open log file"),
+    )
 }

@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use posterior_learner::config::Config;
@@ -17,13 +17,13 @@ use posterior_learner::partitioning::partition_of;
 use posterior_learner::runner::restore_engine;
 use posterior_learner::store::RocksStore;
 use posterior_proto::v1::ParamUpdate;
-use posterior_tests::binary;
 use posterior_tests::broker::{Broker, Storage};
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
 use posterior_tests::log::{LogSpec, generate_records};
 use posterior_tests::oracle::{
     dump_store, first_difference, oracle, produce_samples, sorted_lines,
 };
+use posterior_tests::{binary, finish_within, log_file};
 use prost::Message as _;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -72,11 +72,12 @@ fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
     assert!(dead_lines("duplicate") >= injected.duplicates / 2);
 
     let learner = binary("learner");
+    let log = dir.path().join("learner.log");
     let run = || {
         let mut cmd = Command::new(&learner);
         cmd.args(["run", "--until-end", "--config"])
             .arg(&config_path)
-            .stderr(Stdio::null());
+            .stderr(log_file(&log));
         cmd
     };
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(99);
@@ -103,7 +104,13 @@ fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
         child.wait().unwrap();
     }
     assert!(kills >= 10, "only {kills} kills landed mid-run");
-    assert!(run().status().unwrap().success());
+    let mut last = run().spawn().unwrap();
+    let status = finish_within(&mut last, Duration::from_secs(900), &log);
+    assert!(
+        status.success(),
+        "the last run failed; see {}",
+        log.display()
+    );
 
     let got = dump_store(&config);
     assert!(

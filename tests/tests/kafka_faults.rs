@@ -5,16 +5,16 @@
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use posterior_learner::config::Config;
-use posterior_tests::binary;
 use posterior_tests::broker::{Broker, Storage};
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
 use posterior_tests::log::{LogSpec, generate_records};
 use posterior_tests::oracle::{
     dump_store, first_difference, oracle, produce_samples, sorted_lines,
 };
+use posterior_tests::{binary, finish_within, log_file};
 
 const PARTITIONS: u32 = 2;
 
@@ -73,14 +73,11 @@ fn a_broker_restart_pauses_the_learner_and_it_ends_equal_to_the_oracle() {
         "the learner must wait for the broker, not exit"
     );
     broker.restart();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the learner never finished");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = finish_within(
+        &mut child,
+        Duration::from_secs(300),
+        &dir.path().join("learner.log"),
+    );
     let log = std::fs::read_to_string(dir.path().join("learner.log")).unwrap();
     assert!(status.success(), "learner failed: {log}");
 
@@ -150,21 +147,10 @@ fn a_tiny_reorder_buffer_throttles_the_partitions_but_never_deadlocks() {
     let mut child = Command::new(binary("learner"))
         .args(["run", "--until-end", "--config"])
         .arg(&config_path)
-        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .stderr(log_file(&log_path))
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let log = std::fs::read_to_string(&log_path).unwrap();
-            panic!("the learner stalled with a full reorder buffer: {log}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = finish_within(&mut child, Duration::from_secs(180), &log_path);
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(status.success(), "{log}");
     let throttles: u64 = log

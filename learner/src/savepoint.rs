@@ -1,0 +1,462 @@
+//! Savepoints: portable, self-describing copies of a checkpoint.
+//!
+//! A savepoint is a directory holding one file per state table (the same
+//! key/value bytes as the live store, framed as length-prefixed records)
+//! and `MANIFEST.json`: format version, creation time, the partitions and
+//! the topic's partition count, next offsets, watermarks, versions,
+//! counters, and the size and CRC-32 of every file.
+//!
+//! Writing is atomic: everything goes into `<root>/.tmp-<name>`, every file
+//! and the directory are synced, the directory is renamed to `<root>/<name>`
+//! and the root is synced. A crash leaves at most a `.tmp-*` directory,
+//! which is never listed nor restored; neither is a savepoint whose files
+//! do not match its manifest.
+//!
+//! Restoring may take a subset of the partitions, so a savepoint of one
+//! learner can be split between several (and several merged into one, by
+//! restoring each in turn into one store — not offered yet). Keys follow
+//! `partitioning::partition_of`; the dedup window is copied whole (a
+//! sample id's duplicates share its doc, hence its partition, so ids of
+//! other partitions are never looked up); counters are kept for a full
+//! restore and start from zero for a split (they are not per partition).
+//! Dead letters are not part of a savepoint: a restored learner starts a
+//! new dead-letter file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{Read, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CorruptState, Table};
+use crate::engine::{Counters, Entries, Write};
+use crate::meta;
+use crate::partitioning::partition_of;
+use crate::store::{RocksStore, StoreError};
+
+/// Version of the savepoint layout; restore refuses others.
+pub const FORMAT_VERSION: u32 = 1;
+/// The manifest's file name.
+pub const MANIFEST: &str = "MANIFEST.json";
+/// Prefix of directories being written.
+const TMP_PREFIX: &str = ".tmp-";
+
+/// Why a savepoint could not be written, listed, verified or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SavepointError {
+    /// A file system operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The savepoint's content does not match its manifest, or the
+    /// manifest is unreadable.
+    #[error("savepoint {dir}: {file}: {reason}")]
+    Invalid {
+        /// The savepoint directory.
+        dir: PathBuf,
+        /// The file at fault.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The state it was taken from (or holds) does not decode.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptState),
+    /// The live store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// There is nothing to save, or nowhere to restore to.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// One data file of a savepoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// File name inside the savepoint.
+    pub name: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// CRC-32 (IEEE) of the content.
+    pub crc32: u32,
+    /// Records in the file.
+    pub records: u64,
+}
+
+/// A version as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionEntry {
+    /// Name.
+    pub name: String,
+    /// `beta`, `logistic-diagonal` or `logistic-full`.
+    pub model: String,
+    /// Whether it takes samples.
+    pub retired: bool,
+}
+
+/// `MANIFEST.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Wall-clock creation time, ms since the Unix epoch (informational).
+    pub created_unix_ms: u64,
+    /// Partitions of the state.
+    pub partitions: Vec<u32>,
+    /// Partition count of the topic the keys are partitioned over.
+    pub partition_count: u32,
+    /// Next offset of each partition.
+    pub next_offsets: BTreeMap<u32, u64>,
+    /// Largest event time delivered per partition.
+    pub max_event_ms: BTreeMap<u32, Option<i64>>,
+    /// Samples below this event time were released.
+    pub released_below_ms: i64,
+    /// Versions.
+    pub versions: Vec<VersionEntry>,
+    /// Samples applied.
+    pub applied: u64,
+    /// Data files.
+    pub files: Vec<FileEntry>,
+}
+
+/// A verified savepoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Savepoint {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SavepointError + '_ {
+    move |source| SavepointError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn table_file(table: Table) -> String {
+    format!("{}.tbl", table.name())
+}
+
+/// Writes a savepoint of the checkpoint held by `store` under `root`,
+/// atomically; `partition_count` is the topic's (1 for a file or stdin).
+/// Take it right after a checkpoint to capture the newest state.
+pub fn write(
+    root: &Path,
+    store: &RocksStore,
+    partition_count: u32,
+) -> Result<Savepoint, SavepointError> {
+    let mut tables = BTreeMap::new();
+    for table in Table::ALL {
+        let mut entries = store.entries(table)?;
+        if table == Table::Meta {
+            entries.retain(|(k, _)| is_engine_meta(k));
+        }
+        tables.insert(table, entries);
+    }
+    let meta: BTreeMap<Vec<u8>, Vec<u8>> = tables[&Table::Meta].iter().cloned().collect();
+    let Some(format) = meta.get(meta::FORMAT) else {
+        return Err(SavepointError::Refused(
+            "the live store holds no checkpoint to save".into(),
+        ));
+    };
+    meta::check_format(format)?;
+    let field = |name: &[u8]| {
+        meta.get(name)
+            .ok_or_else(|| CorruptState::new(Table::Meta, name, "missing"))
+    };
+    let next_offsets = meta::offsets_from(field(meta::OFFSETS)?)?;
+    let clocks = meta::clocks_from(field(meta::CLOCKS)?)?;
+    let registry = meta::registry_from(field(meta::REGISTRY)?)?;
+    let counters = meta::counters_from(field(meta::COUNTERS)?)?;
+    let released_below_ms = field(meta::RELEASED)?
+        .as_slice()
+        .try_into()
+        .map(i64::from_le_bytes)
+        .map_err(|_| CorruptState::new(Table::Meta, meta::RELEASED, "not 8 bytes"))?;
+
+    fs::create_dir_all(root).map_err(io(root))?;
+    let created_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut name = format!("sp-{created_unix_ms:013}");
+    let mut n = 1;
+    while root.join(&name).exists() {
+        n += 1;
+        name = format!("sp-{created_unix_ms:013}-{n}");
+    }
+    let tmp = root.join(format!("{TMP_PREFIX}{name}"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    fs::create_dir(&tmp).map_err(io(&tmp))?;
+    let mut files = Vec::new();
+    for (table, entries) in &tables {
+        let file = table_file(*table);
+        let bytes = frame(entries);
+        write_synced(&tmp.join(&file), &bytes)?;
+        files.push(FileEntry {
+            name: file,
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(&bytes),
+            records: entries.len() as u64,
+        });
+    }
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        created_unix_ms,
+        partitions: clocks.keys().copied().collect(),
+        partition_count,
+        next_offsets,
+        max_event_ms: clocks.iter().map(|(&p, c)| (p, c.max_event_ms)).collect(),
+        released_below_ms,
+        versions: registry
+            .entries()
+            .iter()
+            .map(|e| VersionEntry {
+                name: e.spec.name.clone(),
+                model: e.spec.model.kind.name().to_owned(),
+                retired: e.retired,
+            })
+            .collect(),
+        applied: counters.applied,
+        files,
+    };
+    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| SavepointError::Invalid {
+        dir: tmp.clone(),
+        file: MANIFEST.into(),
+        reason: e.to_string(),
+    })?;
+    write_synced(&tmp.join(MANIFEST), &text)?;
+    sync_dir(&tmp)?;
+    let dir = root.join(&name);
+    fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    sync_dir(root)?;
+    Ok(Savepoint { dir, manifest })
+}
+
+/// Reads and checks a savepoint: manifest, format version, and the size
+/// and CRC of every file. The error names the file at fault.
+pub fn verify(dir: &Path) -> Result<Savepoint, SavepointError> {
+    let invalid = |file: &str, reason: String| SavepointError::Invalid {
+        dir: dir.to_owned(),
+        file: file.to_owned(),
+        reason,
+    };
+    let text = fs::read(dir.join(MANIFEST)).map_err(|e| invalid(MANIFEST, e.to_string()))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).map_err(|e| invalid(MANIFEST, e.to_string()))?;
+    if manifest.format_version != FORMAT_VERSION {
+        return Err(invalid(
+            MANIFEST,
+            format!(
+                "format version {} (this learner reads {FORMAT_VERSION})",
+                manifest.format_version
+            ),
+        ));
+    }
+    for table in Table::ALL {
+        let name = table_file(table);
+        let Some(entry) = manifest.files.iter().find(|f| f.name == name) else {
+            return Err(invalid(&name, "not in the manifest".into()));
+        };
+        let bytes = read_all(&dir.join(&name)).map_err(|e| invalid(&name, e.to_string()))?;
+        if bytes.len() as u64 != entry.bytes {
+            return Err(invalid(
+                &name,
+                format!("{} bytes, the manifest says {}", bytes.len(), entry.bytes),
+            ));
+        }
+        if crc32fast::hash(&bytes) != entry.crc32 {
+            return Err(invalid(&name, "checksum mismatch".into()));
+        }
+    }
+    Ok(Savepoint {
+        dir: dir.to_owned(),
+        manifest,
+    })
+}
+
+/// The savepoints under `root`: the valid ones oldest first, and the
+/// invalid ones with why. Directories being written are neither.
+pub fn list(root: &Path) -> Result<(Vec<Savepoint>, Vec<SavepointError>), SavepointError> {
+    let mut valid = Vec::new();
+    let mut invalid = Vec::new();
+    if !root.exists() {
+        return Ok((valid, invalid));
+    }
+    let mut dirs: Vec<PathBuf> = fs::read_dir(root)
+        .map_err(io(root))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        match verify(&dir) {
+            Ok(savepoint) => valid.push(savepoint),
+            Err(err) => invalid.push(err),
+        }
+    }
+    valid.sort_by_key(|s| (s.manifest.created_unix_ms, s.dir.clone()));
+    Ok((valid, invalid))
+}
+
+/// Restores a verified savepoint into an empty live store: everything, or
+/// only `partitions` (see the module doc for what a split keeps).
+pub fn restore_into(
+    savepoint: &Savepoint,
+    partitions: Option<&BTreeSet<u32>>,
+    store: &RocksStore,
+) -> Result<(), SavepointError> {
+    if !store.entries(Table::Meta)?.is_empty() {
+        return Err(SavepointError::Refused(
+            "the live store already holds a state; move it away to restore a savepoint".into(),
+        ));
+    }
+    let manifest = &savepoint.manifest;
+    if let Some(wanted) = partitions
+        && let Some(missing) = wanted.iter().find(|p| !manifest.partitions.contains(p))
+    {
+        return Err(SavepointError::Refused(format!(
+            "the savepoint has no partition {missing} (it has {:?})",
+            manifest.partitions
+        )));
+    }
+    let split = partitions.is_some_and(|w| w.len() < manifest.partitions.len());
+    let keep = |p: u32| partitions.is_none_or(|w| w.contains(&p));
+    let mut writes = Vec::new();
+    for table in Table::ALL {
+        let path = savepoint.dir.join(table_file(table));
+        let bytes = read_all(&path).map_err(io(&path))?;
+        let entries = unframe(&bytes).ok_or_else(|| SavepointError::Invalid {
+            dir: savepoint.dir.clone(),
+            file: table_file(table),
+            reason: "truncated record".into(),
+        })?;
+        for (k, v) in entries {
+            let wanted = match table {
+                Table::Params | Table::Pending => keep(partition_of(
+                    codec::param_key_from(table, &k)?.doc_id,
+                    manifest.partition_count,
+                )),
+                Table::Reorder => keep(codec::order_key_from(&k)?.partition),
+                Table::Dedup => true,
+                Table::Meta => {
+                    let v = match k.as_slice() {
+                        meta::OFFSETS => meta::offsets_bytes(
+                            &meta::offsets_from(&v)?
+                                .into_iter()
+                                .filter(|(p, _)| keep(*p))
+                                .collect(),
+                        ),
+                        meta::CLOCKS => meta::clocks_bytes(
+                            &meta::clocks_from(&v)?
+                                .into_iter()
+                                .filter(|(p, _)| keep(*p))
+                                .collect(),
+                        ),
+                        meta::COUNTERS if split => meta::counters_bytes(&Counters::default()),
+                        _ => v,
+                    };
+                    writes.push(Write::Put(table, k, v));
+                    continue;
+                }
+            };
+            if wanted {
+                writes.push(Write::Put(table, k, v));
+            }
+        }
+    }
+    store.write(writes)?;
+    Ok(())
+}
+
+/// Meta entries that belong to the engine state (the runner keeps its own,
+/// such as the dead-letter file length, next to them).
+fn is_engine_meta(key: &[u8]) -> bool {
+    [
+        meta::FORMAT,
+        meta::OFFSETS,
+        meta::CLOCKS,
+        meta::RELEASED,
+        meta::REGISTRY,
+        meta::COUNTERS,
+    ]
+    .contains(&key)
+}
+
+fn frame(entries: &Entries) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in entries {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(k);
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+fn unframe(mut bytes: &[u8]) -> Option<Entries> {
+    let take = |bytes: &mut &[u8]| -> Option<Vec<u8>> {
+        let (len, rest) = bytes.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return None;
+        }
+        let (item, rest) = rest.split_at(len);
+        *bytes = rest;
+        Some(item.to_vec())
+    };
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let k = take(&mut bytes)?;
+        let v = take(&mut bytes)?;
+        out.push((k, v));
+    }
+    Some(out)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SavepointError> {
+    let mut file = File::create(path).map_err(io(path))?;
+    file.write_all(bytes).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SavepointError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+fn read_all(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_round_trips_and_refuses_truncation() {
+        let entries = vec![(b"a".to_vec(), b"".to_vec()), (vec![0, 1, 2], vec![9; 300])];
+        let bytes = frame(&entries);
+        assert_eq!(unframe(&bytes), Some(entries));
+        for cut in 1..bytes.len() {
+            if let Some(partial) = unframe(&bytes[..cut]) {
+                assert!(partial.len() < 2, "a cut at {cut} decoded every record");
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Savepoints: taken from a live store, copied elsewhere, split between
+//! two instances by partition, never listed when partial or damaged, and
+//! the way back when the live state is corrupt.
+
+#![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use posterior_learner::config::Config;
+use posterior_learner::engine::Engine;
+use posterior_learner::file_source::decode_protobuf;
+use posterior_learner::partitioning::partition_of;
+use posterior_learner::runner::{fresh_engine, restore_engine, run_bounded};
+use posterior_learner::savepoint::{self, Savepoint, SavepointError};
+use posterior_learner::store::RocksStore;
+use posterior_tests::binary;
+use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
+use posterior_tests::log::{LogRecord, LogSpec, generate, generate_records};
+use posterior_tests::oracle::{dump_store, first_difference, oracle, sorted_lines};
+
+const PARTITIONS: u32 = 4;
+
+/// Breaks a copied savepoint in place.
+type Damage = fn(&Path);
+
+fn kafka_config(dir: &Path, name: &str) -> Config {
+    // The source is never contacted: these engines are fed in process.
+    let text = learner_toml(dir, name, Source::Kafka("127.0.0.1:9"), 10_000, None);
+    Config::from_toml(&text).unwrap()
+}
+
+/// Each record with its partition and Kafka offset.
+fn placed(records: &[LogRecord]) -> Vec<(u32, u64, &LogRecord)> {
+    let mut next = [0_u64; PARTITIONS as usize];
+    records
+        .iter()
+        .map(|r| {
+            let p = partition_of(r.doc_id, PARTITIONS);
+            next[p as usize] += 1;
+            (p, next[p as usize] - 1, r)
+        })
+        .collect()
+}
+
+fn feed(engine: &mut Engine, records: &[(u32, u64, &LogRecord)], keep: impl Fn(u32) -> bool) {
+    for &(p, offset, r) in records {
+        if keep(p) {
+            engine.ingest(p, offset, decode_protobuf(&r.protobuf));
+        }
+    }
+}
+
+fn dump(engine: &Engine) -> String {
+    let mut out = Vec::new();
+    posterior_learner::dump::dump(engine, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Restores `savepoint` (all partitions or `only`) into a new store under
+/// `dir` and rebuilds its engine.
+fn restored(dir: &Path, name: &str, savepoint: &Savepoint, only: Option<&[u32]>) -> Engine {
+    let config = kafka_config(dir, name);
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    let only: Option<BTreeSet<u32>> = only.map(|p| p.iter().copied().collect());
+    savepoint::restore_into(savepoint, only.as_ref(), &store).unwrap();
+    restore_engine(&config, &store).unwrap().unwrap().0
+}
+
+#[test]
+fn a_savepoint_moves_and_splits_between_instances_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (records, _) = generate_records(LogSpec {
+        records: 60_000,
+        docs: 2_000,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 31,
+    });
+    let config = kafka_config(dir.path(), "origin");
+    let (expected, _) = oracle(&config, &records, PARTITIONS);
+    let placed = placed(&records);
+    let (first, rest) = placed.split_at(placed.len() / 2);
+
+    let mut origin = fresh_engine(&config, 0..PARTITIONS).unwrap();
+    feed(&mut origin, first, |_| true);
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    store.write(origin.full_checkpoint()).unwrap();
+    let taken = savepoint::write(&dir.path().join("savepoints"), &store, PARTITIONS).unwrap();
+    assert_eq!(taken.manifest.partitions, vec![0, 1, 2, 3]);
+    assert_eq!(&taken.manifest.next_offsets, origin.next_offsets());
+
+    // Another machine: a copy at another path.
+    let elsewhere = dir.path().join("elsewhere/sp");
+    copy_dir(&taken.dir, &elsewhere);
+    let moved = savepoint::verify(&elsewhere).unwrap();
+
+    let mut whole = restored(dir.path(), "whole", &moved, None);
+    assert_eq!(dump(&whole), dump(&origin), "restored as it was saved");
+    feed(&mut whole, rest, |_| true);
+    whole.finish();
+    let got = dump(&whole);
+    assert!(got == expected, "{}", first_difference(&got, &expected));
+
+    let mut halves = String::new();
+    for (name, only) in [("low", [0, 1]), ("high", [2, 3])] {
+        let mut half = restored(dir.path(), name, &moved, Some(&only));
+        assert_eq!(
+            half.next_offsets().keys().copied().collect::<Vec<_>>(),
+            only.to_vec()
+        );
+        feed(&mut half, rest, |p| only.contains(&p));
+        half.finish();
+        halves.push_str(&dump(&half));
+    }
+    assert!(
+        sorted_lines(&halves) == sorted_lines(&expected),
+        "two instances splitting the partitions differ from one"
+    );
+}
+
+#[test]
+fn partial_and_damaged_savepoints_are_never_listed_or_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = kafka_config(dir.path(), "origin");
+    let (records, _) = generate_records(LogSpec {
+        records: 5_000,
+        docs: 200,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 4,
+    });
+    let mut engine = fresh_engine(&config, 0..PARTITIONS).unwrap();
+    feed(&mut engine, &placed(&records), |_| true);
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    store.write(engine.full_checkpoint()).unwrap();
+    let root = dir.path().join("savepoints");
+    let good = savepoint::write(&root, &store, PARTITIONS).unwrap();
+
+    // A crash mid-write leaves a temporary directory.
+    copy_dir(&good.dir, &root.join(".tmp-sp-9999999999999"));
+    // Damaged copies: a flipped byte, a truncated file, no manifest.
+    let damage: [(&str, Damage); 3] = [
+        ("sp-9000000000001", |d| {
+            let path = d.join("params.tbl");
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[10] ^= 0x40;
+            std::fs::write(path, bytes).unwrap();
+        }),
+        ("sp-9000000000002", |d| {
+            let path = d.join("reorder.tbl");
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+        }),
+        ("sp-9000000000003", |d| {
+            std::fs::remove_file(d.join("MANIFEST.json")).unwrap();
+        }),
+    ];
+    for (name, break_it) in damage {
+        copy_dir(&good.dir, &root.join(name));
+        break_it(&root.join(name));
+    }
+    let (valid, invalid) = savepoint::list(&root).unwrap();
+    assert_eq!(
+        valid.iter().map(|s| s.dir.clone()).collect::<Vec<_>>(),
+        vec![good.dir.clone()]
+    );
+    let reasons: Vec<String> = invalid.iter().map(ToString::to_string).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].contains("params.tbl") && reasons[0].contains("checksum"));
+    assert!(reasons[1].contains("reorder.tbl") && reasons[1].contains("bytes"));
+    assert!(reasons[2].contains("MANIFEST.json"));
+    assert!(matches!(
+        savepoint::verify(&root.join("sp-9000000000001")),
+        Err(SavepointError::Invalid { .. })
+    ));
+
+    // Restoring over a live state is refused.
+    let err = savepoint::restore_into(&good, None, &store).unwrap_err();
+    assert!(err.to_string().contains("already holds a state"), "{err}");
+}
+
+#[test]
+fn a_corrupt_live_state_is_refused_and_a_savepoint_brings_the_learner_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("samples.jsonl");
+    let (text, _) = generate(LogSpec {
+        records: 100_000,
+        docs: 3_000,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 77,
+    });
+    std::fs::write(&log, text).unwrap();
+    let toml = |name: &str| {
+        format!(
+            "{}\n[savepoints]\ndir = \"{}\"\n",
+            learner_toml(dir.path(), name, Source::File(&log), 5_000, None),
+            dir.path().join("savepoints").display()
+        )
+    };
+    let reference = Config::from_toml(&toml("reference")).unwrap();
+    run_bounded(&reference).unwrap();
+    let expected = dump_store(&reference);
+
+    let path = dir.path().join("victim.toml");
+    std::fs::write(&path, toml("victim")).unwrap();
+    let victim = Config::from_toml(&toml("victim")).unwrap();
+    let learner = binary("learner");
+    let learner_cmd = |args: &[&str]| {
+        let mut cmd = Command::new(&learner);
+        cmd.args(args).arg("--config").arg(&path);
+        cmd
+    };
+    let crashed = learner_cmd(&["run"])
+        .env("POSTERIOR_FAILPOINT", "after_checkpoint:50000")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success(), "the fail point aborts the run");
+    let created = learner_cmd(&["savepoint", "create"]).output().unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let sp_dir = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let verified = Command::new(&learner)
+        .args(["savepoint", "verify", &sp_dir])
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{verified:?}");
+    let saved = Command::new(&learner)
+        .args(["dump", "--savepoint", &sp_dir])
+        .output()
+        .unwrap();
+    assert!(saved.status.success(), "{saved:?}");
+    assert_eq!(
+        String::from_utf8(saved.stdout).unwrap(),
+        dump_store(&victim)
+    );
+
+    // Damage the live store.
+    for entry in std::fs::read_dir(&victim.state.dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "sst" || e == "log") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            for b in bytes.iter_mut().skip(32).step_by(97) {
+                *b ^= 0xff;
+            }
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    let refused = learner_cmd(&["run"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr).to_lowercase();
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("corrupt") || stderr.contains("checksum"),
+        "unclear error: {stderr}"
+    );
+    let over_live = learner_cmd(&["run", "--from-savepoint", "latest"])
+        .output()
+        .unwrap();
+    assert!(
+        !over_live.status.success(),
+        "a savepoint never silently replaces the live state"
+    );
+
+    // The operator moves the damaged state away and restores.
+    std::fs::rename(&victim.state.dir, dir.path().join("damaged-state")).unwrap();
+    let back = learner_cmd(&["run", "--from-savepoint", "latest"])
+        .output()
+        .unwrap();
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+    assert!(String::from_utf8_lossy(&back.stderr).contains("resumed from checkpoint"));
+    let got = dump_store(&victim);
+    assert!(got == expected, "{}", first_difference(&got, &expected));
+}
