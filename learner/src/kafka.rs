@@ -181,6 +181,9 @@ impl KafkaSource {
         next_offsets: &BTreeMap<u32, u64>,
     ) -> Result<Self, KafkaSourceError> {
         let mut client = ClientConfig::new();
+        // A resumed partition (backpressure) waits at most this long for
+        // its first fetch; configurable through `properties`.
+        client.set("fetch.wait.max.ms", "100");
         for (key, value) in &config.properties {
             client.set(key, value);
         }

@@ -29,6 +29,8 @@ use crate::savepoint::{self, Savepoint};
 use crate::store::RocksStore;
 use crate::watermark::PartitionClock;
 
+/// Smallest event-time gap a throttled partition may run ahead (ms).
+const MIN_THROTTLE_SLACK_MS: i64 = 1_000;
 /// How often a Kafka run prints its progress to stderr.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// Meta entry: length of the dead-letter file at the checkpoint.
@@ -294,8 +296,9 @@ pub fn run_kafka_with(
         partitions.iter().map(|&p| (p, Instant::now())).collect();
     let mut caught_up = BTreeSet::new();
     let mut paused: Vec<u32> = Vec::new();
-    let mut fetching: Option<u32> = None;
+    let mut throttling = false;
     let mut throttles = 0_u64;
+    let slack_ms = config.order.out_of_orderness_ms.max(MIN_THROTTLE_SLACK_MS);
     let mut records = 0_u64;
     let mut since_checkpoint = 0_u64;
     let mut last_checkpoint = Instant::now();
@@ -328,28 +331,17 @@ pub fn run_kafka_with(
             }
         }
         // Backpressure: from the moment the reorder buffer is full until it
-        // is half empty again, only the partition holding the watermark
-        // back is fetched (see `throttle_to`).
-        let throttled = engine.buffer_full() || (!paused.is_empty() && !engine.buffer_half_empty());
-        let want_paused = match throttled.then(|| {
-            throttle_to(
-                engine.clocks(),
-                &caught_up,
-                fetching,
-                config.order.out_of_orderness_ms,
-            )
-        }) {
-            Some(Some(only)) => {
-                if fetching != Some(only) {
-                    throttles += 1;
-                }
-                fetching = Some(only);
-                partitions.iter().copied().filter(|&p| p != only).collect()
-            }
-            _ => {
-                fetching = None;
-                Vec::new()
-            }
+        // is half empty again, partitions far ahead of the one holding the
+        // watermark back are paused (see `ahead_partitions`).
+        let throttled = engine.buffer_full() || (throttling && !engine.buffer_half_empty());
+        if throttled && !throttling {
+            throttles += 1;
+        }
+        throttling = throttled;
+        let want_paused = if throttled {
+            ahead_partitions(engine.clocks(), &caught_up, &paused, slack_ms)
+        } else {
+            Vec::new()
         };
         if want_paused != paused {
             let resume: Vec<u32> = paused
@@ -438,33 +430,42 @@ pub fn run_kafka_with(
     })
 }
 
-/// While throttled, the one partition to fetch: the one holding the
-/// watermark back (the smallest clock among partitions that can deliver).
-/// The `current` one is kept until its clock passes the slowest other by
-/// the out-of-orderness or it has nothing more to deliver, so a pause and
-/// resume (which costs a fetch round trip) is not paid on every sample.
-/// `None` when no partition can deliver.
-fn throttle_to(
+/// While throttled, which partitions to pause: those whose clock is more
+/// than `2 × slack_ms` ahead of the slowest partition that can still
+/// deliver, and, once paused, until they are within `slack_ms` of it. The
+/// partitions near the watermark keep flowing together, and the gap
+/// between the two thresholds keeps a partition from being paused and
+/// resumed (a fetch round trip each) on every record. Nothing is paused
+/// when no partition can deliver.
+fn ahead_partitions(
     clocks: &BTreeMap<u32, PartitionClock>,
     caught_up: &BTreeSet<u32>,
-    current: Option<u32>,
-    out_of_orderness_ms: i64,
-) -> Option<u32> {
-    let deliverable = |p: &u32, c: &PartitionClock| !c.idle && !caught_up.contains(p);
-    let slowest = clocks
+    paused: &[u32],
+    slack_ms: i64,
+) -> Vec<u32> {
+    let Some(slowest) = clocks
         .iter()
-        .filter(|(p, c)| deliverable(p, c))
-        .min_by_key(|(_, c)| c.max_event_ms)
-        .map(|(&p, c)| (p, c.max_event_ms))?;
-    let keep = current.and_then(|cur| {
-        let clock = clocks.get(&cur)?;
-        let behind = match (clock.max_event_ms, slowest.1) {
-            (Some(mine), Some(min)) => mine < min.saturating_add(out_of_orderness_ms),
-            _ => true,
-        };
-        (deliverable(&cur, clock) && behind).then_some(cur)
-    });
-    Some(keep.unwrap_or(slowest.0))
+        .filter(|(p, c)| !c.idle && !caught_up.contains(p))
+        .map(|(_, c)| c.max_event_ms.unwrap_or(i64::MIN))
+        .min()
+    else {
+        return Vec::new();
+    };
+    clocks
+        .iter()
+        .filter(|(p, c)| {
+            let ahead = c
+                .max_event_ms
+                .map_or(0, |t| t.saturating_sub(slowest).max(0));
+            let limit = if paused.contains(p) {
+                slack_ms
+            } else {
+                slack_ms.saturating_mul(2)
+            };
+            ahead > limit
+        })
+        .map(|(&p, _)| p)
+        .collect()
 }
 
 /// Writes checkpoints: the engine's delta and the dead-letter file length,
@@ -618,23 +619,45 @@ mod tests {
     }
 
     #[test]
-    fn throttling_fetches_the_slowest_deliverable_partition_and_sticks_to_it() {
-        let clocks: BTreeMap<u32, PartitionClock> =
-            [(0, clock(1_000)), (1, clock(900)), (2, clock(950))].into();
+    fn throttling_pauses_only_partitions_far_ahead_with_hysteresis() {
+        let clocks: BTreeMap<u32, PartitionClock> = [
+            (0, clock(10_000)),
+            (1, clock(7_000)),
+            (2, clock(8_500)),
+            (3, clock(9_500)),
+        ]
+        .into();
         let none = BTreeSet::new();
-        assert_eq!(throttle_to(&clocks, &none, None, 100), Some(1));
-        // Partition 2 is no longer the slowest, but within the
-        // out-of-orderness of it: keep fetching it.
-        assert_eq!(throttle_to(&clocks, &none, Some(2), 100), Some(2));
-        // Partition 0 is 100 ms ahead of the slowest: switch.
-        assert_eq!(throttle_to(&clocks, &none, Some(0), 100), Some(1));
-        // A caught-up partition cannot deliver: the next slowest.
+        // Slack 1 s: pause beyond 2 s ahead of the slowest (partition 1).
+        assert_eq!(ahead_partitions(&clocks, &none, &[], 1_000), vec![0, 3]);
+        // Once paused, a partition stays paused until within 1 s.
+        assert_eq!(
+            ahead_partitions(&clocks, &none, &[0, 2, 3], 1_000),
+            vec![0, 2, 3]
+        );
+        // A caught-up partition cannot deliver: it is not the reference.
         let caught_up = BTreeSet::from([1]);
-        assert_eq!(throttle_to(&clocks, &caught_up, Some(1), 100), Some(2));
-        let mut idle = clocks.clone();
+        assert_eq!(
+            ahead_partitions(&clocks, &caught_up, &[], 1_000),
+            Vec::<u32>::new()
+        );
+        // A partition that delivered nothing yet holds everything back.
+        let mut fresh = clocks.clone();
+        fresh.insert(
+            4,
+            PartitionClock {
+                max_event_ms: None,
+                idle: false,
+            },
+        );
+        assert_eq!(
+            ahead_partitions(&fresh, &none, &[], 1_000),
+            vec![0, 1, 2, 3]
+        );
+        let mut idle = clocks;
         for c in idle.values_mut() {
             c.idle = true;
         }
-        assert_eq!(throttle_to(&idle, &none, Some(0), 100), None);
+        assert!(ahead_partitions(&idle, &none, &[0], 1_000).is_empty());
     }
 }
