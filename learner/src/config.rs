@@ -2,6 +2,7 @@
 //! [`Config::validate`] checks values, so a bad file stops the process
 //! before it opens any state, with a message naming the key.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -9,7 +10,6 @@ use serde::Deserialize;
 use crate::batcher::BatchPolicy;
 use crate::engine::EngineConfig;
 use crate::file_source::Format;
-use crate::kafka::{KafkaConfig, RESERVED_PROPERTIES};
 use crate::posterior::{
     BetaPrior, CovarianceForm, Forgetting, LogisticPrior, ModelKind, ModelSpec, PosteriorError,
 };
@@ -425,6 +425,71 @@ impl VersionConfig {
         })
     }
 }
+
+/// Where a partition without a checkpointed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartPosition {
+    /// The oldest record the broker holds.
+    #[default]
+    Earliest,
+    /// Records produced after the learner starts.
+    Latest,
+}
+
+/// `[source]` with `kind = "kafka"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The samples topic.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Partitions this instance owns; absent = all of the topic's.
+    pub partitions: Option<Vec<u32>>,
+    /// Consumer group for the informational offset commits.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Start of partitions the checkpoint has no offset for.
+    #[serde(default)]
+    pub start: StartPosition,
+    /// A partition that is caught up and delivers nothing for this long
+    /// (wall clock) is marked idle and stops holding the watermark back
+    /// (see `watermark`). 0 = never.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// Broker metadata and watermark queries time out after this long.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_ms: u64,
+    /// Extra librdkafka properties (e.g. `fetch.max.bytes`). The ones that
+    /// carry the delivery guarantee are refused.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_topic() -> String {
+    "samples".into()
+}
+fn default_group() -> String {
+    "posterior-learner".into()
+}
+fn default_idle_timeout() -> u64 {
+    30_000
+}
+fn default_request_timeout() -> u64 {
+    10_000
+}
+
+/// librdkafka properties the source sets itself because the delivery
+/// guarantee depends on them.
+pub const RESERVED_PROPERTIES: [&str; 5] = [
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+    "bootstrap.servers",
+];
 
 #[cfg(test)]
 mod tests {
