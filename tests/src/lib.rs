@@ -6,6 +6,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
 pub mod broker;
 pub mod config;
 pub mod log;
@@ -92,4 +95,42 @@ pub fn log_file(path: &Path) -> Stdio {
             .open(path)
             .expect("open log file"),
     )
+}
+
+/// Runs `rounds` learner processes from `command`, each killed with
+/// SIGKILL after a random 0 to `max_life` (fixed `seed`) unless it ends
+/// first; round `i` also gets fail point `failpoints[i % every]` when there
+/// is one (`POSTERIOR_FAILPOINT`). Returns how many kills landed mid-run.
+///
+/// # Panics
+/// When a process cannot be started or waited for.
+pub fn kill_repeatedly(
+    mut command: impl FnMut() -> Command,
+    rounds: usize,
+    failpoints: &[&str],
+    every: usize,
+    min_life: Duration,
+    max_life: Duration,
+    seed: u64,
+) -> usize {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut kills = 0;
+    for round in 0..rounds {
+        let mut cmd = command();
+        if let Some(fp) = failpoints.get(round % every) {
+            cmd.env("POSTERIOR_FAILPOINT", fp);
+        }
+        let mut child = cmd.spawn().expect("start the learner");
+        let life = rng.random_range(min_life..max_life);
+        let deadline = Instant::now() + life;
+        while Instant::now() < deadline && child.try_wait().expect("poll child").is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if child.try_wait().expect("poll child").is_none() {
+            child.kill().expect("SIGKILL");
+            kills += 1;
+        }
+        child.wait().expect("reap child");
+    }
+    kills
 }

@@ -8,16 +8,14 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use posterior_learner::config::Config;
 use posterior_learner::runner::{open_engine, run_bounded};
 use posterior_learner::store::RocksStore;
-use posterior_tests::binary;
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
 use posterior_tests::log::{LogSpec, generate};
-use rand::{Rng, SeedableRng};
-use rand_xoshiro::Xoshiro256PlusPlus;
+use posterior_tests::{binary, kill_repeatedly};
 
 fn config_text(dir: &Path, log: &Path, name: &str) -> String {
     learner_toml(dir, name, Source::File(log), 5_000, None)
@@ -75,32 +73,25 @@ fn killed_and_restarted_learner_ends_bit_identical() {
     let victim_path = dir.path().join("victim.toml");
     std::fs::write(&victim_path, config_text(dir.path(), &log, "victim")).unwrap();
     let learner = binary("learner");
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
-    let mut kills = 0;
-    let failpoints = [
-        "before_checkpoint:30000",
-        "after_checkpoint:60000",
-        "after_ingest:90000",
-    ];
-    for round in 0..14 {
-        let mut cmd = Command::new(&learner);
-        cmd.args(["run", "--config"])
-            .arg(&victim_path)
-            .stderr(Stdio::null());
-        if let Some(fp) = failpoints.get(round % 5) {
-            cmd.env("POSTERIOR_FAILPOINT", fp);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_millis(rng.random_range(100..1_500));
-        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
-        }
-        child.wait().unwrap();
-    }
+    let kills = kill_repeatedly(
+        || {
+            let mut cmd = Command::new(&learner);
+            cmd.args(["run", "--config"])
+                .arg(&victim_path)
+                .stderr(Stdio::null());
+            cmd
+        },
+        14,
+        &[
+            "before_checkpoint:30000",
+            "after_checkpoint:60000",
+            "after_ingest:90000",
+        ],
+        5,
+        Duration::from_millis(100),
+        Duration::from_millis(1_500),
+        7,
+    );
     assert!(kills >= 10, "only {kills} kills landed mid-run");
     let status = Command::new(&learner)
         .args(["run", "--config"])

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use posterior_learner::config::Config;
 use posterior_learner::partitioning::partition_of;
@@ -23,10 +23,8 @@ use posterior_tests::log::{LogSpec, generate_records};
 use posterior_tests::oracle::{
     dump_store, first_difference, oracle, produce_samples, sorted_lines,
 };
-use posterior_tests::{binary, finish_within, log_file};
+use posterior_tests::{binary, finish_within, kill_repeatedly, log_file};
 use prost::Message as _;
-use rand::{Rng, SeedableRng};
-use rand_xoshiro::Xoshiro256PlusPlus;
 
 const PARTITIONS: u32 = 4;
 
@@ -80,29 +78,19 @@ fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
             .stderr(log_file(&log));
         cmd
     };
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(99);
-    let failpoints = [
-        "before_checkpoint:40000",
-        "after_checkpoint:40000",
-        "after_ingest:30000",
-    ];
-    let mut kills = 0;
-    for round in 0..16 {
-        let mut cmd = run();
-        if let Some(fp) = failpoints.get(round % 6) {
-            cmd.env("POSTERIOR_FAILPOINT", fp);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_millis(rng.random_range(300..2_500));
-        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
-        }
-        child.wait().unwrap();
-    }
+    let kills = kill_repeatedly(
+        run,
+        16,
+        &[
+            "before_checkpoint:40000",
+            "after_checkpoint:40000",
+            "after_ingest:30000",
+        ],
+        6,
+        Duration::from_millis(300),
+        Duration::from_millis(2_500),
+        99,
+    );
     assert!(kills >= 10, "only {kills} kills landed mid-run");
     let mut last = run().spawn().unwrap();
     let status = finish_within(&mut last, Duration::from_secs(900), &log);
