@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Runs the posterior-benches criterion suite and prints, from criterion's
-# JSON of this run, a Markdown table of throughput (samples/s, draws/s or
-# states/s) with the ratio to the project's goals, plus the machine it ran
-# on. Extra arguments go to criterion, e.g. `benches/run.sh diagonal_update`
-# to run one group. The goals and the ratio are computed side by side in
-# this one script because the machines are noisy: compare ratios, not
+# Runs the posterior-benches: the criterion suite of the maths, and the
+# learner pipeline benches of issue 3 (`src/bin/pipeline.rs`).
+#
+#   benches/run.sh                      # both: criterion suite, then `pipeline all`
+#   benches/run.sh diagonal_update      # criterion only; arguments go to criterion
+#   benches/run.sh pipeline [SUB ...]   # pipeline only (default `all`; see --help)
+#
+# For criterion it prints, from criterion's JSON of this run, a Markdown
+# table of throughput (samples/s, draws/s or states/s) with the ratio to
+# the project's goals, plus the machine it ran on; the pipeline binary
+# prints its own tables with the ratios. Goals and ratios are computed in
+# the same run because the machines are noisy: compare ratios, not
 # absolute figures, across runs.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/posterior/target}"
-marker="$(mktemp)"
-trap 'rm -f "$marker"' EXIT
 
 # The commit being built, and whether the crates it measures have
 # uncommitted edits (the working tree is shared), recorded before building.
@@ -18,6 +22,33 @@ commit="$(git -C "$repo" rev-parse --short HEAD)"
 if [ -n "$(git -C "$repo" status --porcelain -- learner benches/src benches/benches benches/Cargo.toml)" ]; then
     commit="$commit + uncommitted edits in learner/ or benches/"
 fi
+
+machine() {
+    echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), nproc $(nproc)"
+    echo "- toolchain: $(cd "$repo" && rustc -V)"
+}
+
+pipeline() {
+    (cd "$repo" && cargo build --release -p posterior-benches --bin pipeline)
+    echo
+    echo "## pipeline benches, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit"
+    echo
+    machine
+    "$CARGO_TARGET_DIR/release/pipeline" "${@:-all}"
+}
+
+if [ "${1:-}" = pipeline ]; then
+    shift
+    pipeline "$@"
+    exit
+fi
+run_pipeline_after=false
+if [ $# -eq 0 ]; then
+    run_pipeline_after=true
+fi
+
+marker="$(mktemp)"
+trap 'rm -f "$marker"' EXIT
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 (cd "$repo" && cargo bench -p posterior-benches -- "$@")
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -25,8 +56,7 @@ load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "## posterior-benches, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit"
 echo
-echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), nproc $(nproc)"
-echo "- toolchain: $(cd "$repo" && rustc -V)"
+machine
 echo "- load average (1, 5, 15 min) before: $load_before, after: $load_after"
 echo
 python3 - "$CARGO_TARGET_DIR/criterion" "$marker" <<'PY'
@@ -109,3 +139,7 @@ print()
 print("For scale only (published figures from Fwumious Wabbit's benchmark, not measured")
 print("here): Vowpal Wabbit trains about 0.1 M examples/s per core, Fwumious Wabbit about 0.6 M/s.")
 PY
+
+if $run_pipeline_after; then
+    pipeline all
+fi

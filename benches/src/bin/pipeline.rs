@@ -1,0 +1,475 @@
+//! The learner pipeline benches of issue 3, printed as Markdown tables
+//! with the ratio to each goal. Every contender of a table runs in this
+//! one process, one after the other, because the machine is noisy:
+//! compare ratios within a run.
+//!
+//! ```sh
+//! cargo run --release -p posterior-benches --bin pipeline -- all
+//! cargo run --release -p posterior-benches --bin pipeline -- engine --logistic-samples 5000000
+//! ```
+//! (`benches/run.sh pipeline` runs `all`.) Subcommands: `engine` (bench
+//! 1, in-memory), `file` (bench 2, protobuf file), `kafka` (bench 3),
+//! `checkpoint` (bench 4, checkpoint stalls and restore).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use posterior_benches::checkpoint::{self, EVERY_FOR_100K_KEYS};
+use posterior_benches::config::{Batching, BenchConfig, SourceToml};
+use posterior_benches::driver::SinkKind;
+use posterior_benches::ingest::{self, Knobs, Phase, PipelineRun};
+use posterior_benches::kafka_ingest::{self, Consumed};
+use posterior_benches::machine::{human, load_average, ms, percent, rate};
+use posterior_benches::workload::{Model, WorkloadSpec};
+
+/// Goal of bench 1 for d = 32 logistic, samples/s on one core.
+const LOGISTIC_GOAL: f64 = 1e6;
+/// Goal of bench 1 for Beta.
+const BETA_GOAL: f64 = 3e6;
+/// Goal of bench 2.
+const FILE_GOAL: f64 = 1e6;
+/// Goal of bench 3: share of the no-op consumer's rate.
+const KAFKA_GOAL: f64 = 0.8;
+/// Goal of bench 4: longest ingestion stall.
+const STALL_GOAL: Duration = Duration::from_millis(100);
+/// Goal of bench 4: restore of 1 M keys.
+const RESTORE_GOAL: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(about = "Learner pipeline benches (issue 3)")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Bench 1: pre-decoded samples → engine → publish, 1 M keys.
+    Engine {
+        /// Phase-2 samples of the logistic runs.
+        #[arg(long, default_value_t = 4_000_000)]
+        logistic_samples: u64,
+        /// Phase-2 samples of the Beta runs.
+        #[arg(long, default_value_t = 10_000_000)]
+        beta_samples: u64,
+        /// Run only the rows whose label contains this (e.g. `beta, batch 1`).
+        #[arg(long)]
+        only: Option<String>,
+        /// Keys (docs) of the workload.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Event-time density (samples per ms).
+        #[arg(long, default_value_t = 100)]
+        samples_per_ms: u64,
+        /// Publish interval (default: the config's, 100 ms).
+        #[arg(long)]
+        publish_interval_ms: Option<u64>,
+        /// Records between drains of the change tracking.
+        #[arg(long, default_value_t = 100_000)]
+        checkpoint_every_records: u64,
+    },
+    /// Bench 2: a length-delimited protobuf file → engine.
+    File {
+        /// Phase-2 records of the logistic file.
+        #[arg(long, default_value_t = 2_000_000)]
+        logistic_samples: u64,
+        /// Phase-2 records of the Beta file.
+        #[arg(long, default_value_t = 5_000_000)]
+        beta_samples: u64,
+        /// Records of the generated test log.
+        #[arg(long, default_value_t = 1_000_000)]
+        test_log_records: usize,
+    },
+    /// Bench 3: Kafka ingest against a no-op consumer of the same topic.
+    Kafka {
+        /// Records in the topic (d = 32 logistic samples).
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Rounds of (no-op, source + engine, runner).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
+    /// Bench 4: checkpoints of ~100 k changed keys, stalls, restore.
+    Checkpoint {
+        /// Checkpoints in phase 2.
+        #[arg(long, default_value_t = 10)]
+        checkpoints: u64,
+    },
+    /// All four, in order.
+    All,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    println!(
+        "pipeline benches, load average before: {}, {} cores",
+        load_average(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    match cli.bench {
+        Bench::Engine {
+            logistic_samples,
+            beta_samples,
+            only,
+            keys,
+            samples_per_ms,
+            publish_interval_ms,
+            checkpoint_every_records,
+        } => engine(
+            logistic_samples,
+            beta_samples,
+            only.as_deref(),
+            &EngineKnobs {
+                keys,
+                samples_per_ms,
+                knobs: Knobs {
+                    publish_interval_ms,
+                    checkpoint_every_records,
+                },
+            },
+        ),
+        Bench::File {
+            logistic_samples,
+            beta_samples,
+            test_log_records,
+        } => file(logistic_samples, beta_samples, test_log_records),
+        Bench::Kafka { records, rounds } => kafka(records, rounds),
+        Bench::Checkpoint { checkpoints } => checkpoint(checkpoints),
+        Bench::All => {
+            engine(4_000_000, 10_000_000, None, &EngineKnobs::default())?;
+            file(2_000_000, 5_000_000, 1_000_000)?;
+            kafka(1_000_000, 2)?;
+            checkpoint(10)
+        }
+    }?;
+    println!("\nload average after: {}", load_average());
+    Ok(())
+}
+
+const LOGISTIC: Model = Model::Logistic { dim: 32 };
+
+fn goal_of(model: Model) -> f64 {
+    match model {
+        Model::Beta => BETA_GOAL,
+        Model::Logistic { .. } => LOGISTIC_GOAL,
+    }
+}
+
+fn run_row(label: &str, run: &PipelineRun, goal: f64) {
+    let p2 = run.phase2;
+    let whole = run.whole();
+    println!(
+        "| {label} | {} | {:.2} | {:.0} % | {} | {} | {} ms | {} | {} | {} |",
+        human(p2.rate()),
+        p2.rate() / goal,
+        percent(p2.cpu, p2.wall),
+        human(run.phase1.rate()),
+        human(whole.rate()),
+        ms(run.finish.wall),
+        run.applied,
+        run.updates,
+        run.published,
+    );
+}
+
+/// The workload and driver settings of bench 1.
+struct EngineKnobs {
+    keys: u64,
+    samples_per_ms: u64,
+    knobs: Knobs,
+}
+
+impl Default for EngineKnobs {
+    fn default() -> Self {
+        let spec = WorkloadSpec::new(Model::Beta);
+        Self {
+            keys: spec.keys,
+            samples_per_ms: spec.samples_per_ms,
+            knobs: Knobs::default(),
+        }
+    }
+}
+
+fn engine(
+    logistic_samples: u64,
+    beta_samples: u64,
+    only: Option<&str>,
+    knobs: &EngineKnobs,
+) -> Result<()> {
+    println!("\n### Bench 1: in-memory pipeline, 1 M keys, 4 partitions, one thread\n");
+    println!(
+        "| model, batching, sink | phase 2 samples/s | ratio to goal | CPU | phase 1 samples/s | \
+         whole run samples/s | finish | applied | updates | published |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let dir = tempfile::tempdir()?;
+    let runs = [
+        (Model::Beta, Batching::Single, SinkKind::Null, beta_samples),
+        (Model::Beta, Batching::Micro, SinkKind::Null, beta_samples),
+        (
+            Model::Beta,
+            Batching::Single,
+            SinkKind::Channel,
+            beta_samples,
+        ),
+        (LOGISTIC, Batching::Single, SinkKind::Null, logistic_samples),
+        (LOGISTIC, Batching::Micro, SinkKind::Null, logistic_samples),
+        (
+            LOGISTIC,
+            Batching::Single,
+            SinkKind::Channel,
+            logistic_samples,
+        ),
+    ];
+    for (model, batching, sink, samples) in runs {
+        let label = format!("{}, {}, {}", model.name(), batching.name(), sink.name());
+        if only.is_some_and(|o| !label.contains(o)) {
+            continue;
+        }
+        let spec = WorkloadSpec {
+            keys: knobs.keys,
+            samples_per_ms: knobs.samples_per_ms,
+            ..WorkloadSpec::new(model)
+        };
+        let run = ingest::in_memory(spec, batching, sink, samples, dir.path(), knobs.knobs);
+        run_row(&label, &run, goal_of(model));
+        if let Some(received) = run.received {
+            assert_eq!(received, run.published, "the reader got every update");
+        }
+    }
+    Ok(())
+}
+
+fn decode_row(label: &str, phase: Phase, goal: f64) {
+    println!(
+        "| {label} | {} | {:.2} | {:.0} % |",
+        human(phase.rate()),
+        phase.rate() / goal,
+        percent(phase.cpu, phase.wall)
+    );
+}
+
+fn file(logistic_samples: u64, beta_samples: u64, test_log_records: usize) -> Result<()> {
+    println!("\n### Bench 2: protobuf file → engine (one partition), 1 M keys\n");
+    let dir = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+    for (model, samples) in [(LOGISTIC, logistic_samples), (Model::Beta, beta_samples)] {
+        let spec = WorkloadSpec {
+            partitions: 1,
+            ..WorkloadSpec::new(model)
+        };
+        let path = dir.path().join(format!("{}.pb", model.name()));
+        let bytes = ingest::write_protobuf_file(&path, spec, spec.keys + samples);
+        let (decoded, invalid) = ingest::decode_file(&path);
+        assert_eq!(invalid, 0, "the generated file is clean");
+        let in_memory = ingest::decode_in_memory(&path);
+        let config = BenchConfig {
+            model,
+            batching: Batching::Single,
+            dir: dir.path(),
+            source: SourceToml::File(&path),
+            checkpoint_every_records: 100_000,
+            dedup: false,
+        }
+        .build();
+        let run = ingest::from_file(&path, &config, spec.keys);
+        std::fs::remove_file(&path)?;
+        rows.push((model.name(), bytes, decoded, in_memory, run));
+    }
+    let path = dir.path().join("test-log.pb");
+    let bytes = ingest::write_test_log(&path, test_log_records);
+    let (decoded, _) = ingest::decode_file(&path);
+    let in_memory = ingest::decode_in_memory(&path);
+    let toml = posterior_tests::config::learner_toml(
+        dir.path(),
+        "test-log",
+        posterior_tests::config::Source::File(&path),
+        100_000,
+        None,
+    );
+    let config = posterior_learner::config::Config::from_toml(&toml)?;
+    let run = ingest::from_file(&path, &config, 0);
+    rows.push((
+        "test log (beta + logistic d4)".into(),
+        bytes,
+        decoded,
+        in_memory,
+        run,
+    ));
+
+    println!("| file | what | records/s | ratio to goal | CPU |");
+    println!("|---|---|---:|---:|---:|");
+    for (name, bytes, decoded, in_memory, run) in &rows {
+        let file = format!("{name}, {} MB", bytes / 1_000_000);
+        if run.phase1.records > 0 {
+            decode_row(&format!("{file} | engine, phase 2"), run.phase2, FILE_GOAL);
+        }
+        decode_row(
+            &format!("{file} | engine, whole file"),
+            run.whole(),
+            FILE_GOAL,
+        );
+        decode_row(
+            &format!("{file} | decode only (FileSource)"),
+            *decoded,
+            FILE_GOAL,
+        );
+        decode_row(
+            &format!("{file} | decode only (in memory)"),
+            *in_memory,
+            FILE_GOAL,
+        );
+        println!(
+            "| {file} | counts | applied {}, updates {}, dead letters {}, keys {} | | |",
+            run.applied, run.updates, run.dead, run.keys
+        );
+    }
+    Ok(())
+}
+
+fn consumed_row(label: &str, c: &Consumed, noop: f64) {
+    println!(
+        "| {label} | {} | {:.3} s | {:.2} | {:.0} % | {} |",
+        human(c.rate()),
+        c.wall.as_secs_f64(),
+        c.rate() / noop,
+        percent(c.cpu, c.wall),
+        c.broker_cpu
+            .map_or("?".into(), |b| format!("{:.0} %", percent(b, c.wall))),
+    );
+}
+
+fn kafka(records: u64, rounds: usize) -> Result<()> {
+    println!("\n### Bench 3: Kafka ingest, nisshi (memory storage), 4 partitions\n");
+    let spec = WorkloadSpec::new(LOGISTIC);
+    let topic = kafka_ingest::fill(spec, records);
+    println!(
+        "topic: {} records, {} MB of values, produced in {:.1} s ({} records/s); broker pid {:?}\n",
+        topic.records(),
+        topic.bytes / 1_000_000,
+        topic.produce.as_secs_f64(),
+        human(rate(topic.records(), topic.produce)),
+        topic.broker_pid,
+    );
+    let dir = tempfile::tempdir()?;
+    let bootstrap = topic.broker.bootstrap();
+    let config = BenchConfig {
+        model: LOGISTIC,
+        batching: Batching::Single,
+        dir: dir.path(),
+        source: SourceToml::Kafka(&bootstrap),
+        checkpoint_every_records: 100_000,
+        dedup: false,
+    }
+    .build();
+    println!(
+        "| round, contender | records/s | wall | ratio to no-op | CPU of this process | CPU of broker |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for round in 1..=rounds {
+        let noop = topic.noop();
+        consumed_row(&format!("{round}, no-op BaseConsumer"), &noop, noop.rate());
+        let (engine, applied) = topic.source_and_engine(&config);
+        consumed_row(
+            &format!("{round}, KafkaSource + engine"),
+            &engine,
+            noop.rate(),
+        );
+        let (runner, runner_applied, checkpoints) = topic.runner(&config);
+        consumed_row(
+            &format!("{round}, runner::run_kafka_with ({checkpoints} checkpoints)"),
+            &runner,
+            noop.rate(),
+        );
+        assert_eq!(
+            applied, runner_applied,
+            "both learners applied the same samples"
+        );
+        println!(
+            "| {round}, goal | ≥ {:.0} % of no-op: source + engine {}, runner {} | | | | |",
+            KAFKA_GOAL * 100.0,
+            met(engine.rate() / noop.rate() >= KAFKA_GOAL),
+            met(runner.rate() / noop.rate() >= KAFKA_GOAL),
+        );
+    }
+    Ok(())
+}
+
+fn met(yes: bool) -> &'static str {
+    if yes { "met" } else { "missed" }
+}
+
+fn checkpoint(checkpoints: u64) -> Result<()> {
+    println!(
+        "\n### Bench 4: checkpoints of ~100 k changed keys (d = 32) and restore of 1 M keys\n"
+    );
+    let dir = tempfile::tempdir_in(std::env::temp_dir())?;
+    let spec = WorkloadSpec {
+        skew: 1.0,
+        ..WorkloadSpec::new(LOGISTIC)
+    };
+    let config = BenchConfig {
+        model: LOGISTIC,
+        batching: Batching::Single,
+        dir: dir.path(),
+        source: SourceToml::File(&dir.path().join("unused.pb")),
+        checkpoint_every_records: EVERY_FOR_100K_KEYS,
+        dedup: false,
+    }
+    .build();
+    let (run, engine) = checkpoint::run(
+        &config,
+        spec,
+        checkpoints * EVERY_FOR_100K_KEYS,
+        EVERY_FOR_100K_KEYS,
+    );
+    println!(
+        "| # | after records | changed keys | writes | bytes | publish ms | dead letters ms | \
+         delta ms | write ms (synced part) | total ms |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (i, c) in run.checkpoints.iter().enumerate() {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} |",
+            i + 1,
+            c.after_records,
+            c.changed_keys,
+            c.stats.writes,
+            c.stats.bytes,
+            ms(c.publish),
+            ms(c.dead_letters),
+            ms(c.delta),
+            ms(c.write),
+            ms(Duration::from_micros(c.stats.write_us)),
+            ms(c.total()),
+        );
+    }
+    let (gap, at) = run.longest_gap;
+    println!(
+        "\nlongest interval between consecutive ingests: {} ms (ending at record {at}; goal < {} ms: {}); \
+         longest without a checkpoint in it: {} ms; {} publishes between checkpoints, the longest {} ms; \
+         {} records in {:.1} s ({} records/s including checkpoints); store on disk: {} MB",
+        ms(gap),
+        STALL_GOAL.as_millis(),
+        met(gap < STALL_GOAL),
+        ms(run.longest_gap_without_checkpoint),
+        run.publishes.0,
+        ms(run.publishes.1),
+        run.records,
+        run.wall.as_secs_f64(),
+        human(rate(run.records, run.wall)),
+        checkpoint::dir_bytes(&config.state.dir) / 1_000_000,
+    );
+    let (opened, total, restored) = checkpoint::restore(&config);
+    let same = checkpoint::same_params(&engine, &restored);
+    println!(
+        "restore of {} keys: {:.2} s (store open {:.2} s; goal < {} s: {}); parameters equal to the live engine's: {same}",
+        restored.params().len(),
+        total.as_secs_f64(),
+        opened.as_secs_f64(),
+        RESTORE_GOAL.as_secs(),
+        met(total < RESTORE_GOAL),
+    );
+    Ok(())
+}

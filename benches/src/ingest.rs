@@ -1,0 +1,329 @@
+//! Benches 1 and 2 of issue 3: the in-memory pipeline (pre-decoded
+//! samples → engine → publish) and ingest from a length-delimited protobuf
+//! file (`file_source::FileSource` → engine → publish), plus the raw
+//! decode rate of that file.
+//!
+//! Every run has two phases (see `workload`): phase 1 feeds each of the
+//! `keys` docs once (the key table fills), phase 2 feeds skewed docs over
+//! the full table; then `Engine::finish` releases and applies what the
+//! reorder buffer still holds (about `samples_per_ms × out_of_orderness`
+//! samples), as the runner does at the end of a bounded input.
+//!
+//! The steady-state figure is phase 2 *without* the finish: phase 2
+//! applies the samples phase 1 left in the buffer, and leaves about as many
+//! to the finish, so its work is that of its own records. The whole-run
+//! figure (both phases and the finish) is printed next to it.
+
+use std::fs::File;
+use std::io::{BufWriter, Write as _};
+use std::path::Path;
+use std::time::Duration;
+
+use posterior_learner::engine::Payload;
+use posterior_learner::file_source::{FileSource, Format, decode_protobuf};
+use posterior_learner::runner::fresh_engine;
+use posterior_tests::log::{LogSpec, generate_records};
+use prost::Message as _;
+
+use crate::config::{Batching, BenchConfig, SourceToml};
+use crate::driver::{Driver, SinkKind};
+use crate::machine::Stopwatch;
+use crate::workload::{Workload, WorkloadSpec};
+
+/// Records generated per chunk (outside the timed interval).
+const CHUNK: u64 = 1 << 16;
+/// Partition of a file source (the runner's).
+const FILE_PARTITION: u32 = 0;
+
+/// Time and count of one phase.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Phase {
+    /// Records ingested.
+    pub records: u64,
+    /// Timed wall time.
+    pub wall: Duration,
+    /// Thread CPU time within it.
+    pub cpu: Duration,
+}
+
+impl Phase {
+    /// Records per second of wall time.
+    pub fn rate(&self) -> f64 {
+        crate::machine::rate(self.records, self.wall)
+    }
+
+    fn since(watch: &Stopwatch, wall0: Duration, cpu0: Duration, records: u64) -> Self {
+        Self {
+            records,
+            wall: watch.wall() - wall0,
+            cpu: watch.cpu() - cpu0,
+        }
+    }
+}
+
+/// Settings of bench 1 that default to the learner's config defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct Knobs {
+    /// Publish interval; `None` = the config default (100 ms).
+    pub publish_interval_ms: Option<u64>,
+    /// Records between two drains of the change tracking (the config's
+    /// default checkpoint interval, 100 000).
+    pub checkpoint_every_records: u64,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Self {
+            publish_interval_ms: None,
+            checkpoint_every_records: 100_000,
+        }
+    }
+}
+
+/// What a pipeline run did.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineRun {
+    /// Filling the key table.
+    pub phase1: Phase,
+    /// Skewed docs over the full table.
+    pub phase2: Phase,
+    /// `Engine::finish` and the last publish.
+    pub finish: Phase,
+    /// Samples applied to posteriors.
+    pub applied: u64,
+    /// Updates (micro-batches) applied.
+    pub updates: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Keys in the table at the end.
+    pub keys: usize,
+    /// Updates handed to the sink.
+    pub published: u64,
+    /// Updates the channel's reader received (channel sink only).
+    pub received: Option<u64>,
+}
+
+fn summarize(driver: Driver, phase1: Phase, phase2: Phase, finish: Phase) -> PipelineRun {
+    let counters = driver.engine.counters().clone();
+    let mut run = PipelineRun {
+        phase1,
+        phase2,
+        finish,
+        applied: counters.applied,
+        updates: counters.updates,
+        dead: counters.dead.values().sum(),
+        keys: driver.engine.params().len(),
+        published: driver.published,
+        received: None,
+    };
+    run.received = driver.close();
+    run
+}
+
+/// Bench 1: `keys` + `phase2` pre-decoded samples of `spec` through the
+/// engine, publishing to `sink`.
+pub fn in_memory(
+    spec: WorkloadSpec,
+    batching: Batching,
+    sink: SinkKind,
+    phase2: u64,
+    dir: &Path,
+    knobs: Knobs,
+) -> PipelineRun {
+    let config = BenchConfig {
+        model: spec.model,
+        batching,
+        dir,
+        source: SourceToml::File(&dir.join("unused.pb")),
+        checkpoint_every_records: knobs.checkpoint_every_records,
+        dedup: spec.sample_ids,
+    }
+    .build();
+    let engine = fresh_engine(&config, 0..spec.partitions).expect("bench versions register");
+    let mut driver = Driver::new(
+        engine,
+        sink,
+        knobs
+            .publish_interval_ms
+            .unwrap_or_else(|| config.publish_interval_ms()),
+        config.state.checkpoint_every_records,
+    );
+    let mut workload = Workload::new(spec);
+    let phase1 = feed(&mut driver, &mut workload, spec.keys);
+    let phase2 = feed(&mut driver, &mut workload, phase2);
+    let finish = finish(&mut driver);
+    summarize(driver, phase1, phase2, finish)
+}
+
+/// Feeds `n` records, generated in chunks outside the timed interval;
+/// ends with a publish (timed).
+fn feed(driver: &mut Driver, workload: &mut Workload, n: u64) -> Phase {
+    let (wall0, cpu0) = (driver.watch.wall(), driver.watch.cpu());
+    let mut left = n;
+    while left > 0 {
+        let records = workload.records(left.min(CHUNK) as usize);
+        left -= records.len() as u64;
+        driver.watch.start();
+        for r in records {
+            driver.ingest(
+                r.partition,
+                r.offset,
+                r.offset + 1,
+                Payload::Sample(r.sample),
+            );
+        }
+        driver.watch.stop();
+    }
+    driver.watch.start();
+    driver.publish();
+    driver.watch.stop();
+    Phase::since(&driver.watch, wall0, cpu0, n)
+}
+
+/// `Engine::finish` and a publish, timed.
+fn finish(driver: &mut Driver) -> Phase {
+    let (wall0, cpu0) = (driver.watch.wall(), driver.watch.cpu());
+    driver.watch.start();
+    driver.engine.finish();
+    driver.publish();
+    driver.watch.stop();
+    Phase::since(&driver.watch, wall0, cpu0, 0)
+}
+
+impl PipelineRun {
+    /// Every record over every timed interval (both phases and the finish).
+    pub fn whole(&self) -> Phase {
+        Phase {
+            records: self.phase1.records + self.phase2.records,
+            wall: self.phase1.wall + self.phase2.wall + self.finish.wall,
+            cpu: self.phase1.cpu + self.phase2.cpu + self.finish.cpu,
+        }
+    }
+}
+
+/// Writes `n` records of `spec` as length-delimited `JoinedSample`s;
+/// returns the file's size in bytes.
+pub fn write_protobuf_file(path: &Path, spec: WorkloadSpec, n: u64) -> u64 {
+    let mut out = BufWriter::new(File::create(path).expect("create sample file"));
+    let mut workload = Workload::new(spec);
+    let mut buf = Vec::new();
+    for _ in 0..n {
+        let (_, wire) = workload.next_wire();
+        buf.clear();
+        wire.encode_length_delimited(&mut buf).expect("a Vec grows");
+        out.write_all(&buf).expect("write sample file");
+    }
+    out.flush().expect("flush sample file");
+    std::fs::metadata(path).expect("stat sample file").len()
+}
+
+/// Writes the end-to-end tests' generated log (`posterior_tests::log`:
+/// a `beta` and a 4-dimensional `logistic` version, 10 000 docs, ~4 %
+/// defects) as length-delimited protobuf; returns the file's size.
+pub fn write_test_log(path: &Path, records: usize) -> u64 {
+    let (log, _) = generate_records(LogSpec {
+        records,
+        docs: 10_000,
+        out_of_orderness_ms: posterior_tests::config::OUT_OF_ORDERNESS_MS,
+        seed: 0x10C,
+    });
+    let mut out = BufWriter::new(File::create(path).expect("create log file"));
+    let mut prefix = Vec::new();
+    for r in log {
+        prefix.clear();
+        prost::encoding::encode_varint(r.protobuf.len() as u64, &mut prefix);
+        out.write_all(&prefix).expect("write log file");
+        out.write_all(&r.protobuf).expect("write log file");
+    }
+    out.flush().expect("flush log file");
+    std::fs::metadata(path).expect("stat log file").len()
+}
+
+/// Raw decode through the file source: read, frame, decode, validate;
+/// no engine. Returns the phase and the count of invalid records.
+pub fn decode_file(path: &Path) -> (Phase, u64) {
+    let mut source = FileSource::open(path, Format::Protobuf, 0).expect("open sample file");
+    let mut watch = Stopwatch::new();
+    let (mut records, mut invalid) = (0_u64, 0_u64);
+    watch.start();
+    while let Some((_, payload)) = source.next_record().expect("read sample file") {
+        records += 1;
+        invalid += u64::from(matches!(payload, Payload::Invalid { .. }));
+        std::hint::black_box(payload);
+    }
+    watch.stop();
+    (
+        Phase::since(&watch, Duration::ZERO, Duration::ZERO, records),
+        invalid,
+    )
+}
+
+/// Decode alone: `decode_protobuf` (prost + validation) over the file's
+/// records, framed in memory beforehand (no I/O, no framing).
+pub fn decode_in_memory(path: &Path) -> Phase {
+    let bytes = std::fs::read(path).expect("read sample file");
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let mut rest = &bytes[at..];
+        let len = prost::encoding::decode_varint(&mut rest).expect("framed records") as usize;
+        let start = bytes.len() - rest.len();
+        frames.push(start..start + len);
+        at = start + len;
+    }
+    let mut watch = Stopwatch::new();
+    watch.start();
+    for frame in &frames {
+        std::hint::black_box(decode_protobuf(&bytes[frame.clone()]));
+    }
+    watch.stop();
+    Phase::since(&watch, Duration::ZERO, Duration::ZERO, frames.len() as u64)
+}
+
+/// Bench 2: the file through `FileSource` and the engine (one partition,
+/// as the runner reads files), publishing to a `NullSink`, ending with
+/// `Engine::finish` as the runner does at the end of a file. The first
+/// `phase1_records` are timed apart (the key table filling up).
+pub fn from_file(
+    path: &Path,
+    config: &posterior_learner::config::Config,
+    phase1_records: u64,
+) -> PipelineRun {
+    let engine = fresh_engine(config, [FILE_PARTITION]).expect("bench versions register");
+    let mut driver = Driver::new(
+        engine,
+        SinkKind::Null,
+        config.publish_interval_ms(),
+        config.state.checkpoint_every_records,
+    );
+    let mut source = FileSource::open(path, Format::Protobuf, 0).expect("open sample file");
+    let mut phase1 = Phase::default();
+    driver.watch.start();
+    while let Some((offset, payload)) = source.next_record().expect("read sample file") {
+        driver.ingest(FILE_PARTITION, offset, source.position(), payload);
+        if driver.records == phase1_records {
+            driver.publish();
+            phase1 = Phase::since(
+                &driver.watch,
+                Duration::ZERO,
+                Duration::ZERO,
+                phase1_records,
+            );
+        }
+    }
+    driver.publish();
+    driver.watch.stop();
+    let both = Phase::since(
+        &driver.watch,
+        Duration::ZERO,
+        Duration::ZERO,
+        driver.records,
+    );
+    let phase2 = Phase {
+        records: both.records - phase1.records,
+        wall: both.wall - phase1.wall,
+        cpu: both.cpu.saturating_sub(phase1.cpu),
+    };
+    let finish = finish(&mut driver);
+    summarize(driver, phase1, phase2, finish)
+}
