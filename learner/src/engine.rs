@@ -82,13 +82,12 @@ pub struct Engine {
     dirty: Dirty,
 }
 
-/// What changed since the last checkpoint delta.
+/// What changed since the last checkpoint delta (the reorder buffer
+/// tracks its own changes).
 #[derive(Debug, Default)]
 struct Dirty {
     params: BTreeSet<ParamKey>,
     pending: BTreeSet<ParamKey>,
-    /// true: buffered since the last delta; false: released, and stored.
-    reorder: BTreeMap<OrderKey, bool>,
 }
 
 impl Engine {
@@ -151,7 +150,6 @@ impl Engine {
             offset,
         };
         self.buffer.insert(key, sample);
-        self.dirty.reorder.insert(key, true);
         self.release(self.watermarks.instance_watermark());
     }
 
@@ -242,9 +240,6 @@ impl Engine {
             return;
         }
         for (key, sample) in self.buffer.release_below(watermark_ms) {
-            if self.dirty.reorder.remove(&key) != Some(true) {
-                self.dirty.reorder.insert(key, false);
-            }
             self.process(key, sample);
         }
         self.released_below_ms = watermark_ms;

@@ -32,8 +32,7 @@ impl Engine {
     /// the state they produced together).
     pub fn checkpoint_delta(&mut self) -> Vec<Write> {
         let dirty = std::mem::take(&mut self.dirty);
-        let mut writes =
-            Vec::with_capacity(dirty.params.len() + dirty.pending.len() + dirty.reorder.len() + 6);
+        let mut writes = Vec::with_capacity(dirty.params.len() + dirty.pending.len() + 6);
         for key in dirty.params {
             let state = self.params.get(&key).expect("dirty params exist");
             writes.push(Write::Put(
@@ -49,15 +48,13 @@ impl Engine {
                 None => Write::Delete(Table::Pending, bytes),
             });
         }
-        for (key, buffered) in dirty.reorder {
+        self.buffer.take_changes(|key, sample| {
             let bytes = codec::order_key(key);
-            writes.push(match (buffered, self.buffer.get(key)) {
-                (true, Some(sample)) => {
-                    Write::Put(Table::Reorder, bytes, codec::sample_bytes(sample))
-                }
-                _ => Write::Delete(Table::Reorder, bytes),
+            writes.push(match sample {
+                Some(sample) => Write::Put(Table::Reorder, bytes, codec::sample_bytes(sample)),
+                None => Write::Delete(Table::Reorder, bytes),
             });
-        }
+        });
         if let Some(dedup) = self.dedup.as_mut() {
             for ((t, id), added) in dedup.take_changes() {
                 let bytes = codec::dedup_key(t, &id);
@@ -102,8 +99,8 @@ impl Engine {
         self.dirty = Dirty {
             params: self.params.keys().copied().collect(),
             pending: self.batcher.iter().map(|(k, _)| *k).collect(),
-            reorder: self.buffer.iter().map(|(k, _)| (*k, true)).collect(),
         };
+        self.buffer.mark_all_unstored();
         let mut writes = self.checkpoint_delta();
         if let Some(dedup) = self.dedup.as_ref() {
             writes.retain(|w| {
@@ -172,7 +169,7 @@ impl Engine {
         }
         let mut buffer = ReorderBuffer::new(config.reorder_capacity);
         for (k, v) in read(Table::Reorder) {
-            buffer.insert(codec::order_key_from(&k)?, codec::sample_from(&k, &v)?);
+            buffer.insert_stored(codec::order_key_from(&k)?, codec::sample_from(&k, &v)?);
         }
         let dedup = match config.dedup {
             Some((window_ms, max_ids)) => {
