@@ -4,10 +4,10 @@
 //! event time of the sample being released, never the wall clock, so a
 //! replay cuts the same batches.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use crate::posterior::Observation;
-use crate::registry::ParamKey;
+use crate::registry::{KeyMap, ParamKey};
 use crate::reorder::OrderKey;
 
 /// When a key's pending batch is applied.
@@ -69,7 +69,7 @@ pub struct PendingBatch {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Batcher {
     policy: BatchPolicy,
-    pending: HashMap<ParamKey, PendingBatch>,
+    pending: KeyMap<PendingBatch>,
     by_age: BTreeSet<(i64, ParamKey)>,
 }
 
@@ -84,7 +84,7 @@ impl Batcher {
                 max_samples: policy.max_samples.max(1),
                 ..policy
             },
-            pending: HashMap::new(),
+            pending: KeyMap::default(),
             by_age: BTreeSet::new(),
         }
     }

@@ -14,13 +14,13 @@
 //! state bit for bit, whatever the interleaving of partitions (see
 //! `watermark`) — which is what makes replay from a checkpoint harmless.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 
 use crate::batcher::{BatchPolicy, Batcher, PendingObservation};
 use crate::deadletter::DeadLetter;
 use crate::dedup::Dedup;
 use crate::posterior::KeyState;
-use crate::registry::{ParamKey, Registry, RegistryError, VersionId};
+use crate::registry::{KeyMap, KeySet, ParamKey, Registry, RegistryError, VersionId};
 use crate::reorder::{OrderKey, ReorderBuffer};
 use crate::sample::Sample;
 use crate::version::VersionSpec;
@@ -73,10 +73,10 @@ pub struct Engine {
     dedup: Option<Dedup>,
     batcher: Batcher,
     registry: Registry,
-    params: HashMap<ParamKey, KeyState>,
+    params: KeyMap<KeyState>,
     next_offsets: BTreeMap<u32, u64>,
     released_below_ms: i64,
-    changed: BTreeSet<ParamKey>,
+    changed: KeySet,
     dead_letters: Vec<DeadLetter>,
     counters: Counters,
     dirty: Dirty,
@@ -86,8 +86,8 @@ pub struct Engine {
 /// tracks its own changes).
 #[derive(Debug, Default)]
 struct Dirty {
-    params: BTreeSet<ParamKey>,
-    pending: BTreeSet<ParamKey>,
+    params: KeySet,
+    pending: KeySet,
 }
 
 impl Engine {
@@ -105,10 +105,10 @@ impl Engine {
                 .map(|(window_ms, max_ids)| Dedup::new(window_ms, max_ids)),
             batcher: Batcher::new(config.batch),
             registry,
-            params: HashMap::new(),
+            params: KeyMap::default(),
             next_offsets: BTreeMap::new(),
             released_below_ms: i64::MIN,
-            changed: BTreeSet::new(),
+            changed: KeySet::default(),
             dead_letters: Vec::new(),
             counters: Counters::default(),
             dirty: Dirty::default(),
@@ -202,7 +202,8 @@ impl Engine {
     /// Keys updated since the last call, with their state (for publishing
     /// and incremental checkpoints), in key order.
     pub fn take_changed(&mut self) -> Vec<(ParamKey, &KeyState)> {
-        let changed = std::mem::take(&mut self.changed);
+        let mut changed: Vec<ParamKey> = self.changed.drain().collect();
+        changed.sort_unstable();
         changed
             .into_iter()
             .map(|k| (k, self.params.get(&k).expect("changed keys exist")))
@@ -220,7 +221,7 @@ impl Engine {
     }
 
     /// The parameter table.
-    pub fn params(&self) -> &HashMap<ParamKey, KeyState> {
+    pub fn params(&self) -> &KeyMap<KeyState> {
         &self.params
     }
 

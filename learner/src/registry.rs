@@ -1,9 +1,22 @@
 //! The version registry: which A/B versions exist, by name and by a
 //! compact id that keys the parameter table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::version::VersionSpec;
+
+/// The hasher of the tables keyed by [`ParamKey`]: foldhash, seeded at
+/// random per table. These tables are touched several times per sample,
+/// and SipHash (std's default) was a visible part of the engine's cost.
+/// foldhash resists accidental collision patterns (e.g. doc ids that are
+/// multiples of a power of two) and, being seeded, fixed lists of colliding
+/// keys; it does not claim to resist an attacker who can measure the
+/// learner's timing, which the joiner feeding it is not.
+pub type KeyHasher = foldhash::fast::RandomState;
+/// A map keyed by [`ParamKey`].
+pub type KeyMap<V> = HashMap<ParamKey, V, KeyHasher>;
+/// A set of [`ParamKey`]s.
+pub type KeySet = HashSet<ParamKey, KeyHasher>;
 
 /// Compact id of a version, assigned in creation order and stable for the
 /// life of the state (checkpoints key parameters by it).
@@ -45,7 +58,7 @@ pub enum RegistryError {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Registry {
     entries: Vec<VersionEntry>,
-    by_name: HashMap<String, VersionId>,
+    by_name: HashMap<String, VersionId, foldhash::fast::RandomState>,
 }
 
 impl Registry {

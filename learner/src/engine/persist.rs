@@ -10,6 +10,7 @@ use crate::codec::{self, CorruptState, Table};
 use crate::dedup::Dedup;
 use crate::meta;
 use crate::posterior::KeyState;
+use crate::registry::{KeyMap, KeySet, ParamKey};
 use crate::reorder::ReorderBuffer;
 use crate::watermark::Watermarks;
 
@@ -31,9 +32,17 @@ impl Engine {
     /// Applied atomically, they make a consistent checkpoint (offsets and
     /// the state they produced together).
     pub fn checkpoint_delta(&mut self) -> Vec<Write> {
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut writes = Vec::with_capacity(dirty.params.len() + dirty.pending.len() + 6);
-        for key in dirty.params {
+        // Drained (keeping their capacity) and sorted: the writes go out
+        // in key order, table by table.
+        let sorted = |set: &mut KeySet| {
+            let mut keys: Vec<ParamKey> = set.drain().collect();
+            keys.sort_unstable();
+            keys
+        };
+        let dirty_params = sorted(&mut self.dirty.params);
+        let dirty_pending = sorted(&mut self.dirty.pending);
+        let mut writes = Vec::with_capacity(dirty_params.len() + dirty_pending.len() + 6);
+        for key in dirty_params {
             let state = self.params.get(&key).expect("dirty params exist");
             writes.push(Write::Put(
                 Table::Params,
@@ -41,7 +50,7 @@ impl Engine {
                 state.encode(),
             ));
         }
-        for key in dirty.pending {
+        for key in dirty_pending {
             let bytes = codec::param_key(key);
             writes.push(match self.batcher.get(key) {
                 Some(batch) => Write::Put(Table::Pending, bytes, codec::pending_bytes(batch)),
@@ -146,7 +155,7 @@ impl Engine {
                 .map_err(|_| CorruptState::new(Table::Meta, meta::RELEASED, "not 8 bytes"))?,
         );
 
-        let mut params = HashMap::new();
+        let mut params = KeyMap::default();
         for (k, v) in read(Table::Params) {
             let key = codec::param_key_from(Table::Params, &k)?;
             let state =
