@@ -100,8 +100,12 @@ impl Batcher {
         key: ParamKey,
         obs: PendingObservation,
     ) -> Option<Vec<PendingObservation>> {
+        if self.fills_alone(key, &obs) {
+            return Some(vec![obs]);
+        }
         let batch = self.pending.entry(key).or_default();
-        if batch.observations.is_empty() {
+        if batch.observations.is_empty() && self.policy.max_age_ms.is_some() {
+            // Only the age trigger reads the index.
             self.by_age.insert((obs.origin.event_time_ms, key));
         }
         batch.positives += usize::from(obs.reward);
@@ -109,6 +113,15 @@ impl Batcher {
         let full = batch.observations.len() >= self.policy.max_samples
             || (self.policy.max_positives > 0 && batch.positives >= self.policy.max_positives);
         full.then(|| self.take(key))
+    }
+
+    /// Whether `obs` would be a batch of its own: `key` has nothing pending
+    /// and `obs` alone fires a trigger. Such a batch can be applied at once,
+    /// without going through the pending table and the age index (the
+    /// common case of `max_samples = 1`).
+    pub fn fills_alone(&self, key: ParamKey, obs: &PendingObservation) -> bool {
+        (self.policy.max_samples <= 1 || (self.policy.max_positives == 1 && obs.reward))
+            && !self.pending.contains_key(&key)
     }
 
     /// Removes and returns, oldest first, the batches whose oldest sample is
@@ -146,7 +159,9 @@ impl Batcher {
     /// Restores a key's pending batch from a checkpoint.
     pub fn restore(&mut self, key: ParamKey, observations: Vec<PendingObservation>) {
         if let Some(first) = observations.first() {
-            self.by_age.insert((first.origin.event_time_ms, key));
+            if self.policy.max_age_ms.is_some() {
+                self.by_age.insert((first.origin.event_time_ms, key));
+            }
             let positives = observations.iter().filter(|o| o.reward).count();
             self.pending.insert(
                 key,

@@ -165,7 +165,7 @@ impl Engine {
     pub fn finish(&mut self) {
         self.release(i64::MAX);
         for (key, batch) in self.batcher.drain() {
-            self.apply(key, batch);
+            self.apply(key, &batch);
         }
     }
 
@@ -248,7 +248,7 @@ impl Engine {
 
     fn process(&mut self, origin: OrderKey, sample: Sample) {
         for (key, batch) in self.batcher.due(origin.event_time_ms) {
-            self.apply(key, batch);
+            self.apply(key, &batch);
         }
         if let (Some(dedup), Some(id)) = (self.dedup.as_mut(), sample.sample_id.as_deref())
             && dedup.check(id, origin.event_time_ms)
@@ -278,13 +278,8 @@ impl Engine {
             version: entry.id,
             doc_id: sample.doc_id,
         };
-        let obs = match entry.spec.observation(&sample) {
-            Ok(obs) => PendingObservation {
-                origin,
-                context: sample.context.clone(),
-                reward: obs.reward,
-                weight: obs.weight,
-            },
+        let (reward, weight) = match entry.spec.observation(&sample) {
+            Ok(obs) => (obs.reward, obs.weight),
             Err(err) => {
                 self.dead(
                     origin.partition,
@@ -296,13 +291,21 @@ impl Engine {
                 return;
             }
         };
+        let obs = PendingObservation {
+            origin,
+            context: sample.context,
+            reward,
+            weight,
+        };
         self.dirty.pending.insert(key);
-        if let Some(batch) = self.batcher.push(key, obs) {
-            self.apply(key, batch);
+        if self.batcher.fills_alone(key, &obs) {
+            self.apply(key, std::slice::from_ref(&obs));
+        } else if let Some(batch) = self.batcher.push(key, obs) {
+            self.apply(key, &batch);
         }
     }
 
-    fn apply(&mut self, key: ParamKey, batch: Vec<PendingObservation>) {
+    fn apply(&mut self, key: ParamKey, batch: &[PendingObservation]) {
         // The key's pending batch is gone (flushed), whatever the outcome.
         self.dirty.pending.insert(key);
         let spec = &self
@@ -314,11 +317,23 @@ impl Engine {
             .params
             .entry(key)
             .or_insert_with(|| KeyState::prior(&spec.model));
-        let observations: Vec<_> = batch
-            .iter()
-            .map(PendingObservation::as_observation)
-            .collect();
-        match state.update(&spec.model, &observations) {
+        // A batch of one (the default policy) needs no vector of views.
+        let single;
+        let many: Vec<_>;
+        let observations = match batch {
+            [only] => {
+                single = only.as_observation();
+                std::slice::from_ref(&single)
+            }
+            _ => {
+                many = batch
+                    .iter()
+                    .map(PendingObservation::as_observation)
+                    .collect();
+                &many
+            }
+        };
+        match state.update(&spec.model, observations) {
             Ok(_) => {
                 self.counters.applied += batch.len() as u64;
                 self.counters.updates += 1;
@@ -327,7 +342,7 @@ impl Engine {
             }
             Err(err) => {
                 let version = spec.name.clone();
-                for obs in &batch {
+                for obs in batch {
                     *self.counters.dead.entry("rejected_update").or_default() += 1;
                     self.dead_letters.push(DeadLetter {
                         partition: obs.origin.partition,
