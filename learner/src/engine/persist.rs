@@ -128,7 +128,8 @@ impl Engine {
     }
 
     /// Rebuilds an engine from stored tables (`read` returns a table's
-    /// entries in key order). Returns `Ok(None)` for an empty store.
+    /// entries in key order; it is called once per table). Returns
+    /// `Ok(None)` for an empty store.
     /// Anything that does not decode is reported, never repaired.
     pub fn restore(
         config: EngineConfig,
