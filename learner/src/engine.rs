@@ -80,6 +80,9 @@ pub struct Engine {
     dead_letters: Vec<DeadLetter>,
     counters: Counters,
     dirty: Dirty,
+    /// Keys whose pending batch the last checkpoint stored: only those
+    /// need a delete when their batch is applied.
+    stored_pending: KeySet,
 }
 
 /// What changed since the last checkpoint delta (the reorder buffer
@@ -112,6 +115,7 @@ impl Engine {
             dead_letters: Vec::new(),
             counters: Counters::default(),
             dirty: Dirty::default(),
+            stored_pending: KeySet::default(),
         }
     }
 

@@ -51,11 +51,22 @@ impl Engine {
             ));
         }
         for key in dirty_pending {
-            let bytes = codec::param_key(key);
-            writes.push(match self.batcher.get(key) {
-                Some(batch) => Write::Put(Table::Pending, bytes, codec::pending_bytes(batch)),
-                None => Write::Delete(Table::Pending, bytes),
-            });
+            match self.batcher.get(key) {
+                Some(batch) => {
+                    self.stored_pending.insert(key);
+                    writes.push(Write::Put(
+                        Table::Pending,
+                        codec::param_key(key),
+                        codec::pending_bytes(batch),
+                    ));
+                }
+                // A batch applied without ever being stored (every batch of
+                // one) leaves nothing to delete.
+                None if self.stored_pending.remove(&key) => {
+                    writes.push(Write::Delete(Table::Pending, codec::param_key(key)));
+                }
+                None => {}
+            }
         }
         self.buffer.take_changes(|key, sample| {
             let bytes = codec::order_key(key);
@@ -109,6 +120,7 @@ impl Engine {
             params: self.params.keys().copied().collect(),
             pending: self.batcher.iter().map(|(k, _)| *k).collect(),
         };
+        self.stored_pending.clear();
         self.buffer.mark_all_unstored();
         let mut writes = self.checkpoint_delta();
         if let Some(dedup) = self.dedup.as_ref() {
@@ -171,11 +183,11 @@ impl Engine {
             params.insert(key, state);
         }
         let mut batcher = Batcher::new(config.batch);
+        let mut stored_pending = KeySet::default();
         for (k, v) in read(Table::Pending) {
-            batcher.restore(
-                codec::param_key_from(Table::Pending, &k)?,
-                codec::pending_from(&k, &v)?,
-            );
+            let key = codec::param_key_from(Table::Pending, &k)?;
+            batcher.restore(key, codec::pending_from(&k, &v)?);
+            stored_pending.insert(key);
         }
         let mut buffer = ReorderBuffer::new(config.reorder_capacity);
         for (k, v) in read(Table::Reorder) {
@@ -206,6 +218,7 @@ impl Engine {
             dead_letters: Vec::new(),
             counters,
             dirty: Dirty::default(),
+            stored_pending,
         }))
     }
 }
