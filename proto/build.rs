@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "posterior/v1/params.proto",
         "posterior/v1/version.proto",
         "posterior/v1/service.proto",
+        "posterior/v1/control.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -42,6 +42,57 @@ pub struct Config {
     /// The versions present at start.
     #[serde(default)]
     pub versions: Vec<VersionConfig>,
+    /// Where admin commands come from besides the in-process inbox;
+    /// absent = the inbox only.
+    pub control: Option<ControlConfig>,
+    /// The restore of last resort (see `fallback`); absent = none.
+    pub fallback: Option<FallbackConfig>,
+}
+
+/// `[fallback]`: where served parameters come from for a version with
+/// neither live state nor savepoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// `[fallback.kafka]`: the `params` topic the param-servers are fed
+    /// by, read to its end at start.
+    pub kafka: Option<FallbackKafkaConfig>,
+}
+
+/// `[fallback.kafka]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackKafkaConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// The params topic.
+    #[serde(default = "default_params_topic")]
+    pub topic: String,
+    /// How long reading the topic to its end may take.
+    #[serde(default = "default_fallback_timeout")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_fallback_timeout() -> u64 {
+    120_000
+}
+
+/// `[control]`: the Kafka `control` topic every learner reads whole.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Topic of `posterior.v1.ControlCommand` records; partition 0 is read.
+    #[serde(default = "default_control_topic")]
+    pub topic: String,
+    /// Metadata and fetch timeout.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_control_topic() -> String {
+    "control".into()
 }
 
 /// `[savepoints]`.
@@ -53,6 +104,10 @@ pub struct SavepointConfig {
     /// Take one when a run ends (end of a file, `--until-end`, SIGTERM).
     #[serde(default)]
     pub on_shutdown: bool,
+    /// When the live state is missing at start, restore the newest
+    /// verified savepoint (default on).
+    #[serde(default = "yes")]
+    pub restore_when_missing: bool,
 }
 
 /// `[publish]`.

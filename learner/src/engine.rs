@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 
 use crate::batcher::{BatchPolicy, Batcher, PendingObservation};
+use crate::control::{Command, Outcome, Scheduled, forked_spec};
 use crate::deadletter::DeadLetter;
 use crate::dedup::Dedup;
 use crate::posterior::KeyState;
@@ -83,6 +84,51 @@ pub struct Engine {
     /// Keys whose pending batch the last checkpoint stored: only those
     /// need a delete when their batch is applied.
     stored_pending: KeySet,
+    control: ControlState,
+}
+
+/// Admin commands waiting for their event time, and what was applied.
+#[derive(Debug, Default)]
+struct ControlState {
+    /// By (event time, arrival order).
+    scheduled: BTreeMap<(i64, u64), Scheduled>,
+    next_arrival: u64,
+    /// Ids of every command applied (or refused) so far. Commands are
+    /// rare admin actions, so this is kept whole.
+    applied_ids: std::collections::BTreeSet<String>,
+    /// Next offset of the `control` topic, when one is read.
+    next_offset: Option<u64>,
+    outcomes: Vec<Outcome>,
+}
+
+impl ControlState {
+    fn restore(backlog: crate::meta::ControlBacklog) -> Self {
+        let scheduled: BTreeMap<_, _> = backlog
+            .scheduled
+            .into_iter()
+            .zip(0_u64..)
+            .map(|(c, arrival)| ((c.at_ms, arrival), c))
+            .collect();
+        Self {
+            next_arrival: scheduled.len() as u64,
+            scheduled,
+            applied_ids: backlog.applied_ids.into_iter().collect(),
+            next_offset: backlog.next_offset,
+            outcomes: Vec::new(),
+        }
+    }
+}
+
+/// What [`Engine::schedule`] did with a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleResult {
+    /// Waiting for the released watermark to reach its event time.
+    Scheduled,
+    /// Its event time was already released: applied at once, at the
+    /// current watermark (see its [`Outcome`]).
+    AppliedLate,
+    /// A command with this id was scheduled or applied before: ignored.
+    Duplicate,
 }
 
 /// What changed since the last checkpoint delta (the reorder buffer
@@ -116,6 +162,7 @@ impl Engine {
             counters: Counters::default(),
             dirty: Dirty::default(),
             stored_pending: KeySet::default(),
+            control: ControlState::default(),
         }
     }
 
@@ -234,10 +281,168 @@ impl Engine {
         &self.registry
     }
 
+    /// Seeds an empty version with served parameters (the restore of last
+    /// resort, see [`crate::fallback`]); the keys are checkpointed and
+    /// published like updated ones. Returns how many keys were seeded.
+    pub fn seed_version(
+        &mut self,
+        version: &str,
+        states: Vec<(u64, KeyState)>,
+    ) -> Result<usize, crate::fallback::SeedError> {
+        use crate::fallback::{SeedError, check_model};
+        let entry = self
+            .registry
+            .entries()
+            .iter()
+            .find(|e| e.spec.name == version)
+            .ok_or_else(|| SeedError::UnknownVersion(version.to_owned()))?;
+        let id = entry.id;
+        if self.params.keys().any(|k| k.version == id) {
+            return Err(SeedError::HasState(version.to_owned()));
+        }
+        check_model(&entry.spec, &states)?;
+        let seeded = states.len();
+        for (doc_id, state) in states {
+            let key = ParamKey {
+                version: id,
+                doc_id,
+            };
+            self.params.insert(key, state);
+            self.changed.insert(key);
+            self.dirty.params.insert(key);
+        }
+        Ok(seeded)
+    }
+
     /// Registers a version; its samples are accepted from the next released
     /// sample on.
     pub fn create_version(&mut self, spec: VersionSpec) -> Result<VersionId, RegistryError> {
         self.registry.create(spec)
+    }
+
+    /// Schedules an admin command at its event time: it is applied after
+    /// every sample below that time and before every sample at or after it
+    /// (so at the same point on every learner and in every replay). A
+    /// command whose time is already released is applied at once, at the
+    /// current released watermark, and its outcome says so. Outcomes are
+    /// collected by [`Engine::take_control_outcomes`].
+    pub fn schedule(&mut self, command: Scheduled) -> ScheduleResult {
+        let known = self.control.applied_ids.contains(&command.id)
+            || self.control.scheduled.values().any(|c| c.id == command.id);
+        if known {
+            return ScheduleResult::Duplicate;
+        }
+        if command.at_ms < self.released_below_ms {
+            let at = self.released_below_ms;
+            self.apply_command(command, at);
+            return ScheduleResult::AppliedLate;
+        }
+        let arrival = self.control.next_arrival;
+        self.control.next_arrival += 1;
+        self.control
+            .scheduled
+            .insert((command.at_ms, arrival), command);
+        ScheduleResult::Scheduled
+    }
+
+    /// Commands waiting for their event time.
+    pub fn scheduled_commands(&self) -> impl Iterator<Item = &Scheduled> {
+        self.control.scheduled.values()
+    }
+
+    /// What became of the commands applied since the last call.
+    pub fn take_control_outcomes(&mut self) -> Vec<Outcome> {
+        std::mem::take(&mut self.control.outcomes)
+    }
+
+    /// Next offset of the `control` topic, as checkpointed.
+    pub fn control_offset(&self) -> Option<u64> {
+        self.control.next_offset
+    }
+
+    /// Records that the `control` topic was read up to `next_offset`.
+    pub fn set_control_offset(&mut self, next_offset: u64) {
+        self.control.next_offset = Some(next_offset);
+    }
+
+    /// Applies, in order, the scheduled commands with event time at or
+    /// below `t`.
+    fn apply_commands_until(&mut self, t: i64) {
+        while let Some(entry) = self.control.scheduled.first_entry()
+            && entry.key().0 <= t
+        {
+            let command = entry.remove();
+            let at = command.at_ms;
+            self.apply_command(command, at);
+        }
+    }
+
+    fn apply_command(&mut self, command: Scheduled, applied_at_ms: i64) {
+        let result = match command.command {
+            Command::Create(spec) => self
+                .registry
+                .create(spec)
+                .map(|id| format!("created version id {}", id.0))
+                .map_err(|e| e.to_string()),
+            Command::Fork {
+                from,
+                to,
+                overrides,
+            } => self.fork(&from, &to, &overrides),
+            Command::Retire(name) => self
+                .registry
+                .retire(&name)
+                .map(|_| format!("retired {name:?}"))
+                .map_err(|e| e.to_string()),
+        };
+        self.control.applied_ids.insert(command.id.clone());
+        self.control.outcomes.push(Outcome {
+            id: command.id,
+            issued_by: command.issued_by,
+            at_ms: command.at_ms,
+            applied_at_ms,
+            result,
+        });
+    }
+
+    /// Registers `to` and copies every key of `from` into it.
+    fn fork(
+        &mut self,
+        from: &str,
+        to: &str,
+        overrides: &posterior_proto::v1::VersionOverrides,
+    ) -> Result<String, String> {
+        let source = self
+            .registry
+            .entries()
+            .iter()
+            .find(|e| e.spec.name == from)
+            .ok_or_else(|| RegistryError::NotFound(from.to_owned()).to_string())?;
+        let from_id = source.id;
+        let spec = forked_spec(&source.spec, to, overrides);
+        let to_id = self.registry.create(spec).map_err(|e| e.to_string())?;
+        let copies: Vec<(ParamKey, KeyState)> = self
+            .params
+            .iter()
+            .filter(|(k, _)| k.version == from_id)
+            .map(|(k, state)| {
+                let key = ParamKey {
+                    version: to_id,
+                    doc_id: k.doc_id,
+                };
+                (key, state.clone())
+            })
+            .collect();
+        let copied = copies.len();
+        for (key, state) in copies {
+            self.params.insert(key, state);
+            self.changed.insert(key);
+            self.dirty.params.insert(key);
+        }
+        Ok(format!(
+            "forked {from:?} into {to:?} (version id {}), {copied} keys warm-started",
+            to_id.0
+        ))
     }
 
     fn release(&mut self, watermark_ms: i64) {
@@ -245,7 +450,13 @@ impl Engine {
             return;
         }
         for (key, sample) in self.buffer.release_below(watermark_ms) {
+            if !self.control.scheduled.is_empty() {
+                self.apply_commands_until(key.event_time_ms);
+            }
             self.process(key, sample);
+        }
+        if !self.control.scheduled.is_empty() {
+            self.apply_commands_until(watermark_ms - 1);
         }
         self.released_below_ms = watermark_ms;
     }

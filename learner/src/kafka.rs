@@ -360,3 +360,236 @@ fn lost_partition(err: &KafkaError) -> u32 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(u32::MAX)
 }
+
+/// The `control` topic (partition 0), read whole by every learner from the
+/// offset in its checkpoint: admin commands reach all learners in the
+/// same order, and a restarted learner reads again what its checkpoint
+/// had not covered (the engine ignores the ids it already applied).
+pub struct ControlReader {
+    consumer: BaseConsumer,
+    topic: String,
+    timeout: Duration,
+}
+
+impl ControlReader {
+    /// Connects and assigns partition 0 of the topic at `next_offset`, or
+    /// at its beginning for a fresh state (every command ever issued is
+    /// replayed, in order). A checkpointed offset the broker no longer
+    /// holds is refused like a samples offset: commands were lost.
+    pub fn open(
+        config: &crate::config::ControlConfig,
+        next_offset: Option<u64>,
+    ) -> Result<Self, KafkaSourceError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", "posterior-learner-control")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error")
+            .set("fetch.wait.max.ms", "100")
+            .create()
+            .map_err(|source| KafkaSourceError::Client {
+                what: "create control consumer".into(),
+                source,
+            })?;
+        let timeout = Duration::from_millis(config.request_timeout_ms);
+        topic_partitions(&consumer, &config.topic, timeout)?;
+        let offset = match next_offset {
+            Some(next) => {
+                let (low, high) = consumer
+                    .fetch_watermarks(&config.topic, 0, timeout)
+                    .map_err(|source| KafkaSourceError::Client {
+                        what: "fetch watermarks of the control topic".into(),
+                        source,
+                    })?;
+                if (next as i64) < low || (next as i64) > high {
+                    return Err(KafkaSourceError::Topic {
+                        topic: config.topic.clone(),
+                        reason: format!(
+                            "the checkpoint's next offset {next} is outside the broker's records \
+                             [{low}, {high}); admin commands were lost"
+                        ),
+                    });
+                }
+                Offset::Offset(next as i64)
+            }
+            None => Offset::Beginning,
+        };
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&config.topic, 0, offset)
+            .and_then(|()| consumer.assign(&assignment))
+            .map_err(|source| KafkaSourceError::Client {
+                what: "assign the control topic".into(),
+                source,
+            })?;
+        Ok(Self {
+            consumer,
+            topic: config.topic.clone(),
+            timeout,
+        })
+    }
+
+    /// The records available now, as (offset, value); never waits.
+    pub fn poll_ready(&self) -> Result<Vec<(u64, Vec<u8>)>, KafkaSourceError> {
+        let mut out = Vec::new();
+        while let Some(result) = self.consumer.poll(Duration::ZERO) {
+            match result {
+                Ok(message) => out.push((
+                    message.offset() as u64,
+                    message.payload().unwrap_or_default().to_vec(),
+                )),
+                Err(err) if is_offset_lost(&err) => {
+                    return Err(KafkaSourceError::OffsetLost {
+                        partition: 0,
+                        source: err,
+                    });
+                }
+                Err(KafkaError::PartitionEOF(_)) => break,
+                Err(err) => {
+                    eprintln!("learner: control topic: {err}");
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every record up to the topic's high watermark as of now: a learner
+    /// reads the commands issued before it started before it releases any
+    /// sample, so a command stamped ahead of the input is never late.
+    pub fn read_to_end(
+        &self,
+        next_offset: Option<u64>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, KafkaSourceError> {
+        let (_, high) = self
+            .consumer
+            .fetch_watermarks(&self.topic, 0, self.timeout)
+            .map_err(|source| KafkaSourceError::Client {
+                what: "fetch watermarks of the control topic".into(),
+                source,
+            })?;
+        let high = high.max(0) as u64;
+        let mut next = next_offset.unwrap_or(0);
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + self.timeout;
+        while next < high {
+            if std::time::Instant::now() > deadline {
+                return Err(KafkaSourceError::Topic {
+                    topic: self.topic.clone(),
+                    reason: format!(
+                        "read only to offset {next} of {high} within {:?}",
+                        self.timeout
+                    ),
+                });
+            }
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    next = message.offset() as u64 + 1;
+                    out.push((
+                        message.offset() as u64,
+                        message.payload().unwrap_or_default().to_vec(),
+                    ));
+                }
+                Some(Err(err)) if is_offset_lost(&err) => {
+                    return Err(KafkaSourceError::OffsetLost {
+                        partition: 0,
+                        source: err,
+                    });
+                }
+                Some(Err(_)) | None => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The `params` topic read to its end: the newest published state of
+/// every key, which is what the param-servers fed by the topic serve. A
+/// [`ServedParams`](crate::fallback::ServedParams) source for the restore
+/// of last resort.
+pub struct ParamsTopic {
+    by_version: std::collections::HashMap<String, BTreeMap<u64, crate::posterior::KeyState>>,
+}
+
+impl ParamsTopic {
+    /// Reads every partition of `topic` from its beginning to the high
+    /// watermark it has now, keeping per key the state with the highest
+    /// sequence number (a replayed publication repeats the same one).
+    pub fn read(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "posterior-learner-fallback")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .context("create params consumer")?;
+        let partitions = topic_partitions(&consumer, topic, timeout)?;
+        let mut remaining = BTreeMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for &p in &partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p as i32, timeout)
+                .with_context(|| format!("watermarks of {topic}/{p}"))?;
+            if high > low {
+                remaining.insert(p, high);
+                assignment.add_partition_offset(topic, p as i32, Offset::Offset(low))?;
+            }
+        }
+        consumer
+            .assign(&assignment)
+            .context("assign params topic")?;
+        let mut by_version: std::collections::HashMap<
+            String,
+            BTreeMap<u64, crate::posterior::KeyState>,
+        > = std::collections::HashMap::new();
+        let deadline = std::time::Instant::now() + timeout;
+        while !remaining.is_empty() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "params topic {topic:?} not read to its end within {timeout:?}; left: {remaining:?}"
+            );
+            let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let message = result.context("read params topic")?;
+            let p = message.partition() as u32;
+            if remaining
+                .get(&p)
+                .is_some_and(|&high| message.offset() + 1 >= high)
+            {
+                remaining.remove(&p);
+            }
+            let update = <posterior_proto::v1::ParamUpdate as prost::Message>::decode(
+                message.payload().unwrap_or_default(),
+            )
+            .with_context(|| format!("params record {topic}/{p}@{}", message.offset()))?;
+            let params = update.params.unwrap_or_default();
+            let state = crate::posterior::KeyState::decode(&update.state).map_err(|e| {
+                anyhow::anyhow!("params record {topic}/{p}@{}: {e}", message.offset())
+            })?;
+            let keys = by_version.entry(params.version).or_default();
+            match keys.get(&params.doc_id) {
+                Some(held) if held.seq > state.seq => {}
+                _ => {
+                    keys.insert(params.doc_id, state);
+                }
+            }
+        }
+        Ok(Self { by_version })
+    }
+}
+
+impl crate::fallback::ServedParams for ParamsTopic {
+    fn fetch(
+        &mut self,
+        version: &crate::version::VersionSpec,
+    ) -> anyhow::Result<Vec<(u64, crate::posterior::KeyState)>> {
+        Ok(self
+            .by_version
+            .remove(&version.name)
+            .map(|keys| keys.into_iter().collect())
+            .unwrap_or_default())
+    }
+}

@@ -19,9 +19,11 @@
 //! - [`dedup`]: de-duplication by `sample_id` within an event-time window.
 //! - [`batcher`]: per-key micro-batches and their triggers.
 //! - [`registry`]: the A/B version registry and parameter keys.
+//! - [`control`]: admin commands (create, fork, retire) applied at an event time.
 //! - [`codec`]: byte encodings of the engine state (keys sort in release order).
 //! - [`runner`]: drives the engine over a source with checkpoints.
 //! - [`savepoint`]: portable, verified snapshots; split by partition.
+//! - [`fallback`]: the restore of last resort from served parameters.
 //! - [`dump`]: every key's state as exact JSONL.
 //! - [`store`]: the RocksDB state store; its doc states the delivery guarantee.
 //! - [`meta`]: the small named state: offsets, clocks, registry, counters.
@@ -33,10 +35,12 @@
 pub mod batcher;
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod deadletter;
 pub mod dedup;
 pub mod dump;
 pub mod engine;
+pub mod fallback;
 pub mod file_source;
 #[cfg(feature = "io")]
 pub mod kafka;

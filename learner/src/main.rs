@@ -17,7 +17,8 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
 use posterior_learner::config::{Config, SourceConfig};
 use posterior_learner::runner::{
-    Controls, KafkaRunMode, SavepointChoice, open_engine, restore_savepoint, run_bounded, run_kafka,
+    Controls, KafkaRunMode, SavepointChoice, open_engine, restore_savepoint,
+    restore_savepoint_if_missing, run_bounded, run_kafka,
 };
 use posterior_learner::savepoint;
 use posterior_learner::store::RocksStore;
@@ -107,6 +108,11 @@ fn run(config: &Config, until_end: bool, from_savepoint: Option<String>) -> Resu
         };
         let restored = restore_savepoint(config, &choice)?;
         eprintln!("learner: restored savepoint {}", restored.dir.display());
+    } else if let Some(restored) = restore_savepoint_if_missing(config)? {
+        eprintln!(
+            "learner: no live state: restored the newest savepoint {}",
+            restored.dir.display()
+        );
     }
     let summary = match &config.source {
         SourceConfig::Kafka(_) => {

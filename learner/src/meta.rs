@@ -9,6 +9,7 @@ use posterior_proto::v1;
 use prost::Message;
 
 use crate::codec::{CorruptState, Cursor, STATE_FORMAT_VERSION, Table};
+use crate::control::Scheduled;
 use crate::engine::Counters;
 use crate::registry::Registry;
 use crate::version::VersionSpec;
@@ -26,6 +27,9 @@ pub const RELEASED: &[u8] = b"released_below_ms";
 pub const REGISTRY: &[u8] = b"registry";
 /// Outcome counters.
 pub const COUNTERS: &[u8] = b"counters";
+/// Admin commands waiting and applied (absent in states written before
+/// the control path existed, which read as empty).
+pub const CONTROL: &[u8] = b"control";
 
 /// Encodes the state format version.
 pub fn format_bytes() -> Vec<u8> {
@@ -180,4 +184,47 @@ pub fn counters_from(bytes: &[u8]) -> Result<Counters, CorruptState> {
         updates,
         dead,
     })
+}
+
+/// Encodes the control backlog: waiting commands in application order,
+/// applied ids, the `control` topic's next offset.
+pub fn control_bytes<'a>(
+    scheduled: impl Iterator<Item = &'a Scheduled>,
+    applied_ids: impl Iterator<Item = &'a String>,
+    next_offset: Option<u64>,
+) -> Vec<u8> {
+    v1::ControlBacklog {
+        scheduled: scheduled.map(|c| c.wire.clone()).collect(),
+        applied_ids: applied_ids.cloned().collect(),
+        next_offset,
+    }
+    .encode_to_vec()
+}
+
+/// Decodes [`control_bytes`]: the waiting commands in order, the applied
+/// ids, the next offset.
+pub fn control_from(bytes: &[u8]) -> Result<ControlBacklog, CorruptState> {
+    let corrupt = |e: &dyn std::fmt::Display| CorruptState::new(Table::Meta, CONTROL, e);
+    let backlog = v1::ControlBacklog::decode(bytes).map_err(|e| corrupt(&e))?;
+    let scheduled = backlog
+        .scheduled
+        .into_iter()
+        .map(|wire| Scheduled::try_from(wire).map_err(|e| corrupt(&e)))
+        .collect::<Result<_, _>>()?;
+    Ok(ControlBacklog {
+        scheduled,
+        applied_ids: backlog.applied_ids,
+        next_offset: backlog.next_offset,
+    })
+}
+
+/// The decoded control backlog.
+#[derive(Debug, Default)]
+pub struct ControlBacklog {
+    /// Waiting commands, in application order.
+    pub scheduled: Vec<Scheduled>,
+    /// Ids applied so far.
+    pub applied_ids: Vec<String>,
+    /// Next offset of the `control` topic.
+    pub next_offset: Option<u64>,
 }

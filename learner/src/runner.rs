@@ -11,18 +11,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use crate::codec::Table;
 use crate::config::{Config, SourceConfig};
+use crate::control::Scheduled;
 use crate::deadletter::DeadLetter;
+use crate::engine::ScheduleResult;
 use crate::engine::{Counters, Engine, Write};
+use crate::fallback::ServedParams;
 use crate::file_source::FileSource;
-use crate::kafka::{KafkaSource, Polled};
+use crate::kafka::{ControlReader, KafkaSource, ParamsTopic, Polled};
 use crate::publish::{KafkaSink, NullSink, ParamSink, take_updates};
 use crate::registry::Registry;
 use crate::savepoint::{self, Savepoint};
@@ -51,6 +54,9 @@ pub struct RunSummary {
     pub counters: Counters,
     /// Times a full reorder buffer narrowed fetching to one partition.
     pub throttles: u64,
+    /// Keys seeded from served parameters at start (the restore of last
+    /// resort, see [`crate::fallback`]).
+    pub seeded: usize,
 }
 
 /// Rebuilds the engine from the live store, or `None` when the store is
@@ -61,6 +67,15 @@ pub fn restore_engine(
     config: &Config,
     store: &RocksStore,
 ) -> Result<Option<(Engine, Option<u64>)>> {
+    Ok(restore_engine_adding(config, store)?.map(|(engine, dead, _)| (engine, dead)))
+}
+
+/// A restored engine, its checkpointed dead-letter file length, and the
+/// configured versions the stored registry lacked (they have no state).
+type Restored = (Engine, Option<u64>, Vec<String>);
+
+/// [`restore_engine`], also returning the versions it added.
+fn restore_engine_adding(config: &Config, store: &RocksStore) -> Result<Option<Restored>> {
     let mut tables = Vec::new();
     for table in Table::ALL {
         tables.push((table, store.entries(table).context("read state")?));
@@ -85,6 +100,7 @@ pub fn restore_engine(
     let Some(mut engine) = restored else {
         return Ok(None);
     };
+    let mut added = Vec::new();
     for spec in config.version_specs() {
         if engine
             .registry()
@@ -92,12 +108,13 @@ pub fn restore_engine(
             .iter()
             .all(|e| e.spec.name != spec.name)
         {
+            added.push(spec.name.clone());
             engine
                 .create_version(spec)
                 .context("add configured version")?;
         }
     }
-    Ok(Some((engine, dead_letter_bytes)))
+    Ok(Some((engine, dead_letter_bytes, added)))
 }
 
 /// Which savepoint to restore.
@@ -144,6 +161,36 @@ pub fn restore_savepoint(config: &Config, choice: &SavepointChoice) -> Result<Sa
     Ok(chosen)
 }
 
+/// The second step of the restore order: when the live store is empty and
+/// `[savepoints] restore_when_missing` is on (the default), restores the
+/// newest verified savepoint into it. Returns the one restored, if any.
+pub fn restore_savepoint_if_missing(config: &Config) -> Result<Option<Savepoint>> {
+    let Some(savepoints) = config
+        .savepoints
+        .as_ref()
+        .filter(|s| s.restore_when_missing)
+    else {
+        return Ok(None);
+    };
+    {
+        let store = RocksStore::open(&config.state.dir).context("open state store")?;
+        if !store.is_empty().context("read state")? {
+            return Ok(None);
+        }
+    }
+    if !savepoints.dir.exists() {
+        return Ok(None);
+    }
+    let (valid, invalid) = savepoint::list(&savepoints.dir)?;
+    for err in invalid {
+        eprintln!("learner: skipping invalid savepoint: {err}");
+    }
+    if valid.is_empty() {
+        return Ok(None);
+    }
+    restore_savepoint(config, &SavepointChoice::Latest).map(Some)
+}
+
 /// A fresh engine over `partitions` with the config's versions.
 pub fn fresh_engine(config: &Config, partitions: impl IntoIterator<Item = u32>) -> Result<Engine> {
     let registry =
@@ -155,10 +202,94 @@ pub fn fresh_engine(config: &Config, partitions: impl IntoIterator<Item = u32>) 
 /// from the store, or fresh. Returns whether it was restored and the
 /// checkpointed dead-letter file length.
 pub fn open_engine(config: &Config, store: &RocksStore) -> Result<(Engine, bool, Option<u64>)> {
-    Ok(match restore_engine(config, store)? {
-        Some((engine, dead_len)) => (engine, true, dead_len),
-        None => (fresh_engine(config, [FILE_PARTITION])?, false, None),
-    })
+    let (engine, restored, dead_len, _) = open_engine_seeding(config, store, false)?;
+    Ok((engine, restored, dead_len))
+}
+
+/// [`open_engine`], seeding (when `seed`) the versions without state from
+/// the config's `[fallback]`. Also returns the number of keys seeded.
+fn open_engine_seeding(
+    config: &Config,
+    store: &RocksStore,
+    seed: bool,
+) -> Result<(Engine, bool, Option<u64>, usize)> {
+    let (mut engine, restored, dead_len, stateless) = match restore_engine_adding(config, store)? {
+        Some((engine, dead_len, added)) => (engine, true, dead_len, added),
+        None => {
+            let engine = fresh_engine(config, [FILE_PARTITION])?;
+            let all = names(&engine);
+            (engine, false, None, all)
+        }
+    };
+    let seeded = if seed {
+        seed_stateless(&mut engine, &stateless, config)?
+    } else {
+        0
+    };
+    Ok((engine, restored, dead_len, seeded))
+}
+
+fn names(engine: &Engine) -> Vec<String> {
+    engine
+        .registry()
+        .entries()
+        .iter()
+        .map(|e| e.spec.name.clone())
+        .collect()
+}
+
+/// Seeds each of `versions` (none of which has state) from the config's
+/// served-parameters source, the restore of last resort; returns the
+/// number of keys seeded. The source is only opened when a version needs
+/// it.
+fn seed_stateless(engine: &mut Engine, versions: &[String], config: &Config) -> Result<usize> {
+    if versions.is_empty() {
+        return Ok(0);
+    }
+    let Some(mut served) = open_served(config)? else {
+        return Ok(0);
+    };
+    let mut seeded = 0;
+    for name in versions {
+        let spec = engine
+            .registry()
+            .live(name)
+            .map(|e| e.spec.clone())
+            .with_context(|| format!("version {name:?} to seed"))?;
+        let states = served
+            .fetch(&spec)
+            .with_context(|| format!("fetch served parameters of {name:?}"))?;
+        if states.is_empty() {
+            continue;
+        }
+        let n = engine
+            .seed_version(name, states)
+            .with_context(|| format!("seed {name:?} from served parameters"))?;
+        eprintln!(
+            "learner: version {name:?} had neither live state nor savepoint: seeded {n} keys \
+             from served parameters; samples between those and the start position may be \
+             missed or counted twice"
+        );
+        seeded += n;
+    }
+    Ok(seeded)
+}
+
+/// The served-parameters source the config names (`[fallback]`), if any.
+pub fn open_served(config: &Config) -> Result<Option<Box<dyn ServedParams>>> {
+    Ok(
+        match config.fallback.as_ref().and_then(|f| f.kafka.as_ref()) {
+            Some(kafka) => Some(Box::new(
+                ParamsTopic::read(
+                    &kafka.brokers,
+                    &kafka.topic,
+                    Duration::from_millis(kafka.request_timeout_ms),
+                )
+                .context("read the params topic for the fallback restore")?,
+            )),
+            None => None,
+        },
+    )
 }
 
 /// The sink the config names: the Kafka `params` topic, or none.
@@ -186,8 +317,19 @@ pub fn run_bounded(config: &Config) -> Result<RunSummary> {
 
 /// Runs a file or stdin source to its end, publishing to `sink`.
 pub fn run_bounded_with(config: &Config, sink: Box<dyn ParamSink>) -> Result<RunSummary> {
+    run_bounded_controlled(config, &Controls::default(), sink)
+}
+
+/// [`run_bounded_with`] taking admin commands from `controls` (and the
+/// `control` topic when configured).
+pub fn run_bounded_controlled(
+    config: &Config,
+    controls: &Controls,
+    sink: Box<dyn ParamSink>,
+) -> Result<RunSummary> {
     let store = RocksStore::open(&config.state.dir).context("open state store")?;
-    let (mut engine, restored, dead_len) = open_engine(config, &store)?;
+    let (mut engine, restored, dead_len, seeded) = open_engine_seeding(config, &store, true)?;
+    let commands = CommandSources::open(config, controls, &mut engine)?;
     let mut checkpointer = Checkpointer::new(config, store, dead_len, sink)?;
     let offset = engine
         .next_offsets()
@@ -202,6 +344,9 @@ pub fn run_bounded_with(config: &Config, sink: Box<dyn ParamSink>) -> Result<Run
     };
     let mut records = 0_u64;
     while let Some((offset, payload)) = source.next_record().context("read source")? {
+        if records.is_multiple_of(COMMAND_POLL_EVERY) {
+            commands.poll(&mut engine)?;
+        }
         engine.ingest_at(FILE_PARTITION, offset, source.position(), payload);
         records += 1;
         checkpointer.failpoint.hit("after_ingest", records);
@@ -209,10 +354,11 @@ pub fn run_bounded_with(config: &Config, sink: Box<dyn ParamSink>) -> Result<Run
             checkpointer.checkpoint(&mut engine, records)?;
         }
     }
+    commands.poll(&mut engine)?;
     engine.finish();
     checkpointer.checkpoint(&mut engine, records)?;
     if config.savepoints.as_ref().is_some_and(|s| s.on_shutdown) {
-        checkpointer.savepoint(config, 1)?;
+        checkpointer.savepoint(config, 1, records)?;
     }
     Ok(RunSummary {
         restored,
@@ -220,8 +366,12 @@ pub fn run_bounded_with(config: &Config, sink: Box<dyn ParamSink>) -> Result<Run
         checkpoints: checkpointer.count,
         counters: engine.counters().clone(),
         throttles: 0,
+        seeded,
     })
 }
+
+/// Records between two looks at the command inbox in a bounded run.
+const COMMAND_POLL_EVERY: u64 = 1024;
 
 /// How a Kafka run ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,13 +384,125 @@ pub enum KafkaRunMode {
     UntilEnd,
 }
 
-/// Requests to a running Kafka learner, set from signal handlers.
+/// Requests to a running learner: flags set from signal handlers, and
+/// admin commands handed over in process.
 #[derive(Debug, Default, Clone)]
 pub struct Controls {
     /// Checkpoint and return (SIGTERM, SIGINT).
     pub stop: Arc<AtomicBool>,
     /// Checkpoint and take a savepoint, then go on (SIGUSR1).
     pub savepoint: Arc<AtomicBool>,
+    /// Admin commands from an embedded param-server.
+    pub commands: CommandInbox,
+}
+
+/// Admin commands handed to a running learner in process (the embedded
+/// control path; standalone deployments use the `control` topic). The
+/// learner takes them between records and schedules them at their event
+/// time. A command is durable once the next checkpoint is written; one
+/// lost in a crash before that must be sent again (its id makes a resend
+/// harmless).
+#[derive(Debug, Default, Clone)]
+pub struct CommandInbox(Arc<Mutex<Vec<posterior_proto::v1::ControlCommand>>>);
+
+impl CommandInbox {
+    /// Hands a command to the learner.
+    pub fn send(&self, command: posterior_proto::v1::ControlCommand) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(command);
+    }
+
+    fn take(&self) -> Vec<posterior_proto::v1::ControlCommand> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// Where admin commands come from: the in-process inbox and, when
+/// configured, the `control` topic.
+struct CommandSources {
+    inbox: CommandInbox,
+    topic: Option<ControlReader>,
+}
+
+impl CommandSources {
+    /// Opens the `control` topic at the engine's checkpointed offset and
+    /// schedules every command already on it.
+    fn open(config: &Config, controls: &Controls, engine: &mut Engine) -> Result<Self> {
+        let topic = match &config.control {
+            Some(control) => {
+                let reader = ControlReader::open(control, engine.control_offset())
+                    .context("open the control topic")?;
+                let backlog = reader
+                    .read_to_end(engine.control_offset())
+                    .context("read the control topic")?;
+                schedule_records(engine, backlog);
+                Some(reader)
+            }
+            None => None,
+        };
+        let sources = Self {
+            inbox: controls.commands.clone(),
+            topic,
+        };
+        Ok(sources)
+    }
+
+    /// Schedules the commands that arrived since the last call.
+    fn poll(&self, engine: &mut Engine) -> Result<()> {
+        for wire in self.inbox.take() {
+            schedule_command(engine, Scheduled::try_from(wire), "inbox");
+        }
+        if let Some(reader) = &self.topic {
+            schedule_records(
+                engine,
+                reader.poll_ready().context("read the control topic")?,
+            );
+        }
+        Ok(())
+    }
+}
+
+fn schedule_records(engine: &mut Engine, records: Vec<(u64, Vec<u8>)>) {
+    for (offset, bytes) in records {
+        schedule_command(
+            engine,
+            Scheduled::decode(&bytes),
+            &format!("control topic offset {offset}"),
+        );
+        engine.set_control_offset(offset + 1);
+    }
+}
+
+fn schedule_command(
+    engine: &mut Engine,
+    command: Result<Scheduled, crate::control::ControlError>,
+    origin: &str,
+) {
+    match command {
+        Ok(command) => {
+            let (id, at) = (command.id.clone(), command.at_ms);
+            match engine.schedule(command) {
+                ScheduleResult::Scheduled => {
+                    eprintln!(
+                        "learner: control: {id:?} from {origin} scheduled at event time {at}"
+                    );
+                }
+                ScheduleResult::AppliedLate => eprintln!(
+                    "learner: control: {id:?} from {origin} is stamped {at}, already released: \
+                     applied at the current watermark"
+                ),
+                ScheduleResult::Duplicate => {}
+            }
+        }
+        Err(err) => eprintln!("learner: control: {origin}: refused: {err}"),
+    }
 }
 
 /// Runs the Kafka source: restore, assign the partitions at the
@@ -261,26 +523,32 @@ pub fn run_kafka_with(
         anyhow::bail!("run_kafka needs a kafka source");
     };
     let store = RocksStore::open(&config.state.dir).context("open state store")?;
-    let restored = restore_engine(config, &store)?;
+    let restored = restore_engine_adding(config, &store)?;
     let (offsets, dead_len) = match &restored {
-        Some((engine, dead_len)) => (engine.next_offsets().clone(), *dead_len),
+        Some((engine, dead_len, _)) => (engine.next_offsets().clone(), *dead_len),
         None => (BTreeMap::new(), None),
     };
     let source = KafkaSource::open(kafka, &offsets).context("open kafka source")?;
     let partitions: BTreeSet<u32> = source.partitions().iter().copied().collect();
     let was_restored = restored.is_some();
-    let mut engine = match restored {
-        Some((engine, _)) => {
+    let (mut engine, stateless) = match restored {
+        Some((engine, _, added)) => {
             let owned: BTreeSet<u32> = engine.clocks().keys().copied().collect();
             anyhow::ensure!(
                 owned == partitions,
                 "the live state belongs to partitions {owned:?} but this instance reads \
                  {partitions:?}; to rescale, restore a savepoint"
             );
-            engine
+            (engine, added)
         }
-        None => fresh_engine(config, partitions.iter().copied())?,
+        None => {
+            let engine = fresh_engine(config, partitions.iter().copied())?;
+            let all = names(&engine);
+            (engine, all)
+        }
     };
+    let seeded = seed_stateless(&mut engine, &stateless, config)?;
+    let commands = CommandSources::open(config, controls, &mut engine)?;
     let mut checkpointer = Checkpointer::new(config, store, dead_len, sink)?;
     let publish_every = Duration::from_millis(config.publish_interval_ms());
     let mut last_publish = Instant::now();
@@ -312,10 +580,11 @@ pub fn run_kafka_with(
         }
         if controls.savepoint.swap(false, Ordering::Relaxed) {
             checkpointer.checkpoint(&mut engine, records)?;
-            checkpointer.savepoint(config, source.partition_count())?;
+            checkpointer.savepoint(config, source.partition_count(), records)?;
             since_checkpoint = 0;
             last_checkpoint = Instant::now();
         }
+        commands.poll(&mut engine)?;
         if let Some(targets) = &targets
             && reached(&engine, targets)
         {
@@ -422,7 +691,7 @@ pub fn run_kafka_with(
         eprintln!("learner: informational offset commit failed: {err}");
     }
     if config.savepoints.as_ref().is_some_and(|s| s.on_shutdown) {
-        checkpointer.savepoint(config, source.partition_count())?;
+        checkpointer.savepoint(config, source.partition_count(), records)?;
     }
     Ok(RunSummary {
         restored: was_restored,
@@ -430,6 +699,7 @@ pub fn run_kafka_with(
         checkpoints: checkpointer.count,
         counters: engine.counters().clone(),
         throttles,
+        seeded,
     })
 }
 
@@ -498,20 +768,33 @@ impl Checkpointer {
     }
 
     /// Takes a savepoint of the last checkpoint.
-    fn savepoint(&self, config: &Config, partition_count: u32) -> Result<()> {
+    fn savepoint(&self, config: &Config, partition_count: u32, records: u64) -> Result<()> {
         let dir = &config
             .savepoints
             .as_ref()
             .context("a savepoint needs [savepoints] dir in the config")?
             .dir;
-        let taken =
-            savepoint::write(dir, &self.store, partition_count).context("take savepoint")?;
+        let taken = savepoint::write_with(dir, &self.store, partition_count, || {
+            self.failpoint.hit("mid_savepoint", records);
+        })
+        .context("take savepoint")?;
         eprintln!("learner: savepoint {}", taken.dir.display());
         Ok(())
     }
 
-    /// Publishes the keys changed since the last publish.
+    /// Publishes the keys changed since the last publish, and logs the
+    /// admin commands applied since.
     fn publish(&mut self, engine: &mut Engine) -> Result<()> {
+        for outcome in engine.take_control_outcomes() {
+            let result = match &outcome.result {
+                Ok(done) => format!("ok: {done}"),
+                Err(why) => format!("refused: {why}"),
+            };
+            eprintln!(
+                "learner: control: {:?} by {:?} stamped {} applied at {}: {result}",
+                outcome.id, outcome.issued_by, outcome.at_ms, outcome.applied_at_ms
+            );
+        }
         let updates = take_updates(engine);
         if !updates.is_empty() {
             self.sink.publish(updates).context("publish updates")?;

@@ -153,6 +153,18 @@ pub fn write(
     store: &RocksStore,
     partition_count: u32,
 ) -> Result<Savepoint, SavepointError> {
+    write_with(root, store, partition_count, || {})
+}
+
+/// [`write`], calling `mid_write` once the table files are in the temp
+/// directory and before the manifest and the rename (a crash test's fail
+/// point: a savepoint interrupted there must never be listed).
+pub fn write_with(
+    root: &Path,
+    store: &RocksStore,
+    partition_count: u32,
+    mid_write: impl FnOnce(),
+) -> Result<Savepoint, SavepointError> {
     let mut tables = BTreeMap::new();
     for table in Table::ALL {
         let mut entries = store.entries(table)?;
@@ -209,6 +221,7 @@ pub fn write(
             records: entries.len() as u64,
         });
     }
+    mid_write();
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         created_unix_ms,
@@ -393,6 +406,7 @@ fn is_engine_meta(key: &[u8]) -> bool {
         meta::RELEASED,
         meta::REGISTRY,
         meta::COUNTERS,
+        meta::CONTROL,
     ]
     .contains(&key)
 }

@@ -120,6 +120,15 @@ impl RocksStore {
             .collect()
     }
 
+    /// True when the store holds no state (no checkpoint was written).
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(Table::Meta));
+        iter.seek_to_first();
+        let empty = !iter.valid();
+        iter.status().map_err(|e| self.rocks(e))?;
+        Ok(empty)
+    }
+
     fn cf(&self, table: Table) -> &rocksdb::ColumnFamily {
         self.db
             .cf_handle(table.name())

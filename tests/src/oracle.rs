@@ -3,10 +3,12 @@
 //! learner process left in its store.
 
 use posterior_learner::config::Config;
+use posterior_learner::control::Scheduled;
 use posterior_learner::file_source::decode_protobuf;
 use posterior_learner::partitioning::partition_of;
 use posterior_learner::runner::{fresh_engine, restore_engine};
 use posterior_learner::store::RocksStore;
+use posterior_proto::v1::ControlCommand;
 
 use crate::broker::Broker;
 use crate::log::LogRecord;
@@ -19,7 +21,24 @@ use crate::log::LogRecord;
 /// # Panics
 /// When the engine cannot be built from `config`.
 pub fn oracle(config: &Config, records: &[LogRecord], partitions: u32) -> (String, String) {
+    oracle_with_commands(config, records, partitions, &[])
+}
+
+/// [`oracle`] with admin `commands` scheduled before the first record
+/// (each applies at its event time, wherever it arrives before that).
+///
+/// # Panics
+/// When the engine cannot be built from `config` or a command is invalid.
+pub fn oracle_with_commands(
+    config: &Config,
+    records: &[LogRecord],
+    partitions: u32,
+    commands: &[ControlCommand],
+) -> (String, String) {
     let mut engine = fresh_engine(config, 0..partitions).expect("engine from config");
+    for command in commands {
+        engine.schedule(Scheduled::try_from(command.clone()).expect("a valid command"));
+    }
     let mut next = vec![0_u64; partitions as usize];
     for record in records {
         let p = partition_of(record.doc_id, partitions);

@@ -267,17 +267,76 @@ fn a_corrupt_live_state_is_refused_and_a_savepoint_brings_the_learner_back() {
         "a savepoint never silently replaces the live state"
     );
 
-    // The operator moves the damaged state away and restores.
+    // The operator moves the damaged state away; with no live state the
+    // learner restores the newest savepoint by itself.
     std::fs::rename(&victim.state.dir, dir.path().join("damaged-state")).unwrap();
-    let back = learner_cmd(&["run", "--from-savepoint", "latest"])
-        .output()
-        .unwrap();
+    let back = learner_cmd(&["run"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&back.stderr);
+    assert!(back.status.success(), "{stderr}");
     assert!(
-        back.status.success(),
-        "{}",
-        String::from_utf8_lossy(&back.stderr)
+        stderr.contains("no live state: restored the newest savepoint"),
+        "{stderr}"
     );
-    assert!(String::from_utf8_lossy(&back.stderr).contains("resumed from checkpoint"));
+    assert!(stderr.contains("resumed from checkpoint"), "{stderr}");
     let got = dump_store(&victim);
     assert!(got == expected, "{}", first_difference(&got, &expected));
+}
+
+#[test]
+fn a_savepoint_interrupted_mid_write_is_never_listed_and_the_next_one_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("samples.jsonl");
+    let (text, _) = generate(LogSpec {
+        records: 20_000,
+        docs: 500,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 12,
+    });
+    std::fs::write(&log, text).unwrap();
+    let root = dir.path().join("savepoints");
+    let toml = format!(
+        "{}\n[savepoints]\ndir = \"{}\"\non_shutdown = true\n",
+        learner_toml(dir.path(), "victim", Source::File(&log), 5_000, None),
+        root.display()
+    );
+    let path = dir.path().join("victim.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let config = Config::from_toml(&toml).unwrap();
+    let run = |failpoint: Option<&str>| {
+        let mut cmd = Command::new(binary("learner"));
+        cmd.args(["run", "--config"]).arg(&path);
+        if let Some(fp) = failpoint {
+            cmd.env("POSTERIOR_FAILPOINT", fp);
+        }
+        cmd.output().unwrap()
+    };
+
+    let crashed = run(Some("mid_savepoint:0"));
+    assert!(
+        !crashed.status.success(),
+        "the fail point aborts the savepoint"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "the interrupted temp directory is left");
+    let (valid, invalid) = savepoint::list(&root).unwrap();
+    assert!(
+        valid.is_empty() && invalid.is_empty(),
+        "{valid:?} {invalid:?}"
+    );
+    let complete = dump_store(&config);
+
+    let done = run(None);
+    assert!(done.status.success(), "{done:?}");
+    let (valid, _) = savepoint::list(&root).unwrap();
+    assert_eq!(valid.len(), 1);
+    assert_eq!(
+        Command::new(binary("learner"))
+            .args(["dump", "--savepoint"])
+            .arg(&valid[0].dir)
+            .output()
+            .unwrap()
+            .stdout,
+        complete.as_bytes(),
+        "the savepoint holds the state the interrupted run had checkpointed"
+    );
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{Dirty, Engine, EngineConfig};
+use super::{ControlState, Dirty, Engine, EngineConfig};
 use crate::batcher::Batcher;
 use crate::codec::{self, CorruptState, Table};
 use crate::dedup::Dedup;
@@ -109,6 +109,15 @@ impl Engine {
                 meta::COUNTERS.to_vec(),
                 meta::counters_bytes(&self.counters),
             ),
+            Write::Put(
+                Table::Meta,
+                meta::CONTROL.to_vec(),
+                meta::control_bytes(
+                    self.control.scheduled.values(),
+                    self.control.applied_ids.iter(),
+                    self.control.next_offset,
+                ),
+            ),
         ]);
         writes
     }
@@ -160,6 +169,10 @@ impl Engine {
         let clocks = meta::clocks_from(entry(meta::CLOCKS)?)?;
         let next_offsets = meta::offsets_from(entry(meta::OFFSETS)?)?;
         let counters = meta::counters_from(entry(meta::COUNTERS)?)?;
+        let backlog = match meta.get(meta::CONTROL) {
+            Some(bytes) => meta::control_from(bytes)?,
+            None => meta::ControlBacklog::default(),
+        };
         let released = entry(meta::RELEASED)?;
         let released_below_ms = i64::from_le_bytes(
             released
@@ -219,6 +232,7 @@ impl Engine {
             counters,
             dirty: Dirty::default(),
             stored_pending,
+            control: ControlState::restore(backlog),
         }))
     }
 }

@@ -499,3 +499,340 @@ fn every_checkpoint_restores_the_live_state_exactly() {
         }
     }
 }
+
+// ---- The control path: admin commands at event times ----
+
+fn wire(id: &str, at_ms: i64, command: posterior_proto::v1::control_command::Command) -> Scheduled {
+    Scheduled::try_from(posterior_proto::v1::ControlCommand {
+        command_id: id.into(),
+        effective_event_time_ms: at_ms,
+        issued_by: "test".into(),
+        command: Some(command),
+    })
+    .unwrap()
+}
+
+fn fork(id: &str, at_ms: i64, from: &str, to: &str) -> Scheduled {
+    use posterior_proto::v1::{ForkVersionRequest, control_command::Command};
+    wire(
+        id,
+        at_ms,
+        Command::ForkVersion(ForkVersionRequest {
+            from: from.into(),
+            to: to.into(),
+            overrides: None,
+        }),
+    )
+}
+
+fn retire(id: &str, at_ms: i64, name: &str) -> Scheduled {
+    use posterior_proto::v1::{RetireVersionRequest, control_command::Command};
+    wire(
+        id,
+        at_ms,
+        Command::RetireVersion(RetireVersionRequest { name: name.into() }),
+    )
+}
+
+fn create(id: &str, at_ms: i64, name: &str) -> Scheduled {
+    use posterior_proto::v1::{CreateVersionRequest, control_command::Command};
+    // The log's `unknown` samples carry a logistic context.
+    let mut spec = registry().live("logistic").unwrap().spec.clone();
+    spec.name = name.into();
+    wire(
+        id,
+        at_ms,
+        Command::CreateVersion(CreateVersionRequest {
+            spec: Some((&spec).into()),
+        }),
+    )
+}
+
+fn one_at_a_time() -> EngineConfig {
+    EngineConfig {
+        batch: BatchPolicy::default(),
+        ..config()
+    }
+}
+
+fn click(doc_id: u64, version: &str, t: i64) -> Payload {
+    let dim = if version == "gamma" { DIM } else { 0 };
+    Payload::Sample(Sample {
+        doc_id,
+        version: version.into(),
+        event_time_ms: t,
+        context: vec![0.5; dim],
+        labels: vec![("click".into(), 1.0)],
+        weight: 1.0,
+        sample_id: None,
+    })
+}
+
+#[test]
+fn a_command_splits_the_input_at_its_event_time() {
+    let mut engine = Engine::new(one_at_a_time(), registry(), [0, 1]);
+    engine.schedule(fork("f", 25, "beta", "beta-b"));
+    engine.schedule(retire("r", 35, "beta"));
+    engine.schedule(create("c", 35, "gamma"));
+    // Partition 1 holds the watermark back, so everything waits in the
+    // buffer and the commands meet the samples in release order.
+    for (offset, t) in [10, 20, 25, 30, 40].into_iter().enumerate() {
+        engine.ingest(0, offset as u64, click(1, "beta", t));
+    }
+    engine.ingest(1, 0, click(2, "gamma", 36));
+    engine.ingest(1, 1, click(2, "gamma", 34));
+    engine.finish();
+
+    let state = |version: &str, doc_id| {
+        let id = engine
+            .registry()
+            .entries()
+            .iter()
+            .find(|e| e.spec.name == version)
+            .unwrap()
+            .id;
+        engine
+            .params()
+            .get(&ParamKey {
+                version: id,
+                doc_id,
+            })
+            .map(|s| s.sample_count)
+    };
+    // The fork took doc 1's state after t = 10 and 20, before 25.
+    assert_eq!(state("beta-b", 1), Some(2.0));
+    // beta took 10, 20, 25, 30; 40 came after it was retired.
+    assert_eq!(state("beta", 1), Some(4.0));
+    // gamma exists from 35: its sample at 36 counts, the one at 34 not.
+    assert_eq!(state("gamma", 2), Some(1.0));
+    assert_eq!(engine.counters().dead.get("unknown_version"), Some(&2));
+    let outcomes = engine.take_control_outcomes();
+    let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
+    assert_eq!(ids, ["f", "r", "c"], "in (time, arrival) order");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.result.is_ok() && o.applied_at_ms == o.at_ms)
+    );
+}
+
+#[test]
+fn refused_late_and_repeated_commands_are_reported_not_fatal() {
+    let mut engine = Engine::new(one_at_a_time(), registry(), [0]);
+    engine.ingest(0, 0, click(1, "beta", 1_000));
+    engine.ingest(0, 1, click(1, "beta", 1_200));
+    // Released below 1 200 - 50: a command at 100 is late.
+    assert_eq!(
+        engine.schedule(fork("late", 100, "beta", "b2")),
+        ScheduleResult::AppliedLate
+    );
+    assert_eq!(
+        engine.schedule(fork("late", 100, "beta", "b2")),
+        ScheduleResult::Duplicate
+    );
+    assert_eq!(
+        engine.schedule(fork("x", 5_000, "nope", "b3")),
+        ScheduleResult::Scheduled
+    );
+    assert_eq!(
+        engine.schedule(fork("x", 5_000, "nope", "b3")),
+        ScheduleResult::Duplicate
+    );
+    assert_eq!(
+        engine.schedule(retire("y", 5_000, "beta")),
+        ScheduleResult::Scheduled
+    );
+    assert_eq!(
+        engine.schedule(retire("z", 5_001, "beta")),
+        ScheduleResult::Scheduled
+    );
+    engine.finish();
+    let outcomes = engine.take_control_outcomes();
+    assert_eq!(outcomes.len(), 4);
+    assert_eq!((outcomes[0].at_ms, outcomes[0].applied_at_ms), (100, 1_150));
+    assert!(outcomes[0].result.is_ok());
+    assert!(
+        outcomes[1]
+            .result
+            .as_ref()
+            .unwrap_err()
+            .contains("\"nope\" not found")
+    );
+    assert!(outcomes[2].result.is_ok());
+    // Retiring twice is allowed and changes nothing.
+    assert!(outcomes[3].result.is_ok());
+    assert_eq!(engine.scheduled_commands().count(), 0);
+}
+
+/// Every interleaving of the partitions, with crashes and restores from
+/// checkpoints, applies the commands at the same points: the same state
+/// bit for bit, and `unknown` samples count only after `unknown` exists.
+#[test]
+fn commands_survive_crashes_and_give_one_result_for_every_interleaving() {
+    let logs = generate(31, 3, 3_000);
+    let commands = || {
+        [
+            create("c1", 1_001_500, "unknown"),
+            fork("c2", 1_002_000, "logistic", "logistic-b"),
+            retire("c3", 1_003_000, "beta"),
+        ]
+    };
+    let run = |seed: u64, crashes: bool| {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let mut store = MemoryStore::default();
+        let mut engine = Engine::new(config(), registry(), 0..3);
+        let mut cursor = [0_usize; 3];
+        let mut pending: Vec<Scheduled> = commands().into();
+        let mut restarts = 0;
+        loop {
+            // Commands arrive at random moments, always before the
+            // released watermark reaches them.
+            if !pending.is_empty() && rng.random_range(0..300) == 0 {
+                let c = pending.remove(0);
+                assert_ne!(engine.schedule(c), ScheduleResult::AppliedLate);
+            }
+            let open: Vec<usize> = (0..3).filter(|&p| cursor[p] < logs[p].len()).collect();
+            let Some(&p) = open.get(rng.random_range(0..open.len().max(1))) else {
+                break;
+            };
+            if !pending.is_empty() && engine.instance_watermark() >= 1_001_000 {
+                for c in pending.drain(..) {
+                    engine.schedule(c);
+                }
+            }
+            engine.ingest(p as u32, cursor[p] as u64, logs[p][cursor[p]].clone());
+            cursor[p] += 1;
+            if rng.random_range(0..400) == 0 {
+                store.apply(engine.checkpoint_delta());
+            }
+            if crashes && rng.random_range(0..700) == 0 {
+                restarts += 1;
+                engine = Engine::restore(config(), |t| store.entries(t))
+                    .unwrap()
+                    .unwrap_or_else(|| Engine::new(config(), registry(), 0..3));
+                for (p, c) in cursor.iter_mut().enumerate() {
+                    *c = engine.next_offsets().get(&(p as u32)).copied().unwrap_or(0) as usize;
+                }
+                // The source of commands replays them too (a topic read
+                // from the checkpointed offset): duplicates are ignored.
+                pending = commands().into();
+            }
+        }
+        for c in pending {
+            engine.schedule(c);
+        }
+        engine.finish();
+        (engine, restarts)
+    };
+    let (reference, _) = run(1, false);
+    let names: Vec<&str> = reference
+        .registry()
+        .entries()
+        .iter()
+        .map(|e| e.spec.name.as_str())
+        .collect();
+    assert_eq!(names, ["beta", "logistic", "unknown", "logistic-b"]);
+    let unknown = reference.registry().live("unknown").unwrap().id;
+    assert!(reference.params().keys().any(|k| k.version == unknown));
+    let forked = reference.registry().live("logistic-b").unwrap().id;
+    let keys = |v| reference.params().keys().filter(|k| k.version == v).count();
+    assert!(keys(forked) > 0, "the fork starts from logistic's keys");
+    assert!(keys(forked) <= keys(reference.registry().live("logistic").unwrap().id));
+    assert!(
+        reference.counters().dead["unknown_version"] > 0,
+        "before c1 and beta after c3"
+    );
+    let encoded = |e: &Engine| {
+        let mut all: Vec<_> = e.params().iter().map(|(k, s)| (*k, s.encode())).collect();
+        all.sort_unstable_by_key(|(k, _)| *k);
+        all
+    };
+    for seed in [2, 3, 4] {
+        let (engine, restarts) = run(seed, true);
+        assert!(restarts >= 5, "seed {seed}: {restarts} restarts");
+        assert_eq!(engine.registry(), reference.registry(), "seed {seed}");
+        assert_eq!(
+            engine.counters().dead,
+            reference.counters().dead,
+            "seed {seed}"
+        );
+        assert!(encoded(&engine) == encoded(&reference), "seed {seed}");
+    }
+}
+
+#[test]
+fn a_state_written_before_the_control_path_restores_with_no_commands() {
+    let mut engine = Engine::new(one_at_a_time(), registry(), [0]);
+    engine.schedule(retire("r", 5_000, "beta"));
+    engine.ingest(0, 0, click(1, "beta", 1_000));
+    let mut store = MemoryStore::default();
+    store.apply(engine.checkpoint_delta());
+    let restored = Engine::restore(one_at_a_time(), |t| store.entries(t))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        restored.scheduled_commands().count(),
+        1,
+        "the backlog is checkpointed"
+    );
+    store.apply(vec![Write::Delete(
+        Table::Meta,
+        crate::meta::CONTROL.to_vec(),
+    )]);
+    let old = Engine::restore(one_at_a_time(), |t| store.entries(t))
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.scheduled_commands().count(), 0);
+    assert_eq!(old.control_offset(), None);
+}
+
+#[test]
+fn served_parameters_seed_only_an_empty_version_of_the_same_model() {
+    use crate::fallback::SeedError;
+    let mut source = Engine::new(one_at_a_time(), registry(), [0]);
+    for (offset, t) in [10, 20, 30].into_iter().enumerate() {
+        source.ingest(0, offset as u64, click(offset as u64, "beta", t));
+    }
+    source.finish();
+    let served: Vec<(u64, KeyState)> = source
+        .params()
+        .iter()
+        .map(|(k, s)| (k.doc_id, s.clone()))
+        .collect();
+    assert_eq!(served.len(), 3);
+
+    let mut fresh = Engine::new(one_at_a_time(), registry(), [0]);
+    let err = fresh.seed_version("logistic", served.clone()).unwrap_err();
+    assert!(matches!(err, SeedError::WrongModel { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("served beta, the version runs logistic-diagonal/4"),
+        "{err}"
+    );
+    assert!(fresh.params().is_empty(), "a refused seed changes nothing");
+    assert_eq!(fresh.seed_version("beta", served.clone()), Ok(3));
+    let mut seeded: Vec<_> = fresh
+        .take_changed()
+        .into_iter()
+        .map(|(k, s)| (k, s.encode()))
+        .collect();
+    let mut expected: Vec<_> = source
+        .params()
+        .iter()
+        .map(|(k, s)| (*k, s.encode()))
+        .collect();
+    seeded.sort_unstable_by_key(|(k, _)| *k);
+    expected.sort_unstable_by_key(|(k, _)| *k);
+    assert!(
+        seeded == expected,
+        "seeded keys are published and equal to the served ones"
+    );
+    assert_eq!(
+        fresh.seed_version("beta", served.clone()),
+        Err(SeedError::HasState("beta".into()))
+    );
+    assert_eq!(
+        fresh.seed_version("nope", served),
+        Err(SeedError::UnknownVersion("nope".into()))
+    );
+}

@@ -1,0 +1,166 @@
+//! The control path end to end: admin commands on the Kafka `control`
+//! topic change the version registry of a running learner at their event
+//! times — a version created for samples that were dead letters until
+//! then, a fork warm-started from another version, a retirement — and a
+//! learner killed again and again ends equal to the oracle that applies
+//! the same commands at the same points.
+
+#![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
+
+use std::process::Command;
+use std::time::Duration;
+
+use posterior_learner::config::Config;
+use posterior_proto::v1::{
+    self, ControlCommand, CreateVersionRequest, ForkVersionRequest, RetireVersionRequest,
+    VersionOverrides, control_command,
+};
+use posterior_tests::broker::{Broker, Storage};
+use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
+use posterior_tests::log::{LogSpec, generate_records};
+use posterior_tests::oracle::{
+    dump_store, first_difference, oracle, oracle_with_commands, produce_samples, sorted_lines,
+};
+use posterior_tests::{binary, finish_within, kill_repeatedly, log_file};
+use prost::Message as _;
+
+const PARTITIONS: u32 = 2;
+/// Event time of the generated log's first record.
+const START_MS: i64 = 1_700_000_000_000;
+
+fn command(id: &str, at_ms: i64, command: control_command::Command) -> ControlCommand {
+    ControlCommand {
+        command_id: id.into(),
+        effective_event_time_ms: at_ms,
+        issued_by: "control-test".into(),
+        command: Some(command),
+    }
+}
+
+/// The log's `nobody` samples carry the logistic versions' 4-dim context.
+fn commands(config: &Config) -> Vec<ControlCommand> {
+    let mut nobody = config
+        .version_specs()
+        .into_iter()
+        .find(|s| s.name == "logistic")
+        .unwrap();
+    nobody.name = "nobody".into();
+    vec![
+        command(
+            "create-nobody",
+            START_MS + 30_000,
+            control_command::Command::CreateVersion(CreateVersionRequest {
+                spec: Some(v1::VersionSpec::from(&nobody)),
+            }),
+        ),
+        command(
+            "fork-beta",
+            START_MS + 50_000,
+            control_command::Command::ForkVersion(ForkVersionRequest {
+                from: "beta".into(),
+                to: "beta-b".into(),
+                overrides: Some(VersionOverrides {
+                    use_sample_weight: Some(false),
+                    ..Default::default()
+                }),
+            }),
+        ),
+        command(
+            "retire-logistic",
+            START_MS + 70_000,
+            control_command::Command::RetireVersion(RetireVersionRequest {
+                name: "logistic".into(),
+            }),
+        ),
+        // Refused when applied (no such version): logged, never fatal.
+        command(
+            "fork-missing",
+            START_MS + 60_000,
+            control_command::Command::ForkVersion(ForkVersionRequest {
+                from: "missing".into(),
+                to: "x".into(),
+                overrides: None,
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn commands_on_the_control_topic_apply_at_their_event_times_through_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(Storage::Memory);
+    broker.create_topic("samples", PARTITIONS);
+    broker.create_topic("control", 1);
+    let (records, _) = generate_records(LogSpec {
+        records: 120_000,
+        docs: 2_000,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 77,
+    });
+    produce_samples(&broker, &records, PARTITIONS);
+
+    let config_path = dir.path().join("learner.toml");
+    let text = learner_toml(
+        dir.path(),
+        "learner",
+        Source::Kafka(&broker.bootstrap()),
+        5_000,
+        None,
+    ) + &format!("\n[control]\nbrokers = \"{}\"\n", broker.bootstrap());
+    std::fs::write(&config_path, &text).unwrap();
+    let config = Config::from_toml(&text).unwrap();
+    let commands = commands(&config);
+    // One command twice (a retried admin call): applied once.
+    let mut on_topic = commands.clone();
+    on_topic.push(commands[1].clone());
+    let encoded: Vec<(String, Vec<u8>)> = on_topic
+        .iter()
+        .map(|c| (c.command_id.clone(), c.encode_to_vec()))
+        .collect();
+    broker.produce(
+        "control",
+        encoded
+            .iter()
+            .map(|(id, bytes)| (0, id.as_bytes().to_vec(), bytes.as_slice())),
+    );
+
+    let (expected, expected_dead) = oracle_with_commands(&config, &records, PARTITIONS, &commands);
+    let (without, _) = oracle(&config, &records, PARTITIONS);
+    assert_ne!(expected, without, "the commands must change the result");
+    for version in ["\"nobody\"", "\"beta-b\""] {
+        assert!(expected.contains(version), "{version} has keys");
+    }
+
+    let log = dir.path().join("learner.log");
+    let learner = binary("learner");
+    let run = || {
+        let mut cmd = Command::new(&learner);
+        cmd.args(["run", "--until-end", "--config"])
+            .arg(&config_path)
+            .stderr(log_file(&log));
+        cmd
+    };
+    let kills = kill_repeatedly(
+        run,
+        8,
+        &["before_checkpoint:10000", "after_checkpoint:10000"],
+        4,
+        Duration::from_millis(300),
+        Duration::from_millis(2_000),
+        5,
+    );
+    assert!(kills >= 4, "only {kills} kills landed mid-run");
+    let mut last = run().spawn().unwrap();
+    let status = finish_within(&mut last, Duration::from_secs(300), &log);
+    let text_log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "the last run failed: {text_log}");
+
+    let got = dump_store(&config);
+    assert!(got == expected, "{}", first_difference(&got, &expected));
+    let got_dead = std::fs::read_to_string(&config.dead_letter.path).unwrap();
+    assert_eq!(sorted_lines(&got_dead), sorted_lines(&expected_dead));
+    assert!(
+        text_log.contains("\"fork-missing\"") && text_log.contains("refused"),
+        "a refused command is logged"
+    );
+}

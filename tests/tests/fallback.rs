@@ -1,0 +1,78 @@
+//! The restore of last resort: a learner with neither live state nor a
+//! savepoint seeds its versions from the `params` topic the param-servers
+//! serve, bit for bit what the last learner published; a learner that has
+//! state never consults it.
+
+#![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
+
+use std::process::Command;
+
+use posterior_learner::config::Config;
+use posterior_tests::binary;
+use posterior_tests::broker::{Broker, Storage};
+use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
+use posterior_tests::log::{LogSpec, generate_records};
+use posterior_tests::oracle::{dump_store, first_difference, produce_samples};
+
+const PARTITIONS: u32 = 2;
+
+fn run(config_path: &std::path::Path, until_end: bool) -> String {
+    let mut cmd = Command::new(binary("learner"));
+    cmd.arg("run");
+    if until_end {
+        cmd.arg("--until-end");
+    }
+    let output = cmd.arg("--config").arg(config_path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_learner_without_state_or_savepoint_starts_from_the_served_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(Storage::Memory);
+    broker.create_topic("samples", PARTITIONS);
+    broker.create_topic("params", PARTITIONS);
+    let (records, _) = generate_records(LogSpec {
+        records: 40_000,
+        docs: 1_500,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 3,
+    });
+    produce_samples(&broker, &records, PARTITIONS);
+
+    // The learner that published, and whose state is then lost.
+    let first_path = dir.path().join("first.toml");
+    let first_text = learner_toml(
+        dir.path(),
+        "first",
+        Source::Kafka(&broker.bootstrap()),
+        5_000,
+        Some(&broker.bootstrap()),
+    );
+    std::fs::write(&first_path, &first_text).unwrap();
+    run(&first_path, true);
+    let published = dump_store(&Config::from_toml(&first_text).unwrap());
+
+    // Its replacement: no state, no savepoint, an input with nothing new.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let second_text = learner_toml(dir.path(), "second", Source::File(&empty), 5_000, None)
+        + &format!("\n[fallback.kafka]\nbrokers = \"{}\"\n", broker.bootstrap());
+    let second_path = dir.path().join("second.toml");
+    std::fs::write(&second_path, &second_text).unwrap();
+    let stderr = run(&second_path, false);
+    assert!(
+        stderr.contains("had neither live state nor savepoint"),
+        "{stderr}"
+    );
+    let second = Config::from_toml(&second_text).unwrap();
+    let got = dump_store(&second);
+    assert!(got == published, "{}", first_difference(&got, &published));
+
+    // With state, the served parameters are never consulted again.
+    let again = run(&second_path, false);
+    assert!(!again.contains("seeded"), "{again}");
+    assert!(again.contains("resumed from checkpoint"), "{again}");
+}
