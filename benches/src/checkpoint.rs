@@ -1,39 +1,36 @@
 //! Bench 4 of issue 3: checkpoints of ~100 000 changed keys at d = 32
 //! into a `RocksStore` on disk (synced), the ingestion stall they cause,
-//! and the restore of 1 M keys.
+//! and the restore of 1 M keys from the checkpoint and from a savepoint.
 //!
-//! The loop is the runner's loop with its checkpoint step spelled out,
-//! because `runner::Checkpointer` is private: publish the changed keys to
-//! a `NullSink` every 100 ms (the default `publish.interval_ms`, checked
-//! every 1024 records), and every `every` records publish and flush, append
-//! the dead letters to a file and `fsync` it, `Engine::checkpoint_delta()`
-//! (encode), then `RocksStore::write` (one synced `WriteBatch`, with the
-//! dead-letter length under the runner's meta key). The stall is the
-//! longest interval between the starts of two consecutive `ingest` calls
-//! (record generation is done in chunks beforehand and excluded).
+//! The loop is the runner's loop around the runner's own
+//! [`Checkpointer`]: publish the changed keys to a `NullSink` every 100 ms
+//! (the default `publish.interval_ms`, checked every 1024 records), and
+//! every `every` records checkpoint (publish and flush, dead letters
+//! synced, delta encoded, wait for the previous write, hand this one to
+//! the writer thread). The stall is the longest interval between the
+//! starts of two consecutive `ingest` calls (record generation is done in
+//! chunks beforehand and excluded).
 //!
 //! Docs are uniform over the keys in phase 2 (skew 1), so a checkpoint
 //! every 105 361 records finds ≈ 100 000 changed keys
 //! (1 M · (1 − e^(−0.105361)) = 100 000).
 
-use std::fs::File;
-use std::io::{BufWriter, Write as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use posterior_learner::codec::Table;
 use posterior_learner::config::Config;
-use posterior_learner::engine::{Engine, Payload, Write};
-use posterior_learner::publish::{NullSink, ParamSink, take_updates};
-use posterior_learner::runner::{fresh_engine, restore_engine};
-use posterior_learner::store::{CheckpointStats, RocksStore};
+use posterior_learner::engine::{Engine, Payload};
+use posterior_learner::publish::NullSink;
+use posterior_learner::runner::{
+    CheckpointTiming, Checkpointer, WriteDone, fresh_engine, restore_engine,
+};
+use posterior_learner::savepoint;
+use posterior_learner::store::RocksStore;
 
 use crate::workload::{Record, Workload, WorkloadSpec};
 
 /// Records per checkpoint for ≈ 100 000 changed keys of 1 M uniform keys.
 pub const EVERY_FOR_100K_KEYS: u64 = 105_361;
-/// The runner's meta key for the dead-letter file length.
-const DEAD_LETTER_BYTES: &[u8] = b"dead_letter_bytes";
 /// Records generated per chunk, outside the measured loop.
 const CHUNK: usize = 1 << 16;
 /// The default `publish.interval_ms`.
@@ -42,29 +39,14 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 const PUBLISH_CHECK_EVERY: u64 = 1024;
 
 /// One checkpoint's figures.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone)]
 pub struct Checkpoint {
     /// Records ingested before it (in the whole run).
     pub after_records: u64,
-    /// Keys whose params it wrote.
-    pub changed_keys: usize,
-    /// Publish + flush of the changed keys (`NullSink`).
-    pub publish: Duration,
-    /// Dead letters appended and synced.
-    pub dead_letters: Duration,
-    /// `checkpoint_delta()`: deciding and encoding the writes.
-    pub delta: Duration,
-    /// `RocksStore::write` as a whole (batch build + synced write).
-    pub write: Duration,
-    /// What the store reported.
-    pub stats: CheckpointStats,
-}
-
-impl Checkpoint {
-    /// Everything the checkpoint blocked ingestion for.
-    pub fn total(&self) -> Duration {
-        self.publish + self.dead_letters + self.delta + self.write
-    }
+    /// What it blocked ingestion for.
+    pub timing: CheckpointTiming,
+    /// Its write on the writer thread (known once it completed).
+    pub write: Option<WriteDone>,
 }
 
 /// A run's checkpoints and stalls.
@@ -85,51 +67,15 @@ pub struct CheckpointRun {
     pub publishes: (u64, Duration),
 }
 
-/// The runner's checkpoint, spelled out and timed.
-struct Checkpointer {
-    store: RocksStore,
-    sink: NullSink,
-    dead: BufWriter<File>,
-    dead_len: u64,
-}
-
-impl Checkpointer {
-    fn checkpoint(&mut self, engine: &mut Engine, records: u64) -> Checkpoint {
-        let t0 = Instant::now();
-        let updates = take_updates(engine);
-        self.sink.publish(updates).expect("a null sink accepts");
-        self.sink.flush().expect("a null sink flushes");
-        let t1 = Instant::now();
-        for letter in engine.take_dead_letters() {
-            let mut line = serde_json::to_vec(&letter).expect("dead letters encode");
-            line.push(b'\n');
-            self.dead.write_all(&line).expect("write dead letters");
-            self.dead_len += line.len() as u64;
-        }
-        self.dead.flush().expect("flush dead letters");
-        self.dead.get_ref().sync_data().expect("sync dead letters");
-        let t2 = Instant::now();
-        let mut writes = engine.checkpoint_delta();
-        writes.push(Write::Put(
-            Table::Meta,
-            DEAD_LETTER_BYTES.to_vec(),
-            self.dead_len.to_le_bytes().to_vec(),
-        ));
-        let changed_keys = writes
-            .iter()
-            .filter(|w| matches!(w, Write::Put(Table::Params, ..)))
-            .count();
-        let t3 = Instant::now();
-        let stats = self.store.write(writes).expect("write checkpoint");
-        let t4 = Instant::now();
-        Checkpoint {
-            after_records: records,
-            changed_keys,
-            publish: t1 - t0,
-            dead_letters: t2 - t1,
-            delta: t3 - t2,
-            write: t4 - t3,
-            stats,
+impl CheckpointRun {
+    /// Records the write the checkpointer completed last, on the
+    /// checkpoint it belongs to (the completed count numbers them).
+    fn note_write(&mut self, checkpointer: &Checkpointer) {
+        if let Some(done) = checkpointer.last_write() {
+            let index = checkpointer.completed() as usize - 1;
+            if let Some(c) = self.checkpoints.get_mut(index) {
+                c.write.get_or_insert_with(|| done.clone());
+            }
         }
     }
 }
@@ -145,13 +91,8 @@ pub fn run(
 ) -> (CheckpointRun, Engine) {
     let _ = std::fs::remove_dir_all(&config.state.dir);
     let store = RocksStore::open(&config.state.dir).expect("open store");
-    let dead = BufWriter::new(File::create(&config.dead_letter.path).expect("dead-letter file"));
-    let mut checkpointer = Checkpointer {
-        store,
-        sink: NullSink::default(),
-        dead,
-        dead_len: 0,
-    };
+    let mut checkpointer = Checkpointer::new(config, store, None, Box::new(NullSink::default()))
+        .expect("checkpointer");
     let mut engine = fresh_engine(config, 0..spec.partitions).expect("bench versions register");
     let mut workload = Workload::new(spec);
     let mut out = CheckpointRun::default();
@@ -179,8 +120,15 @@ pub fn run(
             engine.ingest(r.partition, r.offset, Payload::Sample(r.sample));
             out.records += 1;
             if out.records.is_multiple_of(every) {
-                out.checkpoints
-                    .push(checkpointer.checkpoint(&mut engine, out.records));
+                let timing = checkpointer
+                    .checkpoint(&mut engine, out.records)
+                    .expect("checkpoint");
+                out.note_write(&checkpointer);
+                out.checkpoints.push(Checkpoint {
+                    after_records: out.records,
+                    timing,
+                    write: None,
+                });
                 checkpointed = true;
                 last_publish = Instant::now();
             } else if out.records.is_multiple_of(PUBLISH_CHECK_EVERY)
@@ -188,8 +136,7 @@ pub fn run(
             {
                 let start = Instant::now();
                 checkpointer
-                    .sink
-                    .publish(take_updates(&mut engine))
+                    .publish(&mut engine)
                     .expect("a null sink accepts");
                 last_publish = Instant::now();
                 out.publishes.0 += 1;
@@ -199,10 +146,50 @@ pub fn run(
         loop_time += start.elapsed();
     }
     engine.finish();
-    out.checkpoints
-        .push(checkpointer.checkpoint(&mut engine, out.records));
+    let timing = checkpointer
+        .checkpoint(&mut engine, out.records)
+        .expect("checkpoint");
+    out.note_write(&checkpointer);
+    out.checkpoints.push(Checkpoint {
+        after_records: out.records,
+        timing,
+        write: None,
+    });
+    checkpointer.wait().expect("last write");
+    out.note_write(&checkpointer);
     out.wall = loop_time;
     (out, engine)
+}
+
+/// Takes a savepoint of the store under `config.state.dir` into `root`,
+/// then restores it into the empty store `into` and rebuilds the engine
+/// as `learner run --from-savepoint` does. Returns the time to write the
+/// savepoint, the time of the restore (copy into the store + rebuild),
+/// and the engine.
+pub fn savepoint_round_trip(
+    config: &Config,
+    root: &Path,
+    into: &Config,
+    partition_count: u32,
+) -> (Duration, Duration, Engine) {
+    let start = Instant::now();
+    let taken = {
+        let store = RocksStore::open(&config.state.dir).expect("open store");
+        savepoint::write(root, &store, partition_count).expect("write savepoint")
+    };
+    let written = start.elapsed();
+    let start = Instant::now();
+    let _ = std::fs::remove_dir_all(&into.state.dir);
+    if let Some(parent) = into.state.dir.parent() {
+        std::fs::create_dir_all(parent).expect("create the restore directory");
+    }
+    let store = RocksStore::open(&into.state.dir).expect("open empty store");
+    let verified = savepoint::verify(&taken.dir).expect("verify savepoint");
+    savepoint::restore_into(&verified, None, &store).expect("restore savepoint");
+    let (engine, _) = restore_engine(into, &store)
+        .expect("restore")
+        .expect("a state exists");
+    (written, start.elapsed(), engine)
 }
 
 /// Restore: open the store and rebuild the engine as the runner does at

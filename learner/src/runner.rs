@@ -29,7 +29,7 @@ use crate::kafka::{ControlReader, KafkaSource, ParamsTopic, Polled};
 use crate::publish::{KafkaSink, NullSink, ParamSink, take_updates};
 use crate::registry::Registry;
 use crate::savepoint::{self, Savepoint};
-use crate::store::RocksStore;
+use crate::store::{CheckpointStats, RocksStore, StoreError};
 use crate::watermark::PartitionClock;
 
 /// Smallest event-time gap a throttled partition may run ahead (ms).
@@ -356,14 +356,14 @@ pub fn run_bounded_controlled(
     }
     commands.poll(&mut engine)?;
     engine.finish();
-    checkpointer.checkpoint(&mut engine, records)?;
+    checkpointer.finish(&mut engine, records)?;
     if config.savepoints.as_ref().is_some_and(|s| s.on_shutdown) {
         checkpointer.savepoint(config, 1, records)?;
     }
     Ok(RunSummary {
         restored,
         records,
-        checkpoints: checkpointer.count,
+        checkpoints: checkpointer.completed(),
         counters: engine.counters().clone(),
         throttles: 0,
         seeded,
@@ -585,6 +585,11 @@ pub fn run_kafka_with(
             last_checkpoint = Instant::now();
         }
         commands.poll(&mut engine)?;
+        if let Some(done) = checkpointer.poll()?
+            && let Err(err) = source.commit_informational(&done.offsets)
+        {
+            eprintln!("learner: informational offset commit failed: {err}");
+        }
         if let Some(targets) = &targets
             && reached(&engine, targets)
         {
@@ -679,15 +684,14 @@ pub fn run_kafka_with(
                 && last_checkpoint.elapsed() >= every)
         {
             checkpointer.checkpoint(&mut engine, records)?;
-            if let Err(err) = source.commit_informational(engine.next_offsets()) {
-                eprintln!("learner: informational offset commit failed: {err}");
-            }
             since_checkpoint = 0;
             last_checkpoint = Instant::now();
         }
     }
-    checkpointer.checkpoint(&mut engine, records)?;
-    if let Err(err) = source.commit_informational(engine.next_offsets()) {
+    checkpointer.finish(&mut engine, records)?;
+    if let Some(done) = checkpointer.last_write()
+        && let Err(err) = source.commit_informational(&done.offsets)
+    {
         eprintln!("learner: informational offset commit failed: {err}");
     }
     if config.savepoints.as_ref().is_some_and(|s| s.on_shutdown) {
@@ -696,7 +700,7 @@ pub fn run_kafka_with(
     Ok(RunSummary {
         restored: was_restored,
         records,
-        checkpoints: checkpointer.count,
+        checkpoints: checkpointer.completed(),
         counters: engine.counters().clone(),
         throttles,
         seeded,
@@ -742,40 +746,109 @@ fn ahead_partitions(
 }
 
 /// Writes checkpoints: the engine's delta and the dead-letter file length,
-/// in one synced store write.
-struct Checkpointer {
-    store: RocksStore,
+/// in one synced store write, in the background.
+///
+/// A checkpoint blocks ingestion only while it publishes and flushes the
+/// changed keys, syncs the dead letters and encodes the delta; the synced
+/// RocksDB write then runs on a writer thread while ingestion goes on. At
+/// most one write is in flight: the next checkpoint, a savepoint and the
+/// end of a run first wait for it, so writes land in order and a crash at
+/// any moment leaves the last completed one (the order of publish, flush,
+/// dead letters and write is unchanged, and the guarantee with it).
+pub struct Checkpointer {
+    store: Arc<RocksStore>,
     dead: DeadLetterFile,
     sink: Box<dyn ParamSink>,
     failpoint: Failpoint,
     count: u64,
+    in_flight: Option<InFlight>,
+    last_write: Option<WriteDone>,
+}
+
+/// A handed-off write.
+struct InFlight {
+    records: u64,
+    offsets: BTreeMap<u32, u64>,
+    handle: std::thread::JoinHandle<Result<(CheckpointStats, Duration), StoreError>>,
+}
+
+/// A completed checkpoint write.
+#[derive(Debug, Clone)]
+pub struct WriteDone {
+    /// What the store reported.
+    pub stats: CheckpointStats,
+    /// Wall time of the write on the writer thread.
+    pub took: Duration,
+    /// The next offsets this checkpoint made durable.
+    pub offsets: BTreeMap<u32, u64>,
+}
+
+/// What one checkpoint cost the ingesting thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckpointTiming {
+    /// Publish and flush of the changed keys.
+    pub publish: Duration,
+    /// Dead letters appended and synced.
+    pub dead_letters: Duration,
+    /// `Engine::checkpoint_delta`: deciding and encoding the writes.
+    pub delta: Duration,
+    /// Waiting for the previous write to finish.
+    pub waited: Duration,
+    /// Keys whose params it writes.
+    pub changed_keys: usize,
+    /// Puts and deletes it writes.
+    pub writes: usize,
+}
+
+impl CheckpointTiming {
+    /// Everything the checkpoint blocked ingestion for.
+    pub fn total(&self) -> Duration {
+        self.publish + self.dead_letters + self.delta + self.waited
+    }
 }
 
 impl Checkpointer {
-    fn new(
+    /// A checkpointer into `store`, appending dead letters to the config's
+    /// file (truncated to `dead_len`, the length the restored checkpoint
+    /// recorded, or emptied for a fresh state) and publishing to `sink`.
+    pub fn new(
         config: &Config,
         store: RocksStore,
         dead_len: Option<u64>,
         sink: Box<dyn ParamSink>,
     ) -> Result<Self> {
         Ok(Self {
-            store,
+            store: Arc::new(store),
             dead: DeadLetterFile::open(&config.dead_letter.path, dead_len)?,
             sink,
             failpoint: Failpoint::from_env(),
             count: 0,
+            in_flight: None,
+            last_write: None,
         })
     }
 
-    /// Takes a savepoint of the last checkpoint.
-    fn savepoint(&self, config: &Config, partition_count: u32, records: u64) -> Result<()> {
+    /// Checkpoints completed so far.
+    pub fn completed(&self) -> u64 {
+        self.count
+    }
+
+    /// The last completed write, if any.
+    pub fn last_write(&self) -> Option<&WriteDone> {
+        self.last_write.as_ref()
+    }
+
+    /// Takes a savepoint of the last checkpoint (after waiting for it).
+    pub fn savepoint(&mut self, config: &Config, partition_count: u32, records: u64) -> Result<()> {
+        self.wait()?;
         let dir = &config
             .savepoints
             .as_ref()
             .context("a savepoint needs [savepoints] dir in the config")?
             .dir;
+        let failpoint = &self.failpoint;
         let taken = savepoint::write_with(dir, &self.store, partition_count, || {
-            self.failpoint.hit("mid_savepoint", records);
+            failpoint.hit("mid_savepoint", records);
         })
         .context("take savepoint")?;
         eprintln!("learner: savepoint {}", taken.dir.display());
@@ -784,7 +857,7 @@ impl Checkpointer {
 
     /// Publishes the keys changed since the last publish, and logs the
     /// admin commands applied since.
-    fn publish(&mut self, engine: &mut Engine) -> Result<()> {
+    pub fn publish(&mut self, engine: &mut Engine) -> Result<()> {
         for outcome in engine.take_control_outcomes() {
             let result = match &outcome.result {
                 Ok(done) => format!("ok: {done}"),
@@ -803,21 +876,93 @@ impl Checkpointer {
     }
 
     /// Publishes and flushes (everything the checkpoint covers is
-    /// delivered first), then writes the checkpoint.
-    fn checkpoint(&mut self, engine: &mut Engine, records: u64) -> Result<()> {
+    /// delivered first), syncs the dead letters, encodes the delta, waits
+    /// for the previous write and hands this one to a writer thread.
+    /// Returns what ingestion was blocked for.
+    pub fn checkpoint(&mut self, engine: &mut Engine, records: u64) -> Result<CheckpointTiming> {
+        let t0 = Instant::now();
         self.publish(engine)?;
         self.sink.flush().context("flush published updates")?;
+        let t1 = Instant::now();
         let dead_bytes = self.dead.append(&engine.take_dead_letters())?;
+        let t2 = Instant::now();
         let mut writes = engine.checkpoint_delta();
         writes.push(Write::Put(
             Table::Meta,
             DEAD_LETTER_BYTES.to_vec(),
             dead_bytes.to_le_bytes().to_vec(),
         ));
+        let changed_keys = writes
+            .iter()
+            .filter(|w| matches!(w, Write::Put(Table::Params, ..)))
+            .count();
+        let count = writes.len();
+        let t3 = Instant::now();
+        self.wait()?;
+        let t4 = Instant::now();
         self.failpoint.hit("before_checkpoint", records);
-        self.store.write(writes).context("write checkpoint")?;
+        let store = Arc::clone(&self.store);
+        let handle = std::thread::Builder::new()
+            .name("checkpoint-writer".into())
+            .spawn(move || {
+                let start = Instant::now();
+                store.write(writes).map(|stats| (stats, start.elapsed()))
+            })
+            .context("start the checkpoint writer")?;
+        self.in_flight = Some(InFlight {
+            records,
+            offsets: engine.next_offsets().clone(),
+            handle,
+        });
+        Ok(CheckpointTiming {
+            publish: t1 - t0,
+            dead_letters: t2 - t1,
+            delta: t3 - t2,
+            waited: t4 - t3,
+            changed_keys,
+            writes: count,
+        })
+    }
+
+    /// Waits for the write in flight, if any; returns the checkpoint it
+    /// completed.
+    pub fn wait(&mut self) -> Result<Option<&WriteDone>> {
+        let Some(in_flight) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        let (stats, took) = in_flight
+            .handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the checkpoint writer panicked"))?
+            .context("write checkpoint")?;
         self.count += 1;
-        self.failpoint.hit("after_checkpoint", records);
+        self.failpoint.hit("after_checkpoint", in_flight.records);
+        self.last_write = Some(WriteDone {
+            stats,
+            took,
+            offsets: in_flight.offsets,
+        });
+        Ok(self.last_write.as_ref())
+    }
+
+    /// Completes the write in flight if it has finished, without waiting;
+    /// returns the checkpoint it completed.
+    pub fn poll(&mut self) -> Result<Option<&WriteDone>> {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.handle.is_finished())
+        {
+            self.wait()
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Takes a last checkpoint and waits until it is written.
+    pub fn finish(&mut self, engine: &mut Engine, records: u64) -> Result<()> {
+        self.checkpoint(engine, records)?;
+        self.wait()?;
         Ok(())
     }
 }
