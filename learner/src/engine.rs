@@ -512,17 +512,24 @@ impl Engine {
             reward,
             weight,
         };
-        self.dirty.pending.insert(key);
         if self.batcher.fills_alone(key, &obs) {
+            // Nothing was pending for the key and nothing will be.
             self.apply(key, std::slice::from_ref(&obs));
-        } else if let Some(batch) = self.batcher.push(key, obs) {
-            self.apply(key, &batch);
+        } else {
+            self.dirty.pending.insert(key);
+            if let Some(batch) = self.batcher.push(key, obs) {
+                self.apply(key, &batch);
+            }
         }
     }
 
     fn apply(&mut self, key: ParamKey, batch: &[PendingObservation]) {
-        // The key's pending batch is gone (flushed), whatever the outcome.
-        self.dirty.pending.insert(key);
+        // The key's pending batch is gone (flushed), whatever the outcome:
+        // the store must drop it if a checkpoint wrote it. A batch pushed
+        // since the last checkpoint is already marked (see `process`).
+        if !self.stored_pending.is_empty() && self.stored_pending.contains(&key) {
+            self.dirty.pending.insert(key);
+        }
         let spec = &self
             .registry
             .get(key.version)
