@@ -593,3 +593,66 @@ impl crate::fallback::ServedParams for ParamsTopic {
             .unwrap_or_default())
     }
 }
+
+/// The outcome of the one record [`send_control`] produces.
+#[derive(Default, Clone)]
+struct OneDelivery(std::sync::Arc<std::sync::Mutex<Option<Result<i64, String>>>>);
+
+impl rdkafka::ClientContext for OneDelivery {}
+
+impl rdkafka::producer::ProducerContext for OneDelivery {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, (): ()) {
+        let outcome = match result {
+            Ok(message) => Ok(message.offset()),
+            Err((err, _)) => Err(err.to_string()),
+        };
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(outcome);
+        }
+    }
+}
+
+/// Sends one admin command to the `control` topic (partition 0, keyed by
+/// its id) and waits for the broker's acknowledgement; returns its offset.
+/// The operator's path until the param-server's admin API issues them.
+pub fn send_control(
+    config: &crate::config::ControlConfig,
+    command: &posterior_proto::v1::ControlCommand,
+) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let outcome = OneDelivery::default();
+    let producer: BaseProducer<OneDelivery> = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("acks", "all")
+        .set("message.timeout.ms", timeout.as_millis().to_string())
+        .create_with_context(outcome.clone())
+        .context("create control producer")?;
+    let bytes = prost::Message::encode_to_vec(command);
+    producer
+        .send(
+            BaseRecord::to(&config.topic)
+                .partition(0)
+                .key(&command.command_id)
+                .payload(&bytes),
+        )
+        .map_err(|(err, _)| anyhow::anyhow!("send to {:?}: {err}", config.topic))?;
+    producer.flush(timeout).with_context(|| {
+        format!(
+            "no acknowledgement from {:?} within {timeout:?}",
+            config.topic
+        )
+    })?;
+    let delivered = outcome
+        .0
+        .lock()
+        .map_err(|_| anyhow::anyhow!("delivery report lock poisoned"))?
+        .take()
+        .context("flushed without a delivery report")?;
+    let offset =
+        delivered.map_err(|err| anyhow::anyhow!("deliver to {:?}: {err}", config.topic))?;
+    Ok(offset as u64)
+}

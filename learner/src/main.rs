@@ -7,6 +7,9 @@
 //! - `learner dump --config FILE` or `--savepoint DIR`: print every key's
 //!   state as exact JSONL.
 //! - `learner savepoint create|list|verify`: savepoints of the live state.
+//! - `learner control --config FILE create|fork|retire ...`: an admin
+//!   command on the `[control]` topic, applied by every learner at its
+//!   event time (`--at-ms`, default now).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,13 +24,17 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
+use posterior_learner::config::VersionConfig;
 use posterior_learner::config::{Config, SourceConfig};
+use posterior_learner::control::Scheduled;
+use posterior_learner::kafka::send_control;
 use posterior_learner::runner::{
     Controls, KafkaRunMode, SavepointChoice, open_engine, restore_savepoint,
     restore_savepoint_if_missing, run_bounded, run_kafka,
 };
 use posterior_learner::savepoint;
 use posterior_learner::store::RocksStore;
+use posterior_proto::v1;
 
 #[derive(Parser)]
 #[command(version, about = "Posterior's online Thompson-sampling learner")]
@@ -66,6 +73,61 @@ enum Command {
     Savepoint {
         #[command(subcommand)]
         action: SavepointAction,
+    },
+    /// Send an admin command to the `[control]` topic: every learner
+    /// reading it applies the command at its event time.
+    Control {
+        /// The learner's TOML config (for `[control]`).
+        #[arg(long)]
+        config: PathBuf,
+        /// Event time the command takes effect at (Unix ms); default now,
+        /// which is ahead of a learner's watermark.
+        #[arg(long)]
+        at_ms: Option<i64>,
+        /// Command id (default: generated); resending an id is harmless.
+        #[arg(long)]
+        id: Option<String>,
+        #[command(subcommand)]
+        action: ControlAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ControlAction {
+    /// Create a version from a `[[versions]]` table given as TOML text,
+    /// e.g. 'name = "b2"\nmodel = "beta"\nreward_label = "click"'.
+    Create {
+        /// The version table.
+        #[arg(long)]
+        spec: String,
+    },
+    /// Fork a version from another's current parameters (warm start).
+    Fork {
+        /// Source version.
+        #[arg(long)]
+        from: String,
+        /// New version.
+        #[arg(long)]
+        to: String,
+        /// Reward label of the fork.
+        #[arg(long)]
+        reward_label: Option<String>,
+        /// Reward threshold of the fork.
+        #[arg(long)]
+        reward_threshold: Option<f64>,
+        /// Forgetting half-life of the fork (0 = off).
+        #[arg(long)]
+        forgetting_half_life_ms: Option<i64>,
+        /// Whether the fork uses sample weights.
+        #[arg(long)]
+        use_sample_weight: Option<bool>,
+    },
+    /// Retire a version: its samples become dead letters, its parameters
+    /// stay.
+    Retire {
+        /// The version.
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -217,8 +279,76 @@ fn main() -> Result<()> {
                 );
             }
         },
+        Command::Control {
+            config,
+            at_ms,
+            id,
+            action,
+        } => {
+            let config = load(&config)?;
+            let control = config
+                .control
+                .as_ref()
+                .context("the config has no [control] topic")?;
+            let command = control_command(action, at_ms, id)?;
+            // Refuse what a learner would refuse, before it reaches the topic.
+            Scheduled::try_from(command.clone()).context("invalid command")?;
+            let offset = send_control(control, &command)?;
+            println!(
+                "{}\tat {}\toffset {offset}",
+                command.command_id, command.effective_event_time_ms
+            );
+        }
     }
     Ok(())
+}
+
+/// The wire command of a `learner control` invocation.
+fn control_command(
+    action: ControlAction,
+    at_ms: Option<i64>,
+    id: Option<String>,
+) -> Result<v1::ControlCommand> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("clock before 1970")?
+        .as_millis() as i64;
+    let command = match action {
+        ControlAction::Create { spec } => {
+            let table: VersionConfig =
+                toml::from_str(&spec).context("--spec is not a valid version table")?;
+            let spec = table.spec().context("--spec")?;
+            v1::control_command::Command::CreateVersion(v1::CreateVersionRequest {
+                spec: Some(v1::VersionSpec::from(&spec)),
+            })
+        }
+        ControlAction::Fork {
+            from,
+            to,
+            reward_label,
+            reward_threshold,
+            forgetting_half_life_ms,
+            use_sample_weight,
+        } => v1::control_command::Command::ForkVersion(v1::ForkVersionRequest {
+            from,
+            to,
+            overrides: Some(v1::VersionOverrides {
+                reward_label,
+                reward_threshold,
+                forgetting_half_life_ms,
+                use_sample_weight,
+            }),
+        }),
+        ControlAction::Retire { name } => {
+            v1::control_command::Command::RetireVersion(v1::RetireVersionRequest { name })
+        }
+    };
+    Ok(v1::ControlCommand {
+        command_id: id.unwrap_or_else(|| format!("cli-{now_ms}-{}", std::process::id())),
+        effective_event_time_ms: at_ms.unwrap_or(now_ms),
+        issued_by: std::env::var("USER").unwrap_or_else(|_| "learner-cli".into()),
+        command: Some(command),
+    })
 }
 
 /// A minimal config whose live store is `scratch`, for dumping a savepoint

@@ -110,8 +110,13 @@ fn commands_on_the_control_topic_apply_at_their_event_times_through_crashes() {
     std::fs::write(&config_path, &text).unwrap();
     let config = Config::from_toml(&text).unwrap();
     let commands = commands(&config);
-    // One command twice (a retried admin call): applied once.
-    let mut on_topic = commands.clone();
+    // One command twice (a retried admin call): applied once. The
+    // retirement goes through the operator's CLI instead.
+    let mut on_topic: Vec<ControlCommand> = commands
+        .iter()
+        .filter(|c| c.command_id != "retire-logistic")
+        .cloned()
+        .collect();
     on_topic.push(commands[1].clone());
     let encoded: Vec<(String, Vec<u8>)> = on_topic
         .iter()
@@ -122,6 +127,44 @@ fn commands_on_the_control_topic_apply_at_their_event_times_through_crashes() {
         encoded
             .iter()
             .map(|(id, bytes)| (0, id.as_bytes().to_vec(), bytes.as_slice())),
+    );
+
+    let cli = |args: &[&str]| {
+        Command::new(binary("learner"))
+            .args(["control", "--config"])
+            .arg(&config_path)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let at = (START_MS + 70_000).to_string();
+    let sent = cli(&[
+        "--id",
+        "retire-logistic",
+        "--at-ms",
+        &at,
+        "retire",
+        "--name",
+        "logistic",
+    ]);
+    assert!(sent.status.success(), "{sent:?}");
+    assert!(String::from_utf8_lossy(&sent.stdout).starts_with("retire-logistic\tat "));
+    let refused = cli(&[
+        "fork",
+        "--from",
+        "beta",
+        "--to",
+        "b3",
+        "--reward-threshold",
+        "NaN",
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("reward_threshold"), "{stderr}");
+    assert_eq!(
+        broker.high_watermarks("control", 1),
+        vec![on_topic.len() as u64 + 1],
+        "the refused command never reached the topic"
     );
 
     let (expected, expected_dead) = oracle_with_commands(&config, &records, PARTITIONS, &commands);
