@@ -68,6 +68,20 @@ pub struct CheckpointRun {
 }
 
 impl CheckpointRun {
+    /// Takes a checkpoint after the records so far and records its timing
+    /// (and the previous write, which it waited for).
+    fn checkpoint(&mut self, checkpointer: &mut Checkpointer, engine: &mut Engine) {
+        let timing = checkpointer
+            .checkpoint(engine, self.records)
+            .expect("checkpoint");
+        self.note_write(checkpointer);
+        self.checkpoints.push(Checkpoint {
+            after_records: self.records,
+            timing,
+            write: None,
+        });
+    }
+
     /// Records the write the checkpointer completed last, on the
     /// checkpoint it belongs to (the completed count numbers them).
     fn note_write(&mut self, checkpointer: &Checkpointer) {
@@ -120,15 +134,7 @@ pub fn run(
             engine.ingest(r.partition, r.offset, Payload::Sample(r.sample));
             out.records += 1;
             if out.records.is_multiple_of(every) {
-                let timing = checkpointer
-                    .checkpoint(&mut engine, out.records)
-                    .expect("checkpoint");
-                out.note_write(&checkpointer);
-                out.checkpoints.push(Checkpoint {
-                    after_records: out.records,
-                    timing,
-                    write: None,
-                });
+                out.checkpoint(&mut checkpointer, &mut engine);
                 checkpointed = true;
                 last_publish = Instant::now();
             } else if out.records.is_multiple_of(PUBLISH_CHECK_EVERY)
@@ -146,15 +152,7 @@ pub fn run(
         loop_time += start.elapsed();
     }
     engine.finish();
-    let timing = checkpointer
-        .checkpoint(&mut engine, out.records)
-        .expect("checkpoint");
-    out.note_write(&checkpointer);
-    out.checkpoints.push(Checkpoint {
-        after_records: out.records,
-        timing,
-        write: None,
-    });
+    out.checkpoint(&mut checkpointer, &mut engine);
     checkpointer.wait().expect("last write");
     out.note_write(&checkpointer);
     out.wall = loop_time;

@@ -134,3 +134,12 @@ pub fn kill_repeatedly(
     }
     kills
 }
+
+/// `learner run --until-end --config CONFIG`, its stderr appended to `log`.
+pub fn learner_until_end(config: &Path, log: &Path) -> Command {
+    let mut cmd = Command::new(binary("learner"));
+    cmd.args(["run", "--until-end", "--config"])
+        .arg(config)
+        .stderr(log_file(log));
+    cmd
+}

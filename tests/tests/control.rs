@@ -21,7 +21,7 @@ use posterior_tests::log::{LogSpec, generate_records};
 use posterior_tests::oracle::{
     dump_store, first_difference, oracle, oracle_with_commands, produce_samples, sorted_lines,
 };
-use posterior_tests::{binary, finish_within, kill_repeatedly, log_file};
+use posterior_tests::{binary, finish_within, kill_repeatedly, learner_until_end};
 use prost::Message as _;
 
 const PARTITIONS: u32 = 2;
@@ -175,14 +175,7 @@ fn commands_on_the_control_topic_apply_at_their_event_times_through_crashes() {
     }
 
     let log = dir.path().join("learner.log");
-    let learner = binary("learner");
-    let run = || {
-        let mut cmd = Command::new(&learner);
-        cmd.args(["run", "--until-end", "--config"])
-            .arg(&config_path)
-            .stderr(log_file(&log));
-        cmd
-    };
+    let run = || learner_until_end(&config_path, &log);
     let kills = kill_repeatedly(
         run,
         8,

@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use posterior_learner::config::Config;
@@ -23,7 +22,7 @@ use posterior_tests::log::{LogSpec, generate_records};
 use posterior_tests::oracle::{
     dump_store, first_difference, oracle, produce_samples, sorted_lines,
 };
-use posterior_tests::{binary, finish_within, kill_repeatedly, log_file};
+use posterior_tests::{finish_within, kill_repeatedly, learner_until_end};
 use prost::Message as _;
 
 const PARTITIONS: u32 = 4;
@@ -69,15 +68,8 @@ fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
     assert!(dead_lines("late") >= injected.late * 9 / 10);
     assert!(dead_lines("duplicate") >= injected.duplicates / 2);
 
-    let learner = binary("learner");
     let log = dir.path().join("learner.log");
-    let run = || {
-        let mut cmd = Command::new(&learner);
-        cmd.args(["run", "--until-end", "--config"])
-            .arg(&config_path)
-            .stderr(log_file(&log));
-        cmd
-    };
+    let run = || learner_until_end(&config_path, &log);
     let kills = kill_repeatedly(
         run,
         16,
