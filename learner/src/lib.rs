@@ -12,6 +12,7 @@
 //!   learner's own checkpoint.
 //! - [`publish`]: coalesced parameter updates to a channel or the `params`
 //!   topic.
+//! - [`producer`]: a Kafka producer with checked deliveries.
 //! - [`partitioning`]: the doc → partition rule of the topics.
 //! - [`engine`]: the pure core — records in, parameters and dead letters out.
 //! - [`watermark`]: per-partition and instance event-time watermarks.
@@ -48,6 +49,8 @@ pub mod meta;
 pub mod params;
 pub mod partitioning;
 pub mod posterior;
+#[cfg(feature = "io")]
+pub mod producer;
 #[cfg(feature = "io")]
 pub mod publish;
 pub mod registry;

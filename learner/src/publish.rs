@@ -14,22 +14,15 @@
 //! learner stops taking records) and the time blocked is counted — the
 //! backpressure is visible, the memory bounded.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use posterior_proto::v1::ParamUpdate;
 use prost::Message as _;
-use rdkafka::ClientConfig;
-use rdkafka::ClientContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
 use crate::engine::Engine;
-use crate::kafka::topic_partitions;
 use crate::params::update_to_wire;
 use crate::partitioning::partition_of;
+use crate::producer::{CheckedProducer, ProducerError};
 
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +31,8 @@ pub enum PublishError {
     #[error("the params channel is closed")]
     Closed,
     /// The Kafka producer failed.
-    #[error("params topic: {0}")]
-    Kafka(String),
+    #[error(transparent)]
+    Kafka(#[from] ProducerError),
 }
 
 /// Counts of a sink, for metrics.
@@ -164,64 +157,20 @@ impl ParamSink for ChannelSink {
     }
 }
 
-/// Delivery failures reported by librdkafka's background thread.
-#[derive(Debug, Default, Clone)]
-struct Deliveries {
-    failed: Arc<AtomicU64>,
-    last_error: Arc<std::sync::Mutex<Option<String>>>,
-}
-
-impl ClientContext for Deliveries {}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((err, _)) = result {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut last) = self.last_error.lock() {
-                *last = Some(err.to_string());
-            }
-        }
-    }
-}
-
 /// The Kafka `params` topic: key `version/doc_id`, value a protobuf
 /// `ParamUpdate`, partition `partitioning::partition_of(doc_id, n)` — the
 /// samples topic's rule, so a key's updates stay in order on one
 /// partition and the topic can be compacted.
 pub struct KafkaSink {
-    producer: BaseProducer<Deliveries>,
-    deliveries: Deliveries,
-    topic: String,
-    partitions: u32,
-    flush_timeout: Duration,
+    producer: CheckedProducer,
     stats: PublishStats,
 }
 
 impl KafkaSink {
     /// Connects to `brokers` and reads the partition count of `topic`.
     pub fn open(brokers: &str, topic: &str, flush_timeout: Duration) -> Result<Self, PublishError> {
-        let deliveries = Deliveries::default();
-        let producer: BaseProducer<Deliveries> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "200000")
-            .create_with_context(deliveries.clone())
-            .map_err(|e| PublishError::Kafka(format!("create producer: {e}")))?;
-        let probe: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .create()
-            .map_err(|e| PublishError::Kafka(format!("create metadata client: {e}")))?;
-        let partitions = topic_partitions(&probe, topic, flush_timeout)
-            .map_err(|e| PublishError::Kafka(e.to_string()))?;
         Ok(Self {
-            producer,
-            deliveries,
-            topic: topic.to_owned(),
-            partitions: partitions.len() as u32,
-            flush_timeout,
+            producer: CheckedProducer::open(brokers, topic, flush_timeout)?,
             stats: PublishStats::default(),
         })
     }
@@ -236,48 +185,18 @@ impl ParamSink for KafkaSink {
                 continue;
             };
             let key = format!("{}/{}", params.version, params.doc_id);
-            let partition = partition_of(params.doc_id, self.partitions) as i32;
-            let value = update.encode_to_vec();
-            let mut record = BaseRecord::to(&self.topic)
-                .key(&key)
-                .payload(&value)
-                .partition(partition);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        // The bounded queue is full: wait for deliveries.
-                        let start = Instant::now();
-                        self.producer.poll(Duration::from_millis(10));
-                        self.stats.blocked_us += start.elapsed().as_micros() as u64;
-                        record = back;
-                    }
-                    Err((err, _)) => return Err(PublishError::Kafka(format!("send {key}: {err}"))),
-                }
-            }
+            let partition = partition_of(params.doc_id, self.producer.partitions());
+            let blocked = self
+                .producer
+                .send(partition, key.as_bytes(), &update.encode_to_vec())?;
+            self.stats.blocked_us += blocked.as_micros() as u64;
         }
-        self.producer.poll(Duration::ZERO);
+        self.producer.poll();
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), PublishError> {
-        self.producer
-            .flush(self.flush_timeout)
-            .map_err(|e| PublishError::Kafka(format!("flush: {e}")))?;
-        let failed = self.deliveries.failed.swap(0, Ordering::Relaxed);
-        if failed > 0 {
-            let last = self
-                .deliveries
-                .last_error
-                .lock()
-                .ok()
-                .and_then(|l| l.clone())
-                .unwrap_or_default();
-            return Err(PublishError::Kafka(format!(
-                "{failed} updates were not delivered (last error: {last})"
-            )));
-        }
-        Ok(())
+        Ok(self.producer.flush()?)
     }
 
     fn stats(&self) -> PublishStats {
