@@ -16,8 +16,8 @@ use crate::bound::shifted_bound;
 use crate::curve::{Band, Checkpoints, Recorder};
 use crate::parallel::{PROGRESS_EVERY_STEPS, Runner};
 use crate::report::{PolicyResult, ReferenceCurve, ScenarioResult};
-use crate::seed::{SimRng, Stream, replicate_seed, stream_rng};
 use crate::ucb::Ucb1;
+use posterior_learner::simulation::seed::{SimRng, Stream, replicate_seed, stream_rng};
 
 /// Largest number of arms (bounds per-step work and memory).
 pub const ARMS_MAX: usize = 100_000;

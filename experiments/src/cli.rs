@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bernoulli::BernoulliPolicy;
-use crate::environment::{CtrLevel, WorldConfig};
 use crate::policy::PriorConfig;
+use posterior_learner::simulation::world::{CtrLevel, WorldConfig};
 
 /// Simulations that check Posterior's Thompson sampling learns.
 #[derive(Debug, Parser)]

@@ -11,12 +11,12 @@ use posterior_learner::posterior::CovarianceForm;
 use serde::Serialize;
 
 use crate::curve::{Band, Checkpoints, Curve, Recorder};
-use crate::environment::{Request, World, WorldConfig};
 use crate::feedback::{Feedback, Label};
 use crate::parallel::{PROGRESS_EVERY_STEPS, Runner};
 use crate::policy::{self, PolicySpec, PriorConfig};
 use crate::report::{PolicyResult, ScenarioResult};
-use crate::seed::{Stream, replicate_seed, stream_rng};
+use posterior_learner::simulation::seed::{Stream, replicate_seed, stream_rng};
+use posterior_learner::simulation::world::{Request, World, WorldConfig};
 
 /// One row of a comparison: a policy and how its labels arrive.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -163,7 +163,7 @@ pub fn run(config: &ContextualConfig, runner: &Runner) -> Result<ScenarioResult>
     let checkpoints = Checkpoints::log_spaced(config.horizon, config.per_decade);
     let worlds: Vec<World> = (0..config.seeds)
         .map(|i| World::new(config.world.clone(), replicate_seed(config.seed, i)))
-        .collect::<Result<_>>()?;
+        .collect::<Result<_, _>>()?;
     let jobs: Vec<(usize, usize)> = (0..config.entries.len())
         .flat_map(|e| (0..config.seeds).map(move |i| (e, i)))
         .collect();
@@ -219,7 +219,7 @@ pub fn run(config: &ContextualConfig, runner: &Runner) -> Result<ScenarioResult>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::environment::CtrLevel;
+    use posterior_learner::simulation::world::CtrLevel;
 
     pub(crate) fn config(horizon: u64) -> ContextualConfig {
         ContextualConfig {

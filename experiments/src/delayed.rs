@@ -5,8 +5,8 @@
 use posterior_learner::posterior::CovarianceForm;
 
 use crate::contextual::Entry;
-use crate::environment::WorldConfig;
 use crate::policy::PolicySpec;
+use posterior_learner::simulation::world::WorldConfig;
 
 /// The delaying world and the lineup: immediate updates, then delayed
 /// updates at each batch size, for logistic TS; Beta TS immediate and
@@ -49,7 +49,7 @@ pub fn setup(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::environment::CtrLevel;
+    use posterior_learner::simulation::world::CtrLevel;
 
     #[test]
     fn lineup_has_every_batch_size() {

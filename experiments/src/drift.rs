@@ -5,8 +5,8 @@
 use posterior_learner::posterior::CovarianceForm;
 
 use crate::contextual::Entry;
-use crate::environment::WorldConfig;
 use crate::policy::PolicySpec;
+use posterior_learner::simulation::world::WorldConfig;
 
 /// Default half-life: a twentieth of the run's event-time span.
 pub fn default_half_life_ms(horizon: u64, step_ms: i64) -> i64 {
@@ -48,9 +48,9 @@ pub fn setup(
 mod tests {
     use super::*;
     use crate::contextual::{self, ContextualConfig};
-    use crate::environment::CtrLevel;
     use crate::parallel::Runner;
     use crate::policy::PriorConfig;
+    use posterior_learner::simulation::world::CtrLevel;
 
     /// After a drift, forgetting must help the Beta policy (fixed seed,
     /// wide margin, short horizon, high CTR).

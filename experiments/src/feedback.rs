@@ -147,8 +147,8 @@ impl Feedback {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::environment::Request;
-    use crate::seed::SimRng;
+    use posterior_learner::simulation::seed::SimRng;
+    use posterior_learner::simulation::world::Request;
 
     #[derive(Default)]
     struct Log(Vec<(u32, Vec<i64>)>);

@@ -2,16 +2,16 @@
 //! Chapelle & Li (2011) Bernoulli reproduction, a contextual world with
 //! per-doc logistic TS, drifting click-rates, delayed micro-batched labels,
 //! and Vowpal Wabbit as a peer. Every policy calls the learner's
-//! `posterior` module; every random stream derives from one `--seed`.
+//! `posterior` module; every random stream derives from one `--seed`. The
+//! contextual world and the seed derivation are the learner's
+//! `simulation` module, which its simulator source draws samples from.
 //!
 //! Layout:
 //! - [`cli`] — command-line arguments.
 //! - [`run`] — runs a parsed command and writes its outputs.
-//! - [`seed`] — seed derivation and the simulation RNG.
 //! - [`bernoulli`] — the K-armed Bernoulli scenario (TS, UCB1, ε-greedy, uniform).
 //! - [`ucb`] — UCB1.
 //! - [`bound`] — Bernoulli KL and the Lai–Robbins bound.
-//! - [`environment`] — the contextual world and its common random numbers.
 //! - [`policy`] — contextual policies over the learner's posteriors.
 //! - [`feedback`] — delayed, micro-batched label delivery.
 //! - [`contextual`] — the contextual runner and lineup.
@@ -31,7 +31,6 @@ pub mod contextual;
 pub mod curve;
 pub mod delayed;
 pub mod drift;
-pub mod environment;
 pub mod feedback;
 pub mod parallel;
 pub mod plot;
@@ -39,6 +38,5 @@ pub mod policy;
 pub mod reload;
 pub mod report;
 pub mod run;
-pub mod seed;
 pub mod ucb;
 pub mod vw;

@@ -11,8 +11,8 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::bernoulli::argmax;
-use crate::environment::Request;
-use crate::seed::SimRng;
+use posterior_learner::simulation::seed::SimRng;
+use posterior_learner::simulation::world::Request;
 
 /// Which policy, with its knobs.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -9,12 +9,12 @@ use crate::bernoulli::{self, BernoulliConfig, BernoulliPolicy};
 use crate::cli::{BernoulliArgs, Cli, CommonArgs, HeadlineArgs, Scenario, VwArgs, WorldArgs};
 use crate::contextual::{self, ContextualConfig, Entry};
 use crate::curve::Checkpoints;
-use crate::environment::{CtrLevel, WorldConfig};
 use crate::parallel::Runner;
 use crate::plot::{self, XAxis};
 use crate::report::ScenarioResult;
 use crate::vw::{self, PeerConfig, Variant};
 use crate::{delayed, drift};
+use posterior_learner::simulation::world::{CtrLevel, WorldConfig};
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {

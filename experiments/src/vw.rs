@@ -15,10 +15,10 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::curve::{Band, Checkpoints, Curve};
-use crate::environment::{Request, World};
 use crate::parallel::Runner;
 use crate::report::PolicyResult;
-use crate::seed::replicate_seed;
+use posterior_learner::simulation::seed::replicate_seed;
+use posterior_learner::simulation::world::{Request, World};
 
 /// The file's magic bytes.
 pub const MAGIC: &[u8; 8] = b"PSTRENV1";
@@ -226,7 +226,7 @@ struct DriverOutput {
 /// returns one row per variant. Worlds are rebuilt from `world`.
 pub fn run_peer(
     peer: &PeerConfig,
-    world: &crate::environment::WorldConfig,
+    world: &posterior_learner::simulation::world::WorldConfig,
     seed: u64,
     seeds: usize,
     checkpoints: &Checkpoints,
@@ -353,7 +353,7 @@ fn run_driver(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::environment::{CtrLevel, WorldConfig};
+    use posterior_learner::simulation::world::{CtrLevel, WorldConfig};
 
     fn world_config() -> WorldConfig {
         WorldConfig {

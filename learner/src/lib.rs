@@ -8,6 +8,7 @@
 //! - [`version`]: an A/B version's spec: model, prior, reward label, weights.
 //! - [`config`]: the learner's TOML configuration, validated before use.
 //! - [`file_source`]: JSONL and length-delimited protobuf files and stdin.
+//! - [`simulation`]: the simulated world shared with the experiments.
 //! - [`kafka`]: the Kafka source: self-assigned partitions, offsets in the
 //!   learner's own checkpoint.
 //! - [`publish`]: coalesced parameter updates to a channel or the `params`
@@ -60,6 +61,7 @@ pub mod runner;
 pub mod sample;
 #[cfg(feature = "io")]
 pub mod savepoint;
+pub mod simulation;
 #[cfg(feature = "io")]
 pub mod store;
 pub mod version;

@@ -3,17 +3,17 @@
 //!
 //! Common random numbers: request t is a pure function of (seed, t) — its
 //! candidates, contexts, true click probabilities, the click each candidate
-//! *would* get, and its label delay — so every policy (and the VW peer,
-//! through [`crate::vw`]) faces exactly the same draws and policies differ
-//! only by their choices.
+//! *would* get, and its label delay — so every policy of the experiments
+//! (and their Vowpal Wabbit peer) faces exactly the same draws and policies
+//! differ only by their choices.
 
-use anyhow::{Result, ensure};
-use posterior_learner::posterior::sigmoid;
 use rand::Rng;
 use rand_distr::{Distribution, Exp, StandardNormal};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::seed::{Stream, stream_rng};
+use super::seed::{Stream, stream_rng};
+use crate::config::ConfigError;
+use crate::posterior::sigmoid;
 
 /// Largest number of docs.
 pub const DOCS_MAX: usize = 1_000_000;
@@ -21,7 +21,7 @@ pub const DOCS_MAX: usize = 1_000_000;
 pub const DIM_MAX: usize = 64;
 
 /// How frequent clicks are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum CtrLevel {
     /// About 0.5 % average CTR of a random candidate, like the Open Bandit
@@ -75,27 +75,41 @@ pub struct WorldConfig {
 }
 
 impl WorldConfig {
-    /// Checks the bounds.
-    pub fn validate(&self) -> Result<()> {
-        ensure!(
+    /// Checks the bounds; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let check = |ok: bool, key: &str, reason: String| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError {
+                    key: key.to_owned(),
+                    reason,
+                })
+            }
+        };
+        check(
             (2..=DOCS_MAX).contains(&self.docs),
-            "docs must be in 2..={DOCS_MAX}"
-        );
-        ensure!(
+            "docs",
+            format!("must be in 2..={DOCS_MAX}"),
+        )?;
+        check(
             (1..=DIM_MAX).contains(&self.dim),
-            "dim must be in 1..={DIM_MAX}"
-        );
-        ensure!(
+            "dim",
+            format!("must be in 1..={DIM_MAX}"),
+        )?;
+        check(
             (1..=self.docs).contains(&self.candidates),
-            "candidates must be in 1..=docs"
-        );
-        ensure!(
-            self.bias_sd >= 0.0 && self.weight_sd >= 0.0,
-            "standard deviations must be >= 0"
-        );
-        ensure!(self.step_ms > 0, "step_ms must be > 0");
-        ensure!(self.mean_delay_ms >= 0.0, "mean delay must be >= 0");
-        Ok(())
+            "candidates",
+            "must be in 1..=docs".into(),
+        )?;
+        check(self.bias_sd >= 0.0, "bias_sd", "must be >= 0".into())?;
+        check(self.weight_sd >= 0.0, "weight_sd", "must be >= 0".into())?;
+        check(self.step_ms > 0, "step_ms", "must be > 0".into())?;
+        check(
+            self.mean_delay_ms >= 0.0,
+            "mean_delay_ms",
+            "must be >= 0".into(),
+        )
     }
 }
 
@@ -144,7 +158,7 @@ pub struct World {
 
 impl World {
     /// Draws the hidden weights of replicate `seed`.
-    pub fn new(config: WorldConfig, seed: u64) -> Result<Self> {
+    pub fn new(config: WorldConfig, seed: u64) -> Result<Self, ConfigError> {
         config.validate()?;
         let mut rng = stream_rng(seed, Stream::World, 1);
         let mut weights = Vec::with_capacity(config.docs * config.dim);

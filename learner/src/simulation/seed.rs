@@ -1,4 +1,5 @@
-//! Seed derivation: every random stream of a run comes from the one `--seed`.
+//! Seed derivation: every random stream of a simulation comes from one
+//! seed (the experiments' `--seed`, the simulator source's `seed`).
 //!
 //! Streams are named by small integers (seed index, policy, purpose) and
 //! mixed with SplitMix64, so a run replays bit for bit from its seed and
