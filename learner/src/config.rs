@@ -13,6 +13,7 @@ use crate::file_source::Format;
 use crate::posterior::{
     BetaPrior, CovarianceForm, Forgetting, LogisticPrior, ModelKind, ModelSpec, PosteriorError,
 };
+use crate::simulation::source::SimulatorConfig;
 use crate::version::{RewardSpec, VersionSpec};
 
 /// The whole file.
@@ -157,7 +158,8 @@ pub struct StateConfig {
     #[serde(default = "default_checkpoint_records")]
     pub checkpoint_every_records: u64,
     /// … or after this many ms of wall clock with records since the last
-    /// one (0 = off; file and stdin runs checkpoint by records only).
+    /// one (0 = off; file, stdin and simulator runs checkpoint by records
+    /// only).
     #[serde(default = "default_checkpoint_ms")]
     pub checkpoint_every_ms: u64,
 }
@@ -187,6 +189,10 @@ pub enum SourceConfig {
     },
     /// Kafka partitions of the samples topic (protobuf records).
     Kafka(KafkaConfig),
+    /// Samples drawn from a seeded simulated world, sample t at offset t
+    /// of partition 0 (see `simulation::source`): bounded by `samples`,
+    /// or until SIGTERM.
+    Simulator(SimulatorConfig),
 }
 
 /// `[order]`.
@@ -406,6 +412,9 @@ impl Config {
                 reason: e.to_string(),
             })?;
         }
+        if let SourceConfig::Simulator(simulator) = &self.source {
+            simulator.validate(&self.version_specs())?;
+        }
         Ok(())
     }
 
@@ -604,10 +613,42 @@ forgetting_half_life_ms = 3600000
                 format!("{GOOD}\n[batch]\nmax_samples = 0\nmax_positives = 0\nmax_age_ms = 0\n"),
                 "batch.max_samples",
             ),
+            (
+                GOOD.replace(SOURCE, &simulator("[\"ctr-beta\", \"other\"]", 3)),
+                "source.versions[1]",
+            ),
+            (
+                GOOD.replace(SOURCE, &simulator("[\"ctr-logistic\"]", 4)),
+                "source.versions[0]",
+            ),
+            (
+                GOOD.replace(SOURCE, &simulator("[\"ctr-beta\"]", 0)),
+                "source.dim",
+            ),
         ];
         for (text, needle) in cases {
             let err = Config::from_toml(&text).unwrap_err();
             assert!(err.to_string().contains(needle), "{err} lacks {needle}");
         }
+    }
+
+    const SOURCE: &str = "kind = \"file\"\npath = \"samples.jsonl\"\nformat = \"jsonl\"";
+
+    fn simulator(versions: &str, dim: usize) -> String {
+        format!("kind = \"simulator\"\nseed = 7\nversions = {versions}\ndim = {dim}")
+    }
+
+    #[test]
+    fn a_simulator_source_loads() {
+        let text = GOOD.replace(SOURCE, &simulator("[\"ctr-beta\", \"ctr-logistic\"]", 3));
+        let config = Config::from_toml(&text).unwrap();
+        let SourceConfig::Simulator(simulator) = &config.source else {
+            panic!("{:?}", config.source);
+        };
+        assert_eq!((simulator.seed, simulator.samples), (7, None));
+        assert_eq!(
+            (simulator.label.as_str(), simulator.candidates),
+            ("click", 10)
+        );
     }
 }

@@ -8,7 +8,8 @@
 //! - [`version`]: an A/B version's spec: model, prior, reward label, weights.
 //! - [`config`]: the learner's TOML configuration, validated before use.
 //! - [`file_source`]: JSONL and length-delimited protobuf files and stdin.
-//! - [`simulation`]: the simulated world shared with the experiments.
+//! - [`simulation`]: the simulated world shared with the experiments, and
+//!   the simulator source (sample t at offset t).
 //! - [`kafka`]: the Kafka source: self-assigned partitions, offsets in the
 //!   learner's own checkpoint.
 //! - [`publish`]: coalesced parameter updates to a channel or the `params`

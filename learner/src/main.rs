@@ -2,8 +2,8 @@
 //!
 //! - `learner run --config FILE [--until-end] [--from-savepoint latest|DIR]`:
 //!   consume the configured source, checkpoint into the state directory,
-//!   resume exactly where a previous run stopped. Kafka runs stop on
-//!   SIGTERM/SIGINT and take a savepoint on SIGUSR1.
+//!   resume exactly where a previous run stopped. Every run checkpoints and
+//!   stops on SIGTERM/SIGINT; Kafka runs take a savepoint on SIGUSR1.
 //! - `learner dump --config FILE` or `--savepoint DIR`: print every key's
 //!   state as exact JSONL.
 //! - `learner savepoint create|list|verify`: savepoints of the live state.
@@ -29,8 +29,8 @@ use posterior_learner::config::{Config, SourceConfig};
 use posterior_learner::control::Scheduled;
 use posterior_learner::kafka::send_control;
 use posterior_learner::runner::{
-    Controls, KafkaRunMode, SavepointChoice, open_engine, restore_savepoint,
-    restore_savepoint_if_missing, run_bounded, run_kafka,
+    Controls, KafkaRunMode, SavepointChoice, open_engine, open_sink, restore_savepoint,
+    restore_savepoint_if_missing, run_kafka, run_local,
 };
 use posterior_learner::savepoint;
 use posterior_learner::store::RocksStore;
@@ -45,8 +45,9 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Consume the source with checkpoints: a file or stdin to its end,
-    /// Kafka until SIGTERM/SIGINT (or `--until-end`).
+    /// Consume the source with checkpoints: a file, stdin or a bounded
+    /// simulator to its end, Kafka or an unbounded simulator until
+    /// SIGTERM/SIGINT (Kafka: or `--until-end`).
     Run {
         /// The learner's TOML config.
         #[arg(long)]
@@ -182,13 +183,13 @@ fn run(config: &Config, until_end: bool, from_savepoint: Option<String>) -> Resu
             restored.dir.display()
         );
     }
+    let controls = Controls::default();
+    for signal in [SIGTERM, SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&controls.stop))
+            .context("install signal handler")?;
+    }
     let summary = match &config.source {
         SourceConfig::Kafka(_) => {
-            let controls = Controls::default();
-            for signal in [SIGTERM, SIGINT] {
-                signal_hook::flag::register(signal, Arc::clone(&controls.stop))
-                    .context("install signal handler")?;
-            }
             signal_hook::flag::register(SIGUSR1, Arc::clone(&controls.savepoint))
                 .context("install signal handler")?;
             let mode = if until_end {
@@ -200,7 +201,7 @@ fn run(config: &Config, until_end: bool, from_savepoint: Option<String>) -> Resu
         }
         _ => {
             anyhow::ensure!(!until_end, "--until-end is for kafka sources");
-            run_bounded(config)?
+            run_local(config, &controls, open_sink(config)?)?
         }
     };
     eprintln!(

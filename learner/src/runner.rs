@@ -22,13 +22,14 @@ use crate::config::{Config, SourceConfig};
 use crate::control::Scheduled;
 use crate::deadletter::DeadLetter;
 use crate::engine::ScheduleResult;
-use crate::engine::{Counters, Engine, Write};
+use crate::engine::{Counters, Engine, Payload, Write};
 use crate::fallback::ServedParams;
 use crate::file_source::FileSource;
 use crate::kafka::{ControlReader, KafkaSource, ParamsTopic, Polled};
 use crate::publish::{KafkaSink, NullSink, ParamSink, take_updates};
 use crate::registry::Registry;
 use crate::savepoint::{self, Savepoint};
+use crate::simulation::source::Simulator;
 use crate::store::{CheckpointStats, RocksStore, StoreError};
 use crate::watermark::PartitionClock;
 
@@ -38,8 +39,8 @@ const MIN_THROTTLE_SLACK_MS: i64 = 1_000;
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// Meta entry: length of the dead-letter file at the checkpoint.
 const DEAD_LETTER_BYTES: &[u8] = b"dead_letter_bytes";
-/// The single partition of a file or stdin source.
-const FILE_PARTITION: u32 = 0;
+/// The single partition of a file, stdin or simulator source.
+const LOCAL_PARTITION: u32 = 0;
 
 /// What a run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,9 +199,9 @@ pub fn fresh_engine(config: &Config, partitions: impl IntoIterator<Item = u32>) 
     Ok(Engine::new(config.engine(), registry, partitions))
 }
 
-/// Opens the engine of a file or stdin source (one partition): restored
-/// from the store, or fresh. Returns whether it was restored and the
-/// checkpointed dead-letter file length.
+/// Opens the engine of a file, stdin or simulator source (one partition):
+/// restored from the store, or fresh. Returns whether it was restored and
+/// the checkpointed dead-letter file length.
 pub fn open_engine(config: &Config, store: &RocksStore) -> Result<(Engine, bool, Option<u64>)> {
     let (engine, restored, dead_len, _) = open_engine_seeding(config, store, false)?;
     Ok((engine, restored, dead_len))
@@ -216,7 +217,7 @@ fn open_engine_seeding(
     let (mut engine, restored, dead_len, stateless) = match restore_engine_adding(config, store)? {
         Some((engine, dead_len, added)) => (engine, true, dead_len, added),
         None => {
-            let engine = fresh_engine(config, [FILE_PARTITION])?;
+            let engine = fresh_engine(config, [LOCAL_PARTITION])?;
             let all = names(&engine);
             (engine, false, None, all)
         }
@@ -309,20 +310,25 @@ pub fn open_sink(config: &Config) -> Result<Box<dyn ParamSink>> {
     )
 }
 
-/// Runs a file or stdin source to its end, publishing to the config's
-/// sink.
+/// Runs a file, stdin or simulator source to its end, publishing to the
+/// config's sink (a simulator without `samples` never ends: see
+/// [`run_local`]).
 pub fn run_bounded(config: &Config) -> Result<RunSummary> {
     run_bounded_with(config, open_sink(config)?)
 }
 
-/// Runs a file or stdin source to its end, publishing to `sink`.
+/// Runs a file, stdin or simulator source to its end, publishing to `sink`.
 pub fn run_bounded_with(config: &Config, sink: Box<dyn ParamSink>) -> Result<RunSummary> {
-    run_bounded_controlled(config, &Controls::default(), sink)
+    run_local(config, &Controls::default(), sink)
 }
 
-/// [`run_bounded_with`] taking admin commands from `controls` (and the
-/// `control` topic when configured).
-pub fn run_bounded_controlled(
+/// Runs a source of one partition read in this process — a file, stdin or
+/// the simulator — to its end (then releases and applies everything, and
+/// checkpoints), or until `controls.stop` is set (then checkpoints without
+/// ending the input, so the next run resumes where this one stopped).
+/// Admin commands come from `controls` and the `control` topic when
+/// configured.
+pub fn run_local(
     config: &Config,
     controls: &Controls,
     sink: Box<dyn ParamSink>,
@@ -333,29 +339,31 @@ pub fn run_bounded_controlled(
     let mut checkpointer = Checkpointer::new(config, store, dead_len, sink)?;
     let offset = engine
         .next_offsets()
-        .get(&FILE_PARTITION)
+        .get(&LOCAL_PARTITION)
         .copied()
         .unwrap_or(0);
-    let mut source = match &config.source {
-        SourceConfig::File { path, format } => FileSource::open(path, *format, offset)
-            .with_context(|| format!("open {}", path.display()))?,
-        SourceConfig::Stdin { format } => FileSource::stdin(*format),
-        SourceConfig::Kafka(_) => anyhow::bail!("run_bounded reads files and stdin; use run_kafka"),
-    };
+    let mut source = LocalSource::open(config, offset)?;
     let mut records = 0_u64;
-    while let Some((offset, payload)) = source.next_record().context("read source")? {
+    let mut stopped = false;
+    while let Some((offset, next_offset, payload)) = source.next_record()? {
         if records.is_multiple_of(COMMAND_POLL_EVERY) {
             commands.poll(&mut engine)?;
         }
-        engine.ingest_at(FILE_PARTITION, offset, source.position(), payload);
+        engine.ingest_at(LOCAL_PARTITION, offset, next_offset, payload);
         records += 1;
         checkpointer.failpoint.hit("after_ingest", records);
         if records.is_multiple_of(config.state.checkpoint_every_records) {
             checkpointer.checkpoint(&mut engine, records)?;
         }
+        if controls.stop.load(Ordering::Relaxed) {
+            stopped = true;
+            break;
+        }
     }
     commands.poll(&mut engine)?;
-    engine.finish();
+    if !stopped {
+        engine.finish();
+    }
     checkpointer.finish(&mut engine, records)?;
     if config.savepoints.as_ref().is_some_and(|s| s.on_shutdown) {
         checkpointer.savepoint(config, 1, records)?;
@@ -372,6 +380,49 @@ pub fn run_bounded_controlled(
 
 /// Records between two looks at the command inbox in a bounded run.
 const COMMAND_POLL_EVERY: u64 = 1024;
+
+/// A source of one partition read in this process.
+enum LocalSource {
+    /// A file or stdin; offsets are byte positions.
+    File(FileSource),
+    /// The simulator; sample t at offset t.
+    Simulator(Box<Simulator>),
+}
+
+impl LocalSource {
+    /// Opens the configured source at `offset` (a checkpointed next
+    /// offset, or 0).
+    fn open(config: &Config, offset: u64) -> Result<Self> {
+        Ok(match &config.source {
+            SourceConfig::File { path, format } => Self::File(
+                FileSource::open(path, *format, offset)
+                    .with_context(|| format!("open {}", path.display()))?,
+            ),
+            SourceConfig::Stdin { format } => Self::File(FileSource::stdin(*format)),
+            SourceConfig::Simulator(simulator) => Self::Simulator(Box::new(
+                Simulator::new(simulator, &config.version_specs(), offset)
+                    .context("start the simulator")?,
+            )),
+            SourceConfig::Kafka(_) => {
+                anyhow::bail!("run_local reads files, stdin and the simulator; use run_kafka")
+            }
+        })
+    }
+
+    /// The next record as (offset, next offset, payload), `None` at the
+    /// end of the input.
+    fn next_record(&mut self) -> Result<Option<(u64, u64, Payload)>> {
+        Ok(match self {
+            Self::File(file) => file
+                .next_record()
+                .context("read source")?
+                .map(|(offset, payload)| (offset, file.position(), payload)),
+            Self::Simulator(simulator) => simulator
+                .next_record()
+                .map(|(offset, payload)| (offset, offset + 1, payload)),
+        })
+    }
+}
 
 /// How a Kafka run ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Learner configs of the end-to-end tests: one model setup (a Beta and a
-//! 4-dimensional logistic version, micro-batches, dedup) over a file or a
-//! broker, so every test checks the same rules.
+//! 4-dimensional logistic version, micro-batches, dedup) over a file, a
+//! broker or the simulator, so every test checks the same rules.
 
 use std::path::Path;
 
@@ -14,6 +14,15 @@ pub enum Source<'a> {
     File(&'a Path),
     /// The `samples` topic of a broker (`bootstrap.servers`).
     Kafka(&'a str),
+    /// The simulator with this seed: `samples` samples, or unbounded.
+    /// Its label delays (mean 50 ms, at most 1 s) exceed the allowed
+    /// out-of-orderness now and then, so some samples are late.
+    Simulator {
+        /// The simulator's seed.
+        seed: u64,
+        /// Samples before the input ends; `None` = never.
+        samples: Option<u64>,
+    },
 }
 
 /// A learner config whose state and dead letters live in `dir` under
@@ -34,6 +43,12 @@ pub fn learner_toml(
         Source::Kafka(bootstrap) => {
             format!("kind = \"kafka\"\nbrokers = \"{bootstrap}\"\ntopic = \"samples\"")
         }
+        Source::Simulator { seed, samples } => format!(
+            "kind = \"simulator\"\nseed = {seed}\n{}versions = [\"beta\", \"logistic\"]\n\
+             docs = 5000\ndim = 4\ncandidates = 10\nctr = \"high\"\nstep_ms = 2\n\
+             mean_label_delay_ms = 50\nmax_label_delay_ms = 1000",
+            samples.map_or_else(String::new, |n| format!("samples = {n}\n")),
+        ),
     };
     let publish = publish.map_or_else(String::new, |bootstrap| {
         format!(

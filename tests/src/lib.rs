@@ -97,31 +97,41 @@ pub fn log_file(path: &Path) -> Stdio {
     )
 }
 
-/// Runs `rounds` learner processes from `command`, each killed with
-/// SIGKILL after a random 0 to `max_life` (fixed `seed`) unless it ends
-/// first; round `i` also gets fail point `failpoints[i % every]` when there
-/// is one (`POSTERIOR_FAILPOINT`). Returns how many kills landed mid-run.
+/// How a crash test interrupts the learner: `rounds` processes, each
+/// killed with SIGKILL after a random `min_life` to `max_life` (from
+/// `seed`) unless it ends first; round `i` also gets fail point
+/// `failpoints[i % every]` when there is one (`POSTERIOR_FAILPOINT`).
+#[derive(Debug, Clone, Copy)]
+pub struct KillPlan<'a> {
+    /// Processes started.
+    pub rounds: usize,
+    /// Fail points `name:records`, by round modulo `every`.
+    pub failpoints: &'a [&'a str],
+    /// The period of the fail points (≥ their count).
+    pub every: usize,
+    /// Shortest life before the SIGKILL.
+    pub min_life: Duration,
+    /// Longest life before the SIGKILL.
+    pub max_life: Duration,
+    /// Seed of the lifetimes.
+    pub seed: u64,
+}
+
+/// Runs the learner processes of `plan` from `command`. Returns how many
+/// kills landed mid-run.
 ///
 /// # Panics
 /// When a process cannot be started or waited for.
-pub fn kill_repeatedly(
-    mut command: impl FnMut() -> Command,
-    rounds: usize,
-    failpoints: &[&str],
-    every: usize,
-    min_life: Duration,
-    max_life: Duration,
-    seed: u64,
-) -> usize {
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+pub fn kill_repeatedly(mut command: impl FnMut() -> Command, plan: &KillPlan<'_>) -> usize {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(plan.seed);
     let mut kills = 0;
-    for round in 0..rounds {
+    for round in 0..plan.rounds {
         let mut cmd = command();
-        if let Some(fp) = failpoints.get(round % every) {
+        if let Some(fp) = plan.failpoints.get(round % plan.every) {
             cmd.env("POSTERIOR_FAILPOINT", fp);
         }
         let mut child = cmd.spawn().expect("start the learner");
-        let life = rng.random_range(min_life..max_life);
+        let life = rng.random_range(plan.min_life..plan.max_life);
         let deadline = Instant::now() + life;
         while Instant::now() < deadline && child.try_wait().expect("poll child").is_none() {
             std::thread::sleep(Duration::from_millis(10));
@@ -142,4 +152,24 @@ pub fn learner_until_end(config: &Path, log: &Path) -> Command {
         .arg(config)
         .stderr(log_file(log));
     cmd
+}
+
+/// Runs `learner run --config CONFIG` under [`kill_repeatedly`], then
+/// once more to its end. Returns how many kills landed mid-run.
+///
+/// # Panics
+/// When a process cannot be started or the last run fails.
+pub fn kill_then_finish(config: &Path, plan: &KillPlan<'_>) -> usize {
+    let learner = binary("learner");
+    let run = || {
+        let mut cmd = Command::new(&learner);
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .stderr(Stdio::null());
+        cmd
+    };
+    let kills = kill_repeatedly(run, plan);
+    let status = run().status().expect("run the learner");
+    assert!(status.success(), "the last run failed: {status}");
+    kills
 }

@@ -90,6 +90,26 @@ pub fn dump_store(config: &Config) -> String {
     String::from_utf8(out).expect("dumps are UTF-8")
 }
 
+/// Asserts that the learner of `got` ended with the state and the
+/// dead-letter file of the learner of `expected`, bit for bit; `context`
+/// starts the failure message.
+///
+/// # Panics
+/// When they differ, or a store or file cannot be read.
+pub fn assert_same_end(got: &Config, expected: &Config, context: &str) {
+    let (got_dump, expected_dump) = (dump_store(got), dump_store(expected));
+    assert!(
+        got_dump == expected_dump,
+        "{context}: state differs: {}",
+        first_difference(&got_dump, &expected_dump)
+    );
+    let read = |config: &Config| std::fs::read(&config.dead_letter.path).expect("dead letters");
+    assert!(
+        read(got) == read(expected),
+        "{context}: dead letters differ"
+    );
+}
+
 /// Where two texts first differ, by line, for failure messages.
 pub fn first_difference(got: &str, expected: &str) -> String {
     let (g, e): (Vec<&str>, Vec<&str>) = (got.lines().collect(), expected.lines().collect());

@@ -21,7 +21,7 @@ use posterior_tests::log::{LogSpec, generate_records};
 use posterior_tests::oracle::{
     dump_store, first_difference, oracle, oracle_with_commands, produce_samples, sorted_lines,
 };
-use posterior_tests::{binary, finish_within, kill_repeatedly, learner_until_end};
+use posterior_tests::{KillPlan, binary, finish_within, kill_repeatedly, learner_until_end};
 use prost::Message as _;
 
 const PARTITIONS: u32 = 2;
@@ -178,12 +178,14 @@ fn commands_on_the_control_topic_apply_at_their_event_times_through_crashes() {
     let run = || learner_until_end(&config_path, &log);
     let kills = kill_repeatedly(
         run,
-        8,
-        &["before_checkpoint:10000", "after_checkpoint:10000"],
-        4,
-        Duration::from_millis(300),
-        Duration::from_millis(2_000),
-        5,
+        &KillPlan {
+            rounds: 8,
+            failpoints: &["before_checkpoint:10000", "after_checkpoint:10000"],
+            every: 4,
+            min_life: Duration::from_millis(300),
+            max_life: Duration::from_millis(2_000),
+            seed: 5,
+        },
     );
     assert!(kills >= 4, "only {kills} kills landed mid-run");
     let mut last = run().spawn().unwrap();

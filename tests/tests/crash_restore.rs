@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use posterior_learner::config::Config;
@@ -15,7 +14,8 @@ use posterior_learner::runner::{open_engine, run_bounded};
 use posterior_learner::store::RocksStore;
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
 use posterior_tests::log::{LogSpec, generate};
-use posterior_tests::{binary, kill_repeatedly};
+use posterior_tests::oracle::assert_same_end;
+use posterior_tests::{KillPlan, kill_then_finish};
 
 fn config_text(dir: &Path, log: &Path, name: &str) -> String {
     learner_toml(dir, name, Source::File(log), 5_000, None)
@@ -72,52 +72,24 @@ fn killed_and_restarted_learner_ends_bit_identical() {
     // The victim: a child process, killed again and again.
     let victim_path = dir.path().join("victim.toml");
     std::fs::write(&victim_path, config_text(dir.path(), &log, "victim")).unwrap();
-    let learner = binary("learner");
-    let kills = kill_repeatedly(
-        || {
-            let mut cmd = Command::new(&learner);
-            cmd.args(["run", "--config"])
-                .arg(&victim_path)
-                .stderr(Stdio::null());
-            cmd
+    let kills = kill_then_finish(
+        &victim_path,
+        &KillPlan {
+            rounds: 14,
+            failpoints: &[
+                "before_checkpoint:30000",
+                "after_checkpoint:60000",
+                "after_ingest:90000",
+            ],
+            every: 5,
+            min_life: Duration::from_millis(100),
+            max_life: Duration::from_millis(1_500),
+            seed: 7,
         },
-        14,
-        &[
-            "before_checkpoint:30000",
-            "after_checkpoint:60000",
-            "after_ingest:90000",
-        ],
-        5,
-        Duration::from_millis(100),
-        Duration::from_millis(1_500),
-        7,
     );
     assert!(kills >= 10, "only {kills} kills landed mid-run");
-    let status = Command::new(&learner)
-        .args(["run", "--config"])
-        .arg(&victim_path)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-
     let victim = Config::from_toml(&std::fs::read_to_string(&victim_path).unwrap()).unwrap();
-    let got = dump(&victim);
-    if got != expected_dump {
-        let (g, e): (Vec<&str>, Vec<&str>) =
-            (got.lines().collect(), expected_dump.lines().collect());
-        let first = g.iter().zip(&e).position(|(a, b)| a != b);
-        panic!(
-            "state differs after {kills} kills: {} vs {} keys; first difference at {first:?}: {:?} vs {:?}",
-            g.len(),
-            e.len(),
-            first.map(|i| g[i]),
-            first.map(|i| e[i])
-        );
-    }
-    let dead_expected = std::fs::read(dir.path().join("reference-dead.jsonl")).unwrap();
-    let dead_got = std::fs::read(dir.path().join("victim-dead.jsonl")).unwrap();
-    assert!(dead_got == dead_expected, "dead letters differ");
+    assert_same_end(&victim, &reference, &format!("after {kills} kills"));
 }
 
 #[test]

@@ -22,7 +22,7 @@ use posterior_tests::log::{LogSpec, generate_records};
 use posterior_tests::oracle::{
     dump_store, first_difference, oracle, produce_samples, sorted_lines,
 };
-use posterior_tests::{finish_within, kill_repeatedly, learner_until_end};
+use posterior_tests::{KillPlan, finish_within, kill_repeatedly, learner_until_end};
 use prost::Message as _;
 
 const PARTITIONS: u32 = 4;
@@ -72,16 +72,18 @@ fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
     let run = || learner_until_end(&config_path, &log);
     let kills = kill_repeatedly(
         run,
-        16,
-        &[
-            "before_checkpoint:40000",
-            "after_checkpoint:40000",
-            "after_ingest:30000",
-        ],
-        6,
-        Duration::from_millis(300),
-        Duration::from_millis(2_500),
-        99,
+        &KillPlan {
+            rounds: 16,
+            failpoints: &[
+                "before_checkpoint:40000",
+                "after_checkpoint:40000",
+                "after_ingest:30000",
+            ],
+            every: 6,
+            min_life: Duration::from_millis(300),
+            max_life: Duration::from_millis(2_500),
+            seed: 99,
+        },
     );
     assert!(kills >= 10, "only {kills} kills landed mid-run");
     let mut last = run().spawn().unwrap();

@@ -5,7 +5,8 @@
 //! candidates, contexts, true click probabilities, the click each candidate
 //! *would* get, and its label delay — so every policy of the experiments
 //! (and their Vowpal Wabbit peer) faces exactly the same draws and policies
-//! differ only by their choices.
+//! differ only by their choices, and the learner's simulator source
+//! (`super::source`) can regenerate any sample from its offset.
 
 use rand::Rng;
 use rand_distr::{Distribution, Exp, StandardNormal};
