@@ -120,20 +120,21 @@ pub struct PublishConfig {
     #[serde(default = "default_publish_interval")]
     pub interval_ms: u64,
     /// The Kafka `params` topic.
-    pub kafka: Option<PublishKafkaConfig>,
+    pub kafka: Option<KafkaSinkConfig>,
 }
 
 fn default_publish_interval() -> u64 {
     100
 }
 
-/// `[publish.kafka]`.
-#[derive(Debug, Clone, Deserialize)]
+/// A topic the learner produces to: `[publish.kafka]`, and
+/// `[dead_letter]` with `kind = "kafka"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PublishKafkaConfig {
+pub struct KafkaSinkConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
-    /// The params topic.
+    /// The topic (`params` for `[publish.kafka]`).
     #[serde(default = "default_params_topic")]
     pub topic: String,
     /// A checkpoint waits at most this long for deliveries, then fails.
@@ -247,12 +248,83 @@ pub struct DedupConfig {
     pub max_ids: usize,
 }
 
-/// `[dead_letter]`.
-#[derive(Debug, Clone, Deserialize)]
+/// `[dead_letter]`: `kind = "file"` (the default, so a table with only
+/// `path` is a file) or `kind = "kafka"` with `brokers`, `topic` (default
+/// `dead-letters`) and `flush_timeout_ms`. See `deadletter_sink` for the
+/// delivery guarantee of each.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "DeadLetterTable")]
+pub enum DeadLetterConfig {
+    /// A JSONL file, exactly once.
+    File {
+        /// The file dead letters are appended to.
+        path: PathBuf,
+    },
+    /// A Kafka topic, at least once, keyed `partition/offset`.
+    Kafka(KafkaSinkConfig),
+}
+
+impl DeadLetterConfig {
+    /// The file of the `file` kind.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::File { path } => Some(path),
+            Self::Kafka(_) => None,
+        }
+    }
+}
+
+/// Which sink `[dead_letter]` names.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum DeadLetterKind {
+    #[default]
+    File,
+    Kafka,
+}
+
+/// `[dead_letter]` as written; [`DeadLetterConfig`] is what it means.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeadLetterConfig {
-    /// JSONL file dead letters are appended to.
-    pub path: PathBuf,
+struct DeadLetterTable {
+    #[serde(default)]
+    kind: DeadLetterKind,
+    path: Option<PathBuf>,
+    brokers: Option<String>,
+    topic: Option<String>,
+    flush_timeout_ms: Option<u64>,
+}
+
+impl TryFrom<DeadLetterTable> for DeadLetterConfig {
+    type Error = String;
+
+    fn try_from(t: DeadLetterTable) -> Result<Self, String> {
+        match t.kind {
+            DeadLetterKind::File => {
+                if t.brokers.is_some() || t.topic.is_some() || t.flush_timeout_ms.is_some() {
+                    return Err("dead_letter: brokers, topic and flush_timeout_ms are for \
+                                kind = \"kafka\""
+                        .into());
+                }
+                let path = t
+                    .path
+                    .ok_or("dead_letter.path: required for kind = \"file\"")?;
+                Ok(Self::File { path })
+            }
+            DeadLetterKind::Kafka => {
+                if t.path.is_some() {
+                    return Err("dead_letter.path: is for kind = \"file\"".into());
+                }
+                Ok(Self::Kafka(KafkaSinkConfig {
+                    brokers: t
+                        .brokers
+                        .ok_or("dead_letter.brokers: required for kind = \"kafka\"")?,
+                    topic: t.topic.unwrap_or_else(|| "dead-letters".into()),
+                    flush_timeout_ms: t.flush_timeout_ms.unwrap_or_else(default_flush_timeout),
+                }))
+            }
+        }
+    }
 }
 
 /// A `[[versions]]` table.
@@ -378,12 +450,10 @@ impl Config {
             }
         }
         if let Some(kafka) = self.publish.as_ref().and_then(|p| p.kafka.as_ref()) {
-            if kafka.brokers.trim().is_empty() {
-                return bad("publish.kafka.brokers", "must name at least one broker");
-            }
-            if kafka.flush_timeout_ms == 0 {
-                return bad("publish.kafka.flush_timeout_ms", "must be >= 1");
-            }
+            kafka.validate("publish.kafka")?;
+        }
+        if let DeadLetterConfig::Kafka(kafka) = &self.dead_letter {
+            kafka.validate("dead_letter")?;
         }
         if self.order.out_of_orderness_ms < 0 {
             return bad("order.out_of_orderness_ms", "must be >= 0");
@@ -445,6 +515,26 @@ impl Config {
             .iter()
             .map(|v| v.spec().expect("validated at load"))
             .collect()
+    }
+}
+
+impl KafkaSinkConfig {
+    /// Checks the values; errors name the key under `table`.
+    fn validate(&self, table: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: &str| ConfigError {
+            key: format!("{table}.{key}"),
+            reason: reason.to_owned(),
+        };
+        if self.brokers.trim().is_empty() {
+            return Err(bad("brokers", "must name at least one broker"));
+        }
+        if self.topic.is_empty() {
+            return Err(bad("topic", "must not be empty"));
+        }
+        if self.flush_timeout_ms == 0 {
+            return Err(bad("flush_timeout_ms", "must be >= 1"));
+        }
+        Ok(())
     }
 }
 
@@ -614,6 +704,18 @@ forgetting_half_life_ms = 3600000
                 "batch.max_samples",
             ),
             (
+                GOOD.replace("path = \"dead.jsonl\"", "kind = \"kafka\""),
+                "dead_letter.brokers",
+            ),
+            (
+                GOOD.replace("path = \"dead.jsonl\"", "kind = \"kafka\"\nbrokers = \" \""),
+                "dead_letter.brokers",
+            ),
+            (
+                GOOD.replace("path = \"dead.jsonl\"", "topic = \"dead\""),
+                "kind = \"kafka\"",
+            ),
+            (
                 GOOD.replace(SOURCE, &simulator("[\"ctr-beta\", \"other\"]", 3)),
                 "source.versions[1]",
             ),
@@ -650,5 +752,26 @@ forgetting_half_life_ms = 3600000
             (simulator.label.as_str(), simulator.candidates),
             ("click", 10)
         );
+    }
+
+    #[test]
+    fn dead_letters_go_to_a_file_or_a_topic() {
+        let text = GOOD.replace(
+            "path = \"dead.jsonl\"",
+            "kind = \"kafka\"\nbrokers = \"127.0.0.1:9092\"",
+        );
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(
+            config.dead_letter,
+            DeadLetterConfig::Kafka(KafkaSinkConfig {
+                brokers: "127.0.0.1:9092".into(),
+                topic: "dead-letters".into(),
+                flush_timeout_ms: 30_000,
+            })
+        );
+        assert_eq!(config.dead_letter.path(), None);
+        // A table with only `path` is the file kind, as before kinds.
+        let file = Config::from_toml(GOOD).unwrap().dead_letter;
+        assert_eq!(file.path(), Some(std::path::Path::new("dead.jsonl")));
     }
 }

@@ -14,7 +14,8 @@
 //!   learner's own checkpoint.
 //! - [`publish`]: coalesced parameter updates to a channel or the `params`
 //!   topic.
-//! - [`producer`]: a Kafka producer with checked deliveries.
+//! - [`producer`]: a Kafka producer with checked deliveries, for both topics
+//!   the learner writes.
 //! - [`partitioning`]: the doc → partition rule of the topics.
 //! - [`engine`]: the pure core — records in, parameters and dead letters out.
 //! - [`watermark`]: per-partition and instance event-time watermarks.
@@ -31,6 +32,8 @@
 //! - [`store`]: the RocksDB state store; its doc states the delivery guarantee.
 //! - [`meta`]: the small named state: offsets, clocks, registry, counters.
 //! - [`deadletter`]: records that were not applied, and why.
+//! - [`deadletter_sink`]: dead letters to a file (exactly once) or a topic
+//!   (at least once, keyed `partition/offset`).
 //! - [`params`]: a key's state as the wire `Params` / `ParamUpdate`.
 //! - [`sample`]: the domain `Sample`, converted from the wire `JoinedSample`
 //!   and validated at that boundary.
@@ -40,6 +43,8 @@ pub mod codec;
 pub mod config;
 pub mod control;
 pub mod deadletter;
+#[cfg(feature = "io")]
+pub mod deadletter_sink;
 pub mod dedup;
 pub mod dump;
 pub mod engine;

@@ -1,8 +1,8 @@
 //! A Kafka producer that knows whether its records arrived: librdkafka
 //! reports each delivery on a background thread, and [`CheckedProducer::flush`]
 //! fails when any record since the last flush was not delivered. The
-//! `params` sink flushes it before every checkpoint, so what a checkpoint
-//! covers has been delivered.
+//! `params` sink and the dead-letter topic flush it before every checkpoint,
+//! so what a checkpoint covers has been delivered.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,16 +1,15 @@
-//! Drives the engine over a source with the RocksDB store and a JSONL
-//! dead-letter file: restore, read from the checkpointed offsets,
+//! Drives the engine over a source with the RocksDB store and a
+//! dead-letter sink: restore, read from the checkpointed offsets,
 //! checkpoint every N records (and, for Kafka, every T ms), and finish a
 //! bounded input at its end.
 //!
-//! The dead-letter file is exactly-once too: each checkpoint records the
-//! file's length, and a restore truncates the file to it, so letters
-//! written after the last checkpoint are written again by the replay, once.
+//! Before each checkpoint write, the published updates are flushed and the
+//! dead letters made durable (`deadletter_sink`: a file exactly once, with
+//! its length in the checkpoint; a topic at least once, keyed
+//! `partition/offset`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ use anyhow::{Context, Result};
 use crate::codec::Table;
 use crate::config::{Config, SourceConfig};
 use crate::control::Scheduled;
-use crate::deadletter::DeadLetter;
+use crate::deadletter_sink::{self, DeadLetterSink};
 use crate::engine::ScheduleResult;
 use crate::engine::{Counters, Engine, Payload, Write};
 use crate::fallback::ServedParams;
@@ -796,19 +795,19 @@ fn ahead_partitions(
         .collect()
 }
 
-/// Writes checkpoints: the engine's delta and the dead-letter file length,
+/// Writes checkpoints: the engine's delta and the dead-letter sink's mark,
 /// in one synced store write, in the background.
 ///
 /// A checkpoint blocks ingestion only while it publishes and flushes the
-/// changed keys, syncs the dead letters and encodes the delta; the synced
-/// RocksDB write then runs on a writer thread while ingestion goes on. At
-/// most one write is in flight: the next checkpoint, a savepoint and the
-/// end of a run first wait for it, so writes land in order and a crash at
-/// any moment leaves the last completed one (the order of publish, flush,
-/// dead letters and write is unchanged, and the guarantee with it).
+/// changed keys, makes the dead letters durable and encodes the delta; the
+/// synced RocksDB write then runs on a writer thread while ingestion goes
+/// on. At most one write is in flight: the next checkpoint, a savepoint and
+/// the end of a run first wait for it, so writes land in order and a crash
+/// at any moment leaves the last completed one (the order of publish,
+/// flush, dead letters and write is unchanged, and the guarantee with it).
 pub struct Checkpointer {
     store: Arc<RocksStore>,
-    dead: DeadLetterFile,
+    dead: Box<dyn DeadLetterSink>,
     sink: Box<dyn ParamSink>,
     failpoint: Failpoint,
     count: u64,
@@ -870,7 +869,8 @@ impl Checkpointer {
     ) -> Result<Self> {
         Ok(Self {
             store: Arc::new(store),
-            dead: DeadLetterFile::open(&config.dead_letter.path, dead_len)?,
+            dead: deadletter_sink::open(&config.dead_letter, dead_len)
+                .context("open dead-letter sink")?,
             sink,
             failpoint: Failpoint::from_env(),
             count: 0,
@@ -926,8 +926,8 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Publishes and flushes (everything the checkpoint covers is
-    /// delivered first), syncs the dead letters, encodes the delta, waits
+    /// Publishes and flushes, makes the dead letters durable (everything
+    /// the checkpoint covers is delivered first), encodes the delta, waits
     /// for the previous write and hands this one to a writer thread.
     /// Returns what ingestion was blocked for.
     pub fn checkpoint(&mut self, engine: &mut Engine, records: u64) -> Result<CheckpointTiming> {
@@ -935,14 +935,19 @@ impl Checkpointer {
         self.publish(engine)?;
         self.sink.flush().context("flush published updates")?;
         let t1 = Instant::now();
-        let dead_bytes = self.dead.append(&engine.take_dead_letters())?;
+        let dead_mark = self
+            .dead
+            .commit(&engine.take_dead_letters())
+            .context("write dead letters")?;
         let t2 = Instant::now();
         let mut writes = engine.checkpoint_delta();
-        writes.push(Write::Put(
-            Table::Meta,
-            DEAD_LETTER_BYTES.to_vec(),
-            dead_bytes.to_le_bytes().to_vec(),
-        ));
+        if let Some(dead_bytes) = dead_mark {
+            writes.push(Write::Put(
+                Table::Meta,
+                DEAD_LETTER_BYTES.to_vec(),
+                dead_bytes.to_le_bytes().to_vec(),
+            ));
+        }
         let changed_keys = writes
             .iter()
             .filter(|w| matches!(w, Write::Put(Table::Params, ..)))
@@ -1015,54 +1020,6 @@ impl Checkpointer {
         self.checkpoint(engine, records)?;
         self.wait()?;
         Ok(())
-    }
-}
-
-/// Append-only JSONL dead-letter file, synced before each checkpoint.
-struct DeadLetterFile {
-    out: BufWriter<File>,
-    len: u64,
-}
-
-impl DeadLetterFile {
-    fn open(path: &Path, truncate_to: Option<u64>) -> Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("open dead-letter file {}", path.display()))?;
-        let len = match truncate_to {
-            Some(len) => {
-                file.set_len(len)
-                    .context("truncate dead-letter file to checkpoint")?;
-                len
-            }
-            None => {
-                file.set_len(0)
-                    .context("truncate dead-letter file for a fresh state")?;
-                0
-            }
-        };
-        Ok(Self {
-            out: BufWriter::new(file),
-            len,
-        })
-    }
-
-    /// Appends letters and syncs; returns the file length.
-    fn append(&mut self, letters: &[DeadLetter]) -> Result<u64> {
-        for letter in letters {
-            let mut line = serde_json::to_vec(letter).context("encode dead letter")?;
-            line.push(b'\n');
-            self.out.write_all(&line).context("write dead letter")?;
-            self.len += line.len() as u64;
-        }
-        self.out.flush().context("flush dead letters")?;
-        self.out
-            .get_ref()
-            .sync_data()
-            .context("sync dead letters")?;
-        Ok(self.len)
     }
 }
 

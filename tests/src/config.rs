@@ -98,3 +98,20 @@ reward_label = "click"
         dead = dir.join(format!("{name}-dead.jsonl")).display(),
     )
 }
+
+/// `text`, a [`learner_toml`], with its dead letters sent to `topic` of
+/// the broker at `bootstrap` instead of its file.
+///
+/// # Panics
+/// When `text` has no dead-letter file.
+pub fn dead_letters_to_topic(text: &str, bootstrap: &str, topic: &str) -> String {
+    let start = text
+        .find("[dead_letter]\npath = ")
+        .expect("a dead-letter file");
+    let end = start + text[start..].find("\"\n").expect("the path ends its line") + 2;
+    format!(
+        "{}[dead_letter]\nkind = \"kafka\"\nbrokers = \"{bootstrap}\"\ntopic = \"{topic}\"\n{}",
+        &text[..start],
+        &text[end..]
+    )
+}

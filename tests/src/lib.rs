@@ -154,22 +154,36 @@ pub fn learner_until_end(config: &Path, log: &Path) -> Command {
     cmd
 }
 
-/// Runs `learner run --config CONFIG` under [`kill_repeatedly`], then
-/// once more to its end. Returns how many kills landed mid-run.
+/// Runs `learner run [--until-end] --config CONFIG` (stderr appended to
+/// `log`) under [`kill_repeatedly`], then once more, waiting at most
+/// `last_within` for it to end. Returns how many kills landed mid-run.
 ///
 /// # Panics
-/// When a process cannot be started or the last run fails.
-pub fn kill_then_finish(config: &Path, plan: &KillPlan<'_>) -> usize {
+/// When a process cannot be started, or the last run fails or times out.
+pub fn kill_then_finish(
+    config: &Path,
+    until_end: bool,
+    log: &Path,
+    plan: &KillPlan<'_>,
+    last_within: Duration,
+) -> usize {
     let learner = binary("learner");
     let run = || {
         let mut cmd = Command::new(&learner);
-        cmd.args(["run", "--config"])
-            .arg(config)
-            .stderr(Stdio::null());
+        cmd.arg("run");
+        if until_end {
+            cmd.arg("--until-end");
+        }
+        cmd.arg("--config").arg(config).stderr(log_file(log));
         cmd
     };
     let kills = kill_repeatedly(run, plan);
-    let status = run().status().expect("run the learner");
-    assert!(status.success(), "the last run failed: {status}");
+    let mut last = run().spawn().expect("start the learner");
+    let status = finish_within(&mut last, last_within, log);
+    assert!(
+        status.success(),
+        "the last run failed: {status}; see {}",
+        log.display()
+    );
     kills
 }

@@ -103,7 +103,9 @@ pub fn assert_same_end(got: &Config, expected: &Config, context: &str) {
         "{context}: state differs: {}",
         first_difference(&got_dump, &expected_dump)
     );
-    let read = |config: &Config| std::fs::read(&config.dead_letter.path).expect("dead letters");
+    let read = |config: &Config| {
+        std::fs::read(config.dead_letter.path().expect("a dead-letter file")).expect("dead letters")
+    };
     assert!(
         read(got) == read(expected),
         "{context}: dead letters differ"

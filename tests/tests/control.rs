@@ -195,7 +195,7 @@ fn commands_on_the_control_topic_apply_at_their_event_times_through_crashes() {
 
     let got = dump_store(&config);
     assert!(got == expected, "{}", first_difference(&got, &expected));
-    let got_dead = std::fs::read_to_string(&config.dead_letter.path).unwrap();
+    let got_dead = std::fs::read_to_string(config.dead_letter.path().unwrap()).unwrap();
     assert_eq!(sorted_lines(&got_dead), sorted_lines(&expected_dead));
     assert!(
         text_log.contains("\"fork-missing\"") && text_log.contains("refused"),

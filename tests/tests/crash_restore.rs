@@ -74,6 +74,8 @@ fn killed_and_restarted_learner_ends_bit_identical() {
     std::fs::write(&victim_path, config_text(dir.path(), &log, "victim")).unwrap();
     let kills = kill_then_finish(
         &victim_path,
+        false,
+        &dir.path().join("victim.log"),
         &KillPlan {
             rounds: 14,
             failpoints: &[
@@ -86,6 +88,7 @@ fn killed_and_restarted_learner_ends_bit_identical() {
             max_life: Duration::from_millis(1_500),
             seed: 7,
         },
+        Duration::from_secs(300),
     );
     assert!(kills >= 10, "only {kills} kills landed mid-run");
     let victim = Config::from_toml(&std::fs::read_to_string(&victim_path).unwrap()).unwrap();

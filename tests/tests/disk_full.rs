@@ -118,6 +118,6 @@ fn a_full_disk_fails_the_checkpoint_cleanly_and_the_learner_resumes_once_freed()
     );
     let got = dump_store(&victim);
     assert!(got == expected, "{}", first_difference(&got, &expected));
-    let dead_expected = std::fs::read(&reference.dead_letter.path).unwrap();
-    assert!(std::fs::read(&victim.dead_letter.path).unwrap() == dead_expected);
+    let dead_expected = std::fs::read(reference.dead_letter.path().unwrap()).unwrap();
+    assert!(std::fs::read(victim.dead_letter.path().unwrap()).unwrap() == dead_expected);
 }

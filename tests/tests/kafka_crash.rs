@@ -22,7 +22,7 @@ use posterior_tests::log::{LogSpec, generate_records};
 use posterior_tests::oracle::{
     dump_store, first_difference, oracle, produce_samples, sorted_lines,
 };
-use posterior_tests::{KillPlan, finish_within, kill_repeatedly, learner_until_end};
+use posterior_tests::{KillPlan, kill_then_finish};
 use prost::Message as _;
 
 const PARTITIONS: u32 = 4;
@@ -68,10 +68,10 @@ fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
     assert!(dead_lines("late") >= injected.late * 9 / 10);
     assert!(dead_lines("duplicate") >= injected.duplicates / 2);
 
-    let log = dir.path().join("learner.log");
-    let run = || learner_until_end(&config_path, &log);
-    let kills = kill_repeatedly(
-        run,
+    let kills = kill_then_finish(
+        &config_path,
+        true,
+        &dir.path().join("learner.log"),
         &KillPlan {
             rounds: 16,
             failpoints: &[
@@ -84,15 +84,9 @@ fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
             max_life: Duration::from_millis(2_500),
             seed: 99,
         },
+        Duration::from_secs(900),
     );
     assert!(kills >= 10, "only {kills} kills landed mid-run");
-    let mut last = run().spawn().unwrap();
-    let status = finish_within(&mut last, Duration::from_secs(900), &log);
-    assert!(
-        status.success(),
-        "the last run failed; see {}",
-        log.display()
-    );
 
     let got = dump_store(&config);
     assert!(
@@ -103,7 +97,7 @@ fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
     check_params_topic(&broker, &config);
     // Exactly once each; across partitions they follow the broker's
     // interleaving, so compare them in a canonical order.
-    let got_dead = std::fs::read_to_string(&config.dead_letter.path).unwrap();
+    let got_dead = std::fs::read_to_string(config.dead_letter.path().unwrap()).unwrap();
     let (got_dead, expected_dead) = (sorted_lines(&got_dead), sorted_lines(&expected_dead));
     assert!(
         got_dead == expected_dead,

@@ -83,7 +83,7 @@ fn a_broker_restart_pauses_the_learner_and_it_ends_equal_to_the_oracle() {
 
     let got = dump_store(&config);
     assert!(got == expected, "{}", first_difference(&got, &expected));
-    let got_dead = std::fs::read_to_string(&config.dead_letter.path).unwrap();
+    let got_dead = std::fs::read_to_string(config.dead_letter.path().unwrap()).unwrap();
     assert_eq!(sorted_lines(&got_dead), sorted_lines(&expected_dead));
 }
 

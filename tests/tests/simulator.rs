@@ -58,6 +58,8 @@ fn killed_and_restarted_simulator_learner_ends_bit_identical() {
     let (victim_path, victim) = write_config(dir.path(), "victim", Some(samples));
     let kills = kill_then_finish(
         &victim_path,
+        false,
+        &dir.path().join("victim.log"),
         &KillPlan {
             rounds: 14,
             failpoints: &[
@@ -70,6 +72,7 @@ fn killed_and_restarted_simulator_learner_ends_bit_identical() {
             max_life: Duration::from_millis(700),
             seed: 11,
         },
+        Duration::from_secs(300),
     );
     eprintln!("{kills} kills landed mid-run");
     assert!(kills >= 3, "only {kills} kills landed mid-run");

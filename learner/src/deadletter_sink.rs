@@ -1,0 +1,208 @@
+//! Where dead letters go: a JSONL file or a Kafka topic. The runner hands
+//! each checkpoint's letters to the sink and writes the checkpoint only
+//! once the sink says they are durable, so a letter is never lost.
+//!
+//! - **File, exactly once.** Each checkpoint records the file's length,
+//!   and a restore truncates the file to it: the letters written after the
+//!   last checkpoint are written again by the replay, once.
+//! - **Topic, at least once.** A topic cannot be truncated: after a crash
+//!   the letters after the last checkpoint are produced again. Each record
+//!   is keyed `partition/offset` (of the source record) and its value is
+//!   the letter's JSON, the same bytes on every replay (the engine is
+//!   deterministic), so a consumer that keeps one record per key sees
+//!   every letter exactly once. A source partition's letters go to topic
+//!   partition `partition mod n`, in order.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::DeadLetterConfig;
+use crate::deadletter::DeadLetter;
+use crate::producer::{CheckedProducer, ProducerError};
+
+/// Why dead letters could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    /// The file failed.
+    #[error("dead-letter file {path}: {what}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The topic failed.
+    #[error("dead-letter {0}")]
+    Kafka(#[from] ProducerError),
+}
+
+/// A destination for the letters of each checkpoint.
+pub trait DeadLetterSink {
+    /// Writes `letters` and returns once they are durable (before the
+    /// checkpoint that covers them is written). Returns what the
+    /// checkpoint must record to restore the sink exactly: the file's
+    /// length, or `None`.
+    fn commit(&mut self, letters: &[DeadLetter]) -> Result<Option<u64>, DeadLetterError>;
+}
+
+/// Opens the sink `config` names. `checkpointed` is the mark the last
+/// checkpoint recorded (`None` for a fresh state, which starts an empty
+/// file).
+pub fn open(
+    config: &DeadLetterConfig,
+    checkpointed: Option<u64>,
+) -> Result<Box<dyn DeadLetterSink>, DeadLetterError> {
+    Ok(match config {
+        DeadLetterConfig::File { path } => Box::new(DeadLetterFile::open(path, checkpointed)?),
+        DeadLetterConfig::Kafka(kafka) => Box::new(DeadLetterTopic::open(
+            &kafka.brokers,
+            &kafka.topic,
+            Duration::from_millis(kafka.flush_timeout_ms),
+        )?),
+    })
+}
+
+/// The JSON of a letter: a file's line without its newline, a topic
+/// record's value.
+fn encode(letter: &DeadLetter) -> Vec<u8> {
+    serde_json::to_vec(letter).expect("a dead letter (strings and numbers) encodes as JSON")
+}
+
+/// Maps an I/O error of the file at `path`.
+fn file_error<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(io::Error) -> DeadLetterError + 'a {
+    move |source| DeadLetterError::File {
+        path: path.to_owned(),
+        what,
+        source,
+    }
+}
+
+/// Append-only JSONL dead-letter file, synced at each commit.
+pub struct DeadLetterFile {
+    path: PathBuf,
+    out: BufWriter<File>,
+    len: u64,
+}
+
+impl DeadLetterFile {
+    /// Opens `path`, truncated to `truncate_to` (a checkpointed length),
+    /// or emptied when there is none.
+    pub fn open(path: &Path, truncate_to: Option<u64>) -> Result<Self, DeadLetterError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(file_error(path, "open"))?;
+        let len = truncate_to.unwrap_or(0);
+        file.set_len(len)
+            .map_err(file_error(path, "truncate to the checkpointed length"))?;
+        Ok(Self {
+            path: path.to_owned(),
+            out: BufWriter::new(file),
+            len,
+        })
+    }
+}
+
+impl DeadLetterSink for DeadLetterFile {
+    fn commit(&mut self, letters: &[DeadLetter]) -> Result<Option<u64>, DeadLetterError> {
+        for letter in letters {
+            let mut line = encode(letter);
+            line.push(b'\n');
+            self.out
+                .write_all(&line)
+                .map_err(file_error(&self.path, "write"))?;
+            self.len += line.len() as u64;
+        }
+        self.out.flush().map_err(file_error(&self.path, "flush"))?;
+        self.out
+            .get_ref()
+            .sync_data()
+            .map_err(file_error(&self.path, "sync"))?;
+        Ok(Some(self.len))
+    }
+}
+
+/// A Kafka dead-letter topic: key `partition/offset`, value the letter's
+/// JSON, topic partition `partition mod n`.
+pub struct DeadLetterTopic {
+    producer: CheckedProducer,
+}
+
+impl DeadLetterTopic {
+    /// Connects to `brokers` and reads the partition count of `topic`.
+    pub fn open(
+        brokers: &str,
+        topic: &str,
+        flush_timeout: Duration,
+    ) -> Result<Self, DeadLetterError> {
+        Ok(Self {
+            producer: CheckedProducer::open(brokers, topic, flush_timeout)?,
+        })
+    }
+}
+
+impl DeadLetterSink for DeadLetterTopic {
+    fn commit(&mut self, letters: &[DeadLetter]) -> Result<Option<u64>, DeadLetterError> {
+        for letter in letters {
+            let key = format!("{}/{}", letter.partition, letter.offset);
+            let partition = letter.partition % self.producer.partitions();
+            self.producer
+                .send(partition, key.as_bytes(), &encode(letter))?;
+        }
+        self.producer.flush()?;
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(offset: u64) -> DeadLetter {
+        DeadLetter {
+            partition: 0,
+            offset,
+            reason: "late",
+            detail: "event time 1 is below watermark 2".into(),
+            doc_id: Some(7),
+            version: Some("v".into()),
+            event_time_ms: Some(1),
+        }
+    }
+
+    #[test]
+    fn a_reopened_file_keeps_exactly_the_checkpointed_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let mut file = DeadLetterFile::open(&path, None).unwrap();
+        let mark = file.commit(&[letter(1), letter(2)]).unwrap().unwrap();
+        file.commit(&[letter(3)]).unwrap();
+        drop(file);
+        // A crash after the second commit, before its checkpoint: the
+        // restore truncates to the first mark and the replay writes 3 again.
+        let mut file = DeadLetterFile::open(&path, Some(mark)).unwrap();
+        let end = file.commit(&[letter(3)]).unwrap().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(end, text.len() as u64);
+        let offsets: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["offset"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(offsets, [1, 2, 3]);
+        // A fresh state starts an empty file.
+        DeadLetterFile::open(&path, None).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
+}
