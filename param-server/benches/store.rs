@@ -8,6 +8,11 @@
 //! Beta state (two floats) and a diagonal Gaussian of d = 32 (64 floats).
 //! Both maps use the store's hasher (foldhash).
 //!
+//! The machine is shared and noisy, so a second, paired measurement
+//! builds both maps, feeds both from one writer thread (the same updates
+//! at the same rate) and times a batch on each in alternation, 2000 times;
+//! it prints both medians and their ratio.
+//!
 //! Run: `CARGO_TARGET_DIR=… cargo bench -p posterior-param-server --bench store`
 //! (results and the choice: param-server/NOTES.md).
 
@@ -166,6 +171,62 @@ fn bench_map<M: Map>(c: &mut Criterion, value: &str, values: fn(u64) -> StoredSt
     println!("{}/{value}: writer kept {rate:.0} updates/s", M::name());
 }
 
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Both maps, one writer, batches timed in alternation; prints the ratio.
+fn paired(value: &str, values: fn(u64) -> StoredState) {
+    let papaya = Arc::new(Papaya::build(values));
+    let scc = Arc::new(Scc::build(values));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = {
+        let (papaya, scc, stop) = (Arc::clone(&papaya), Arc::clone(&scc), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
+            let mut seq = 1;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let key = rng.random_range(0..KEYS);
+                papaya.put(key, values(seq));
+                scc.put(key, values(seq));
+            }
+        })
+    };
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+    let (mut on_papaya, mut on_scc) = (Vec::new(), Vec::new());
+    for round in 0..2_000 {
+        let batch: Vec<u64> = (0..BATCH).map(|_| rng.random_range(0..KEYS)).collect();
+        let time = |read: &dyn Fn(&[u64]) -> f64| {
+            let started = std::time::Instant::now();
+            black_box(read(black_box(&batch)));
+            started.elapsed().as_secs_f64() * 1e6
+        };
+        let papaya_read = |keys: &[u64]| papaya.read(keys);
+        let scc_read = |keys: &[u64]| scc.read(keys);
+        if round % 2 == 0 {
+            on_papaya.push(time(&papaya_read));
+            on_scc.push(time(&scc_read));
+        } else {
+            on_scc.push(time(&scc_read));
+            on_papaya.push(time(&papaya_read));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    handle.join().expect("writer thread");
+    let (p, s) = (median(on_papaya), median(on_scc));
+    println!(
+        "paired/{value}: median µs per 1000 lookups: papaya {p:.0}, scc_hashindex {s:.0}; papaya / scc = {:.2}",
+        p / s
+    );
+}
+
+fn paired_maps(_: &mut Criterion) {
+    paired("beta", beta);
+    paired("diagonal_d32", diagonal);
+}
+
 fn maps(c: &mut Criterion) {
     bench_map::<Papaya>(c, "beta", beta);
     bench_map::<Scc>(c, "beta", beta);
@@ -176,6 +237,6 @@ fn maps(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50);
-    targets = maps
+    targets = maps, paired_maps
 }
 criterion_main!(benches);

@@ -3,7 +3,8 @@
 //! - The version table (name → [`ServedVersion`]: id, spec with model kind,
 //!   dimension and prior) sits behind an `ArcSwap`: a read is one atomic
 //!   load, and registering a version publishes a new table at once.
-//! - Each version's keys live in a [`ParamTable`], itself behind an
+//! - Each version's keys live in a [`ParamTable`] (a `papaya` map, reads
+//!   without locks), itself behind an
 //!   `ArcSwap` so that a restore or rollback swaps the whole table.
 //! - Reads never block on writes and never see a torn value: a key's state
 //!   is an immutable value swapped in with its sequence number.
@@ -110,10 +111,17 @@ impl ParamStore {
                 got,
                 want,
             })?;
-        let stored = StoredState::from(state);
-        let outcome = served.table().apply(doc_id, &stored);
-        if outcome == ApplyOutcome::Applied {
-            served.publish(doc_id, &stored);
+        let table = served.table();
+        let outcome = table.apply(doc_id, StoredState::from(state));
+        // Watchers are counted after the insert: one that subscribed too
+        // late to be counted reads its snapshot after the insert, and so
+        // sees the state there. The state is read back (a newer one may
+        // be read, which its own writer also publishes: a harmless repeat).
+        if outcome == ApplyOutcome::Applied
+            && served.watchers() > 0
+            && let Some(state) = table.with(doc_id, |s| s.map(StoredState::to_key_state))
+        {
+            served.publish(doc_id, Arc::new(state));
         }
         Ok(outcome)
     }

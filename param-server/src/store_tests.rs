@@ -181,7 +181,7 @@ fn a_table_swap_replaces_every_key_at_once() {
     store.apply("ctr", 1, beta_state(4)).unwrap();
     let held = version.table();
     let replacement = ParamTable::default();
-    replacement.apply(2, &StoredState::from(beta_state(1)));
+    replacement.apply(2, StoredState::from(beta_state(1)));
     let old = version.swap_table(replacement);
     assert!(Arc::ptr_eq(&old, &held));
     assert!(store.params("ctr", 1).unwrap().is_prior);

@@ -1,12 +1,15 @@
 //! One version's parameter table: doc id → [`StoredState`], in a
 //! concurrent map whose reads take no lock.
 //!
-//! The map is `papaya` (chosen over `scc::HashIndex` by the bench in
-//! `benches/store.rs`; figures in NOTES.md). Values are immutable: an
-//! update allocates a new value and swaps the entry's pointer with one
+//! The map is `papaya`. `scc::HashIndex` looked up 1.3–2× faster in the
+//! bench (`benches/store.rs`, figures in NOTES.md) but its reads are not
+//! linearizable: under updates a reader saw a key's seq go backwards
+//! (`readers_never_see_a_torn_state_or_a_seq_going_back` fails with it),
+//! which the store must never show. Values are immutable: an update
+//! allocates a new value and swaps the entry's pointer with one
 //! compare-and-swap, and the old value is freed once no reader holds it.
 //! So a reader sees either the old or the new state of a key, whole, with
-//! its sequence number — never a mix.
+//! its sequence number — never a mix, never an older one after a newer.
 
 use papaya::{Compute, Operation};
 
@@ -51,7 +54,7 @@ impl ParamTable {
 
     /// Stores `state` for `doc_id` unless the stored seq is equal or higher;
     /// the check and the swap are one atomic step.
-    pub fn apply(&self, doc_id: u64, state: &StoredState) -> ApplyOutcome {
+    pub fn apply(&self, doc_id: u64, state: StoredState) -> ApplyOutcome {
         let seq = state.seq();
         let map = self.map.pin();
         // papaya may call the closure again when the entry changed under it;

@@ -8,7 +8,6 @@ use posterior_learner::posterior::ModelKind;
 use posterior_learner::{KeyState, Posterior, VersionSpec};
 use tokio::sync::broadcast;
 
-use crate::stored::StoredState;
 use crate::table::ParamTable;
 
 /// One applied update, as the watchers of a version receive it.
@@ -28,6 +27,7 @@ pub struct ServedVersion {
     prior: KeyState,
     table: ArcSwap<ParamTable>,
     updates: broadcast::Sender<AppliedUpdate>,
+    watch_buffer: usize,
 }
 
 impl ServedVersion {
@@ -35,13 +35,15 @@ impl ServedVersion {
     /// `watch_buffer` updates.
     pub fn new(id: u32, spec: VersionSpec, watch_buffer: usize) -> Self {
         let prior = KeyState::prior(&spec.model);
-        let (updates, _) = broadcast::channel(watch_buffer.max(1));
+        let watch_buffer = watch_buffer.max(1);
+        let (updates, _) = broadcast::channel(watch_buffer);
         Self {
             id,
             spec,
             prior,
             table: ArcSwap::from_pointee(ParamTable::default()),
             updates,
+            watch_buffer,
         }
     }
 
@@ -87,17 +89,20 @@ impl ServedVersion {
         self.updates.subscribe()
     }
 
-    /// Tells the watchers about an applied update; free when nobody
-    /// watches.
-    pub(crate) fn publish(&self, doc_id: u64, state: &StoredState) {
-        if self.updates.receiver_count() > 0 {
-            let update = AppliedUpdate {
-                doc_id,
-                state: Arc::new(state.to_key_state()),
-            };
-            // An error only means the last watcher left meanwhile.
-            let _ = self.updates.send(update);
-        }
+    /// Watchers following this version now.
+    pub fn watchers(&self) -> usize {
+        self.updates.receiver_count()
+    }
+
+    /// Updates a watcher may fall behind by before it must resync.
+    pub fn watch_buffer(&self) -> usize {
+        self.watch_buffer
+    }
+
+    /// Tells the watchers about an applied update.
+    pub(crate) fn publish(&self, doc_id: u64, state: Arc<KeyState>) {
+        // An error only means the last watcher left meanwhile.
+        let _ = self.updates.send(AppliedUpdate { doc_id, state });
     }
 
     /// Checks that `state` is of this version's model and dimension;
