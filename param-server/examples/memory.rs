@@ -1,6 +1,7 @@
 //! Memory per key of the store at d = 32 (diagonal) with 1 M keys: the
 //! process's resident set before and after filling one version through
-//! `ParamStore::apply`, against the raw parameter bytes.
+//! `ParamStore::apply`, against the raw parameter bytes; then again after
+//! every key was updated twice (replaced values must be freed).
 //!
 //! Run: `cargo run --release -p posterior-param-server --example memory [keys] [dim]`
 //! (figures in param-server/NOTES.md). The workspace forbids `unsafe`, so
@@ -51,6 +52,22 @@ fn main() -> Result<()> {
         store.apply("dwell", doc, state)?;
     }
     let after = rss_bytes()?;
+    // Then every key updated twice more (new seqs): replaced values must be
+    // freed, so the resident set should not grow with the updates.
+    for seq in 2..=3 {
+        for doc in 0..keys {
+            let x = doc as f64 + seq as f64;
+            let g = DiagonalGaussian::from_parts(vec![x; dim], vec![1.0 + x; dim])?;
+            let state = KeyState {
+                seq,
+                sample_count: seq as f64,
+                updated_event_time_ms: 0,
+                posterior: Posterior::Diagonal(g),
+            };
+            store.apply("dwell", doc, state)?;
+        }
+    }
+    let churned = rss_bytes()?;
     let per_key = (after - before) as f64 / keys as f64;
     let params = 16.0 * dim as f64;
     let with_bookkeeping = params + 24.0 + 8.0;
@@ -61,6 +78,11 @@ fn main() -> Result<()> {
         "raw mean+precision {params:.0} B: ratio {:.2}; raw incl. seq/count/time/doc id {with_bookkeeping:.0} B: ratio {:.2}",
         per_key / params,
         per_key / with_bookkeeping
+    );
+    println!(
+        "after updating every key twice more: rss {} MiB above the start ({:+.0} B per key)",
+        (churned - before) >> 20,
+        (churned as f64 - after as f64) / keys as f64
     );
     Ok(())
 }
