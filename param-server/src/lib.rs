@@ -13,11 +13,18 @@
 //! - [`watch`]: `WatchParams` streams: snapshot, updates, bounded buffers.
 //! - [`server`]: `serve(listener, …, shutdown)` with health and reflection.
 //! - [`limits`]: the bounds of every request, response and buffer.
+//! - [`feed`]: applies `ParamUpdate` batches from a channel (the learner's
+//!   in-process sink).
+//! - [`config`]: the binary's TOML configuration, validated before binding.
+//! - [`runner`]: store + feed + server from a config, until shutdown.
 //! - [`error`]: the store's and the services' errors, mapped to gRPC codes.
 
+pub mod config;
 pub mod error;
+pub mod feed;
 pub mod limits;
 pub mod request;
+pub mod runner;
 pub mod sampler;
 pub mod server;
 pub mod service;
