@@ -13,6 +13,8 @@
 //! max_docs_per_request = 10000
 //! max_watchers_per_version = 64
 //! watch_stream_events = 256
+//! max_concurrent_requests_per_connection = 256
+//! request_timeout_ms = 5000
 //!
 //! [[versions]]
 //! name = "ctr-beta"
@@ -112,6 +114,12 @@ impl Config {
             ("max_docs_per_request", l.max_docs_per_request, 1),
             ("max_watchers_per_version", l.max_watchers_per_version, 1),
             ("watch_stream_events", l.watch_stream_events, 1),
+            (
+                "max_concurrent_requests_per_connection",
+                l.max_concurrent_requests_per_connection,
+                1,
+            ),
+            ("request_timeout_ms", l.request_timeout_ms as usize, 1),
         ];
         for (key, value, min) in checks {
             if value < min {

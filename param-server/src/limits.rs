@@ -18,6 +18,13 @@ pub struct Limits {
     /// Events a watcher's outgoing stream buffers before the server stops
     /// producing for it (and its update buffer starts to fill).
     pub watch_stream_events: usize,
+    /// Requests of one connection handled at once; a request beyond it is
+    /// shed at once with `RESOURCE_EXHAUSTED`, never queued.
+    pub max_concurrent_requests_per_connection: usize,
+    /// Time a request may take to produce its response (a watch stream's
+    /// events are not counted); past it the request ends with `CANCELLED`
+    /// (tonic's code for a server timeout).
+    pub request_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -28,6 +35,8 @@ impl Default for Limits {
             max_docs_per_request: 10_000,
             max_watchers_per_version: 64,
             watch_stream_events: 256,
+            max_concurrent_requests_per_connection: 256,
+            request_timeout_ms: 5_000,
         }
     }
 }

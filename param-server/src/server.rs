@@ -1,8 +1,11 @@
 //! The gRPC server: `ParamService`, the standard health service and
 //! server reflection on one listener, until a shutdown future resolves.
+//! Per connection, requests beyond the concurrency limit are shed with
+//! `RESOURCE_EXHAUSTED` (not queued), and every request has a timeout.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use posterior_proto::v1::param_service_server::ParamServiceServer;
 use tokio::net::TcpListener;
@@ -43,6 +46,9 @@ pub async fn serve(
         .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(limits.max_response_bytes);
     tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
+        .load_shed(true)
+        .timeout(Duration::from_millis(limits.request_timeout_ms))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(params)

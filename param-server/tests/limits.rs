@@ -185,3 +185,43 @@ async fn watchers_beyond_the_limit_are_refused_as_exhausted() {
     drop((_a, _b, c));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_concurrency_limit_are_shed_as_exhausted() {
+    let server = TestServer::start(
+        Limits {
+            max_concurrent_requests_per_connection: 1,
+            ..Limits::default()
+        },
+        64,
+    )
+    .await;
+    // 32 requests of 10 000 draws at once on one connection: with one
+    // allowed in flight, the others that arrive meanwhile are shed.
+    let client = server.client().await;
+    let calls = (0..32).map(|seed| {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let request = sample("dwell", vec![1; 10_000], vec![0.5; 4]);
+            let request = v1::SampleScoresRequest {
+                seed: Some(seed),
+                ..request
+            };
+            client.sample_scores(request).await.map(|_| ())
+        })
+    });
+    let mut shed = 0;
+    let mut served = 0;
+    for call in calls.collect::<Vec<_>>() {
+        match call.await.unwrap() {
+            Ok(()) => served += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                shed += 1;
+            }
+        }
+    }
+    assert!(served >= 1 && shed >= 1, "served {served}, shed {shed}");
+    assert_serving(&server).await;
+    server.stop().await;
+}
