@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use posterior_proto::v1::param_service_server::ParamServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::limits::Limits;
 use crate::service::ParamServiceImpl;
@@ -45,6 +45,9 @@ pub async fn serve(
     let params = ParamServiceServer::new(ParamServiceImpl::new(store, limits.clone()))
         .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(limits.max_response_bytes);
+    // Small responses must not wait for Nagle's algorithm (40 ms with
+    // delayed ACKs): every accepted connection gets TCP_NODELAY.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
         .load_shed(true)
@@ -52,7 +55,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(params)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }
