@@ -15,7 +15,8 @@ use posterior_learner::posterior::{
     CovarianceForm, DiagonalGaussian, LogisticPrior, ModelKind, ModelSpec,
 };
 use posterior_learner::{KeyState, Posterior, RewardSpec, VersionSpec};
-use posterior_param_server::{Limits, ParamStore, serve};
+use posterior_param_server::request::DocsRequest;
+use posterior_param_server::{Limits, ParamServiceImpl, ParamStore, serve};
 use posterior_proto::v1;
 use posterior_proto::v1::param_service_client::ParamServiceClient;
 use rand::{Rng, SeedableRng};
@@ -59,12 +60,34 @@ fn report(name: &str, batch: usize, mut times: Vec<Duration>) {
     );
 }
 
+/// The same requests without gRPC: the handlers' own work.
+fn in_process(store: &Arc<ParamStore>, keys: u64, requests: usize) -> Result<()> {
+    let service = ParamServiceImpl::new(Arc::clone(store), Limits::default());
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    let mut times = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let request = DocsRequest {
+            version: "dwell".into(),
+            doc_ids: (0..1000).map(|_| rng.random_range(0..keys)).collect(),
+        };
+        let started = Instant::now();
+        let response = service.get_params(request)?;
+        let bytes = prost::Message::encoded_len(&response);
+        std::hint::black_box(bytes);
+        times.push(started.elapsed());
+    }
+    report("GetParams*", 1000, times);
+    println!("  (* in process, no gRPC: handler + sizing the response)");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let keys: u64 = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
     let requests: usize = args.next().map_or(Ok(2_000), |a| a.parse())?;
     let store = fill(keys)?;
+    in_process(&store, keys, requests)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
