@@ -1,2 +1,44 @@
-//! The Posterior param-server: serves the learner's dynamic weights to
-//! predictors over gRPC. Built in the param-server issue; empty for now.
+//! The Posterior param-server: serves the learner's dynamic weights — one
+//! Thompson-sampling posterior per (A/B version, doc) — to predictors.
+//!
+//! Layout:
+//! - [`store`]: every (version, doc) state in memory; lock-free reads,
+//!   per-key sequence numbers that never go backwards.
+//! - [`table`]: one version's doc → state map (papaya).
+//! - [`stored`]: a key's state in the store's compact, immutable form.
+//! - [`version`]: a served version: spec, prior, table, update stream.
+//! - [`service`]: `posterior.v1.ParamService`: thin handlers over the store.
+//! - [`request`]: wire requests checked and converted to domain requests.
+//! - [`sampler`]: server-side Thompson draws and mean scores.
+//! - [`watch`]: `WatchParams` streams: snapshot, updates, bounded buffers.
+//! - [`server`]: `serve(listener, …, shutdown)` with health and reflection.
+//! - [`limits`]: the bounds of every request, response and buffer.
+//! - [`feed`]: applies `ParamUpdate` batches from a channel (the learner's
+//!   in-process sink).
+//! - [`config`]: the binary's TOML configuration, validated before binding.
+//! - [`runner`]: store + feed + server from a config, until shutdown.
+//! - [`error`]: the store's and the services' errors, mapped to gRPC codes.
+
+pub mod config;
+pub mod error;
+pub mod feed;
+pub mod limits;
+pub mod request;
+pub mod runner;
+pub mod sampler;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod stored;
+pub mod table;
+pub mod version;
+pub mod watch;
+
+pub use error::{ServeError, StoreError};
+pub use limits::Limits;
+pub use server::{ServerError, serve};
+pub use service::ParamServiceImpl;
+pub use store::ParamStore;
+pub use stored::StoredState;
+pub use table::{ApplyOutcome, ParamTable};
+pub use version::{AppliedUpdate, ServedVersion};

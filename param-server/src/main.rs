@@ -1,8 +1,92 @@
-//! `param-server` binary; the gRPC service lands with the param-server issue.
+//! `param-server`: serves Posterior's parameters over gRPC
+//! (`posterior.v1.ParamService`, health, reflection).
+//!
+//! `param-server --config param-server.toml [--listen 127.0.0.1:50051] [--check]`
+//!
+//! The config is read and validated before any socket is bound; `--check`
+//! stops there. This slice has no standalone feed yet (the Kafka `params`
+//! topic comes next): the binary serves its versions' priors, and an
+//! embedding learner feeds the store through `runner::run`'s channel.
 
-fn main() {
-    println!(
-        "posterior param-server {}: not built yet (see the param-server issue)",
-        env!("CARGO_PKG_VERSION")
-    );
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use posterior_param_server::config::Config;
+use posterior_param_server::runner::{build_store, run};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// Command-line arguments.
+#[derive(Debug, Parser)]
+#[command(version, about = "Serves Posterior's parameters over gRPC")]
+struct Args {
+    /// The TOML configuration file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Overrides `listen` of the config file.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn load(args: &Args) -> Result<Config> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("read config {}", args.config.display()))?;
+    let mut config: Config =
+        toml::from_str(&text).with_context(|| format!("parse config {}", args.config.display()))?;
+    if let Some(listen) = &args.listen {
+        config.listen.clone_from(listen);
+    }
+    config.validate().context("invalid config")?;
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "no SIGTERM handler; stop with Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let config = load(&args)?;
+    if args.check {
+        println!("config ok: {} version(s)", config.versions.len());
+        return Ok(());
+    }
+    let store = build_store(&config).context("build the store")?;
+    let addr = config.listen_addr().context("listen address")?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind {addr}"))?;
+    let local = listener.local_addr().context("local address")?;
+    tracing::info!(%local, versions = config.versions.len(), "param-server listening");
+    run(&config, store, listener, None, shutdown_signal())
+        .await
+        .context("serve")?;
+    Ok(())
 }

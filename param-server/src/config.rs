@@ -1,0 +1,216 @@
+//! The param-server's TOML configuration, validated before any socket is
+//! bound. Versions use the learner's `[[versions]]` tables, field for
+//! field, so one file can describe both.
+//!
+//! ```toml
+//! listen = "127.0.0.1:50051"
+//! # Updates a watcher may fall behind by before it must resync.
+//! watch_buffer = 4096
+//!
+//! [limits]
+//! max_request_bytes = 4194304
+//! max_response_bytes = 67108864
+//! max_docs_per_request = 10000
+//! max_watchers_per_version = 64
+//! watch_stream_events = 256
+//! max_concurrent_requests_per_connection = 256
+//! request_timeout_ms = 5000
+//!
+//! [[versions]]
+//! name = "ctr-beta"
+//! model = "beta"
+//! reward_label = "click"
+//! ```
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use posterior_learner::VersionSpec;
+use posterior_learner::config::VersionConfig;
+use serde::Deserialize;
+
+use crate::limits::Limits;
+use crate::store::DEFAULT_WATCH_BUFFER;
+
+/// Largest `watch_buffer`: one version's buffer holds this many updates.
+pub const MAX_WATCH_BUFFER: usize = 1 << 20;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the gRPC listener, e.g. `127.0.0.1:50051`.
+    pub listen: String,
+    /// Updates a watcher may fall behind by before it must resync.
+    #[serde(default = "default_watch_buffer")]
+    pub watch_buffer: usize,
+    /// Bounds of requests, responses and watchers.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The versions served, as in the learner's config.
+    #[serde(default)]
+    pub versions: Vec<VersionConfig>,
+}
+
+fn default_watch_buffer() -> usize {
+    DEFAULT_WATCH_BUFFER
+}
+
+/// A config value that is wrong, named by its key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    /// Dotted key, e.g. `limits.max_docs_per_request` or `versions[1].dim`.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn bad(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Parses and validates a TOML file's text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| bad("config", e.message()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; the error names the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if !(1..=MAX_WATCH_BUFFER).contains(&self.watch_buffer) {
+            return Err(bad(
+                "watch_buffer",
+                format!("must be in 1..={MAX_WATCH_BUFFER}"),
+            ));
+        }
+        self.validate_limits()?;
+        if self.versions.is_empty() {
+            return Err(bad("versions", "at least one [[versions]] table is needed"));
+        }
+        let mut names = HashSet::new();
+        for (i, version) in self.versions.iter().enumerate() {
+            if !names.insert(version.name.as_str()) {
+                return Err(bad(format!("versions[{i}].name"), "used twice"));
+            }
+            version
+                .spec()
+                .map_err(|e| bad(format!("versions[{i}]"), e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let checks = [
+            ("max_request_bytes", l.max_request_bytes, 1 << 10),
+            ("max_response_bytes", l.max_response_bytes, 1 << 10),
+            ("max_docs_per_request", l.max_docs_per_request, 1),
+            ("max_watchers_per_version", l.max_watchers_per_version, 1),
+            ("watch_stream_events", l.watch_stream_events, 1),
+            (
+                "max_concurrent_requests_per_connection",
+                l.max_concurrent_requests_per_connection,
+                1,
+            ),
+            ("request_timeout_ms", l.request_timeout_ms as usize, 1),
+        ];
+        for (key, value, min) in checks {
+            if value < min {
+                return Err(bad(format!("limits.{key}"), format!("must be >= {min}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The listen address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|e| {
+            bad(
+                "listen",
+                format!("{e} (expected host:port, e.g. 127.0.0.1:50051)"),
+            )
+        })
+    }
+
+    /// The served versions' specs (valid once `validate` passed).
+    pub fn version_specs(&self) -> Result<Vec<VersionSpec>, ConfigError> {
+        self.versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.spec()
+                    .map_err(|e| bad(format!("versions[{i}]"), e.to_string()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:0"
+
+[limits]
+max_docs_per_request = 500
+
+[[versions]]
+name = "ctr-beta"
+model = "beta"
+reward_label = "click"
+
+[[versions]]
+name = "ctr-logistic"
+model = "logistic"
+dim = 8
+reward_label = "click"
+"#;
+
+    #[test]
+    fn a_good_file_loads_with_defaults() {
+        let config = Config::from_toml(GOOD).unwrap();
+        assert_eq!(config.limits.max_docs_per_request, 500);
+        assert_eq!(config.limits.watch_stream_events, 256);
+        assert_eq!(config.watch_buffer, DEFAULT_WATCH_BUFFER);
+        let specs = config.version_specs().unwrap();
+        assert_eq!(specs[1].model.kind.dim(), 8);
+    }
+
+    #[test]
+    fn the_example_file_loads() {
+        let config = Config::from_toml(include_str!("../param-server.example.toml")).unwrap();
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.versions.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (GOOD.replace("127.0.0.1:0", "localhost"), "listen"),
+            (format!("watch_buffer = 0\n{GOOD}"), "watch_buffer"),
+            (
+                GOOD.replace("max_docs_per_request = 500", "max_docs_per_request = 0"),
+                "limits.max_docs_per_request",
+            ),
+            (GOOD.replace("dim = 8", "dim = 0"), "versions[1]"),
+            (GOOD.replace("ctr-logistic", "ctr-beta"), "versions[1].name"),
+            (
+                GOOD.replace("[limits]", "[limits]\nmax_dogs = 3"),
+                "max_dogs",
+            ),
+            ("listen = \"127.0.0.1:0\"\n".to_owned(), "versions"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(&text).unwrap_err();
+            assert!(err.to_string().contains(key), "{err} lacks {key}");
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The errors of the store and of the gRPC services, and the one place
+//! where they become gRPC status codes.
+
+use posterior_learner::PosteriorError;
+use tonic::{Code, Status};
+
+use crate::version::ModelShape;
+
+/// Why the store refused an update or a lookup.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// No version of that name is served.
+    #[error("unknown version {0:?}")]
+    UnknownVersion(String),
+    /// A version of that name is already served.
+    #[error("version {0:?} already exists")]
+    VersionExists(String),
+    /// The update's state is of another model or dimension than its
+    /// version.
+    #[error("update of {version:?}/{doc_id} holds a {got} state, the version is {want}")]
+    ModelMismatch {
+        /// The version.
+        version: String,
+        /// The doc.
+        doc_id: u64,
+        /// What the update holds.
+        got: ModelShape,
+        /// What the version's spec wants.
+        want: ModelShape,
+    },
+    /// A wire update that cannot be applied: missing fields, undecodable
+    /// or inconsistent state.
+    #[error("bad update of {version:?}/{doc_id}: {reason}")]
+    BadUpdate {
+        /// The version, as far as it could be read.
+        version: String,
+        /// The doc, as far as it could be read (0 when unknown).
+        doc_id: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Whether applying the same update later can succeed: only an unknown
+    /// version can become known.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::UnknownVersion(_))
+    }
+}
+
+/// Why a `ParamService` request was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServeError {
+    /// The store refused (unknown version, ...).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request names no version.
+    #[error("version must not be empty")]
+    MissingVersion,
+    /// More doc ids than one request may carry.
+    #[error("{got} doc ids in one request, the limit is {max}")]
+    TooManyDocs {
+        /// Doc ids in the request.
+        got: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// A context value is NaN or infinite.
+    #[error("context[{index}] is not finite ({value})")]
+    NonFiniteContext {
+        /// Position in the request's `context`.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// The context length fits neither one shared context nor one per doc.
+    #[error(
+        "context has {got} values; version {version:?} needs {dim} (one shared context) or {dim} x {docs} (one per doc)"
+    )]
+    WrongDimension {
+        /// The version.
+        version: String,
+        /// Its dimension (0 for Beta: no context).
+        dim: usize,
+        /// Doc ids in the request.
+        docs: usize,
+        /// Context values given.
+        got: usize,
+    },
+    /// The maths refused an input that passed the checks above (a bug
+    /// in those checks, reported as the input error it is).
+    #[error("rejected by the posterior: {0}")]
+    Posterior(#[from] PosteriorError),
+    /// Too many watchers of one version at once.
+    #[error("{max} watchers already follow version {version:?}")]
+    TooManyWatchers {
+        /// The version.
+        version: String,
+        /// The configured limit.
+        max: usize,
+    },
+}
+
+impl ServeError {
+    /// The gRPC code of this error.
+    pub fn code(&self) -> Code {
+        match self {
+            ServeError::Store(StoreError::UnknownVersion(_)) => Code::NotFound,
+            ServeError::Store(StoreError::VersionExists(_)) => Code::AlreadyExists,
+            ServeError::Store(StoreError::ModelMismatch { .. } | StoreError::BadUpdate { .. })
+            | ServeError::MissingVersion
+            | ServeError::TooManyDocs { .. }
+            | ServeError::NonFiniteContext { .. }
+            | ServeError::WrongDimension { .. }
+            | ServeError::Posterior(_) => Code::InvalidArgument,
+            ServeError::TooManyWatchers { .. } => Code::ResourceExhausted,
+        }
+    }
+}
+
+impl From<ServeError> for Status {
+    fn from(error: ServeError) -> Self {
+        Status::new(error.code(), error.to_string())
+    }
+}

@@ -1,0 +1,61 @@
+//! The gRPC server: `ParamService`, the standard health service and
+//! server reflection on one listener, until a shutdown future resolves.
+//! Per connection, requests beyond the concurrency limit are shed with
+//! `RESOURCE_EXHAUSTED` (not queued), and every request has a timeout.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use posterior_proto::v1::param_service_server::ParamServiceServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::limits::Limits;
+use crate::service::ParamServiceImpl;
+use crate::store::ParamStore;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The reflection service could not read the descriptors.
+    #[error("build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("serve gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `store` on `listener` until `shutdown` resolves; in-flight
+/// requests finish first. Tests bind `127.0.0.1:0` and pass the listener.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<ParamStore>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ParamServiceServer<ParamServiceImpl>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(posterior_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let params = ParamServiceServer::new(ParamServiceImpl::new(store, limits.clone()))
+        .max_decoding_message_size(limits.max_request_bytes)
+        .max_encoding_message_size(limits.max_response_bytes);
+    // Small responses must not wait for Nagle's algorithm (40 ms with
+    // delayed ACKs): every accepted connection gets TCP_NODELAY.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
+        .load_shed(true)
+        .timeout(Duration::from_millis(limits.request_timeout_ms))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(params)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}

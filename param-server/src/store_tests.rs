@@ -1,0 +1,233 @@
+//! Unit tests of the store: no I/O, threads only for the concurrency check.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use posterior_learner::params::update_to_wire;
+use posterior_learner::posterior::{
+    BetaPosterior, BetaPrior, CovarianceForm, DiagonalGaussian, LogisticPrior, ModelKind, ModelSpec,
+};
+use posterior_learner::{KeyState, Posterior, RewardSpec, VersionSpec};
+use posterior_proto::v1;
+
+use super::*;
+
+fn beta_spec(name: &str) -> VersionSpec {
+    VersionSpec {
+        name: name.to_owned(),
+        model: ModelSpec::new(ModelKind::Beta(BetaPrior::new(2.0, 3.0).unwrap())),
+        reward: RewardSpec::binary("click"),
+        use_sample_weight: false,
+    }
+}
+
+fn diagonal_spec(name: &str, dim: usize) -> VersionSpec {
+    let prior = LogisticPrior::isotropic(CovarianceForm::Diagonal, dim, 1.0).unwrap();
+    VersionSpec {
+        model: ModelSpec::new(ModelKind::Logistic(prior)),
+        ..beta_spec(name)
+    }
+}
+
+/// A Beta state whose every field is a function of `seq`, so a reader can
+/// tell a torn value from a whole one.
+fn beta_state(seq: u64) -> KeyState {
+    let s = seq as f64;
+    KeyState {
+        seq,
+        sample_count: s,
+        updated_event_time_ms: seq as i64,
+        posterior: Posterior::Beta(BetaPosterior::from_parts(1.0 + s, 1.0 + 2.0 * s).unwrap()),
+    }
+}
+
+fn diagonal_state(seq: u64, dim: usize) -> KeyState {
+    let s = seq as f64;
+    let g = DiagonalGaussian::from_parts(vec![s; dim], vec![1.0 + s; dim]).unwrap();
+    KeyState {
+        seq,
+        sample_count: s,
+        updated_event_time_ms: seq as i64,
+        posterior: Posterior::Diagonal(g),
+    }
+}
+
+fn beta_of(params: &v1::Params) -> (f64, f64) {
+    match &params.model {
+        Some(v1::params::Model::Beta(b)) => (b.alpha, b.beta),
+        other => panic!("not beta: {other:?}"),
+    }
+}
+
+#[test]
+fn an_unseen_doc_reads_as_the_prior() {
+    let store = ParamStore::default();
+    store.register(beta_spec("ctr")).unwrap();
+    let params = store.params("ctr", 7).unwrap();
+    assert!(params.is_prior);
+    assert_eq!((params.seq, params.doc_id), (0, 7));
+    assert_eq!(beta_of(&params), (2.0, 3.0));
+}
+
+#[test]
+fn only_a_higher_seq_replaces_a_state() {
+    let store = ParamStore::default();
+    store.register(beta_spec("ctr")).unwrap();
+    assert_eq!(
+        store.apply("ctr", 1, beta_state(5)).unwrap(),
+        ApplyOutcome::Applied
+    );
+    for stale in [5, 4, 0] {
+        assert_eq!(
+            store.apply("ctr", 1, beta_state(stale)).unwrap(),
+            ApplyOutcome::Stale { stored_seq: 5 }
+        );
+    }
+    let params = store.params("ctr", 1).unwrap();
+    assert_eq!((params.seq, params.is_prior), (5, false));
+    assert_eq!(beta_of(&params), (6.0, 11.0));
+    assert_eq!(
+        store.apply("ctr", 1, beta_state(6)).unwrap(),
+        ApplyOutcome::Applied
+    );
+    assert_eq!(store.params("ctr", 1).unwrap().seq, 6);
+}
+
+#[test]
+fn a_seq_zero_update_is_stale_for_an_unseen_doc() {
+    let store = ParamStore::default();
+    store.register(beta_spec("ctr")).unwrap();
+    // The prior has seq 0; nothing below or at it is news.
+    let outcome = store.apply("ctr", 1, beta_state(0)).unwrap();
+    assert_eq!(outcome, ApplyOutcome::Stale { stored_seq: 0 });
+    assert!(store.version("ctr").unwrap().table().is_empty());
+    let params = store.params("ctr", 1).unwrap();
+    assert!(params.is_prior, "a seq 0 state is still the prior");
+}
+
+#[test]
+fn a_state_of_the_wrong_model_or_dimension_changes_nothing() {
+    let store = ParamStore::default();
+    store.register(diagonal_spec("dwell", 4)).unwrap();
+    let err = store.apply("dwell", 1, beta_state(3)).unwrap_err();
+    assert!(matches!(err, StoreError::ModelMismatch { .. }), "{err}");
+    let err = store.apply("dwell", 1, diagonal_state(3, 5)).unwrap_err();
+    assert!(err.to_string().contains("d=5"), "{err}");
+    assert!(store.params("dwell", 1).unwrap().is_prior);
+    let err = store.apply("nope", 1, beta_state(3)).unwrap_err();
+    assert_eq!(err, StoreError::UnknownVersion("nope".into()));
+    assert!(err.is_retryable());
+}
+
+#[test]
+fn wire_updates_round_trip_and_bad_ones_are_errors() {
+    let store = ParamStore::default();
+    store.register(diagonal_spec("dwell", 3)).unwrap();
+    let state = diagonal_state(9, 3);
+    let update = update_to_wire("dwell", 42, &state);
+    assert_eq!(store.apply_wire(&update).unwrap(), ApplyOutcome::Applied);
+    assert_eq!(
+        store.params("dwell", 42).unwrap(),
+        update.params.clone().unwrap()
+    );
+
+    let mut no_params = update.clone();
+    no_params.params = None;
+    let mut corrupt = update_to_wire("dwell", 43, &diagonal_state(10, 3));
+    corrupt.state.truncate(20);
+    let mut seq_mismatch = update_to_wire("dwell", 44, &diagonal_state(10, 3));
+    seq_mismatch.params.as_mut().unwrap().seq = 11;
+    let mut nan = update_to_wire("dwell", 45, &diagonal_state(10, 3));
+    let at = nan.state.len() - 8;
+    nan.state[at..].copy_from_slice(&f64::NAN.to_le_bytes());
+    for (bad, what) in [
+        (no_params, "no params"),
+        (corrupt, "bytes"),
+        (seq_mismatch, "seq"),
+        (nan, "not finite"),
+    ] {
+        let err = store.apply_wire(&bad).unwrap_err();
+        assert!(matches!(err, StoreError::BadUpdate { .. }), "{err}");
+        assert!(err.to_string().contains(what), "{err} lacks {what}");
+    }
+    for doc in 43..=45 {
+        assert!(store.params("dwell", doc).unwrap().is_prior);
+    }
+}
+
+#[test]
+fn versions_register_once() {
+    let store = ParamStore::default();
+    let a = store.register(beta_spec("a")).unwrap();
+    let b = store.register(diagonal_spec("b", 2)).unwrap();
+    assert_eq!((a.id(), b.id()), (0, 1));
+    assert_eq!(
+        store.register(beta_spec("a")).unwrap_err(),
+        StoreError::VersionExists("a".into())
+    );
+    let names: Vec<_> = store
+        .versions()
+        .iter()
+        .map(|v| v.name().to_owned())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(store.version("b").unwrap().dim(), 2);
+}
+
+#[test]
+fn a_table_swap_replaces_every_key_at_once() {
+    let store = ParamStore::default();
+    let version = store.register(beta_spec("ctr")).unwrap();
+    store.apply("ctr", 1, beta_state(4)).unwrap();
+    let held = version.table();
+    let replacement = ParamTable::default();
+    replacement.apply(2, StoredState::from(beta_state(1)));
+    let old = version.swap_table(replacement);
+    assert!(Arc::ptr_eq(&old, &held));
+    assert!(store.params("ctr", 1).unwrap().is_prior);
+    assert_eq!(store.params("ctr", 2).unwrap().seq, 1);
+    // A reader holding the old table still sees it whole.
+    assert!(held.with(1, |s| s.map(StoredState::seq)) == Some(4));
+}
+
+#[test]
+fn readers_never_see_a_torn_state_or_a_seq_going_back() {
+    let store = Arc::new(ParamStore::default());
+    store.register(diagonal_spec("dwell", 8)).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut last = [0_u64; 4];
+            let mut reads = 0_u64;
+            while !done.load(Ordering::Acquire) {
+                for doc in 0..4_u64 {
+                    let params = store.params("dwell", doc).unwrap();
+                    let s = params.seq as f64;
+                    let Some(v1::params::Model::Gaussian(g)) = &params.model else {
+                        panic!("not gaussian")
+                    };
+                    assert!(g.mean.iter().all(|&m| m == s), "torn mean at seq {s}");
+                    assert!(g.precision.iter().all(|&q| q == 1.0 + s), "torn precision");
+                    assert_eq!(params.sample_count, s);
+                    assert!(params.seq >= last[doc as usize], "seq went back");
+                    last[doc as usize] = params.seq;
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    for seq in 1..=20_000_u64 {
+        for doc in 0..4_u64 {
+            store.apply("dwell", doc, diagonal_state(seq, 8)).unwrap();
+        }
+        // A replayed older update now and then must not win.
+        if seq % 7 == 0 {
+            store.apply("dwell", 0, diagonal_state(seq - 3, 8)).unwrap();
+        }
+    }
+    done.store(true, Ordering::Release);
+    assert!(reader.join().unwrap() > 0);
+    assert_eq!(store.params("dwell", 0).unwrap().seq, 20_000);
+}
