@@ -207,8 +207,7 @@ pub fn restore(config: &Config) -> (Duration, Duration, Engine) {
 pub fn same_params(a: &Engine, b: &Engine) -> bool {
     a.params().len() == b.params().len()
         && a.params()
-            .iter()
-            .all(|(k, s)| b.params().get(k).is_some_and(|t| t.encode() == s.encode()))
+            .all(|(k, s)| b.param(k).is_some_and(|t| t.encode() == s.encode()))
 }
 
 /// Size of a directory tree in bytes.

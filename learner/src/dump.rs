@@ -11,7 +11,7 @@ use crate::posterior::Posterior;
 
 /// Writes every key of `engine` as one JSON object per line.
 pub fn dump(engine: &Engine, out: &mut impl Write) -> std::io::Result<()> {
-    let mut keys: Vec<_> = engine.params().keys().copied().collect();
+    let mut keys: Vec<_> = engine.params().map(|(k, _)| *k).collect();
     keys.sort_by(|a, b| {
         let name = |k: &crate::registry::ParamKey| {
             engine
@@ -22,7 +22,7 @@ pub fn dump(engine: &Engine, out: &mut impl Write) -> std::io::Result<()> {
         (name(a), a.doc_id).cmp(&(name(b), b.doc_id))
     });
     for key in keys {
-        let state = &engine.params()[&key];
+        let state = engine.param(&key).expect("listed keys exist");
         let version = engine
             .registry()
             .get(key.version)

@@ -15,6 +15,7 @@
 //! `watermark`) — which is what makes replay from a checkpoint harmless.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::batcher::{BatchPolicy, Batcher, PendingObservation};
 use crate::control::{Command, Outcome, Scheduled, forked_spec};
@@ -74,10 +75,12 @@ pub struct Engine {
     dedup: Option<Dedup>,
     batcher: Batcher,
     registry: Registry,
-    params: KeyMap<KeyState>,
+    params: KeyMap<Slot>,
     next_offsets: BTreeMap<u32, u64>,
     released_below_ms: i64,
-    changed: KeySet,
+    /// Keys updated since the last [`Engine::take_changed`] (each once:
+    /// see [`Slot::unpublished`]).
+    changed: Vec<ParamKey>,
     dead_letters: Vec<DeadLetter>,
     counters: Counters,
     dirty: Dirty,
@@ -135,8 +138,50 @@ pub enum ScheduleResult {
 /// tracks its own changes).
 #[derive(Debug, Default)]
 struct Dirty {
-    params: KeySet,
+    /// Each key once: see [`Slot::unstored`].
+    params: Vec<ParamKey>,
     pending: KeySet,
+}
+
+/// One key of the parameter table.
+///
+/// The change marks live in the slot, next to the state the update has
+/// just touched, so marking a key costs a flag test and, once per
+/// publish or checkpoint interval, a push — not a lookup in a set as
+/// large as the interval's changes.
+#[derive(Debug, Clone)]
+struct Slot {
+    /// The state. A publish or a checkpoint takes a pointer to it, not a
+    /// copy; the key's next update copies it first if one is still held
+    /// (copy on write), so what was taken never changes.
+    state: Arc<KeyState>,
+    /// Listed in `Engine::changed`.
+    unpublished: bool,
+    /// Listed in `Dirty::params`.
+    unstored: bool,
+}
+
+impl Slot {
+    /// A slot whose state the store and the publications already hold.
+    fn clean(state: KeyState) -> Self {
+        Self {
+            state: Arc::new(state),
+            unpublished: false,
+            unstored: false,
+        }
+    }
+
+    /// Marks the key changed for the next publish and checkpoint.
+    fn mark(&mut self, key: ParamKey, changed: &mut Vec<ParamKey>, dirty: &mut Vec<ParamKey>) {
+        if !self.unpublished {
+            self.unpublished = true;
+            changed.push(key);
+        }
+        if !self.unstored {
+            self.unstored = true;
+            dirty.push(key);
+        }
+    }
 }
 
 impl Engine {
@@ -157,7 +202,7 @@ impl Engine {
             params: KeyMap::default(),
             next_offsets: BTreeMap::new(),
             released_below_ms: i64::MIN,
-            changed: KeySet::default(),
+            changed: Vec::new(),
             dead_letters: Vec::new(),
             counters: Counters::default(),
             dirty: Dirty::default(),
@@ -250,15 +295,23 @@ impl Engine {
         &self.next_offsets
     }
 
-    /// Keys updated since the last call, with their state (for publishing
-    /// and incremental checkpoints), in key order.
-    pub fn take_changed(&mut self) -> Vec<(ParamKey, &KeyState)> {
-        let mut changed: Vec<ParamKey> = self.changed.drain().collect();
-        changed.sort_unstable();
-        changed
-            .into_iter()
-            .map(|k| (k, self.params.get(&k).expect("changed keys exist")))
-            .collect()
+    /// Keys updated since the last call, with their state (for
+    /// publishing), in key order. The states are shared, not copied: a
+    /// key's next update copies its state first while one is held.
+    pub fn take_changed(&mut self) -> Vec<(ParamKey, Arc<KeyState>)> {
+        let mut keys = std::mem::take(&mut self.changed);
+        keys.sort_unstable();
+        let taken = keys
+            .iter()
+            .map(|key| {
+                let slot = self.params.get_mut(key).expect("changed keys exist");
+                slot.unpublished = false;
+                (*key, Arc::clone(&slot.state))
+            })
+            .collect();
+        keys.clear();
+        self.changed = keys;
+        taken
     }
 
     /// Dead letters since the last call.
@@ -271,9 +324,19 @@ impl Engine {
         &self.counters
     }
 
-    /// The parameter table.
-    pub fn params(&self) -> &KeyMap<KeyState> {
-        &self.params
+    /// Every key with its state, in no particular order.
+    pub fn params(&self) -> impl ExactSizeIterator<Item = (&ParamKey, &KeyState)> {
+        self.params.iter().map(|(key, slot)| (key, &*slot.state))
+    }
+
+    /// One key's state.
+    pub fn param(&self, key: &ParamKey) -> Option<&KeyState> {
+        self.params.get(key).map(|slot| &*slot.state)
+    }
+
+    /// Keys in the parameter table.
+    pub fn param_count(&self) -> usize {
+        self.params.len()
     }
 
     /// The version registry.
@@ -307,11 +370,19 @@ impl Engine {
                 version: id,
                 doc_id,
             };
-            self.params.insert(key, state);
-            self.changed.insert(key);
-            self.dirty.params.insert(key);
+            self.insert_changed(key, state);
         }
         Ok(seeded)
+    }
+
+    /// Puts a new key's state in the table, marked for the next publish
+    /// and checkpoint (seeded and forked keys: both start from a version
+    /// without state).
+    fn insert_changed(&mut self, key: ParamKey, state: KeyState) {
+        let mut slot = Slot::clean(state);
+        slot.mark(key, &mut self.changed, &mut self.dirty.params);
+        let old = self.params.insert(key, slot);
+        debug_assert!(old.is_none(), "{key:?} was in the table");
     }
 
     /// Registers a version; its samples are accepted from the next released
@@ -430,14 +501,12 @@ impl Engine {
                     version: to_id,
                     doc_id: k.doc_id,
                 };
-                (key, state.clone())
+                (key, KeyState::clone(&state.state))
             })
             .collect();
         let copied = copies.len();
         for (key, state) in copies {
-            self.params.insert(key, state);
-            self.changed.insert(key);
-            self.dirty.params.insert(key);
+            self.insert_changed(key, state);
         }
         Ok(format!(
             "forked {from:?} into {to:?} (version id {}), {copied} keys warm-started",
@@ -535,10 +604,6 @@ impl Engine {
             .get(key.version)
             .expect("keys are created from registered versions")
             .spec;
-        let state = self
-            .params
-            .entry(key)
-            .or_insert_with(|| KeyState::prior(&spec.model));
         // A batch of one (the default policy) needs no vector of views.
         let single;
         let many: Vec<_>;
@@ -555,12 +620,27 @@ impl Engine {
                 &many
             }
         };
-        match state.update(&spec.model, observations) {
-            Ok(_) => {
+        let (changed, dirty) = (&mut self.changed, &mut self.dirty.params);
+        let updated = match self.params.get_mut(&key) {
+            Some(slot) => Arc::make_mut(&mut slot.state)
+                .update(&spec.model, observations)
+                .map(|_| slot.mark(key, changed, dirty)),
+            // A key enters the table with its first successful update: a
+            // refused first batch leaves no prior behind (which a restore
+            // would not have).
+            None => {
+                let mut state = KeyState::prior(&spec.model);
+                state.update(&spec.model, observations).map(|_| {
+                    let mut slot = Slot::clean(state);
+                    slot.mark(key, changed, dirty);
+                    self.params.insert(key, slot);
+                })
+            }
+        };
+        match updated {
+            Ok(()) => {
                 self.counters.applied += batch.len() as u64;
                 self.counters.updates += 1;
-                self.changed.insert(key);
-                self.dirty.params.insert(key);
             }
             Err(err) => {
                 let version = spec.name.clone();

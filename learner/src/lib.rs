@@ -34,7 +34,8 @@
 //! - [`deadletter`]: records that were not applied, and why.
 //! - [`deadletter_sink`]: dead letters to a file (exactly once) or a topic
 //!   (at least once, keyed `partition/offset`).
-//! - [`params`]: a key's state as the wire `Params` / `ParamUpdate`.
+//! - [`params`]: a key's state as the wire `Params` / `ParamUpdate`, and
+//!   `ParamChange`, the in-process publication.
 //! - [`sample`]: the domain `Sample`, converted from the wire `JoinedSample`
 //!   and validated at that boundary.
 

@@ -1,5 +1,8 @@
 //! Domain → wire: a key's state as the `posterior.v1.Params` and
-//! `ParamUpdate` messages that the param-server publishes.
+//! `ParamUpdate` messages that the param-server publishes, and the
+//! in-process form of a published update, [`ParamChange`].
+
+use std::sync::Arc;
 
 use posterior_proto::v1;
 
@@ -48,5 +51,25 @@ pub fn update_to_wire(version: &str, doc_id: u64, state: &KeyState) -> v1::Param
     v1::ParamUpdate {
         params: Some(params_to_wire(version, doc_id, state)),
         state: state.encode(),
+    }
+}
+
+/// One key's new state as the learner publishes it: shared, not copied
+/// or encoded. An in-process consumer (the embedded param-server) takes
+/// it as is; the Kafka sink encodes it with [`ParamChange::to_wire`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamChange {
+    /// Version name.
+    pub version: Arc<str>,
+    /// Document.
+    pub doc_id: u64,
+    /// The key's state; `state.seq` is the update's sequence number.
+    pub state: Arc<KeyState>,
+}
+
+impl ParamChange {
+    /// The `ParamUpdate` of the `params` topic.
+    pub fn to_wire(&self) -> v1::ParamUpdate {
+        update_to_wire(&self.version, self.doc_id, &self.state)
     }
 }

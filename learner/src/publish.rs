@@ -1,7 +1,9 @@
 //! Publishing: the keys an update changed leave the learner as coalesced
-//! `ParamUpdate`s — one per key per publish, with the key's latest state
+//! [`ParamChange`]s — one per key per publish, with the key's latest state
 //! and its sequence number (the key's update count, from the input, never
-//! a clock).
+//! a clock). The state is shared with the engine, not copied: an
+//! in-process consumer takes it as is, and only the Kafka sink encodes it
+//! (as a `ParamUpdate`).
 //!
 //! After a crash the learner replays from its checkpoint and, being
 //! deterministic, republishes identical values under identical sequence
@@ -16,11 +18,12 @@
 
 use std::time::{Duration, Instant};
 
-use posterior_proto::v1::ParamUpdate;
+use std::sync::Arc;
+
 use prost::Message as _;
 
 use crate::engine::Engine;
-use crate::params::update_to_wire;
+use crate::params::ParamChange;
 use crate::partitioning::partition_of;
 use crate::producer::{CheckedProducer, ProducerError};
 
@@ -50,7 +53,7 @@ pub struct PublishStats {
 pub trait ParamSink {
     /// Hands over one batch of coalesced updates (at most one per key),
     /// blocking while the sink's bounded queue is full.
-    fn publish(&mut self, updates: Vec<ParamUpdate>) -> Result<(), PublishError>;
+    fn publish(&mut self, updates: Vec<ParamChange>) -> Result<(), PublishError>;
 
     /// Returns once everything handed over is delivered (called before a
     /// checkpoint).
@@ -62,22 +65,21 @@ pub trait ParamSink {
 
 /// The coalesced updates of every key the engine changed since the last
 /// call, in key order.
-pub fn take_updates(engine: &mut Engine) -> Vec<ParamUpdate> {
-    let names: Vec<(u32, String)> = engine
+pub fn take_updates(engine: &mut Engine) -> Vec<ParamChange> {
+    // Indexed by version id (ids are dense, in creation order).
+    let names: Vec<Arc<str>> = engine
         .registry()
         .entries()
         .iter()
-        .map(|e| (e.id.0, e.spec.name.clone()))
+        .map(|e| Arc::from(e.spec.name.as_str()))
         .collect();
     engine
         .take_changed()
         .into_iter()
-        .map(|(key, state)| {
-            let name = names
-                .iter()
-                .find(|(id, _)| *id == key.version.0)
-                .map_or("", |(_, n)| n.as_str());
-            update_to_wire(name, key.doc_id, state)
+        .map(|(key, state)| ParamChange {
+            version: Arc::clone(&names[key.version.0 as usize]),
+            doc_id: key.doc_id,
+            state,
         })
         .collect()
 }
@@ -89,7 +91,7 @@ pub struct NullSink {
 }
 
 impl ParamSink for NullSink {
-    fn publish(&mut self, updates: Vec<ParamUpdate>) -> Result<(), PublishError> {
+    fn publish(&mut self, updates: Vec<ParamChange>) -> Result<(), PublishError> {
         self.stats.batches += 1;
         self.stats.updates += updates.len() as u64;
         Ok(())
@@ -108,12 +110,12 @@ impl ParamSink for NullSink {
 /// param-server.
 #[derive(Debug)]
 pub struct ChannelSink {
-    tx: tokio::sync::mpsc::Sender<Vec<ParamUpdate>>,
+    tx: tokio::sync::mpsc::Sender<Vec<ParamChange>>,
     stats: PublishStats,
 }
 
 /// A channel sink holding at most `capacity` batches, and its receiver.
-pub fn channel(capacity: usize) -> (ChannelSink, tokio::sync::mpsc::Receiver<Vec<ParamUpdate>>) {
+pub fn channel(capacity: usize) -> (ChannelSink, tokio::sync::mpsc::Receiver<Vec<ParamChange>>) {
     let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
     (
         ChannelSink {
@@ -125,7 +127,7 @@ pub fn channel(capacity: usize) -> (ChannelSink, tokio::sync::mpsc::Receiver<Vec
 }
 
 impl ParamSink for ChannelSink {
-    fn publish(&mut self, updates: Vec<ParamUpdate>) -> Result<(), PublishError> {
+    fn publish(&mut self, updates: Vec<ParamChange>) -> Result<(), PublishError> {
         if updates.is_empty() {
             return Ok(());
         }
@@ -177,18 +179,15 @@ impl KafkaSink {
 }
 
 impl ParamSink for KafkaSink {
-    fn publish(&mut self, updates: Vec<ParamUpdate>) -> Result<(), PublishError> {
+    fn publish(&mut self, updates: Vec<ParamChange>) -> Result<(), PublishError> {
         self.stats.batches += 1;
         self.stats.updates += updates.len() as u64;
         for update in updates {
-            let Some(params) = update.params.as_ref() else {
-                continue;
-            };
-            let key = format!("{}/{}", params.version, params.doc_id);
-            let partition = partition_of(params.doc_id, self.producer.partitions());
-            let blocked = self
-                .producer
-                .send(partition, key.as_bytes(), &update.encode_to_vec())?;
+            let key = format!("{}/{}", update.version, update.doc_id);
+            let partition = partition_of(update.doc_id, self.producer.partitions());
+            let blocked =
+                self.producer
+                    .send(partition, key.as_bytes(), &update.to_wire().encode_to_vec())?;
             self.stats.blocked_us += blocked.as_micros() as u64;
         }
         self.producer.poll();
@@ -207,17 +206,17 @@ impl ParamSink for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use posterior_proto::v1::Params;
+    use crate::posterior::{BetaPrior, KeyState, ModelKind, ModelSpec};
 
-    fn update(doc_id: u64, seq: u64) -> ParamUpdate {
-        ParamUpdate {
-            params: Some(Params {
-                version: "v".into(),
-                doc_id,
+    fn update(doc_id: u64, seq: u64) -> ParamChange {
+        let spec = ModelSpec::new(ModelKind::Beta(BetaPrior::UNIFORM));
+        ParamChange {
+            version: "v".into(),
+            doc_id,
+            state: Arc::new(KeyState {
                 seq,
-                ..Default::default()
+                ..KeyState::prior(&spec)
             }),
-            state: vec![],
         }
     }
 
@@ -229,7 +228,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             let mut seen = Vec::new();
             while let Some(batch) = rx.blocking_recv() {
-                seen.extend(batch.into_iter().map(|u| u.params.unwrap().seq));
+                seen.extend(batch.into_iter().map(|u| u.state.seq));
             }
             seen
         });

@@ -950,7 +950,7 @@ impl Checkpointer {
         }
         let changed_keys = writes
             .iter()
-            .filter(|w| matches!(w, Write::Put(Table::Params, ..)))
+            .filter(|w| matches!(w, Write::PutParams(..)))
             .count();
         let count = writes.len();
         let t3 = Instant::now();

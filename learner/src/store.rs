@@ -87,15 +87,16 @@ impl RocksStore {
             writes: writes.len(),
             ..Default::default()
         };
-        for write in &writes {
-            match write {
-                Write::Put(t, k, v) => {
+        for write in writes {
+            let (table, k, v) = write.into_bytes();
+            match v {
+                Some(v) => {
                     stats.bytes += k.len() + v.len();
-                    batch.put_cf(self.cf(*t), k, v);
+                    batch.put_cf(self.cf(table), k, v);
                 }
-                Write::Delete(t, k) => {
+                None => {
                     stats.bytes += k.len();
-                    batch.delete_cf(self.cf(*t), k);
+                    batch.delete_cf(self.cf(table), k);
                 }
             }
         }

@@ -3,8 +3,9 @@
 //! only decides what changed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use super::{ControlState, Dirty, Engine, EngineConfig};
+use super::{ControlState, Dirty, Engine, EngineConfig, Slot};
 use crate::batcher::Batcher;
 use crate::codec::{self, CorruptState, Table};
 use crate::dedup::Dedup;
@@ -15,12 +16,29 @@ use crate::reorder::ReorderBuffer;
 use crate::watermark::Watermarks;
 
 /// One write of a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Write {
     /// Set `key` of a table.
     Put(Table, Vec<u8>, Vec<u8>),
     /// Remove `key` of a table.
     Delete(Table, Vec<u8>),
+    /// Set a key of [`Table::Params`] to a state. The state is shared with
+    /// the engine (copy on write) and encoded by whoever applies the write
+    /// — the checkpoint's writer thread, not the ingesting one.
+    PutParams(ParamKey, Arc<KeyState>),
+}
+
+impl Write {
+    /// The write as table, key and value bytes (`None`: a delete).
+    pub fn into_bytes(self) -> (Table, Vec<u8>, Option<Vec<u8>>) {
+        match self {
+            Write::Put(table, k, v) => (table, k, Some(v)),
+            Write::Delete(table, k) => (table, k, None),
+            Write::PutParams(key, state) => {
+                (Table::Params, codec::param_key(key), Some(state.encode()))
+            }
+        }
+    }
 }
 
 /// Stored entries of one table, in key order.
@@ -34,22 +52,18 @@ impl Engine {
     pub fn checkpoint_delta(&mut self) -> Vec<Write> {
         // Drained (keeping their capacity) and sorted: the writes go out
         // in key order, table by table.
-        let sorted = |set: &mut KeySet| {
-            let mut keys: Vec<ParamKey> = set.drain().collect();
-            keys.sort_unstable();
-            keys
-        };
-        let dirty_params = sorted(&mut self.dirty.params);
-        let dirty_pending = sorted(&mut self.dirty.pending);
+        let mut dirty_params = std::mem::take(&mut self.dirty.params);
+        dirty_params.sort_unstable();
+        let mut dirty_pending: Vec<ParamKey> = self.dirty.pending.drain().collect();
+        dirty_pending.sort_unstable();
         let mut writes = Vec::with_capacity(dirty_params.len() + dirty_pending.len() + 6);
-        for key in dirty_params {
-            let state = self.params.get(&key).expect("dirty params exist");
-            writes.push(Write::Put(
-                Table::Params,
-                codec::param_key(key),
-                state.encode(),
-            ));
+        for key in &dirty_params {
+            let slot = self.params.get_mut(key).expect("dirty params exist");
+            slot.unstored = false;
+            writes.push(Write::PutParams(*key, Arc::clone(&slot.state)));
         }
+        dirty_params.clear();
+        self.dirty.params = dirty_params;
         for key in dirty_pending {
             match self.batcher.get(key) {
                 Some(batch) => {
@@ -125,8 +139,13 @@ impl Engine {
     /// Every write of a complete checkpoint, whatever changed: for an
     /// empty store (a new live store, or a savepoint).
     pub fn full_checkpoint(&mut self) -> Vec<Write> {
+        let mut params = Vec::with_capacity(self.params.len());
+        for (key, slot) in &mut self.params {
+            slot.unstored = true;
+            params.push(*key);
+        }
         self.dirty = Dirty {
-            params: self.params.keys().copied().collect(),
+            params,
             pending: self.batcher.iter().map(|(k, _)| *k).collect(),
         };
         self.stored_pending.clear();
@@ -193,7 +212,7 @@ impl Engine {
                     "unregistered version id",
                 ));
             }
-            params.insert(key, state);
+            params.insert(key, Slot::clean(state));
         }
         let mut batcher = Batcher::new(config.batch);
         let mut stored_pending = KeySet::default();
@@ -227,7 +246,7 @@ impl Engine {
             params,
             next_offsets,
             released_below_ms,
-            changed: Default::default(),
+            changed: Vec::new(),
             dead_letters: Vec::new(),
             counters,
             dirty: Dirty::default(),
@@ -248,14 +267,12 @@ impl MemoryStore {
     /// Applies a checkpoint's writes.
     pub fn apply(&mut self, writes: Vec<Write>) {
         for write in writes {
-            match write {
-                Write::Put(t, k, v) => {
-                    self.tables.entry(t).or_default().insert(k, v);
-                }
-                Write::Delete(t, k) => {
-                    self.tables.entry(t).or_default().remove(&k);
-                }
-            }
+            let (table, k, v) = write.into_bytes();
+            let table = self.tables.entry(table).or_default();
+            match v {
+                Some(v) => table.insert(k, v),
+                None => table.remove(&k),
+            };
         }
     }
 

@@ -484,7 +484,13 @@ fn every_checkpoint_restores_the_live_state_exactly() {
             b.sort_by_key(|x| x.0);
             assert_eq!(a.len(), b.len(), "pending at {steps}");
             assert!(a == b, "pending at {steps}");
-            assert_eq!(restored.params, engine.params, "params at {steps}");
+            let states = |e: &Engine| {
+                let mut all: Vec<(ParamKey, KeyState)> =
+                    e.params().map(|(k, s)| (*k, s.clone())).collect();
+                all.sort_unstable_by_key(|(k, _)| *k);
+                all
+            };
+            assert!(states(&restored) == states(&engine), "params at {steps}");
             assert_eq!(
                 restored.dedup,
                 engine.dedup.as_ref().map(|d| {
@@ -592,8 +598,7 @@ fn a_command_splits_the_input_at_its_event_time() {
             .unwrap()
             .id;
         engine
-            .params()
-            .get(&ParamKey {
+            .param(&ParamKey {
                 version: id,
                 doc_id,
             })
@@ -733,9 +738,9 @@ fn commands_survive_crashes_and_give_one_result_for_every_interleaving() {
         .collect();
     assert_eq!(names, ["beta", "logistic", "unknown", "logistic-b"]);
     let unknown = reference.registry().live("unknown").unwrap().id;
-    assert!(reference.params().keys().any(|k| k.version == unknown));
+    assert!(reference.params().any(|(k, _)| k.version == unknown));
     let forked = reference.registry().live("logistic-b").unwrap().id;
-    let keys = |v| reference.params().keys().filter(|k| k.version == v).count();
+    let keys = |v| reference.params().filter(|(k, _)| k.version == v).count();
     assert!(keys(forked) > 0, "the fork starts from logistic's keys");
     assert!(keys(forked) <= keys(reference.registry().live("logistic").unwrap().id));
     assert!(
@@ -743,7 +748,7 @@ fn commands_survive_crashes_and_give_one_result_for_every_interleaving() {
         "before c1 and beta after c3"
     );
     let encoded = |e: &Engine| {
-        let mut all: Vec<_> = e.params().iter().map(|(k, s)| (*k, s.encode())).collect();
+        let mut all: Vec<_> = e.params().map(|(k, s)| (*k, s.encode())).collect();
         all.sort_unstable_by_key(|(k, _)| *k);
         all
     };
@@ -796,7 +801,6 @@ fn served_parameters_seed_only_an_empty_version_of_the_same_model() {
     source.finish();
     let served: Vec<(u64, KeyState)> = source
         .params()
-        .iter()
         .map(|(k, s)| (k.doc_id, s.clone()))
         .collect();
     assert_eq!(served.len(), 3);
@@ -809,18 +813,14 @@ fn served_parameters_seed_only_an_empty_version_of_the_same_model() {
             .contains("served beta, the version runs logistic-diagonal/4"),
         "{err}"
     );
-    assert!(fresh.params().is_empty(), "a refused seed changes nothing");
+    assert_eq!(fresh.param_count(), 0, "a refused seed changes nothing");
     assert_eq!(fresh.seed_version("beta", served.clone()), Ok(3));
     let mut seeded: Vec<_> = fresh
         .take_changed()
         .into_iter()
         .map(|(k, s)| (k, s.encode()))
         .collect();
-    let mut expected: Vec<_> = source
-        .params()
-        .iter()
-        .map(|(k, s)| (*k, s.encode()))
-        .collect();
+    let mut expected: Vec<_> = source.params().map(|(k, s)| (*k, s.encode())).collect();
     seeded.sort_unstable_by_key(|(k, _)| *k);
     expected.sort_unstable_by_key(|(k, _)| *k);
     assert!(
@@ -835,4 +835,79 @@ fn served_parameters_seed_only_an_empty_version_of_the_same_model() {
         fresh.seed_version("nope", served),
         Err(SeedError::UnknownVersion("nope".into()))
     );
+}
+
+#[test]
+fn published_and_checkpointed_states_never_change_after_they_are_taken() {
+    let mut engine = Engine::new(one_at_a_time(), registry(), [0]);
+    engine.ingest(0, 0, click(1, "beta", 10));
+    engine.ingest(0, 1, click(2, "beta", 20));
+    // Releases the two above (the watermark is 200 - 50).
+    engine.ingest(0, 2, click(3, "beta", 200));
+    let published = engine.take_changed();
+    let delta = engine.checkpoint_delta();
+    let stored: Vec<(ParamKey, Arc<KeyState>)> = delta
+        .iter()
+        .filter_map(|w| match w {
+            Write::PutParams(key, state) => Some((*key, Arc::clone(state))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(published.len(), 2);
+    assert_eq!(stored.len(), 2, "both keys are in the delta");
+    let before: Vec<Vec<u8>> = published.iter().map(|(_, s)| s.encode()).collect();
+
+    // More updates of doc 1: the engine copies, the taken states stay.
+    engine.ingest(0, 3, click(1, "beta", 300));
+    engine.ingest(0, 4, click(1, "beta", 400));
+    engine.ingest(0, 5, click(4, "beta", 1_000));
+    let after: Vec<Vec<u8>> = published.iter().map(|(_, s)| s.encode()).collect();
+    assert_eq!(before, after, "a published state changed after the publish");
+    for (key, state) in &stored {
+        assert_eq!(state.seq, 1, "{key:?}: a checkpointed state changed");
+    }
+    let doc1 = published[0].0;
+    assert_eq!(engine.param(&doc1).map(|s| s.seq), Some(3));
+    // Each key is published once per publish, however often it changed.
+    let again: Vec<(u64, u64)> = engine
+        .take_changed()
+        .iter()
+        .map(|(k, s)| (k.doc_id, s.seq))
+        .collect();
+    assert_eq!(again, [(1, 3), (3, 1)]);
+    assert!(engine.take_changed().is_empty());
+}
+
+#[test]
+fn a_key_whose_first_batch_is_refused_does_not_enter_the_table() {
+    let mut engine = Engine::new(one_at_a_time(), registry(), [0]);
+    let heavy = |doc_id, t| {
+        Payload::Sample(Sample {
+            doc_id,
+            version: "beta".into(),
+            event_time_ms: t,
+            context: vec![],
+            labels: vec![("click".into(), 1.0)],
+            weight: 2.0 * crate::posterior::MAX_WEIGHT as f32,
+            sample_id: None,
+        })
+    };
+    engine.ingest(0, 0, heavy(5, 10));
+    engine.ingest(0, 1, click(6, "beta", 20));
+    engine.finish();
+    assert_eq!(engine.counters().dead.get("rejected_update"), Some(&1));
+    assert_eq!(engine.param_count(), 1, "only doc 6 has a state");
+    let changed: Vec<u64> = engine
+        .take_changed()
+        .iter()
+        .map(|(k, _)| k.doc_id)
+        .collect();
+    assert_eq!(changed, [6]);
+    // A restore sees the same table.
+    let mut store = MemoryStore::default();
+    store.apply(engine.full_checkpoint());
+    let restored = Engine::restore(one_at_a_time(), |t| store.entries(t))
+        .unwrap()
+        .unwrap();
+    assert_eq!(restored.param_count(), 1);
 }
