@@ -24,6 +24,9 @@ use rocksdb::{
 use crate::codec::{CorruptState, Table};
 use crate::engine::{Entries, Write};
 
+/// Bound of the write-ahead log kept for recovery (see [`RocksStore::open`]).
+const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -71,6 +74,11 @@ impl RocksStore {
         // corruption anywhere else is an error, never a silent rewind.
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Every checkpoint writes the small meta table, whose memtable
+        // would otherwise never fill: its WAL files could not be deleted
+        // and an open would replay gigabytes of old checkpoints. Past this
+        // size RocksDB flushes the tables that pin the oldest WAL.
+        opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
         let cfs = Table::ALL.map(|t| ColumnFamilyDescriptor::new(t.name(), Options::default()));
         let display = path.display().to_string();
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Rocks {
