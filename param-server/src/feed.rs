@@ -1,7 +1,8 @@
-//! Feeds the store from a channel of `ParamUpdate` batches — the type the
-//! learner's in-process channel sink produces, so an embedded learner can
-//! hand its publications straight to the server. (The Kafka `params` topic
-//! feed comes later and will end in the same `apply_wire`.)
+//! Feeds the store from a channel of `ParamChange` batches — what the
+//! learner's in-process channel sink produces: states shared with the
+//! learner, neither encoded nor decoded on the way, so an embedded learner
+//! hands its publications straight to the server. (The Kafka `params`
+//! topic feed comes later and ends in `ParamStore::apply_wire`.)
 //!
 //! A bad update is logged once here, counted, and skipped: it changes
 //! nothing and does not stop the feed. A stale one (seq not above the
@@ -9,7 +10,7 @@
 
 use std::sync::Arc;
 
-use posterior_proto::v1::ParamUpdate;
+use posterior_learner::params::ParamChange;
 use tokio::sync::mpsc;
 
 use crate::store::ParamStore;
@@ -29,12 +30,12 @@ pub struct FeedStats {
 /// Applies every batch received until the sender side closes.
 pub async fn feed(
     store: Arc<ParamStore>,
-    mut updates: mpsc::Receiver<Vec<ParamUpdate>>,
+    mut updates: mpsc::Receiver<Vec<ParamChange>>,
 ) -> FeedStats {
     let mut stats = FeedStats::default();
     while let Some(batch) = updates.recv().await {
-        for update in &batch {
-            match store.apply_wire(update) {
+        for change in &batch {
+            match store.apply_shared(&change.version, change.doc_id, &change.state) {
                 Ok(ApplyOutcome::Applied) => stats.applied += 1,
                 Ok(ApplyOutcome::Stale { .. }) => stats.stale += 1,
                 Err(error) => {
@@ -50,8 +51,11 @@ pub async fn feed(
 
 #[cfg(test)]
 mod tests {
-    use posterior_learner::params::update_to_wire;
-    use posterior_learner::posterior::{BetaPosterior, BetaPrior, ModelKind, ModelSpec};
+    use posterior_learner::params::ParamChange;
+    use posterior_learner::posterior::{
+        BetaPosterior, BetaPrior, CovarianceForm, DiagonalGaussian, LogisticPrior, ModelKind,
+        ModelSpec,
+    };
     use posterior_learner::{KeyState, Posterior, RewardSpec, VersionSpec};
 
     use super::*;
@@ -78,15 +82,24 @@ mod tests {
             .unwrap();
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(feed(Arc::clone(&store), rx));
-        let mut corrupt = update_to_wire("ctr", 3, &state(1));
-        corrupt.state[0] ^= 0xff;
-        tx.send(vec![update_to_wire("ctr", 1, &state(2)), corrupt])
-            .await
-            .unwrap();
+        let change = |version: &str, doc_id, state: KeyState| ParamChange {
+            version: version.into(),
+            doc_id,
+            state: Arc::new(state),
+        };
+        let mut wrong_model = state(1);
+        let prior = LogisticPrior::isotropic(CovarianceForm::Diagonal, 2, 1.0).unwrap();
+        wrong_model.posterior = Posterior::Diagonal(DiagonalGaussian::prior(&prior));
         tx.send(vec![
-            update_to_wire("ctr", 1, &state(2)),
-            update_to_wire("other", 1, &state(1)),
-            update_to_wire("ctr", 2, &state(1)),
+            change("ctr", 1, state(2)),
+            change("ctr", 3, wrong_model),
+        ])
+        .await
+        .unwrap();
+        tx.send(vec![
+            change("ctr", 1, state(2)),
+            change("other", 1, state(1)),
+            change("ctr", 2, state(1)),
         ])
         .await
         .unwrap();

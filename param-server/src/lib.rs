@@ -13,7 +13,7 @@
 //! - [`watch`]: `WatchParams` streams: snapshot, updates, bounded buffers.
 //! - [`server`]: `serve(listener, …, shutdown)` with health and reflection.
 //! - [`limits`]: the bounds of every request, response and buffer.
-//! - [`feed`]: applies `ParamUpdate` batches from a channel (the learner's
+//! - [`feed`]: applies `ParamChange` batches from a channel (the learner's
 //!   in-process sink).
 //! - [`config`]: the binary's TOML configuration, validated before binding.
 //! - [`runner`]: store + feed + server from a config, until shutdown.

@@ -102,9 +102,21 @@ impl ParamStore {
         doc_id: u64,
         state: KeyState,
     ) -> Result<ApplyOutcome, StoreError> {
+        self.apply_shared(version, doc_id, &state)
+    }
+
+    /// [`ParamStore::apply`] of a state the caller keeps (the learner's
+    /// in-process publications share their states): it is copied into
+    /// the store's own form.
+    pub fn apply_shared(
+        &self,
+        version: &str,
+        doc_id: u64,
+        state: &KeyState,
+    ) -> Result<ApplyOutcome, StoreError> {
         let served = self.version(version)?;
         served
-            .check_model(&state)
+            .check_model(state)
             .map_err(|(got, want)| StoreError::ModelMismatch {
                 version: version.to_owned(),
                 doc_id,

@@ -66,9 +66,9 @@ impl StoredState {
     }
 }
 
-impl From<KeyState> for StoredState {
-    fn from(state: KeyState) -> Self {
-        let body = match state.posterior {
+impl From<&KeyState> for StoredState {
+    fn from(state: &KeyState) -> Self {
+        let body = match &state.posterior {
             Posterior::Beta(b) => Body::Beta {
                 alpha: b.alpha(),
                 beta: b.beta(),
@@ -80,7 +80,7 @@ impl From<KeyState> for StoredState {
                     .copied()
                     .collect(),
             ),
-            Posterior::Full(g) => Body::Full(Box::new(g)),
+            Posterior::Full(g) => Body::Full(Box::new(g.clone())),
         };
         Self {
             seq: state.seq,
@@ -88,6 +88,12 @@ impl From<KeyState> for StoredState {
             updated_event_time_ms: state.updated_event_time_ms,
             body,
         }
+    }
+}
+
+impl From<KeyState> for StoredState {
+    fn from(state: KeyState) -> Self {
+        Self::from(&state)
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use posterior_learner::params::update_to_wire;
+use posterior_learner::params::{ParamChange, params_to_wire};
 use posterior_learner::posterior::BetaPosterior;
 use posterior_learner::{KeyState, Posterior};
 use posterior_param_server::config::Config;
@@ -139,7 +139,11 @@ async fn run_applies_a_channel_feed_visible_over_grpc() {
         posterior: Posterior::Beta(BetaPosterior::from_parts(3.0, 3.0).unwrap()),
     };
     updates
-        .send(vec![update_to_wire("ctr", 7, &state)])
+        .send(vec![ParamChange {
+            version: "ctr".into(),
+            doc_id: 7,
+            state: Arc::new(state.clone()),
+        }])
         .await
         .unwrap();
     let mut client = ParamServiceClient::connect(format!("http://{addr}"))
@@ -158,7 +162,7 @@ async fn run_applies_a_channel_feed_visible_over_grpc() {
             .into_inner()
             .params;
         if params[0].seq == 4 {
-            assert_eq!(params[0], update_to_wire("ctr", 7, &state).params.unwrap());
+            assert_eq!(params[0], params_to_wire("ctr", 7, &state));
             break;
         }
         assert!(Instant::now() < deadline, "the update never became visible");
