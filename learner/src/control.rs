@@ -146,6 +146,11 @@ impl TryFrom<v1::ControlCommand> for Scheduled {
                 }
                 Command::Retire(req.name)
             }
+            Some(Wire::TriggerSavepoint(_)) | Some(Wire::RollbackVersion(_)) => {
+                return Err(invalid(
+                    "savepoint and rollback commands are not applied by this learner yet".into(),
+                ));
+            }
             None => return Err(invalid("no command set".into())),
         };
         Ok(Self {
