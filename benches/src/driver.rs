@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use posterior_learner::engine::{Engine, Payload};
+use posterior_learner::params::Publication;
 use posterior_learner::publish::{self, NullSink, ParamSink, take_updates};
 
 use crate::machine::Stopwatch;
@@ -72,8 +73,10 @@ impl Driver {
                 let (sink, mut rx) = publish::channel(CHANNEL_CAPACITY);
                 let reader = std::thread::spawn(move || {
                     let mut received = 0_u64;
-                    while let Some(batch) = rx.blocking_recv() {
-                        received += batch.len() as u64;
+                    while let Some(publication) = rx.blocking_recv() {
+                        if let Publication::Params(batch) = publication {
+                            received += batch.len() as u64;
+                        }
                     }
                     received
                 });

@@ -314,6 +314,19 @@ impl Engine {
         taken
     }
 
+    /// Marks every key for the next [`Self::take_changed`] (not for the
+    /// next checkpoint): a consumer that starts empty, such as a
+    /// param-server embedded in a restarted learner, then receives every
+    /// key's state.
+    pub fn mark_all_unpublished(&mut self) {
+        for (key, slot) in self.params.iter_mut() {
+            if !slot.unpublished {
+                slot.unpublished = true;
+                self.changed.push(*key);
+            }
+        }
+    }
+
     /// Dead letters since the last call.
     pub fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
         std::mem::take(&mut self.dead_letters)

@@ -27,6 +27,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use crate::config::{KafkaConfig, StartPosition};
 use crate::engine::Payload;
 use crate::file_source::decode_protobuf;
+use crate::params::ParamsRecord;
 
 /// Why the Kafka source failed.
 #[derive(Debug, thiserror::Error)]
@@ -561,10 +562,11 @@ impl ParamsTopic {
             {
                 remaining.remove(&p);
             }
-            let update = <posterior_proto::v1::ParamUpdate as prost::Message>::decode(
-                message.payload().unwrap_or_default(),
-            )
-            .with_context(|| format!("params record {topic}/{p}@{}", message.offset()))?;
+            let record = ParamsRecord::decode(message.key(), message.payload().unwrap_or_default())
+                .with_context(|| format!("params record {topic}/{p}@{}", message.offset()))?;
+            let ParamsRecord::Update(update) = record else {
+                continue; // a version announcement: the config names the versions
+            };
             let params = update.params.unwrap_or_default();
             let state = crate::posterior::KeyState::decode(&update.state).map_err(|e| {
                 anyhow::anyhow!("params record {topic}/{p}@{}: {e}", message.offset())

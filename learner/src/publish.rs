@@ -23,9 +23,10 @@ use std::sync::Arc;
 use prost::Message as _;
 
 use crate::engine::Engine;
-use crate::params::ParamChange;
+use crate::params::{ANNOUNCEMENT_KEY, ParamChange, Publication, announcement_to_wire};
 use crate::partitioning::partition_of;
 use crate::producer::{CheckedProducer, ProducerError};
+use crate::registry::VersionEntry;
 
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +56,21 @@ pub trait ParamSink {
     /// blocking while the sink's bounded queue is full.
     fn publish(&mut self, updates: Vec<ParamChange>) -> Result<(), PublishError>;
 
+    /// Hands over every version (at start and whenever the registry
+    /// changes). Everything published after it is delivered after it, so
+    /// a consumer learns a version before its first update.
+    fn announce(&mut self, versions: &[VersionEntry]) -> Result<(), PublishError>;
+
     /// Returns once everything handed over is delivered (called before a
     /// checkpoint).
     fn flush(&mut self) -> Result<(), PublishError>;
+
+    /// True for a consumer that starts empty with the learner (an embedded
+    /// param-server): the learner's first publish then holds every key,
+    /// not only those changed since the restore.
+    fn wants_every_key_at_start(&self) -> bool {
+        false
+    }
 
     /// The sink's counts.
     fn stats(&self) -> PublishStats;
@@ -97,6 +110,10 @@ impl ParamSink for NullSink {
         Ok(())
     }
 
+    fn announce(&mut self, _: &[VersionEntry]) -> Result<(), PublishError> {
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<(), PublishError> {
         Ok(())
     }
@@ -106,16 +123,17 @@ impl ParamSink for NullSink {
     }
 }
 
-/// An in-process bounded channel of update batches, read by an embedded
-/// param-server.
+/// An in-process bounded channel of [`Publication`]s (update batches and
+/// version announcements), read by an embedded param-server.
 #[derive(Debug)]
 pub struct ChannelSink {
-    tx: tokio::sync::mpsc::Sender<Vec<ParamChange>>,
+    tx: tokio::sync::mpsc::Sender<Publication>,
     stats: PublishStats,
 }
 
-/// A channel sink holding at most `capacity` batches, and its receiver.
-pub fn channel(capacity: usize) -> (ChannelSink, tokio::sync::mpsc::Receiver<Vec<ParamChange>>) {
+/// A channel sink holding at most `capacity` publications, and its
+/// receiver.
+pub fn channel(capacity: usize) -> (ChannelSink, tokio::sync::mpsc::Receiver<Publication>) {
     let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
     (
         ChannelSink {
@@ -126,6 +144,22 @@ pub fn channel(capacity: usize) -> (ChannelSink, tokio::sync::mpsc::Receiver<Vec
     )
 }
 
+impl ChannelSink {
+    /// Sends, blocking (and counting the time) while the channel is full.
+    fn send(&mut self, publication: Publication) -> Result<(), PublishError> {
+        match self.tx.try_send(publication) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(PublishError::Closed),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(publication)) => {
+                let start = Instant::now();
+                let sent = self.tx.blocking_send(publication);
+                self.stats.blocked_us += start.elapsed().as_micros() as u64;
+                sent.map_err(|_| PublishError::Closed)
+            }
+        }
+    }
+}
+
 impl ParamSink for ChannelSink {
     fn publish(&mut self, updates: Vec<ParamChange>) -> Result<(), PublishError> {
         if updates.is_empty() {
@@ -133,16 +167,15 @@ impl ParamSink for ChannelSink {
         }
         self.stats.batches += 1;
         self.stats.updates += updates.len() as u64;
-        match self.tx.try_send(updates) {
-            Ok(()) => Ok(()),
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(PublishError::Closed),
-            Err(tokio::sync::mpsc::error::TrySendError::Full(updates)) => {
-                let start = Instant::now();
-                let sent = self.tx.blocking_send(updates);
-                self.stats.blocked_us += start.elapsed().as_micros() as u64;
-                sent.map_err(|_| PublishError::Closed)
-            }
-        }
+        self.send(Publication::Params(updates))
+    }
+
+    fn announce(&mut self, versions: &[VersionEntry]) -> Result<(), PublishError> {
+        self.send(Publication::Versions(versions.to_vec()))
+    }
+
+    fn wants_every_key_at_start(&self) -> bool {
+        true
     }
 
     fn flush(&mut self) -> Result<(), PublishError> {
@@ -194,6 +227,17 @@ impl ParamSink for KafkaSink {
         Ok(())
     }
 
+    /// One record per partition, delivered before this returns: the
+    /// updates sent after it cannot overtake it, even on a producer retry.
+    fn announce(&mut self, versions: &[VersionEntry]) -> Result<(), PublishError> {
+        let value = announcement_to_wire(versions).encode_to_vec();
+        for partition in 0..self.producer.partitions() {
+            let blocked = self.producer.send(partition, ANNOUNCEMENT_KEY, &value)?;
+            self.stats.blocked_us += blocked.as_micros() as u64;
+        }
+        Ok(self.producer.flush()?)
+    }
+
     fn flush(&mut self) -> Result<(), PublishError> {
         Ok(self.producer.flush()?)
     }
@@ -227,7 +271,10 @@ mod tests {
         let reader = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             let mut seen = Vec::new();
-            while let Some(batch) = rx.blocking_recv() {
+            while let Some(publication) = rx.blocking_recv() {
+                let Publication::Params(batch) = publication else {
+                    panic!("only updates were published");
+                };
                 seen.extend(batch.into_iter().map(|u| u.state.seq));
             }
             seen

@@ -26,7 +26,7 @@ use crate::fallback::ServedParams;
 use crate::file_source::FileSource;
 use crate::kafka::{ControlReader, KafkaSource, ParamsTopic, Polled};
 use crate::publish::{KafkaSink, NullSink, ParamSink, take_updates};
-use crate::registry::Registry;
+use crate::registry::{Registry, VersionEntry};
 use crate::savepoint::{self, Savepoint};
 use crate::simulation::source::Simulator;
 use crate::store::{CheckpointStats, RocksStore, StoreError};
@@ -344,9 +344,17 @@ pub fn run_local(
     let mut source = LocalSource::open(config, offset)?;
     let mut records = 0_u64;
     let mut stopped = false;
+    let publish_every = Duration::from_millis(config.publish_interval_ms());
+    let mut last_publish = Instant::now();
     while let Some((offset, next_offset, payload)) = source.next_record()? {
         if records.is_multiple_of(COMMAND_POLL_EVERY) {
             commands.poll(&mut engine)?;
+            // A blocked read (stdin) delays this; a file or the simulator
+            // publishes every interval, as the Kafka driver does.
+            if last_publish.elapsed() >= publish_every {
+                checkpointer.publish(&mut engine)?;
+                last_publish = Instant::now();
+            }
         }
         engine.ingest_at(LOCAL_PARTITION, offset, next_offset, payload);
         records += 1;
@@ -809,6 +817,8 @@ pub struct Checkpointer {
     store: Arc<RocksStore>,
     dead: Box<dyn DeadLetterSink>,
     sink: Box<dyn ParamSink>,
+    /// The versions last announced to the sink (none yet at start).
+    announced: Option<Vec<VersionEntry>>,
     failpoint: Failpoint,
     count: u64,
     in_flight: Option<InFlight>,
@@ -872,6 +882,7 @@ impl Checkpointer {
             dead: deadletter_sink::open(&config.dead_letter, dead_len)
                 .context("open dead-letter sink")?,
             sink,
+            announced: None,
             failpoint: Failpoint::from_env(),
             count: 0,
             in_flight: None,
@@ -918,6 +929,14 @@ impl Checkpointer {
                 "learner: control: {:?} by {:?} stamped {} applied at {}: {result}",
                 outcome.id, outcome.issued_by, outcome.at_ms, outcome.applied_at_ms
             );
+        }
+        if self.announced.is_none() && self.sink.wants_every_key_at_start() {
+            engine.mark_all_unpublished();
+        }
+        let versions = engine.registry().entries();
+        if self.announced.as_deref() != Some(versions) {
+            self.sink.announce(versions).context("announce versions")?;
+            self.announced = Some(versions.to_vec());
         }
         let updates = take_updates(engine);
         if !updates.is_empty() {

@@ -1,16 +1,20 @@
-//! Feeds the store from a channel of `ParamChange` batches — what the
-//! learner's in-process channel sink produces: states shared with the
-//! learner, neither encoded nor decoded on the way, so an embedded learner
-//! hands its publications straight to the server. (The Kafka `params`
-//! topic feed comes later and ends in `ParamStore::apply_wire`.)
+//! Feeds the store from a channel of the learner's [`Publication`]s —
+//! what its in-process channel sink produces: version announcements, and
+//! update batches whose states are shared with the learner, neither
+//! encoded nor decoded on the way, so an embedded learner hands its
+//! publications straight to the server. (The Kafka `params` topic feed
+//! decodes the same two kinds of records and ends in the same calls.)
 //!
 //! A bad update is logged once here, counted, and skipped: it changes
 //! nothing and does not stop the feed. A stale one (seq not above the
-//! stored seq, as in a learner's replay) is counted and ignored.
+//! stored seq, as in a learner's replay) is counted and ignored. An
+//! announced version the store lacks is registered; one it serves under
+//! another spec is refused (the config and the learner disagree).
 
 use std::sync::Arc;
 
-use posterior_learner::params::ParamChange;
+use posterior_learner::VersionSpec;
+use posterior_learner::params::Publication;
 use tokio::sync::mpsc;
 
 use crate::store::ParamStore;
@@ -25,22 +29,68 @@ pub struct FeedStats {
     pub stale: u64,
     /// Updates refused (undecodable, inconsistent, unknown version, wrong model).
     pub rejected: u64,
+    /// Announced versions registered.
+    pub versions_added: u64,
+    /// Announced versions refused (their spec differs from the served one).
+    pub versions_refused: u64,
+}
+
+impl FeedStats {
+    /// Counts one update's outcome, logging a refusal.
+    pub fn count(&mut self, outcome: Result<ApplyOutcome, crate::StoreError>) {
+        match outcome {
+            Ok(ApplyOutcome::Applied) => self.applied += 1,
+            Ok(ApplyOutcome::Stale { .. }) => self.stale += 1,
+            Err(error) => {
+                self.rejected += 1;
+                tracing::warn!(%error, retryable = error.is_retryable(), "update rejected");
+            }
+        }
+    }
+}
+
+/// Serves an announced version: registers it when the store lacks it;
+/// refuses (and logs) one served under a different spec.
+pub fn learn_version(store: &ParamStore, spec: &VersionSpec, stats: &mut FeedStats) {
+    match store.version(&spec.name) {
+        Ok(served) if served.spec() == spec => {}
+        Ok(served) => {
+            stats.versions_refused += 1;
+            tracing::warn!(
+                version = %spec.name,
+                served = ?served.spec(),
+                announced = ?spec,
+                "announced version differs from the served one; kept the served spec"
+            );
+        }
+        Err(_) => match store.register(spec.clone()) {
+            Ok(_) => {
+                stats.versions_added += 1;
+                tracing::info!(version = %spec.name, "serving an announced version");
+            }
+            // Registered concurrently under the same name: the next
+            // announcement compares the specs.
+            Err(error) => tracing::debug!(%error, "announced version raced a registration"),
+        },
+    }
 }
 
 /// Applies every batch received until the sender side closes.
 pub async fn feed(
     store: Arc<ParamStore>,
-    mut updates: mpsc::Receiver<Vec<ParamChange>>,
+    mut publications: mpsc::Receiver<Publication>,
 ) -> FeedStats {
     let mut stats = FeedStats::default();
-    while let Some(batch) = updates.recv().await {
-        for change in &batch {
-            match store.apply_shared(&change.version, change.doc_id, &change.state) {
-                Ok(ApplyOutcome::Applied) => stats.applied += 1,
-                Ok(ApplyOutcome::Stale { .. }) => stats.stale += 1,
-                Err(error) => {
-                    stats.rejected += 1;
-                    tracing::warn!(%error, retryable = error.is_retryable(), "update rejected");
+    while let Some(publication) = publications.recv().await {
+        match publication {
+            Publication::Versions(entries) => {
+                for entry in &entries {
+                    learn_version(&store, &entry.spec, &mut stats);
+                }
+            }
+            Publication::Params(batch) => {
+                for change in &batch {
+                    stats.count(store.apply_shared(&change.version, change.doc_id, &change.state));
                 }
             }
         }
@@ -90,17 +140,17 @@ mod tests {
         let mut wrong_model = state(1);
         let prior = LogisticPrior::isotropic(CovarianceForm::Diagonal, 2, 1.0).unwrap();
         wrong_model.posterior = Posterior::Diagonal(DiagonalGaussian::prior(&prior));
-        tx.send(vec![
+        tx.send(Publication::Params(vec![
             change("ctr", 1, state(2)),
             change("ctr", 3, wrong_model),
-        ])
+        ]))
         .await
         .unwrap();
-        tx.send(vec![
+        tx.send(Publication::Params(vec![
             change("ctr", 1, state(2)),
             change("other", 1, state(1)),
             change("ctr", 2, state(1)),
-        ])
+        ]))
         .await
         .unwrap();
         drop(tx);
@@ -110,10 +160,54 @@ mod tests {
             FeedStats {
                 applied: 2,
                 stale: 1,
-                rejected: 2
+                rejected: 2,
+                ..FeedStats::default()
             }
         );
         assert_eq!(store.params("ctr", 1).unwrap().seq, 2);
         assert!(store.params("ctr", 3).unwrap().is_prior);
+    }
+
+    #[tokio::test]
+    async fn an_announced_version_is_served_before_its_updates_and_a_conflicting_one_refused() {
+        use posterior_learner::registry::{VersionEntry, VersionId};
+        let beta = |name: &str, label: &str| VersionSpec {
+            name: name.into(),
+            model: ModelSpec::new(ModelKind::Beta(BetaPrior::UNIFORM)),
+            reward: RewardSpec::binary(label),
+            use_sample_weight: false,
+        };
+        let store = Arc::new(ParamStore::default());
+        store.register(beta("ctr", "click")).unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(feed(Arc::clone(&store), rx));
+        let entry = |id, spec| VersionEntry {
+            id: VersionId(id),
+            spec,
+            retired: false,
+        };
+        tx.send(Publication::Versions(vec![
+            entry(0, beta("ctr", "order")),
+            entry(1, beta("fork", "click")),
+        ]))
+        .await
+        .unwrap();
+        tx.send(Publication::Params(vec![ParamChange {
+            version: "fork".into(),
+            doc_id: 9,
+            state: Arc::new(state(3)),
+        }]))
+        .await
+        .unwrap();
+        drop(tx);
+        let stats = task.await.unwrap();
+        assert_eq!((stats.versions_added, stats.versions_refused), (1, 1));
+        assert_eq!(stats.applied, 1);
+        assert_eq!(store.params("fork", 9).unwrap().seq, 3);
+        assert_eq!(
+            store.version("ctr").unwrap().spec().reward.label,
+            "click",
+            "the served spec is kept"
+        );
     }
 }

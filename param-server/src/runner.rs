@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use posterior_learner::params::ParamChange;
+use posterior_learner::params::Publication;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -46,7 +46,7 @@ pub async fn run(
     config: &Config,
     store: Arc<ParamStore>,
     listener: TcpListener,
-    updates: Option<mpsc::Receiver<Vec<ParamChange>>>,
+    updates: Option<mpsc::Receiver<Publication>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let feeding = updates.map(|rx| tokio::spawn(feed(Arc::clone(&store), rx)));

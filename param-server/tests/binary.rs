@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use posterior_learner::params::{ParamChange, params_to_wire};
+use posterior_learner::params::{ParamChange, Publication, params_to_wire};
 use posterior_learner::posterior::BetaPosterior;
 use posterior_learner::{KeyState, Posterior};
 use posterior_param_server::config::Config;
@@ -139,11 +139,11 @@ async fn run_applies_a_channel_feed_visible_over_grpc() {
         posterior: Posterior::Beta(BetaPosterior::from_parts(3.0, 3.0).unwrap()),
     };
     updates
-        .send(vec![ParamChange {
+        .send(Publication::Params(vec![ParamChange {
             version: "ctr".into(),
             doc_id: 7,
             state: Arc::new(state.clone()),
-        }])
+        }]))
         .await
         .unwrap();
     let mut client = ParamServiceClient::connect(format!("http://{addr}"))

@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use posterior_learner::config::Config;
+use posterior_learner::params::ParamsRecord;
 use posterior_learner::partitioning::partition_of;
 use posterior_learner::runner::restore_engine;
 use posterior_learner::store::RocksStore;
-use posterior_proto::v1::ParamUpdate;
 use posterior_tests::broker::{Broker, Storage};
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
 use posterior_tests::log::{LogSpec, generate_records};
@@ -23,7 +23,6 @@ use posterior_tests::oracle::{
     dump_store, first_difference, oracle, produce_samples, sorted_lines,
 };
 use posterior_tests::{KillPlan, kill_then_finish};
-use prost::Message as _;
 
 const PARTITIONS: u32 = 4;
 
@@ -128,9 +127,26 @@ fn check_params_topic(broker: &Broker, config: &Config) {
     let mut latest: HashMap<(String, u64), (u64, Vec<u8>)> = HashMap::new();
     let records = broker.consume_all("params", PARTITIONS);
     assert!(records.len() >= expected.len());
+    // Per partition, the versions announced so far: every update's version
+    // must have been announced earlier in its partition.
+    let mut announced: HashMap<u32, Vec<String>> = HashMap::new();
     for (partition, key, value) in records {
-        let update = ParamUpdate::decode(value.as_slice()).unwrap();
+        let update = match ParamsRecord::decode(Some(&key), &value).unwrap() {
+            ParamsRecord::Versions(versions) => {
+                let names = versions.into_iter().map(|v| v.spec.name).collect();
+                announced.insert(partition, names);
+                continue;
+            }
+            ParamsRecord::Update(update) => update,
+        };
         let params = update.params.unwrap();
+        assert!(
+            announced
+                .get(&partition)
+                .is_some_and(|names| names.contains(&params.version)),
+            "an update of {:?} before its version's announcement in partition {partition}",
+            params.version
+        );
         assert_eq!(partition, partition_of(params.doc_id, PARTITIONS));
         assert_eq!(
             key,

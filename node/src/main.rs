@@ -3,13 +3,17 @@
 //! - `learner run --config FILE [--until-end] [--from-savepoint latest|DIR]`:
 //!   consume the configured source, checkpoint into the state directory,
 //!   resume exactly where a previous run stopped. Every run checkpoints and
-//!   stops on SIGTERM/SIGINT; Kafka runs take a savepoint on SIGUSR1.
+//!   stops on SIGTERM/SIGINT; Kafka runs take a savepoint on SIGUSR1. With
+//!   a `[param_server]` table the run serves its parameters over gRPC from
+//!   the same process (see [`embedded`]).
 //! - `learner dump --config FILE` or `--savepoint DIR`: print every key's
 //!   state as exact JSONL.
 //! - `learner savepoint create|list|verify`: savepoints of the live state.
 //! - `learner control --config FILE create|fork|retire ...`: an admin
 //!   command on the `[control]` topic, applied by every learner at its
 //!   event time (`--at-ms`, default now).
+
+mod embedded;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,9 +32,10 @@ use posterior_learner::config::VersionConfig;
 use posterior_learner::config::{Config, SourceConfig};
 use posterior_learner::control::Scheduled;
 use posterior_learner::kafka::send_control;
+use posterior_learner::publish::{ParamSink, channel};
 use posterior_learner::runner::{
     Controls, KafkaRunMode, SavepointChoice, open_engine, open_sink, restore_savepoint,
-    restore_savepoint_if_missing, run_kafka, run_local,
+    restore_savepoint_if_missing, run_kafka_with, run_local,
 };
 use posterior_learner::savepoint;
 use posterior_learner::store::RocksStore;
@@ -156,9 +161,20 @@ enum SavepointAction {
     },
 }
 
-fn load(path: &PathBuf) -> Result<Config> {
+/// The learner's config and the embedded param-server's, if it has one.
+fn load_with_server(
+    path: &PathBuf,
+) -> Result<(Config, Option<posterior_param_server::config::Config>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    Config::from_toml(&text).with_context(|| format!("invalid config {}", path.display()))
+    let invalid = || format!("invalid config {}", path.display());
+    let (learner, server) = embedded::split_config(&text).with_context(invalid)?;
+    Ok((Config::from_toml(&learner).with_context(invalid)?, server))
+}
+
+/// The learner's config (an embedded server's table is checked, then
+/// ignored).
+fn load(path: &PathBuf) -> Result<Config> {
+    load_with_server(path).map(|(config, _)| config)
 }
 
 fn savepoint_root(config: &Config) -> Result<&PathBuf> {
@@ -169,7 +185,12 @@ fn savepoint_root(config: &Config) -> Result<&PathBuf> {
         .dir)
 }
 
-fn run(config: &Config, until_end: bool, from_savepoint: Option<String>) -> Result<()> {
+fn run(
+    config: &Config,
+    server: Option<posterior_param_server::config::Config>,
+    until_end: bool,
+    from_savepoint: Option<String>,
+) -> Result<()> {
     if let Some(choice) = from_savepoint {
         let choice = match choice.as_str() {
             "latest" => SavepointChoice::Latest,
@@ -188,6 +209,24 @@ fn run(config: &Config, until_end: bool, from_savepoint: Option<String>) -> Resu
         signal_hook::flag::register(signal, Arc::clone(&controls.stop))
             .context("install signal handler")?;
     }
+    let (sink, serving): (Box<dyn ParamSink>, _) = match server {
+        Some(server) => {
+            anyhow::ensure!(
+                config
+                    .publish
+                    .as_ref()
+                    .and_then(|p| p.kafka.as_ref())
+                    .is_none(),
+                "[publish.kafka] and an embedded [param_server] together are not supported yet: \
+                 standalone replicas and the embedded server each need their own learner run"
+            );
+            let (sink, publications) = channel(embedded::CHANNEL_CAPACITY);
+            let serving = embedded::EmbeddedServer::start(server, publications)?;
+            eprintln!("learner: param-server listening on {}", serving.addr());
+            (Box::new(sink), Some(serving))
+        }
+        None => (open_sink(config)?, None),
+    };
     let summary = match &config.source {
         SourceConfig::Kafka(_) => {
             signal_hook::flag::register(SIGUSR1, Arc::clone(&controls.savepoint))
@@ -197,13 +236,16 @@ fn run(config: &Config, until_end: bool, from_savepoint: Option<String>) -> Resu
             } else {
                 KafkaRunMode::Unbounded
             };
-            run_kafka(config, mode, &controls)?
+            run_kafka_with(config, mode, &controls, sink)?
         }
         _ => {
             anyhow::ensure!(!until_end, "--until-end is for kafka sources");
-            run_local(config, &controls, open_sink(config)?)?
+            run_local(config, &controls, sink)?
         }
     };
+    if let Some(serving) = serving {
+        serving.stop()?;
+    }
     eprintln!(
         "learner: {} records ({}), {} checkpoints, {} throttles; applied {}, dead letters {:?}",
         summary.records,
@@ -221,12 +263,25 @@ fn run(config: &Config, until_end: bool, from_savepoint: Option<String>) -> Resu
 }
 
 fn main() -> Result<()> {
+    // The embedded param-server logs through `tracing`; the learner's own
+    // lines go to stderr as they did.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     match Args::parse().command {
         Command::Run {
             config,
             until_end,
             from_savepoint,
-        } => run(&load(&config)?, until_end, from_savepoint)?,
+        } => {
+            let (config, server) = load_with_server(&config)?;
+            run(&config, server, until_end, from_savepoint)?;
+        }
         Command::Dump { config, savepoint } => {
             let (config, _scratch) = match (config, savepoint) {
                 (Some(config), _) => (load(&config)?, None),

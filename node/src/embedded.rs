@@ -1,0 +1,169 @@
+//! The param-server embedded in the learner's process — the default
+//! single-machine deployment. The learner publishes into a bounded
+//! in-process channel ([`posterior_learner::publish::channel`]); the
+//! server's feed applies what arrives, sharing the learner's states rather
+//! than copying them; the server runs on its own tokio runtime and threads,
+//! so serving never runs on the ingesting thread.
+//!
+//! The learner's config names it with a `[param_server]` table, the
+//! `param-server` binary's config without `versions` (the learner announces
+//! its own, admin-created ones included).
+
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result};
+use posterior_learner::params::Publication;
+use posterior_param_server::config::Config;
+use posterior_param_server::runner::{build_store, run};
+use tokio::sync::{mpsc, oneshot};
+
+/// Key of the learner's config that holds the embedded server's table.
+pub const CONFIG_KEY: &str = "param_server";
+
+/// Publications the channel between the learner and the server holds
+/// before the learner waits (each is a batch of up to one publish
+/// interval's changed keys, or a version announcement).
+pub const CHANNEL_CAPACITY: usize = 64;
+
+/// A running embedded param-server.
+pub struct EmbeddedServer {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl EmbeddedServer {
+    /// Checks `config`, binds its listener (before returning, so a taken
+    /// port fails the start) and serves on a runtime of its own, applying
+    /// `publications` as they arrive.
+    pub fn start(config: Config, publications: mpsc::Receiver<Publication>) -> Result<Self> {
+        anyhow::ensure!(
+            config.versions.is_empty(),
+            "{CONFIG_KEY}.versions: an embedded param-server serves the learner's versions; remove the table"
+        );
+        let store = build_store(&config).with_context(|| format!("invalid [{CONFIG_KEY}]"))?;
+        let addr = config
+            .listen_addr()
+            .with_context(|| format!("[{CONFIG_KEY}] listen"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads())
+            .thread_name("param-server")
+            .enable_all()
+            .build()
+            .context("start the param-server's runtime")?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("bind {addr}"))?;
+        let addr = listener.local_addr().context("local address")?;
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("param-server".into())
+            .spawn(move || {
+                runtime
+                    .block_on(run(&config, store, listener, Some(publications), async {
+                        // A dropped sender stops the server too.
+                        let _ = stopped.await;
+                    }))
+                    .context("embedded param-server")
+            })
+            .context("spawn the param-server thread")?;
+        Ok(Self {
+            addr,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it serves on (the bound port when the config said 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving (in-flight calls finish) and waits for the server.
+    pub fn stop(mut self) -> Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the param-server thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for EmbeddedServer {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop_inner() {
+            tracing::error!(%error, "embedded param-server stopped with an error");
+        }
+    }
+}
+
+/// The server's worker threads: the machine's cores less the one the
+/// learner's ingest thread keeps busy, at least one.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .max(1)
+}
+
+/// Splits a learner's config file into the learner's own TOML and the
+/// embedded server's `[param_server]` table, if any. Each is then parsed by
+/// its own strict parser, so an unknown key in either is named.
+pub fn split_config(text: &str) -> Result<(String, Option<Config>)> {
+    let mut table: toml::Table = text.parse().context("not valid TOML")?;
+    let server = match table.remove(CONFIG_KEY) {
+        None => None,
+        Some(value) => {
+            let text = toml::to_string(&value).context("re-encode [param_server]")?;
+            let config = Config::from_toml(&text)
+                .map_err(|e| anyhow::anyhow!("{CONFIG_KEY}.{}: {}", e.key, e.reason))?;
+            Some(config)
+        }
+    };
+    let learner = toml::to_string(&table).context("re-encode the learner's config")?;
+    Ok((learner, server))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
+
+    use super::*;
+
+    #[test]
+    fn the_server_table_is_split_off_and_checked_on_its_own() {
+        let (learner, server) =
+            split_config("[state]\ndir = \"s\"\n[param_server]\nlisten = \"127.0.0.1:0\"\n")
+                .unwrap();
+        assert_eq!(learner.trim(), "[state]\ndir = \"s\"");
+        assert_eq!(server.unwrap().listen, "127.0.0.1:0");
+        let (_, none) = split_config("[state]\ndir = \"s\"\n").unwrap();
+        assert!(none.is_none());
+        let err = split_config("[param_server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn versions_in_the_server_table_are_refused() {
+        let (_, server) = split_config(
+            "[param_server]\nlisten = \"127.0.0.1:0\"\n[[param_server.versions]]\nname = \"b\"\nmodel = \"beta\"\nreward_label = \"click\"\n",
+        )
+        .unwrap();
+        let (_tx, rx) = mpsc::channel(1);
+        let err = EmbeddedServer::start(server.unwrap(), rx)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("param_server.versions"), "{err}");
+    }
+}

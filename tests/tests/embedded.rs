@@ -1,0 +1,193 @@
+//! The param-server embedded in the `learner` process (`[param_server]`):
+//! over real gRPC it serves exactly the state the learner checkpoints, and
+//! a restarted learner serves every key again at once, not only those it
+//! updates after the restart.
+
+#![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use posterior_learner::config::Config;
+use posterior_learner::params::params_to_wire;
+use posterior_learner::runner::restore_engine;
+use posterior_learner::store::RocksStore;
+use posterior_proto::v1;
+use posterior_proto::v1::param_service_client::ParamServiceClient;
+use posterior_tests::broker::{Broker, Storage};
+use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
+use posterior_tests::log::{LogSpec, generate_records};
+use posterior_tests::oracle::produce_samples;
+use posterior_tests::{binary, finish_within, log_file};
+
+const DOCS: u64 = 400;
+const PARTITIONS: u32 = 2;
+const VERSIONS: [&str; 2] = ["beta", "logistic"];
+
+/// Every (version, doc) → the served `Params`.
+type Served = BTreeMap<(String, u64), v1::Params>;
+
+/// A learner reading the broker's `samples` topic without ever marking a
+/// partition idle (no wall clock in what it applies), with an embedded
+/// server on a free port.
+fn config_text(dir: &Path, bootstrap: &str) -> String {
+    let text = learner_toml(dir, "embedded", Source::Kafka(bootstrap), 5_000, None);
+    let text = text.replace(
+        "topic = \"samples\"",
+        "topic = \"samples\"\nidle_timeout_ms = 0",
+    );
+    format!("{text}\n[param_server]\nlisten = \"127.0.0.1:0\"\n")
+}
+
+fn start(config: &Path, log: &Path) -> (Child, String) {
+    let before = std::fs::read_to_string(log).unwrap_or_default().len();
+    let child = Command::new(binary("learner"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stderr(log_file(log))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text[before..]
+            .lines()
+            .find_map(|l| l.strip_prefix("learner: param-server listening on "))
+        {
+            return (child, format!("http://{}", line.trim()));
+        }
+        assert!(Instant::now() < deadline, "no listening line in:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop(mut child: Child, log: &Path) {
+    // SIGTERM: checkpoint, then exit 0.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = finish_within(&mut child, Duration::from_secs(60), log);
+    assert!(status.success(), "{status}; see {}", log.display());
+}
+
+async fn fetch(endpoint: &str) -> Served {
+    let mut client = ParamServiceClient::connect(endpoint.to_owned())
+        .await
+        .unwrap();
+    let mut served = Served::new();
+    for version in VERSIONS {
+        let request = v1::GetParamsRequest {
+            version: version.into(),
+            doc_ids: (0..DOCS).collect(),
+        };
+        let response = client.get_params(request).await.unwrap().into_inner();
+        for params in response.params {
+            served.insert((version.to_owned(), params.doc_id), params);
+        }
+    }
+    served
+}
+
+/// Polls until two fetches half a second apart agree and `done` holds.
+fn settle(endpoint: &str, done: impl Fn(&Served) -> bool) -> Served {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = runtime.block_on(fetch(endpoint));
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = runtime.block_on(fetch(endpoint));
+        if now == last && done(&now) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the served params did not settle"
+        );
+        last = now;
+    }
+}
+
+/// What the learner's checkpoint holds, as the server should serve it:
+/// every key of the store, and the prior (flagged) for the others.
+fn expected(config: &Config, prior_of: &Served) -> Served {
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    let (engine, _) = restore_engine(config, &store).unwrap().unwrap();
+    let mut expected: Served = prior_of
+        .iter()
+        .filter(|(_, p)| p.is_prior)
+        .map(|(k, p)| (k.clone(), p.clone()))
+        .collect();
+    for (key, state) in engine.params() {
+        let name = &engine.registry().get(key.version).unwrap().spec.name;
+        expected.insert(
+            (name.clone(), key.doc_id),
+            params_to_wire(name, key.doc_id, state),
+        );
+    }
+    expected
+}
+
+#[test]
+fn the_embedded_server_serves_the_checkpointed_state_and_all_of_it_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(Storage::Memory);
+    broker.create_topic("samples", PARTITIONS);
+    let config_path = dir.path().join("learner.toml");
+    let text = config_text(dir.path(), &broker.bootstrap());
+    std::fs::write(&config_path, &text).unwrap();
+    let (_, server) = text.split_once("[param_server]").unwrap();
+    let config = Config::from_toml(text.split_once("[param_server]").unwrap().0).unwrap();
+    assert!(server.contains("listen"));
+    let log = dir.path().join("learner.log");
+    let (records, _) = generate_records(LogSpec {
+        records: 30_000,
+        docs: DOCS,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 23,
+    });
+    produce_samples(&broker, &records, PARTITIONS);
+
+    // Run 1: the whole log is read (its tail waits for a watermark that no
+    // longer moves); what is served settles, then a SIGTERM checkpoints.
+    let (learner, endpoint) = start(&config_path, &log);
+    let served = settle(&endpoint, |s| {
+        s.values().filter(|p| !p.is_prior).count() > DOCS as usize
+    });
+    stop(learner, &log);
+    let expected = expected(&config, &served);
+    let learned = expected.values().filter(|p| !p.is_prior).count();
+    assert!(learned > DOCS as usize, "{learned} keys learned");
+    assert_eq!(served.len(), expected.len());
+    for (key, params) in &expected {
+        assert_eq!(
+            served.get(key),
+            Some(params),
+            "{key:?} served before the stop"
+        );
+    }
+
+    // Run 2: no input at all; the restored state is served in full.
+    let (learner, endpoint) = start(&config_path, &log);
+    let again = settle(&endpoint, |s| {
+        s.values().filter(|p| !p.is_prior).count() == learned
+    });
+    for (key, params) in &expected {
+        assert_eq!(
+            again.get(key),
+            Some(params),
+            "{key:?} served after the restart"
+        );
+    }
+    stop(learner, &log);
+}
