@@ -126,9 +126,16 @@ async fn run_applies_a_channel_feed_visible_over_grpc() {
     let server = tokio::spawn({
         let store = Arc::clone(&store);
         async move {
-            run(&config, store, listener, Some(rx), async {
-                let _ = stopped.await;
-            })
+            run(
+                &config,
+                store,
+                listener,
+                Some(rx),
+                Default::default(),
+                async {
+                    let _ = stopped.await;
+                },
+            )
             .await
         }
     });

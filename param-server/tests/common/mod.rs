@@ -11,7 +11,7 @@ use posterior_learner::posterior::{
     BetaPosterior, BetaPrior, CovarianceForm, DiagonalGaussian, LogisticPrior, ModelKind, ModelSpec,
 };
 use posterior_learner::{KeyState, Posterior, RewardSpec, VersionSpec};
-use posterior_param_server::{Limits, ParamStore, ServerError, serve};
+use posterior_param_server::{Limits, ParamStore, ServeOptions, ServerError, serve};
 use posterior_proto::v1;
 use posterior_proto::v1::param_service_client::ParamServiceClient;
 use tokio::net::TcpListener;
@@ -39,9 +39,16 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, Arc::clone(&store), limits, async {
-            let _ = stopped.await;
-        }));
+        let options = ServeOptions::default();
+        let task = tokio::spawn(serve(
+            listener,
+            Arc::clone(&store),
+            limits,
+            options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             addr,
             store,
