@@ -344,6 +344,8 @@ reward_label = "click"
     fn the_example_file_loads() {
         let config = Config::from_toml(include_str!("../param-server.example.toml")).unwrap();
         assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.admin, AdminConfig::default());
+        assert_eq!(config.tls, None);
         assert_eq!(config.versions.len(), 2);
     }
 
