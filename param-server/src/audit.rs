@@ -15,7 +15,6 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tonic::Code;
@@ -51,11 +50,8 @@ pub struct AuditRecord {
 impl AuditRecord {
     /// A record stamped now.
     pub fn now(who: &str, peer: Option<SocketAddr>, rpc: &str) -> Self {
-        let time_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         Self {
-            time_ms,
+            time_ms: crate::admin::system_clock_ms(),
             who: who.to_owned(),
             peer: peer.map(|p| p.to_string()),
             rpc: rpc.to_owned(),

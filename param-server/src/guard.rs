@@ -235,6 +235,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_call_dropped_before_it_finished_is_audited_as_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Arc::new(AuditLog::with_file(&path, 1 << 20).unwrap());
+        let note = CallNote::default();
+        note.request("name=\"x\"".into());
+        note.command_id("c1");
+        drop(PendingAudit {
+            audit,
+            record: Some(AuditRecord::now("alice", None, "CreateVersion")),
+            note,
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let records: Vec<AuditRecord> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].code, "CANCELLED");
+        assert_eq!(records[0].command_id.as_deref(), Some("c1"));
+        assert_eq!(records[0].request, "name=\"x\"");
+    }
+
+    #[test]
+    fn a_finished_call_is_audited_once_with_the_noted_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Arc::new(AuditLog::with_file(&path, 1 << 20).unwrap());
+        let note = CallNote::default();
+        note.outcome::<()>(&Err(AdminError::Retired("ctr".into())), |_| String::new());
+        let pending = PendingAudit {
+            audit,
+            record: Some(AuditRecord::now("alice", None, "RetireVersion")),
+            note,
+        };
+        // A status in the headers does not override what the handler noted.
+        pending.finish(Some(Status::internal("ignored")));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("FAILED_PRECONDITION"), "{text}");
+    }
+
+    #[test]
     fn the_method_is_the_last_path_segment() {
         assert_eq!(
             method_of("/posterior.v1.AdminService/ListVersions"),

@@ -103,6 +103,16 @@ async fn with_tls_a_tls_client_gets_through_and_a_plaintext_one_does_not() {
     let admin = AdminServer::start(16, Some(tls)).await;
     let channel = connect(&admin, Some(client_tls(&pki))).await.unwrap();
     assert_eq!(list(channel).await.unwrap(), 2);
+    // The audit finds the peer behind TLS too.
+    let audited = admin.audit();
+    assert_eq!(audited.len(), 1);
+    assert!(
+        audited[0]
+            .peer
+            .as_deref()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
     assert!(!can_list(&admin, None).await, "plaintext got through");
     // A client that does not trust the server's CA is refused too.
     let other = tempfile::tempdir().unwrap();
