@@ -7,15 +7,22 @@
 //!
 //! The learner's config names it with a `[param_server]` table, the
 //! `param-server` binary's config without `versions` (the learner announces
-//! its own, admin-created ones included).
+//! its own, admin-created ones included). With admin tokens configured,
+//! `AdminService` hands its commands to the learner's command inbox, which
+//! schedules them at their event time like commands from the `control`
+//! topic.
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use posterior_learner::params::Publication;
+use posterior_learner::runner::CommandInbox;
 use posterior_param_server::config::Config;
-use posterior_param_server::runner::{build_store, run};
+use posterior_param_server::control::InProcessControlPlane;
+use posterior_param_server::runner::{build_store, prepare, run};
 use tokio::sync::{mpsc, oneshot};
 
 /// Key of the learner's config that holds the embedded server's table.
@@ -34,15 +41,23 @@ pub struct EmbeddedServer {
 }
 
 impl EmbeddedServer {
-    /// Checks `config`, binds its listener (before returning, so a taken
-    /// port fails the start) and serves on a runtime of its own, applying
-    /// `publications` as they arrive.
-    pub fn start(config: Config, publications: mpsc::Receiver<Publication>) -> Result<Self> {
+    /// Checks `config` (tokens and certificates included), binds its
+    /// listener (before returning, so a taken port fails the start) and
+    /// serves on a runtime of its own, applying `publications` as they
+    /// arrive and handing admin commands to `inbox`.
+    pub fn start(
+        config: Config,
+        publications: mpsc::Receiver<Publication>,
+        inbox: CommandInbox,
+    ) -> Result<Self> {
         anyhow::ensure!(
             config.versions.is_empty(),
             "{CONFIG_KEY}.versions: an embedded param-server serves the learner's versions; remove the table"
         );
         let store = build_store(&config).with_context(|| format!("invalid [{CONFIG_KEY}]"))?;
+        let (control, mut commands) = InProcessControlPlane::channel(config.admin.control_queue);
+        let options = prepare(&config, &store, Arc::new(control))
+            .with_context(|| format!("[{CONFIG_KEY}] admin or tls"))?;
         let addr = config
             .listen_addr()
             .with_context(|| format!("[{CONFIG_KEY}] listen"))?;
@@ -57,15 +72,26 @@ impl EmbeddedServer {
             .with_context(|| format!("bind {addr}"))?;
         let addr = listener.local_addr().context("local address")?;
         let (shutdown, stopped) = oneshot::channel::<()>();
+        runtime.spawn(async move {
+            while let Some(command) = commands.recv().await {
+                inbox.send(command);
+            }
+        });
         let thread = std::thread::Builder::new()
             .name("param-server".into())
             .spawn(move || {
-                runtime
-                    .block_on(run(&config, store, listener, Some(publications), async {
+                let serving = run(
+                    &config,
+                    store,
+                    listener,
+                    Some(publications),
+                    options,
+                    async {
                         // A dropped sender stops the server too.
                         let _ = stopped.await;
-                    }))
-                    .context("embedded param-server")
+                    },
+                );
+                runtime.block_on(serving).context("embedded param-server")
             })
             .context("spawn the param-server thread")?;
         Ok(Self {
@@ -160,7 +186,7 @@ mod tests {
         )
         .unwrap();
         let (_tx, rx) = mpsc::channel(1);
-        let err = EmbeddedServer::start(server.unwrap(), rx)
+        let err = EmbeddedServer::start(server.unwrap(), rx, CommandInbox::default())
             .err()
             .unwrap()
             .to_string();

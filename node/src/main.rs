@@ -221,7 +221,8 @@ fn run(
                  standalone replicas and the embedded server each need their own learner run"
             );
             let (sink, publications) = channel(embedded::CHANNEL_CAPACITY);
-            let serving = embedded::EmbeddedServer::start(server, publications)?;
+            let serving =
+                embedded::EmbeddedServer::start(server, publications, controls.commands.clone())?;
             eprintln!("learner: param-server listening on {}", serving.addr());
             (Box::new(sink), Some(serving))
         }

@@ -107,9 +107,15 @@ async fn main() -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, store, Limits::default(), async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(serve(
+        listener,
+        store,
+        Limits::default(),
+        Default::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let mut client = ParamServiceClient::connect(format!("http://{addr}"))
         .await
         .context("connect")?

@@ -16,6 +16,14 @@
 //! max_concurrent_requests_per_connection = 256
 //! request_timeout_ms = 5000
 //!
+//! [admin]
+//! tokens_file = "/etc/posterior/admin-tokens"
+//! audit_file = "/var/log/posterior/admin-audit.jsonl"
+//!
+//! [tls]
+//! cert_file = "/etc/posterior/tls/server.pem"
+//! key_file = "/etc/posterior/tls/server.key"
+//!
 //! [[versions]]
 //! name = "ctr-beta"
 //! model = "beta"
@@ -24,6 +32,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use posterior_learner::VersionSpec;
 use posterior_learner::config::VersionConfig;
@@ -47,9 +56,99 @@ pub struct Config {
     /// Bounds of requests, responses and watchers.
     #[serde(default)]
     pub limits: Limits,
-    /// The versions served, as in the learner's config.
+    /// The admin service: tokens, command stamping, audit file.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// TLS (and mTLS) of the listener; plaintext when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The versions served from the start, as in the learner's config.
+    /// May be empty: the learner announces its versions (admin-created
+    /// ones included) through the feed, and they are served from then on.
     #[serde(default)]
     pub versions: Vec<VersionConfig>,
+}
+
+/// Default `admin.command_lead_ms`.
+pub const DEFAULT_COMMAND_LEAD_MS: u64 = 2_000;
+/// Largest `admin.command_lead_ms` (one hour).
+pub const MAX_COMMAND_LEAD_MS: u64 = 3_600_000;
+/// Default `admin.control_queue`.
+pub const DEFAULT_CONTROL_QUEUE: usize = 64;
+/// Largest `admin.control_queue`.
+pub const MAX_CONTROL_QUEUE: usize = 1 << 16;
+/// Default `admin.audit_max_bytes` (64 MiB).
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 64 << 20;
+/// Smallest `admin.audit_max_bytes`.
+pub const MIN_AUDIT_MAX_BYTES: u64 = 4 << 10;
+
+/// The `[admin]` table. Tokens never appear here: only where to read
+/// them. Without any token source the admin service is not served.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// File of `name role token` lines (mode 600 on Unix).
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
+    /// Environment variable holding `name role token` entries separated
+    /// by newlines or `;`.
+    #[serde(default)]
+    pub tokens_env: Option<String>,
+    /// How far after the wall-clock time of an admin call its command
+    /// takes effect (event time), so the learners' watermark has not
+    /// passed it yet.
+    #[serde(default = "default_command_lead_ms")]
+    pub command_lead_ms: u64,
+    /// Commands waiting for an embedded learner to take them; more are
+    /// refused with UNAVAILABLE.
+    #[serde(default = "default_control_queue")]
+    pub control_queue: usize,
+    /// JSON-lines audit file; the `posterior::audit` log target only when
+    /// absent.
+    #[serde(default)]
+    pub audit_file: Option<PathBuf>,
+    /// Size at which the audit file is rotated to `<audit_file>.1`.
+    #[serde(default = "default_audit_max_bytes")]
+    pub audit_max_bytes: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            tokens_file: None,
+            tokens_env: None,
+            command_lead_ms: DEFAULT_COMMAND_LEAD_MS,
+            control_queue: DEFAULT_CONTROL_QUEUE,
+            audit_file: None,
+            audit_max_bytes: DEFAULT_AUDIT_MAX_BYTES,
+        }
+    }
+}
+
+fn default_command_lead_ms() -> u64 {
+    DEFAULT_COMMAND_LEAD_MS
+}
+
+fn default_control_queue() -> usize {
+    DEFAULT_CONTROL_QUEUE
+}
+
+fn default_audit_max_bytes() -> u64 {
+    DEFAULT_AUDIT_MAX_BYTES
+}
+
+/// The `[tls]` table: PEM files.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain.
+    pub cert_file: PathBuf,
+    /// The server's private key.
+    pub key_file: PathBuf,
+    /// CA whose certificates clients must present (mutual TLS); any
+    /// client may connect when absent.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 fn default_watch_buffer() -> usize {
@@ -91,9 +190,8 @@ impl Config {
             ));
         }
         self.validate_limits()?;
-        if self.versions.is_empty() {
-            return Err(bad("versions", "at least one [[versions]] table is needed"));
-        }
+        self.validate_admin()?;
+        self.validate_tls()?;
         let mut names = HashSet::new();
         for (i, version) in self.versions.iter().enumerate() {
             if !names.insert(version.name.as_str()) {
@@ -129,6 +227,52 @@ impl Config {
         Ok(())
     }
 
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        let a = &self.admin;
+        if a.command_lead_ms > MAX_COMMAND_LEAD_MS {
+            return Err(bad(
+                "admin.command_lead_ms",
+                format!("must be <= {MAX_COMMAND_LEAD_MS}"),
+            ));
+        }
+        if !(1..=MAX_CONTROL_QUEUE).contains(&a.control_queue) {
+            return Err(bad(
+                "admin.control_queue",
+                format!("must be in 1..={MAX_CONTROL_QUEUE}"),
+            ));
+        }
+        if a.audit_max_bytes < MIN_AUDIT_MAX_BYTES {
+            return Err(bad(
+                "admin.audit_max_bytes",
+                format!("must be >= {MIN_AUDIT_MAX_BYTES}"),
+            ));
+        }
+        if let Some(name) = &a.tokens_env
+            && (name.is_empty() || name.contains(['=', '\0']))
+        {
+            return Err(bad(
+                "admin.tokens_env",
+                "must be an environment variable name",
+            ));
+        }
+        if let Some(path) = &a.tokens_file {
+            existing_file("admin.tokens_file", path)?;
+        }
+        Ok(())
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        existing_file("tls.cert_file", &tls.cert_file)?;
+        existing_file("tls.key_file", &tls.key_file)?;
+        if let Some(ca) = &tls.client_ca_file {
+            existing_file("tls.client_ca_file", ca)?;
+        }
+        Ok(())
+    }
+
     /// The listen address.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.listen.parse().map_err(|e| {
@@ -149,6 +293,17 @@ impl Config {
                     .map_err(|e| bad(format!("versions[{i}]"), e.to_string()))
             })
             .collect()
+    }
+}
+
+fn existing_file(key: &str, path: &std::path::Path) -> Result<(), ConfigError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(bad(
+            key,
+            format!("{} is not a readable file", path.display()),
+        ))
     }
 }
 
@@ -188,7 +343,15 @@ reward_label = "click"
     fn the_example_file_loads() {
         let config = Config::from_toml(include_str!("../param-server.example.toml")).unwrap();
         assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.admin, AdminConfig::default());
+        assert_eq!(config.tls, None);
         assert_eq!(config.versions.len(), 2);
+    }
+
+    #[test]
+    fn versions_may_come_from_the_learner_alone() {
+        let config = Config::from_toml("listen = \"127.0.0.1:0\"\n").unwrap();
+        assert!(config.versions.is_empty());
     }
 
     #[test]
@@ -206,7 +369,36 @@ reward_label = "click"
                 GOOD.replace("[limits]", "[limits]\nmax_dogs = 3"),
                 "max_dogs",
             ),
-            ("listen = \"127.0.0.1:0\"\n".to_owned(), "versions"),
+            (
+                format!("{GOOD}\n[admin]\ncontrol_queue = 0\n"),
+                "admin.control_queue",
+            ),
+            (
+                format!("{GOOD}\n[admin]\ncommand_lead_ms = 3600001\n"),
+                "admin.command_lead_ms",
+            ),
+            (
+                format!("{GOOD}\n[admin]\naudit_max_bytes = 10\n"),
+                "admin.audit_max_bytes",
+            ),
+            (
+                format!("{GOOD}\n[admin]\ntokens_file = \"/nonexistent/tokens\"\n"),
+                "admin.tokens_file",
+            ),
+            (
+                format!("{GOOD}\n[admin]\ntoken = \"plaintext\"\n"),
+                "unknown field `token`",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[tls]\ncert_file = \"/nonexistent/c\"\nkey_file = \"/nonexistent/k\"\n"
+                ),
+                "tls.cert_file",
+            ),
+            (
+                format!("{GOOD}\n[tls]\ncert_file = \"/etc/hostname\"\n"),
+                "key_file",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(&text).unwrap_err();

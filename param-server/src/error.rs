@@ -1,9 +1,11 @@
-//! The errors of the store and of the gRPC services, and the one place
+//! The errors of the store and of the gRPC services (params and admin), and the one place
 //! where they become gRPC status codes.
 
 use posterior_learner::PosteriorError;
 use tonic::{Code, Status};
 
+use crate::auth::AuthError;
+use crate::control::ControlPlaneError;
 use crate::version::ModelShape;
 
 /// Why the store refused an update or a lookup.
@@ -15,6 +17,9 @@ pub enum StoreError {
     /// A version of that name is already served.
     #[error("version {0:?} already exists")]
     VersionExists(String),
+    /// A version announced again with a spec other than the served one.
+    #[error("version {0:?} is already served with another spec")]
+    SpecConflict(String),
     /// The update's state is of another model or dimension than its
     /// version.
     #[error("update of {version:?}/{doc_id} holds a {got} state, the version is {want}")]
@@ -107,7 +112,9 @@ impl ServeError {
     pub fn code(&self) -> Code {
         match self {
             ServeError::Store(StoreError::UnknownVersion(_)) => Code::NotFound,
-            ServeError::Store(StoreError::VersionExists(_)) => Code::AlreadyExists,
+            ServeError::Store(StoreError::VersionExists(_) | StoreError::SpecConflict(_)) => {
+                Code::AlreadyExists
+            }
             ServeError::Store(StoreError::ModelMismatch { .. } | StoreError::BadUpdate { .. })
             | ServeError::MissingVersion
             | ServeError::TooManyDocs { .. }
@@ -121,6 +128,76 @@ impl ServeError {
 
 impl From<ServeError> for Status {
     fn from(error: ServeError) -> Self {
+        Status::new(error.code(), error.to_string())
+    }
+}
+
+/// Why an `AdminService` call was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdminError {
+    /// No valid bearer token, or a role that does not allow the RPC.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A required field is empty or missing.
+    #[error("{0} must be set")]
+    Missing(&'static str),
+    /// The version spec cannot be converted (the learner's rules).
+    #[error("spec: {0}")]
+    InvalidSpec(#[from] PosteriorError),
+    /// The command breaks the learner's control rules (e.g. a bad fork
+    /// override).
+    #[error("{0}")]
+    InvalidCommand(String),
+    /// A savepoint id that is not a plain id (never a path).
+    #[error("savepoint_id {id:?} {reason}")]
+    BadSavepointId {
+        /// The id as given (at most its first 64 characters).
+        id: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A savepoint label that is too long or holds control characters.
+    #[error("label {0}")]
+    BadLabel(&'static str),
+    /// Unknown version, or a name already served.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The version is retired already.
+    #[error("version {0:?} is already retired")]
+    Retired(String),
+    /// The command could not be handed to the learners.
+    #[error(transparent)]
+    Control(#[from] ControlPlaneError),
+}
+
+impl AdminError {
+    /// The gRPC code of this error.
+    pub fn code(&self) -> Code {
+        match self {
+            AdminError::Auth(AuthError::Forbidden { .. }) => Code::PermissionDenied,
+            AdminError::Auth(AuthError::Missing | AuthError::Malformed | AuthError::Unknown) => {
+                Code::Unauthenticated
+            }
+            AdminError::Missing(_)
+            | AdminError::InvalidSpec(_)
+            | AdminError::InvalidCommand(_)
+            | AdminError::BadSavepointId { .. }
+            | AdminError::BadLabel(_) => Code::InvalidArgument,
+            AdminError::Store(StoreError::UnknownVersion(_)) => Code::NotFound,
+            AdminError::Store(StoreError::VersionExists(_) | StoreError::SpecConflict(_)) => {
+                Code::AlreadyExists
+            }
+            AdminError::Store(StoreError::ModelMismatch { .. } | StoreError::BadUpdate { .. }) => {
+                Code::InvalidArgument
+            }
+            AdminError::Retired(_) => Code::FailedPrecondition,
+            AdminError::Control(_) => Code::Unavailable,
+        }
+    }
+}
+
+impl From<AdminError> for Status {
+    fn from(error: AdminError) -> Self {
         Status::new(error.code(), error.to_string())
     }
 }

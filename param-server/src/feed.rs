@@ -49,29 +49,29 @@ impl FeedStats {
     }
 }
 
-/// Serves an announced version: registers it when the store lacks it;
-/// refuses (and logs) one served under a different spec.
-pub fn learn_version(store: &ParamStore, spec: &VersionSpec, stats: &mut FeedStats) {
-    match store.version(&spec.name) {
-        Ok(served) if served.spec() == spec => {}
-        Ok(served) => {
+/// Serves an announced version: registers it when the store lacks it,
+/// marks it retired when announced so; refuses (and logs) one served under
+/// a different spec.
+pub fn learn_version(store: &ParamStore, spec: &VersionSpec, retired: bool, stats: &mut FeedStats) {
+    let before = store.versions().len();
+    match store.register_announced(spec.clone()) {
+        Ok(_) => {
+            if store.versions().len() > before {
+                stats.versions_added += 1;
+                tracing::info!(version = %spec.name, "serving an announced version");
+            }
+            if retired && matches!(store.retire(&spec.name), Ok(true)) {
+                tracing::info!(version = %spec.name, "announced version retired");
+            }
+        }
+        Err(error) => {
             stats.versions_refused += 1;
             tracing::warn!(
-                version = %spec.name,
-                served = ?served.spec(),
+                %error,
                 announced = ?spec,
                 "announced version differs from the served one; kept the served spec"
             );
         }
-        Err(_) => match store.register(spec.clone()) {
-            Ok(_) => {
-                stats.versions_added += 1;
-                tracing::info!(version = %spec.name, "serving an announced version");
-            }
-            // Registered concurrently under the same name: the next
-            // announcement compares the specs.
-            Err(error) => tracing::debug!(%error, "announced version raced a registration"),
-        },
     }
 }
 
@@ -85,7 +85,7 @@ pub async fn feed(
         match publication {
             Publication::Versions(entries) => {
                 for entry in &entries {
-                    learn_version(&store, &entry.spec, &mut stats);
+                    learn_version(&store, &entry.spec, entry.retired, &mut stats);
                 }
             }
             Publication::Params(batch) => {
@@ -181,14 +181,14 @@ mod tests {
         store.register(beta("ctr", "click")).unwrap();
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(feed(Arc::clone(&store), rx));
-        let entry = |id, spec| VersionEntry {
+        let entry = |id, spec, retired| VersionEntry {
             id: VersionId(id),
             spec,
-            retired: false,
+            retired,
         };
         tx.send(Publication::Versions(vec![
-            entry(0, beta("ctr", "order")),
-            entry(1, beta("fork", "click")),
+            entry(0, beta("ctr", "order"), false),
+            entry(1, beta("fork", "click"), true),
         ]))
         .await
         .unwrap();
@@ -204,6 +204,7 @@ mod tests {
         assert_eq!((stats.versions_added, stats.versions_refused), (1, 1));
         assert_eq!(stats.applied, 1);
         assert_eq!(store.params("fork", 9).unwrap().seq, 3);
+        assert!(store.version("fork").unwrap().is_retired());
         assert_eq!(
             store.version("ctr").unwrap().spec().reward.label,
             "click",

@@ -11,6 +11,14 @@
 //! - [`request`]: wire requests checked and converted to domain requests.
 //! - [`sampler`]: server-side Thompson draws and mean scores.
 //! - [`watch`]: `WatchParams` streams: snapshot, updates, bounded buffers.
+//! - [`admin`]: `posterior.v1.AdminService`: validation against the store,
+//!   stamped `ControlCommand`s handed to the control plane.
+//! - [`guard`]: the tower layer that authenticates, authorises and audits
+//!   every admin call, before its handler.
+//! - [`auth`]: bearer tokens with names and roles, compared in constant time.
+//! - [`audit`]: one record per admin call: tracing target and JSON lines.
+//! - [`control`]: the `ControlPlane` trait and its in-process channel.
+//! - [`tls`]: TLS / mTLS settings loaded and checked before binding.
 //! - [`server`]: `serve(listener, …, shutdown)` with health and reflection.
 //! - [`limits`]: the bounds of every request, response and buffer.
 //! - [`feed`]: applies `ParamChange` batches from a channel (the learner's
@@ -19,9 +27,14 @@
 //! - [`runner`]: store + feed + server from a config, until shutdown.
 //! - [`error`]: the store's and the services' errors, mapped to gRPC codes.
 
+pub mod admin;
+pub mod audit;
+pub mod auth;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod feed;
+pub mod guard;
 pub mod limits;
 pub mod request;
 pub mod runner;
@@ -31,12 +44,15 @@ pub mod service;
 pub mod store;
 pub mod stored;
 pub mod table;
+pub mod tls;
 pub mod version;
 pub mod watch;
 
-pub use error::{ServeError, StoreError};
+pub use admin::AdminServiceImpl;
+pub use control::{ControlPlane, ControlPlaneError, InProcessControlPlane};
+pub use error::{AdminError, ServeError, StoreError};
 pub use limits::Limits;
-pub use server::{ServerError, serve};
+pub use server::{AdminSetup, ServeOptions, ServerError, serve};
 pub use service::ParamServiceImpl;
 pub use store::ParamStore;
 pub use stored::StoredState;

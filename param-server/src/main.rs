@@ -1,5 +1,6 @@
 //! `param-server`: serves Posterior's parameters over gRPC
-//! (`posterior.v1.ParamService`, health, reflection).
+//! (`posterior.v1.ParamService`, `AdminService` when tokens are
+//! configured, health, reflection).
 //!
 //! `param-server --config param-server.toml [--listen 127.0.0.1:50051] [--check]`
 //!
@@ -7,13 +8,18 @@
 //! stops there. This slice has no standalone feed yet (the Kafka `params`
 //! topic comes next): the binary serves its versions' priors, and an
 //! embedding learner feeds the store through `runner::run`'s channel.
+//! Likewise there is no control path to a learner yet: admin commands are
+//! refused with UNAVAILABLE (an embedding learner passes an in-process
+//! `ControlPlane` to `runner::prepare`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use posterior_param_server::config::Config;
-use posterior_param_server::runner::{build_store, run};
+use posterior_param_server::control::NoControlPlane;
+use posterior_param_server::runner::{build_store, prepare, run};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -74,18 +80,21 @@ async fn main() -> Result<()> {
         .init();
     let args = Args::parse();
     let config = load(&args)?;
+    let store = build_store(&config).context("build the store")?;
+    // Tokens, audit file and certificates are checked by `--check` too.
+    let options =
+        prepare(&config, &store, Arc::new(NoControlPlane)).context("prepare admin and TLS")?;
     if args.check {
         println!("config ok: {} version(s)", config.versions.len());
         return Ok(());
     }
-    let store = build_store(&config).context("build the store")?;
     let addr = config.listen_addr().context("listen address")?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("bind {addr}"))?;
     let local = listener.local_addr().context("local address")?;
     tracing::info!(%local, versions = config.versions.len(), "param-server listening");
-    run(&config, store, listener, None, shutdown_signal())
+    run(&config, store, listener, None, options, shutdown_signal())
         .await
         .context("serve")?;
     Ok(())

@@ -1,16 +1,24 @@
-//! The gRPC server: `ParamService`, the standard health service and
-//! server reflection on one listener, until a shutdown future resolves.
-//! Per connection, requests beyond the concurrency limit are shed with
-//! `RESOURCE_EXHAUSTED` (not queued), and every request has a timeout.
+//! The gRPC server: `ParamService`, the guarded `AdminService` (when
+//! tokens are configured), the standard health service and server
+//! reflection on one listener, optionally over TLS, until a shutdown
+//! future resolves. Per connection, requests beyond the concurrency limit
+//! are shed with `RESOURCE_EXHAUSTED` (not queued), and every request has
+//! a timeout.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use posterior_proto::v1::admin_service_server::AdminServiceServer;
 use posterior_proto::v1::param_service_server::ParamServiceServer;
 use tokio::net::TcpListener;
+use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;
 
+use crate::admin::AdminServiceImpl;
+use crate::audit::AuditLog;
+use crate::auth::TokenSet;
+use crate::guard::AdminGuard;
 use crate::limits::Limits;
 use crate::service::ParamServiceImpl;
 use crate::store::ParamStore;
@@ -21,9 +29,29 @@ pub enum ServerError {
     /// The reflection service could not read the descriptors.
     #[error("build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// The transport failed.
+    /// The transport failed (or refused the TLS configuration).
     #[error("serve gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// The admin service and what guards it.
+#[derive(Debug)]
+pub struct AdminSetup {
+    /// The handlers.
+    pub service: AdminServiceImpl,
+    /// Who may call them (must not be empty).
+    pub tokens: Arc<TokenSet>,
+    /// Where every call is recorded.
+    pub audit: Arc<AuditLog>,
+}
+
+/// What `serve` adds to `ParamService`.
+#[derive(Debug, Default)]
+pub struct ServeOptions {
+    /// The admin service; not served (UNIMPLEMENTED) when `None`.
+    pub admin: Option<AdminSetup>,
+    /// TLS of the listener; plaintext when `None`.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 /// Serves `store` on `listener` until `shutdown` resolves; in-flight
@@ -32,6 +60,7 @@ pub async fn serve(
     listener: TcpListener,
     store: Arc<ParamStore>,
     limits: Limits,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -45,16 +74,33 @@ pub async fn serve(
     let params = ParamServiceServer::new(ParamServiceImpl::new(store, limits.clone()))
         .max_decoding_message_size(limits.max_request_bytes)
         .max_encoding_message_size(limits.max_response_bytes);
+    let admin = match options.admin {
+        Some(setup) => {
+            health
+                .set_serving::<AdminServiceServer<AdminServiceImpl>>()
+                .await;
+            let server = AdminServiceServer::new(setup.service)
+                .max_decoding_message_size(limits.max_request_bytes)
+                .max_encoding_message_size(limits.max_response_bytes);
+            Some(AdminGuard::new(server, setup.tokens, setup.audit))
+        }
+        None => None,
+    };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = options.tls {
+        builder = builder.tls_config(tls)?;
+    }
     // Small responses must not wait for Nagle's algorithm (40 ms with
     // delayed ACKs): every accepted connection gets TCP_NODELAY.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    builder
         .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
         .load_shed(true)
         .timeout(Duration::from_millis(limits.request_timeout_ms))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(params)
+        .add_optional_service(admin)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -77,6 +77,34 @@ impl ParamStore {
         Ok(version)
     }
 
+    /// Registers a version the learners announced (created or forked):
+    /// idempotent, so a repeated announcement (a replayed control topic,
+    /// a restarted learner) returns the version already served. A name
+    /// already served with another spec is refused (`SpecConflict`).
+    pub fn register_announced(
+        &self,
+        spec: posterior_learner::VersionSpec,
+    ) -> Result<Arc<ServedVersion>, StoreError> {
+        match self.register(spec.clone()) {
+            Err(StoreError::VersionExists(name)) => {
+                let served = self.version(&name)?;
+                if *served.spec() == spec {
+                    Ok(served)
+                } else {
+                    Err(StoreError::SpecConflict(name))
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Marks `name` retired, as the learners announced; its parameters
+    /// stay served. Returns whether it was live until now (a repeated
+    /// announcement returns `false` and changes nothing).
+    pub fn retire(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.version(name)?.retire())
+    }
+
     /// The version called `name`.
     pub fn version(&self, name: &str) -> Result<Arc<ServedVersion>, StoreError> {
         self.versions

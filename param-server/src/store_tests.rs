@@ -231,3 +231,37 @@ fn readers_never_see_a_torn_state_or_a_seq_going_back() {
     assert!(reader.join().unwrap() > 0);
     assert_eq!(store.params("dwell", 0).unwrap().seq, 20_000);
 }
+
+#[test]
+fn announced_versions_register_once_and_conflicting_specs_are_refused() {
+    let store = ParamStore::default();
+    let first = store.register_announced(beta_spec("ctr")).unwrap();
+    store.apply("ctr", 1, beta_state(4)).unwrap();
+    // A repeated announcement keeps the version and its parameters.
+    let again = store.register_announced(beta_spec("ctr")).unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    assert_eq!(store.params("ctr", 1).unwrap().seq, 4);
+    assert_eq!(
+        store
+            .register_announced(diagonal_spec("ctr", 2))
+            .unwrap_err(),
+        StoreError::SpecConflict("ctr".into())
+    );
+    assert_eq!(store.versions().len(), 1);
+}
+
+#[test]
+fn retiring_keeps_the_parameters_served_and_is_idempotent() {
+    let store = ParamStore::default();
+    store.register(beta_spec("ctr")).unwrap();
+    store.apply("ctr", 1, beta_state(2)).unwrap();
+    assert!(!store.version("ctr").unwrap().is_retired());
+    assert!(store.retire("ctr").unwrap());
+    assert!(!store.retire("ctr").unwrap());
+    assert!(store.version("ctr").unwrap().is_retired());
+    assert_eq!(store.params("ctr", 1).unwrap().seq, 2);
+    assert_eq!(
+        store.retire("nope").unwrap_err(),
+        StoreError::UnknownVersion("nope".into())
+    );
+}

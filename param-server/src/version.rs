@@ -2,6 +2,7 @@
 //! parameter table and the stream of its applied updates.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use posterior_learner::posterior::ModelKind;
@@ -28,6 +29,9 @@ pub struct ServedVersion {
     table: ArcSwap<ParamTable>,
     updates: broadcast::Sender<AppliedUpdate>,
     watch_buffer: usize,
+    /// Set once the learners retired the version; its parameters stay
+    /// served.
+    retired: AtomicBool,
 }
 
 impl ServedVersion {
@@ -44,6 +48,7 @@ impl ServedVersion {
             table: ArcSwap::from_pointee(ParamTable::default()),
             updates,
             watch_buffer,
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -82,6 +87,17 @@ impl ServedVersion {
     /// the old table or the new one, never a mix. Returns the old one.
     pub fn swap_table(&self, table: ParamTable) -> Arc<ParamTable> {
         self.table.swap(Arc::new(table))
+    }
+
+    /// Whether the learners retired this version (its samples are no
+    /// longer learned from; its parameters are still served).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Marks the version retired; returns whether it was live until now.
+    pub fn retire(&self) -> bool {
+        !self.retired.swap(true, Ordering::AcqRel)
     }
 
     /// A receiver of every update applied from now on.

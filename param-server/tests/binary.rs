@@ -126,9 +126,16 @@ async fn run_applies_a_channel_feed_visible_over_grpc() {
     let server = tokio::spawn({
         let store = Arc::clone(&store);
         async move {
-            run(&config, store, listener, Some(rx), async {
-                let _ = stopped.await;
-            })
+            run(
+                &config,
+                store,
+                listener,
+                Some(rx),
+                Default::default(),
+                async {
+                    let _ = stopped.await;
+                },
+            )
             .await
         }
     });
@@ -168,6 +175,109 @@ async fn run_applies_a_channel_feed_visible_over_grpc() {
         assert!(Instant::now() < deadline, "the update never became visible");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    drop(client);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+/// Writes `text` as a tokens file with `mode`.
+#[cfg(unix)]
+fn write_tokens(dir: &std::path::Path, text: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("tokens");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[cfg(unix)]
+#[test]
+fn admin_and_tls_settings_are_checked_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let open_tokens = write_tokens(dir.path(), "alice admin 0123456789abcdef0123", 0o644);
+    let cases = [
+        (
+            format!(
+                "[admin]\ntokens_file = {:?}\n",
+                open_tokens.display().to_string()
+            ),
+            ["admin.tokens_file", "chmod 600"],
+        ),
+        (
+            "[admin]\ntokens_env = \"POSTERIOR_TEST_UNSET_TOKENS_VAR\"\n".to_owned(),
+            ["admin.tokens_env", "POSTERIOR_TEST_UNSET_TOKENS_VAR"],
+        ),
+        (
+            "[tls]\ncert_file = \"/nonexistent/server.pem\"\nkey_file = \"/nonexistent/k\"\n"
+                .to_owned(),
+            ["tls.cert_file", "/nonexistent/server.pem"],
+        ),
+    ];
+    for (table, wanted) in cases {
+        let (_dir, path) = write_config(&format!("{CONFIG}\n{table}"));
+        let out = binary()
+            .arg("--config")
+            .arg(&path)
+            .arg("--check")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{table} passed --check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for word in wanted {
+            assert!(stderr.contains(word), "{word} not in {stderr}");
+        }
+        assert!(!stderr.contains("0123456789abcdef"), "a token was logged");
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn an_embedded_server_hands_admin_commands_to_its_control_channel() {
+    use posterior_param_server::InProcessControlPlane;
+    use posterior_param_server::runner::prepare;
+    use posterior_proto::v1::admin_service_client::AdminServiceClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = write_tokens(dir.path(), "ops admin 0123456789abcdef0123", 0o600);
+    let audit = dir.path().join("audit.jsonl");
+    let text = format!(
+        "{CONFIG}\n[admin]\ntokens_file = {:?}\naudit_file = {:?}\ncommand_lead_ms = 60000\n",
+        tokens.display().to_string(),
+        audit.display().to_string()
+    );
+    let config = Config::from_toml(&text).unwrap();
+    let store = build_store(&config).unwrap();
+    let (control, mut commands) = InProcessControlPlane::channel(4);
+    let options = prepare(&config, &store, Arc::new(control)).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        run(&config, store, listener, None, options, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let mut client = AdminServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(v1::RetireVersionRequest { name: "ctr".into() });
+    request.metadata_mut().insert(
+        "authorization",
+        "Bearer 0123456789abcdef0123".parse().unwrap(),
+    );
+    let before_ms = posterior_param_server::admin::system_clock_ms();
+    let response = client.retire_version(request).await.unwrap().into_inner();
+    let command = commands.recv().await.unwrap();
+    assert_eq!(command.command_id, response.command_id);
+    assert_eq!(command.issued_by, "ops");
+    assert!(command.effective_event_time_ms >= before_ms + 60_000);
+    assert!(
+        command.effective_event_time_ms
+            <= posterior_param_server::admin::system_clock_ms() + 60_000
+    );
+    let line = std::fs::read_to_string(&audit).unwrap();
+    assert!(line.contains("\"RetireVersion\"") && line.contains(&response.command_id));
     drop(client);
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();

@@ -1,7 +1,9 @@
 //! The param-server embedded in the `learner` process (`[param_server]`):
 //! over real gRPC it serves exactly the state the learner checkpoints, and
 //! a restarted learner serves every key again at once, not only those it
-//! updates after the restart.
+//! updates after the restart; an admin call reaches the learner in
+//! process, is applied at its event time, and the version it creates is
+//! served.
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
@@ -15,12 +17,15 @@ use posterior_learner::params::params_to_wire;
 use posterior_learner::runner::restore_engine;
 use posterior_learner::store::RocksStore;
 use posterior_proto::v1;
+use posterior_proto::v1::admin_service_client::AdminServiceClient;
 use posterior_proto::v1::param_service_client::ParamServiceClient;
 use posterior_tests::broker::{Broker, Storage};
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
+use posterior_tests::log::LogRecord;
 use posterior_tests::log::{LogSpec, generate_records};
 use posterior_tests::oracle::produce_samples;
 use posterior_tests::{binary, finish_within, log_file};
+use prost::Message as _;
 
 const DOCS: u64 = 400;
 const PARTITIONS: u32 = 2;
@@ -39,6 +44,48 @@ fn config_text(dir: &Path, bootstrap: &str) -> String {
         "topic = \"samples\"\nidle_timeout_ms = 0",
     );
     format!("{text}\n[param_server]\nlisten = \"127.0.0.1:0\"\n")
+}
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+/// [`config_text`] with admin tokens (a file of mode 600 in `dir`).
+fn config_with_admin(dir: &Path, bootstrap: &str) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, format!("operator admin {TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!(
+        "{}\n[param_server.admin]\ntokens_file = \"{}\"\n",
+        config_text(dir, bootstrap),
+        tokens.display()
+    )
+}
+
+/// `request` with the admin token.
+fn bearer<T>(request: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(request);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    request
+}
+
+/// A clicked `beta` sample of `doc_id` at `t`.
+fn beta_sample(doc_id: u64, t: i64) -> LogRecord {
+    let sample = v1::JoinedSample {
+        doc_id,
+        version: "beta".into(),
+        event_time_ms: t,
+        labels: [("click".to_owned(), 1.0)].into(),
+        weight: 1.0,
+        sample_id: format!("late-{doc_id}-{t}"),
+        ..v1::JoinedSample::default()
+    };
+    LogRecord {
+        doc_id,
+        jsonl: String::new(),
+        protobuf: sample.encode_to_vec(),
+    }
 }
 
 fn start(config: &Path, log: &Path) -> (Child, String) {
@@ -189,5 +236,98 @@ fn the_embedded_server_serves_the_checkpointed_state_and_all_of_it_after_a_resta
             "{key:?} served after the restart"
         );
     }
+    stop(learner, &log);
+}
+
+#[test]
+fn an_admin_fork_reaches_the_learner_and_the_fork_is_served_warm() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(Storage::Memory);
+    broker.create_topic("samples", PARTITIONS);
+    let config_path = dir.path().join("learner.toml");
+    std::fs::write(
+        &config_path,
+        config_with_admin(dir.path(), &broker.bootstrap()),
+    )
+    .unwrap();
+    let log = dir.path().join("learner.log");
+    let (records, _) = generate_records(LogSpec {
+        records: 5_000,
+        docs: DOCS,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 29,
+    });
+    produce_samples(&broker, &records, PARTITIONS);
+    let (learner, endpoint) = start(&config_path, &log);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut admin = runtime
+        .block_on(AdminServiceClient::connect(endpoint.clone()))
+        .unwrap();
+    // Refused without the token: nothing reaches the learner.
+    let refused = runtime
+        .block_on(admin.fork_version(v1::ForkVersionRequest {
+            from: "beta".into(),
+            to: "intruder".into(),
+            overrides: None,
+        }))
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let accepted = runtime
+        .block_on(admin.fork_version(bearer(v1::ForkVersionRequest {
+            from: "beta".into(),
+            to: "beta-b".into(),
+            overrides: None,
+        })))
+        .unwrap()
+        .into_inner();
+    assert!(!accepted.command_id.is_empty());
+
+    // The command waits for its event time (wall clock plus the lead):
+    // one sample per partition beyond it moves the watermark past it.
+    let after = accepted.effective_event_time_ms + OUT_OF_ORDERNESS_MS + 1_000;
+    let beyond: Vec<LogRecord> = (0..u64::from(PARTITIONS))
+        .map(|doc| beta_sample(doc, after))
+        .collect();
+    produce_samples(&broker, &beyond, PARTITIONS);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let versions = runtime
+            .block_on(admin.list_versions(bearer(v1::ListVersionsRequest {})))
+            .unwrap()
+            .into_inner()
+            .versions;
+        let names: Vec<String> = versions
+            .iter()
+            .map(|v| v.spec.as_ref().unwrap().name.clone())
+            .collect();
+        if names.contains(&"beta-b".to_owned()) {
+            break versions;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fork was never served: {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        !listed
+            .iter()
+            .any(|v| v.spec.as_ref().unwrap().name == "intruder"),
+        "a refused call changed nothing"
+    );
+    let fork = listed
+        .iter()
+        .find(|v| v.spec.as_ref().unwrap().name == "beta-b")
+        .unwrap();
+    assert!(fork.keys > 0, "the fork is warm-started: {fork:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&accepted.command_id) && text.contains("forked \"beta\" into"),
+        "the learner logged the applied command:\n{text}"
+    );
     stop(learner, &log);
 }

@@ -4,6 +4,8 @@
 #![allow(dead_code)] // each test binary uses part of the harness
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+pub mod admin;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -11,7 +13,7 @@ use posterior_learner::posterior::{
     BetaPosterior, BetaPrior, CovarianceForm, DiagonalGaussian, LogisticPrior, ModelKind, ModelSpec,
 };
 use posterior_learner::{KeyState, Posterior, RewardSpec, VersionSpec};
-use posterior_param_server::{Limits, ParamStore, ServerError, serve};
+use posterior_param_server::{Limits, ParamStore, ServeOptions, ServerError, serve};
 use posterior_proto::v1;
 use posterior_proto::v1::param_service_client::ParamServiceClient;
 use tokio::net::TcpListener;
@@ -33,15 +35,32 @@ impl TestServer {
     /// Starts a server with a Beta version `ctr` and a diagonal d = 4
     /// version `dwell`.
     pub async fn start(limits: Limits, watch_buffer: usize) -> Self {
+        Self::start_with(limits, watch_buffer, |_| ServeOptions::default()).await
+    }
+
+    /// [`TestServer::start`] with the admin service, TLS, ... that
+    /// `options` builds over the store.
+    pub async fn start_with(
+        limits: Limits,
+        watch_buffer: usize,
+        options: impl FnOnce(&Arc<ParamStore>) -> ServeOptions,
+    ) -> Self {
         let store = Arc::new(ParamStore::new(watch_buffer));
         store.register(beta_spec("ctr")).unwrap();
         store.register(diagonal_spec("dwell", 4)).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, Arc::clone(&store), limits, async {
-            let _ = stopped.await;
-        }));
+        let options = options(&store);
+        let task = tokio::spawn(serve(
+            listener,
+            Arc::clone(&store),
+            limits,
+            options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             addr,
             store,
