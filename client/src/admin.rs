@@ -106,7 +106,13 @@ impl AdminClient {
         token: &str,
         config: ClientConfig,
     ) -> Result<Self, ClientError> {
-        let authorization = format!("Bearer {}", token.trim())
+        let token = token.trim();
+        // RFC 6750 tokens are visible ASCII; anything else would go out as
+        // opaque bytes that no server compares equal.
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ClientError::InvalidToken);
+        }
+        let authorization = format!("Bearer {token}")
             .parse()
             .map_err(|_| ClientError::InvalidToken)?;
         let channel = channel::connect(&endpoint.into(), &config).await?;

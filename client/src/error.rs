@@ -22,9 +22,8 @@ pub enum ClientError {
         /// The transport's error.
         source: tonic::transport::Error,
     },
-    /// The bearer token cannot be sent as gRPC metadata (it must be
-    /// visible ASCII).
-    #[error("the admin token is not valid ASCII metadata")]
+    /// The bearer token is empty or not visible ASCII.
+    #[error("the admin token must be non-empty visible ASCII")]
     InvalidToken,
     /// The server (or the transport) answered with a status; `attempts`
     /// calls were made, the last one's status is kept.

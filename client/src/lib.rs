@@ -11,8 +11,8 @@
 //!   savepoints and rollbacks; bearer-token auth.
 //! - [`params`]: [`Params`] and [`Scores`], the domain form of responses.
 //! - [`config`]: [`ClientConfig`], [`RetryPolicy`], [`Backoff`], TLS.
-//! - [`retry`]: the bounded retry loop with jittered backoff.
-//! - [`channel`]: the shared connection, keep-alive and TLS.
+//! - `retry`: the bounded retry loop with jittered backoff.
+//! - `channel`: the shared connection, keep-alive and TLS.
 //! - [`error`]: [`ClientError`] and which codes are retryable.
 
 pub mod admin;

@@ -5,6 +5,8 @@
 #![allow(dead_code)] // each test binary uses part of the harness
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+pub mod admin_double;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,13 +46,44 @@ impl ParamServer {
             .unwrap();
         // std sets SO_REUSEADDR, so a restarted server can take the port
         // of a killed one.
-        let listener = std::net::TcpListener::bind(addr).unwrap();
+        let listener = bind(addr);
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let served = Arc::clone(&store);
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             serve(listener, served, limits, std::future::pending())
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            store,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// `ParamService` over `store` and the admin double on one port (the
+    /// param-server's `AdminService` is not built yet), on any port.
+    pub fn with_admin(store: Arc<ParamStore>, admin: admin_double::AdminDouble) -> Self {
+        use posterior_param_server::ParamServiceImpl;
+        use posterior_proto::v1::admin_service_server::AdminServiceServer;
+        use posterior_proto::v1::param_service_server::ParamServiceServer;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let params = ParamServiceImpl::new(Arc::clone(&store), Limits::default());
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            tonic::transport::Server::builder()
+                .add_service(ParamServiceServer::new(params))
+                .add_service(AdminServiceServer::new(admin))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
                 .await
                 .unwrap();
         });
@@ -83,6 +116,22 @@ impl ParamServer {
     fn shutdown(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
+        }
+    }
+}
+
+/// Binds `addr`, waiting up to 5 s for a killed server's listener on the
+/// same port to close.
+fn bind(addr: SocketAddr) -> std::net::TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(listener) => return listener,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("bind {addr}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
         }
     }
 }
