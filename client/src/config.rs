@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Connection and call settings of a [`crate::Client`] or
-/// [`crate::AdminClient`].
-#[derive(Debug, Clone, PartialEq)]
+/// [`crate::AdminClient`]. Deserializes from a TOML table with these keys
+/// (every one optional).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ClientConfig {
     /// Time allowed to establish the connection (TCP and, with TLS, the
     /// handshake).
@@ -54,7 +56,8 @@ impl ClientConfig {
 }
 
 /// TLS settings for `https://` endpoints.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file of the CA that signed the server's certificate; `None`
     /// trusts the system's roots.
@@ -69,7 +72,8 @@ pub struct TlsConfig {
 /// initial_backoff_ms · multiplier^(n-1))]`. Full jitter spreads the
 /// retries of many clients that failed together (a server restart) over
 /// the whole window instead of sending them in synchronized waves.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Backoff {
     /// Upper bound of the first delay.
     pub initial_backoff_ms: u64,
@@ -114,7 +118,8 @@ impl Backoff {
 /// the next attempt would start later than `max_elapsed_ms` after the
 /// first one. Then the last error is returned with the number of attempts
 /// made. Any other code is returned at once.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Most calls per request, the first one included; 1 turns retries off.
     pub max_attempts: u32,
@@ -168,6 +173,21 @@ mod tests {
         assert_eq!(backoff.delay(3, 0.0), Duration::ZERO);
         assert_eq!(backoff.delay(3, 0.5), Duration::from_millis(45));
         assert_eq!(backoff.delay(300, 0.25), Duration::from_millis(25));
+    }
+
+    #[test]
+    fn a_toml_table_sets_some_keys_and_names_unknown_ones() {
+        let config: ClientConfig =
+            toml::from_str("request_timeout_ms = 250\n[retry.backoff]\nmax_backoff_ms = 500\n")
+                .unwrap();
+        assert_eq!(config.request_timeout_ms, 250);
+        assert_eq!(config.retry.backoff.max_backoff_ms, 500);
+        assert_eq!(
+            config.retry.max_attempts,
+            RetryPolicy::default().max_attempts
+        );
+        let err = toml::from_str::<ClientConfig>("[retry]\nmax_atempts = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_atempts"), "{err}");
     }
 
     #[test]

@@ -28,7 +28,8 @@ use crate::error::{ClientError, is_retryable};
 use crate::params::Params;
 
 /// What a mirror follows and how it reconnects.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MirrorConfig {
     /// Docs to follow; empty follows the whole version.
     pub doc_ids: Vec<u64>,
