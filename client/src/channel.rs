@@ -18,6 +18,21 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connects to `endpoint` (`http://host:port`, or `https://` with the
 /// `tls` feature) within the config's connect timeout.
 pub(crate) async fn connect(endpoint: &str, config: &ClientConfig) -> Result<Channel, ClientError> {
+    builder(endpoint, config)?
+        .connect()
+        .await
+        .map_err(|source| ClientError::Connect {
+            endpoint: endpoint.to_owned(),
+            source,
+        })
+}
+
+/// A channel to `endpoint` that connects on its first call.
+pub(crate) fn lazy(endpoint: &str, config: &ClientConfig) -> Result<Channel, ClientError> {
+    Ok(builder(endpoint, config)?.connect_lazy())
+}
+
+fn builder(endpoint: &str, config: &ClientConfig) -> Result<Endpoint, ClientError> {
     let invalid = |reason: String| ClientError::InvalidEndpoint {
         endpoint: endpoint.to_owned(),
         reason,
@@ -32,13 +47,7 @@ pub(crate) async fn connect(endpoint: &str, config: &ClientConfig) -> Result<Cha
     if endpoint.starts_with("https://") {
         builder = tls(builder, config).map_err(invalid)?;
     }
-    builder
-        .connect()
-        .await
-        .map_err(|source| ClientError::Connect {
-            endpoint: endpoint.to_owned(),
-            source,
-        })
+    Ok(builder)
 }
 
 #[cfg(feature = "tls")]

@@ -86,13 +86,29 @@ impl Client {
         config: ClientConfig,
     ) -> Result<Self, ClientError> {
         let channel = channel::connect(&endpoint.into(), &config).await?;
+        Ok(Self::over(channel, config))
+    }
+
+    /// A client that connects on its first call, for a predictor that may
+    /// start before the server: a refused connection is an UNAVAILABLE
+    /// attempt, retried by the policy like any other. Fails only on an
+    /// invalid endpoint.
+    pub fn connect_lazy(
+        endpoint: impl Into<String>,
+        config: ClientConfig,
+    ) -> Result<Self, ClientError> {
+        let channel = channel::lazy(&endpoint.into(), &config)?;
+        Ok(Self::over(channel, config))
+    }
+
+    fn over(channel: Channel, config: ClientConfig) -> Self {
         let inner = ParamServiceClient::new(channel)
             .max_decoding_message_size(config.max_response_bytes)
             .max_encoding_message_size(config.max_request_bytes);
-        Ok(Self {
+        Self {
             inner,
             config: Arc::new(config),
-        })
+        }
     }
 
     /// The client's settings.

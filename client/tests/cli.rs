@@ -220,3 +220,53 @@ fn an_unreachable_server_exits_with_unavailable() {
     assert_eq!(output.status.code(), Some(10 + 14), "{output:?}");
     assert!(stderr(&output).contains("UNAVAILABLE"), "{output:?}");
 }
+
+#[test]
+fn a_config_file_sets_endpoint_and_token_and_flags_override_it() {
+    let (server, _) = server();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let config = dir.path().join("posterior.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "endpoint = \"{}\"\ntoken_file = {:?}\n[client]\nrequest_timeout_ms = 2000\n[client.retry]\nmax_attempts = 2\n",
+            server.endpoint(),
+            token.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_posterior"))
+            .args(args)
+            .env_remove("POSTERIOR_ENDPOINT")
+            .env_remove("POSTERIOR_TOKEN")
+            .env_remove("POSTERIOR_TOKEN_FILE")
+            .output()
+            .unwrap()
+    };
+    let output = run(&["--config", config, "--json", "versions", "list"]);
+    assert_eq!(stdout_json(&output).as_array().unwrap().len(), 2);
+
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let elsewhere = format!("http://{}", unused.local_addr().unwrap());
+    drop(unused);
+    let output = run(&[
+        "--config",
+        config,
+        "--endpoint",
+        &elsewhere,
+        "get",
+        "ctr",
+        "1",
+    ]);
+    assert_eq!(output.status.code(), Some(24), "the flag wins: {output:?}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[client]\nrequest_timeout = 5\n").unwrap();
+    let output = run(&["--config", bad.to_str().unwrap(), "get", "ctr", "1"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(stderr(&output).contains("request_timeout"), "{output:?}");
+}

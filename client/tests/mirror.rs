@@ -20,9 +20,11 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Whether the mirror holds exactly what `GetParams` answers for `docs`.
 async fn mirror_matches(mirror: &Mirror, client: &Client, docs: &[u64]) -> bool {
     let served = client.get_params(mirror.version(), docs).await.unwrap();
+    let mirrored = mirror.get_many(docs);
     served
         .iter()
-        .all(|p| mirror.get(p.doc_id).is_some_and(|m| *m == *p))
+        .zip(&mirrored)
+        .all(|(p, m)| m.as_ref().is_some_and(|m| **m == *p) && mirror.get(p.doc_id) == *m)
 }
 
 /// A thread that reads `docs` from the mirror in a loop and records any

@@ -140,3 +140,24 @@ async fn connecting_to_nothing_fails_with_unavailable() {
     let err = Client::connect(endpoint, fast_config()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_client_waits_out_a_server_that_starts_late() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = unused.local_addr().unwrap();
+    drop(unused);
+    let mut config = fast_config();
+    config.retry.max_attempts = 50;
+    config.retry.max_elapsed_ms = 20_000;
+    let client = Client::connect_lazy(format!("http://{addr}"), config).unwrap();
+    let early = tokio::spawn(async move { client.get_params("ctr", &[1]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let server = ParamServer::start(
+        ParamServer::store(16),
+        posterior_param_server::Limits::default(),
+        addr,
+    );
+    let params = early.await.unwrap().unwrap();
+    assert!(params[0].is_prior);
+    drop(server);
+}

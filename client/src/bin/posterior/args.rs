@@ -16,14 +16,14 @@ use clap::{Args, Parser, Subcommand};
                   24 UNAVAILABLE, 26 UNAUTHENTICATED, ...)."
 )]
 pub struct Cli {
-    /// The param-server (and admin service) address.
-    #[arg(
-        long,
-        global = true,
-        env = "POSTERIOR_ENDPOINT",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub endpoint: String,
+    /// TOML file with `endpoint`, `token_file` and a `[client]` table
+    /// (timeouts, retry, TLS); flags and environment variables override it.
+    #[arg(long, global = true, env = "POSTERIOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The param-server (and admin service) address
+    /// [default: http://127.0.0.1:50051].
+    #[arg(long, global = true, env = "POSTERIOR_ENDPOINT")]
+    pub endpoint: Option<String>,
     /// Admin bearer token.
     #[arg(long, global = true, env = "POSTERIOR_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -38,17 +38,13 @@ pub struct Cli {
     /// Print JSON instead of a table.
     #[arg(long, global = true, env = "POSTERIOR_JSON")]
     pub json: bool,
-    /// Deadline of each attempt of a call (ms).
-    #[arg(
-        long,
-        global = true,
-        env = "POSTERIOR_TIMEOUT_MS",
-        default_value_t = 5_000
-    )]
-    pub timeout_ms: u64,
-    /// Most attempts per call (retries on UNAVAILABLE and RESOURCE_EXHAUSTED).
-    #[arg(long, global = true, env = "POSTERIOR_ATTEMPTS", default_value_t = 3)]
-    pub attempts: u32,
+    /// Deadline of each attempt of a call (ms) [default: 5000].
+    #[arg(long, global = true, env = "POSTERIOR_TIMEOUT_MS")]
+    pub timeout_ms: Option<u64>,
+    /// Most attempts per call (retries on UNAVAILABLE and
+    /// RESOURCE_EXHAUSTED) [default: 3].
+    #[arg(long, global = true, env = "POSTERIOR_ATTEMPTS")]
+    pub attempts: Option<u32>,
     /// PEM file of the CA of an `https://` endpoint (system roots if absent).
     #[arg(long, global = true, env = "POSTERIOR_CA_CERT")]
     pub ca_cert: Option<PathBuf>,

@@ -3,25 +3,26 @@
 //! `posterior [--endpoint URL] [--json] get <VERSION> <DOC>...`, `sample`,
 //! `watch`, `versions create|fork|list|retire`, `savepoint`, `rollback`
 //! (`posterior --help` lists the flags; each has a `POSTERIOR_*`
-//! environment variable). Errors go to stderr with their gRPC code; the
+//! environment variable, and `--config` names an optional TOML file that
+//! both override — see `settings`). Errors go to stderr with their gRPC code; the
 //! exit code is 10 + the gRPC code for a server error, 1 for a local
 //! failure and 2 for bad usage.
 
 mod args;
 mod output;
+mod settings;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use posterior_client::{
-    AdminClient, Client, ClientConfig, ClientError, ForkOverrides, RetryPolicy, TlsConfig,
-};
+use posterior_client::{AdminClient, Client, ClientError, ForkOverrides};
 use posterior_learner::config::VersionConfig;
 use serde_json::json;
 
 use args::{Cli, Command, VersionsCommand};
+use settings::{Settings, TokenSource};
 
 /// Why the command failed, and so its exit code.
 enum Failure {
@@ -84,29 +85,14 @@ impl Failure {
     }
 }
 
-fn config(cli: &Cli) -> ClientConfig {
-    ClientConfig {
-        request_timeout_ms: cli.timeout_ms,
-        retry: RetryPolicy {
-            max_attempts: cli.attempts.max(1),
-            ..RetryPolicy::default()
-        },
-        tls: TlsConfig {
-            ca_cert_pem: cli.ca_cert.clone(),
-            domain: cli.tls_domain.clone(),
-        },
-        ..ClientConfig::default()
-    }
-}
-
-fn token(cli: &Cli) -> Result<String, Failure> {
-    let token = match (&cli.token, &cli.token_file) {
-        (Some(token), _) => token.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
+fn token(settings: &Settings) -> Result<String, Failure> {
+    let token = match &settings.token {
+        TokenSource::Value(token) => token.clone(),
+        TokenSource::File(path) => std::fs::read_to_string(path)
             .with_context(|| format!("read token file {}", path.display()))?,
-        (None, None) => {
+        TokenSource::Missing => {
             return Err(Failure::Usage(
-                "admin commands need --token or --token-file (POSTERIOR_TOKEN, POSTERIOR_TOKEN_FILE)"
+                "admin commands need --token or --token-file (POSTERIOR_TOKEN, POSTERIOR_TOKEN_FILE, or token_file in the config)"
                     .into(),
             ));
         }
@@ -133,9 +119,11 @@ fn print(
 }
 
 async fn run(cli: &Cli) -> Result<(), Failure> {
+    let settings = Settings::resolve(cli)?;
+    let connect = || Client::connect(&settings.endpoint, settings.client.clone());
     match &cli.command {
         Command::Get { version, doc_ids } => {
-            let client = Client::connect(&cli.endpoint, config(cli)).await?;
+            let client = connect().await?;
             let params = client.get_params(version, doc_ids).await?;
             print(cli, json!(params), || {
                 output::params_table(&params).render()
@@ -147,7 +135,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             context,
             seed,
         } => {
-            let client = Client::connect(&cli.endpoint, config(cli)).await?;
+            let client = connect().await?;
             let context = (!context.is_empty()).then_some(&context[..]);
             let scores = client
                 .sample_scores(version, doc_ids, context, *seed)
@@ -162,7 +150,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             from_seq,
             max_events,
         } => {
-            let client = Client::connect(&cli.endpoint, config(cli)).await?;
+            let client = connect().await?;
             let mut stream = client.watch(version, doc_ids, *from_seq).await?;
             let mut printed = 0;
             while max_events.is_none_or(|max| printed < max) {
@@ -177,9 +165,9 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Versions(command) => versions(cli, command).await,
+        Command::Versions(command) => versions(cli, &settings, command).await,
         Command::Savepoint { label } => {
-            let admin = admin(cli).await?;
+            let admin = admin(&settings).await?;
             let receipt = admin.trigger_savepoint(label).await?;
             print(cli, json!({"message": receipt.message}), || receipt.message)
         }
@@ -187,22 +175,26 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             version,
             savepoint_id,
         } => {
-            let admin = admin(cli).await?;
+            let admin = admin(&settings).await?;
             let receipt = admin.rollback_version(version, savepoint_id).await?;
             print(cli, json!({"message": receipt.message}), || receipt.message)
         }
     }
 }
 
-async fn admin(cli: &Cli) -> Result<AdminClient, Failure> {
-    let token = token(cli)?;
-    Ok(AdminClient::connect(&cli.endpoint, &token, config(cli)).await?)
+async fn admin(settings: &Settings) -> Result<AdminClient, Failure> {
+    let token = token(settings)?;
+    Ok(AdminClient::connect(&settings.endpoint, &token, settings.client.clone()).await?)
 }
 
-async fn versions(cli: &Cli, command: &VersionsCommand) -> Result<(), Failure> {
+async fn versions(
+    cli: &Cli,
+    settings: &Settings,
+    command: &VersionsCommand,
+) -> Result<(), Failure> {
     let receipt = match command {
         VersionsCommand::List => {
-            let admin = admin(cli).await?;
+            let admin = admin(settings).await?;
             let versions = admin.list_versions().await?;
             let json = versions.iter().map(output::version_json).collect();
             return print(cli, json, || output::versions_table(&versions).render());
@@ -215,7 +207,7 @@ async fn versions(cli: &Cli, command: &VersionsCommand) -> Result<(), Failure> {
             let spec = table
                 .spec()
                 .with_context(|| format!("invalid spec {}", spec.display()))?;
-            admin(cli).await?.create_version(&spec).await?
+            admin(settings).await?.create_version(&spec).await?
         }
         VersionsCommand::Fork {
             from,
@@ -228,9 +220,12 @@ async fn versions(cli: &Cli, command: &VersionsCommand) -> Result<(), Failure> {
                 forgetting_half_life_ms: overrides.forgetting_half_life_ms,
                 use_sample_weight: overrides.use_sample_weight,
             };
-            admin(cli).await?.fork_version(from, to, overrides).await?
+            admin(settings)
+                .await?
+                .fork_version(from, to, overrides)
+                .await?
         }
-        VersionsCommand::Retire { name } => admin(cli).await?.retire_version(name).await?,
+        VersionsCommand::Retire { name } => admin(settings).await?.retire_version(name).await?,
     };
     print(cli, json!({"message": receipt.message}), || receipt.message)
 }
