@@ -270,3 +270,15 @@ fn a_config_file_sets_endpoint_and_token_and_flags_override_it() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(stderr(&output).contains("request_timeout"), "{output:?}");
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let (server, _) = server();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/posterior.example.toml");
+    let output = posterior(
+        &server,
+        &["--config", example, "--json", "get", "ctr", "5"],
+        &[],
+    );
+    assert_eq!(stdout_json(&output)[0]["seq"], 3);
+}
