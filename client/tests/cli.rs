@@ -282,3 +282,34 @@ fn the_example_config_is_valid() {
     );
     assert_eq!(stdout_json(&output)[0]["seq"], 3);
 }
+
+#[test]
+fn watch_into_a_closed_pipe_ends_quietly() {
+    let (server, _) = server();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_posterior"))
+        .args(["--endpoint", &server.endpoint(), "watch", "ctr"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the first line (the snapshot of doc 5), then hang up.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.contains("\"snapshot\""), "{line}");
+    drop(stdout);
+    // The next event makes the write fail with EPIPE.
+    for seq in 4..200 {
+        server.store.apply("ctr", 5, beta_state(seq)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    if child.try_wait().unwrap().is_none() {
+        child.kill().unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(output.stderr.is_empty(), "{output:?}");
+}

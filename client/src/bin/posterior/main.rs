@@ -230,6 +230,12 @@ async fn versions(
     print(cli, json!({"message": receipt.message}), || receipt.message)
 }
 
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -239,6 +245,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`posterior watch … | head`): not an error.
+        Err(Failure::Local(e)) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(failure) => failure.report(cli.json),
     }
 }
