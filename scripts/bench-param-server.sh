@@ -7,6 +7,13 @@
 #
 #   scripts/bench-param-server.sh                 # defaults: 1 M keys, d = 32
 #   scripts/bench-param-server.sh --seconds 5 --rounds 3   # loadgen flags (see --help)
+#   HUGEPAGES=0 scripts/bench-param-server.sh     # without transparent huge pages
+#
+# By default glibc's malloc is told to back its heap with transparent huge
+# pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, with THP in `madvise`
+# mode): the store's 1 M keys then cost far fewer TLB misses per lookup
+# (param-server/BENCH-NOTES.md). Redis keeps its own allocator (jemalloc)
+# and its default `disable-thp yes`.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/posterior/target}"
@@ -52,4 +59,9 @@ cd "$repo"
 echo "- commit $(git rev-parse --short HEAD)$( [ -n "$(git status --porcelain -- param-server)" ] && echo ' + uncommitted edits in param-server/'), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(rustc -V)"
 echo "- redis $(redis-server --version | grep -o 'v=[^ ]*'), persistence off, one connection per client"
 cargo build --release --locked -q -p posterior-param-server --example loadgen
-"$CARGO_TARGET_DIR/release/examples/loadgen" --redis "127.0.0.1:$port" --redis-pid "$redis_pid" "$@"
+tunables=""
+if [ "${HUGEPAGES:-1}" = 1 ]; then
+    tunables="glibc.malloc.hugetlb=1"
+fi
+echo "- param-server heap: GLIBC_TUNABLES=${tunables:-none} (THP $(grep -o '\[[a-z]*\]' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo unknown))"
+GLIBC_TUNABLES="$tunables" "$CARGO_TARGET_DIR/release/examples/loadgen" --redis "127.0.0.1:$port" --redis-pid "$redis_pid" "$@"
