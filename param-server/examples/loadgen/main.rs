@@ -226,7 +226,7 @@ pub struct Results {
     pub rows: BTreeMap<(Op, usize, usize, Side), Tally>,
     /// Redis's memory for the keys (`used_memory` after the fill).
     pub redis_used_bytes: Option<u64>,
-    /// Freshness idle and under load (with the background load's tally).
+    /// Freshness idle and under load, each with a label naming its load.
     pub freshness: Vec<(String, freshness::Freshness)>,
     /// The overload run, with its plan.
     pub overload: Option<(overload::Plan, overload::Overload)>,
