@@ -204,10 +204,18 @@ impl ParamStore {
 /// version's current table, loaded once per request): the stored state, or
 /// the prior when the doc was never seen.
 pub fn wire_params(version: &ServedVersion, table: &ParamTable, doc_id: u64) -> v1::Params {
-    table.with(doc_id, |stored| match stored {
-        Some(stored) => params_to_wire(version.name(), doc_id, &stored.to_key_state()),
+    table.with(doc_id, |stored| stored_or_prior(version, doc_id, stored))
+}
+
+fn stored_or_prior(
+    version: &ServedVersion,
+    doc_id: u64,
+    stored: Option<&StoredState>,
+) -> v1::Params {
+    match stored {
+        Some(stored) => stored.to_wire(version.name(), doc_id),
         None => params_to_wire(version.name(), doc_id, version.prior()),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,10 @@
 //! The value is never mutated after it is built: an update replaces it
 //! whole, which is why a reader can never see half of one.
 
+use posterior_learner::params::params_to_wire;
 use posterior_learner::posterior::{BetaPosterior, DiagonalGaussian, FullGaussian};
 use posterior_learner::{KeyState, Posterior};
+use posterior_proto::v1;
 
 /// One key's parameters and bookkeeping, immutable once stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +64,40 @@ impl StoredState {
             sample_count: self.sample_count,
             updated_event_time_ms: self.updated_event_time_ms,
             posterior,
+        }
+    }
+}
+
+impl StoredState {
+    /// The wire parameters of this state as key (`version`, `doc_id`):
+    /// equal to `params_to_wire` of [`StoredState::to_key_state`], built
+    /// straight from the stored floats for Beta and diagonal states (no
+    /// rebuilt `KeyState`, no re-validation: `GetParams`' hot path).
+    pub fn to_wire(&self, version: &str, doc_id: u64) -> v1::Params {
+        let model = match &self.body {
+            Body::Beta { alpha, beta } => v1::params::Model::Beta(v1::BetaParams {
+                alpha: *alpha,
+                beta: *beta,
+            }),
+            Body::Diagonal(values) => {
+                let (mean, precision) = values.split_at(values.len() / 2);
+                v1::params::Model::Gaussian(v1::GaussianParams {
+                    mean: mean.to_vec(),
+                    form: v1::CovarianceForm::Diagonal as i32,
+                    precision: precision.to_vec(),
+                    variance: precision.iter().map(|q| 1.0 / q).collect(),
+                })
+            }
+            Body::Full(_) => return params_to_wire(version, doc_id, &self.to_key_state()),
+        };
+        v1::Params {
+            version: version.to_owned(),
+            doc_id,
+            model: Some(model),
+            seq: self.seq,
+            sample_count: self.sample_count,
+            updated_event_time_ms: self.updated_event_time_ms,
+            is_prior: self.seq == 0,
         }
     }
 }
@@ -137,6 +173,11 @@ mod tests {
             assert_eq!(stored.seq(), state.seq);
             assert_eq!(stored.to_key_state(), state);
             assert_eq!(stored.to_key_state().encode(), state.encode());
+            assert_eq!(
+                stored.to_wire("v", 7),
+                params_to_wire("v", 7, &state),
+                "{state:?}"
+            );
         }
     }
 }
