@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use posterior_learner::config::VersionConfig;
 use posterior_learner::params::Publication;
 use posterior_learner::runner::CommandInbox;
 use posterior_param_server::config::Config;
@@ -45,8 +46,12 @@ impl EmbeddedServer {
     /// listener (before returning, so a taken port fails the start) and
     /// serves on a runtime of its own, applying `publications` as they
     /// arrive and handing admin commands to `inbox`.
+    ///
+    /// The learner's configured `versions` are served from the start; the
+    /// others (created at run time) from the learner's first announcement.
     pub fn start(
-        config: Config,
+        mut config: Config,
+        versions: &[VersionConfig],
         publications: mpsc::Receiver<Publication>,
         inbox: CommandInbox,
     ) -> Result<Self> {
@@ -54,6 +59,7 @@ impl EmbeddedServer {
             config.versions.is_empty(),
             "{CONFIG_KEY}.versions: an embedded param-server serves the learner's versions; remove the table"
         );
+        config.versions = versions.to_vec();
         let store = build_store(&config).with_context(|| format!("invalid [{CONFIG_KEY}]"))?;
         let (control, mut commands) = InProcessControlPlane::channel(config.admin.control_queue);
         let options = prepare(&config, &store, Arc::new(control))
@@ -186,7 +192,7 @@ mod tests {
         )
         .unwrap();
         let (_tx, rx) = mpsc::channel(1);
-        let err = EmbeddedServer::start(server.unwrap(), rx, CommandInbox::default())
+        let err = EmbeddedServer::start(server.unwrap(), &[], rx, CommandInbox::default())
             .err()
             .unwrap()
             .to_string();

@@ -221,8 +221,12 @@ fn run(
                  standalone replicas and the embedded server each need their own learner run"
             );
             let (sink, publications) = channel(embedded::CHANNEL_CAPACITY);
-            let serving =
-                embedded::EmbeddedServer::start(server, publications, controls.commands.clone())?;
+            let serving = embedded::EmbeddedServer::start(
+                server,
+                &config.versions,
+                publications,
+                controls.commands.clone(),
+            )?;
             eprintln!("learner: param-server listening on {}", serving.addr());
             (Box::new(sink), Some(serving))
         }

@@ -54,8 +54,14 @@ pub struct ServeOptions {
     pub tls: Option<ServerTlsConfig>,
 }
 
+/// How long in-flight calls get to finish once shutdown is asked for.
+/// Open connections (an idle client, a `WatchParams` stream) would hold
+/// a graceful shutdown forever; after this the server stops regardless.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves `store` on `listener` until `shutdown` resolves; in-flight
-/// requests finish first. Tests bind `127.0.0.1:0` and pass the listener.
+/// requests get [`SHUTDOWN_GRACE`] to finish. Tests bind `127.0.0.1:0` and
+/// pass the listener.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<ParamStore>,
@@ -93,7 +99,12 @@ pub async fn serve(
     // Small responses must not wait for Nagle's algorithm (40 ms with
     // delayed ACKs): every accepted connection gets TCP_NODELAY.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    builder
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    };
+    let serving = builder
         .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
         .load_shed(true)
         .timeout(Duration::from_millis(limits.request_timeout_ms))
@@ -101,7 +112,22 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(params)
         .add_optional_service(admin)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    let grace_over = async move {
+        if stopped.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serving => served?,
+        () = grace_over => {
+            tracing::warn!(
+                grace_s = SHUTDOWN_GRACE.as_secs(),
+                "connections still open after the shutdown grace; stopping regardless"
+            );
+        }
+    }
     Ok(())
 }

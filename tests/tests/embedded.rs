@@ -88,15 +88,29 @@ fn beta_sample(doc_id: u64, t: i64) -> LogRecord {
     }
 }
 
-fn start(config: &Path, log: &Path) -> (Child, String) {
+/// A learner process, killed if a failing test leaves it running.
+struct Learner(Option<Child>);
+
+impl Drop for Learner {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start(config: &Path, log: &Path) -> (Learner, String) {
     let before = std::fs::read_to_string(log).unwrap_or_default().len();
     let child = Command::new(binary("learner"))
         .args(["run", "--config"])
         .arg(config)
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .stderr(log_file(log))
         .spawn()
         .unwrap();
+    let child = Learner(Some(child));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -111,7 +125,8 @@ fn start(config: &Path, log: &Path) -> (Child, String) {
     }
 }
 
-fn stop(mut child: Child, log: &Path) {
+fn stop(mut learner: Learner, log: &Path) {
+    let mut child = learner.0.take().unwrap();
     // SIGTERM: checkpoint, then exit 0.
     let pid = child.id().to_string();
     assert!(
