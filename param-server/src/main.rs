@@ -50,23 +50,21 @@ fn load(args: &Args) -> Result<Config> {
     Ok(config)
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "no SIGTERM handler; stop with Ctrl-C");
-                std::future::pending::<()>().await;
-            }
+/// Resolves at SIGTERM or SIGINT. The handlers are installed when this is
+/// called — before the listener is announced — so a signal sent right
+/// after the "listening" line stops the server gracefully instead of
+/// killing it (a lazily installed handler would race the first requests).
+fn shutdown_signal() -> Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
 }
 
 #[tokio::main]
@@ -88,13 +86,14 @@ async fn main() -> Result<()> {
         println!("config ok: {} version(s)", config.versions.len());
         return Ok(());
     }
+    let shutdown = shutdown_signal()?;
     let addr = config.listen_addr().context("listen address")?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("bind {addr}"))?;
     let local = listener.local_addr().context("local address")?;
     tracing::info!(%local, versions = config.versions.len(), "param-server listening");
-    run(&config, store, listener, None, options, shutdown_signal())
+    run(&config, store, listener, None, options, shutdown)
         .await
         .context("serve")?;
     Ok(())
