@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use crate::posterior::Observation;
-use crate::registry::{KeyMap, ParamKey};
+use crate::registry::{KeyMap, ParamKey, VersionId};
 use crate::reorder::OrderKey;
 
 /// When a key's pending batch is applied.
@@ -171,6 +171,21 @@ impl Batcher {
                 },
             );
         }
+    }
+
+    /// Drops every pending batch of `version`; returns their keys.
+    pub fn remove_version(&mut self, version: VersionId) -> Vec<ParamKey> {
+        let mut keys: Vec<ParamKey> = self
+            .pending
+            .keys()
+            .filter(|k| k.version == version)
+            .copied()
+            .collect();
+        keys.sort_unstable();
+        for &key in &keys {
+            self.take(key);
+        }
+        keys
     }
 
     fn take(&mut self, key: ParamKey) -> Vec<PendingObservation> {

@@ -33,6 +33,55 @@ pub enum Command {
     /// Stop a version: its samples go to the dead letters from now on; its
     /// parameters stay.
     Retire(String),
+    /// Take a savepoint of the state at exactly the command's event time
+    /// (every sample below it applied, none at or after it), named by the
+    /// command id.
+    Savepoint {
+        /// Free text stored in the manifest.
+        label: String,
+    },
+    /// Replace one version's parameters with those a savepoint holds.
+    Rollback {
+        /// The version.
+        version: String,
+        /// The savepoint's id: a directory name under the learner's
+        /// savepoint root, never a path.
+        savepoint_id: String,
+    },
+}
+
+impl Command {
+    /// Whether applying the command needs the runner's I/O (a savepoint
+    /// to write or to read): the engine then stops releasing at the
+    /// command's event time and hands it over (see
+    /// [`crate::engine::Engine::barrier`]).
+    pub fn is_barrier(&self) -> bool {
+        matches!(self, Self::Savepoint { .. } | Self::Rollback { .. })
+    }
+}
+
+/// Longest plain id (savepoint id, or a savepoint command's id), in bytes.
+pub const MAX_PLAIN_ID_BYTES: usize = 128;
+
+/// Checks a plain id — a savepoint's directory name: 1..=128 bytes of
+/// `A-Z a-z 0-9 . _ -`, not starting with `.`, without `..`. Never a
+/// path, so a command can only name a savepoint inside the learner's own
+/// savepoint root.
+pub fn check_plain_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() {
+        Err("must not be empty")
+    } else if id.len() > MAX_PLAIN_ID_BYTES {
+        Err("is longer than 128 bytes")
+    } else if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        Err("may only hold A-Z a-z 0-9 . _ - (it is an id, never a path)")
+    } else if id.starts_with('.') || id.contains("..") {
+        Err("must not start with '.' or contain '..'")
+    } else {
+        Ok(())
+    }
 }
 
 /// A command with its id and event time, as scheduled.
@@ -146,10 +195,27 @@ impl TryFrom<v1::ControlCommand> for Scheduled {
                 }
                 Command::Retire(req.name)
             }
-            Some(Wire::TriggerSavepoint(_)) | Some(Wire::RollbackVersion(_)) => {
-                return Err(invalid(
-                    "savepoint and rollback commands are not applied by this learner yet".into(),
-                ));
+            Some(Wire::TriggerSavepoint(req)) => {
+                // The command id names the savepoint's directory.
+                check_plain_id(&wire.command_id)
+                    .map_err(|why| invalid(format!("a savepoint's command_id {why}")))?;
+                if req.label.chars().any(char::is_control) {
+                    return Err(invalid(
+                        "trigger_savepoint.label must not hold control characters".into(),
+                    ));
+                }
+                Command::Savepoint { label: req.label }
+            }
+            Some(Wire::RollbackVersion(req)) => {
+                if req.version.is_empty() {
+                    return Err(invalid("rollback_version.version must not be empty".into()));
+                }
+                check_plain_id(&req.savepoint_id)
+                    .map_err(|why| invalid(format!("rollback_version.savepoint_id {why}")))?;
+                Command::Rollback {
+                    version: req.version,
+                    savepoint_id: req.savepoint_id,
+                }
             }
             None => return Err(invalid("no command set".into())),
         };
@@ -239,6 +305,55 @@ mod tests {
         }));
         let err = Scheduled::try_from(bad_fork).unwrap_err();
         assert!(err.to_string().contains("reward_threshold"), "{err}");
+    }
+
+    #[test]
+    fn savepoint_and_rollback_commands_name_savepoints_by_plain_ids_only() {
+        let savepoint = |id: &str, label: &str| v1::ControlCommand {
+            command_id: id.into(),
+            effective_event_time_ms: 9,
+            issued_by: "ops".into(),
+            command: Some(Wire::TriggerSavepoint(v1::TriggerSavepointRequest {
+                label: label.into(),
+            })),
+        };
+        let ok = Scheduled::try_from(savepoint("0af3", "before launch")).unwrap();
+        assert_eq!(
+            ok.command,
+            Command::Savepoint {
+                label: "before launch".into()
+            }
+        );
+        assert!(ok.command.is_barrier());
+        for bad in ["../etc", "a/b", ".hidden", "x".repeat(129).as_str()] {
+            let err = Scheduled::try_from(savepoint(bad, "")).unwrap_err();
+            assert!(err.to_string().contains("command_id"), "{bad}: {err}");
+        }
+        let err = Scheduled::try_from(savepoint("ok", "two\nlines")).unwrap_err();
+        assert!(err.to_string().contains("label"), "{err}");
+
+        let rollback = |version: &str, savepoint_id: &str| v1::ControlCommand {
+            command_id: "r1".into(),
+            effective_event_time_ms: 9,
+            issued_by: "ops".into(),
+            command: Some(Wire::RollbackVersion(v1::RollbackVersionRequest {
+                version: version.into(),
+                savepoint_id: savepoint_id.into(),
+            })),
+        };
+        let ok = Scheduled::try_from(rollback("beta", "sp-1700000000000")).unwrap();
+        assert_eq!(
+            ok.command,
+            Command::Rollback {
+                version: "beta".into(),
+                savepoint_id: "sp-1700000000000".into()
+            }
+        );
+        let err = Scheduled::try_from(rollback("beta", "/var/sp")).unwrap_err();
+        assert!(err.to_string().contains("savepoint_id"), "{err}");
+        let err = Scheduled::try_from(rollback("", "sp")).unwrap_err();
+        assert!(err.to_string().contains("version"), "{err}");
+        assert!(!Command::Retire("beta".into()).is_barrier());
     }
 
     #[test]

@@ -102,6 +102,10 @@ struct ControlState {
     /// Next offset of the `control` topic, when one is read.
     next_offset: Option<u64>,
     outcomes: Vec<Outcome>,
+    /// The barrier command the release stopped at (see
+    /// [`Engine::barrier`]). Not stored: a checkpoint keeps it in
+    /// `scheduled`, so a restored engine stops at it again.
+    barrier: Option<Scheduled>,
 }
 
 impl ControlState {
@@ -118,7 +122,16 @@ impl ControlState {
             applied_ids: backlog.applied_ids.into_iter().collect(),
             next_offset: backlog.next_offset,
             outcomes: Vec::new(),
+            barrier: None,
         }
+    }
+
+    /// Event time of the first scheduled barrier command.
+    fn first_barrier_at(&self) -> Option<i64> {
+        self.scheduled
+            .iter()
+            .find(|(_, c)| c.command.is_barrier())
+            .map(|(&(at, _), _)| at)
     }
 }
 
@@ -257,12 +270,18 @@ impl Engine {
     }
 
     /// Ends a bounded input: releases every buffered sample and applies
-    /// every pending batch.
-    pub fn finish(&mut self) {
+    /// every pending batch. Returns false, having done neither, when the
+    /// release stopped at a barrier command (see [`Engine::barrier`]):
+    /// complete it and call `finish` again.
+    pub fn finish(&mut self) -> bool {
         self.release(i64::MAX);
+        if self.control.barrier.is_some() {
+            return false;
+        }
         for (key, batch) in self.batcher.drain() {
             self.apply(key, &batch);
         }
+        true
     }
 
     /// True when the reorder buffer is at its soft bound.
@@ -412,16 +431,31 @@ impl Engine {
     /// collected by [`Engine::take_control_outcomes`].
     pub fn schedule(&mut self, command: Scheduled) -> ScheduleResult {
         let known = self.control.applied_ids.contains(&command.id)
-            || self.control.scheduled.values().any(|c| c.id == command.id);
+            || self.control.scheduled.values().any(|c| c.id == command.id)
+            || self
+                .control
+                .barrier
+                .as_ref()
+                .is_some_and(|c| c.id == command.id);
         if known {
             return ScheduleResult::Duplicate;
         }
+        let arrival = self.control.next_arrival;
         if command.at_ms < self.released_below_ms {
             let at = self.released_below_ms;
-            self.apply_command(command, at);
+            if command.command.is_barrier() {
+                // Held at the current point, after the commands waiting
+                // there, once no other barrier is held.
+                self.control.next_arrival += 1;
+                self.control.scheduled.insert((at, arrival), command);
+                if self.control.barrier.is_none() {
+                    self.apply_commands_until(at);
+                }
+            } else {
+                self.apply_command(command, at);
+            }
             return ScheduleResult::AppliedLate;
         }
-        let arrival = self.control.next_arrival;
         self.control.next_arrival += 1;
         self.control
             .scheduled
@@ -429,9 +463,108 @@ impl Engine {
         ScheduleResult::Scheduled
     }
 
-    /// Commands waiting for their event time.
+    /// The barrier command the release stopped at, if any: a savepoint or
+    /// a rollback (see [`Command::is_barrier`]) whose event time the
+    /// release reached. Every sample below its time is applied, none at or
+    /// after it; nothing more is released until the driver does the I/O
+    /// the command needs and calls [`Engine::complete_barrier`]. Records
+    /// keep arriving meanwhile and wait in the reorder buffer.
+    pub fn barrier(&self) -> Option<&Scheduled> {
+        self.control.barrier.as_ref()
+    }
+
+    /// Completes the held barrier command with what the driver did (for a
+    /// rollback, after [`Engine::rollback_version`]), records its outcome
+    /// and resumes the release up to the instance watermark, which may
+    /// stop at the next barrier.
+    pub fn complete_barrier(&mut self, result: Result<String, String>) {
+        let Some(command) = self.control.barrier.take() else {
+            return;
+        };
+        self.record_outcome(command, self.released_below_ms, result);
+        self.release(self.watermarks.instance_watermark());
+    }
+
+    /// Replaces `version`'s parameters with `states` (doc id, state), as a
+    /// rollback to a savepoint does: each key of the version takes its
+    /// saved state, or the prior when the savepoint lacks it, with a
+    /// sequence number one above the larger of its current and saved ones
+    /// (so predictors see the rollback as newer values, and a replay
+    /// reproduces it); the version's pending micro-batches are dropped.
+    /// Every key touched is published and checkpointed. Keys of other
+    /// versions are untouched.
+    pub fn rollback_version(
+        &mut self,
+        version: &str,
+        states: Vec<(u64, KeyState)>,
+    ) -> Result<String, String> {
+        let entry = self
+            .registry
+            .entries()
+            .iter()
+            .find(|e| e.spec.name == version)
+            .ok_or_else(|| RegistryError::NotFound(version.to_owned()).to_string())?;
+        let (id, model) = (entry.id, entry.spec.model.clone());
+        crate::fallback::check_model(&entry.spec, &states).map_err(|e| e.to_string())?;
+        let mut saved: std::collections::HashMap<u64, KeyState> = states.into_iter().collect();
+        let mut keys: Vec<ParamKey> = self
+            .params
+            .keys()
+            .filter(|k| k.version == id)
+            .copied()
+            .collect();
+        keys.sort_unstable();
+        let (mut restored, mut reset) = (0_usize, 0_usize);
+        for key in keys {
+            let slot = self.params.get_mut(&key).expect("listed keys exist");
+            let current = slot.state.seq;
+            let mut state = match saved.remove(&key.doc_id) {
+                Some(state) => {
+                    restored += 1;
+                    state
+                }
+                None => {
+                    reset += 1;
+                    KeyState::prior(&model)
+                }
+            };
+            state.seq = current.max(state.seq) + 1;
+            slot.state = Arc::new(state);
+            slot.mark(key, &mut self.changed, &mut self.dirty.params);
+        }
+        let mut added: Vec<(u64, KeyState)> = saved.into_iter().collect();
+        added.sort_unstable_by_key(|(doc, _)| *doc);
+        let created = added.len();
+        for (doc_id, mut state) in added {
+            state.seq += 1;
+            self.insert_changed(
+                ParamKey {
+                    version: id,
+                    doc_id,
+                },
+                state,
+            );
+        }
+        let dropped = self.batcher.remove_version(id);
+        for key in &dropped {
+            if self.stored_pending.contains(key) {
+                self.dirty.pending.insert(*key);
+            }
+        }
+        Ok(format!(
+            "rolled {version:?} back: {} keys from the savepoint ({created} it alone held), \
+             {reset} keys it lacked reset to the prior, {} pending micro-batches dropped",
+            restored + created,
+            dropped.len()
+        ))
+    }
+
+    /// Commands waiting for their event time (a held barrier first).
     pub fn scheduled_commands(&self) -> impl Iterator<Item = &Scheduled> {
-        self.control.scheduled.values()
+        self.control
+            .barrier
+            .iter()
+            .chain(self.control.scheduled.values())
     }
 
     /// What became of the commands applied since the last call.
@@ -450,35 +583,53 @@ impl Engine {
     }
 
     /// Applies, in order, the scheduled commands with event time at or
-    /// below `t`.
+    /// below `t`, up to the first barrier command, which it holds (the
+    /// release never passes a barrier's time, so in the release loop none
+    /// is met).
     fn apply_commands_until(&mut self, t: i64) {
         while let Some(entry) = self.control.scheduled.first_entry()
             && entry.key().0 <= t
         {
             let command = entry.remove();
+            if command.command.is_barrier() {
+                self.control.barrier = Some(command);
+                return;
+            }
             let at = command.at_ms;
             self.apply_command(command, at);
         }
     }
 
     fn apply_command(&mut self, command: Scheduled, applied_at_ms: i64) {
-        let result = match command.command {
+        let result = match &command.command {
             Command::Create(spec) => self
                 .registry
-                .create(spec)
+                .create(spec.clone())
                 .map(|id| format!("created version id {}", id.0))
                 .map_err(|e| e.to_string()),
             Command::Fork {
                 from,
                 to,
                 overrides,
-            } => self.fork(&from, &to, &overrides),
+            } => self.fork(from, to, overrides),
             Command::Retire(name) => self
                 .registry
-                .retire(&name)
+                .retire(name)
                 .map(|_| format!("retired {name:?}"))
                 .map_err(|e| e.to_string()),
+            Command::Savepoint { .. } | Command::Rollback { .. } => {
+                unreachable!("barrier commands are held, not applied here")
+            }
         };
+        self.record_outcome(command, applied_at_ms, result);
+    }
+
+    fn record_outcome(
+        &mut self,
+        command: Scheduled,
+        applied_at_ms: i64,
+        result: Result<String, String>,
+    ) {
         self.control.applied_ids.insert(command.id.clone());
         self.control.outcomes.push(Outcome {
             id: command.id,
@@ -527,20 +678,36 @@ impl Engine {
         ))
     }
 
+    /// Releases the buffered samples below `watermark_ms`, applying the
+    /// commands due on the way; stops at the first barrier command below
+    /// it (see [`Engine::barrier`]).
     fn release(&mut self, watermark_ms: i64) {
-        if watermark_ms <= self.released_below_ms {
+        if self.control.barrier.is_some() {
             return;
         }
-        for (key, sample) in self.buffer.release_below(watermark_ms) {
-            if !self.control.scheduled.is_empty() {
-                self.apply_commands_until(key.event_time_ms);
+        let stop = if self.control.scheduled.is_empty() {
+            None
+        } else {
+            self.control
+                .first_barrier_at()
+                .filter(|&t| t < watermark_ms)
+        };
+        let upto = stop.map_or(watermark_ms, |t| t.max(self.released_below_ms));
+        if upto > self.released_below_ms {
+            for (key, sample) in self.buffer.release_below(upto) {
+                if !self.control.scheduled.is_empty() {
+                    self.apply_commands_until(key.event_time_ms);
+                }
+                self.process(key, sample);
             }
-            self.process(key, sample);
+            if !self.control.scheduled.is_empty() {
+                self.apply_commands_until(upto - 1);
+            }
+            self.released_below_ms = upto;
         }
-        if !self.control.scheduled.is_empty() {
-            self.apply_commands_until(watermark_ms - 1);
+        if stop.is_some() {
+            self.apply_commands_until(upto);
         }
-        self.released_below_ms = watermark_ms;
     }
 
     fn process(&mut self, origin: OrderKey, sample: Sample) {

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 
 use crate::codec::Table;
 use crate::config::{Config, SourceConfig};
-use crate::control::Scheduled;
+use crate::control::{Command, Scheduled};
 use crate::deadletter_sink::{self, DeadLetterSink};
 use crate::engine::ScheduleResult;
 use crate::engine::{Counters, Engine, Payload, Write};
@@ -336,19 +336,22 @@ pub fn run_local(
     let (mut engine, restored, dead_len, seeded) = open_engine_seeding(config, &store, true)?;
     let commands = CommandSources::open(config, controls, &mut engine)?;
     let mut checkpointer = Checkpointer::new(config, store, dead_len, sink)?;
+    let mut records = 0_u64;
+    // A restored engine may be held at a savepoint it was taking.
+    run_barriers(&mut engine, &mut checkpointer, config, 1, records)?;
     let offset = engine
         .next_offsets()
         .get(&LOCAL_PARTITION)
         .copied()
         .unwrap_or(0);
     let mut source = LocalSource::open(config, offset)?;
-    let mut records = 0_u64;
     let mut stopped = false;
     let publish_every = Duration::from_millis(config.publish_interval_ms());
     let mut last_publish = Instant::now();
     while let Some((offset, next_offset, payload)) = source.next_record()? {
         if records.is_multiple_of(COMMAND_POLL_EVERY) {
             commands.poll(&mut engine)?;
+            run_barriers(&mut engine, &mut checkpointer, config, 1, records)?;
             // A blocked read (stdin) delays this; a file or the simulator
             // publishes every interval, as the Kafka driver does.
             if last_publish.elapsed() >= publish_every {
@@ -358,6 +361,9 @@ pub fn run_local(
         }
         engine.ingest_at(LOCAL_PARTITION, offset, next_offset, payload);
         records += 1;
+        if engine.barrier().is_some() {
+            run_barriers(&mut engine, &mut checkpointer, config, 1, records)?;
+        }
         checkpointer.failpoint.hit("after_ingest", records);
         if records.is_multiple_of(config.state.checkpoint_every_records) {
             checkpointer.checkpoint(&mut engine, records)?;
@@ -368,8 +374,11 @@ pub fn run_local(
         }
     }
     commands.poll(&mut engine)?;
+    run_barriers(&mut engine, &mut checkpointer, config, 1, records)?;
     if !stopped {
-        engine.finish();
+        while !engine.finish() {
+            run_barriers(&mut engine, &mut checkpointer, config, 1, records)?;
+        }
     }
     checkpointer.finish(&mut engine, records)?;
     if config.savepoints.as_ref().is_some_and(|s| s.on_shutdown) {
@@ -643,6 +652,15 @@ pub fn run_kafka_with(
             last_checkpoint = Instant::now();
         }
         commands.poll(&mut engine)?;
+        if engine.barrier().is_some() {
+            run_barriers(
+                &mut engine,
+                &mut checkpointer,
+                config,
+                source.partition_count(),
+                records,
+            )?;
+        }
         if let Some(done) = checkpointer.poll()?
             && let Err(err) = source.commit_informational(&done.offsets)
         {
@@ -651,7 +669,15 @@ pub fn run_kafka_with(
         if let Some(targets) = &targets
             && reached(&engine, targets)
         {
-            engine.finish();
+            while !engine.finish() {
+                run_barriers(
+                    &mut engine,
+                    &mut checkpointer,
+                    config,
+                    source.partition_count(),
+                    records,
+                )?;
+            }
             break;
         }
         if let Some(targets) = &targets {
@@ -763,6 +789,84 @@ pub fn run_kafka_with(
         throttles,
         seeded,
     })
+}
+
+/// Does the I/O of the barrier command the engine is held at, if any —
+/// a savepoint of the state at exactly the command's event time, or the
+/// states a rollback restores — and completes it; again while the
+/// resumed release stops at another. A savepoint or rollback that cannot
+/// be done (no savepoint directory, a missing or invalid savepoint, a
+/// full disk) is refused in its outcome and the learner goes on; a
+/// failing checkpoint write stops the run as it always does.
+fn run_barriers(
+    engine: &mut Engine,
+    checkpointer: &mut Checkpointer,
+    config: &Config,
+    partition_count: u32,
+    records: u64,
+) -> Result<()> {
+    while let Some(command) = engine.barrier().cloned() {
+        let result = match &command.command {
+            Command::Savepoint { label } => {
+                // The checkpoint holds the state at the cut, with the
+                // command still scheduled: restored, the engine stops here
+                // again and finds the savepoint already written.
+                checkpointer.checkpoint(engine, records)?;
+                checkpointer.savepoint_requested(
+                    config,
+                    partition_count,
+                    savepoint::Requested {
+                        command_id: &command.id,
+                        label,
+                    },
+                    records,
+                )?
+            }
+            Command::Rollback {
+                version,
+                savepoint_id,
+            } => rollback_states(config, engine, version, savepoint_id)
+                .and_then(|states| engine.rollback_version(version, states)),
+            Command::Create(_) | Command::Fork { .. } | Command::Retire(_) => {
+                unreachable!("only savepoints and rollbacks are barriers")
+            }
+        };
+        engine.complete_barrier(result);
+    }
+    Ok(())
+}
+
+/// The states `version` had in savepoint `savepoint_id` (a directory
+/// under `[savepoints] dir`), restricted to the partitions this learner
+/// owns.
+fn rollback_states(
+    config: &Config,
+    engine: &Engine,
+    version: &str,
+    savepoint_id: &str,
+) -> Result<Vec<(u64, crate::posterior::KeyState)>, String> {
+    let root = &config
+        .savepoints
+        .as_ref()
+        .ok_or("this learner has no [savepoints] dir")?
+        .dir;
+    crate::control::check_plain_id(savepoint_id)
+        .map_err(|why| format!("savepoint id {savepoint_id:?} {why}"))?;
+    let dir = root.join(savepoint_id);
+    if !dir.is_dir() {
+        return Err(format!(
+            "no savepoint {savepoint_id:?} under {}",
+            root.display()
+        ));
+    }
+    let chosen = savepoint::verify(&dir).map_err(|e| e.to_string())?;
+    let (_, mut states) = savepoint::version_states(&chosen, version)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("savepoint {savepoint_id:?} has no version {version:?}"))?;
+    let owned: BTreeSet<u32> = engine.clocks().keys().copied().collect();
+    let count = chosen.manifest.partition_count;
+    states.retain(|(doc_id, _)| owned.contains(&crate::partitioning::partition_of(*doc_id, count)));
+    Ok(states)
 }
 
 /// While throttled, which partitions to pause: those whose clock is more
@@ -915,6 +1019,39 @@ impl Checkpointer {
         .context("take savepoint")?;
         eprintln!("learner: savepoint {}", taken.dir.display());
         Ok(())
+    }
+
+    /// Takes the savepoint an admin command asked for, of the last
+    /// checkpoint (after waiting for it), named by the command id; one
+    /// already written under that name (before a crash) is kept. Returns
+    /// the outcome for the command.
+    pub fn savepoint_requested(
+        &mut self,
+        config: &Config,
+        partition_count: u32,
+        requested: savepoint::Requested<'_>,
+        records: u64,
+    ) -> Result<Result<String, String>> {
+        self.wait()?;
+        let Some(dir) = config.savepoints.as_ref().map(|s| &s.dir) else {
+            return Ok(Err("this learner has no [savepoints] dir".into()));
+        };
+        let failpoint = &self.failpoint;
+        Ok(
+            match savepoint::write_requested(dir, &self.store, partition_count, requested, || {
+                failpoint.hit("mid_savepoint", records);
+            }) {
+                Ok((taken, true)) => {
+                    eprintln!("learner: savepoint {}", taken.dir.display());
+                    Ok(format!("savepoint {} written", taken.dir.display()))
+                }
+                Ok((taken, false)) => Ok(format!(
+                    "savepoint {} was already written",
+                    taken.dir.display()
+                )),
+                Err(err) => Err(format!("savepoint not written: {err}")),
+            },
+        )
     }
 
     /// Publishes the keys changed since the last publish, and logs the

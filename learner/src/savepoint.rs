@@ -34,6 +34,7 @@ use crate::codec::{self, CorruptState, Table};
 use crate::engine::{Counters, Entries, Write};
 use crate::meta;
 use crate::partitioning::partition_of;
+use crate::posterior::KeyState;
 use crate::store::{RocksStore, StoreError};
 
 /// Version of the savepoint layout; restore refuses others.
@@ -123,6 +124,23 @@ pub struct Manifest {
     pub applied: u64,
     /// Data files.
     pub files: Vec<FileEntry>,
+    /// The admin command that asked for it (its id is the directory's
+    /// name), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    /// The free-text label the command carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// What names a savepoint an admin command asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requested<'a> {
+    /// The command id: the directory's name (a plain id, see
+    /// [`crate::control::check_plain_id`]).
+    pub command_id: &'a str,
+    /// Its label.
+    pub label: &'a str,
 }
 
 /// A verified savepoint.
@@ -165,6 +183,38 @@ pub fn write_with(
     partition_count: u32,
     mid_write: impl FnOnce(),
 ) -> Result<Savepoint, SavepointError> {
+    write_as(root, store, partition_count, None, mid_write)
+}
+
+/// Writes the savepoint an admin command asked for, named by its id —
+/// or, when one of that name is there already (written before a crash,
+/// and asked for again by the replayed command), verifies and returns
+/// that one: a command's savepoint is written once. Returns whether it
+/// was written now.
+pub fn write_requested(
+    root: &Path,
+    store: &RocksStore,
+    partition_count: u32,
+    requested: Requested<'_>,
+    mid_write: impl FnOnce(),
+) -> Result<(Savepoint, bool), SavepointError> {
+    crate::control::check_plain_id(requested.command_id).map_err(|why| {
+        SavepointError::Refused(format!("savepoint id {:?} {why}", requested.command_id))
+    })?;
+    let dir = root.join(requested.command_id);
+    if dir.exists() {
+        return verify(&dir).map(|s| (s, false));
+    }
+    write_as(root, store, partition_count, Some(requested), mid_write).map(|s| (s, true))
+}
+
+fn write_as(
+    root: &Path,
+    store: &RocksStore,
+    partition_count: u32,
+    requested: Option<Requested<'_>>,
+    mid_write: impl FnOnce(),
+) -> Result<Savepoint, SavepointError> {
     let mut tables = BTreeMap::new();
     for table in Table::ALL {
         let mut entries = store.entries(table)?;
@@ -198,12 +248,18 @@ pub fn write_with(
     let created_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let mut name = format!("sp-{created_unix_ms:013}");
-    let mut n = 1;
-    while root.join(&name).exists() {
-        n += 1;
-        name = format!("sp-{created_unix_ms:013}-{n}");
-    }
+    let name = match requested {
+        Some(requested) => requested.command_id.to_owned(),
+        None => {
+            let mut name = format!("sp-{created_unix_ms:013}");
+            let mut n = 1;
+            while root.join(&name).exists() {
+                n += 1;
+                name = format!("sp-{created_unix_ms:013}-{n}");
+            }
+            name
+        }
+    };
     let tmp = root.join(format!("{TMP_PREFIX}{name}"));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -241,6 +297,8 @@ pub fn write_with(
             .collect(),
         applied: counters.applied,
         files,
+        command_id: requested.map(|r| r.command_id.to_owned()),
+        label: requested.map(|r| r.label.to_owned()),
     };
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| SavepointError::Invalid {
         dir: tmp.clone(),
@@ -324,6 +382,47 @@ pub fn list(root: &Path) -> Result<(Vec<Savepoint>, Vec<SavepointError>), Savepo
     }
     valid.sort_by_key(|s| (s.manifest.created_unix_ms, s.dir.clone()));
     Ok((valid, invalid))
+}
+
+/// A version's spec and every (doc id, state) of it.
+pub type VersionStates = (crate::version::VersionSpec, Vec<(u64, KeyState)>);
+
+/// One version's keys as a verified savepoint holds them: its spec and
+/// every (doc id, state), in doc order. `None` when the savepoint has no
+/// version of that name.
+pub fn version_states(
+    savepoint: &Savepoint,
+    version: &str,
+) -> Result<Option<VersionStates>, SavepointError> {
+    let read = |table: Table| -> Result<Entries, SavepointError> {
+        let path = savepoint.dir.join(table_file(table));
+        let bytes = read_all(&path).map_err(io(&path))?;
+        unframe(&bytes).ok_or_else(|| SavepointError::Invalid {
+            dir: savepoint.dir.clone(),
+            file: table_file(table),
+            reason: "truncated record".into(),
+        })
+    };
+    let meta = read(Table::Meta)?;
+    let registry = meta
+        .iter()
+        .find(|(k, _)| k == meta::REGISTRY)
+        .ok_or_else(|| CorruptState::new(Table::Meta, meta::REGISTRY, "missing"))
+        .and_then(|(_, v)| meta::registry_from(v))?;
+    let Some(entry) = registry.entries().iter().find(|e| e.spec.name == version) else {
+        return Ok(None);
+    };
+    let mut states = Vec::new();
+    for (k, v) in read(Table::Params)? {
+        let key = codec::param_key_from(Table::Params, &k)?;
+        if key.version == entry.id {
+            let state =
+                KeyState::decode(&v).map_err(|e| CorruptState::new(Table::Params, &k, e))?;
+            states.push((key.doc_id, state));
+        }
+    }
+    states.sort_unstable_by_key(|(doc, _)| *doc);
+    Ok(Some((entry.spec.clone(), states)))
 }
 
 /// Restores a verified savepoint into an empty live store: everything, or

@@ -127,7 +127,12 @@ impl Engine {
                 Table::Meta,
                 meta::CONTROL.to_vec(),
                 meta::control_bytes(
-                    self.control.scheduled.values(),
+                    // A held barrier goes first: restored, the engine
+                    // stops at it again.
+                    self.control
+                        .barrier
+                        .iter()
+                        .chain(self.control.scheduled.values()),
                     self.control.applied_ids.iter(),
                     self.control.next_offset,
                 ),
@@ -237,7 +242,7 @@ impl Engine {
             }
             None => None,
         };
-        Ok(Some(Engine {
+        let mut engine = Engine {
             watermarks: Watermarks::from_clocks(config.out_of_orderness_ms, clocks),
             buffer,
             dedup,
@@ -252,7 +257,13 @@ impl Engine {
             dirty: Dirty::default(),
             stored_pending,
             control: ControlState::restore(backlog),
-        }))
+        };
+        if engine.control.first_barrier_at().is_some() {
+            // A checkpoint taken while the release was held at a barrier
+            // (a savepoint's): hold it again, before any new record.
+            engine.release(engine.watermarks.instance_watermark());
+        }
+        Ok(Some(engine))
     }
 }
 

@@ -911,3 +911,222 @@ fn a_key_whose_first_batch_is_refused_does_not_enter_the_table() {
         .unwrap();
     assert_eq!(restored.param_count(), 1);
 }
+
+// ---- Barrier commands: savepoints and rollbacks at event times ----
+
+fn savepoint_at(id: &str, at_ms: i64) -> Scheduled {
+    use posterior_proto::v1::{TriggerSavepointRequest, control_command::Command};
+    wire(
+        id,
+        at_ms,
+        Command::TriggerSavepoint(TriggerSavepointRequest {
+            label: "before the launch".into(),
+        }),
+    )
+}
+
+fn rollback_at(id: &str, at_ms: i64, version: &str, savepoint_id: &str) -> Scheduled {
+    use posterior_proto::v1::{RollbackVersionRequest, control_command::Command};
+    wire(
+        id,
+        at_ms,
+        Command::RollbackVersion(RollbackVersionRequest {
+            version: version.into(),
+            savepoint_id: savepoint_id.into(),
+        }),
+    )
+}
+
+fn count_of(engine: &Engine, version: &str, doc_id: u64) -> Option<f64> {
+    let id = engine.registry().live(version).unwrap().id;
+    engine
+        .param(&ParamKey {
+            version: id,
+            doc_id,
+        })
+        .map(|s| s.sample_count)
+}
+
+#[test]
+fn a_savepoint_command_holds_the_release_at_its_time_across_a_restore() {
+    let mut engine = Engine::new(one_at_a_time(), registry(), [0]);
+    engine.schedule(create("c", 25, "gamma"));
+    engine.schedule(savepoint_at("sp1", 25));
+    engine.schedule(fork("f", 25, "beta", "beta-b"));
+    for (offset, t) in [10, 20, 25, 30, 40, 500].into_iter().enumerate() {
+        engine.ingest(0, offset as u64, click(1, "beta", t));
+    }
+    // The watermark (450) is past 25, but the release stopped there: the
+    // samples at 10 and 20 are applied, the command before the savepoint
+    // at the same time too, the one after it not.
+    let held = engine.barrier().expect("held at the savepoint");
+    assert_eq!((held.id.as_str(), held.at_ms), ("sp1", 25));
+    assert_eq!(count_of(&engine, "beta", 1), Some(2.0));
+    assert!(engine.registry().live("gamma").is_some());
+    assert!(engine.registry().live("beta-b").is_none());
+    // Records keep arriving and wait; late ones are still judged.
+    engine.ingest(0, 6, click(2, "beta", 600));
+    engine.ingest(0, 7, click(2, "beta", 24));
+    assert_eq!(count_of(&engine, "beta", 2), None);
+    assert_eq!(engine.counters().dead.get("late"), Some(&1));
+    assert!(!engine.finish(), "finish stops at the barrier too");
+
+    // A checkpoint taken while held restores to the same held point.
+    let mut store = MemoryStore::default();
+    store.apply(engine.full_checkpoint());
+    let mut restored = Engine::restore(one_at_a_time(), |t| store.entries(t))
+        .unwrap()
+        .unwrap();
+    assert_eq!(restored.barrier().map(|c| c.id.as_str()), Some("sp1"));
+    assert_eq!(count_of(&restored, "beta", 1), Some(2.0));
+
+    for engine in [&mut engine, &mut restored] {
+        engine.complete_barrier(Ok("written".into()));
+        assert!(engine.barrier().is_none());
+        // Released up to the watermark again (550): 25, 30, 40, 500.
+        assert_eq!(count_of(engine, "beta", 1), Some(6.0));
+        assert_eq!(count_of(engine, "beta-b", 1), Some(2.0), "forked at 25");
+        let outcomes = engine.take_control_outcomes();
+        let sp = outcomes.iter().find(|o| o.id == "sp1").unwrap();
+        assert_eq!(
+            (sp.applied_at_ms, sp.result.clone()),
+            (25, Ok("written".into()))
+        );
+        assert!(engine.finish());
+        assert_eq!(count_of(engine, "beta", 2), Some(1.0));
+        // Applied once: sending it again changes nothing.
+        assert_eq!(
+            engine.schedule(savepoint_at("sp1", 25)),
+            ScheduleResult::Duplicate
+        );
+    }
+    assert_eq!(
+        engine
+            .params()
+            .map(|(k, s)| (*k, s.encode()))
+            .collect::<BTreeMap<_, _>>(),
+        restored
+            .params()
+            .map(|(k, s)| (*k, s.encode()))
+            .collect::<BTreeMap<_, _>>(),
+    );
+}
+
+#[test]
+fn a_late_savepoint_command_is_held_at_the_current_point() {
+    let mut engine = Engine::new(one_at_a_time(), registry(), [0]);
+    engine.ingest(0, 0, click(1, "beta", 10));
+    engine.ingest(0, 1, click(1, "beta", 1_000));
+    assert_eq!(
+        engine.schedule(savepoint_at("late", 5)),
+        ScheduleResult::AppliedLate
+    );
+    assert_eq!(engine.barrier().map(|c| c.at_ms), Some(5));
+    engine.complete_barrier(Err("disk full".into()));
+    let outcome = &engine.take_control_outcomes()[0];
+    assert_eq!(outcome.applied_at_ms, 950, "at the released watermark");
+    assert_eq!(outcome.result, Err("disk full".into()));
+}
+
+#[test]
+fn a_rollback_restores_one_version_with_newer_sequence_numbers() {
+    let config = EngineConfig {
+        batch: BatchPolicy {
+            max_samples: 3,
+            max_positives: 0,
+            max_age_ms: None,
+        },
+        ..one_at_a_time()
+    };
+    let mut engine = Engine::new(config, registry(), [0]);
+    let mut offset = 0_u64;
+    let mut feed = |engine: &mut Engine, doc_id, version: &str, t| {
+        engine.ingest(0, offset, click(doc_id, version, t));
+        offset += 1;
+    };
+    for t in [10, 20, 30] {
+        feed(&mut engine, 1, "beta", t);
+        feed(&mut engine, 4, "logistic", t);
+    }
+    feed(&mut engine, 9, "beta", 100);
+    // Doc 1 has one batch of 3 applied; "the savepoint" holds that.
+    let beta = engine.registry().live("beta").unwrap().id;
+    let doc = |doc_id| ParamKey {
+        version: beta,
+        doc_id,
+    };
+    let saved = engine.param(&doc(1)).unwrap().clone();
+    assert_eq!(saved.sample_count, 3.0);
+    // Then doc 1 learns more, doc 2 appears, doc 3 gets a pending batch.
+    for t in [110, 120, 130, 140, 150, 160] {
+        feed(&mut engine, 1, "beta", t);
+    }
+    for t in [170, 180, 190] {
+        feed(&mut engine, 2, "beta", t);
+    }
+    feed(&mut engine, 3, "beta", 195);
+    engine.schedule(rollback_at("rb", 200, "beta", "sp-x"));
+    let logistic_before: Vec<_> = engine
+        .params()
+        .filter(|(k, _)| k.version != beta)
+        .map(|(k, s)| (*k, s.encode()))
+        .collect();
+    feed(&mut engine, 1, "beta", 210);
+    feed(&mut engine, 1, "beta", 1_000);
+    let held = engine.barrier().expect("held at the rollback").clone();
+    assert_eq!(held.id, "rb");
+    let current_seq = engine.param(&doc(1)).unwrap().seq;
+    assert_eq!(current_seq, 3);
+    engine.take_changed();
+
+    // A savepoint of another model is refused, changing nothing.
+    let wrong = KeyState::prior(&registry().live("logistic").unwrap().spec.model);
+    let err = engine
+        .rollback_version("beta", vec![(1, wrong)])
+        .unwrap_err();
+    assert!(err.contains("logistic-diagonal"), "{err}");
+    assert!(engine.rollback_version("nope", vec![]).is_err());
+    assert!(engine.take_changed().is_empty());
+
+    let mut doc5 = saved.clone();
+    doc5.seq = 7;
+    let message = engine
+        .rollback_version("beta", vec![(1, saved.clone()), (5, doc5.clone())])
+        .unwrap();
+    assert!(
+        message.contains("2 pending micro-batches dropped"),
+        "docs 3 and 9: {message}"
+    );
+    let got = engine.param(&doc(1)).unwrap();
+    assert_eq!(got.posterior, saved.posterior);
+    assert_eq!(got.seq, current_seq + 1, "newer than what predictors saw");
+    // Doc 2 was not in the savepoint: back to the prior, seq still rising.
+    let doc2 = engine.param(&doc(2)).unwrap();
+    assert_eq!(doc2.sample_count, 0.0);
+    assert_eq!(doc2.seq, 2);
+    assert_eq!(engine.param(&doc(5)).unwrap().seq, 8);
+    assert!(engine.param(&doc(3)).is_none(), "its pending batch is gone");
+    assert!(engine.param(&doc(9)).is_none(), "its pending batch is gone");
+    let changed: Vec<u64> = engine
+        .take_changed()
+        .iter()
+        .filter(|(k, _)| k.version == beta)
+        .map(|(k, _)| k.doc_id)
+        .collect();
+    assert_eq!(changed, [1, 2, 5]);
+    let logistic_after: Vec<_> = engine
+        .params()
+        .filter(|(k, _)| k.version != beta)
+        .map(|(k, s)| (*k, s.encode()))
+        .collect();
+    assert_eq!(logistic_before, logistic_after, "other versions untouched");
+
+    engine.complete_barrier(Ok(message));
+    assert!(engine.finish());
+    // The samples at 210 and 1 000 came after the rollback and count on
+    // top of it.
+    assert_eq!(
+        engine.param(&doc(1)).unwrap().sample_count,
+        saved.sample_count + 2.0
+    );
+}
