@@ -3,9 +3,13 @@
 //! learner process left in its store.
 
 use posterior_learner::config::Config;
-use posterior_learner::control::Scheduled;
+use std::collections::BTreeMap;
+
+use posterior_learner::control::{Command, Scheduled};
+use posterior_learner::engine::Engine;
 use posterior_learner::file_source::decode_protobuf;
 use posterior_learner::partitioning::partition_of;
+use posterior_learner::posterior::KeyState;
 use posterior_learner::runner::{fresh_engine, restore_engine};
 use posterior_learner::store::RocksStore;
 use posterior_proto::v1::ControlCommand;
@@ -35,25 +39,114 @@ pub fn oracle_with_commands(
     partitions: u32,
     commands: &[ControlCommand],
 ) -> (String, String) {
+    let (dump, dead, _) = oracle_with_savepoints(config, records, partitions, commands);
+    (dump, dead)
+}
+
+/// What the oracle's savepoint commands took: per command id, the dump
+/// of the state at the command's event time.
+pub type SavepointDumps = BTreeMap<String, String>;
+
+/// [`oracle_with_commands`], also doing what a learner does at savepoint
+/// and rollback commands (in memory: a savepoint is the state at its
+/// cut, a rollback restores one version from it). Returns the dumps at
+/// the savepoints' cuts too.
+///
+/// # Panics
+/// As [`oracle_with_commands`], or when a rollback names a savepoint no
+/// earlier command took.
+pub fn oracle_with_savepoints(
+    config: &Config,
+    records: &[LogRecord],
+    partitions: u32,
+    commands: &[ControlCommand],
+) -> (String, String, SavepointDumps) {
     let mut engine = fresh_engine(config, 0..partitions).expect("engine from config");
     for command in commands {
         engine.schedule(Scheduled::try_from(command.clone()).expect("a valid command"));
     }
+    let mut saved = Saved::default();
     let mut next = vec![0_u64; partitions as usize];
     for record in records {
         let p = partition_of(record.doc_id, partitions);
         engine.ingest(p, next[p as usize], decode_protobuf(&record.protobuf));
         next[p as usize] += 1;
+        saved.at_barriers(&mut engine);
     }
-    engine.finish();
-    let mut dump = Vec::new();
-    posterior_learner::dump::dump(&engine, &mut dump).expect("dump to memory");
+    while !engine.finish() {
+        saved.at_barriers(&mut engine);
+    }
     let mut dead = String::new();
     for letter in engine.take_dead_letters() {
         dead.push_str(&serde_json::to_string(&letter).expect("dead letter as JSON"));
         dead.push('\n');
     }
-    (String::from_utf8(dump).expect("dumps are UTF-8"), dead)
+    (dump_engine(&engine), dead, saved.dumps)
+}
+
+/// The oracle's savepoints, in memory.
+#[derive(Default)]
+struct Saved {
+    dumps: SavepointDumps,
+    /// Per savepoint id and version name, every (doc, state).
+    states: BTreeMap<String, BTreeMap<String, Vec<(u64, KeyState)>>>,
+}
+
+impl Saved {
+    /// Does what the learner's runner does at each barrier the engine
+    /// holds.
+    fn at_barriers(&mut self, engine: &mut Engine) {
+        while let Some(command) = engine.barrier().cloned() {
+            let result = match &command.command {
+                Command::Savepoint { .. } => {
+                    self.dumps.insert(command.id.clone(), dump_engine(engine));
+                    // Every registered version, with or without keys.
+                    let mut by_version: BTreeMap<String, Vec<(u64, KeyState)>> = engine
+                        .registry()
+                        .entries()
+                        .iter()
+                        .map(|e| (e.spec.name.clone(), Vec::new()))
+                        .collect();
+                    for (key, state) in engine.params() {
+                        let name = &engine
+                            .registry()
+                            .get(key.version)
+                            .expect("registered")
+                            .spec
+                            .name;
+                        by_version
+                            .entry(name.clone())
+                            .or_default()
+                            .push((key.doc_id, state.clone()));
+                    }
+                    self.states.insert(command.id.clone(), by_version);
+                    Ok("saved".to_owned())
+                }
+                Command::Rollback {
+                    version,
+                    savepoint_id,
+                } => {
+                    match self
+                        .states
+                        .get(savepoint_id)
+                        .expect("rollback to a savepoint the oracle took")
+                        .get(version)
+                    {
+                        Some(states) => engine.rollback_version(version, states.clone()),
+                        None => Err(format!("the savepoint has no version {version:?}")),
+                    }
+                }
+                other => unreachable!("{other:?} is not a barrier"),
+            };
+            engine.complete_barrier(result);
+        }
+    }
+}
+
+fn dump_engine(engine: &Engine) -> String {
+    let mut dump = Vec::new();
+    posterior_learner::dump::dump(engine, &mut dump).expect("dump to memory");
+    String::from_utf8(dump).expect("dumps are UTF-8")
 }
 
 /// Produces `records` to the `samples` topic, keyed and partitioned by

@@ -3,7 +3,9 @@
 //! times — a version created for samples that were dead letters until
 //! then, a fork warm-started from another version, a retirement — and a
 //! learner killed again and again ends equal to the oracle that applies
-//! the same commands at the same points.
+//! the same commands at the same points. A savepoint command among them
+//! is written once, at exactly its event time, and a rollback to it
+//! restores one version there.
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
@@ -19,7 +21,7 @@ use posterior_tests::broker::{Broker, Storage};
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
 use posterior_tests::log::{LogSpec, generate_records};
 use posterior_tests::oracle::{
-    dump_store, first_difference, oracle, oracle_with_commands, produce_samples, sorted_lines,
+    dump_store, first_difference, oracle, oracle_with_savepoints, produce_samples, sorted_lines,
 };
 use posterior_tests::{KillPlan, binary, finish_within, kill_repeatedly, learner_until_end};
 use prost::Message as _;
@@ -72,6 +74,24 @@ fn commands(config: &Config) -> Vec<ControlCommand> {
                 name: "logistic".into(),
             }),
         ),
+        // A savepoint at its event time, then beta rolled back to it: the
+        // learner's savepoint (written once, however often it crashes
+        // around it) must hold the oracle's state at that time.
+        command(
+            "sp-mid",
+            START_MS + 40_000,
+            control_command::Command::TriggerSavepoint(v1::TriggerSavepointRequest {
+                label: "crash test".into(),
+            }),
+        ),
+        command(
+            "rollback-beta",
+            START_MS + 80_000,
+            control_command::Command::RollbackVersion(v1::RollbackVersionRequest {
+                version: "beta".into(),
+                savepoint_id: "sp-mid".into(),
+            }),
+        ),
         // Refused when applied (no such version): logged, never fatal.
         command(
             "fork-missing",
@@ -100,13 +120,18 @@ fn commands_on_the_control_topic_apply_at_their_event_times_through_crashes() {
     produce_samples(&broker, &records, PARTITIONS);
 
     let config_path = dir.path().join("learner.toml");
+    let savepoints = dir.path().join("savepoints");
     let text = learner_toml(
         dir.path(),
         "learner",
         Source::Kafka(&broker.bootstrap()),
         5_000,
         None,
-    ) + &format!("\n[control]\nbrokers = \"{}\"\n", broker.bootstrap());
+    ) + &format!(
+        "\n[control]\nbrokers = \"{}\"\n\n[savepoints]\ndir = \"{}\"\n",
+        broker.bootstrap(),
+        savepoints.display()
+    );
     std::fs::write(&config_path, &text).unwrap();
     let config = Config::from_toml(&text).unwrap();
     let commands = commands(&config);
@@ -167,7 +192,8 @@ fn commands_on_the_control_topic_apply_at_their_event_times_through_crashes() {
         "the refused command never reached the topic"
     );
 
-    let (expected, expected_dead) = oracle_with_commands(&config, &records, PARTITIONS, &commands);
+    let (expected, expected_dead, expected_savepoints) =
+        oracle_with_savepoints(&config, &records, PARTITIONS, &commands);
     let (without, _) = oracle(&config, &records, PARTITIONS);
     assert_ne!(expected, without, "the commands must change the result");
     for version in ["\"nobody\"", "\"beta-b\""] {
@@ -180,7 +206,11 @@ fn commands_on_the_control_topic_apply_at_their_event_times_through_crashes() {
         run,
         &KillPlan {
             rounds: 8,
-            failpoints: &["before_checkpoint:10000", "after_checkpoint:10000"],
+            failpoints: &[
+                "before_checkpoint:10000",
+                "after_checkpoint:10000",
+                "mid_savepoint:0",
+            ],
             every: 4,
             min_life: Duration::from_millis(300),
             max_life: Duration::from_millis(2_000),
@@ -200,5 +230,28 @@ fn commands_on_the_control_topic_apply_at_their_event_times_through_crashes() {
     assert!(
         text_log.contains("\"fork-missing\"") && text_log.contains("refused"),
         "a refused command is logged"
+    );
+
+    // The savepoint the command asked for: named by its id, cut at its
+    // time, holding exactly the oracle's state there.
+    let saved = posterior_learner::savepoint::verify(&savepoints.join("sp-mid")).unwrap();
+    assert_eq!(saved.manifest.released_below_ms, START_MS + 40_000);
+    assert_eq!(saved.manifest.label.as_deref(), Some("crash test"));
+    let dumped = Command::new(binary("learner"))
+        .args(["dump", "--savepoint"])
+        .arg(&saved.dir)
+        .output()
+        .unwrap();
+    assert!(dumped.status.success(), "{dumped:?}");
+    let saved_dump = String::from_utf8(dumped.stdout).unwrap();
+    let expected_saved = &expected_savepoints["sp-mid"];
+    assert!(
+        &saved_dump == expected_saved,
+        "{}",
+        first_difference(&saved_dump, expected_saved)
+    );
+    assert!(
+        text_log.contains("rolled \"beta\" back"),
+        "the rollback is logged"
     );
 }

@@ -346,3 +346,179 @@ fn an_admin_fork_reaches_the_learner_and_the_fork_is_served_warm() {
     );
     stop(learner, &log);
 }
+
+fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+/// Waits for `dir/MANIFEST.json` and returns the verified savepoint.
+fn wait_for_savepoint(dir: &Path, log: &Path) -> posterior_learner::savepoint::Savepoint {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join(posterior_learner::savepoint::MANIFEST).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no savepoint {}; log:\n{}",
+            dir.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    posterior_learner::savepoint::verify(dir).unwrap()
+}
+
+/// One sample per partition far enough beyond `at_ms` to move the
+/// watermark past it.
+fn push_watermark_past(broker: &Broker, at_ms: i64) {
+    let after = at_ms + OUT_OF_ORDERNESS_MS + 1_000;
+    let beyond: Vec<LogRecord> = (0..u64::from(PARTITIONS))
+        .map(|doc| beta_sample(doc, after))
+        .collect();
+    produce_samples(broker, &beyond, PARTITIONS);
+}
+
+#[test]
+fn an_admin_savepoint_is_cut_at_its_event_time_and_a_rollback_restores_one_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(Storage::Memory);
+    broker.create_topic("samples", PARTITIONS);
+    let config_path = dir.path().join("learner.toml");
+    let savepoints = dir.path().join("savepoints");
+    std::fs::write(
+        &config_path,
+        format!(
+            "{}\n[savepoints]\ndir = \"{}\"\n",
+            config_with_admin(dir.path(), &broker.bootstrap()),
+            savepoints.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("learner.log");
+    let (records, _) = generate_records(LogSpec {
+        records: 5_000,
+        docs: DOCS,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 31,
+    });
+    produce_samples(&broker, &records, PARTITIONS);
+    let (learner, endpoint) = start(&config_path, &log);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut admin = runtime
+        .block_on(AdminServiceClient::connect(endpoint.clone()))
+        .unwrap();
+
+    // The savepoint: cut at its event time, named by its command id.
+    let called_ms = unix_ms();
+    let taken = runtime
+        .block_on(admin.trigger_savepoint(bearer(v1::TriggerSavepointRequest {
+            label: "before the experiment".into(),
+        })))
+        .unwrap()
+        .into_inner();
+    // At least the server's lead: its stamp is wall clock + lead.
+    let lead_ms = taken.effective_event_time_ms - called_ms;
+    push_watermark_past(&broker, taken.effective_event_time_ms);
+    let saved = wait_for_savepoint(&savepoints.join(&taken.command_id), &log);
+    assert_eq!(
+        saved.manifest.released_below_ms, taken.effective_event_time_ms,
+        "every sample below the command's time, none at or after it"
+    );
+    assert_eq!(
+        saved.manifest.command_id.as_deref(),
+        Some(&*taken.command_id)
+    );
+    assert_eq!(
+        saved.manifest.label.as_deref(),
+        Some("before the experiment")
+    );
+    let (_, beta_saved) = posterior_learner::savepoint::version_states(&saved, "beta")
+        .unwrap()
+        .unwrap();
+    assert!(beta_saved.len() > DOCS as usize / 2, "{}", beta_saved.len());
+
+    // Beta learns more after the cut, a new doc included.
+    let new_doc = DOCS + 7;
+    // Right after the samples that moved the watermark past the cut, so
+    // not late, and before the rollback's time (wall clock + lead), so
+    // rolled back.
+    let base = taken.effective_event_time_ms + OUT_OF_ORDERNESS_MS + 1_001;
+    let mut more: Vec<LogRecord> = (0..40)
+        .map(|i| beta_sample(if i == 0 { new_doc } else { i % 10 }, base + i as i64))
+        .collect();
+    // Moves the watermark past all of them: the micro-batches the log left
+    // pending flush by age now, so the other version is quiet from here.
+    more.extend(
+        (0..u64::from(PARTITIONS)).map(|doc| beta_sample(doc, base + 41 + OUT_OF_ORDERNESS_MS)),
+    );
+    produce_samples(&broker, &more, PARTITIONS);
+    let before = settle(&endpoint, |s| {
+        s.get(&("beta".to_owned(), 1))
+            .is_some_and(|p| p.sample_count > 1.0)
+    });
+
+    // The rollback of beta to that savepoint, at its own event time.
+    while unix_ms() + lead_ms < base + 1_000 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rolled = runtime
+        .block_on(admin.rollback_version(bearer(v1::RollbackVersionRequest {
+            version: "beta".into(),
+            savepoint_id: taken.command_id.clone(),
+        })))
+        .unwrap()
+        .into_inner();
+    assert!(rolled.effective_event_time_ms > base);
+    push_watermark_past(&broker, rolled.effective_event_time_ms.max(base + 100));
+    let by_doc: BTreeMap<u64, &posterior_learner::posterior::KeyState> =
+        beta_saved.iter().map(|(d, s)| (*d, s)).collect();
+    let after = settle(&endpoint, |s| {
+        s.iter()
+            .filter(|((v, _), _)| v == "beta")
+            .all(|((_, doc), p)| by_doc.get(doc).is_none_or(|st| p.seq > st.seq))
+            && s.iter()
+                .any(|((v, doc), p)| v == "beta" && before[&(v.clone(), *doc)].seq < p.seq)
+    });
+    let mut compared = 0;
+    for ((version, doc), params) in &after {
+        let old = &before[&(version.clone(), *doc)];
+        if version != "beta" {
+            assert_eq!(params, old, "{version}/{doc}: another version changed");
+            continue;
+        }
+        if let Some(state) = by_doc.get(doc) {
+            assert!(params.seq > old.seq, "doc {doc}: seq went back");
+            let mut expected = params_to_wire("beta", *doc, state);
+            expected.seq = params.seq;
+            assert_eq!(params, &expected, "doc {doc} is not as saved");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, beta_saved.len());
+    // The doc the savepoint lacked is back at the prior, with a newer seq.
+    let new_params = runtime.block_on(async {
+        let mut client = ParamServiceClient::connect(endpoint.clone()).await.unwrap();
+        client
+            .get_params(v1::GetParamsRequest {
+                version: "beta".into(),
+                doc_ids: vec![new_doc],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .params
+            .remove(0)
+    });
+    assert_eq!(new_params.sample_count, 0.0, "{new_params:?}");
+    assert!(new_params.seq >= 2, "{new_params:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&rolled.command_id) && text.contains("rolled \"beta\" back"),
+        "the learner logged the rollback:\n{text}"
+    );
+    stop(learner, &log);
+}
