@@ -128,7 +128,10 @@ impl AdminServiceImpl {
         issued_by: &str,
     ) -> Result<v1::AdminResponse, AdminError> {
         check_label(&request.label)?;
-        let what = format!("savepoint labelled {:?}", request.label);
+        let what = format!(
+            "savepoint labelled {:?} (its id will be the command id)",
+            request.label
+        );
         self.issue(Wire::TriggerSavepoint(request), issued_by, what)
             .await
     }
