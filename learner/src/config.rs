@@ -58,6 +58,22 @@ pub struct FallbackConfig {
     /// `[fallback.kafka]`: the `params` topic the param-servers are fed
     /// by, read to its end at start.
     pub kafka: Option<FallbackKafkaConfig>,
+    /// `[fallback.param_server]`: a param-server's gRPC endpoint; each
+    /// stateless version is read from a `WatchParams` snapshot. At most
+    /// one of the two.
+    pub param_server: Option<FallbackParamServerConfig>,
+}
+
+/// `[fallback.param_server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackParamServerConfig {
+    /// The server's URL, e.g. `http://10.0.0.7:50051` (plaintext; its
+    /// `ParamService` needs no token).
+    pub endpoint: String,
+    /// How long connecting and reading one version's snapshot may take.
+    #[serde(default = "default_fallback_timeout")]
+    pub request_timeout_ms: u64,
 }
 
 /// `[fallback.kafka]`.
@@ -454,6 +470,27 @@ impl Config {
         }
         if let DeadLetterConfig::Kafka(kafka) = &self.dead_letter {
             kafka.validate("dead_letter")?;
+        }
+        if let Some(fallback) = &self.fallback {
+            if fallback.kafka.is_some() && fallback.param_server.is_some() {
+                return bad(
+                    "fallback",
+                    "give one of [fallback.kafka] and [fallback.param_server], not both",
+                );
+            }
+            if let Some(server) = &fallback.param_server {
+                if !(server.endpoint.starts_with("http://")
+                    || server.endpoint.starts_with("https://"))
+                {
+                    return bad(
+                        "fallback.param_server.endpoint",
+                        "must be a URL such as http://host:port",
+                    );
+                }
+                if server.request_timeout_ms == 0 {
+                    return bad("fallback.param_server.request_timeout_ms", "must be >= 1");
+                }
+            }
         }
         if self.order.out_of_orderness_ms < 0 {
             return bad("order.out_of_orderness_ms", "must be >= 0");

@@ -23,11 +23,13 @@
 //! - [`dedup`]: de-duplication by `sample_id` within an event-time window.
 //! - [`batcher`]: per-key micro-batches and their triggers.
 //! - [`registry`]: the A/B version registry and parameter keys.
-//! - [`control`]: admin commands (create, fork, retire) applied at an event time.
+//! - [`control`]: admin commands (create, fork, retire, savepoint, rollback)
+//!   applied at an event time.
 //! - [`codec`]: byte encodings of the engine state (keys sort in release order).
 //! - [`runner`]: drives the engine over a source with checkpoints.
 //! - [`savepoint`]: portable, verified snapshots; split by partition.
-//! - [`fallback`]: the restore of last resort from served parameters.
+//! - [`fallback`]: the restore of last resort from served parameters
+//!   (the `params` topic, or a param-server: [`served`]).
 //! - [`dump`]: every key's state as exact JSONL.
 //! - [`store`]: the RocksDB state store; its doc states the delivery guarantee.
 //! - [`meta`]: the small named state: offsets, clocks, registry, counters.
@@ -68,6 +70,8 @@ pub mod runner;
 pub mod sample;
 #[cfg(feature = "io")]
 pub mod savepoint;
+#[cfg(feature = "io")]
+pub mod served;
 pub mod simulation;
 #[cfg(feature = "io")]
 pub mod store;

@@ -53,6 +53,57 @@ pub fn params_to_wire(version: &str, doc_id: u64, state: &KeyState) -> v1::Param
     }
 }
 
+/// A key's state from its wire parameters, as `GetParams` and
+/// `WatchParams` serve them: the inverse of [`params_to_wire`], exact for
+/// every model (α and β; the mean and the diagonal or packed
+/// lower-triangular precision are the stored floats). Refuses a message
+/// without a model, of an unknown covariance form, or whose numbers are
+/// not a valid posterior, naming the field.
+pub fn params_from_wire(params: &v1::Params) -> Result<KeyState, String> {
+    use crate::posterior::{BetaPosterior, DiagonalGaussian, FullGaussian};
+    let posterior = match &params.model {
+        Some(v1::params::Model::Beta(b)) => {
+            Posterior::Beta(BetaPosterior::from_parts(b.alpha, b.beta).map_err(|e| e.to_string())?)
+        }
+        Some(v1::params::Model::Gaussian(g)) => match v1::CovarianceForm::try_from(g.form) {
+            Ok(v1::CovarianceForm::Diagonal) => Posterior::Diagonal(
+                DiagonalGaussian::from_parts(g.mean.clone(), g.precision.clone())
+                    .map_err(|e| e.to_string())?,
+            ),
+            Ok(v1::CovarianceForm::Full) => {
+                let d = g.mean.len();
+                if g.precision.len() != d * (d + 1) / 2 {
+                    return Err(format!(
+                        "packed precision holds {} values, dimension {d} needs {}",
+                        g.precision.len(),
+                        d * (d + 1) / 2
+                    ));
+                }
+                let mut q = ndarray::Array2::zeros((d, d));
+                let mut packed = g.precision.iter();
+                for i in 0..d {
+                    for j in 0..=i {
+                        let v = *packed.next().expect("length checked");
+                        q[(i, j)] = v;
+                        q[(j, i)] = v;
+                    }
+                }
+                Posterior::Full(
+                    FullGaussian::from_parts(g.mean.clone(), q).map_err(|e| e.to_string())?,
+                )
+            }
+            _ => return Err(format!("unknown covariance form {}", g.form)),
+        },
+        None => return Err("no model".into()),
+    };
+    Ok(KeyState {
+        seq: params.seq,
+        sample_count: params.sample_count,
+        updated_event_time_ms: params.updated_event_time_ms,
+        posterior,
+    })
+}
+
 /// The changelog record of a key: its wire parameters plus the exact
 /// binary state, from which a replica rebuilds it bit for bit.
 pub fn update_to_wire(version: &str, doc_id: u64, state: &KeyState) -> v1::ParamUpdate {
@@ -178,5 +229,76 @@ impl ParamsRecord {
         v1::ParamUpdate::decode(value)
             .map(Self::Update)
             .map_err(undecodable("param update"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::posterior::{
+        BetaPrior, CovarianceForm, LogisticPrior, ModelKind, ModelSpec, Observation,
+    };
+
+    /// A state of `kind` after a few updates, so no value is the prior's.
+    fn learned(kind: ModelKind, dim: usize) -> KeyState {
+        let spec = ModelSpec::new(kind);
+        let mut state = KeyState::prior(&spec);
+        for i in 0..5 {
+            let context: Vec<f32> = (0..dim).map(|j| ((i + j) % 3) as f32 - 0.7).collect();
+            let obs = Observation {
+                context: &context,
+                reward: i % 2 == 0,
+                weight: 1.0,
+                event_time_ms: 100 + i as i64,
+            };
+            state.update(&spec, &[obs]).unwrap();
+        }
+        state
+    }
+
+    #[test]
+    fn wire_params_give_back_the_exact_state_of_every_model() {
+        let states = [
+            learned(ModelKind::Beta(BetaPrior::UNIFORM), 0),
+            learned(
+                ModelKind::Logistic(
+                    LogisticPrior::isotropic(CovarianceForm::Diagonal, 4, 1.0).unwrap(),
+                ),
+                4,
+            ),
+            learned(
+                ModelKind::Logistic(LogisticPrior::isotropic(CovarianceForm::Full, 3, 2.0).unwrap()),
+                3,
+            ),
+        ];
+        for state in states {
+            let wire = params_to_wire("v", 7, &state);
+            let back = params_from_wire(&wire).unwrap();
+            assert_eq!(back.encode(), state.encode(), "{state:?}");
+        }
+    }
+
+    #[test]
+    fn wire_params_that_are_no_posterior_are_refused_by_name() {
+        let state = learned(
+            ModelKind::Logistic(LogisticPrior::isotropic(CovarianceForm::Full, 3, 2.0).unwrap()),
+            3,
+        );
+        let mut wire = params_to_wire("v", 7, &state);
+        wire.model = None;
+        assert_eq!(params_from_wire(&wire).unwrap_err(), "no model");
+        let mut wire = params_to_wire("v", 7, &state);
+        let Some(v1::params::Model::Gaussian(g)) = wire.model.as_mut() else {
+            unreachable!()
+        };
+        g.precision.pop();
+        let err = params_from_wire(&wire).unwrap_err();
+        assert!(err.contains("packed precision holds 5"), "{err}");
+        let mut wire = params_to_wire("v", 7, &learned(ModelKind::Beta(BetaPrior::UNIFORM), 0));
+        if let Some(v1::params::Model::Beta(b)) = wire.model.as_mut() {
+            b.alpha = f64::NAN;
+        }
+        let err = params_from_wire(&wire).unwrap_err();
+        assert!(err.contains("alpha"), "{err}");
     }
 }

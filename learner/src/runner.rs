@@ -277,19 +277,26 @@ fn seed_stateless(engine: &mut Engine, versions: &[String], config: &Config) -> 
 
 /// The served-parameters source the config names (`[fallback]`), if any.
 pub fn open_served(config: &Config) -> Result<Option<Box<dyn ServedParams>>> {
-    Ok(
-        match config.fallback.as_ref().and_then(|f| f.kafka.as_ref()) {
-            Some(kafka) => Some(Box::new(
-                ParamsTopic::read(
-                    &kafka.brokers,
-                    &kafka.topic,
-                    Duration::from_millis(kafka.request_timeout_ms),
-                )
-                .context("read the params topic for the fallback restore")?,
-            )),
-            None => None,
-        },
-    )
+    let Some(fallback) = config.fallback.as_ref() else {
+        return Ok(None);
+    };
+    if let Some(kafka) = &fallback.kafka {
+        return Ok(Some(Box::new(
+            ParamsTopic::read(
+                &kafka.brokers,
+                &kafka.topic,
+                Duration::from_millis(kafka.request_timeout_ms),
+            )
+            .context("read the params topic for the fallback restore")?,
+        )));
+    }
+    if let Some(server) = &fallback.param_server {
+        return Ok(Some(Box::new(crate::served::ParamServerSource::new(
+            &server.endpoint,
+            Duration::from_millis(server.request_timeout_ms),
+        )?)));
+    }
+    Ok(None)
 }
 
 /// The sink the config names: the Kafka `params` topic, or none.
