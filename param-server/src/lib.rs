@@ -21,6 +21,8 @@
 //! - [`tls`]: TLS / mTLS settings loaded and checked before binding.
 //! - [`server`]: `serve(listener, …, shutdown)` with health and reflection.
 //! - [`limits`]: the bounds of every request, response and buffer.
+//! - [`admission`]: the server-wide work slots, the bounded wait for
+//!   one, and what is shed (`RESOURCE_EXHAUSTED`) under overload.
 //! - [`feed`]: applies `ParamChange` batches from a channel (the learner's
 //!   in-process sink).
 //! - [`config`]: the binary's TOML configuration, validated before binding.
@@ -28,6 +30,7 @@
 //! - [`error`]: the store's and the services' errors, mapped to gRPC codes.
 
 pub mod admin;
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod config;
@@ -49,6 +52,7 @@ pub mod version;
 pub mod watch;
 
 pub use admin::AdminServiceImpl;
+pub use admission::{Admission, AdmissionStats, Shed};
 pub use control::{ControlPlane, ControlPlaneError, InProcessControlPlane};
 pub use error::{AdminError, ServeError, StoreError};
 pub use limits::Limits;
