@@ -378,7 +378,7 @@ impl Admission {
         counter.fetch_add(1, Ordering::Relaxed);
         let now_ms = millis(self.started.elapsed()).max(1);
         let last = self.last_warning_ms.load(Ordering::Relaxed);
-        if (last == 0 || now_ms - last >= millis(WARN_INTERVAL))
+        if (last == 0 || now_ms.saturating_sub(last) >= millis(WARN_INTERVAL))
             && self
                 .last_warning_ms
                 .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
