@@ -8,6 +8,8 @@
 //! - [`stored`]: a key's state in the store's compact, immutable form.
 //! - [`version`]: a served version: spec, prior, table, update stream.
 //! - [`service`]: `posterior.v1.ParamService`: thin handlers over the store.
+//! - [`routes`]: the service as mounted: `GetParams` answered with bytes
+//!   encoded in its work slot ([`encoded`]), the rest generated.
 //! - [`request`]: wire requests checked and converted to domain requests.
 //! - [`sampler`]: server-side Thompson draws and mean scores.
 //! - [`watch`]: `WatchParams` streams: snapshot, updates, bounded buffers.
@@ -35,11 +37,13 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod encoded;
 pub mod error;
 pub mod feed;
 pub mod guard;
 pub mod limits;
 pub mod request;
+pub mod routes;
 pub mod runner;
 pub mod sampler;
 pub mod server;

@@ -21,6 +21,7 @@ use crate::audit::AuditLog;
 use crate::auth::TokenSet;
 use crate::guard::AdminGuard;
 use crate::limits::Limits;
+use crate::routes::ParamRoutes;
 use crate::service::ParamServiceImpl;
 use crate::store::ParamStore;
 
@@ -81,9 +82,7 @@ pub async fn serve(
     let service = ParamServiceImpl::new(store, limits.clone());
     let admission = Arc::clone(service.admission());
     tracing::info!(work_slots = admission.slots(), "ParamService admission");
-    let params = ParamServiceServer::new(service)
-        .max_decoding_message_size(limits.max_request_bytes)
-        .max_encoding_message_size(limits.max_response_bytes);
+    let params = ParamRoutes::new(service, &limits);
     let admin = match options.admin {
         Some(setup) => {
             health

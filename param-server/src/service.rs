@@ -11,6 +11,7 @@ use posterior_proto::v1::param_service_server::ParamService;
 use tonic::{Request, Response, Status};
 
 use crate::admission::{Admission, Ticket, WorkKind};
+use crate::encoded::Encoded;
 use crate::error::ServeError;
 use crate::limits::Limits;
 use crate::request::{DocsRequest, SampleRequest, WatchRequest};
@@ -79,12 +80,14 @@ impl ParamServiceImpl {
     }
 }
 
-#[tonic::async_trait]
-impl ParamService for ParamServiceImpl {
-    async fn get_params(
+impl ParamServiceImpl {
+    /// `GetParams` in a work slot: checks the request, waits for
+    /// admission, and runs `finish` on the response in the slot too.
+    async fn admitted_get_params<T: Send + 'static>(
         &self,
         request: Request<v1::GetParamsRequest>,
-    ) -> Result<Response<v1::GetParamsResponse>, Status> {
+        finish: impl FnOnce(v1::GetParamsResponse) -> T + Send + 'static,
+    ) -> Result<Response<T>, Status> {
         let (metadata, _, request) = request.into_parts();
         let request = DocsRequest::checked(request, &self.limits)?;
         let docs = request.doc_ids.len();
@@ -93,10 +96,33 @@ impl ParamService for ParamServiceImpl {
         let this = self.clone();
         let response = self
             .admission
-            .run(ticket, move || ParamServiceImpl::get_params(&this, request))
+            .run(ticket, move || {
+                ParamServiceImpl::get_params(&this, request).map(finish)
+            })
             .await
             .map_err(ServeError::from)??;
         Ok(Response::new(response))
+    }
+
+    /// `GetParams` whose response is encoded in the work slot, so the
+    /// slot bounds that CPU too and the runtime's worker only copies
+    /// bytes ([`crate::routes`] serves it).
+    pub async fn get_params_encoded(
+        &self,
+        request: Request<v1::GetParamsRequest>,
+    ) -> Result<Response<Encoded>, Status> {
+        self.admitted_get_params(request, |response| Encoded::of(&response))
+            .await
+    }
+}
+
+#[tonic::async_trait]
+impl ParamService for ParamServiceImpl {
+    async fn get_params(
+        &self,
+        request: Request<v1::GetParamsRequest>,
+    ) -> Result<Response<v1::GetParamsResponse>, Status> {
+        self.admitted_get_params(request, |response| response).await
     }
 
     async fn sample_scores(
