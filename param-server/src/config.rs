@@ -14,7 +14,13 @@
 //! max_watchers_per_version = 64
 //! watch_stream_events = 256
 //! max_concurrent_requests_per_connection = 256
+//! max_streams_per_connection = 512
 //! request_timeout_ms = 5000
+//! # Admission (overload): 0 work slots = one per core.
+//! work_slots = 0
+//! max_queued_requests = 1024
+//! max_queued_request_bytes = 67108864
+//! max_queue_wait_ms = 100
 //!
 //! [admin]
 //! tokens_file = "/etc/posterior/admin-tokens"
@@ -68,6 +74,11 @@ pub struct Config {
     #[serde(default)]
     pub versions: Vec<VersionConfig>,
 }
+
+/// Largest `limits.work_slots` (threads of the blocking pool at once).
+pub const MAX_WORK_SLOTS: usize = 256;
+/// Largest `limits.max_queued_requests`.
+pub const MAX_QUEUED_REQUESTS: usize = 1 << 20;
 
 /// Default `admin.command_lead_ms`.
 pub const DEFAULT_COMMAND_LEAD_MS: u64 = 2_000;
@@ -218,10 +229,43 @@ impl Config {
                 1,
             ),
             ("request_timeout_ms", l.request_timeout_ms as usize, 1),
+            (
+                "max_streams_per_connection",
+                l.max_streams_per_connection,
+                l.max_concurrent_requests_per_connection,
+            ),
+            (
+                "max_queued_request_bytes",
+                l.max_queued_request_bytes,
+                l.max_request_bytes,
+            ),
         ];
         for (key, value, min) in checks {
             if value < min {
                 return Err(bad(format!("limits.{key}"), format!("must be >= {min}")));
+            }
+        }
+        let maxima = [
+            (
+                "max_streams_per_connection",
+                l.max_streams_per_connection,
+                u32::MAX as usize,
+            ),
+            ("work_slots", l.work_slots, MAX_WORK_SLOTS),
+            (
+                "max_queued_requests",
+                l.max_queued_requests,
+                MAX_QUEUED_REQUESTS,
+            ),
+            (
+                "max_queue_wait_ms",
+                l.max_queue_wait_ms as usize,
+                l.request_timeout_ms as usize,
+            ),
+        ];
+        for (key, value, max) in maxima {
+            if value > max {
+                return Err(bad(format!("limits.{key}"), format!("must be <= {max}")));
             }
         }
         Ok(())
@@ -368,6 +412,22 @@ reward_label = "click"
             (
                 GOOD.replace("[limits]", "[limits]\nmax_dogs = 3"),
                 "max_dogs",
+            ),
+            (
+                GOOD.replace("[limits]", "[limits]\nmax_streams_per_connection = 255"),
+                "limits.max_streams_per_connection",
+            ),
+            (
+                GOOD.replace("[limits]", "[limits]\nmax_queue_wait_ms = 5001"),
+                "limits.max_queue_wait_ms",
+            ),
+            (
+                GOOD.replace("[limits]", "[limits]\nwork_slots = 257"),
+                "limits.work_slots",
+            ),
+            (
+                GOOD.replace("[limits]", "[limits]\nmax_queued_request_bytes = 1024"),
+                "limits.max_queued_request_bytes",
             ),
             (
                 format!("{GOOD}\n[admin]\ncontrol_queue = 0\n"),

@@ -4,6 +4,7 @@
 use posterior_learner::PosteriorError;
 use tonic::{Code, Status};
 
+use crate::admission::Shed;
 use crate::auth::AuthError;
 use crate::control::ControlPlaneError;
 use crate::version::ModelShape;
@@ -97,6 +98,10 @@ pub enum ServeError {
     /// in those checks, reported as the input error it is).
     #[error("rejected by the posterior: {0}")]
     Posterior(#[from] PosteriorError),
+    /// Not admitted: the server is overloaded, or the request's deadline
+    /// is too short for its work.
+    #[error(transparent)]
+    Shed(#[from] Shed),
     /// Too many watchers of one version at once.
     #[error("{max} watchers already follow version {version:?}")]
     TooManyWatchers {
@@ -122,6 +127,14 @@ impl ServeError {
             | ServeError::WrongDimension { .. }
             | ServeError::Posterior(_) => Code::InvalidArgument,
             ServeError::TooManyWatchers { .. } => Code::ResourceExhausted,
+            ServeError::Shed(Shed::Deadline { .. }) => Code::DeadlineExceeded,
+            ServeError::Shed(Shed::ShuttingDown) => Code::Unavailable,
+            ServeError::Shed(
+                Shed::QueueFull { .. }
+                | Shed::QueueBytes { .. }
+                | Shed::Backlog { .. }
+                | Shed::Waited { .. },
+            ) => Code::ResourceExhausted,
         }
     }
 }

@@ -8,6 +8,8 @@
 //! - [`stored`]: a key's state in the store's compact, immutable form.
 //! - [`version`]: a served version: spec, prior, table, update stream.
 //! - [`service`]: `posterior.v1.ParamService`: thin handlers over the store.
+//! - [`routes`]: the service as mounted: `GetParams` answered with bytes
+//!   encoded in its work slot ([`encoded`]), the rest generated.
 //! - [`request`]: wire requests checked and converted to domain requests.
 //! - [`sampler`]: server-side Thompson draws and mean scores.
 //! - [`watch`]: `WatchParams` streams: snapshot, updates, bounded buffers.
@@ -21,6 +23,8 @@
 //! - [`tls`]: TLS / mTLS settings loaded and checked before binding.
 //! - [`server`]: `serve(listener, …, shutdown)` with health and reflection.
 //! - [`limits`]: the bounds of every request, response and buffer.
+//! - [`admission`]: the server-wide work slots, the bounded wait for
+//!   one, and what is shed (`RESOURCE_EXHAUSTED`) under overload.
 //! - [`feed`]: applies `ParamChange` batches from a channel (the learner's
 //!   in-process sink).
 //! - [`config`]: the binary's TOML configuration, validated before binding.
@@ -28,15 +32,18 @@
 //! - [`error`]: the store's and the services' errors, mapped to gRPC codes.
 
 pub mod admin;
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod encoded;
 pub mod error;
 pub mod feed;
 pub mod guard;
 pub mod limits;
 pub mod request;
+pub mod routes;
 pub mod runner;
 pub mod sampler;
 pub mod server;
@@ -49,6 +56,7 @@ pub mod version;
 pub mod watch;
 
 pub use admin::AdminServiceImpl;
+pub use admission::{Admission, AdmissionStats, Shed};
 pub use control::{ControlPlane, ControlPlaneError, InProcessControlPlane};
 pub use error::{AdminError, ServeError, StoreError};
 pub use limits::Limits;

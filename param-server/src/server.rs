@@ -1,9 +1,10 @@
 //! The gRPC server: `ParamService`, the guarded `AdminService` (when
 //! tokens are configured), the standard health service and server
 //! reflection on one listener, optionally over TLS, until a shutdown
-//! future resolves. Per connection, requests beyond the concurrency limit
-//! are shed with `RESOURCE_EXHAUSTED` (not queued), and every request has
-//! a timeout.
+//! future resolves. `ParamService`'s work is admitted server-wide
+//! ([`crate::admission`]); per connection, requests beyond the concurrency
+//! limit are shed with `RESOURCE_EXHAUSTED` (not queued), open streams are
+//! bounded, and every request has a timeout.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::audit::AuditLog;
 use crate::auth::TokenSet;
 use crate::guard::AdminGuard;
 use crate::limits::Limits;
+use crate::routes::ParamRoutes;
 use crate::service::ParamServiceImpl;
 use crate::store::ParamStore;
 
@@ -77,9 +79,10 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(posterior_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let params = ParamServiceServer::new(ParamServiceImpl::new(store, limits.clone()))
-        .max_decoding_message_size(limits.max_request_bytes)
-        .max_encoding_message_size(limits.max_response_bytes);
+    let service = ParamServiceImpl::new(store, limits.clone());
+    let admission = Arc::clone(service.admission());
+    tracing::info!(work_slots = admission.slots(), "ParamService admission");
+    let params = ParamRoutes::new(service, &limits);
     let admin = match options.admin {
         Some(setup) => {
             health
@@ -107,6 +110,9 @@ pub async fn serve(
     let serving = builder
         .concurrency_limit_per_connection(limits.max_concurrent_requests_per_connection)
         .load_shed(true)
+        .max_concurrent_streams(
+            u32::try_from(limits.max_streams_per_connection).unwrap_or(u32::MAX),
+        )
         .timeout(Duration::from_millis(limits.request_timeout_ms))
         .add_service(health_service)
         .add_service(reflection)
@@ -120,14 +126,23 @@ pub async fn serve(
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        served = serving => served?,
+    let served = tokio::select! {
+        served = serving => served,
         () = grace_over => {
             tracing::warn!(
                 grace_s = SHUTDOWN_GRACE.as_secs(),
                 "connections still open after the shutdown grace; stopping regardless"
             );
+            Ok(())
         }
-    }
-    Ok(())
+    };
+    let stats = admission.stats();
+    tracing::info!(
+        admitted = stats.admitted,
+        admitted_after_wait = stats.admitted_after_wait,
+        shed = stats.shed(),
+        refused_deadline = stats.refused_deadline,
+        "ParamService admission totals"
+    );
+    Ok(served?)
 }

@@ -1,6 +1,8 @@
 //! `posterior.v1.ParamService` over the store. Handlers are thin: check
 //! and convert the request, call a plain function, convert the result;
 //! errors become status codes in one place (`ServeError::code`).
+//! `GetParams` and `SampleScores` do their work in a server-wide work
+//! slot ([`crate::admission`]) or are shed.
 
 use std::sync::Arc;
 
@@ -8,6 +10,8 @@ use posterior_proto::v1;
 use posterior_proto::v1::param_service_server::ParamService;
 use tonic::{Request, Response, Status};
 
+use crate::admission::{Admission, Ticket, WorkKind};
+use crate::encoded::Encoded;
 use crate::error::ServeError;
 use crate::limits::Limits;
 use crate::request::{DocsRequest, SampleRequest, WatchRequest};
@@ -20,12 +24,34 @@ use crate::watch::{WatchStream, watch};
 pub struct ParamServiceImpl {
     store: Arc<ParamStore>,
     limits: Limits,
+    admission: Arc<Admission>,
 }
 
 impl ParamServiceImpl {
-    /// A service over `store` with `limits`.
+    /// A service over `store` with `limits`, admitting work through its
+    /// own [`Admission`] built from them.
     pub fn new(store: Arc<ParamStore>, limits: Limits) -> Self {
-        Self { store, limits }
+        let admission = Arc::new(Admission::new(&limits));
+        Self::with_admission(store, limits, admission)
+    }
+
+    /// A service whose work goes through `admission` (shared, e.g. to read
+    /// its [`stats`](Admission::stats)).
+    pub fn with_admission(
+        store: Arc<ParamStore>,
+        limits: Limits,
+        admission: Arc<Admission>,
+    ) -> Self {
+        Self {
+            store,
+            limits,
+            admission,
+        }
+    }
+
+    /// The admission control of this service's work.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     /// `GetParams` without the transport.
@@ -54,24 +80,71 @@ impl ParamServiceImpl {
     }
 }
 
+impl ParamServiceImpl {
+    /// `GetParams` in a work slot: checks the request, waits for
+    /// admission, and runs `finish` on the response in the slot too.
+    async fn admitted_get_params<T: Send + 'static>(
+        &self,
+        request: Request<v1::GetParamsRequest>,
+        finish: impl FnOnce(v1::GetParamsResponse) -> T + Send + 'static,
+    ) -> Result<Response<T>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let request = DocsRequest::checked(request, &self.limits)?;
+        let docs = request.doc_ids.len();
+        let bytes = request.version.len() + docs * size_of::<u64>();
+        let ticket = Ticket::new(WorkKind::GetParams, docs, bytes, &metadata, &self.limits);
+        let this = self.clone();
+        let response = self
+            .admission
+            .run(ticket, move || {
+                ParamServiceImpl::get_params(&this, request).map(finish)
+            })
+            .await
+            .map_err(ServeError::from)??;
+        Ok(Response::new(response))
+    }
+
+    /// `GetParams` whose response is encoded in the work slot, so the
+    /// slot bounds that CPU too and the runtime's worker only copies
+    /// bytes ([`crate::routes`] serves it).
+    pub async fn get_params_encoded(
+        &self,
+        request: Request<v1::GetParamsRequest>,
+    ) -> Result<Response<Encoded>, Status> {
+        self.admitted_get_params(request, |response| Encoded::of(&response))
+            .await
+    }
+}
+
 #[tonic::async_trait]
 impl ParamService for ParamServiceImpl {
     async fn get_params(
         &self,
         request: Request<v1::GetParamsRequest>,
     ) -> Result<Response<v1::GetParamsResponse>, Status> {
-        let request = DocsRequest::checked(request.into_inner(), &self.limits)?;
-        Ok(Response::new(ParamServiceImpl::get_params(self, request)?))
+        self.admitted_get_params(request, |response| response).await
     }
 
     async fn sample_scores(
         &self,
         request: Request<v1::SampleScoresRequest>,
     ) -> Result<Response<v1::SampleScoresResponse>, Status> {
-        let request = SampleRequest::checked(request.into_inner(), &self.limits)?;
-        Ok(Response::new(ParamServiceImpl::sample_scores(
-            self, request,
-        )?))
+        let (metadata, _, request) = request.into_parts();
+        let request = SampleRequest::checked(request, &self.limits)?;
+        let docs = request.docs.doc_ids.len();
+        let bytes = request.docs.version.len()
+            + docs * size_of::<u64>()
+            + request.context.len() * size_of::<f32>();
+        let ticket = Ticket::new(WorkKind::SampleScores, docs, bytes, &metadata, &self.limits);
+        let this = self.clone();
+        let response = self
+            .admission
+            .run(ticket, move || {
+                ParamServiceImpl::sample_scores(&this, request)
+            })
+            .await
+            .map_err(ServeError::from)??;
+        Ok(Response::new(response))
     }
 
     type WatchParamsStream = WatchStream;

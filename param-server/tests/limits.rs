@@ -225,3 +225,31 @@ async fn requests_beyond_the_concurrency_limit_are_shed_as_exhausted() {
     assert_serving(&server).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_response_over_the_size_limit_is_refused_and_a_smaller_one_served() {
+    let server = TestServer::start(
+        Limits {
+            max_response_bytes: 2 << 10,
+            ..Limits::default()
+        },
+        64,
+    )
+    .await;
+    let mut client = server.client().await;
+    // 100 diagonal d = 4 params: about 12 KiB encoded.
+    let status = client
+        .get_params(get("dwell", (0..100).collect()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    let params = client
+        .get_params(get("dwell", vec![1, 2]))
+        .await
+        .unwrap()
+        .into_inner()
+        .params;
+    assert_eq!(params.len(), 2);
+    assert_serving(&server).await;
+    server.stop().await;
+}

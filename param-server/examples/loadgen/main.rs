@@ -195,6 +195,16 @@ fn start_server(args: &Args, pinning: Pinning) -> Result<Server> {
 }
 
 fn main() -> Result<()> {
+    // The server's warnings (admission shedding, with its reasons) and its
+    // admission totals at shutdown; `RUST_LOG` overrides.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,posterior_param_server::server=info")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let pinning = Pinning::choose(&args);
     let load_start = procfs::load_average()?;

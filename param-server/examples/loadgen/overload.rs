@@ -1,7 +1,7 @@
 //! Overload: an open-loop client offering `GetParams` at a fixed rate
 //! above the measured capacity, over a few connections. Counts what the
-//! server admits and what it sheds (`RESOURCE_EXHAUSTED`, from the
-//! per-connection concurrency limit), the latency of admitted requests,
+//! server admits and what it sheds (`RESOURCE_EXHAUSTED`, from admission
+//! or the per-connection concurrency limit), the latency of admitted requests,
 //! and the process's resident memory before, at its peak and after.
 
 use std::collections::BTreeMap;

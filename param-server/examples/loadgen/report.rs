@@ -188,14 +188,21 @@ fn print_overload(results: &Results) {
     let Some((plan, o)) = &results.overload else {
         return;
     };
+    let limits = posterior_param_server::Limits::default();
     println!(
         "Overload: GetParams of {} docs offered open-loop at {:.0} requests/s ({:.1} s, {} \
-         connections, server limit {} requests in flight per connection):\n",
+         connections; default limits: {} requests in flight per connection, work slots {}, \
+         at most {} ms waiting for one):\n",
         plan.batch,
         o.offered_per_s,
         plan.duration.as_secs_f64(),
         plan.connections,
-        posterior_param_server::Limits::default().max_concurrent_requests_per_connection
+        limits.max_concurrent_requests_per_connection,
+        match limits.work_slots {
+            0 => "one per core".to_owned(),
+            n => n.to_string(),
+        },
+        limits.max_queue_wait_ms,
     );
     let sent = o.sent.max(1) as f64;
     let refused: Vec<String> = o
