@@ -59,6 +59,10 @@ impl EmbeddedServer {
             config.versions.is_empty(),
             "{CONFIG_KEY}.versions: an embedded param-server serves the learner's versions; remove the table"
         );
+        anyhow::ensure!(
+            config.feed == Default::default() && config.control == Default::default(),
+            "{CONFIG_KEY}.feed / {CONFIG_KEY}.control: an embedded param-server is fed by the learner and reaches it in process; remove the tables"
+        );
         config.versions = versions.to_vec();
         let store = build_store(&config).with_context(|| format!("invalid [{CONFIG_KEY}]"))?;
         let (control, mut commands) = InProcessControlPlane::channel(config.admin.control_queue);

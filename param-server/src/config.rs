@@ -30,11 +30,31 @@
 //! cert_file = "/etc/posterior/tls/server.pem"
 //! key_file = "/etc/posterior/tls/server.key"
 //!
+//! # A standalone replica: follow the learner's `params` topic, keep a
+//! # local snapshot, send admin commands to the `control` topic.
+//! [feed.kafka]
+//! brokers = "127.0.0.1:9092"
+//! topic = "params"
+//! request_timeout_ms = 10000
+//!
+//! [feed.snapshot]
+//! dir = "/var/lib/posterior/replica"
+//! every_ms = 60000
+//!
+//! [control.kafka]
+//! brokers = "127.0.0.1:9092"
+//! topic = "control"
+//! delivery_timeout_ms = 5000
+//!
 //! [[versions]]
 //! name = "ctr-beta"
 //! model = "beta"
 //! reward_label = "click"
 //! ```
+//!
+//! The `[feed.kafka]` and `[control.kafka]` tables need the crate's
+//! `kafka` feature (on by default); a build without it refuses them by
+//! name rather than ignoring them.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -68,6 +88,15 @@ pub struct Config {
     /// TLS (and mTLS) of the listener; plaintext when absent.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Where updates come from besides an embedding learner: the Kafka
+    /// `params` topic and the local snapshot (`[feed.kafka]`,
+    /// `[feed.snapshot]`).
+    #[serde(default)]
+    pub feed: FeedConfig,
+    /// Where admin commands go in a standalone server: the Kafka
+    /// `control` topic (`[control.kafka]`).
+    #[serde(default)]
+    pub control: ControlConfig,
     /// The versions served from the start, as in the learner's config.
     /// May be empty: the learner announces its versions (admin-created
     /// ones included) through the feed, and they are served from then on.
@@ -162,6 +191,113 @@ pub struct TlsConfig {
     pub client_ca_file: Option<PathBuf>,
 }
 
+/// The `[feed]` table: how a standalone replica is fed.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Follow the learner's `params` topic (every partition, forever).
+    #[serde(default)]
+    pub kafka: Option<KafkaFeedConfig>,
+    /// Keep a local snapshot of the served state and the topic offsets,
+    /// so a restart resumes instead of reading the topic from its start.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotConfig>,
+}
+
+/// Default `feed.kafka.topic`.
+pub const DEFAULT_PARAMS_TOPIC: &str = "params";
+/// Default `feed.kafka.request_timeout_ms` and `control.kafka.request_timeout_ms`.
+pub const DEFAULT_KAFKA_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Largest `*.request_timeout_ms` and `control.kafka.delivery_timeout_ms` (10 minutes).
+pub const MAX_KAFKA_TIMEOUT_MS: u64 = 600_000;
+/// Default `feed.snapshot.every_ms` (one minute).
+pub const DEFAULT_SNAPSHOT_EVERY_MS: u64 = 60_000;
+/// Smallest `feed.snapshot.every_ms`.
+pub const MIN_SNAPSHOT_EVERY_MS: u64 = 100;
+/// Largest `feed.snapshot.every_ms` (one day).
+pub const MAX_SNAPSHOT_EVERY_MS: u64 = 86_400_000;
+/// Default `control.kafka.topic`.
+pub const DEFAULT_CONTROL_TOPIC: &str = "control";
+/// Default `control.kafka.delivery_timeout_ms`.
+pub const DEFAULT_DELIVERY_TIMEOUT_MS: u64 = 5_000;
+
+/// The `[feed.kafka]` table: the learner's `params` topic. The replica
+/// assigns itself every partition (no consumer group: each replica reads
+/// the whole topic) and follows it until shutdown.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaFeedConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The topic the learner's `[publish.kafka]` writes to.
+    #[serde(default = "default_params_topic")]
+    pub topic: String,
+    /// How long the metadata and watermark requests at start may take.
+    #[serde(default = "default_kafka_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Extra librdkafka consumer properties (security settings, fetch
+    /// sizes); `bootstrap.servers`, `group.id` and the offset settings are
+    /// the replica's own.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// The `[feed.snapshot]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Directory of the snapshot file (created when missing).
+    pub dir: PathBuf,
+    /// Time between two snapshots; one is also written at shutdown.
+    #[serde(default = "default_snapshot_every_ms")]
+    pub every_ms: u64,
+}
+
+/// The `[control]` table.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Send admin commands to the learners' `control` topic.
+    #[serde(default)]
+    pub kafka: Option<KafkaControlConfig>,
+}
+
+/// The `[control.kafka]` table: the topic whose partition 0 every
+/// learner reads (the learner's `[control]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaControlConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The control topic.
+    #[serde(default = "default_control_topic")]
+    pub topic: String,
+    /// How long an admin call waits for the broker to acknowledge its
+    /// command before it fails with UNAVAILABLE.
+    #[serde(default = "default_delivery_timeout_ms")]
+    pub delivery_timeout_ms: u64,
+}
+
+fn default_params_topic() -> String {
+    DEFAULT_PARAMS_TOPIC.to_owned()
+}
+
+fn default_control_topic() -> String {
+    DEFAULT_CONTROL_TOPIC.to_owned()
+}
+
+fn default_kafka_request_timeout_ms() -> u64 {
+    DEFAULT_KAFKA_REQUEST_TIMEOUT_MS
+}
+
+fn default_snapshot_every_ms() -> u64 {
+    DEFAULT_SNAPSHOT_EVERY_MS
+}
+
+fn default_delivery_timeout_ms() -> u64 {
+    DEFAULT_DELIVERY_TIMEOUT_MS
+}
+
 fn default_watch_buffer() -> usize {
     DEFAULT_WATCH_BUFFER
 }
@@ -203,6 +339,8 @@ impl Config {
         self.validate_limits()?;
         self.validate_admin()?;
         self.validate_tls()?;
+        self.validate_feed()?;
+        self.validate_control()?;
         let mut names = HashSet::new();
         for (i, version) in self.versions.iter().enumerate() {
             if !names.insert(version.name.as_str()) {
@@ -317,6 +455,44 @@ impl Config {
         Ok(())
     }
 
+    fn validate_feed(&self) -> Result<(), ConfigError> {
+        if let Some(kafka) = &self.feed.kafka {
+            kafka_available("feed.kafka")?;
+            kafka_endpoint("feed.kafka", &kafka.brokers, &kafka.topic)?;
+            timeout_ms("feed.kafka.request_timeout_ms", kafka.request_timeout_ms)?;
+        }
+        if let Some(snapshot) = &self.feed.snapshot {
+            if self.feed.kafka.is_none() {
+                return Err(bad(
+                    "feed.snapshot",
+                    "needs [feed.kafka]: the snapshot stores the topic's offsets",
+                ));
+            }
+            if snapshot.dir.as_os_str().is_empty() {
+                return Err(bad("feed.snapshot.dir", "must not be empty"));
+            }
+            if !(MIN_SNAPSHOT_EVERY_MS..=MAX_SNAPSHOT_EVERY_MS).contains(&snapshot.every_ms) {
+                return Err(bad(
+                    "feed.snapshot.every_ms",
+                    format!("must be in {MIN_SNAPSHOT_EVERY_MS}..={MAX_SNAPSHOT_EVERY_MS}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_control(&self) -> Result<(), ConfigError> {
+        if let Some(kafka) = &self.control.kafka {
+            kafka_available("control.kafka")?;
+            kafka_endpoint("control.kafka", &kafka.brokers, &kafka.topic)?;
+            timeout_ms(
+                "control.kafka.delivery_timeout_ms",
+                kafka.delivery_timeout_ms,
+            )?;
+        }
+        Ok(())
+    }
+
     /// The listen address.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.listen.parse().map_err(|e| {
@@ -337,6 +513,40 @@ impl Config {
                     .map_err(|e| bad(format!("versions[{i}]"), e.to_string()))
             })
             .collect()
+    }
+}
+
+/// Refuses a Kafka table in a build without the `kafka` feature.
+fn kafka_available(key: &str) -> Result<(), ConfigError> {
+    if cfg!(feature = "kafka") {
+        Ok(())
+    } else {
+        Err(bad(
+            key,
+            "this param-server was built without Kafka support (cargo feature `kafka`)",
+        ))
+    }
+}
+
+fn kafka_endpoint(table: &str, brokers: &str, topic: &str) -> Result<(), ConfigError> {
+    if brokers.trim().is_empty() {
+        return Err(bad(format!("{table}.brokers"), "must not be empty"));
+    }
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal) {
+        return Err(bad(
+            format!("{table}.topic"),
+            "must be 1 to 249 characters of [a-zA-Z0-9._-]",
+        ));
+    }
+    Ok(())
+}
+
+fn timeout_ms(key: &str, value: u64) -> Result<(), ConfigError> {
+    if (1..=MAX_KAFKA_TIMEOUT_MS).contains(&value) {
+        Ok(())
+    } else {
+        Err(bad(key, format!("must be in 1..={MAX_KAFKA_TIMEOUT_MS}")))
     }
 }
 
@@ -390,6 +600,87 @@ reward_label = "click"
         assert_eq!(config.admin, AdminConfig::default());
         assert_eq!(config.tls, None);
         assert_eq!(config.versions.len(), 2);
+    }
+
+    const REPLICA: &str = r#"
+listen = "127.0.0.1:0"
+
+[feed.kafka]
+brokers = "127.0.0.1:9092"
+
+[feed.snapshot]
+dir = "/tmp/replica"
+
+[control.kafka]
+brokers = "127.0.0.1:9092"
+"#;
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn a_replica_config_loads_with_defaults() {
+        let config = Config::from_toml(REPLICA).unwrap();
+        let kafka = config.feed.kafka.unwrap();
+        assert_eq!(kafka.topic, DEFAULT_PARAMS_TOPIC);
+        assert_eq!(kafka.request_timeout_ms, DEFAULT_KAFKA_REQUEST_TIMEOUT_MS);
+        assert_eq!(
+            config.feed.snapshot.unwrap().every_ms,
+            DEFAULT_SNAPSHOT_EVERY_MS
+        );
+        let control = config.control.kafka.unwrap();
+        assert_eq!(control.topic, DEFAULT_CONTROL_TOPIC);
+        assert_eq!(control.delivery_timeout_ms, DEFAULT_DELIVERY_TIMEOUT_MS);
+    }
+
+    #[cfg(not(feature = "kafka"))]
+    #[test]
+    fn without_the_kafka_feature_kafka_tables_are_refused_by_name() {
+        let err = Config::from_toml(REPLICA).unwrap_err();
+        assert_eq!(err.key, "feed.kafka");
+    }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn bad_replica_values_name_their_key() {
+        let cases = [
+            (
+                REPLICA.replacen("brokers = \"127.0.0.1:9092\"", "brokers = \" \"", 1),
+                "feed.kafka.brokers",
+            ),
+            (
+                REPLICA.replace("[feed.kafka]\n", "[feed.kafka]\ntopic = \"a/b\"\n"),
+                "feed.kafka.topic",
+            ),
+            (
+                REPLICA.replace("[feed.kafka]\n", "[feed.kafka]\nrequest_timeout_ms = 0\n"),
+                "feed.kafka.request_timeout_ms",
+            ),
+            (
+                REPLICA.replace("[feed.kafka]\n", "[feed.kafka]\ngroup_id = \"g\"\n"),
+                "unknown field `group_id`",
+            ),
+            (
+                REPLICA.replace("dir = \"/tmp/replica\"", "dir = \"/tmp/r\"\nevery_ms = 5"),
+                "feed.snapshot.every_ms",
+            ),
+            (
+                REPLICA.replace("dir = \"/tmp/replica\"", "dir = \"\""),
+                "feed.snapshot.dir",
+            ),
+            (
+                REPLICA.replace("[feed.kafka]\nbrokers = \"127.0.0.1:9092\"\n", ""),
+                "feed.snapshot: needs [feed.kafka]",
+            ),
+            (format!("{REPLICA}topic = \"\"\n"), "control.kafka.topic"),
+            (
+                format!("{REPLICA}delivery_timeout_ms = 600001\n"),
+                "control.kafka.delivery_timeout_ms",
+            ),
+            (format!("{REPLICA}[feed.nats]\n"), "unknown field `nats`"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(&text).unwrap_err();
+            assert!(err.to_string().contains(key), "{err} lacks {key}");
+        }
     }
 
     #[test]

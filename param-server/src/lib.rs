@@ -27,6 +27,15 @@
 //!   one, and what is shed (`RESOURCE_EXHAUSTED`) under overload.
 //! - [`feed`]: applies `ParamChange` batches from a channel (the learner's
 //!   in-process sink).
+//! - [`follower`]: applies the `params` topic's records, tracks offsets and
+//!   the catch-up (no I/O).
+//! - [`replica`]: the standalone replica's Kafka consumer, snapshot thread
+//!   and shutdown (feature `kafka`).
+//! - [`snapshot`]: the replica's local snapshot file: checksummed, written
+//!   atomically, with the topic offsets.
+//! - [`readiness`]: `NOT_SERVING` / `UNAVAILABLE` until a replica caught up.
+//! - [`kafka_control`]: the `ControlPlane` producing to the `control` topic
+//!   (feature `kafka`).
 //! - [`config`]: the binary's TOML configuration, validated before binding.
 //! - [`runner`]: store + feed + server from a config, until shutdown.
 //! - [`error`]: the store's and the services' errors, mapped to gRPC codes.
@@ -40,14 +49,21 @@ pub mod control;
 pub mod encoded;
 pub mod error;
 pub mod feed;
+pub mod follower;
 pub mod guard;
+#[cfg(feature = "kafka")]
+pub mod kafka_control;
 pub mod limits;
+pub mod readiness;
+#[cfg(feature = "kafka")]
+pub mod replica;
 pub mod request;
 pub mod routes;
 pub mod runner;
 pub mod sampler;
 pub mod server;
 pub mod service;
+pub mod snapshot;
 pub mod store;
 pub mod stored;
 pub mod table;
@@ -60,6 +76,7 @@ pub use admission::{Admission, AdmissionStats, Shed};
 pub use control::{ControlPlane, ControlPlaneError, InProcessControlPlane};
 pub use error::{AdminError, ServeError, StoreError};
 pub use limits::Limits;
+pub use readiness::Readiness;
 pub use server::{AdminSetup, ServeOptions, ServerError, serve};
 pub use service::ParamServiceImpl;
 pub use store::ParamStore;

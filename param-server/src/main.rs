@@ -5,12 +5,13 @@
 //! `param-server --config param-server.toml [--listen 127.0.0.1:50051] [--check]`
 //!
 //! The config is read and validated before any socket is bound; `--check`
-//! stops there. This slice has no standalone feed yet (the Kafka `params`
-//! topic comes next): the binary serves its versions' priors, and an
-//! embedding learner feeds the store through `runner::run`'s channel.
-//! Likewise there is no control path to a learner yet: admin commands are
-//! refused with UNAVAILABLE (an embedding learner passes an in-process
-//! `ControlPlane` to `runner::prepare`).
+//! stops there. With `[feed.kafka]` the server is a standalone replica: it
+//! loads its snapshot (`[feed.snapshot]`), follows the learner's `params`
+//! topic, and reports `NOT_SERVING` (refusing `ParamService` calls with
+//! UNAVAILABLE) until it has caught up; at SIGTERM it writes a last
+//! snapshot. Without it, it serves its versions' priors. With
+//! `[control.kafka]` admin commands go to the learners' `control` topic;
+//! without it they are refused with UNAVAILABLE.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use posterior_param_server::config::Config;
-use posterior_param_server::control::NoControlPlane;
+use posterior_param_server::control::{ControlPlane, NoControlPlane};
 use posterior_param_server::runner::{build_store, prepare, run};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -81,20 +82,83 @@ async fn main() -> Result<()> {
     let store = build_store(&config).context("build the store")?;
     // Tokens, audit file and certificates are checked by `--check` too.
     let options =
-        prepare(&config, &store, Arc::new(NoControlPlane)).context("prepare admin and TLS")?;
+        prepare(&config, &store, control_plane(&config)?).context("prepare admin and TLS")?;
     if args.check {
         println!("config ok: {} version(s)", config.versions.len());
         return Ok(());
     }
     let shutdown = shutdown_signal()?;
+    let replica = start_replica(&config, &store)?;
+    #[cfg(feature = "kafka")]
+    let options = posterior_param_server::ServeOptions {
+        readiness: replica.as_ref().map(Replica::readiness),
+        ..options
+    };
     let addr = config.listen_addr().context("listen address")?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("bind {addr}"))?;
     let local = listener.local_addr().context("local address")?;
     tracing::info!(%local, versions = config.versions.len(), "param-server listening");
-    run(&config, store, listener, None, options, shutdown)
-        .await
-        .context("serve")?;
+    run(
+        &config,
+        Arc::clone(&store),
+        listener,
+        None,
+        options,
+        shutdown,
+    )
+    .await
+    .context("serve")?;
+    stop_replica(replica, &store)
+}
+
+/// The control path of `[control.kafka]`, or none (commands refused).
+fn control_plane(config: &Config) -> Result<Arc<dyn ControlPlane>> {
+    #[cfg(feature = "kafka")]
+    if let Some(kafka) = &config.control.kafka {
+        use posterior_param_server::kafka_control::KafkaControlPlane;
+        let plane = KafkaControlPlane::open(kafka).context("[control.kafka]")?;
+        tracing::info!(
+            topic = plane.topic(),
+            "admin commands go to the control topic"
+        );
+        return Ok(Arc::new(plane));
+    }
+    // Validation refuses [control.kafka] without the feature.
+    let _ = config;
+    Ok(Arc::new(NoControlPlane))
+}
+
+#[cfg(feature = "kafka")]
+type Replica = posterior_param_server::replica::Replica;
+#[cfg(not(feature = "kafka"))]
+type Replica = std::convert::Infallible;
+
+/// The `[feed.kafka]` replica, following the topic from now on.
+fn start_replica(
+    config: &Config,
+    store: &Arc<posterior_param_server::ParamStore>,
+) -> Result<Option<Replica>> {
+    #[cfg(feature = "kafka")]
+    if config.feed.kafka.is_some() {
+        let replica = Replica::start(&config.feed, store).context("[feed.kafka]")?;
+        return Ok(Some(replica));
+    }
+    let _ = (config, store);
+    Ok(None)
+}
+
+/// Stops the feed and writes the last snapshot.
+fn stop_replica(
+    replica: Option<Replica>,
+    store: &posterior_param_server::ParamStore,
+) -> Result<()> {
+    #[cfg(feature = "kafka")]
+    if let Some(replica) = replica {
+        replica.stop(store).context("stop the replica")?;
+    }
+    #[cfg(not(feature = "kafka"))]
+    let _ = (replica, store);
     Ok(())
 }

@@ -107,7 +107,11 @@ pub fn prepare(
     if let Some(tls) = &config.tls {
         tracing::info!(mutual = tls.client_ca_file.is_some(), "TLS enabled");
     }
-    Ok(ServeOptions { admin, tls })
+    Ok(ServeOptions {
+        admin,
+        tls,
+        readiness: None,
+    })
 }
 
 /// Serves `store` on `listener` with `config`'s limits and `options`,

@@ -21,6 +21,7 @@ use crate::audit::AuditLog;
 use crate::auth::TokenSet;
 use crate::guard::AdminGuard;
 use crate::limits::Limits;
+use crate::readiness::Readiness;
 use crate::routes::ParamRoutes;
 use crate::service::ParamServiceImpl;
 use crate::store::ParamStore;
@@ -54,12 +55,36 @@ pub struct ServeOptions {
     pub admin: Option<AdminSetup>,
     /// TLS of the listener; plaintext when `None`.
     pub tls: Option<ServerTlsConfig>,
+    /// A replica's catch-up: until ready, health says `NOT_SERVING` and
+    /// `ParamService` calls get `UNAVAILABLE`. Ready at once when `None`.
+    pub readiness: Option<Readiness>,
 }
 
 /// How long in-flight calls get to finish once shutdown is asked for.
 /// Open connections (an idle client, a `WatchParams` stream) would hold
 /// a graceful shutdown forever; after this the server stops regardless.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Reports the params service (and the server, `""`) `NOT_SERVING` until
+/// `readiness` is set, `SERVING` from then on.
+async fn report_readiness(health: &tonic_health::server::HealthReporter, readiness: &Readiness) {
+    use tonic_health::ServingStatus;
+    type Params = ParamServiceServer<ParamServiceImpl>;
+    if readiness.is_ready() {
+        health.set_serving::<Params>().await;
+        return;
+    }
+    health.set_not_serving::<Params>().await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let (health, readiness) = (health.clone(), readiness.clone());
+    tokio::spawn(async move {
+        readiness.wait().await;
+        health.set_serving::<Params>().await;
+        health.set_service_status("", ServingStatus::Serving).await;
+    });
+}
 
 /// Serves `store` on `listener` until `shutdown` resolves; in-flight
 /// requests get [`SHUTDOWN_GRACE`] to finish. Tests bind `127.0.0.1:0` and
@@ -72,9 +97,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ParamServiceServer<ParamServiceImpl>>()
-        .await;
+    let readiness = options.readiness.unwrap_or_else(Readiness::ready);
+    report_readiness(&health, &readiness).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(posterior_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -83,6 +107,10 @@ pub async fn serve(
     let admission = Arc::clone(service.admission());
     tracing::info!(work_slots = admission.slots(), "ParamService admission");
     let params = ParamRoutes::new(service, &limits);
+    let params = tonic::service::interceptor::InterceptedService::new(params, {
+        let readiness = readiness.clone();
+        move |request| readiness.check(request)
+    });
     let admin = match options.admin {
         Some(setup) => {
             health

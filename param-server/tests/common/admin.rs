@@ -52,6 +52,7 @@ impl AdminServer {
                 audit: Arc::new(audit),
             }),
             tls,
+            readiness: None,
         })
         .await;
         Self {

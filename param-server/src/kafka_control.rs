@@ -1,0 +1,171 @@
+//! The standalone server's control path: a [`ControlPlane`] that produces
+//! each stamped `ControlCommand` (protobuf, keyed by its id) to partition
+//! 0 of the learners' `control` topic — the partition every learner's
+//! `ControlReader` reads whole — and returns once the broker acknowledged
+//! it (`acks=all`), or fails within the configured delivery timeout.
+//!
+//! A full producer queue is `Busy`; no acknowledgement in time, a failed
+//! delivery or a closed producer is `Unavailable`; both map to
+//! `UNAVAILABLE` with a message naming the topic. Delivery is at least
+//! once (a timed-out command may still arrive): the learners apply each
+//! command id at most once.
+
+use std::time::Duration;
+
+use posterior_proto::v1;
+use prost::Message as _;
+use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+use tokio::sync::oneshot;
+
+use crate::config::KafkaControlConfig;
+use crate::control::{ControlPlane, ControlPlaneError};
+
+/// Commands the producer holds unacknowledged before it refuses more.
+const QUEUE_MESSAGES_MAX: &str = "1024";
+
+/// Where a delivery report goes: the admin call waiting for it.
+type Waiter = Box<oneshot::Sender<Result<i64, String>>>;
+
+/// Hands each delivery report to the call that produced the record.
+struct Reports;
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Waiter;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, waiter: Waiter) {
+        let outcome = match result {
+            Ok(message) => Ok(message.offset()),
+            Err((error, _)) => Err(error.to_string()),
+        };
+        // The call may have timed out and gone: nobody to tell.
+        let _ = waiter.send(outcome);
+    }
+}
+
+/// Admin commands to the Kafka `control` topic.
+pub struct KafkaControlPlane {
+    producer: ThreadedProducer<Reports>,
+    topic: String,
+    delivery_timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaControlPlane")
+            .field("topic", &self.topic)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaControlPlane {
+    /// A producer to `config`'s topic. Connecting is lazy: a broker that is
+    /// down fails the admin calls (UNAVAILABLE), not the server's start.
+    pub fn open(config: &KafkaControlConfig) -> Result<Self, KafkaError> {
+        let delivery_timeout = Duration::from_millis(config.delivery_timeout_ms);
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", config.delivery_timeout_ms.to_string())
+            .set("queue.buffering.max.messages", QUEUE_MESSAGES_MAX)
+            .create_with_context(Reports)?;
+        Ok(Self {
+            producer,
+            topic: config.topic.clone(),
+            delivery_timeout,
+        })
+    }
+
+    /// The topic commands go to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+#[tonic::async_trait]
+impl ControlPlane for KafkaControlPlane {
+    async fn send(&self, command: v1::ControlCommand) -> Result<(), ControlPlaneError> {
+        let topic = &self.topic;
+        let bytes = command.encode_to_vec();
+        let (tx, rx) = oneshot::channel();
+        let record = BaseRecord::with_opaque_to(topic, Box::new(tx))
+            .partition(0)
+            .key(&command.command_id)
+            .payload(&bytes);
+        if let Err((error, _)) = self.producer.send(record) {
+            return Err(match error {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                    ControlPlaneError::Busy(format!("the producer to topic {topic:?} is full"))
+                }
+                other => {
+                    ControlPlaneError::Unavailable(format!("send to topic {topic:?}: {other}"))
+                }
+            });
+        }
+        // librdkafka fails the delivery itself after message.timeout.ms;
+        // the margin covers its report arriving.
+        let waited = tokio::time::timeout(self.delivery_timeout + Duration::from_secs(1), rx).await;
+        match waited {
+            Ok(Ok(Ok(offset))) => {
+                tracing::info!(
+                    command_id = %command.command_id,
+                    %topic,
+                    offset,
+                    "admin command delivered to the control topic"
+                );
+                Ok(())
+            }
+            Ok(Ok(Err(error))) => Err(ControlPlaneError::Unavailable(format!(
+                "topic {topic:?} did not take the command: {error}"
+            ))),
+            Ok(Err(_)) => Err(ControlPlaneError::Unavailable(format!(
+                "the producer to topic {topic:?} stopped"
+            ))),
+            Err(_) => Err(ControlPlaneError::Unavailable(format!(
+                "no acknowledgement from topic {topic:?} within {} ms",
+                self.delivery_timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_broker_fails_within_the_timeout_naming_the_topic() {
+        let plane = KafkaControlPlane::open(&KafkaControlConfig {
+            brokers: "127.0.0.1:1".into(),
+            topic: "control-x".into(),
+            delivery_timeout_ms: 300,
+        })
+        .unwrap();
+        let start = std::time::Instant::now();
+        let error = plane
+            .send(v1::ControlCommand {
+                command_id: "c1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        match error {
+            ControlPlaneError::Unavailable(message) => {
+                assert!(message.contains("\"control-x\""), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

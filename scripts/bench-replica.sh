@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# How long a standalone param-server replica takes to become ready, from
+# the Kafka `params` topic and from its local snapshot (issue 4): starts
+# the tests' broker (nisshi, in memory) on a free loopback port, creates
+# the topic, and runs `param-server/examples/replica_ready` in release
+# mode. The broker is stopped on exit.
+#
+#   scripts/bench-replica.sh                          # 1 M keys, d = 32, 4 partitions
+#   scripts/bench-replica.sh --keys 100000 --dim 8    # example flags (see --help)
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/posterior/target}"
+nisshi="${POSTERIOR_NISSHI:-$HOME/.cache/posterior/nisshi/bin/nisshi}"
+[ -x "$nisshi" ] || bash "$repo/scripts/setup-nisshi.sh"
+
+partitions=4
+for ((i = 1; i <= $#; i++)); do
+    if [ "${!i}" = "--partitions" ]; then j=$((i + 1)); partitions="${!j}"; fi
+done
+
+cd "$repo"
+cargo build --release -q -p posterior-param-server --example replica_ready
+
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+url="tcp://127.0.0.1:$port"
+"$nisshi" broker --listener-url "$url" --advertised-listener-url "$url" \
+    --storage-engine memory://nisshi/ --silent >/dev/null 2>&1 &
+broker_pid=$!
+trap 'kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true' EXIT INT TERM
+for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+    sleep 0.1
+done
+"$nisshi" topic create params-bench --silent --broker "$url" --partitions "$partitions"
+
+echo "- commit $(git rev-parse --short HEAD), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores, broker nisshi (memory) on loopback"
+"$CARGO_TARGET_DIR/release/examples/replica_ready" --brokers "127.0.0.1:$port" \
+    --topic params-bench "$@"
