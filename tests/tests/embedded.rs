@@ -3,7 +3,9 @@
 //! a restarted learner serves every key again at once, not only those it
 //! updates after the restart; an admin call reaches the learner in
 //! process, is applied at its event time, and the version it creates is
-//! served.
+//! served; a savepoint command cuts the input at its event time and a
+//! rollback restores one version from it; a learner that lost everything
+//! restores from the server's parameters.
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
@@ -521,4 +523,69 @@ fn an_admin_savepoint_is_cut_at_its_event_time_and_a_rollback_restores_one_versi
         "the learner logged the rollback:\n{text}"
     );
     stop(learner, &log);
+}
+
+#[test]
+fn a_learner_without_state_or_savepoint_restores_from_the_param_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(Storage::Memory);
+    broker.create_topic("samples", PARTITIONS);
+    let serving_path = dir.path().join("serving.toml");
+    std::fs::write(&serving_path, config_text(dir.path(), &broker.bootstrap())).unwrap();
+    let (records, _) = generate_records(LogSpec {
+        records: 5_000,
+        docs: DOCS,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 37,
+    });
+    produce_samples(&broker, &records, PARTITIONS);
+    let log = dir.path().join("learner.log");
+    let (serving, endpoint) = start(&serving_path, &log);
+    let served = settle(&endpoint, |s| {
+        s.values().filter(|p| !p.is_prior).count() > DOCS as usize
+    });
+
+    // A second learner whose state and savepoints are gone: it seeds both
+    // versions from the server, then reads its (empty) input.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let text = format!(
+        "{}\n[fallback.param_server]\nendpoint = \"{endpoint}\"\n",
+        learner_toml(dir.path(), "orphan", Source::File(&empty), 5_000, None)
+    );
+    let orphan_path = dir.path().join("orphan.toml");
+    std::fs::write(&orphan_path, &text).unwrap();
+    let orphan_log = dir.path().join("orphan.log");
+    let mut orphan = Command::new(binary("learner"))
+        .args(["run", "--config"])
+        .arg(&orphan_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file(&orphan_log))
+        .spawn()
+        .unwrap();
+    let status = finish_within(&mut orphan, Duration::from_secs(120), &orphan_log);
+    assert!(status.success(), "{status}");
+    stop(serving, &log);
+
+    let config = Config::from_toml(&text).unwrap();
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    let (engine, _) = restore_engine(&config, &store).unwrap().unwrap();
+    let learned: Served = served.into_iter().filter(|(_, p)| !p.is_prior).collect();
+    assert_eq!(engine.param_count(), learned.len());
+    for (key, state) in engine.params() {
+        let name = &engine.registry().get(key.version).unwrap().spec.name;
+        let got = params_to_wire(name, key.doc_id, state);
+        assert_eq!(
+            learned.get(&(name.clone(), key.doc_id)),
+            Some(&got),
+            "{name}/{}: not what the server served",
+            key.doc_id
+        );
+    }
+    let text = std::fs::read_to_string(&orphan_log).unwrap();
+    assert!(
+        text.contains("seeded") && text.contains("from served parameters"),
+        "the seeding is logged:\n{text}"
+    );
 }
