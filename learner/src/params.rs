@@ -267,7 +267,9 @@ mod tests {
                 4,
             ),
             learned(
-                ModelKind::Logistic(LogisticPrior::isotropic(CovarianceForm::Full, 3, 2.0).unwrap()),
+                ModelKind::Logistic(
+                    LogisticPrior::isotropic(CovarianceForm::Full, 3, 2.0).unwrap(),
+                ),
                 3,
             ),
         ];
