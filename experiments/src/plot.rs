@@ -178,6 +178,95 @@ where
     Ok(())
 }
 
+/// One curve of a [`line_plot`].
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// Legend entry.
+    pub name: String,
+    /// (x, y) points, x increasing.
+    pub points: Vec<(f64, f64)>,
+    /// Drawn thin and black, as a reference (e.g. an oracle).
+    pub reference: bool,
+}
+
+/// Colours of a [`line_plot`]'s curves, in order: distinct and readable
+/// on white.
+const LINE_COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+];
+
+/// Draws `lines` on linear axes to `path`: x from 0 to the largest x, y
+/// from 0 to 1.1 × the largest y.
+pub fn line_plot(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    lines: &[Line],
+) -> Result<()> {
+    ensure_font()?;
+    let x_max = lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| p.0))
+        .fold(0.0f64, f64::max);
+    let y_max = lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| p.1))
+        .filter(|y| y.is_finite())
+        .fold(0.0f64, f64::max);
+    if x_max <= 0.0 || y_max <= 0.0 {
+        bail!("nothing to plot: every point is at 0");
+    }
+    let root = BitMapBackend::new(path, SIZE_PX).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..x_max, 0f64..1.1 * y_max)
+        .map_err(|e| anyhow!("plot: {e}"))?;
+    chart
+        .configure_mesh()
+        .max_light_lines(2)
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| anyhow!("plot: {e}"))?;
+    let mut colors = 0;
+    for line in lines {
+        let style = if line.reference {
+            BLACK.stroke_width(1)
+        } else {
+            colors += 1;
+            LINE_COLORS[(colors - 1) % LINE_COLORS.len()].stroke_width(2)
+        };
+        chart
+            .draw_series(LineSeries::new(line.points.iter().copied(), style))
+            .map_err(|e| anyhow!("plot: {e}"))?
+            .label(line.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(|e| anyhow!("plot: {e}"))?;
+    root.present()
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +312,28 @@ mod tests {
         regret_plot(&result, &path, XAxis::Linear).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
+    }
+
+    #[test]
+    fn draws_lines_and_refuses_an_empty_plot() {
+        if !Path::new(FONT_PATH).exists() {
+            println!("plot: skipped, {FONT_PATH} missing");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lines.png");
+        let line = |name: &str, points: Vec<(f64, f64)>, reference| Line {
+            name: name.into(),
+            points,
+            reference,
+        };
+        let lines = [
+            line("a", vec![(0.0, 0.01), (10.0, 0.02)], false),
+            line("oracle", vec![(0.0, 0.03), (10.0, 0.03)], true),
+        ];
+        line_plot(&path, "unit", "t", "CTR", &lines).unwrap();
+        assert_eq!(&std::fs::read(&path).unwrap()[1..4], b"PNG");
+        let flat = [line("zero", vec![(0.0, 0.0), (10.0, 0.0)], false)];
+        assert!(line_plot(&path, "unit", "t", "CTR", &flat).is_err());
     }
 }

@@ -210,6 +210,11 @@ pub enum SourceConfig {
     /// of partition 0 (see `simulation::source`): bounded by `samples`,
     /// or until SIGTERM.
     Simulator(SimulatorConfig),
+    /// Samples pushed by the process hosting the learner, e.g. the
+    /// simulated sample joiner of `learner quickstart`; record i of a run
+    /// has offset `restored next offset + i` of partition 0. A plain
+    /// `learner run` refuses it: nothing would push.
+    Channel,
 }
 
 /// `[order]`.

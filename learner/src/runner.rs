@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -339,6 +340,19 @@ pub fn run_local(
     controls: &Controls,
     sink: Box<dyn ParamSink>,
 ) -> Result<RunSummary> {
+    run_local_with(config, controls, sink, None)
+}
+
+/// [`run_local`], with the records of a `[source] kind = "channel"` pushed
+/// by the caller into `pushed` (its senders dropped = the end of the
+/// input). While no record arrives the run still polls commands and
+/// publishes every publish interval.
+pub fn run_local_with(
+    config: &Config,
+    controls: &Controls,
+    sink: Box<dyn ParamSink>,
+    pushed: Option<Receiver<Payload>>,
+) -> Result<RunSummary> {
     let store = RocksStore::open(&config.state.dir).context("open state store")?;
     let (mut engine, restored, dead_len, seeded) = open_engine_seeding(config, &store, true)?;
     let commands = CommandSources::open(config, controls, &mut engine)?;
@@ -351,21 +365,34 @@ pub fn run_local(
         .get(&LOCAL_PARTITION)
         .copied()
         .unwrap_or(0);
-    let mut source = LocalSource::open(config, offset)?;
-    let mut stopped = false;
     let publish_every = Duration::from_millis(config.publish_interval_ms());
+    let mut source = LocalSource::open(config, offset, pushed, publish_every)?;
+    let poll_every = source.poll_every();
+    let mut stopped = false;
     let mut last_publish = Instant::now();
-    while let Some((offset, next_offset, payload)) = source.next_record()? {
-        if records.is_multiple_of(COMMAND_POLL_EVERY) {
+    loop {
+        let next = source.next_record()?;
+        if records.is_multiple_of(poll_every) || matches!(next, Next::Idle) {
             commands.poll(&mut engine)?;
             run_barriers(&mut engine, &mut checkpointer, config, 1, records)?;
-            // A blocked read (stdin) delays this; a file or the simulator
-            // publishes every interval, as the Kafka driver does.
+            // A blocked read (stdin) delays this; a file, the simulator or
+            // a channel publishes every interval, as the Kafka driver does.
             if last_publish.elapsed() >= publish_every {
                 checkpointer.publish(&mut engine)?;
                 last_publish = Instant::now();
             }
         }
+        let (offset, next_offset, payload) = match next {
+            Next::Record(offset, next_offset, payload) => (offset, next_offset, payload),
+            Next::Idle => {
+                if controls.stop.load(Ordering::Relaxed) {
+                    stopped = true;
+                    break;
+                }
+                continue;
+            }
+            Next::End => break,
+        };
         engine.ingest_at(LOCAL_PARTITION, offset, next_offset, payload);
         records += 1;
         if engine.barrier().is_some() {
@@ -404,18 +431,47 @@ pub fn run_local(
 /// Records between two looks at the command inbox in a bounded run.
 const COMMAND_POLL_EVERY: u64 = 1024;
 
+/// Records between two looks at the inbox and the publish clock when the
+/// records are pushed live (a channel), so updates leave within about one
+/// publish interval at any input rate.
+const CHANNEL_POLL_EVERY: u64 = 32;
+
+/// What a local source yields.
+enum Next {
+    /// (offset, next offset, payload).
+    Record(u64, u64, Payload),
+    /// Nothing arrived within a publish interval (a channel only).
+    Idle,
+    /// The end of the input.
+    End,
+}
+
 /// A source of one partition read in this process.
 enum LocalSource {
     /// A file or stdin; offsets are byte positions.
     File(FileSource),
     /// The simulator; sample t at offset t.
     Simulator(Box<Simulator>),
+    /// Records pushed by the hosting process, numbered from `next`.
+    Channel {
+        /// The records; all senders dropped = the end.
+        records: Receiver<Payload>,
+        /// Offset of the next record.
+        next: u64,
+        /// How long a receive waits before reporting [`Next::Idle`].
+        idle_after: Duration,
+    },
 }
 
 impl LocalSource {
     /// Opens the configured source at `offset` (a checkpointed next
-    /// offset, or 0).
-    fn open(config: &Config, offset: u64) -> Result<Self> {
+    /// offset, or 0); a channel source takes `pushed`.
+    fn open(
+        config: &Config,
+        offset: u64,
+        pushed: Option<Receiver<Payload>>,
+        idle_after: Duration,
+    ) -> Result<Self> {
         Ok(match &config.source {
             SourceConfig::File { path, format } => Self::File(
                 FileSource::open(path, *format, offset)
@@ -426,23 +482,58 @@ impl LocalSource {
                 Simulator::new(simulator, &config.version_specs(), offset)
                     .context("start the simulator")?,
             )),
+            SourceConfig::Channel => Self::Channel {
+                records: pushed.context(
+                    "[source] kind = \"channel\" is fed by the process hosting the learner \
+                     (`learner quickstart`); `learner run` has nothing to push",
+                )?,
+                next: offset,
+                idle_after,
+            },
             SourceConfig::Kafka(_) => {
                 anyhow::bail!("run_local reads files, stdin and the simulator; use run_kafka")
             }
         })
     }
 
-    /// The next record as (offset, next offset, payload), `None` at the
-    /// end of the input.
-    fn next_record(&mut self) -> Result<Option<(u64, u64, Payload)>> {
+    /// Records between two looks at commands and the publish clock.
+    fn poll_every(&self) -> u64 {
+        match self {
+            Self::Channel { .. } => CHANNEL_POLL_EVERY,
+            Self::File(_) | Self::Simulator(_) => COMMAND_POLL_EVERY,
+        }
+    }
+
+    /// The next record, or the end of the input, or (a channel) idleness.
+    fn next_record(&mut self) -> Result<Next> {
+        let record = |r: Option<(u64, u64, Payload)>| {
+            r.map_or(Next::End, |(offset, next, payload)| {
+                Next::Record(offset, next, payload)
+            })
+        };
         Ok(match self {
-            Self::File(file) => file
-                .next_record()
-                .context("read source")?
-                .map(|(offset, payload)| (offset, file.position(), payload)),
-            Self::Simulator(simulator) => simulator
-                .next_record()
-                .map(|(offset, payload)| (offset, offset + 1, payload)),
+            Self::File(file) => record(
+                file.next_record()
+                    .context("read source")?
+                    .map(|(offset, payload)| (offset, file.position(), payload)),
+            ),
+            Self::Simulator(simulator) => record(
+                simulator
+                    .next_record()
+                    .map(|(offset, payload)| (offset, offset + 1, payload)),
+            ),
+            Self::Channel {
+                records,
+                next,
+                idle_after,
+            } => match records.recv_timeout(*idle_after) {
+                Ok(payload) => {
+                    *next += 1;
+                    Next::Record(*next - 1, *next, payload)
+                }
+                Err(RecvTimeoutError::Timeout) => Next::Idle,
+                Err(RecvTimeoutError::Disconnected) => Next::End,
+            },
         })
     }
 }

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use posterior_learner::config::VersionConfig;
 use posterior_learner::params::Publication;
-use posterior_learner::runner::CommandInbox;
+use posterior_learner::publish::{ChannelSink, ParamSink, channel};
+use posterior_learner::runner::{CommandInbox, Controls, open_sink};
 use posterior_param_server::config::Config;
 use posterior_param_server::control::InProcessControlPlane;
 use posterior_param_server::runner::{build_store, prepare, run};
@@ -148,6 +149,50 @@ fn worker_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get().saturating_sub(1))
         .max(1)
+}
+
+/// Where a learner run publishes: into a new embedded server when the
+/// config has a `[param_server]` table (returned, serving), else to the
+/// config's own sink.
+pub fn attach(
+    config: &posterior_learner::config::Config,
+    server: Option<Config>,
+    controls: &Controls,
+) -> Result<(Box<dyn ParamSink>, Option<EmbeddedServer>)> {
+    Ok(match server {
+        Some(server) => {
+            let (sink, serving) = serve(config, server, controls)?;
+            (Box::new(sink), Some(serving))
+        }
+        None => (open_sink(config)?, None),
+    })
+}
+
+/// Starts the embedded server of `config`'s learner, and the sink the
+/// learner publishes into it through.
+pub fn serve(
+    config: &posterior_learner::config::Config,
+    server: Config,
+    controls: &Controls,
+) -> Result<(ChannelSink, EmbeddedServer)> {
+    anyhow::ensure!(
+        config
+            .publish
+            .as_ref()
+            .and_then(|p| p.kafka.as_ref())
+            .is_none(),
+        "[publish.kafka] and an embedded [param_server] together are not supported yet: \
+         standalone replicas and the embedded server each need their own learner run"
+    );
+    let (sink, publications) = channel(CHANNEL_CAPACITY);
+    let serving = EmbeddedServer::start(
+        server,
+        &config.versions,
+        publications,
+        controls.commands.clone(),
+    )?;
+    eprintln!("learner: param-server listening on {}", serving.addr());
+    Ok((sink, serving))
 }
 
 /// Splits a learner's config file into the learner's own TOML and the

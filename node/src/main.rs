@@ -6,6 +6,9 @@
 //!   stops on SIGTERM/SIGINT; Kafka runs take a savepoint on SIGUSR1. With
 //!   a `[param_server]` table the run serves its parameters over gRPC from
 //!   the same process (see [`embedded`]).
+//! - `learner quickstart [--config config/quickstart.toml]`: the closed
+//!   loop of a ranking system around an embedded learner and param-server
+//!   (see [`quickstart`]).
 //! - `learner dump --config FILE` or `--savepoint DIR`: print every key's
 //!   state as exact JSONL.
 //! - `learner savepoint create|list|verify`: savepoints of the live state.
@@ -14,6 +17,7 @@
 //!   event time (`--at-ms`, default now).
 
 mod embedded;
+mod quickstart;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,9 +36,8 @@ use posterior_learner::config::VersionConfig;
 use posterior_learner::config::{Config, SourceConfig};
 use posterior_learner::control::Scheduled;
 use posterior_learner::kafka::send_control;
-use posterior_learner::publish::{ParamSink, channel};
 use posterior_learner::runner::{
-    Controls, KafkaRunMode, SavepointChoice, open_engine, open_sink, restore_savepoint,
+    Controls, KafkaRunMode, SavepointChoice, open_engine, restore_savepoint,
     restore_savepoint_if_missing, run_kafka_with, run_local,
 };
 use posterior_learner::savepoint;
@@ -65,6 +68,17 @@ enum Command {
         /// directory) instead of the live state, which must be absent.
         #[arg(long)]
         from_savepoint: Option<String>,
+    },
+    /// The closed loop in one process: the learner with its param-server,
+    /// a simulated predictor ranking with the server's Thompson draws,
+    /// simulated users and a sample joiner; prints progress and a summary,
+    /// writes a CTR plot (see `config/quickstart.toml`).
+    Quickstart {
+        /// The quickstart's TOML config.
+        #[arg(long, default_value = "config/quickstart.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        overrides: quickstart::Overrides,
     },
     /// Print every key's state as JSONL.
     Dump {
@@ -191,6 +205,10 @@ fn run(
     until_end: bool,
     from_savepoint: Option<String>,
 ) -> Result<()> {
+    anyhow::ensure!(
+        !matches!(config.source, SourceConfig::Channel),
+        "[source] kind = \"channel\" is pushed by `learner quickstart`; `learner run` has nothing to push"
+    );
     if let Some(choice) = from_savepoint {
         let choice = match choice.as_str() {
             "latest" => SavepointChoice::Latest,
@@ -209,29 +227,7 @@ fn run(
         signal_hook::flag::register(signal, Arc::clone(&controls.stop))
             .context("install signal handler")?;
     }
-    let (sink, serving): (Box<dyn ParamSink>, _) = match server {
-        Some(server) => {
-            anyhow::ensure!(
-                config
-                    .publish
-                    .as_ref()
-                    .and_then(|p| p.kafka.as_ref())
-                    .is_none(),
-                "[publish.kafka] and an embedded [param_server] together are not supported yet: \
-                 standalone replicas and the embedded server each need their own learner run"
-            );
-            let (sink, publications) = channel(embedded::CHANNEL_CAPACITY);
-            let serving = embedded::EmbeddedServer::start(
-                server,
-                &config.versions,
-                publications,
-                controls.commands.clone(),
-            )?;
-            eprintln!("learner: param-server listening on {}", serving.addr());
-            (Box::new(sink), Some(serving))
-        }
-        None => (open_sink(config)?, None),
-    };
+    let (sink, serving) = embedded::attach(config, server, &controls)?;
     let summary = match &config.source {
         SourceConfig::Kafka(_) => {
             signal_hook::flag::register(SIGUSR1, Arc::clone(&controls.savepoint))
@@ -287,6 +283,7 @@ fn main() -> Result<()> {
             let (config, server) = load_with_server(&config)?;
             run(&config, server, until_end, from_savepoint)?;
         }
+        Command::Quickstart { config, overrides } => quickstart::run(&config, &overrides)?,
         Command::Dump { config, savepoint } => {
             let (config, _scratch) = match (config, savepoint) {
                 (Some(config), _) => (load(&config)?, None),
