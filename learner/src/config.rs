@@ -217,9 +217,9 @@ pub enum SourceConfig {
     Channel,
 }
 
-/// `[order]`.
+/// `[order]`; a key left out keeps its default.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct OrderConfig {
     /// Allowed out-of-orderness within a partition.
     pub out_of_orderness_ms: i64,
@@ -236,9 +236,9 @@ impl Default for OrderConfig {
     }
 }
 
-/// `[batch]`.
+/// `[batch]`; a key left out keeps its default.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
     /// Apply a key's batch at this many samples.
     pub max_samples: usize,
@@ -419,15 +419,24 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl ConfigError {
+    /// The error of a TOML parse of `text`, named by the dotted key at its
+    /// position (`config` for the document's own, e.g. a missing table).
+    pub fn parse(text: &str, error: &toml::de::Error) -> Self {
+        Self {
+            key: error
+                .span()
+                .and_then(|span| crate::overrides::key_at(text, span))
+                .unwrap_or_else(|| "config".to_owned()),
+            reason: error.message().trim_end().to_owned(),
+        }
+    }
+}
+
 impl Config {
     /// Parses and validates a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
-            key: e
-                .span()
-                .map_or_else(String::new, |s| format!("at bytes {}..{}", s.start, s.end)),
-            reason: e.message().to_owned(),
-        })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::parse(text, &e))?;
         config.validate()?;
         Ok(config)
     }
@@ -509,10 +518,13 @@ impl Config {
         if self.batch.max_age_ms < 0 {
             return bad("batch.max_age_ms", "must be >= 0");
         }
-        if let Some(d) = &self.dedup
-            && (d.window_ms <= 0 || d.max_ids == 0)
-        {
-            return bad("dedup", "window_ms and max_ids must be > 0");
+        if let Some(d) = &self.dedup {
+            if d.window_ms <= 0 {
+                return bad("dedup.window_ms", "must be > 0");
+            }
+            if d.max_ids == 0 {
+                return bad("dedup.max_ids", "must be > 0");
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, v) in self.versions.iter().enumerate() {
@@ -769,6 +781,36 @@ forgetting_half_life_ms = 3600000
                 GOOD.replace(SOURCE, &simulator("[\"ctr-beta\"]", 0)),
                 "source.dim",
             ),
+            (
+                GOOD.replace("[dead_letter]", "[dead_letter]\ncolour = 1"),
+                "dead_letter.colour: unknown field",
+            ),
+            (
+                GOOD.replace(
+                    "dir = \"/tmp/state\"",
+                    "dir = \"/tmp/state\"\ncheckpoint_every_records = \"x\"",
+                ),
+                "state.checkpoint_every_records: invalid type",
+            ),
+            (
+                GOOD.replace("dim = 3", "dim = 3.5"),
+                "versions[1].dim: invalid type",
+            ),
+            (
+                GOOD.replace(
+                    "reward_label = \"click\"\n\n",
+                    "reward_label = \"click\"\nmodle = 1\n\n",
+                ),
+                "versions[0].modle: unknown field",
+            ),
+            (
+                format!("{GOOD}\n[dedup]\nwindow_ms = 1\nmax_ids = 0\n"),
+                "dedup.max_ids",
+            ),
+            (
+                GOOD.replace("[state]\ndir = \"/tmp/state\"\n", ""),
+                "config: missing field `state`",
+            ),
         ];
         for (text, needle) in cases {
             let err = Config::from_toml(&text).unwrap_err();
@@ -780,6 +822,20 @@ forgetting_half_life_ms = 3600000
 
     fn simulator(versions: &str, dim: usize) -> String {
         format!("kind = \"simulator\"\nseed = 7\nversions = {versions}\ndim = {dim}")
+    }
+
+    #[test]
+    fn a_partial_order_or_batch_table_keeps_the_other_defaults() {
+        let text = format!("{GOOD}\n[batch]\nmax_samples = 8\n[order]\nreorder_capacity = 10\n");
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!((config.batch.max_samples, config.batch.max_age_ms), (8, 0));
+        assert_eq!(
+            (
+                config.order.reorder_capacity,
+                config.order.out_of_orderness_ms
+            ),
+            (10, 5_000)
+        );
     }
 
     #[test]

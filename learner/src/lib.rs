@@ -7,6 +7,8 @@
 //!   No I/O, no clock, no global RNG.
 //! - [`version`]: an A/B version's spec: model, prior, reward label, weights.
 //! - [`config`]: the learner's TOML configuration, validated before use.
+//! - [`overrides`]: environment and flag overrides of a TOML config (both
+//!   binaries), and the dotted key at a parse error.
 //! - [`file_source`]: JSONL and length-delimited protobuf files and stdin.
 //! - [`simulation`]: the simulated world shared with the experiments, and
 //!   the simulator source (sample t at offset t).
@@ -56,6 +58,7 @@ pub mod file_source;
 #[cfg(feature = "io")]
 pub mod kafka;
 pub mod meta;
+pub mod overrides;
 pub mod params;
 pub mod partitioning;
 pub mod posterior;

@@ -56,14 +56,7 @@ impl EmbeddedServer {
         publications: mpsc::Receiver<Publication>,
         inbox: CommandInbox,
     ) -> Result<Self> {
-        anyhow::ensure!(
-            config.versions.is_empty(),
-            "{CONFIG_KEY}.versions: an embedded param-server serves the learner's versions; remove the table"
-        );
-        anyhow::ensure!(
-            config.feed == Default::default() && config.control == Default::default(),
-            "{CONFIG_KEY}.feed / {CONFIG_KEY}.control: an embedded param-server is fed by the learner and reaches it in process; remove the tables"
-        );
+        check(&config).map_err(anyhow::Error::msg)?;
         config.versions = versions.to_vec();
         let store = build_store(&config).with_context(|| format!("invalid [{CONFIG_KEY}]"))?;
         let (control, mut commands) = InProcessControlPlane::channel(config.admin.control_queue);
@@ -195,22 +188,39 @@ pub fn serve(
     Ok((sink, serving))
 }
 
-/// Splits a learner's config file into the learner's own TOML and the
-/// embedded server's `[param_server]` table, if any. Each is then parsed by
-/// its own strict parser, so an unknown key in either is named.
-pub fn split_config(text: &str) -> Result<(String, Option<Config>)> {
-    let mut table: toml::Table = text.parse().context("not valid TOML")?;
+/// Refuses what an embedded server's table may not hold: the learner
+/// gives it its versions, its feed and its control path.
+pub fn check(config: &Config) -> Result<(), String> {
+    if !config.versions.is_empty() {
+        return Err(format!(
+            "{CONFIG_KEY}.versions: an embedded param-server serves the learner's versions; remove the table"
+        ));
+    }
+    if config.feed != Default::default() || config.control != Default::default() {
+        return Err(format!(
+            "{CONFIG_KEY}.feed / {CONFIG_KEY}.control: an embedded param-server is fed by the learner and reaches it in process; remove the tables"
+        ));
+    }
+    Ok(())
+}
+
+/// Splits a learner's config document into the learner's own table and
+/// the embedded server's `[param_server]` config, if any, parsed by its
+/// own strict parser and [`check`]ed; its errors name the key under
+/// `param_server.`.
+pub fn split_config(mut table: toml::Table) -> Result<(toml::Table, Option<Config>), String> {
     let server = match table.remove(CONFIG_KEY) {
         None => None,
         Some(value) => {
-            let text = toml::to_string(&value).context("re-encode [param_server]")?;
+            let text = toml::to_string(&value)
+                .map_err(|e| format!("{CONFIG_KEY}: cannot be re-encoded: {e}"))?;
             let config = Config::from_toml(&text)
-                .map_err(|e| anyhow::anyhow!("{CONFIG_KEY}.{}: {}", e.key, e.reason))?;
+                .map_err(|e| format!("{CONFIG_KEY}.{}: {}", e.key, e.reason))?;
+            check(&config)?;
             Some(config)
         }
     };
-    let learner = toml::to_string(&table).context("re-encode the learner's config")?;
-    Ok((learner, server))
+    Ok((table, server))
 }
 
 #[cfg(test)]
@@ -219,29 +229,44 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn the_server_table_is_split_off_and_checked_on_its_own() {
-        let (learner, server) =
-            split_config("[state]\ndir = \"s\"\n[param_server]\nlisten = \"127.0.0.1:0\"\n")
-                .unwrap();
-        assert_eq!(learner.trim(), "[state]\ndir = \"s\"");
-        assert_eq!(server.unwrap().listen, "127.0.0.1:0");
-        let (_, none) = split_config("[state]\ndir = \"s\"\n").unwrap();
-        assert!(none.is_none());
-        let err = split_config("[param_server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("lisen"), "{err}");
+    fn split(text: &str) -> Result<(toml::Table, Option<Config>), String> {
+        split_config(text.parse().unwrap())
     }
 
     #[test]
+    fn the_server_table_is_split_off_and_checked_on_its_own() {
+        let (learner, server) =
+            split("[state]\ndir = \"s\"\n[param_server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        assert_eq!(learner, split("[state]\ndir = \"s\"\n").unwrap().0);
+        assert_eq!(server.unwrap().listen, "127.0.0.1:0");
+        let (_, none) = split("[state]\ndir = \"s\"\n").unwrap();
+        assert!(none.is_none());
+        let err = split("[param_server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n").unwrap_err();
+        assert!(
+            err.starts_with("param_server.lisen: unknown field"),
+            "{err}"
+        );
+        let err = split("[param_server]\nlisten = \"127.0.0.1:0\"\nwatch_buffer = \"big\"\n")
+            .unwrap_err();
+        assert!(
+            err.starts_with("param_server.watch_buffer: invalid type"),
+            "{err}"
+        );
+    }
+
+    const WITH_VERSIONS: &str = "[param_server]\nlisten = \"127.0.0.1:0\"\n[[param_server.versions]]\nname = \"b\"\nmodel = \"beta\"\nreward_label = \"click\"\n";
+
+    #[test]
     fn versions_in_the_server_table_are_refused() {
-        let (_, server) = split_config(
-            "[param_server]\nlisten = \"127.0.0.1:0\"\n[[param_server.versions]]\nname = \"b\"\nmodel = \"beta\"\nreward_label = \"click\"\n",
+        let err = split(WITH_VERSIONS).unwrap_err();
+        assert!(err.starts_with("param_server.versions"), "{err}");
+        // … by the server's start too, whoever built its config.
+        let server = Config::from_toml(
+            "listen = \"127.0.0.1:0\"\n[[versions]]\nname = \"b\"\nmodel = \"beta\"\nreward_label = \"click\"\n",
         )
         .unwrap();
         let (_tx, rx) = mpsc::channel(1);
-        let err = EmbeddedServer::start(server.unwrap(), &[], rx, CommandInbox::default())
+        let err = EmbeddedServer::start(server, &[], rx, CommandInbox::default())
             .err()
             .unwrap()
             .to_string();

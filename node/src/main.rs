@@ -1,6 +1,7 @@
 //! `learner`: the online Thompson-sampling job.
 //!
-//! - `learner run --config FILE [--until-end] [--from-savepoint latest|DIR]`:
+//! - `learner run --config FILE [--until-end] [--from-savepoint latest|DIR]
+//!   [--state-dir DIR] [--listen HOST:PORT]`:
 //!   consume the configured source, checkpoint into the state directory,
 //!   resume exactly where a previous run stopped. Every run checkpoints and
 //!   stops on SIGTERM/SIGINT; Kafka runs take a savepoint on SIGUSR1. With
@@ -15,8 +16,13 @@
 //! - `learner control --config FILE create|fork|retire ...`: an admin
 //!   command on the `[control]` topic, applied by every learner at its
 //!   event time (`--at-ms`, default now).
+//!
+//! Every command reads its config through [`load`]: the file, overridden
+//! by `POSTERIOR_LEARNER__*` environment variables, overridden by `run`'s
+//! flags, checked before anything is opened or bound.
 
 mod embedded;
+mod load;
 mod quickstart;
 
 use std::path::PathBuf;
@@ -68,6 +74,8 @@ enum Command {
         /// directory) instead of the live state, which must be absent.
         #[arg(long)]
         from_savepoint: Option<String>,
+        #[command(flatten)]
+        flags: load::RunFlags,
     },
     /// The closed loop in one process: the learner with its param-server,
     /// a simulated predictor ranking with the server's Thompson draws,
@@ -175,22 +183,6 @@ enum SavepointAction {
     },
 }
 
-/// The learner's config and the embedded param-server's, if it has one.
-fn load_with_server(
-    path: &PathBuf,
-) -> Result<(Config, Option<posterior_param_server::config::Config>)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let invalid = || format!("invalid config {}", path.display());
-    let (learner, server) = embedded::split_config(&text).with_context(invalid)?;
-    Ok((Config::from_toml(&learner).with_context(invalid)?, server))
-}
-
-/// The learner's config (an embedded server's table is checked, then
-/// ignored).
-fn load(path: &PathBuf) -> Result<Config> {
-    load_with_server(path).map(|(config, _)| config)
-}
-
 fn savepoint_root(config: &Config) -> Result<&PathBuf> {
     Ok(&config
         .savepoints
@@ -279,14 +271,15 @@ fn main() -> Result<()> {
             config,
             until_end,
             from_savepoint,
+            flags,
         } => {
-            let (config, server) = load_with_server(&config)?;
+            let (config, server) = load::load_with_flags(&config, &flags)?;
             run(&config, server, until_end, from_savepoint)?;
         }
         Command::Quickstart { config, overrides } => quickstart::run(&config, &overrides)?,
         Command::Dump { config, savepoint } => {
             let (config, _scratch) = match (config, savepoint) {
-                (Some(config), _) => (load(&config)?, None),
+                (Some(config), _) => (load::load(&config)?, None),
                 (None, Some(dir)) => {
                     // Restore the savepoint into a scratch store and dump it.
                     let scratch = tempfile::tempdir().context("scratch directory")?;
@@ -306,13 +299,13 @@ fn main() -> Result<()> {
                 config,
                 partition_count,
             } => {
-                let config = load(&config)?;
+                let config = load::load(&config)?;
                 let store = RocksStore::open(&config.state.dir).context("open state store")?;
                 let taken = savepoint::write(savepoint_root(&config)?, &store, partition_count)?;
                 println!("{}", taken.dir.display());
             }
             SavepointAction::List { config } => {
-                let config = load(&config)?;
+                let config = load::load(&config)?;
                 let (valid, invalid) = savepoint::list(savepoint_root(&config)?)?;
                 for s in valid {
                     println!(
@@ -343,7 +336,7 @@ fn main() -> Result<()> {
             id,
             action,
         } => {
-            let config = load(&config)?;
+            let config = load::load(&config)?;
             let control = config
                 .control
                 .as_ref()

@@ -62,10 +62,16 @@ use std::path::PathBuf;
 
 use posterior_learner::VersionSpec;
 use posterior_learner::config::VersionConfig;
+use posterior_learner::overrides::{self, LoadError, Override};
 use serde::Deserialize;
 
 use crate::limits::Limits;
 use crate::store::DEFAULT_WATCH_BUFFER;
+
+/// Prefix of the environment variables that override keys of the file:
+/// `POSTERIOR_PARAM_SERVER__LIMITS__WORK_SLOTS=4` sets `limits.work_slots`
+/// (syntax: [`posterior_learner::overrides`]).
+pub const ENV_PREFIX: &str = "POSTERIOR_PARAM_SERVER__";
 
 /// Largest `watch_buffer`: one version's buffer holds this many updates.
 pub const MAX_WATCH_BUFFER: usize = 1 << 20;
@@ -322,9 +328,23 @@ fn bad(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 impl Config {
     /// Parses and validates a TOML file's text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| bad("config", e.message()))?;
+        let config: Self = toml::from_str(text).map_err(|e| {
+            let key = e.span().and_then(|span| overrides::key_at(text, span));
+            bad(key.as_deref().unwrap_or("config"), e.message().trim_end())
+        })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Parses and validates a config file's `text` with `overrides`
+    /// (the [`ENV_PREFIX`] variables, then flags) applied; an error of an
+    /// override names its variable or flag.
+    pub fn load(text: &str, overrides: &[Override]) -> Result<Self, LoadError> {
+        let file = overrides::parse_document(text)?;
+        overrides::load(&file, overrides, |table| {
+            let text = toml::to_string(&table).map_err(|e| bad("config", e.to_string()))?;
+            Self::from_toml(&text)
+        })
     }
 
     /// Checks every value; the error names the first bad key.
@@ -684,6 +704,59 @@ brokers = "127.0.0.1:9092"
     }
 
     #[test]
+    fn overrides_set_nested_keys_and_their_errors_name_them() {
+        let vars = [
+            ("POSTERIOR_PARAM_SERVER__LIMITS__WORK_SLOTS", "4"),
+            ("POSTERIOR_PARAM_SERVER__VERSIONS__1__DIM", "3"),
+            ("POSTERIOR_TOKEN", "not an override"),
+        ];
+        let env = |vars: &[(&str, &str)]| {
+            let vars = vars.iter().map(|(k, v)| ((*k).into(), (*v).into()));
+            overrides::from_vars(ENV_PREFIX, vars).unwrap()
+        };
+        let mut given = env(&vars);
+        given.push(Override::flag("--listen", "listen", "127.0.0.1:9".into()));
+        let config = Config::load(GOOD, &given).unwrap();
+        assert_eq!(config.limits.work_slots, 4);
+        assert_eq!(config.version_specs().unwrap()[1].model.kind.dim(), 3);
+        assert_eq!(config.listen, "127.0.0.1:9");
+        let cases = [
+            (
+                "POSTERIOR_PARAM_SERVER__LIMITS__WORK_SLOTS",
+                "257",
+                "limits.work_slots: must be <= 256",
+            ),
+            (
+                "POSTERIOR_PARAM_SERVER__LIMITS__WORK_SLOTS",
+                "many",
+                "limits.work_slots: invalid type",
+            ),
+            (
+                "POSTERIOR_PARAM_SERVER__LIMITS__WORK_SLOT",
+                "1",
+                "limits.work_slot: unknown field",
+            ),
+            (
+                "POSTERIOR_PARAM_SERVER__WATCH_BUFFER",
+                "0",
+                "watch_buffer: must be in",
+            ),
+        ];
+        for (var, value, needle) in cases {
+            let err = Config::load(GOOD, &env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("{var}: {needle}")),
+                "{err} lacks {needle}"
+            );
+        }
+        let fine = env(&[("POSTERIOR_PARAM_SERVER__LIMITS__WORK_SLOTS", "4")]);
+        let err = Config::load(&GOOD.replace("dim = 8", "dim = 0"), &fine).unwrap_err();
+        assert!(matches!(err, LoadError::Config(_)), "{err:?}");
+    }
+
+    #[test]
     fn versions_may_come_from_the_learner_alone() {
         let config = Config::from_toml("listen = \"127.0.0.1:0\"\n").unwrap();
         assert!(config.versions.is_empty());
@@ -702,7 +775,14 @@ brokers = "127.0.0.1:9092"
             (GOOD.replace("ctr-logistic", "ctr-beta"), "versions[1].name"),
             (
                 GOOD.replace("[limits]", "[limits]\nmax_dogs = 3"),
-                "max_dogs",
+                "limits.max_dogs: unknown field",
+            ),
+            (
+                GOOD.replace(
+                    "max_docs_per_request = 500",
+                    "max_docs_per_request = \"500\"",
+                ),
+                "limits.max_docs_per_request: invalid type",
             ),
             (
                 GOOD.replace("[limits]", "[limits]\nmax_streams_per_connection = 255"),

@@ -4,9 +4,11 @@
 //!
 //! `param-server --config param-server.toml [--listen 127.0.0.1:50051] [--check]`
 //!
-//! The config is read and validated before any socket is bound; `--check`
-//! stops there. With `[feed.kafka]` the server is a standalone replica: it
-//! loads its snapshot (`[feed.snapshot]`), follows the learner's `params`
+//! The config is the file, overridden by `POSTERIOR_PARAM_SERVER__*`
+//! environment variables (`POSTERIOR_PARAM_SERVER__LIMITS__WORK_SLOTS=4`),
+//! overridden by the flags. It is read and validated before any socket is
+//! bound; `--check` stops there. With `[feed.kafka]` the server is a
+//! standalone replica: it loads its snapshot (`[feed.snapshot]`), follows the learner's `params`
 //! topic, and reports `NOT_SERVING` (refusing `ParamService` calls with
 //! UNAVAILABLE) until it has caught up; at SIGTERM it writes a last
 //! snapshot. Without it, it serves its versions' priors. With
@@ -18,7 +20,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use posterior_param_server::config::Config;
+use posterior_learner::overrides::{self, Override};
+use posterior_param_server::config::{Config, ENV_PREFIX};
 use posterior_param_server::control::{ControlPlane, NoControlPlane};
 use posterior_param_server::runner::{build_store, prepare, run};
 use tokio::net::TcpListener;
@@ -39,16 +42,17 @@ struct Args {
     check: bool,
 }
 
+/// The config file with the `POSTERIOR_PARAM_SERVER__*` variables, then
+/// the flags, applied; validated.
 fn load(args: &Args) -> Result<Config> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("read config {}", args.config.display()))?;
-    let mut config: Config =
-        toml::from_str(&text).with_context(|| format!("parse config {}", args.config.display()))?;
+    let mut overrides = overrides::from_env(ENV_PREFIX)?;
     if let Some(listen) = &args.listen {
-        config.listen.clone_from(listen);
+        overrides.push(Override::flag("--listen", "listen", listen.as_str().into()));
     }
-    config.validate().context("invalid config")?;
-    Ok(config)
+    Config::load(&text, &overrides)
+        .with_context(|| format!("invalid config {}", args.config.display()))
 }
 
 /// Resolves at SIGTERM or SIGINT. The handlers are installed when this is

@@ -68,6 +68,21 @@ fn a_bad_config_is_refused_before_binding_with_its_key_named() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen"));
+    let out = binary()
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .env("POSTERIOR_PARAM_SERVER__LIMITS__WORK_SLOTS", "257")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "POSTERIOR_PARAM_SERVER__LIMITS__WORK_SLOTS: limits.work_slots: must be <= 256"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]

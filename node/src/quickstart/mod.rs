@@ -20,6 +20,9 @@ mod config;
 mod report;
 mod sim;
 
+#[cfg(test)]
+pub use config::split as split_config;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -31,7 +34,7 @@ use posterior_client::{Client, ClientConfig};
 use posterior_learner::config::Config;
 use posterior_learner::runner::{Controls, run_local_with};
 
-use crate::embedded;
+use crate::{embedded, load};
 use sim::{Freshness, Stats};
 
 /// Samples the channel to the learner holds before the joiner waits.
@@ -63,8 +66,8 @@ pub fn run(path: &Path, overrides: &Overrides) -> Result<()> {
     q.requests = overrides.requests.unwrap_or(q.requests);
     q.seed = overrides.seed.unwrap_or(q.seed);
     q.out = overrides.out.clone().unwrap_or(q.out);
-    let (learner, server) = embedded::split_config(&rest).with_context(invalid)?;
-    let config = Config::from_toml(&learner).with_context(invalid)?;
+    let env = posterior_learner::overrides::from_env(load::ENV_PREFIX)?;
+    let (config, server) = load::parse(&rest, &env).with_context(invalid)?;
     let server = server
         .context("the quickstart serves its versions: the config needs a [param_server] table")
         .with_context(invalid)?;
