@@ -23,7 +23,9 @@ use posterior_learner::params::Publication;
 use posterior_learner::runner::CommandInbox;
 use posterior_param_server::config::Config;
 use posterior_param_server::control::InProcessControlPlane;
+use posterior_param_server::metrics::ServerMetrics;
 use posterior_param_server::runner::{build_store, prepare, run};
+use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 
 /// Key of the learner's config that holds the embedded server's table.
@@ -49,11 +51,15 @@ impl EmbeddedServer {
     ///
     /// The learner's configured `versions` are served from the start; the
     /// others (created at run time) from the learner's first announcement.
+    ///
+    /// With `registry` (the learner's `[metrics]` registry, served on one
+    /// endpoint) the server's metrics are registered on it.
     pub fn start(
         mut config: Config,
         versions: &[VersionConfig],
         publications: mpsc::Receiver<Publication>,
         inbox: CommandInbox,
+        registry: Option<&mut Registry>,
     ) -> Result<Self> {
         anyhow::ensure!(
             config.versions.is_empty(),
@@ -66,8 +72,9 @@ impl EmbeddedServer {
         config.versions = versions.to_vec();
         let store = build_store(&config).with_context(|| format!("invalid [{CONFIG_KEY}]"))?;
         let (control, mut commands) = InProcessControlPlane::channel(config.admin.control_queue);
-        let options = prepare(&config, &store, Arc::new(control))
+        let mut options = prepare(&config, &store, Arc::new(control))
             .with_context(|| format!("[{CONFIG_KEY}] admin or tls"))?;
+        options.metrics = registry.map(|r| ServerMetrics::register(r, &store));
         let addr = config
             .listen_addr()
             .with_context(|| format!("[{CONFIG_KEY}] listen"))?;
@@ -161,6 +168,11 @@ pub fn split_config(text: &str) -> Result<(String, Option<Config>)> {
             let text = toml::to_string(&value).context("re-encode [param_server]")?;
             let config = Config::from_toml(&text)
                 .map_err(|e| anyhow::anyhow!("{CONFIG_KEY}.{}: {}", e.key, e.reason))?;
+            anyhow::ensure!(
+                config.metrics.is_none(),
+                "{CONFIG_KEY}.metrics: the learner's [metrics] endpoint serves the embedded \
+                 param-server's metrics too; remove the table"
+            );
             Some(config)
         }
     };
@@ -190,13 +202,29 @@ mod tests {
     }
 
     #[test]
+    fn a_metrics_table_of_the_embedded_server_is_refused() {
+        let err = split_config(
+            "[param_server]\nlisten = \"127.0.0.1:0\"\n[param_server.metrics]\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("param_server.metrics"), "{err}");
+        let err = split_config(
+            "[param_server]\nlisten = \"127.0.0.1:0\"\n[param_server.metrics]\nlisten = \"nowhere\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("metrics.listen"), "{err}");
+    }
+
+    #[test]
     fn versions_in_the_server_table_are_refused() {
         let (_, server) = split_config(
             "[param_server]\nlisten = \"127.0.0.1:0\"\n[[param_server.versions]]\nname = \"b\"\nmodel = \"beta\"\nreward_label = \"click\"\n",
         )
         .unwrap();
         let (_tx, rx) = mpsc::channel(1);
-        let err = EmbeddedServer::start(server.unwrap(), &[], rx, CommandInbox::default())
+        let err = EmbeddedServer::start(server.unwrap(), &[], rx, CommandInbox::default(), None)
             .err()
             .unwrap()
             .to_string();

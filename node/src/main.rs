@@ -14,6 +14,7 @@
 //!   event time (`--at-ms`, default now).
 
 mod embedded;
+mod metrics;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -204,7 +205,8 @@ fn run(
             restored.dir.display()
         );
     }
-    let controls = Controls::default();
+    let mut controls = Controls::default();
+    let mut registry = metrics::learner_registry(config, &mut controls);
     for signal in [SIGTERM, SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&controls.stop))
             .context("install signal handler")?;
@@ -226,12 +228,20 @@ fn run(
                 &config.versions,
                 publications,
                 controls.commands.clone(),
+                registry.as_mut(),
             )?;
             eprintln!("learner: param-server listening on {}", serving.addr());
             (Box::new(sink), Some(serving))
         }
         None => (open_sink(config)?, None),
     };
+    let endpoint = match registry {
+        Some(registry) => metrics::MetricsEndpoint::start(config, registry)?,
+        None => None,
+    };
+    if let Some(endpoint) = &endpoint {
+        eprintln!("learner: metrics listening on {}", endpoint.addr());
+    }
     let summary = match &config.source {
         SourceConfig::Kafka(_) => {
             signal_hook::flag::register(SIGUSR1, Arc::clone(&controls.savepoint))
@@ -251,6 +261,7 @@ fn run(
     if let Some(serving) = serving {
         serving.stop()?;
     }
+    drop(endpoint);
     eprintln!(
         "learner: {} records ({}), {} checkpoints, {} throttles; applied {}, dead letters {:?}",
         summary.records,
