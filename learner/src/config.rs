@@ -48,6 +48,8 @@ pub struct Config {
     pub control: Option<ControlConfig>,
     /// The restore of last resort (see `fallback`); absent = none.
     pub fallback: Option<FallbackConfig>,
+    /// `GET /metrics` (Prometheus); absent = no endpoint.
+    pub metrics: Option<crate::metrics::MetricsConfig>,
 }
 
 /// `[fallback]`: where served parameters come from for a version with
@@ -451,6 +453,9 @@ impl Config {
         };
         if self.state.checkpoint_every_records == 0 {
             return bad("state.checkpoint_every_records", "must be >= 1");
+        }
+        if let Some(Err(reason)) = self.metrics.as_ref().map(|m| m.listen_addr()) {
+            return bad("metrics.listen", &reason);
         }
         if let SourceConfig::Kafka(kafka) = &self.source {
             if kafka.brokers.trim().is_empty() {

@@ -67,6 +67,59 @@ pub struct Counters {
     pub dead: BTreeMap<&'static str, u64>,
 }
 
+/// Buckets of [`EngineStats::batch_sizes`].
+pub const BATCH_SIZE_BUCKETS: usize = 12;
+
+/// Counts for metrics, kept since the engine was created or restored (not
+/// checkpointed, unlike [`Counters`]): plain integers bumped once per
+/// applied micro-batch, never an atomic or a lock on the hot path (the
+/// runner copies them out, see `metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EngineStats {
+    /// Samples applied, indexed by version id.
+    pub applied_by_version: Vec<u64>,
+    /// Applied micro-batches by size: bucket `i` counts sizes in
+    /// `(2^(i-1), 2^i]` (bucket 0: size 1; the last: every larger size).
+    pub batch_sizes: [u64; BATCH_SIZE_BUCKETS],
+    /// Samples in those micro-batches.
+    pub batch_sizes_sum: u64,
+    /// Event time of the newest applied sample.
+    pub last_applied_event_ms: Option<i64>,
+    /// Keys in the parameter table, indexed by version id (a state, so
+    /// counted from the restored table too).
+    pub keys_by_version: Vec<u64>,
+}
+
+impl EngineStats {
+    /// Counts one applied micro-batch of `len` samples of `version`, the
+    /// newest at `event_time_ms`.
+    #[inline]
+    pub fn count_batch(&mut self, version: VersionId, len: usize, event_time_ms: i64) {
+        let i = version.0 as usize;
+        if i >= self.applied_by_version.len() {
+            self.applied_by_version.resize(i + 1, 0);
+        }
+        self.applied_by_version[i] += len as u64;
+        let bucket = (usize::BITS - len.saturating_sub(1).leading_zeros()) as usize;
+        self.batch_sizes[bucket.min(BATCH_SIZE_BUCKETS - 1)] += 1;
+        self.batch_sizes_sum += len as u64;
+        self.last_applied_event_ms = Some(
+            self.last_applied_event_ms
+                .map_or(event_time_ms, |t| t.max(event_time_ms)),
+        );
+    }
+
+    /// Counts a key entering the parameter table.
+    #[inline]
+    pub fn count_key(&mut self, version: VersionId) {
+        let i = version.0 as usize;
+        if i >= self.keys_by_version.len() {
+            self.keys_by_version.resize(i + 1, 0);
+        }
+        self.keys_by_version[i] += 1;
+    }
+}
+
 /// The learner's state and logic, without I/O.
 #[derive(Debug)]
 pub struct Engine {
@@ -83,6 +136,7 @@ pub struct Engine {
     changed: Vec<ParamKey>,
     dead_letters: Vec<DeadLetter>,
     counters: Counters,
+    stats: EngineStats,
     dirty: Dirty,
     /// Keys whose pending batch the last checkpoint stored: only those
     /// need a delete when their batch is applied.
@@ -218,6 +272,7 @@ impl Engine {
             changed: Vec::new(),
             dead_letters: Vec::new(),
             counters: Counters::default(),
+            stats: EngineStats::default(),
             dirty: Dirty::default(),
             stored_pending: KeySet::default(),
             control: ControlState::default(),
@@ -356,6 +411,17 @@ impl Engine {
         &self.counters
     }
 
+    /// Counts for metrics since this engine was created or restored.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// A partition's event-time watermark (`i64::MIN` before its first
+    /// sample).
+    pub fn partition_watermark(&self, partition: u32) -> i64 {
+        self.watermarks.partition_watermark(partition)
+    }
+
     /// Every key with its state, in no particular order.
     pub fn params(&self) -> impl ExactSizeIterator<Item = (&ParamKey, &KeyState)> {
         self.params.iter().map(|(key, slot)| (key, &*slot.state))
@@ -415,6 +481,7 @@ impl Engine {
         slot.mark(key, &mut self.changed, &mut self.dirty.params);
         let old = self.params.insert(key, slot);
         debug_assert!(old.is_none(), "{key:?} was in the table");
+        self.stats.count_key(key.version);
     }
 
     /// Registers a version; its samples are accepted from the next released
@@ -814,6 +881,7 @@ impl Engine {
                     let mut slot = Slot::clean(state);
                     slot.mark(key, changed, dirty);
                     self.params.insert(key, slot);
+                    self.stats.count_key(key.version);
                 })
             }
         };
@@ -821,6 +889,8 @@ impl Engine {
             Ok(()) => {
                 self.counters.applied += batch.len() as u64;
                 self.counters.updates += 1;
+                let newest = batch.last().map_or(i64::MIN, |o| o.origin.event_time_ms);
+                self.stats.count_batch(key.version, batch.len(), newest);
             }
             Err(err) => {
                 let version = spec.name.clone();

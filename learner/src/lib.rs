@@ -33,6 +33,8 @@
 //! - [`fallback`]: the restore of last resort from served parameters
 //!   (the `params` topic, or a param-server: [`served`]).
 //! - [`dump`]: every key's state as exact JSONL.
+//! - [`metrics`]: the Prometheus metrics and the `[metrics]` table; the
+//!   runner copies the engine's plain counters into them.
 //! - [`store`]: the RocksDB state store; its doc states the delivery guarantee.
 //! - [`meta`]: the small named state: offsets, clocks, registry, counters.
 //! - [`deadletter`]: records that were not applied, and why.
@@ -58,6 +60,7 @@ pub mod file_source;
 #[cfg(feature = "io")]
 pub mod kafka;
 pub mod meta;
+pub mod metrics;
 pub mod overrides;
 pub mod params;
 pub mod partitioning;

@@ -134,6 +134,12 @@ impl CheckedProducer {
         }
     }
 
+    /// Records handed to the producer and not yet delivered (or failed).
+    pub fn in_flight(&self) -> u64 {
+        use rdkafka::producer::Producer as _;
+        u64::try_from(self.producer.in_flight_count()).unwrap_or(0)
+    }
+
     /// Serves delivery reports without waiting.
     pub fn poll(&self) {
         self.producer.poll(Duration::ZERO);

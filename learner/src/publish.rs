@@ -74,6 +74,12 @@ pub trait ParamSink {
 
     /// The sink's counts.
     fn stats(&self) -> PublishStats;
+
+    /// What waits in the sink's bounded queue now (publications in a
+    /// channel, records in a producer), for metrics.
+    fn queued(&self) -> u64 {
+        0
+    }
 }
 
 /// The coalesced updates of every key the engine changed since the last
@@ -190,6 +196,10 @@ impl ParamSink for ChannelSink {
     fn stats(&self) -> PublishStats {
         self.stats
     }
+
+    fn queued(&self) -> u64 {
+        (self.tx.max_capacity() - self.tx.capacity()) as u64
+    }
 }
 
 /// The Kafka `params` topic: key `version/doc_id`, value a protobuf
@@ -244,6 +254,10 @@ impl ParamSink for KafkaSink {
 
     fn stats(&self) -> PublishStats {
         self.stats
+    }
+
+    fn queued(&self) -> u64 {
+        self.producer.in_flight()
     }
 }
 

@@ -26,6 +26,7 @@ use crate::engine::{Counters, Engine, Payload, Write};
 use crate::fallback::ServedParams;
 use crate::file_source::FileSource;
 use crate::kafka::{ControlReader, KafkaSource, ParamsTopic, Polled};
+use crate::metrics::LearnerMetrics;
 use crate::publish::{KafkaSink, NullSink, ParamSink, take_updates};
 use crate::registry::{Registry, VersionEntry};
 use crate::savepoint::{self, Savepoint};
@@ -356,7 +357,9 @@ pub fn run_local_with(
     let store = RocksStore::open(&config.state.dir).context("open state store")?;
     let (mut engine, restored, dead_len, seeded) = open_engine_seeding(config, &store, true)?;
     let commands = CommandSources::open(config, controls, &mut engine)?;
-    let mut checkpointer = Checkpointer::new(config, store, dead_len, sink)?;
+    let mut checkpointer =
+        Checkpointer::new(config, store, dead_len, sink)?.with_metrics(controls.metrics.clone());
+    checkpointer.export(&engine);
     let mut records = 0_u64;
     // A restored engine may be held at a savepoint it was taking.
     run_barriers(&mut engine, &mut checkpointer, config, 1, records)?;
@@ -559,6 +562,9 @@ pub struct Controls {
     pub savepoint: Arc<AtomicBool>,
     /// Admin commands from an embedded param-server.
     pub commands: CommandInbox,
+    /// Where the run reports its metrics (every publish, checkpoint and
+    /// savepoint); none when absent.
+    pub metrics: Option<Arc<LearnerMetrics>>,
 }
 
 /// Admin commands handed to a running learner in process (the embedded
@@ -714,7 +720,9 @@ pub fn run_kafka_with(
     };
     let seeded = seed_stateless(&mut engine, &stateless, config)?;
     let commands = CommandSources::open(config, controls, &mut engine)?;
-    let mut checkpointer = Checkpointer::new(config, store, dead_len, sink)?;
+    let mut checkpointer =
+        Checkpointer::new(config, store, dead_len, sink)?.with_metrics(controls.metrics.clone());
+    checkpointer.export(&engine);
     let publish_every = Duration::from_millis(config.publish_interval_ms());
     let mut last_publish = Instant::now();
     let mut last_status = Instant::now();
@@ -818,6 +826,7 @@ pub fn run_kafka_with(
             paused = want_paused;
         }
         if last_status.elapsed() >= STATUS_EVERY {
+            export_lag(controls, &source, &engine);
             eprintln!(
                 "learner: {records} records, next offsets {:?}, {} buffered below watermark {}, \
                  paused {paused:?}, caught up {caught_up:?}",
@@ -871,6 +880,7 @@ pub fn run_kafka_with(
         }
     }
     checkpointer.finish(&mut engine, records)?;
+    export_lag(controls, &source, &engine);
     if let Some(done) = checkpointer.last_write()
         && let Err(err) = source.commit_informational(&done.offsets)
     {
@@ -887,6 +897,19 @@ pub fn run_kafka_with(
         throttles,
         seeded,
     })
+}
+
+/// Kafka, with metrics: each partition's lag behind its high watermark.
+/// The watermarks cost a broker round trip per partition, so this runs at
+/// the status interval; a failed fetch is logged and skipped.
+fn export_lag(controls: &Controls, source: &KafkaSource, engine: &Engine) {
+    let Some(metrics) = &controls.metrics else {
+        return;
+    };
+    match source.high_watermarks() {
+        Ok(high) => metrics.export_lag(&high, engine.next_offsets()),
+        Err(err) => eprintln!("learner: metrics: high watermarks: {err}"),
+    }
 }
 
 /// Does the I/O of the barrier command the engine is held at, if any —
@@ -1025,6 +1048,7 @@ pub struct Checkpointer {
     count: u64,
     in_flight: Option<InFlight>,
     last_write: Option<WriteDone>,
+    metrics: Option<Arc<LearnerMetrics>>,
 }
 
 /// A handed-off write.
@@ -1089,7 +1113,22 @@ impl Checkpointer {
             count: 0,
             in_flight: None,
             last_write: None,
+            metrics: None,
         })
+    }
+
+    /// Reports every publish, checkpoint and savepoint to `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Arc<LearnerMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Copies the engine's counts into the metrics, if any (the first
+    /// call sets their baseline).
+    pub fn export(&self, engine: &Engine) {
+        if let Some(metrics) = &self.metrics {
+            metrics.export(engine, unix_now_ms());
+        }
     }
 
     /// Checkpoints completed so far.
@@ -1105,6 +1144,7 @@ impl Checkpointer {
     /// Takes a savepoint of the last checkpoint (after waiting for it).
     pub fn savepoint(&mut self, config: &Config, partition_count: u32, records: u64) -> Result<()> {
         self.wait()?;
+        let start = Instant::now();
         let dir = &config
             .savepoints
             .as_ref()
@@ -1115,6 +1155,7 @@ impl Checkpointer {
             failpoint.hit("mid_savepoint", records);
         })
         .context("take savepoint")?;
+        self.observe_savepoint(&taken, start);
         eprintln!("learner: savepoint {}", taken.dir.display());
         Ok(())
     }
@@ -1131,6 +1172,7 @@ impl Checkpointer {
         records: u64,
     ) -> Result<Result<String, String>> {
         self.wait()?;
+        let start = Instant::now();
         let Some(dir) = config.savepoints.as_ref().map(|s| &s.dir) else {
             return Ok(Err("this learner has no [savepoints] dir".into()));
         };
@@ -1140,6 +1182,7 @@ impl Checkpointer {
                 failpoint.hit("mid_savepoint", records);
             }) {
                 Ok((taken, true)) => {
+                    self.observe_savepoint(&taken, start);
                     eprintln!("learner: savepoint {}", taken.dir.display());
                     Ok(format!("savepoint {} written", taken.dir.display()))
                 }
@@ -1152,8 +1195,16 @@ impl Checkpointer {
         )
     }
 
+    fn observe_savepoint(&self, taken: &Savepoint, start: Instant) {
+        if let Some(metrics) = &self.metrics {
+            let bytes = taken.manifest.files.iter().map(|f| f.bytes).sum();
+            metrics.observe_savepoint(start.elapsed(), bytes);
+        }
+    }
+
     /// Publishes the keys changed since the last publish, and logs the
-    /// admin commands applied since.
+    /// admin commands applied since; copies the engine's counts into the
+    /// metrics.
     pub fn publish(&mut self, engine: &mut Engine) -> Result<()> {
         for outcome in engine.take_control_outcomes() {
             let result = match &outcome.result {
@@ -1173,9 +1224,14 @@ impl Checkpointer {
             self.sink.announce(versions).context("announce versions")?;
             self.announced = Some(versions.to_vec());
         }
+        let start = Instant::now();
         let updates = take_updates(engine);
         if !updates.is_empty() {
             self.sink.publish(updates).context("publish updates")?;
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_publish(start.elapsed(), self.sink.queued());
+            metrics.export(engine, unix_now_ms());
         }
         Ok(())
     }
@@ -1224,14 +1280,18 @@ impl Checkpointer {
             offsets: engine.next_offsets().clone(),
             handle,
         });
-        Ok(CheckpointTiming {
+        let timing = CheckpointTiming {
             publish: t1 - t0,
             dead_letters: t2 - t1,
             delta: t3 - t2,
             waited: t4 - t3,
             changed_keys,
             writes: count,
-        })
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_checkpoint_blocked(timing.total());
+        }
+        Ok(timing)
     }
 
     /// Waits for the write in flight, if any; returns the checkpoint it
@@ -1246,6 +1306,9 @@ impl Checkpointer {
             .map_err(|_| anyhow::anyhow!("the checkpoint writer panicked"))?
             .context("write checkpoint")?;
         self.count += 1;
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_checkpoint_write(took, stats.bytes as u64);
+        }
         self.failpoint.hit("after_checkpoint", in_flight.records);
         self.last_write = Some(WriteDone {
             stats,
@@ -1275,6 +1338,13 @@ impl Checkpointer {
         self.wait()?;
         Ok(())
     }
+}
+
+/// Wall-clock time, Unix ms (0 if the clock is before 1970).
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Test hook: `POSTERIOR_FAILPOINT=name:n` aborts the process (as a crash

@@ -24,7 +24,9 @@ use posterior_learner::publish::{ChannelSink, ParamSink, channel};
 use posterior_learner::runner::{CommandInbox, Controls, open_sink};
 use posterior_param_server::config::Config;
 use posterior_param_server::control::InProcessControlPlane;
+use posterior_param_server::metrics::ServerMetrics;
 use posterior_param_server::runner::{build_store, prepare, run};
+use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 
 /// Key of the learner's config that holds the embedded server's table.
@@ -50,18 +52,23 @@ impl EmbeddedServer {
     ///
     /// The learner's configured `versions` are served from the start; the
     /// others (created at run time) from the learner's first announcement.
+    ///
+    /// With `registry` (the learner's `[metrics]` registry, served on one
+    /// endpoint) the server's metrics are registered on it.
     pub fn start(
         mut config: Config,
         versions: &[VersionConfig],
         publications: mpsc::Receiver<Publication>,
         inbox: CommandInbox,
+        registry: Option<&mut Registry>,
     ) -> Result<Self> {
         check(&config).map_err(anyhow::Error::msg)?;
         config.versions = versions.to_vec();
         let store = build_store(&config).with_context(|| format!("invalid [{CONFIG_KEY}]"))?;
         let (control, mut commands) = InProcessControlPlane::channel(config.admin.control_queue);
-        let options = prepare(&config, &store, Arc::new(control))
+        let mut options = prepare(&config, &store, Arc::new(control))
             .with_context(|| format!("[{CONFIG_KEY}] admin or tls"))?;
+        options.metrics = registry.map(|r| ServerMetrics::register(r, &store));
         let addr = config
             .listen_addr()
             .with_context(|| format!("[{CONFIG_KEY}] listen"))?;
@@ -151,10 +158,11 @@ pub fn attach(
     config: &posterior_learner::config::Config,
     server: Option<Config>,
     controls: &Controls,
+    registry: Option<&mut Registry>,
 ) -> Result<(Box<dyn ParamSink>, Option<EmbeddedServer>)> {
     Ok(match server {
         Some(server) => {
-            let (sink, serving) = serve(config, server, controls)?;
+            let (sink, serving) = serve(config, server, controls, registry)?;
             (Box::new(sink), Some(serving))
         }
         None => (open_sink(config)?, None),
@@ -167,6 +175,7 @@ pub fn serve(
     config: &posterior_learner::config::Config,
     server: Config,
     controls: &Controls,
+    registry: Option<&mut Registry>,
 ) -> Result<(ChannelSink, EmbeddedServer)> {
     anyhow::ensure!(
         config
@@ -183,6 +192,7 @@ pub fn serve(
         &config.versions,
         publications,
         controls.commands.clone(),
+        registry,
     )?;
     eprintln!("learner: param-server listening on {}", serving.addr());
     Ok((sink, serving))
@@ -199,6 +209,12 @@ pub fn check(config: &Config) -> Result<(), String> {
     if config.feed != Default::default() || config.control != Default::default() {
         return Err(format!(
             "{CONFIG_KEY}.feed / {CONFIG_KEY}.control: an embedded param-server is fed by the learner and reaches it in process; remove the tables"
+        ));
+    }
+    if config.metrics.is_some() {
+        return Err(format!(
+            "{CONFIG_KEY}.metrics: the learner's [metrics] endpoint serves the embedded \
+             param-server's metrics too; remove the table"
         ));
     }
     Ok(())
@@ -257,6 +273,20 @@ mod tests {
     const WITH_VERSIONS: &str = "[param_server]\nlisten = \"127.0.0.1:0\"\n[[param_server.versions]]\nname = \"b\"\nmodel = \"beta\"\nreward_label = \"click\"\n";
 
     #[test]
+    fn a_metrics_table_of_the_embedded_server_is_refused() {
+        let err = split(
+            "[param_server]\nlisten = \"127.0.0.1:0\"\n[param_server.metrics]\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("param_server.metrics"), "{err}");
+        let err = split(
+            "[param_server]\nlisten = \"127.0.0.1:0\"\n[param_server.metrics]\nlisten = \"nowhere\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("metrics.listen"), "{err}");
+    }
+
+    #[test]
     fn versions_in_the_server_table_are_refused() {
         let err = split(WITH_VERSIONS).unwrap_err();
         assert!(err.starts_with("param_server.versions"), "{err}");
@@ -266,7 +296,7 @@ mod tests {
         )
         .unwrap();
         let (_tx, rx) = mpsc::channel(1);
-        let err = EmbeddedServer::start(server, &[], rx, CommandInbox::default())
+        let err = EmbeddedServer::start(server, &[], rx, CommandInbox::default(), None)
             .err()
             .unwrap()
             .to_string();

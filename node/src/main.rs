@@ -23,6 +23,7 @@
 
 mod embedded;
 mod load;
+mod metrics;
 mod quickstart;
 
 use std::path::PathBuf;
@@ -214,12 +215,20 @@ fn run(
             restored.dir.display()
         );
     }
-    let controls = Controls::default();
+    let mut controls = Controls::default();
+    let mut registry = metrics::learner_registry(config, &mut controls);
     for signal in [SIGTERM, SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&controls.stop))
             .context("install signal handler")?;
     }
-    let (sink, serving) = embedded::attach(config, server, &controls)?;
+    let (sink, serving) = embedded::attach(config, server, &controls, registry.as_mut())?;
+    let endpoint = match registry {
+        Some(registry) => metrics::MetricsEndpoint::start(config, registry)?,
+        None => None,
+    };
+    if let Some(endpoint) = &endpoint {
+        eprintln!("learner: metrics listening on {}", endpoint.addr());
+    }
     let summary = match &config.source {
         SourceConfig::Kafka(_) => {
             signal_hook::flag::register(SIGUSR1, Arc::clone(&controls.savepoint))
@@ -239,6 +248,7 @@ fn run(
     if let Some(serving) = serving {
         serving.stop()?;
     }
+    drop(endpoint);
     eprintln!(
         "learner: {} records ({}), {} checkpoints, {} throttles; applied {}, dead letters {:?}",
         summary.records,

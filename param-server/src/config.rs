@@ -46,6 +46,10 @@
 //! topic = "control"
 //! delivery_timeout_ms = 5000
 //!
+//! # GET /metrics (Prometheus text format); absent = no endpoint.
+//! [metrics]
+//! listen = "127.0.0.1:9101"
+//!
 //! [[versions]]
 //! name = "ctr-beta"
 //! model = "beta"
@@ -72,6 +76,9 @@ use crate::store::DEFAULT_WATCH_BUFFER;
 /// `POSTERIOR_PARAM_SERVER__LIMITS__WORK_SLOTS=4` sets `limits.work_slots`
 /// (syntax: [`posterior_learner::overrides`]).
 pub const ENV_PREFIX: &str = "POSTERIOR_PARAM_SERVER__";
+
+/// The `[metrics]` table, shared with the learner's config.
+pub use posterior_learner::metrics::MetricsConfig;
 
 /// Largest `watch_buffer`: one version's buffer holds this many updates.
 pub const MAX_WATCH_BUFFER: usize = 1 << 20;
@@ -108,6 +115,9 @@ pub struct Config {
     /// ones included) through the feed, and they are served from then on.
     #[serde(default)]
     pub versions: Vec<VersionConfig>,
+    /// `GET /metrics` (Prometheus); absent = no endpoint.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// Largest `limits.work_slots` (threads of the blocking pool at once).
@@ -350,6 +360,11 @@ impl Config {
     /// Checks every value; the error names the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .listen_addr()
+                .map_err(|reason| bad("metrics.listen", reason))?;
+        }
         if !(1..=MAX_WATCH_BUFFER).contains(&self.watch_buffer) {
             return Err(bad(
                 "watch_buffer",

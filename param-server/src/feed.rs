@@ -17,6 +17,7 @@ use posterior_learner::VersionSpec;
 use posterior_learner::params::Publication;
 use tokio::sync::mpsc;
 
+use crate::metrics::ServerMetrics;
 use crate::store::ParamStore;
 use crate::table::ApplyOutcome;
 
@@ -76,12 +77,19 @@ pub fn learn_version(store: &ParamStore, spec: &VersionSpec, retired: bool, stat
 }
 
 /// Applies every batch received until the sender side closes.
-pub async fn feed(
+pub async fn feed(store: Arc<ParamStore>, publications: mpsc::Receiver<Publication>) -> FeedStats {
+    feed_metered(store, publications, None).await
+}
+
+/// [`feed`], adding each publication's outcomes to `metrics`.
+pub async fn feed_metered(
     store: Arc<ParamStore>,
     mut publications: mpsc::Receiver<Publication>,
+    metrics: Option<Arc<ServerMetrics>>,
 ) -> FeedStats {
     let mut stats = FeedStats::default();
     while let Some(publication) = publications.recv().await {
+        let before = stats;
         match publication {
             Publication::Versions(entries) => {
                 for entry in &entries {
@@ -93,6 +101,9 @@ pub async fn feed(
                     stats.count(store.apply_shared(&change.version, change.doc_id, &change.state));
                 }
             }
+        }
+        if let Some(metrics) = &metrics {
+            metrics.count_feed(&before, &stats);
         }
     }
     tracing::info!(stats.applied, stats.stale, stats.rejected, "feed closed");

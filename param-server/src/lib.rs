@@ -22,6 +22,11 @@
 //! - [`control`]: the `ControlPlane` trait and its in-process channel.
 //! - [`tls`]: TLS / mTLS settings loaded and checked before binding.
 //! - [`server`]: `serve(listener, …, shutdown)` with health and reflection.
+//! - [`metrics`]: the Prometheus metrics: gRPC latencies, sheds, keys,
+//!   watchers, feed updates.
+//! - [`grpc_metrics`]: the service wrapper timing each call by method and
+//!   status code.
+//! - [`exposition`]: `GET /metrics` on the `[metrics]` listener.
 //! - [`limits`]: the bounds of every request, response and buffer.
 //! - [`admission`]: the server-wide work slots, the bounded wait for
 //!   one, and what is shed (`RESOURCE_EXHAUSTED`) under overload.
@@ -48,12 +53,15 @@ pub mod config;
 pub mod control;
 pub mod encoded;
 pub mod error;
+pub mod exposition;
 pub mod feed;
 pub mod follower;
+pub mod grpc_metrics;
 pub mod guard;
 #[cfg(feature = "kafka")]
 pub mod kafka_control;
 pub mod limits;
+pub mod metrics;
 pub mod readiness;
 #[cfg(feature = "kafka")]
 pub mod replica;

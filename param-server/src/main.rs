@@ -13,7 +13,8 @@
 //! UNAVAILABLE) until it has caught up; at SIGTERM it writes a last
 //! snapshot. Without it, it serves its versions' priors. With
 //! `[control.kafka]` admin commands go to the learners' `control` topic;
-//! without it they are refused with UNAVAILABLE.
+//! without it they are refused with UNAVAILABLE. With `[metrics]` it
+//! serves `GET /metrics` (Prometheus text format) on that address.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +24,10 @@ use clap::Parser;
 use posterior_learner::overrides::{self, Override};
 use posterior_param_server::config::{Config, ENV_PREFIX};
 use posterior_param_server::control::{ControlPlane, NoControlPlane};
+use posterior_param_server::exposition::serve_metrics;
+use posterior_param_server::metrics::ServerMetrics;
 use posterior_param_server::runner::{build_store, prepare, run};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -92,12 +96,30 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     let shutdown = shutdown_signal()?;
+    let mut registry = Registry::default();
+    let metrics = config
+        .metrics
+        .as_ref()
+        .map(|_| ServerMetrics::register(&mut registry, &store));
     let replica = start_replica(&config, &store)?;
     #[cfg(feature = "kafka")]
     let options = posterior_param_server::ServeOptions {
         readiness: replica.as_ref().map(Replica::readiness),
         ..options
     };
+    let options = posterior_param_server::ServeOptions { metrics, ..options };
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(metrics) = &config.metrics {
+        let addr = metrics.listen_addr().map_err(anyhow::Error::msg)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind metrics.listen {addr}"))?;
+        let local = listener.local_addr().context("local address")?;
+        tracing::info!(%local, "param-server metrics listening");
+        tokio::spawn(serve_metrics(listener, Arc::new(registry), async {
+            let _ = metrics_stopped.await;
+        }));
+    }
     let addr = config.listen_addr().context("listen address")?;
     let listener = TcpListener::bind(addr)
         .await
@@ -114,6 +136,7 @@ async fn main() -> Result<()> {
     )
     .await
     .context("serve")?;
+    let _ = metrics_stop.send(());
     stop_replica(replica, &store)
 }
 

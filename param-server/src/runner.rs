@@ -18,7 +18,7 @@ use crate::auth::TokenSet;
 use crate::config::{AdminConfig, Config, ConfigError};
 use crate::control::ControlPlane;
 use crate::error::StoreError;
-use crate::feed::feed;
+use crate::feed::feed_metered;
 use crate::server::{AdminSetup, ServeOptions, ServerError, serve};
 use crate::store::ParamStore;
 use crate::tls::{TlsError, server_tls};
@@ -111,6 +111,7 @@ pub fn prepare(
         admin,
         tls,
         readiness: None,
+        metrics: None,
     })
 }
 
@@ -125,7 +126,8 @@ pub async fn run(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let feeding = updates.map(|rx| tokio::spawn(feed(Arc::clone(&store), rx)));
+    let metrics = options.metrics.clone();
+    let feeding = updates.map(|rx| tokio::spawn(feed_metered(Arc::clone(&store), rx, metrics)));
     let served = serve(listener, store, config.limits.clone(), options, shutdown).await;
     if let Some(task) = feeding {
         // The feed ends when its sender closes; at shutdown it is dropped.

@@ -19,8 +19,10 @@ use tonic::transport::server::TcpIncoming;
 use crate::admin::AdminServiceImpl;
 use crate::audit::AuditLog;
 use crate::auth::TokenSet;
+use crate::grpc_metrics::{ADMIN_METHODS, Metered, PARAM_METHODS};
 use crate::guard::AdminGuard;
 use crate::limits::Limits;
+use crate::metrics::ServerMetrics;
 use crate::readiness::Readiness;
 use crate::routes::ParamRoutes;
 use crate::service::ParamServiceImpl;
@@ -58,6 +60,9 @@ pub struct ServeOptions {
     /// A replica's catch-up: until ready, health says `NOT_SERVING` and
     /// `ParamService` calls get `UNAVAILABLE`. Ready at once when `None`.
     pub readiness: Option<Readiness>,
+    /// Where calls and admission decisions are counted; nowhere when
+    /// `None`.
+    pub metrics: Option<Arc<ServerMetrics>>,
 }
 
 /// How long in-flight calls get to finish once shutdown is asked for.
@@ -105,6 +110,9 @@ pub async fn serve(
         .build_v1()?;
     let service = ParamServiceImpl::new(store, limits.clone());
     let admission = Arc::clone(service.admission());
+    if let Some(metrics) = &options.metrics {
+        metrics.attach_admission(&admission);
+    }
     tracing::info!(work_slots = admission.slots(), "ParamService admission");
     let params = ParamRoutes::new(service, &limits);
     let params = tonic::service::interceptor::InterceptedService::new(params, {
@@ -122,6 +130,17 @@ pub async fn serve(
             Some(AdminGuard::new(server, setup.tokens, setup.audit))
         }
         None => None,
+    };
+    // Metered outermost: refusals by the readiness check, the guard and
+    // admission are timed and counted too.
+    let (params, params_plain, admin, admin_plain) = match &options.metrics {
+        Some(metrics) => (
+            Some(Metered::new(params, Arc::clone(metrics), PARAM_METHODS)),
+            None,
+            admin.map(|a| Metered::new(a, Arc::clone(metrics), ADMIN_METHODS)),
+            None,
+        ),
+        None => (None, Some(params), None, admin),
     };
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = options.tls {
@@ -144,8 +163,10 @@ pub async fn serve(
         .timeout(Duration::from_millis(limits.request_timeout_ms))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(params)
+        .add_optional_service(params)
+        .add_optional_service(params_plain)
         .add_optional_service(admin)
+        .add_optional_service(admin_plain)
         .serve_with_incoming_shutdown(incoming, shutdown);
     let grace_over = async move {
         if stopped.await.is_ok() {

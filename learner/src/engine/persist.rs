@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::{ControlState, Dirty, Engine, EngineConfig, Slot};
+use super::{ControlState, Dirty, Engine, EngineConfig, EngineStats, Slot};
 use crate::batcher::Batcher;
 use crate::codec::{self, CorruptState, Table};
 use crate::dedup::Dedup;
@@ -254,10 +254,14 @@ impl Engine {
             changed: Vec::new(),
             dead_letters: Vec::new(),
             counters,
+            stats: EngineStats::default(),
             dirty: Dirty::default(),
             stored_pending,
             control: ControlState::restore(backlog),
         };
+        for key in engine.params.keys() {
+            engine.stats.count_key(key.version);
+        }
         if engine.control.first_barrier_at().is_some() {
             // A checkpoint taken while the release was held at a barrier
             // (a savepoint's): hold it again, before any new record.

@@ -80,7 +80,7 @@ pub fn run(path: &Path, overrides: &Overrides) -> Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("install signal handler")?;
     }
     let controls = Controls::default();
-    let (sink, serving) = embedded::serve(&config, server, &controls)?;
+    let (sink, serving) = embedded::serve(&config, server, &controls, None)?;
     let endpoint = format!("http://{}", serving.addr());
     let (records, pushed) = std::sync::mpsc::sync_channel(CHANNEL_SAMPLES);
     let learner = {

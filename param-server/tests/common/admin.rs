@@ -52,7 +52,7 @@ impl AdminServer {
                 audit: Arc::new(audit),
             }),
             tls,
-            readiness: None,
+            ..ServeOptions::default()
         })
         .await;
         Self {

@@ -1,0 +1,525 @@
+//! The learner's Prometheus metrics and the `[metrics]` config table.
+//!
+//! The metrics live on an explicit [`Registry`] that the binary creates
+//! (no global state that tests would share) and serves on `GET /metrics`.
+//!
+//! Hot path: the engine processes millions of samples a second, so it
+//! never touches an atomic or a lock per sample. It keeps plain integers
+//! ([`Counters`], [`EngineStats`]); the runner copies them here once per
+//! publish interval ([`LearnerMetrics::export`]), and times checkpoints,
+//! savepoints and publishes, which happen at most a few times a second.
+//! Counters count from the process's start (a restart is a counter reset,
+//! as Prometheus expects), not from the start of the checkpointed state.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+
+use crate::engine::{BATCH_SIZE_BUCKETS, Counters, Engine, EngineStats};
+
+/// `[metrics]`: where `GET /metrics` is served (Prometheus text format).
+/// Absent: no endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener, e.g. `127.0.0.1:9100` (port 0: any
+    /// free port, logged at start).
+    pub listen: String,
+}
+
+impl MetricsConfig {
+    /// The listen address, or why `listen` is not one.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen
+            .parse()
+            .map_err(|e| format!("{e} (expected host:port, e.g. 127.0.0.1:9100)"))
+    }
+}
+
+/// Label of the series of one A/B version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct VersionLabel {
+    /// The version's name (versions are few: created by admins).
+    pub version: String,
+}
+
+/// Label of the series of one dead-letter reason.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// A stable reason from the engine (`late`, `duplicate`, …).
+    pub reason: String,
+}
+
+/// Label of the series of one source partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PartitionLabel {
+    /// The partition (0 for a file, stdin or the simulator).
+    pub partition: u32,
+}
+
+/// Seconds as a gauge value.
+type SecondsGauge = Gauge<f64, AtomicU64>;
+
+/// The learner's metrics (names in the README's "Metrics" section).
+#[derive(Debug)]
+pub struct LearnerMetrics {
+    applied: Family<VersionLabel, Counter>,
+    dead_letters: Family<ReasonLabel, Counter>,
+    updates: Counter,
+    batch_sizes: BatchSizes,
+    keys: Family<VersionLabel, Gauge>,
+    buffered: Gauge,
+    freshness: SecondsGauge,
+    watermark_delay: Family<PartitionLabel, SecondsGauge>,
+    consumer_lag: Family<PartitionLabel, Gauge>,
+    publish_duration: Histogram,
+    publish_queue: Gauge,
+    checkpoint_blocked: Histogram,
+    checkpoint_write: Histogram,
+    checkpoint_bytes: Histogram,
+    savepoint_duration: Histogram,
+    savepoint_bytes: Histogram,
+    /// What the last export saw, to turn the engine's totals into
+    /// increments.
+    exported: Mutex<Option<Exported>>,
+}
+
+/// The engine's totals at the last export.
+#[derive(Debug, Clone)]
+struct Exported {
+    counters: Counters,
+    applied_by_version: Vec<u64>,
+}
+
+/// Buckets of durations in seconds: 100 µs to ~100 s.
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(1e-4, 4.0, 11)
+}
+
+/// Buckets of sizes in bytes: 4 KiB to ~16 GiB.
+fn bytes_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(4096.0, 4.0, 12)
+}
+
+impl LearnerMetrics {
+    /// Creates the metrics and registers them on `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            applied: Family::default(),
+            dead_letters: Family::default(),
+            updates: Counter::default(),
+            batch_sizes: BatchSizes::default(),
+            keys: Family::default(),
+            buffered: Gauge::default(),
+            freshness: SecondsGauge::default(),
+            watermark_delay: Family::default(),
+            consumer_lag: Family::default(),
+            publish_duration: Histogram::new(seconds_buckets()),
+            publish_queue: Gauge::default(),
+            checkpoint_blocked: Histogram::new(seconds_buckets()),
+            checkpoint_write: Histogram::new(seconds_buckets()),
+            checkpoint_bytes: Histogram::new(bytes_buckets()),
+            savepoint_duration: Histogram::new(seconds_buckets()),
+            savepoint_bytes: Histogram::new(bytes_buckets()),
+            exported: Mutex::new(None),
+        };
+        let r = registry;
+        let m = &metrics;
+        r.register(
+            "posterior_learner_samples_applied",
+            "Samples applied to a posterior, by version",
+            m.applied.clone(),
+        );
+        r.register(
+            "posterior_learner_dead_letters",
+            "Records not applied (dead letters), by reason",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "posterior_learner_updates",
+            "Posterior updates (micro-batches) applied",
+            m.updates.clone(),
+        );
+        r.register(
+            "posterior_learner_micro_batch_size_samples",
+            "Samples per applied micro-batch",
+            m.batch_sizes.clone(),
+        );
+        r.register(
+            "posterior_learner_keys",
+            "(version, doc) keys in the parameter table, by version",
+            m.keys.clone(),
+        );
+        r.register(
+            "posterior_learner_reorder_buffered_samples",
+            "Samples waiting in the reorder buffer for the watermark",
+            m.buffered.clone(),
+        );
+        r.register(
+            "posterior_learner_freshness_seconds",
+            "Wall time now minus the event time of the newest applied sample",
+            m.freshness.clone(),
+        );
+        r.register(
+            "posterior_learner_watermark_delay_seconds",
+            "Wall time now minus the partition's event-time watermark",
+            m.watermark_delay.clone(),
+        );
+        r.register(
+            "posterior_learner_consumer_lag_records",
+            "Kafka: the partition's high watermark minus the next offset to read",
+            m.consumer_lag.clone(),
+        );
+        r.register(
+            "posterior_learner_publish_duration_seconds",
+            "Time to hand one publish interval's changed keys to the sink (waits for a full queue included)",
+            m.publish_duration.clone(),
+        );
+        r.register(
+            "posterior_learner_publish_queue_depth",
+            "Publications waiting in the sink's bounded queue",
+            m.publish_queue.clone(),
+        );
+        r.register(
+            "posterior_learner_checkpoint_blocked_seconds",
+            "Time a checkpoint blocked ingestion (publish, dead letters, delta, wait)",
+            m.checkpoint_blocked.clone(),
+        );
+        r.register(
+            "posterior_learner_checkpoint_write_seconds",
+            "Time of a checkpoint's synced RocksDB write (on the writer thread)",
+            m.checkpoint_write.clone(),
+        );
+        r.register(
+            "posterior_learner_checkpoint_size_bytes",
+            "Key and value bytes a checkpoint wrote",
+            m.checkpoint_bytes.clone(),
+        );
+        r.register(
+            "posterior_learner_savepoint_duration_seconds",
+            "Time to take a savepoint (after its checkpoint)",
+            m.savepoint_duration.clone(),
+        );
+        r.register(
+            "posterior_learner_savepoint_size_bytes",
+            "Bytes of a savepoint's files",
+            m.savepoint_bytes.clone(),
+        );
+        metrics
+    }
+
+    /// Copies the engine's totals and gauges, as of wall time `now_ms`
+    /// (Unix ms). The first call of a run sets the baseline: counts from
+    /// before it (restored with the state) are not exported. Cost: a few
+    /// map lookups per version, reason and partition.
+    pub fn export(&self, engine: &Engine, now_ms: i64) {
+        let stats = engine.stats();
+        let names: Vec<&str> = engine
+            .registry()
+            .entries()
+            .iter()
+            .map(|e| e.spec.name.as_str())
+            .collect();
+        let mut exported = self
+            .exported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = exported.get_or_insert_with(|| Exported {
+            counters: engine.counters().clone(),
+            applied_by_version: stats.applied_by_version.clone(),
+        });
+        self.export_counts(engine.counters(), stats, &names, last);
+        *last = Exported {
+            counters: engine.counters().clone(),
+            applied_by_version: stats.applied_by_version.clone(),
+        };
+        drop(exported);
+        self.batch_sizes.set(stats);
+        for (id, &n) in stats.keys_by_version.iter().enumerate() {
+            if let Some(name) = names.get(id) {
+                self.keys.get_or_create(&version(name)).set(gauge(n));
+            }
+        }
+        self.buffered.set(gauge(engine.buffered() as u64));
+        if let Some(t) = stats.last_applied_event_ms {
+            self.freshness.set(seconds_between(t, now_ms));
+        }
+        for &partition in engine.clocks().keys() {
+            let watermark = engine.partition_watermark(partition);
+            if watermark > i64::MIN {
+                self.watermark_delay
+                    .get_or_create(&PartitionLabel { partition })
+                    .set(seconds_between(watermark, now_ms));
+            }
+        }
+    }
+
+    fn export_counts(
+        &self,
+        counters: &Counters,
+        stats: &EngineStats,
+        names: &[&str],
+        last: &Exported,
+    ) {
+        self.updates
+            .inc_by(counters.updates.saturating_sub(last.counters.updates));
+        for (&reason, &n) in &counters.dead {
+            let before = last.counters.dead.get(reason).copied().unwrap_or(0);
+            let counter = self.dead_letters.get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            });
+            counter.inc_by(n.saturating_sub(before));
+        }
+        for (id, &n) in stats.applied_by_version.iter().enumerate() {
+            let before = last.applied_by_version.get(id).copied().unwrap_or(0);
+            if let Some(name) = names.get(id) {
+                self.applied
+                    .get_or_create(&version(name))
+                    .inc_by(n.saturating_sub(before));
+            }
+        }
+    }
+
+    /// Kafka: each partition's lag, from the high watermarks (fetched by
+    /// the caller) and the engine's next offsets.
+    pub fn export_lag(&self, high_watermarks: &BTreeMap<u32, u64>, next: &BTreeMap<u32, u64>) {
+        for (&partition, &high) in high_watermarks {
+            let at = next.get(&partition).copied().unwrap_or(0);
+            self.consumer_lag
+                .get_or_create(&PartitionLabel { partition })
+                .set(gauge(high.saturating_sub(at)));
+        }
+    }
+
+    /// One publish: how long handing the updates over took, and the
+    /// sink's queue afterwards.
+    pub fn observe_publish(&self, took: Duration, queued: u64) {
+        self.publish_duration.observe(took.as_secs_f64());
+        self.publish_queue.set(gauge(queued));
+    }
+
+    /// One checkpoint handed to the writer: what it blocked ingestion for.
+    pub fn observe_checkpoint_blocked(&self, blocked: Duration) {
+        self.checkpoint_blocked.observe(blocked.as_secs_f64());
+    }
+
+    /// One checkpoint written: its write's time and bytes.
+    pub fn observe_checkpoint_write(&self, took: Duration, bytes: u64) {
+        self.checkpoint_write.observe(took.as_secs_f64());
+        self.checkpoint_bytes.observe(bytes as f64);
+    }
+
+    /// One savepoint taken: its time and the bytes of its files.
+    pub fn observe_savepoint(&self, took: Duration, bytes: u64) {
+        self.savepoint_duration.observe(took.as_secs_f64());
+        self.savepoint_bytes.observe(bytes as f64);
+    }
+}
+
+fn version(name: &str) -> VersionLabel {
+    VersionLabel {
+        version: name.to_owned(),
+    }
+}
+
+/// A count as a gauge value (saturating: gauges are `i64`).
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Seconds from event time `from_ms` to wall time `to_ms` (negative when
+/// the event time is ahead of the clock).
+fn seconds_between(from_ms: i64, to_ms: i64) -> f64 {
+    to_ms.saturating_sub(from_ms) as f64 / 1000.0
+}
+
+/// The engine's micro-batch size histogram, exported as a Prometheus
+/// histogram: the engine counts batches in power-of-two buckets with
+/// plain integers ([`EngineStats::batch_sizes`]), copied here.
+#[derive(Debug, Clone, Default)]
+struct BatchSizes(std::sync::Arc<Mutex<Option<BatchSnapshot>>>);
+
+#[derive(Debug, Clone)]
+struct BatchSnapshot {
+    sum: u64,
+    buckets: [u64; BATCH_SIZE_BUCKETS],
+}
+
+impl BatchSizes {
+    fn set(&self, stats: &EngineStats) {
+        let snapshot = BatchSnapshot {
+            sum: stats.batch_sizes_sum,
+            buckets: stats.batch_sizes,
+        };
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(snapshot);
+    }
+}
+
+impl TypedMetric for BatchSizes {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for BatchSizes {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or(BatchSnapshot {
+                sum: 0,
+                buckets: [0; BATCH_SIZE_BUCKETS],
+            });
+        let count = snapshot.buckets.iter().sum();
+        // Bucket i holds sizes up to 2^i (the last: any size).
+        let buckets: Vec<(f64, u64)> = snapshot
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let bound = if i + 1 == BATCH_SIZE_BUCKETS {
+                    f64::INFINITY
+                } else {
+                    (1_u64 << i) as f64
+                };
+                (bound, n)
+            })
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(snapshot.sum as f64, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
+
+    use super::*;
+    use crate::engine::{EngineConfig, Payload};
+    use crate::registry::Registry as Versions;
+    use crate::sample::Sample;
+
+    fn text(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_listen_address_is_checked() {
+        let ok = MetricsConfig {
+            listen: "127.0.0.1:0".into(),
+        };
+        assert!(ok.listen_addr().is_ok());
+        let bad = MetricsConfig {
+            listen: "localhost".into(),
+        };
+        assert!(bad.listen_addr().unwrap_err().contains("host:port"));
+    }
+
+    #[test]
+    fn batch_sizes_encode_as_a_cumulative_histogram() {
+        let sizes = BatchSizes::default();
+        let mut stats = EngineStats::default();
+        // Two batches of 1, one of 3 (bucket ≤ 4), one of 1000 (≤ 1024).
+        for n in [1, 1, 3, 1000] {
+            stats.count_batch(crate::registry::VersionId(0), n, 0);
+        }
+        sizes.set(&stats);
+        let mut registry = Registry::default();
+        registry.register("b", "batch sizes", sizes);
+        let out = text(&registry);
+        assert!(out.contains("b_sum 1005.0\n"), "{out}");
+        assert!(out.contains("b_count 4\n"), "{out}");
+        assert!(out.contains("b_bucket{le=\"1.0\"} 2\n"), "{out}");
+        assert!(out.contains("b_bucket{le=\"2.0\"} 2\n"), "{out}");
+        assert!(out.contains("b_bucket{le=\"4.0\"} 3\n"), "{out}");
+        assert!(out.contains("b_bucket{le=\"512.0\"} 3\n"), "{out}");
+        assert!(out.contains("b_bucket{le=\"1024.0\"} 4\n"), "{out}");
+        assert!(out.contains("b_bucket{le=\"+Inf\"} 4\n"), "{out}");
+    }
+
+    fn sample(version: &str, doc_id: u64, t: i64) -> Payload {
+        Payload::Sample(Sample {
+            doc_id,
+            version: version.into(),
+            event_time_ms: t,
+            context: vec![],
+            labels: vec![("click".into(), 1.0)],
+            weight: 1.0,
+            sample_id: None,
+        })
+    }
+
+    #[test]
+    fn exports_count_from_the_first_export_by_version_and_reason() {
+        let beta = |name: &str| crate::version::VersionSpec {
+            name: name.into(),
+            model: crate::posterior::ModelSpec::new(crate::posterior::ModelKind::Beta(
+                crate::posterior::BetaPrior::UNIFORM,
+            )),
+            reward: crate::version::RewardSpec::binary("click"),
+            use_sample_weight: false,
+        };
+        let versions = Versions::with_versions([beta("a"), beta("b")]).unwrap();
+        let config = EngineConfig {
+            out_of_orderness_ms: 0,
+            reorder_capacity: 1_000,
+            dedup: None,
+            batch: crate::batcher::BatchPolicy::default(),
+        };
+        let mut engine = Engine::new(config, versions, [0]);
+        let mut registry = Registry::default();
+        let metrics = LearnerMetrics::register(&mut registry);
+        engine.ingest(0, 0, sample("a", 1, 1_000));
+        engine.ingest(0, 1, sample("a", 2, 2_000));
+        assert_eq!(engine.counters().applied, 1);
+        metrics.export(&engine, 10_000);
+        // Applied before the first export (the baseline): not exported.
+        let out = text(&registry);
+        assert!(
+            out.contains("posterior_learner_samples_applied_total{version=\"a\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("posterior_learner_keys{version=\"a\"} 1\n"),
+            "{out}"
+        );
+        engine.ingest(0, 2, sample("b", 1, 3_000));
+        engine.ingest(0, 3, sample("zzz", 1, 4_000));
+        engine.ingest(0, 4, sample("a", 1, 500));
+        engine.finish();
+        metrics.export(&engine, 10_000);
+        let out = text(&registry);
+        for line in [
+            "posterior_learner_samples_applied_total{version=\"a\"} 1\n",
+            "posterior_learner_samples_applied_total{version=\"b\"} 1\n",
+            "posterior_learner_dead_letters_total{reason=\"unknown_version\"} 1\n",
+            "posterior_learner_dead_letters_total{reason=\"late\"} 1\n",
+            "posterior_learner_updates_total 2\n",
+            "posterior_learner_keys{version=\"a\"} 2\n",
+            "posterior_learner_keys{version=\"b\"} 1\n",
+            // The newest applied sample is b's at 3 s.
+            "posterior_learner_freshness_seconds 7.0\n",
+        ] {
+            assert!(out.contains(line), "missing {line:?} in\n{out}");
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! `GET /metrics` of the real `learner` binary with an embedded
+//! param-server (one endpoint for both), scraped over HTTP while it runs:
+//! the samples applied and the dead letters by reason equal those of an
+//! uninterrupted in-process run over the same log, and the embedded
+//! server's series are on the same page.
+//!
+//! The learner reads stdin, so it stays up after the log: a last
+//! unknown-version sample far in the future releases every sample of the
+//! log and ages every micro-batch out (as the end of a file would), and
+//! fillers after it (buffered, never released) bring the record count to a
+//! checkpoint, which exports the metrics.
+
+#![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use posterior_learner::config::Config;
+use posterior_learner::runner::run_bounded;
+use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
+use posterior_tests::log::{LogSpec, generate};
+use posterior_tests::{binary, finish_within, log_file};
+
+/// Records between checkpoints of the learner under test.
+const CHECKPOINT_EVERY: usize = 1_000;
+
+/// One `GET /metrics`: the body.
+fn scrape(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    out.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+/// Every series of metric `name` → its value, keyed by its label text
+/// (`version="beta"`, or empty).
+fn series(text: &str, name: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(rest) => rest.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            Some((labels.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Waits for the line `learner: metrics listening on ADDR` in `log`.
+fn metrics_addr(log: &Path) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("learner: metrics listening on "))
+        {
+            return addr.trim().parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no metrics line in:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn applied_and_dead_letters_by_reason_match_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("samples.jsonl");
+    let (log, injected) = generate(LogSpec {
+        records: 8_000,
+        docs: 300,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 11,
+    });
+    std::fs::write(&log_path, &log).unwrap();
+    assert!(injected.late > 0 && injected.poison > 0 && injected.unknown_version > 0);
+
+    // The reference: the same log as a file, in process, to its end.
+    let reference = learner_toml(
+        dir.path(),
+        "reference",
+        Source::File(&log_path),
+        5_000,
+        None,
+    );
+    let summary = run_bounded(&Config::from_toml(&reference).unwrap()).unwrap();
+
+    // The learner under test: stdin, the endpoint and the server on free
+    // ports.
+    let file_source = format!(
+        "kind = \"file\"\npath = \"{}\"\nformat = \"jsonl\"",
+        log_path.display()
+    );
+    let text = learner_toml(dir.path(), "live", Source::File(&log_path), 5_000, None)
+        .replace(&file_source, "kind = \"stdin\"\nformat = \"jsonl\"")
+        .replace(
+            "checkpoint_every_records = 5000",
+            &format!("checkpoint_every_records = {CHECKPOINT_EVERY}"),
+        );
+    let text = format!(
+        "{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[param_server]\nlisten = \"127.0.0.1:0\"\n"
+    );
+    let config_path = dir.path().join("live.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let learner_log = dir.path().join("live.log");
+    let mut child = Command::new(binary("learner"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(log_file(&learner_log))
+        .spawn()
+        .unwrap();
+    let addr = metrics_addr(&learner_log);
+
+    let records = log.lines().count();
+    let far = 1_800_000_000_000_i64;
+    let sentinel = format!(
+        "{{\"doc_id\": 1, \"version\": \"sentinel\", \"event_time_ms\": {far}, \"labels\": {{\"click\": 0}}}}\n"
+    );
+    let fillers = CHECKPOINT_EVERY - (records + 1) % CHECKPOINT_EVERY;
+    let filler = sentinel.replace(&far.to_string(), &(far + 10_000).to_string());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(log.as_bytes()).unwrap();
+    stdin.write_all(sentinel.as_bytes()).unwrap();
+    stdin.write_all(filler.repeat(fillers).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+
+    // The checkpoint at the last filler exports everything before it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let page = loop {
+        let page = scrape(addr);
+        let buffered = series(&page, "posterior_learner_reorder_buffered_samples");
+        if buffered.get("").copied() == Some(fillers as f64) {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "never caught up:\n{page}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let applied = series(&page, "posterior_learner_samples_applied_total");
+    assert_eq!(
+        applied.values().sum::<f64>(),
+        summary.counters.applied as f64,
+        "{page}"
+    );
+    for version in ["beta", "logistic"] {
+        let n = applied[&format!("version=\"{version}\"")];
+        assert!(n > 0.0, "{version}: {page}");
+    }
+    let dead = series(&page, "posterior_learner_dead_letters_total");
+    let mut expected = summary.counters.dead.clone();
+    *expected.entry("unknown_version").or_default() += 1; // the sentinel
+    let expected: BTreeMap<String, f64> = expected
+        .into_iter()
+        .map(|(reason, n)| (format!("reason=\"{reason}\""), n as f64))
+        .collect();
+    assert_eq!(dead, expected, "{page}");
+    assert_eq!(
+        expected["reason=\"undecodable\""], injected.poison as f64,
+        "the log's poison lines"
+    );
+    let batches = series(&page, "posterior_learner_micro_batch_size_samples_sum");
+    assert_eq!(batches[""], summary.counters.applied as f64, "{page}");
+    let checkpoints = series(&page, "posterior_learner_checkpoint_write_seconds_count");
+    assert!(checkpoints[""] >= 1.0, "{page}");
+
+    // The embedded server's series on the same page: it serves every key
+    // the learner has, once the feed has applied the last publication.
+    let learner_keys = series(&page, "posterior_learner_keys");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = scrape(addr);
+        let served = series(&page, "posterior_param_server_keys");
+        if served.get("version=\"beta\"") == learner_keys.get("version=\"beta\"")
+            && served.get("version=\"logistic\"") == learner_keys.get("version=\"logistic\"")
+        {
+            let fed = series(&page, "posterior_param_server_feed_updates_total");
+            assert!(fed["outcome=\"applied\""] > 0.0, "{page}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{learner_keys:?} vs\n{page}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    drop(stdin);
+    let status = finish_within(&mut child, Duration::from_secs(120), &learner_log);
+    assert!(status.success(), "{status:?}");
+}
