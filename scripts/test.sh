@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: sets up what is missing (including the tests'
-# broker), checks formatting and clippy (-D warnings), then runs every
-# test of the workspace.
+# broker), checks formatting, clippy (-D warnings) and that docs/API.md
+# matches the protos' comments, then runs every test of the workspace.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup.sh"
@@ -9,5 +9,6 @@ source "$root/scripts/setup.sh"
 bash "$root/scripts/setup-nisshi.sh"
 cd "$root"
 cargo fmt --all -- --check
+python3 scripts/api-doc.py --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace --all-targets
