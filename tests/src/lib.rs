@@ -1,5 +1,7 @@
 //! Shared harness of the end-to-end tests in `tests/tests/`: locating the
-//! workspace binaries, and generating sample logs with known defects.
+//! workspace binaries, a real broker, generating sample logs with known
+//! defects, the oracle, replicas as child processes, and the loopback
+//! cluster run (also the `cluster` binary behind `scripts/cluster.sh`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -10,9 +12,11 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod log;
 pub mod oracle;
+pub mod serving;
 
 /// Path of a workspace binary (`learner`, `param-server`), up to date.
 ///
@@ -26,11 +30,12 @@ pub mod oracle;
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
+    // target/<profile>/deps/<test> or target/<profile>/<bin> →
+    // target/<profile>/<name>
+    let mut profile_dir = exe.parent().expect("executables live in target/<profile>");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("target/<profile>/deps");
+    }
     let target_dir = profile_dir.parent().expect("target/<profile>");
     BUILT.get_or_init(|| {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -10,15 +10,11 @@
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use posterior_learner::config::Config;
-use posterior_learner::params::params_to_wire;
-use posterior_learner::runner::restore_engine;
-use posterior_learner::store::RocksStore;
 use posterior_proto::v1;
 use posterior_proto::v1::admin_service_client::AdminServiceClient;
 use posterior_proto::v1::param_service_client::ParamServiceClient;
@@ -26,53 +22,16 @@ use posterior_tests::broker::{Broker, Storage};
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
 use posterior_tests::log::{LogRecord, LogSpec, generate_records};
 use posterior_tests::oracle::produce_samples;
+use posterior_tests::serving::{
+    self, ADMIN_TOKEN, Process, Served, difference, learned, ready, replica_config, start_replica,
+    with_priors,
+};
 use posterior_tests::{binary, finish_within, learner_until_end, log_file};
 use prost::Message as _;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 const DOCS: u64 = 300;
 const PARTITIONS: u32 = 2;
 const VERSIONS: [&str; 2] = ["beta", "logistic"];
-const TOKEN: &str = "0123456789abcdef0123456789abcdef";
-
-/// Every (version, doc) → the served `Params`.
-type Served = BTreeMap<(String, u64), v1::Params>;
-
-/// A child process killed if a failing test leaves it running.
-struct Process(Option<Child>);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Process {
-    fn kill(mut self) {
-        let mut child = self.0.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// SIGTERM, then a clean exit within a minute.
-    fn terminate(mut self, log: &Path) {
-        let mut child = self.0.take().unwrap();
-        let pid = child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let status = finish_within(&mut child, Duration::from_secs(60), log);
-        assert!(status.success(), "{status}; see {}", log.display());
-    }
-}
 
 /// The learner's config: the samples topic (never idle: no wall clock in
 /// what it applies), the params topic, the control topic.
@@ -91,146 +50,25 @@ fn learner_config(dir: &Path, bootstrap: &str) -> String {
     format!("{text}\n[control]\nbrokers = \"{bootstrap}\"\ntopic = \"control\"\n")
 }
 
-/// A replica's config: no versions of its own (the learner announces
-/// them), a snapshot every 200 ms, admin commands to the control topic.
-fn replica_config(dir: &Path, name: &str, bootstrap: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let tokens = dir.join("tokens");
-    std::fs::write(&tokens, format!("operator admin {TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let path = dir.join(format!("{name}.toml"));
-    let text = format!(
-        r#"listen = "127.0.0.1:0"
-
-[admin]
-tokens_file = "{tokens}"
-
-[feed.kafka]
-brokers = "{bootstrap}"
-topic = "params"
-
-[feed.snapshot]
-dir = "{snapshots}"
-every_ms = 200
-
-[control.kafka]
-brokers = "{bootstrap}"
-topic = "control"
-"#,
-        tokens = tokens.display(),
-        snapshots = dir.join(format!("{name}-snapshot")).display(),
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// Starts `param-server --config CONFIG`; returns it and its endpoint.
-fn start_replica(config: &Path, log: &Path) -> (Process, String) {
-    let before = std::fs::read_to_string(log).unwrap_or_default().len();
-    let child = Command::new(binary("param-server"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file(log))
-        .spawn()
-        .unwrap();
-    let process = Process(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let listening = text[before..]
-            .lines()
-            .filter(|l| l.contains("param-server listening"))
-            .find_map(|l| l.split("local=").nth(1))
-            .and_then(|rest| rest.split_whitespace().next());
-        if let Some(addr) = listening {
-            return (process, format!("http://{addr}"));
-        }
-        assert!(Instant::now() < deadline, "no listening line in:\n{text}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Waits until the health service says SERVING; returns how long it took.
-async fn ready(endpoint: &str) -> Duration {
-    let start = Instant::now();
-    let channel = tonic::transport::Channel::from_shared(endpoint.to_owned())
+fn fetch(runtime: &tokio::runtime::Runtime, endpoint: &str) -> Served {
+    runtime
+        .block_on(serving::fetch(endpoint, &VERSIONS, DOCS))
         .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
-    loop {
-        let status = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: "posterior.v1.ParamService".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
-        if status == ServingStatus::Serving as i32 {
-            return start.elapsed();
-        }
-        assert_eq!(status, ServingStatus::NotServing as i32);
-        assert!(start.elapsed() < Duration::from_secs(60), "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn fetch(endpoint: &str, versions: &[&str]) -> Served {
-    let mut client = ParamServiceClient::connect(endpoint.to_owned())
-        .await
-        .unwrap();
-    let mut served = Served::new();
-    for &version in versions {
-        let request = v1::GetParamsRequest {
-            version: version.into(),
-            doc_ids: (0..DOCS).collect(),
-        };
-        let response = client.get_params(request).await.unwrap().into_inner();
-        for params in response.params {
-            served.insert((version.to_owned(), params.doc_id), params);
-        }
-    }
-    served
-}
-
-/// The learner's checkpointed state, as a replica should serve it: every
-/// key of the store, and the prior (flagged) for the others.
-fn expected(config: &Config, prior_of: &Served) -> Served {
-    let store = RocksStore::open(&config.state.dir).unwrap();
-    let (engine, _) = restore_engine(config, &store).unwrap().unwrap();
-    let mut expected: Served = prior_of
-        .iter()
-        .filter(|(_, p)| p.is_prior)
-        .map(|(k, p)| (k.clone(), p.clone()))
-        .collect();
-    for (key, state) in engine.params() {
-        let name = &engine.registry().get(key.version).unwrap().spec.name;
-        expected.insert(
-            (name.clone(), key.doc_id),
-            params_to_wire(name, key.doc_id, state),
-        );
-    }
-    expected
 }
 
 fn assert_serves(served: &Served, expected: &Served, who: &str) {
-    assert_eq!(served.len(), expected.len(), "{who}");
-    for (key, params) in expected {
-        assert_eq!(served.get(key), Some(params), "{key:?} served by {who}");
+    if let Some(difference) = difference(served, expected) {
+        panic!("{who}: {difference}");
     }
 }
 
 /// `request` with the admin token.
 fn bearer<T>(request: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(request);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
     request
 }
 
@@ -295,9 +133,9 @@ fn replicas_fed_by_the_params_topic_serve_the_learners_state_and_survive_a_sigki
     let (b, endpoint_b) = start_replica(&configs[1], &logs[1]);
     runtime.block_on(ready(&endpoint_a));
     runtime.block_on(ready(&endpoint_b));
-    let served_a = runtime.block_on(fetch(&endpoint_a, &VERSIONS));
-    let served_b = runtime.block_on(fetch(&endpoint_b, &VERSIONS));
-    let expected = expected(&config, &served_a);
+    let served_a = fetch(&runtime, &endpoint_a);
+    let served_b = fetch(&runtime, &endpoint_b);
+    let expected = with_priors(&learned(&config), &served_a);
     let learned = expected.values().filter(|p| !p.is_prior).count();
     assert!(learned > DOCS as usize, "{learned} keys learned");
     assert_serves(&served_a, &expected, "replica a");
@@ -314,7 +152,7 @@ fn replicas_fed_by_the_params_topic_serve_the_learners_state_and_survive_a_sigki
     a.kill();
     let (a, endpoint_a) = start_replica(&configs[0], &logs[0]);
     runtime.block_on(ready(&endpoint_a));
-    let again = runtime.block_on(fetch(&endpoint_a, &VERSIONS));
+    let again = fetch(&runtime, &endpoint_a);
     assert_serves(&again, &expected, "replica a after its restart");
     for (key, params) in &served_a {
         assert!(again[key].seq >= params.seq, "{key:?} went backwards");
@@ -328,16 +166,14 @@ fn replicas_fed_by_the_params_topic_serve_the_learners_state_and_survive_a_sigki
     // An admin fork through replica b reaches a running learner through
     // the control topic; the fork reaches both replicas through the
     // params topic.
-    let learner = Process(Some(
+    let learner = Process::spawn(
         Command::new(binary("learner"))
             .args(["run", "--config"])
             .arg(&learner_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_file(&learner_log))
-            .spawn()
-            .unwrap(),
-    ));
+            .stderr(log_file(&learner_log)),
+    );
     let mut admin = runtime
         .block_on(AdminServiceClient::connect(endpoint_b.clone()))
         .unwrap();
