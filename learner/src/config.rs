@@ -50,6 +50,33 @@ pub struct Config {
     pub fallback: Option<FallbackConfig>,
     /// `GET /metrics` (Prometheus); absent = no endpoint.
     pub metrics: Option<crate::metrics::MetricsConfig>,
+    /// The process's log lines on stderr.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`: how the process writes its log lines (stderr, one event a
+/// line, filtered by `RUST_LOG`, default `info`). Shared with the
+/// param-server's config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines: time, level, target, message, `key=value`
+    /// fields.
+    #[default]
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `target`, `message`
+    /// and the event's fields as top-level keys.
+    Json,
 }
 
 /// `[fallback]`: where served parameters come from for a version with
@@ -473,6 +500,21 @@ impl Config {
             if kafka.request_timeout_ms == 0 {
                 return bad("source.request_timeout_ms", "must be >= 1");
             }
+            // A caught-up partition holds the watermark back until it is
+            // idle, so a throttled learner may consume nothing for that
+            // long without being stuck.
+            if kafka.stall_timeout_ms > 0
+                && kafka.idle_timeout_ms > 0
+                && kafka.stall_timeout_ms <= kafka.idle_timeout_ms
+            {
+                return bad(
+                    "source.stall_timeout_ms",
+                    &format!(
+                        "must exceed source.idle_timeout_ms ({}), or be 0 (off)",
+                        kafka.idle_timeout_ms
+                    ),
+                );
+            }
             if let Some(key) = kafka
                 .properties
                 .keys()
@@ -675,6 +717,14 @@ pub struct KafkaConfig {
     /// Broker metadata and watermark queries time out after this long.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_ms: u64,
+    /// Liveness watchdog: when the learner's next offsets make no progress
+    /// for this long (wall clock) while some partition has records the
+    /// learner has not consumed (lag > 0 against the last high watermarks
+    /// read from the broker), the process logs an error and exits with
+    /// [`crate::watchdog::STALL_EXIT_CODE`], without a checkpoint. 0 = off.
+    /// Must exceed `idle_timeout_ms` (see `watchdog`).
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout_ms: u64,
     /// Extra librdkafka properties (e.g. `fetch.max.bytes`). The ones that
     /// carry the delivery guarantee are refused.
     #[serde(default)]
@@ -692,6 +742,9 @@ fn default_idle_timeout() -> u64 {
 }
 fn default_request_timeout() -> u64 {
     10_000
+}
+fn default_stall_timeout() -> u64 {
+    60_000
 }
 
 /// librdkafka properties the source sets itself because the delivery
@@ -827,6 +880,49 @@ forgetting_half_life_ms = 3600000
 
     fn simulator(versions: &str, dim: usize) -> String {
         format!("kind = \"simulator\"\nseed = 7\nversions = {versions}\ndim = {dim}")
+    }
+
+    #[test]
+    fn the_log_format_is_text_json_or_an_error_naming_the_key() {
+        assert_eq!(Config::from_toml(GOOD).unwrap().log.format, LogFormat::Text);
+        let json = Config::from_toml(&format!("{GOOD}\n[log]\nformat = \"json\"\n")).unwrap();
+        assert_eq!(json.log.format, LogFormat::Json);
+        let err = Config::from_toml(&format!("{GOOD}\n[log]\nformat = \"xml\"\n")).unwrap_err();
+        assert_eq!(err.key, "log.format", "{err}");
+        assert!(err.reason.contains("expected `text` or `json`"), "{err}");
+        let err = Config::from_toml(&format!("{GOOD}\n[log]\nlevel = \"info\"\n")).unwrap_err();
+        assert!(
+            err.to_string().contains("log.level: unknown field"),
+            "{err}"
+        );
+    }
+
+    fn kafka(extra: &str) -> String {
+        GOOD.replace(
+            SOURCE,
+            &format!("kind = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\n{extra}"),
+        )
+    }
+
+    #[test]
+    fn the_stall_timeout_defaults_to_a_minute_and_must_exceed_the_idle_timeout() {
+        let timeouts = |text: &str| match Config::from_toml(text).map(|c| c.source) {
+            Ok(SourceConfig::Kafka(k)) => Ok((k.stall_timeout_ms, k.idle_timeout_ms)),
+            Ok(other) => panic!("{other:?}"),
+            Err(err) => Err(err),
+        };
+        assert_eq!(timeouts(&kafka("")).unwrap(), (60_000, 30_000));
+        assert_eq!(
+            timeouts(&kafka("stall_timeout_ms = 0")).unwrap(),
+            (0, 30_000)
+        );
+        assert_eq!(
+            timeouts(&kafka("stall_timeout_ms = 2000\nidle_timeout_ms = 0")).unwrap(),
+            (2_000, 0)
+        );
+        let err = timeouts(&kafka("stall_timeout_ms = 30000")).unwrap_err();
+        assert_eq!(err.key, "source.stall_timeout_ms", "{err}");
+        assert!(err.reason.contains("idle_timeout_ms (30000)"), "{err}");
     }
 
     #[test]

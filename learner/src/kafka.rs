@@ -448,7 +448,7 @@ impl ControlReader {
                 }
                 Err(KafkaError::PartitionEOF(_)) => break,
                 Err(err) => {
-                    eprintln!("learner: control topic: {err}");
+                    tracing::warn!("control topic: {err}");
                     break;
                 }
             }

@@ -35,6 +35,8 @@
 //! - [`dump`]: every key's state as exact JSONL.
 //! - [`metrics`]: the Prometheus metrics and the `[metrics]` table; the
 //!   runner copies the engine's plain counters into them.
+//! - [`watchdog`]: the liveness watchdog of a Kafka run: exits when
+//!   consumption stalls while the broker has records.
 //! - [`store`]: the RocksDB state store; its doc states the delivery guarantee.
 //! - [`meta`]: the small named state: offsets, clocks, registry, counters.
 //! - [`deadletter`]: records that were not applied, and why.
@@ -82,6 +84,7 @@ pub mod simulation;
 #[cfg(feature = "io")]
 pub mod store;
 pub mod version;
+pub mod watchdog;
 pub mod watermark;
 
 pub use posterior::{KeyState, Observation, Posterior, PosteriorError};

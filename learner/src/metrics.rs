@@ -83,6 +83,7 @@ pub struct LearnerMetrics {
     freshness: SecondsGauge,
     watermark_delay: Family<PartitionLabel, SecondsGauge>,
     consumer_lag: Family<PartitionLabel, Gauge>,
+    stall: SecondsGauge,
     publish_duration: Histogram,
     publish_queue: Gauge,
     checkpoint_blocked: Histogram,
@@ -125,6 +126,7 @@ impl LearnerMetrics {
             freshness: SecondsGauge::default(),
             watermark_delay: Family::default(),
             consumer_lag: Family::default(),
+            stall: SecondsGauge::default(),
             publish_duration: Histogram::new(seconds_buckets()),
             publish_queue: Gauge::default(),
             checkpoint_blocked: Histogram::new(seconds_buckets()),
@@ -180,6 +182,11 @@ impl LearnerMetrics {
             "posterior_learner_consumer_lag_records",
             "Kafka: the partition's high watermark minus the next offset to read",
             m.consumer_lag.clone(),
+        );
+        r.register(
+            "posterior_learner_stall_seconds",
+            "Kafka: how long the next offsets have not moved while a partition has lag (0 when live; the watchdog exits at source.stall_timeout_ms)",
+            m.stall.clone(),
         );
         r.register(
             "posterior_learner_publish_duration_seconds",
@@ -300,6 +307,12 @@ impl LearnerMetrics {
                 .get_or_create(&PartitionLabel { partition })
                 .set(gauge(high.saturating_sub(at)));
         }
+    }
+
+    /// The liveness watchdog's view: how long consumption has stalled
+    /// with records waiting (zero when live).
+    pub fn set_stall(&self, stalled_for: Duration) {
+        self.stall.set(stalled_for.as_secs_f64());
     }
 
     /// One publish: how long handing the updates over took, and the

@@ -32,6 +32,7 @@ use crate::registry::{Registry, VersionEntry};
 use crate::savepoint::{self, Savepoint};
 use crate::simulation::source::Simulator;
 use crate::store::{CheckpointStats, RocksStore, StoreError};
+use crate::watchdog::{Progress, Watchdog};
 use crate::watermark::PartitionClock;
 
 /// Smallest event-time gap a throttled partition may run ahead (ms).
@@ -142,7 +143,7 @@ pub fn restore_savepoint(config: &Config, choice: &SavepointChoice) -> Result<Sa
                 .dir;
             let (valid, invalid) = savepoint::list(root)?;
             for err in invalid {
-                eprintln!("learner: skipping invalid savepoint: {err}");
+                tracing::warn!("skipping invalid savepoint: {err}");
             }
             valid
                 .into_iter()
@@ -185,7 +186,7 @@ pub fn restore_savepoint_if_missing(config: &Config) -> Result<Option<Savepoint>
     }
     let (valid, invalid) = savepoint::list(&savepoints.dir)?;
     for err in invalid {
-        eprintln!("learner: skipping invalid savepoint: {err}");
+        tracing::warn!("skipping invalid savepoint: {err}");
     }
     if valid.is_empty() {
         return Ok(None);
@@ -267,8 +268,8 @@ fn seed_stateless(engine: &mut Engine, versions: &[String], config: &Config) -> 
         let n = engine
             .seed_version(name, states)
             .with_context(|| format!("seed {name:?} from served parameters"))?;
-        eprintln!(
-            "learner: version {name:?} had neither live state nor savepoint: seeded {n} keys \
+        tracing::warn!(
+            "version {name:?} had neither live state nor savepoint: seeded {n} keys \
              from served parameters; samples between those and the start position may be \
              missed or counted twice"
         );
@@ -661,18 +662,16 @@ fn schedule_command(
             let (id, at) = (command.id.clone(), command.at_ms);
             match engine.schedule(command) {
                 ScheduleResult::Scheduled => {
-                    eprintln!(
-                        "learner: control: {id:?} from {origin} scheduled at event time {at}"
-                    );
+                    tracing::info!("control: {id:?} from {origin} scheduled at event time {at}");
                 }
-                ScheduleResult::AppliedLate => eprintln!(
-                    "learner: control: {id:?} from {origin} is stamped {at}, already released: \
+                ScheduleResult::AppliedLate => tracing::info!(
+                    "control: {id:?} from {origin} is stamped {at}, already released: \
                      applied at the current watermark"
                 ),
                 ScheduleResult::Duplicate => {}
             }
         }
-        Err(err) => eprintln!("learner: control: {origin}: refused: {err}"),
+        Err(err) => tracing::warn!("control: {origin}: refused: {err}"),
     }
 }
 
@@ -747,6 +746,10 @@ pub fn run_kafka_with(
     let mut since_checkpoint = 0_u64;
     let mut last_checkpoint = Instant::now();
     let every = Duration::from_millis(config.state.checkpoint_every_ms);
+    // Consumption starts here: the watchdog's clock with it (see
+    // `watchdog`); it stops when the loop ends, before the last checkpoint.
+    let progress = Arc::new(Progress::new(source.partitions(), engine.next_offsets()));
+    let watchdog = Watchdog::start(kafka, Arc::clone(&progress), controls.metrics.clone())?;
     loop {
         if controls.stop.load(Ordering::Relaxed) {
             break;
@@ -770,7 +773,7 @@ pub fn run_kafka_with(
         if let Some(done) = checkpointer.poll()?
             && let Err(err) = source.commit_informational(&done.offsets)
         {
-            eprintln!("learner: informational offset commit failed: {err}");
+            tracing::warn!("informational offset commit failed: {err}");
         }
         if let Some(targets) = &targets
             && reached(&engine, targets)
@@ -827,8 +830,8 @@ pub fn run_kafka_with(
         }
         if last_status.elapsed() >= STATUS_EVERY {
             export_lag(controls, &source, &engine);
-            eprintln!(
-                "learner: {records} records, next offsets {:?}, {} buffered below watermark {}, \
+            tracing::info!(
+                "{records} records, next offsets {:?}, {} buffered below watermark {}, \
                  paused {paused:?}, caught up {caught_up:?}",
                 engine.next_offsets(),
                 engine.buffered(),
@@ -843,6 +846,7 @@ pub fn run_kafka_with(
                 payload,
             } => {
                 engine.ingest(partition, offset, payload);
+                progress.set(partition, offset + 1);
                 records += 1;
                 since_checkpoint += 1;
                 caught_up.remove(&partition);
@@ -852,7 +856,7 @@ pub fn run_kafka_with(
             Polled::CaughtUp(partition) => {
                 caught_up.insert(partition);
             }
-            Polled::Nothing(Some(err)) => eprintln!("learner: kafka: {err}"),
+            Polled::Nothing(Some(err)) => tracing::warn!("kafka: {err}"),
             Polled::Nothing(None) => {}
         }
         if targets.is_none() && kafka.idle_timeout_ms > 0 {
@@ -879,12 +883,13 @@ pub fn run_kafka_with(
             last_checkpoint = Instant::now();
         }
     }
+    drop(watchdog);
     checkpointer.finish(&mut engine, records)?;
     export_lag(controls, &source, &engine);
     if let Some(done) = checkpointer.last_write()
         && let Err(err) = source.commit_informational(&done.offsets)
     {
-        eprintln!("learner: informational offset commit failed: {err}");
+        tracing::warn!("informational offset commit failed: {err}");
     }
     if config.savepoints.as_ref().is_some_and(|s| s.on_shutdown) {
         checkpointer.savepoint(config, source.partition_count(), records)?;
@@ -908,7 +913,7 @@ fn export_lag(controls: &Controls, source: &KafkaSource, engine: &Engine) {
     };
     match source.high_watermarks() {
         Ok(high) => metrics.export_lag(&high, engine.next_offsets()),
-        Err(err) => eprintln!("learner: metrics: high watermarks: {err}"),
+        Err(err) => tracing::warn!("metrics: high watermarks: {err}"),
     }
 }
 
@@ -1156,7 +1161,7 @@ impl Checkpointer {
         })
         .context("take savepoint")?;
         self.observe_savepoint(&taken, start);
-        eprintln!("learner: savepoint {}", taken.dir.display());
+        tracing::info!("savepoint {}", taken.dir.display());
         Ok(())
     }
 
@@ -1183,7 +1188,7 @@ impl Checkpointer {
             }) {
                 Ok((taken, true)) => {
                     self.observe_savepoint(&taken, start);
-                    eprintln!("learner: savepoint {}", taken.dir.display());
+                    tracing::info!("savepoint {}", taken.dir.display());
                     Ok(format!("savepoint {} written", taken.dir.display()))
                 }
                 Ok((taken, false)) => Ok(format!(
@@ -1211,9 +1216,12 @@ impl Checkpointer {
                 Ok(done) => format!("ok: {done}"),
                 Err(why) => format!("refused: {why}"),
             };
-            eprintln!(
-                "learner: control: {:?} by {:?} stamped {} applied at {}: {result}",
-                outcome.id, outcome.issued_by, outcome.at_ms, outcome.applied_at_ms
+            tracing::info!(
+                "control: {:?} by {:?} stamped {} applied at {}: {result}",
+                outcome.id,
+                outcome.issued_by,
+                outcome.at_ms,
+                outcome.applied_at_ms
             );
         }
         if self.announced.is_none() && self.sink.wants_every_key_at_start() {

@@ -194,7 +194,7 @@ pub fn serve(
         controls.commands.clone(),
         registry,
     )?;
-    eprintln!("learner: param-server listening on {}", serving.addr());
+    tracing::info!("param-server listening on {}", serving.addr());
     Ok((sink, serving))
 }
 
@@ -215,6 +215,12 @@ pub fn check(config: &Config) -> Result<(), String> {
         return Err(format!(
             "{CONFIG_KEY}.metrics: the learner's [metrics] endpoint serves the embedded \
              param-server's metrics too; remove the table"
+        ));
+    }
+    if config.log != Default::default() {
+        return Err(format!(
+            "{CONFIG_KEY}.log: the learner's [log] table sets the whole process's log format; \
+             remove the table"
         ));
     }
     Ok(())

@@ -27,6 +27,7 @@ mod metrics;
 mod quickstart;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 /// mimalloc: the engine allocates and frees per sample (its fields, the
@@ -40,7 +41,7 @@ use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
 use posterior_learner::config::VersionConfig;
-use posterior_learner::config::{Config, SourceConfig};
+use posterior_learner::config::{Config, LogFormat, SourceConfig};
 use posterior_learner::control::Scheduled;
 use posterior_learner::kafka::send_control;
 use posterior_learner::runner::{
@@ -208,10 +209,10 @@ fn run(
             dir => SavepointChoice::Dir(dir.into()),
         };
         let restored = restore_savepoint(config, &choice)?;
-        eprintln!("learner: restored savepoint {}", restored.dir.display());
+        tracing::info!("restored savepoint {}", restored.dir.display());
     } else if let Some(restored) = restore_savepoint_if_missing(config)? {
-        eprintln!(
-            "learner: no live state: restored the newest savepoint {}",
+        tracing::info!(
+            "no live state: restored the newest savepoint {}",
             restored.dir.display()
         );
     }
@@ -227,7 +228,7 @@ fn run(
         None => None,
     };
     if let Some(endpoint) = &endpoint {
-        eprintln!("learner: metrics listening on {}", endpoint.addr());
+        tracing::info!("metrics listening on {}", endpoint.addr());
     }
     let summary = match &config.source {
         SourceConfig::Kafka(_) => {
@@ -249,8 +250,8 @@ fn run(
         serving.stop()?;
     }
     drop(endpoint);
-    eprintln!(
-        "learner: {} records ({}), {} checkpoints, {} throttles; applied {}, dead letters {:?}",
+    tracing::info!(
+        "{} records ({}), {} checkpoints, {} throttles; applied {}, dead letters {:?}",
         summary.records,
         if summary.restored {
             "resumed from checkpoint"
@@ -265,18 +266,53 @@ fn run(
     Ok(())
 }
 
-fn main() -> Result<()> {
-    // The embedded param-server logs through `tracing`; the learner's own
-    // lines go to stderr as they did.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+/// Whether the logger writes JSON (then the error that ends `main` is
+/// logged as an event too).
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Installs the logger of `[log] format`: every line of the process's
+/// stderr (the embedded param-server's too) goes through it. Called once,
+/// after the config loaded: a config that fails to load is reported in
+/// plain text.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-    match Args::parse().command {
+        .with_ansi(false);
+    match format {
+        LogFormat::Text => logger.init(),
+        LogFormat::Json => {
+            JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            logger.json().flatten_event(true).init();
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run_command(Args::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!("{err:#}");
+            } else {
+                eprintln!("Error: {err:?}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads `path` like [`load::load`] and installs its logger.
+fn load_logged(path: &std::path::Path) -> Result<Config> {
+    let config = load::load(path)?;
+    init_logging(config.log.format);
+    Ok(config)
+}
+
+fn run_command(command: Command) -> Result<()> {
+    match command {
         Command::Run {
             config,
             until_end,
@@ -284,13 +320,18 @@ fn main() -> Result<()> {
             flags,
         } => {
             let (config, server) = load::load_with_flags(&config, &flags)?;
+            init_logging(config.log.format);
             run(&config, server, until_end, from_savepoint)?;
         }
-        Command::Quickstart { config, overrides } => quickstart::run(&config, &overrides)?,
+        Command::Quickstart { config, overrides } => {
+            init_logging(LogFormat::Text);
+            quickstart::run(&config, &overrides)?;
+        }
         Command::Dump { config, savepoint } => {
             let (config, _scratch) = match (config, savepoint) {
-                (Some(config), _) => (load::load(&config)?, None),
+                (Some(config), _) => (load_logged(&config)?, None),
                 (None, Some(dir)) => {
+                    init_logging(LogFormat::Text);
                     // Restore the savepoint into a scratch store and dump it.
                     let scratch = tempfile::tempdir().context("scratch directory")?;
                     let config = scratch_config(&dir, scratch.path())?;
@@ -309,13 +350,13 @@ fn main() -> Result<()> {
                 config,
                 partition_count,
             } => {
-                let config = load::load(&config)?;
+                let config = load_logged(&config)?;
                 let store = RocksStore::open(&config.state.dir).context("open state store")?;
                 let taken = savepoint::write(savepoint_root(&config)?, &store, partition_count)?;
                 println!("{}", taken.dir.display());
             }
             SavepointAction::List { config } => {
-                let config = load::load(&config)?;
+                let config = load_logged(&config)?;
                 let (valid, invalid) = savepoint::list(savepoint_root(&config)?)?;
                 for s in valid {
                     println!(
@@ -331,6 +372,7 @@ fn main() -> Result<()> {
                 }
             }
             SavepointAction::Verify { dir } => {
+                init_logging(LogFormat::Text);
                 let s = savepoint::verify(&dir)?;
                 println!(
                     "{}: valid, {} files, partitions {:?}",
@@ -346,7 +388,7 @@ fn main() -> Result<()> {
             id,
             action,
         } => {
-            let config = load::load(&config)?;
+            let config = load_logged(&config)?;
             let control = config
                 .control
                 .as_ref()

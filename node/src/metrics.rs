@@ -83,7 +83,7 @@ impl Drop for MetricsEndpoint {
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {
-            eprintln!("learner: the metrics thread panicked");
+            tracing::error!("the metrics thread panicked");
         }
     }
 }

@@ -80,6 +80,9 @@ pub const ENV_PREFIX: &str = "POSTERIOR_PARAM_SERVER__";
 /// The `[metrics]` table, shared with the learner's config.
 pub use posterior_learner::metrics::MetricsConfig;
 
+/// The `[log]` table, shared with the learner's config.
+pub use posterior_learner::config::{LogConfig, LogFormat};
+
 /// Largest `watch_buffer`: one version's buffer holds this many updates.
 pub const MAX_WATCH_BUFFER: usize = 1 << 20;
 
@@ -118,6 +121,9 @@ pub struct Config {
     /// `GET /metrics` (Prometheus); absent = no endpoint.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// The process's log lines on stderr (`[log] format = "text" | "json"`).
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 /// Largest `limits.work_slots` (threads of the blocking pool at once).

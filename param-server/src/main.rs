@@ -17,12 +17,13 @@
 //! serves `GET /metrics` (Prometheus text format) on that address.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use posterior_learner::overrides::{self, Override};
-use posterior_param_server::config::{Config, ENV_PREFIX};
+use posterior_param_server::config::{Config, ENV_PREFIX, LogFormat};
 use posterior_param_server::control::{ControlPlane, NoControlPlane};
 use posterior_param_server::exposition::serve_metrics;
 use posterior_param_server::metrics::ServerMetrics;
@@ -76,17 +77,49 @@ fn shutdown_signal() -> Result<impl Future<Output = ()>> {
     })
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// Installs the logger of `[log] format` (after the config loaded: a
+/// config that fails to load is reported in plain text).
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logger
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logger.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
     let args = Args::parse();
-    let config = load(&args)?;
+    let config = match load(&args) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("Error: {err:?}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let format = config.log.format;
+    init_logging(format);
+    let served = tokio::runtime::Runtime::new()
+        .context("start the tokio runtime")
+        .and_then(|runtime| runtime.block_on(serve(&args, config)));
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            match format {
+                LogFormat::Text => eprintln!("Error: {err:?}"),
+                LogFormat::Json => tracing::error!("{err:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves `config` until SIGTERM/SIGINT (`--check`: only validates).
+async fn serve(args: &Args, config: Config) -> Result<()> {
     let store = build_store(&config).context("build the store")?;
     // Tokens, audit file and certificates are checked by `--check` too.
     let options =

@@ -116,10 +116,10 @@ fn start(config: &Path, log: &Path) -> (Learner, String) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(line) = text[before..]
-            .lines()
-            .find_map(|l| l.strip_prefix("learner: param-server listening on "))
-        {
+        if let Some(line) = text[before..].lines().find_map(|l| {
+            l.split_once("param-server listening on ")
+                .map(|(_, addr)| addr)
+        }) {
             return (child, format!("http://{}", line.trim()));
         }
         assert!(Instant::now() < deadline, "no listening line in:\n{text}");

@@ -55,14 +55,14 @@ fn series(text: &str, name: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// Waits for the line `learner: metrics listening on ADDR` in `log`.
+/// Waits for the line `... metrics listening on ADDR` in `log`.
 fn metrics_addr(log: &Path) -> SocketAddr {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         if let Some(addr) = text
             .lines()
-            .find_map(|l| l.strip_prefix("learner: metrics listening on "))
+            .find_map(|l| l.split_once("metrics listening on ").map(|(_, addr)| addr))
         {
             return addr.trim().parse().unwrap();
         }
