@@ -10,13 +10,13 @@
 # Every process's config, log and state stays under out/cluster.
 #
 # Sets up what is missing (as scripts/test.sh does, broker included) and
-# builds the workspace's debug binaries (the units the test command
-# builds). Extra arguments go to the `cluster` binary: --records, --docs,
+# builds the debug binaries as the test command does (`cargo test
+# --no-run`: nothing to do right after the test suite). Extra arguments go to the `cluster` binary: --records, --docs,
 # --partitions, --seconds, --predictors, --batch, --seed, --out.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup.sh"
 bash "$root/scripts/setup-nisshi.sh"
 cd "$root"
-cargo build --locked --workspace --all-targets
+cargo test --locked --workspace --all-targets --no-run
 "$CARGO_TARGET_DIR/debug/cluster" "$@"

@@ -20,10 +20,11 @@ pub mod serving;
 
 /// Path of a workspace binary (`learner`, `param-server`), up to date.
 ///
-/// The first call of a test process runs `cargo build --workspace
-/// --all-targets` (a no-op after the workspace-wide test command, which
-/// builds the same units) so that a `cargo test -p posterior-tests` run
-/// never tests a stale binary.
+/// The first call of a process runs `cargo test --workspace --all-targets
+/// --no-run` — a no-op after the workspace-wide test command, which builds
+/// exactly these units (a `cargo build --all-targets` would not: it builds
+/// the examples and benches under another profile) — so that a `cargo test
+/// -p posterior-tests` run never tests a stale binary.
 ///
 /// # Panics
 /// When the build fails or the binary does not exist.
@@ -44,7 +45,8 @@ pub fn binary(name: &str) -> PathBuf {
         let mut cmd = Command::new(env!("CARGO"));
         cmd.current_dir(workspace)
             .args([
-                "build",
+                "test",
+                "--no-run",
                 "--quiet",
                 "--workspace",
                 "--all-targets",
