@@ -88,6 +88,9 @@ pub struct EngineStats {
     /// Keys in the parameter table, indexed by version id (a state, so
     /// counted from the restored table too).
     pub keys_by_version: Vec<u64>,
+    /// Dead letters by reason and the registered version their sample
+    /// names (none: undecodable, or a name the registry never had).
+    pub dead_by_version: BTreeMap<(&'static str, Option<VersionId>), u64>,
 }
 
 impl EngineStats {
@@ -894,8 +897,14 @@ impl Engine {
             }
             Err(err) => {
                 let version = spec.name.clone();
+                let n = batch.len() as u64;
+                *self.counters.dead.entry("rejected_update").or_default() += n;
+                *self
+                    .stats
+                    .dead_by_version
+                    .entry(("rejected_update", Some(key.version)))
+                    .or_default() += n;
                 for obs in batch {
-                    *self.counters.dead.entry("rejected_update").or_default() += 1;
                     self.dead_letters.push(DeadLetter {
                         partition: obs.origin.partition,
                         offset: obs.origin.offset,
@@ -919,6 +928,12 @@ impl Engine {
         sample: Option<&Sample>,
     ) {
         *self.counters.dead.entry(reason).or_default() += 1;
+        let version = sample.and_then(|s| self.registry.id(&s.version));
+        *self
+            .stats
+            .dead_by_version
+            .entry((reason, version))
+            .or_default() += 1;
         self.dead_letters.push(DeadLetter {
             partition,
             offset,

@@ -27,6 +27,8 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::engine::{BATCH_SIZE_BUCKETS, Counters, Engine, EngineStats};
+use crate::params::ParamChange;
+use crate::registry::VersionId;
 
 /// `[metrics]`: where `GET /metrics` is served (Prometheus text format).
 /// Absent: no endpoint.
@@ -54,9 +56,13 @@ pub struct VersionLabel {
     pub version: String,
 }
 
-/// Label of the series of one dead-letter reason.
+/// Labels of the series of one (version, dead-letter reason).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ReasonLabel {
+pub struct DeadLetterLabels {
+    /// The registered version the record names; empty when it names none
+    /// (undecodable, or `unknown_version`: a name from the input never
+    /// becomes a label, so bad data cannot grow the series).
+    pub version: String,
     /// A stable reason from the engine (`late`, `duplicate`, …).
     pub reason: String,
 }
@@ -75,8 +81,9 @@ type SecondsGauge = Gauge<f64, AtomicU64>;
 #[derive(Debug)]
 pub struct LearnerMetrics {
     applied: Family<VersionLabel, Counter>,
-    dead_letters: Family<ReasonLabel, Counter>,
+    dead_letters: Family<DeadLetterLabels, Counter>,
     updates: Counter,
+    update_latency: UpdateLatency,
     batch_sizes: BatchSizes,
     keys: Family<VersionLabel, Gauge>,
     buffered: Gauge,
@@ -101,6 +108,7 @@ pub struct LearnerMetrics {
 struct Exported {
     counters: Counters,
     applied_by_version: Vec<u64>,
+    dead_by_version: BTreeMap<(&'static str, Option<VersionId>), u64>,
 }
 
 /// Buckets of durations in seconds: 100 µs to ~100 s.
@@ -120,6 +128,7 @@ impl LearnerMetrics {
             applied: Family::default(),
             dead_letters: Family::default(),
             updates: Counter::default(),
+            update_latency: UpdateLatency::default(),
             batch_sizes: BatchSizes::default(),
             keys: Family::default(),
             buffered: Gauge::default(),
@@ -145,13 +154,18 @@ impl LearnerMetrics {
         );
         r.register(
             "posterior_learner_dead_letters",
-            "Records not applied (dead letters), by reason",
+            "Records not applied (dead letters), by version (empty: none registered) and reason",
             m.dead_letters.clone(),
         );
         r.register(
             "posterior_learner_updates",
             "Posterior updates (micro-batches) applied",
             m.updates.clone(),
+        );
+        r.register(
+            "posterior_learner_update_latency_seconds",
+            "Per published update: wall time of its publish minus the event time of the newest sample in it",
+            m.update_latency.clone(),
         );
         r.register(
             "posterior_learner_micro_batch_size_samples",
@@ -242,15 +256,14 @@ impl LearnerMetrics {
             .exported
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let last = exported.get_or_insert_with(|| Exported {
+        let now = || Exported {
             counters: engine.counters().clone(),
             applied_by_version: stats.applied_by_version.clone(),
-        });
-        self.export_counts(engine.counters(), stats, &names, last);
-        *last = Exported {
-            counters: engine.counters().clone(),
-            applied_by_version: stats.applied_by_version.clone(),
+            dead_by_version: stats.dead_by_version.clone(),
         };
+        let last = exported.get_or_insert_with(now);
+        self.export_counts(engine.counters(), stats, &names, last);
+        *last = now();
         drop(exported);
         self.batch_sizes.set(stats);
         for (id, &n) in stats.keys_by_version.iter().enumerate() {
@@ -281,9 +294,11 @@ impl LearnerMetrics {
     ) {
         self.updates
             .inc_by(counters.updates.saturating_sub(last.counters.updates));
-        for (&reason, &n) in &counters.dead {
-            let before = last.counters.dead.get(reason).copied().unwrap_or(0);
-            let counter = self.dead_letters.get_or_create(&ReasonLabel {
+        for (key @ &(reason, id), &n) in &stats.dead_by_version {
+            let before = last.dead_by_version.get(key).copied().unwrap_or(0);
+            let name = id.and_then(|id| names.get(id.0 as usize)).copied();
+            let counter = self.dead_letters.get_or_create(&DeadLetterLabels {
+                version: name.unwrap_or_default().to_owned(),
                 reason: reason.to_owned(),
             });
             counter.inc_by(n.saturating_sub(before));
@@ -320,6 +335,15 @@ impl LearnerMetrics {
     pub fn observe_publish(&self, took: Duration, queued: u64) {
         self.publish_duration.observe(took.as_secs_f64());
         self.publish_queue.set(gauge(queued));
+    }
+
+    /// One publish of `updates` at wall time `now_ms` (Unix ms): each
+    /// update's latency from the event time of its newest sample.
+    pub fn observe_update_latency(&self, updates: &[ParamChange], now_ms: i64) {
+        self.update_latency.observe(
+            updates.iter().map(|u| u.state.updated_event_time_ms),
+            now_ms,
+        );
     }
 
     /// One checkpoint handed to the writer: what it blocked ingestion for.
@@ -420,6 +444,89 @@ impl EncodeMetric for BatchSizes {
     }
 }
 
+/// Buckets of [`UpdateLatency`]: upper bounds 1 ms × 4^i, i < this
+/// (1 ms to ~19 h), then +Inf.
+const LATENCY_BUCKETS: usize = 14;
+
+/// A histogram of update latencies filled a publish at a time: the
+/// publish counts its updates into plain integers and takes the lock
+/// once, where a Prometheus histogram would take atomics per update.
+#[derive(Debug, Clone, Default)]
+struct UpdateLatency(std::sync::Arc<Mutex<LatencyCounts>>);
+
+#[derive(Debug, Clone, Default)]
+struct LatencyCounts {
+    sum_ms: i128,
+    /// Bucket `i < LATENCY_BUCKETS` counts latencies in (4^(i-1), 4^i]
+    /// ms (bucket 0: ≤ 1 ms, negative included); the last, the rest.
+    buckets: [u64; LATENCY_BUCKETS + 1],
+}
+
+impl UpdateLatency {
+    fn observe(&self, event_times_ms: impl Iterator<Item = i64>, now_ms: i64) {
+        let mut counts = LatencyCounts::default();
+        for t in event_times_ms {
+            let ms = now_ms.saturating_sub(t);
+            counts.sum_ms += i128::from(ms);
+            counts.buckets[latency_bucket(ms)] += 1;
+        }
+        if counts.buckets.iter().all(|&n| n == 0) {
+            return;
+        }
+        let mut total = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        total.sum_ms += counts.sum_ms;
+        for (total, n) in total.buckets.iter_mut().zip(counts.buckets) {
+            *total += n;
+        }
+    }
+}
+
+/// The bucket of a latency of `ms`: the smallest `i` with `ms ≤ 4^i`.
+fn latency_bucket(ms: i64) -> usize {
+    if ms <= 1 {
+        return 0;
+    }
+    // ⌈log2(ms)⌉, then ⌈/2⌉ for base 4.
+    let log2 = u64::BITS - (ms as u64 - 1).leading_zeros();
+    (log2.div_ceil(2) as usize).min(LATENCY_BUCKETS)
+}
+
+impl TypedMetric for UpdateLatency {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for UpdateLatency {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let count = counts.buckets.iter().sum();
+        let buckets: Vec<(f64, u64)> = counts
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let bound = if i == LATENCY_BUCKETS {
+                    f64::INFINITY
+                } else {
+                    4_f64.powi(i as i32) / 1000.0
+                };
+                (bound, n)
+            })
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(counts.sum_ms as f64 / 1000.0, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
@@ -445,6 +552,43 @@ mod tests {
             listen: "localhost".into(),
         };
         assert!(bad.listen_addr().unwrap_err().contains("host:port"));
+    }
+
+    #[test]
+    fn latency_buckets_are_powers_of_four_milliseconds() {
+        for (ms, bucket) in [
+            (-5, 0),
+            (0, 0),
+            (1, 0),
+            (2, 1),
+            (4, 1),
+            (5, 2),
+            (16, 2),
+            (17, 3),
+            (1_024, 5),
+            (1_025, 6),
+            (i64::MAX, LATENCY_BUCKETS),
+        ] {
+            assert_eq!(latency_bucket(ms), bucket, "{ms} ms");
+        }
+    }
+
+    #[test]
+    fn update_latencies_encode_as_a_cumulative_histogram_in_seconds() {
+        let latency = UpdateLatency::default();
+        // 1 ms, 3 ms and 10 s after their events; then an empty publish.
+        latency.observe([9_999, 9_997, 0].into_iter(), 10_000);
+        latency.observe(std::iter::empty(), 20_000);
+        let mut registry = Registry::default();
+        registry.register("u", "update latency", latency);
+        let out = text(&registry);
+        assert!(out.contains("u_sum 10.004\n"), "{out}");
+        assert!(out.contains("u_count 3\n"), "{out}");
+        assert!(out.contains("u_bucket{le=\"0.001\"} 1\n"), "{out}");
+        assert!(out.contains("u_bucket{le=\"0.004\"} 2\n"), "{out}");
+        assert!(out.contains("u_bucket{le=\"4.096\"} 2\n"), "{out}");
+        assert!(out.contains("u_bucket{le=\"16.384\"} 3\n"), "{out}");
+        assert!(out.contains("u_bucket{le=\"+Inf\"} 3\n"), "{out}");
     }
 
     #[test]
@@ -524,8 +668,9 @@ mod tests {
         for line in [
             "posterior_learner_samples_applied_total{version=\"a\"} 1\n",
             "posterior_learner_samples_applied_total{version=\"b\"} 1\n",
-            "posterior_learner_dead_letters_total{reason=\"unknown_version\"} 1\n",
-            "posterior_learner_dead_letters_total{reason=\"late\"} 1\n",
+            // A name the registry never had is not a label.
+            "posterior_learner_dead_letters_total{version=\"\",reason=\"unknown_version\"} 1\n",
+            "posterior_learner_dead_letters_total{version=\"a\",reason=\"late\"} 1\n",
             "posterior_learner_updates_total 2\n",
             "posterior_learner_keys{version=\"a\"} 2\n",
             "posterior_learner_keys{version=\"b\"} 1\n",

@@ -106,6 +106,11 @@ impl Registry {
             .filter(|e| !e.retired)
     }
 
+    /// The id of the version called `name`, live or retired.
+    pub fn id(&self, name: &str) -> Option<VersionId> {
+        self.by_name.get(name).copied()
+    }
+
     /// The version with id `id`.
     pub fn get(&self, id: VersionId) -> Option<&VersionEntry> {
         self.entries.get(id.0 as usize)

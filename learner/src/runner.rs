@@ -1224,7 +1224,10 @@ impl Checkpointer {
                 outcome.applied_at_ms
             );
         }
-        if self.announced.is_none() && self.sink.wants_every_key_at_start() {
+        // The first publish to an empty consumer repeats every restored
+        // key: not updates, so not timed as such.
+        let everything = self.announced.is_none() && self.sink.wants_every_key_at_start();
+        if everything {
             engine.mark_all_unpublished();
         }
         let versions = engine.registry().entries();
@@ -1234,6 +1237,9 @@ impl Checkpointer {
         }
         let start = Instant::now();
         let updates = take_updates(engine);
+        if let Some(metrics) = self.metrics.as_ref().filter(|_| !everything) {
+            metrics.observe_update_latency(&updates, unix_now_ms());
+        }
         if !updates.is_empty() {
             self.sink.publish(updates).context("publish updates")?;
         }

@@ -142,7 +142,7 @@ fn produce(args: &Args, spec: &VersionSpec) -> Result<Duration> {
 fn until_ready(feed: &FeedConfig) -> Result<(Replica, Arc<ParamStore>, Duration)> {
     let store = Arc::new(ParamStore::default());
     let start = Instant::now();
-    let replica = Replica::start(feed, &store).context("start the replica")?;
+    let replica = Replica::start(feed, &store, None).context("start the replica")?;
     let readiness = replica.readiness();
     while !readiness.is_ready() {
         anyhow::ensure!(

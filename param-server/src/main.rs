@@ -134,7 +134,7 @@ async fn serve(args: &Args, config: Config) -> Result<()> {
         .metrics
         .as_ref()
         .map(|_| ServerMetrics::register(&mut registry, &store));
-    let replica = start_replica(&config, &store)?;
+    let replica = start_replica(&config, &store, metrics.clone())?;
     #[cfg(feature = "kafka")]
     let options = posterior_param_server::ServeOptions {
         readiness: replica.as_ref().map(Replica::readiness),
@@ -199,13 +199,14 @@ type Replica = std::convert::Infallible;
 fn start_replica(
     config: &Config,
     store: &Arc<posterior_param_server::ParamStore>,
+    metrics: Option<Arc<ServerMetrics>>,
 ) -> Result<Option<Replica>> {
     #[cfg(feature = "kafka")]
     if config.feed.kafka.is_some() {
-        let replica = Replica::start(&config.feed, store).context("[feed.kafka]")?;
+        let replica = Replica::start(&config.feed, store, metrics).context("[feed.kafka]")?;
         return Ok(Some(replica));
     }
-    let _ = (config, store);
+    let _ = (config, store, metrics);
     Ok(None)
 }
 

@@ -30,6 +30,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use crate::config::{FeedConfig, KafkaFeedConfig, SnapshotConfig};
 use crate::feed::FeedStats;
 use crate::follower::Follower;
+use crate::metrics::ServerMetrics;
 use crate::readiness::Readiness;
 use crate::snapshot::{self, Snapshot, SnapshotError};
 use crate::store::ParamStore;
@@ -39,6 +40,9 @@ use crate::store::ParamStore;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// Least time between two logs of a transient consumer error.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the feed's counts reach the metrics (not per record: a
+/// catching-up replica applies hundreds of thousands a second).
+const METRICS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Why a replica could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -87,8 +91,14 @@ struct Snapshots {
 impl Replica {
     /// Loads the snapshot (if configured and sound), connects, assigns
     /// every partition and starts following the topic into `store`, which
-    /// serves its configured versions and nothing else yet.
-    pub fn start(config: &FeedConfig, store: &Arc<ParamStore>) -> Result<Self, ReplicaError> {
+    /// serves its configured versions and nothing else yet. With
+    /// `metrics`, what the feed applies is counted in
+    /// `posterior_param_server_feed_updates_total`.
+    pub fn start(
+        config: &FeedConfig,
+        store: &Arc<ParamStore>,
+        metrics: Option<Arc<ServerMetrics>>,
+    ) -> Result<Self, ReplicaError> {
         let started = Instant::now();
         let kafka = config
             .kafka
@@ -151,7 +161,8 @@ impl Replica {
             .spawn({
                 let stop = Arc::clone(&stop);
                 let topic = topic.clone();
-                move || follow(consumer, follower, &topic, &stop, requests)
+                let meter = FeedMeter::new(metrics);
+                move || follow(consumer, follower, &topic, &stop, requests, meter)
             })
             .map_err(|e| ReplicaError::Thread(format!("spawn the feed: {e}")))?;
         Ok(Self {
@@ -272,6 +283,7 @@ fn follow(
     topic: &str,
     stop: &AtomicBool,
     snapshots: Option<(SyncSender<BTreeMap<u32, u64>>, Duration)>,
+    mut meter: FeedMeter,
 ) -> Follower {
     let mut last_snapshot = Instant::now();
     let mut last_error_log: Option<Instant> = None;
@@ -293,6 +305,7 @@ fn follow(
             }
             Some(Err(_)) | None => {}
         }
+        meter.tick(follower.stats(), false);
         if let Some((requests, every)) = &snapshots
             && last_snapshot.elapsed() >= *every
         {
@@ -306,7 +319,38 @@ fn follow(
             }
         }
     }
+    meter.tick(follower.stats(), true);
     follower
+}
+
+/// Copies the feed's counts into the metrics every
+/// [`METRICS_INTERVAL`].
+struct FeedMeter {
+    metrics: Option<Arc<ServerMetrics>>,
+    counted: FeedStats,
+    at: Instant,
+}
+
+impl FeedMeter {
+    fn new(metrics: Option<Arc<ServerMetrics>>) -> Self {
+        Self {
+            metrics,
+            counted: FeedStats::default(),
+            at: Instant::now(),
+        }
+    }
+
+    /// Counts what `now` adds, if the interval is over or `force`.
+    fn tick(&mut self, now: FeedStats, force: bool) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        if force || self.at.elapsed() >= METRICS_INTERVAL {
+            metrics.count_feed(&self.counted, &now);
+            self.counted = now;
+            self.at = Instant::now();
+        }
+    }
 }
 
 fn log_consumer_error(topic: &str, error: &KafkaError) {

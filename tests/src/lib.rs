@@ -3,6 +3,7 @@
 //! defects, the oracle, replicas as child processes, and the loopback
 //! cluster run (also the `cluster` binary behind `scripts/cluster.sh`).
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod log;
 pub mod oracle;
+pub mod scrape;
 pub mod serving;
 
 /// Path of a workspace binary (`learner`, `param-server`), up to date.
@@ -56,8 +58,39 @@ pub fn binary(name: &str) -> PathBuf {
         if profile_dir.ends_with("release") {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build of the workspace failed");
+        // Cargo's reasons for rebuilding anything go to a log next to the
+        // build (a no-op writes nothing worth reading), so a suite that
+        // spends minutes here can be told why.
+        let log_path = target_dir.join("posterior-tests-build.log");
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open the build log");
+        let _ = writeln!(
+            log,
+            "== {} at {:?}",
+            exe.display(),
+            std::time::SystemTime::now()
+        );
+        cmd.env("CARGO_LOG", "cargo::core::compiler::fingerprint=info")
+            .env("CARGO_TERM_COLOR", "never")
+            .stderr(log.try_clone().expect("clone the build log"));
+        let start = Instant::now();
+        let status = cmd.status().expect("run cargo test --no-run");
+        let took = start.elapsed();
+        let _ = writeln!(log, "== took {took:.1?}");
+        if took > Duration::from_secs(10) {
+            eprintln!(
+                "posterior-tests: the workspace build took {took:.1?}; cargo's reasons: {}",
+                log_path.display()
+            );
+        }
+        assert!(
+            status.success(),
+            "cargo build of the workspace failed:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
     });
     let path = profile_dir.join(name);
     assert!(path.exists(), "{} was not built", path.display());

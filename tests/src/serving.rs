@@ -112,6 +112,9 @@ every_ms = 200
 [control.kafka]
 brokers = "{bootstrap}"
 topic = "control"
+
+[metrics]
+listen = "127.0.0.1:0"
 "#,
         tokens = tokens.display(),
         snapshots = dir.join(format!("{name}-snapshot")).display(),

@@ -13,9 +13,7 @@
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,53 +21,11 @@ use posterior_learner::config::Config;
 use posterior_learner::runner::run_bounded;
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
 use posterior_tests::log::{LogSpec, generate};
+use posterior_tests::scrape::{label, logged_addr, scrape, series};
 use posterior_tests::{binary, finish_within, log_file};
 
 /// Records between checkpoints of the learner under test.
 const CHECKPOINT_EVERY: usize = 1_000;
-
-/// One `GET /metrics`: the body.
-fn scrape(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
-    out.split_once("\r\n\r\n").unwrap().1.to_owned()
-}
-
-/// Every series of metric `name` → its value, keyed by its label text
-/// (`version="beta"`, or empty).
-fn series(text: &str, name: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let (labels, value) = match rest.strip_prefix('{') {
-                Some(rest) => rest.split_once("} ")?,
-                None => ("", rest.strip_prefix(' ')?),
-            };
-            Some((labels.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Waits for the line `... metrics listening on ADDR` in `log`.
-fn metrics_addr(log: &Path) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(addr) = text
-            .lines()
-            .find_map(|l| l.split_once("metrics listening on ").map(|(_, addr)| addr))
-        {
-            return addr.trim().parse().unwrap();
-        }
-        assert!(Instant::now() < deadline, "no metrics line in:\n{text}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn applied_and_dead_letters_by_reason_match_an_uninterrupted_run() {
@@ -120,7 +76,7 @@ fn applied_and_dead_letters_by_reason_match_an_uninterrupted_run() {
         .stderr(log_file(&learner_log))
         .spawn()
         .unwrap();
-    let addr = metrics_addr(&learner_log);
+    let addr = logged_addr(&learner_log, "metrics listening on ");
 
     let records = log.lines().count();
     let far = 1_800_000_000_000_i64;
@@ -157,18 +113,35 @@ fn applied_and_dead_letters_by_reason_match_an_uninterrupted_run() {
         let n = applied[&format!("version=\"{version}\"")];
         assert!(n > 0.0, "{version}: {page}");
     }
-    let dead = series(&page, "posterior_learner_dead_letters_total");
+    // Dead letters by version and reason: summed by reason, those of the
+    // reference; a registered version's name only where the record named
+    // one.
+    let mut dead: BTreeMap<String, f64> = BTreeMap::new();
+    for (labels, n) in series(&page, "posterior_learner_dead_letters_total") {
+        let reason = label(&labels, "reason").unwrap();
+        let version = label(&labels, "version").unwrap();
+        match reason {
+            "undecodable" | "unknown_version" => assert_eq!(version, "", "{labels}"),
+            _ => assert!(["beta", "logistic"].contains(&version), "{labels}"),
+        }
+        *dead.entry(reason.to_owned()).or_default() += n;
+    }
     let mut expected = summary.counters.dead.clone();
     *expected.entry("unknown_version").or_default() += 1; // the sentinel
     let expected: BTreeMap<String, f64> = expected
         .into_iter()
-        .map(|(reason, n)| (format!("reason=\"{reason}\""), n as f64))
+        .map(|(reason, n)| (reason.to_owned(), n as f64))
         .collect();
     assert_eq!(dead, expected, "{page}");
     assert_eq!(
-        expected["reason=\"undecodable\""], injected.poison as f64,
+        expected["undecodable"], injected.poison as f64,
         "the log's poison lines"
     );
+    assert!(expected["late"] > 0.0, "the log's late samples: {page}");
+    // Every applied key was published (stdin event times are old: the
+    // latencies are large, their count is what is checked).
+    let published = series(&page, "posterior_learner_update_latency_seconds_count");
+    assert!(published[""] >= 1.0, "{page}");
     let batches = series(&page, "posterior_learner_micro_batch_size_samples_sum");
     assert_eq!(batches[""], summary.counters.applied as f64, "{page}");
     let checkpoints = series(&page, "posterior_learner_checkpoint_write_seconds_count");

@@ -22,6 +22,7 @@ use posterior_tests::broker::{Broker, Storage};
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
 use posterior_tests::log::{LogRecord, LogSpec, generate_records};
 use posterior_tests::oracle::produce_samples;
+use posterior_tests::scrape::{logged_addr, scrape, series};
 use posterior_tests::serving::{
     self, ADMIN_TOKEN, Process, Served, difference, learned, ready, replica_config, start_replica,
     with_priors,
@@ -140,6 +141,26 @@ fn replicas_fed_by_the_params_topic_serve_the_learners_state_and_survive_a_sigki
     assert!(learned > DOCS as usize, "{learned} keys learned");
     assert_serves(&served_a, &expected, "replica a");
     assert_serves(&served_b, &expected, "replica b");
+
+    // Replica b's metrics count what its feed applied: at least one
+    // update per learned key, and the keys it serves.
+    let metrics = logged_addr(&logs[1], "param-server metrics listening local=");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = scrape(metrics);
+        let applied = series(&page, "posterior_param_server_feed_updates_total")
+            .get("outcome=\"applied\"")
+            .copied()
+            .unwrap_or(0.0);
+        let keys: f64 = series(&page, "posterior_param_server_keys").values().sum();
+        // The feed's counts reach the metrics every 100 ms.
+        if applied >= learned as f64 {
+            assert_eq!(keys, learned as f64, "{page}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{applied} applied:\n{page}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // SIGKILL replica a once it wrote a snapshot; it restarts from it.
     let snapshot = dir.path().join("a-snapshot/replica.snapshot");
