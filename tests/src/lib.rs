@@ -58,6 +58,16 @@ pub fn binary(name: &str) -> PathBuf {
         if profile_dir.ends_with("release") {
             cmd.arg("--release");
         }
+        // `cargo test` runs this process with the variables it sets for a
+        // crate (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, …). Build scripts
+        // that track them (ring's does) would see them changed against
+        // the outer build, which ran without them, and rebuild half the
+        // tree: minutes per suite. The nested build gets the outer's.
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(set_by_cargo_for_a_crate) {
+                cmd.env_remove(key);
+            }
+        }
         // Cargo's reasons for rebuilding anything go to a log next to the
         // build (a no-op writes nothing worth reading), so a suite that
         // spends minutes here can be told why.
@@ -95,6 +105,24 @@ pub fn binary(name: &str) -> PathBuf {
     let path = profile_dir.join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// Whether `cargo test` sets the variable `name` for the crate under test
+/// (see the Cargo book, "Environment variables Cargo sets for crates"),
+/// as opposed to the environment it was run in.
+fn set_by_cargo_for_a_crate(name: &str) -> bool {
+    [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
+        || matches!(
+            name,
+            "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "CARGO_RUSTC_CURRENT_DIR" | "OUT_DIR"
+        )
 }
 
 /// Waits for `child` at most `limit`; on timeout kills it and panics with
