@@ -72,6 +72,18 @@ pub trait ParamSink {
         false
     }
 
+    /// Hands over every key at the start of a run, for a consumer that
+    /// starts empty ([`Self::wants_every_key_at_start`]). The keys changed
+    /// since the restore went through [`Self::publish`] just before; a
+    /// sink whose consumer does not start empty (a topic) skips this.
+    fn publish_every_key(&mut self, updates: Vec<ParamChange>) -> Result<(), PublishError> {
+        if self.wants_every_key_at_start() {
+            self.publish(updates)
+        } else {
+            Ok(())
+        }
+    }
+
     /// The sink's counts.
     fn stats(&self) -> PublishStats;
 
@@ -202,6 +214,66 @@ impl ParamSink for ChannelSink {
     }
 }
 
+/// Two sinks fed the same publications in the same order: a learner
+/// that serves from an embedded param-server and feeds standalone
+/// replicas through the `params` topic too. The start's every-key
+/// publish goes only to the sink that starts empty
+/// ([`ParamSink::publish_every_key`]), so a restart does not rewrite the
+/// whole table to the topic. A failure of either is the tee's failure.
+pub struct TeeSink {
+    first: Box<dyn ParamSink>,
+    second: Box<dyn ParamSink>,
+}
+
+impl TeeSink {
+    /// Publishes to `first`, then to `second`.
+    pub fn new(first: Box<dyn ParamSink>, second: Box<dyn ParamSink>) -> Self {
+        Self { first, second }
+    }
+}
+
+impl ParamSink for TeeSink {
+    fn publish(&mut self, updates: Vec<ParamChange>) -> Result<(), PublishError> {
+        // The states are shared: a copy of the list costs one reference
+        // count per update.
+        self.first.publish(updates.clone())?;
+        self.second.publish(updates)
+    }
+
+    fn announce(&mut self, versions: &[VersionEntry]) -> Result<(), PublishError> {
+        self.first.announce(versions)?;
+        self.second.announce(versions)
+    }
+
+    fn flush(&mut self) -> Result<(), PublishError> {
+        self.first.flush()?;
+        self.second.flush()
+    }
+
+    fn wants_every_key_at_start(&self) -> bool {
+        self.first.wants_every_key_at_start() || self.second.wants_every_key_at_start()
+    }
+
+    fn publish_every_key(&mut self, updates: Vec<ParamChange>) -> Result<(), PublishError> {
+        self.first.publish_every_key(updates.clone())?;
+        self.second.publish_every_key(updates)
+    }
+
+    /// The two sinks' counts added up.
+    fn stats(&self) -> PublishStats {
+        let (a, b) = (self.first.stats(), self.second.stats());
+        PublishStats {
+            batches: a.batches + b.batches,
+            updates: a.updates + b.updates,
+            blocked_us: a.blocked_us + b.blocked_us,
+        }
+    }
+
+    fn queued(&self) -> u64 {
+        self.first.queued() + self.second.queued()
+    }
+}
+
 /// The Kafka `params` topic: key `version/doc_id`, value a protobuf
 /// `ParamUpdate`, partition `partitioning::partition_of(doc_id, n)` — the
 /// samples topic's rule, so a key's updates stay in order on one
@@ -300,6 +372,40 @@ mod tests {
         assert_eq!((stats.batches, stats.updates), (3, 4));
         drop(sink);
         assert_eq!(reader.join().unwrap(), vec![1, 2, 3, 1]);
+    }
+
+    #[test]
+    fn a_tee_feeds_both_sinks_in_order_and_every_key_only_to_the_one_starting_empty() {
+        let (channel_sink, mut rx) = channel(16);
+        let mut tee = TeeSink::new(Box::new(channel_sink), Box::new(NullSink::default()));
+        assert!(tee.wants_every_key_at_start());
+        tee.publish(vec![update(1, 1)]).unwrap();
+        tee.publish_every_key(vec![update(1, 1), update(2, 4)])
+            .unwrap();
+        tee.publish(vec![update(2, 5)]).unwrap();
+        tee.flush().unwrap();
+        let mut seen = Vec::new();
+        while let Ok(publication) = rx.try_recv() {
+            let Publication::Params(batch) = publication else {
+                panic!("only updates were published");
+            };
+            seen.push(
+                batch
+                    .iter()
+                    .map(|u| (u.doc_id, u.state.seq))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert_eq!(seen, vec![vec![(1, 1)], vec![(1, 1), (2, 4)], vec![(2, 5)]]);
+        // The null sink (a topic's stand-in) skipped the every-key batch:
+        // 3 batches of 4 updates in the channel, 2 of 2 in the null sink.
+        let stats = tee.stats();
+        assert_eq!((stats.batches, stats.updates), (5, 6));
+        drop(rx);
+        assert!(matches!(
+            tee.publish(vec![update(3, 1)]),
+            Err(PublishError::Closed)
+        ));
     }
 
     #[test]

@@ -1224,12 +1224,7 @@ impl Checkpointer {
                 outcome.applied_at_ms
             );
         }
-        // The first publish to an empty consumer repeats every restored
-        // key: not updates, so not timed as such.
         let everything = self.announced.is_none() && self.sink.wants_every_key_at_start();
-        if everything {
-            engine.mark_all_unpublished();
-        }
         let versions = engine.registry().entries();
         if self.announced.as_deref() != Some(versions) {
             self.sink.announce(versions).context("announce versions")?;
@@ -1237,11 +1232,23 @@ impl Checkpointer {
         }
         let start = Instant::now();
         let updates = take_updates(engine);
-        if let Some(metrics) = self.metrics.as_ref().filter(|_| !everything) {
+        if let Some(metrics) = &self.metrics {
             metrics.observe_update_latency(&updates, unix_now_ms());
         }
         if !updates.is_empty() {
             self.sink.publish(updates).context("publish updates")?;
+        }
+        if everything {
+            // A consumer that starts empty (an embedded server) gets every
+            // restored key once, after the changes: not updates, so not
+            // timed, and skipped by a sink that does not start empty.
+            engine.mark_all_unpublished();
+            let every_key = take_updates(engine);
+            if !every_key.is_empty() {
+                self.sink
+                    .publish_every_key(every_key)
+                    .context("publish every key")?;
+            }
         }
         if let Some(metrics) = &self.metrics {
             metrics.observe_publish(start.elapsed(), self.sink.queued());

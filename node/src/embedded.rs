@@ -20,7 +20,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use posterior_learner::config::VersionConfig;
 use posterior_learner::params::Publication;
-use posterior_learner::publish::{ChannelSink, ParamSink, channel};
+use posterior_learner::publish::{ChannelSink, ParamSink, TeeSink, channel};
 use posterior_learner::runner::{CommandInbox, Controls, open_sink};
 use posterior_param_server::config::Config;
 use posterior_param_server::control::InProcessControlPlane;
@@ -152,15 +152,27 @@ fn worker_threads() -> usize {
 }
 
 /// Where a learner run publishes: into a new embedded server when the
-/// config has a `[param_server]` table (returned, serving), else to the
-/// config's own sink.
+/// config has a `[param_server]` table (returned, serving), and to the
+/// config's own sink (the `params` topic of `[publish.kafka]`), both
+/// when the config has both.
 pub fn attach(
     config: &posterior_learner::config::Config,
     server: Option<Config>,
     controls: &Controls,
     registry: Option<&mut Registry>,
 ) -> Result<(Box<dyn ParamSink>, Option<EmbeddedServer>)> {
+    let has_topic = config
+        .publish
+        .as_ref()
+        .is_some_and(|publish| publish.kafka.is_some());
     Ok(match server {
+        // Both: the topic's producer opens first, so an unreachable
+        // broker stops the run before the server binds.
+        Some(server) if has_topic => {
+            let topic = open_sink(config)?;
+            let (sink, serving) = serve(config, server, controls, registry)?;
+            (Box::new(TeeSink::new(Box::new(sink), topic)), Some(serving))
+        }
         Some(server) => {
             let (sink, serving) = serve(config, server, controls, registry)?;
             (Box::new(sink), Some(serving))
@@ -170,22 +182,13 @@ pub fn attach(
 }
 
 /// Starts the embedded server of `config`'s learner, and the sink the
-/// learner publishes into it through.
+/// learner publishes into it through (the config's own sink aside).
 pub fn serve(
     config: &posterior_learner::config::Config,
     server: Config,
     controls: &Controls,
     registry: Option<&mut Registry>,
 ) -> Result<(ChannelSink, EmbeddedServer)> {
-    anyhow::ensure!(
-        config
-            .publish
-            .as_ref()
-            .and_then(|p| p.kafka.as_ref())
-            .is_none(),
-        "[publish.kafka] and an embedded [param_server] together are not supported yet: \
-         standalone replicas and the embedded server each need their own learner run"
-    );
     let (sink, publications) = channel(CHANNEL_CAPACITY);
     let serving = EmbeddedServer::start(
         server,

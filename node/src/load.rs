@@ -82,19 +82,7 @@ pub fn parse(text: &str, overrides: &[Override]) -> Result<Loaded, LoadError> {
         let (learner, server) = embedded::split_config(table)?;
         let text = toml::to_string(&learner).map_err(|e| format!("config: {e}"))?;
         let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
-        if server.is_some()
-            && config
-                .publish
-                .as_ref()
-                .is_some_and(|publish| publish.kafka.is_some())
-        {
-            return Err(format!(
-                "{}: [publish.kafka] and an embedded [{0}] together are not supported yet: \
-                 standalone replicas and the embedded server each need their own learner run",
-                embedded::CONFIG_KEY
-            ));
-        }
-        Ok((config, server))
+        Ok::<_, String>((config, server))
     })
 }
 
@@ -275,13 +263,6 @@ listen = "127.0.0.1:0"
                     "listen = \"127.0.0.1:0\"\n[param_server.feed.kafka]\nbrokers = \"b\"",
                 ),
                 "param_server.feed",
-            ),
-            (
-                FILE.replace(
-                    "[param_server]",
-                    "[publish.kafka]\nbrokers = \"b\"\n[param_server]",
-                ),
-                "param_server: [publish.kafka]",
             ),
         ];
         for (text, needle) in cases {

@@ -6,7 +6,9 @@
 //! same parameters again (no seq goes backwards); an admin fork sent
 //! through a replica's AdminService reaches a running learner through the
 //! `control` topic, and the forked version reaches both replicas through
-//! the `params` topic.
+//! the `params` topic. That learner also hosts an embedded param-server
+//! (`[param_server]` with `[publish.kafka]`), which ends up serving what
+//! the replicas serve.
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
@@ -187,10 +189,22 @@ fn replicas_fed_by_the_params_topic_serve_the_learners_state_and_survive_a_sigki
     // An admin fork through replica b reaches a running learner through
     // the control topic; the fork reaches both replicas through the
     // params topic.
+    // That learner also serves from an embedded param-server: it
+    // publishes to both the embedded server and the topic.
+    let embedded_path = dir.path().join("learner-embedded.toml");
+    std::fs::write(
+        &embedded_path,
+        format!(
+            "{learner_text}
+[param_server]
+listen = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .unwrap();
     let learner = Process::spawn(
         Command::new(binary("learner"))
             .args(["run", "--config"])
-            .arg(&learner_path)
+            .arg(&embedded_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file(&learner_log)),
@@ -245,6 +259,36 @@ fn replicas_fed_by_the_params_topic_serve_the_learners_state_and_survive_a_sigki
         text.contains(&accepted.command_id),
         "the learner applied the command from the control topic:\n{text}"
     );
+
+    // The embedded server (every restored key at its start, then the
+    // updates) and the replicas (the topic) converge on the same values.
+    let embedded = format!(
+        "http://{}",
+        logged_addr(&learner_log, "param-server listening on ")
+    );
+    let all = ["beta", "logistic", "beta-b"];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let served = |endpoint: &str| runtime.block_on(serving::fetch(endpoint, &all, DOCS));
+        let (from_embedded, from_a, from_b) = (
+            served(&embedded).unwrap(),
+            served(&endpoint_a).unwrap(),
+            served(&endpoint_b).unwrap(),
+        );
+        let differs = difference(&from_embedded, &from_a).or_else(|| difference(&from_b, &from_a));
+        let Some(differs) = differs else {
+            assert!(
+                from_a.values().filter(|p| !p.is_prior).count() > learned,
+                "the fork's warm keys are served too"
+            );
+            break;
+        };
+        assert!(
+            Instant::now() < deadline,
+            "embedded server and replicas never converged: {differs}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     learner.terminate(&learner_log);
     a.terminate(&logs[0]);
     b.terminate(&logs[1]);
