@@ -411,7 +411,7 @@ impl TypedMetric for BatchSizes {
 }
 
 impl EncodeMetric for BatchSizes {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = self
             .0
             .lock()
@@ -421,22 +421,10 @@ impl EncodeMetric for BatchSizes {
                 sum: 0,
                 buckets: [0; BATCH_SIZE_BUCKETS],
             });
-        let count = snapshot.buckets.iter().sum();
         // Bucket i holds sizes up to 2^i (the last: any size).
-        let buckets: Vec<(f64, u64)> = snapshot
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| {
-                let bound = if i + 1 == BATCH_SIZE_BUCKETS {
-                    f64::INFINITY
-                } else {
-                    (1_u64 << i) as f64
-                };
-                (bound, n)
-            })
-            .collect();
-        encoder.encode_histogram::<NoLabelSet>(snapshot.sum as f64, count, &buckets, None)
+        encode_buckets(encoder, snapshot.sum as f64, &snapshot.buckets, |i| {
+            (1_u64 << i) as f64
+        })
     }
 
     fn metric_type(&self) -> MetricType {
@@ -499,32 +487,40 @@ impl TypedMetric for UpdateLatency {
 }
 
 impl EncodeMetric for UpdateLatency {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let counts = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let count = counts.buckets.iter().sum();
-        let buckets: Vec<(f64, u64)> = counts
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| {
-                let bound = if i == LATENCY_BUCKETS {
-                    f64::INFINITY
-                } else {
-                    4_f64.powi(i as i32) / 1000.0
-                };
-                (bound, n)
-            })
-            .collect();
-        encoder.encode_histogram::<NoLabelSet>(counts.sum_ms as f64 / 1000.0, count, &buckets, None)
+        encode_buckets(
+            encoder,
+            counts.sum_ms as f64 / 1000.0,
+            &counts.buckets,
+            |i| 4_f64.powi(i as i32) / 1000.0,
+        )
     }
 
     fn metric_type(&self) -> MetricType {
         Self::TYPE
     }
+}
+
+/// Encodes per-bucket counts as a Prometheus histogram: bucket `i` has
+/// the upper bound `bound(i)`, the last one +Inf.
+fn encode_buckets(
+    mut encoder: MetricEncoder,
+    sum: f64,
+    counts: &[u64],
+    bound: impl Fn(usize) -> f64,
+) -> Result<(), std::fmt::Error> {
+    let last = counts.len().saturating_sub(1);
+    let buckets: Vec<(f64, u64)> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (if i == last { f64::INFINITY } else { bound(i) }, n))
+        .collect();
+    encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
 }
 
 #[cfg(test)]
