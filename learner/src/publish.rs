@@ -72,10 +72,11 @@ pub trait ParamSink {
         false
     }
 
-    /// Hands over every key at the start of a run, for a consumer that
-    /// starts empty ([`Self::wants_every_key_at_start`]). The keys changed
-    /// since the restore went through [`Self::publish`] just before; a
-    /// sink whose consumer does not start empty (a topic) skips this.
+    /// Hands over every other key at the start of a run, for a consumer
+    /// that starts empty ([`Self::wants_every_key_at_start`]): the keys
+    /// changed since the restore went through [`Self::publish`] just
+    /// before, so each key arrives once. A sink whose consumer does not
+    /// start empty (a topic) skips this.
     fn publish_every_key(&mut self, updates: Vec<ParamChange>) -> Result<(), PublishError> {
         if self.wants_every_key_at_start() {
             self.publish(updates)

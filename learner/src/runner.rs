@@ -8,7 +8,7 @@
 //! its length in the checkpoint; a topic at least once, keyed
 //! `partition/offset`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -1235,15 +1235,26 @@ impl Checkpointer {
         if let Some(metrics) = &self.metrics {
             metrics.observe_update_latency(&updates, unix_now_ms());
         }
+        // Once per run: the keys this publish holds, left out of the
+        // every-key publish below.
+        let published: HashSet<(Arc<str>, u64)> = if everything {
+            updates
+                .iter()
+                .map(|u| (Arc::clone(&u.version), u.doc_id))
+                .collect()
+        } else {
+            HashSet::new()
+        };
         if !updates.is_empty() {
             self.sink.publish(updates).context("publish updates")?;
         }
         if everything {
             // A consumer that starts empty (an embedded server) gets every
-            // restored key once, after the changes: not updates, so not
+            // other key once, after the changes: not updates, so not
             // timed, and skipped by a sink that does not start empty.
             engine.mark_all_unpublished();
-            let every_key = take_updates(engine);
+            let mut every_key = take_updates(engine);
+            every_key.retain(|u| !published.contains(&(Arc::clone(&u.version), u.doc_id)));
             if !every_key.is_empty() {
                 self.sink
                     .publish_every_key(every_key)

@@ -12,20 +12,25 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use posterior_learner::config::Config;
-use posterior_learner::params::params_to_wire;
-use posterior_learner::runner::restore_engine;
+use posterior_learner::engine::{Engine, Payload};
+use posterior_learner::params::{ParamChange, params_to_wire};
+use posterior_learner::publish::{ParamSink, PublishError, PublishStats};
+use posterior_learner::registry::VersionEntry;
+use posterior_learner::runner::{Checkpointer, fresh_engine, restore_engine};
+use posterior_learner::sample::Sample;
 use posterior_learner::store::RocksStore;
 use posterior_proto::v1;
 use posterior_proto::v1::admin_service_client::AdminServiceClient;
 use posterior_proto::v1::param_service_client::ParamServiceClient;
 use posterior_tests::broker::{Broker, Storage};
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
-use posterior_tests::log::LogRecord;
-use posterior_tests::log::{LogSpec, generate_records};
+use posterior_tests::log::{LogRecord, LogSpec, generate_records};
 use posterior_tests::oracle::produce_samples;
+use posterior_tests::scrape::{label, logged_addr, scrape, series};
 use posterior_tests::{binary, finish_within, log_file};
 use prost::Message as _;
 
@@ -127,6 +132,16 @@ fn start(config: &Path, log: &Path) -> (Learner, String) {
     }
 }
 
+/// The embedded server's `feed_updates_total` by outcome, scraped from
+/// the metrics endpoint `log` names.
+fn feed_counts(log: &Path) -> BTreeMap<String, f64> {
+    let page = scrape(logged_addr(log, "metrics listening on "));
+    series(&page, "posterior_param_server_feed_updates_total")
+        .into_iter()
+        .map(|(labels, n)| (label(&labels, "outcome").unwrap().to_owned(), n))
+        .collect()
+}
+
 fn stop(mut learner: Learner, log: &Path) {
     let mut child = learner.0.take().unwrap();
     // SIGTERM: checkpoint, then exit 0.
@@ -209,6 +224,7 @@ fn the_embedded_server_serves_the_checkpointed_state_and_all_of_it_after_a_resta
     broker.create_topic("samples", PARTITIONS);
     let config_path = dir.path().join("learner.toml");
     let text = config_text(dir.path(), &broker.bootstrap());
+    let text = format!("{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
     std::fs::write(&config_path, &text).unwrap();
     let (_, server) = text.split_once("[param_server]").unwrap();
     let config = Config::from_toml(text.split_once("[param_server]").unwrap().0).unwrap();
@@ -228,6 +244,10 @@ fn the_embedded_server_serves_the_checkpointed_state_and_all_of_it_after_a_resta
     let served = settle(&endpoint, |s| {
         s.values().filter(|p| !p.is_prior).count() > DOCS as usize
     });
+    // Every update reached the server once: none was stale (a key sent
+    // twice at the start would be).
+    let feed = feed_counts(&log);
+    assert_eq!(feed.get("stale"), None, "{feed:?}");
     stop(learner, &log);
     let expected = expected(&config, &served);
     let learned = expected.values().filter(|p| !p.is_prior).count();
@@ -241,11 +261,16 @@ fn the_embedded_server_serves_the_checkpointed_state_and_all_of_it_after_a_resta
         );
     }
 
-    // Run 2: no input at all; the restored state is served in full.
+    // Run 2: no input at all; the restored state is served in full, each
+    // key sent once.
+    let log = dir.path().join("learner-2.log");
     let (learner, endpoint) = start(&config_path, &log);
     let again = settle(&endpoint, |s| {
         s.values().filter(|p| !p.is_prior).count() == learned
     });
+    let feed = feed_counts(&log);
+    assert_eq!(feed.get("applied"), Some(&(learned as f64)), "{feed:?}");
+    assert_eq!(feed.get("stale"), None, "{feed:?}");
     for (key, params) in &expected {
         assert_eq!(
             again.get(key),
@@ -587,5 +612,129 @@ fn a_learner_without_state_or_savepoint_restores_from_the_param_server() {
     assert!(
         text.contains("seeded") && text.contains("from served parameters"),
         "the seeding is logged:\n{text}"
+    );
+}
+
+/// A sink that starts empty, like an embedded server, and records every
+/// (version, doc, seq) it is handed.
+struct Recorder(Arc<Mutex<Vec<(String, u64, u64)>>>);
+
+impl ParamSink for Recorder {
+    fn publish(&mut self, updates: Vec<ParamChange>) -> Result<(), PublishError> {
+        let mut seen = self.0.lock().unwrap();
+        seen.extend(
+            updates
+                .iter()
+                .map(|u| (u.version.to_string(), u.doc_id, u.state.seq)),
+        );
+        Ok(())
+    }
+
+    fn announce(&mut self, _: &[VersionEntry]) -> Result<(), PublishError> {
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), PublishError> {
+        Ok(())
+    }
+
+    fn wants_every_key_at_start(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> PublishStats {
+        PublishStats::default()
+    }
+}
+
+/// A clicked `beta` sample of `doc_id` at `t`, as the engine takes it.
+fn clicked(doc_id: u64, t: i64) -> Payload {
+    Payload::Sample(Sample {
+        doc_id,
+        version: "beta".into(),
+        event_time_ms: t,
+        context: vec![],
+        labels: vec![("click".into(), 1.0)],
+        weight: 1.0,
+        sample_id: None,
+    })
+}
+
+#[test]
+fn a_restarted_learner_hands_a_consumer_that_starts_empty_each_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let unused = dir.path().join("unused.jsonl");
+    let text = learner_toml(
+        dir.path(),
+        "restart",
+        Source::File(&unused),
+        1_000_000,
+        None,
+    );
+    let config = Config::from_toml(&text).unwrap();
+    // One click a second on each of `docs`, from the offset `from` (its
+    // time in seconds), all applied; returns the next offset.
+    let feed = |engine: &mut Engine, from: u64, docs: std::ops::Range<u64>| {
+        let mut offset = from;
+        for doc in docs {
+            engine.ingest(0, offset, clicked(doc, offset as i64 * 1_000));
+            offset += 1;
+        }
+        // Moves the watermark just past the last sample (it stays
+        // buffered itself), so the next run's samples are not late.
+        let last = (offset as i64 - 1) * 1_000;
+        engine.ingest(
+            0,
+            offset,
+            clicked(1_000_000, last + OUT_OF_ORDERNESS_MS + 1),
+        );
+        offset + 1
+    };
+    let run = |engine: &mut Engine, store: RocksStore, dead: Option<u64>, records: u64| {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorder = Box::new(Recorder(Arc::clone(&seen)));
+        let mut checkpointer = Checkpointer::new(&config, store, dead, recorder).unwrap();
+        checkpointer.checkpoint(engine, records).unwrap();
+        checkpointer.finish(engine, records).unwrap();
+        drop(checkpointer);
+        Arc::try_unwrap(seen).unwrap().into_inner().unwrap()
+    };
+
+    let mut engine = fresh_engine(&config, [0]).unwrap();
+    let next = feed(&mut engine, 0, 0..100);
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    let first = run(&mut engine, store, None, next);
+    drop(engine);
+
+    // Restored, the learner changes docs 50..150 before its first
+    // publish: that publish holds them, and every other restored key.
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    let (mut engine, dead) = restore_engine(&config, &store).unwrap().unwrap();
+    let next = feed(&mut engine, next, 50..150);
+    let second = run(&mut engine, store, dead, next);
+    let mut keys = std::collections::BTreeSet::new();
+    for (version, doc, _) in &second {
+        assert!(
+            keys.insert((version.clone(), *doc)),
+            "{version}/{doc} sent twice"
+        );
+    }
+    for (version, doc, _) in &first {
+        assert!(
+            keys.contains(&(version.clone(), *doc)),
+            "{version}/{doc} not sent"
+        );
+    }
+    let newest: BTreeMap<(&str, u64), u64> = first
+        .iter()
+        .map(|(v, d, seq)| ((v.as_str(), *d), *seq))
+        .collect();
+    let changed = second
+        .iter()
+        .filter(|(v, d, seq)| newest.get(&(v.as_str(), *d)).is_some_and(|s| seq > s))
+        .count();
+    assert!(
+        changed >= 40,
+        "{changed} restored keys changed by the second run"
     );
 }
