@@ -81,10 +81,12 @@ pub struct Sample {
 impl Sample {
     /// The value of a label, if present.
     pub fn label(&self, name: &str) -> Option<f32> {
+        // A sample has a handful of labels: a scan comparing lengths first
+        // beats a binary search comparing bytes.
         self.labels
-            .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .ok()
-            .map(|i| self.labels[i].1)
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, value)| value)
     }
 }
 

@@ -42,6 +42,9 @@ pub struct PartitionClock {
 pub struct Watermarks {
     out_of_orderness_ms: i64,
     partitions: BTreeMap<u32, PartitionClock>,
+    /// [`Watermarks::instance_watermark`], recomputed whenever a clock
+    /// changes (the engine asks for it after every record).
+    instance_ms: i64,
 }
 
 /// Whether a sample is on time for its partition.
@@ -64,18 +67,21 @@ impl Watermarks {
             max_event_ms: None,
             idle: false,
         };
-        Self {
-            out_of_orderness_ms: out_of_orderness_ms.max(0),
-            partitions: partitions.into_iter().map(|p| (p, clock)).collect(),
-        }
+        Self::from_clocks(
+            out_of_orderness_ms,
+            partitions.into_iter().map(|p| (p, clock)).collect(),
+        )
     }
 
     /// Restores watermarks from checkpointed clocks.
     pub fn from_clocks(out_of_orderness_ms: i64, clocks: BTreeMap<u32, PartitionClock>) -> Self {
-        Self {
+        let mut watermarks = Self {
             out_of_orderness_ms: out_of_orderness_ms.max(0),
             partitions: clocks,
-        }
+            instance_ms: i64::MIN,
+        };
+        watermarks.recompute();
+        watermarks
     }
 
     /// The allowed out-of-orderness in ms.
@@ -94,36 +100,50 @@ impl Watermarks {
             max_event_ms: None,
             idle: false,
         });
+        self.recompute();
     }
 
     /// The watermark of `partition` (`i64::MIN` before its first record).
     pub fn partition_watermark(&self, partition: u32) -> i64 {
         self.partitions
             .get(&partition)
-            .and_then(|c| c.max_event_ms)
+            .map_or(i64::MIN, |c| self.watermark_of(c))
+    }
+
+    fn watermark_of(&self, clock: &PartitionClock) -> i64 {
+        clock
+            .max_event_ms
             .map_or(i64::MIN, |t| t.saturating_sub(self.out_of_orderness_ms))
     }
 
     /// Judges a sample of `partition` at `event_ms` against the partition's
     /// watermark, then advances the partition's clock and marks it active.
     pub fn observe(&mut self, partition: u32, event_ms: i64) -> Timeliness {
-        let watermark_ms = self.partition_watermark(partition);
+        let out_of_orderness_ms = self.out_of_orderness_ms;
         let clock = self.partitions.entry(partition).or_insert(PartitionClock {
             max_event_ms: None,
             idle: false,
         });
-        clock.idle = false;
-        if event_ms < watermark_ms {
-            return Timeliness::Late { watermark_ms };
+        let was_idle = std::mem::replace(&mut clock.idle, false);
+        let max_event_ms = clock.max_event_ms;
+        let watermark_ms = max_event_ms.map_or(i64::MIN, |t| t.saturating_sub(out_of_orderness_ms));
+        let timeliness = if event_ms < watermark_ms {
+            Timeliness::Late { watermark_ms }
+        } else {
+            clock.max_event_ms = Some(max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
+            Timeliness::OnTime
+        };
+        if was_idle || clock.max_event_ms != max_event_ms {
+            self.recompute();
         }
-        clock.max_event_ms = Some(clock.max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
-        Timeliness::OnTime
+        timeliness
     }
 
     /// Marks a partition idle (left out of the minimum) or active.
     pub fn set_idle(&mut self, partition: u32, idle: bool) {
         if let Some(clock) = self.partitions.get_mut(&partition) {
             clock.idle = idle;
+            self.recompute();
         }
     }
 
@@ -134,24 +154,81 @@ impl Watermarks {
     /// delivered, so a partition that resumes is judged against real
     /// event times (ending a bounded input is `Engine::finish`).
     pub fn instance_watermark(&self) -> i64 {
-        self.partitions
-            .iter()
-            .filter(|(_, c)| !c.idle)
-            .map(|(&p, _)| self.partition_watermark(p))
+        self.instance_ms
+    }
+
+    fn recompute(&mut self) {
+        let clocks = self.partitions.values();
+        self.instance_ms = clocks
+            .clone()
+            .filter(|c| !c.idle)
+            .map(|c| self.watermark_of(c))
             .min()
             .unwrap_or_else(|| {
-                self.partitions
-                    .keys()
-                    .map(|&p| self.partition_watermark(p))
+                clocks
+                    .map(|c| self.watermark_of(c))
                     .max()
                     .unwrap_or(i64::MIN)
-            })
+            });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The definition, from the clocks alone.
+    fn instance_by_definition(w: &Watermarks) -> i64 {
+        let marks = |active: bool| {
+            w.clocks()
+                .iter()
+                .filter(move |(_, c)| !active || !c.idle)
+                .map(|(&p, _)| w.partition_watermark(p))
+        };
+        marks(true)
+            .min()
+            .unwrap_or_else(|| marks(false).max().unwrap_or(i64::MIN))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Observe(u32, i64),
+        Idle(u32, bool),
+        Assign(u32),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0..4_u32, 0..1_000_i64).prop_map(|(p, t)| Op::Observe(p, t)),
+            2 => (0..4_u32, any::<bool>()).prop_map(|(p, idle)| Op::Idle(p, idle)),
+            1 => (0..6_u32).prop_map(Op::Assign),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The instance watermark is kept up to date as clocks change; it
+        /// must always equal its definition.
+        #[test]
+        fn the_kept_instance_watermark_is_the_definitions(
+            ops in proptest::collection::vec(op(), 0..60),
+            out_of_orderness in 0..50_i64,
+        ) {
+            let mut w = Watermarks::new(out_of_orderness, [0, 1, 2]);
+            for op in ops {
+                match op {
+                    Op::Observe(p, t) => {
+                        w.observe(p, t);
+                    }
+                    Op::Idle(p, idle) => w.set_idle(p, idle),
+                    Op::Assign(p) => w.assign(p),
+                }
+                proptest::prop_assert_eq!(w.instance_watermark(), instance_by_definition(&w));
+            }
+            let restored = Watermarks::from_clocks(out_of_orderness, w.clocks().clone());
+            proptest::prop_assert_eq!(restored.instance_watermark(), w.instance_watermark());
+        }
+    }
 
     #[test]
     fn lateness_is_judged_per_partition() {

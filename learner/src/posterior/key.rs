@@ -62,6 +62,15 @@ impl KeyState {
         }
     }
 
+    /// Prefetches the heap parts an update of this state reads (see
+    /// `crate::prefetch`): a diagonal posterior's vectors. A full
+    /// covariance is too large to be worth it.
+    pub(crate) fn prefetch_parts(&self) {
+        if let Posterior::Diagonal(gaussian) = &self.posterior {
+            gaussian.prefetch();
+        }
+    }
+
     /// True while no update has been applied.
     pub fn is_prior(&self) -> bool {
         self.seq == 0

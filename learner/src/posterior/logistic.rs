@@ -167,6 +167,14 @@ pub struct DiagonalGaussian {
 }
 
 impl DiagonalGaussian {
+    /// Prefetches the mean and precision vectors (see `crate::prefetch`).
+    pub(crate) fn prefetch(&self) {
+        if let (Some(mean), Some(precision)) = (self.mean.as_slice(), self.precision.as_slice()) {
+            crate::prefetch::prefetch_slice(mean);
+            crate::prefetch::prefetch_slice(precision);
+        }
+    }
+
     /// The prior itself.
     pub fn prior(prior: &LogisticPrior) -> Self {
         Self {
