@@ -35,4 +35,9 @@ pub(crate) fn prefetch_slice<T>(items: &[T]) {
     for offset in (0..bytes).step_by(LINE) {
         prefetch(start.wrapping_add(offset));
     }
+    // The steps start mid-line unless `items` is aligned: the last byte
+    // can sit one line past the last step.
+    if bytes > 0 {
+        prefetch(start.wrapping_add(bytes - 1));
+    }
 }
