@@ -67,7 +67,7 @@ pub mod overrides;
 pub mod params;
 pub mod partitioning;
 pub mod posterior;
-mod prefetch;
+pub mod prefetch;
 #[cfg(feature = "io")]
 pub mod producer;
 #[cfg(feature = "io")]

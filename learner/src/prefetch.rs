@@ -4,13 +4,14 @@
 //! watermark) and publishes changed keys in groups; each member needs
 //! memory that is out of the caches (a buffered sample's heap parts, its
 //! key's state). Asking for all of it first, then processing, overlaps
-//! those misses instead of waiting for each in turn.
+//! those misses instead of waiting for each in turn. The param-server's
+//! table reads a request's docs the same way.
 
 /// Asks the CPU to bring the cache line holding `target` into the caches.
 /// A hint with no effect on the program's meaning: nothing is read, and a
 /// pointer to freed or unmapped memory is harmless.
 #[inline(always)]
-pub(crate) fn prefetch<T: ?Sized>(target: *const T) {
+pub fn prefetch<T: ?Sized>(target: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `prefetcht0` does not access memory architecturally (it
     // cannot fault, even on an invalid address), and SSE is part of the
@@ -28,7 +29,7 @@ pub(crate) fn prefetch<T: ?Sized>(target: *const T) {
 /// Prefetches every cache line of `items` (a sample's context, a
 /// posterior's vectors).
 #[inline]
-pub(crate) fn prefetch_slice<T>(items: &[T]) {
+pub fn prefetch_slice<T>(items: &[T]) {
     const LINE: usize = 64;
     let bytes = std::mem::size_of_val(items);
     let start = items.as_ptr().cast::<u8>();

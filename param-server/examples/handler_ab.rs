@@ -1,16 +1,18 @@
-//! The GetParams / SampleScores handlers' own work, old code against new,
-//! side by side in one run: 1 M diagonal d = 32 keys, batches of 1000
-//! random docs, each batch served by every variant in turn (the order
-//! rotated every batch), response encoded as tonic would (prost into one
-//! buffer). Prints median and p99 per variant and the ratio to the first.
+//! The GetParams / SampleScores handlers' own work, the store's previous
+//! table against the current one, side by side in one run: 1 M diagonal
+//! d = 32 keys, batches of 1000 random docs, each batch served by every
+//! variant in turn (the order rotated every batch), response encoded as
+//! tonic would. Prints median and p99 per variant and the ratio to the
+//! first; asserts that every variant returns the same bytes.
 //!
-//! Variants: `old` rebuilds each doc's `KeyState` and converts it with
-//! `params_to_wire` (the code before the load generator's profile);
-//! `to_wire` converts from the stored form (`StoredState::to_wire`);
-//! `service` is what `ParamServiceImpl::get_params` does now. A variant
-//! that did all of a batch's lookups first, then the conversions (to let
-//! the CPU overlap the lookups' cache misses) measured 1.00–1.07× of
-//! `old` and was dropped.
+//! Variants:
+//! - `papaya`: the table before the flat one — a `papaya` map of one
+//!   immutable boxed value per key, one lookup per doc, `Params` built and
+//!   encoded by prost;
+//! - `flat, prost`: `ParamServiceImpl::get_params` (the flat table,
+//!   prefetched batch reads) encoded by prost;
+//! - `flat, direct`: `ParamServiceImpl::get_params_bytes`, what the server
+//!   sends (encoded straight from the table).
 //!
 //! Run: `cargo run --release -p posterior-param-server --example handler_ab [keys] [batches]`
 
@@ -26,8 +28,10 @@ use posterior_learner::posterior::{
 };
 use posterior_learner::{Posterior, RewardSpec, VersionSpec};
 use posterior_param_server::request::{DocsRequest, SampleRequest};
-use posterior_param_server::store::wire_params;
-use posterior_param_server::{Limits, ParamServiceImpl, ParamStore, ServedVersion};
+use posterior_param_server::table::DocHasher;
+use posterior_param_server::{
+    BodyView, Limits, ParamServiceImpl, ParamStore, ServedVersion, StateView,
+};
 use posterior_proto::v1;
 use prost::Message;
 use rand::{Rng, SeedableRng};
@@ -63,41 +67,81 @@ fn fill(keys: u64) -> Result<Arc<ParamStore>> {
     Ok(store)
 }
 
-/// GetParams before this change: one lookup and a `KeyState` per doc.
-fn get_old(version: &ServedVersion, doc_ids: &[u64]) -> Vec<u8> {
+/// The previous table: one immutable value per key in papaya, the
+/// floats (means, then precisions) in one boxed slice.
+#[derive(Debug, Clone)]
+struct Boxed {
+    seq: u64,
+    sample_count: f64,
+    updated_event_time_ms: i64,
+    values: Box<[f64]>,
+}
+
+impl Boxed {
+    fn view(&self) -> StateView<'_> {
+        let (mean, precision) = self.values.split_at(self.values.len() / 2);
+        StateView {
+            seq: self.seq,
+            sample_count: self.sample_count,
+            updated_event_time_ms: self.updated_event_time_ms,
+            body: BodyView::Diagonal { mean, precision },
+        }
+    }
+}
+
+type OldTable = papaya::HashMap<u64, Boxed, DocHasher>;
+
+fn old_table(store: &ParamStore, keys: u64) -> Result<OldTable> {
+    let version = store.version("dwell")?;
     let table = version.table();
+    let old = OldTable::with_capacity_and_hasher(keys as usize, DocHasher::default());
+    let pinned = old.pin();
+    for doc in 0..keys {
+        let state = table.get(doc).expect("filled");
+        let Posterior::Diagonal(g) = &state.posterior else {
+            unreachable!("diagonal")
+        };
+        let boxed = Boxed {
+            seq: state.seq,
+            sample_count: state.sample_count,
+            updated_event_time_ms: state.updated_event_time_ms,
+            values: g.mean().iter().chain(g.precision()).copied().collect(),
+        };
+        pinned.insert(doc, boxed);
+    }
+    drop(pinned);
+    Ok(old)
+}
+
+/// GetParams on the previous table: one lookup per doc, prost encoding.
+fn get_old(version: &ServedVersion, old: &OldTable, doc_ids: &[u64]) -> Vec<u8> {
+    let pinned = old.pin();
     let params = doc_ids
         .iter()
-        .map(|&doc| {
-            table.with(doc, |stored| match stored {
-                Some(s) => params_to_wire(version.name(), doc, &s.to_key_state()),
-                None => params_to_wire(version.name(), doc, version.prior()),
-            })
+        .map(|&doc| match pinned.get(&doc) {
+            Some(s) => s.view().to_wire(version.name(), doc),
+            None => params_to_wire(version.name(), doc, version.prior()),
         })
         .collect();
     v1::GetParamsResponse { params }.encode_to_vec()
 }
 
-/// GetParams from the stored form, one lookup at a time.
-fn get_to_wire(version: &ServedVersion, doc_ids: &[u64]) -> Vec<u8> {
-    let table = version.table();
-    let params = doc_ids
-        .iter()
-        .map(|&doc| wire_params(version, &table, doc))
-        .collect();
-    v1::GetParamsResponse { params }.encode_to_vec()
-}
-
-/// SampleScores before this change: one lookup, then the draw, per doc.
-fn sample_old(version: &ServedVersion, doc_ids: &[u64], context: &[f32], seed: u64) -> Vec<u8> {
+/// SampleScores on the previous table: one lookup, then the draw, per doc.
+fn sample_old(
+    version: &ServedVersion,
+    old: &OldTable,
+    doc_ids: &[u64],
+    context: &[f32],
+    seed: u64,
+) -> Vec<u8> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let table = version.table();
+    let pinned = old.pin();
     let (mut sampled, mut mean) = (Vec::new(), Vec::new());
     for &doc in doc_ids {
-        let state: Cow<'_, KeyState> = table.with(doc, |stored| match stored {
-            Some(s) => Cow::Owned(s.to_key_state()),
+        let state: Cow<'_, KeyState> = match pinned.get(&doc) {
+            Some(s) => Cow::Owned(s.view().to_key_state()),
             None => Cow::Borrowed(version.prior()),
-        });
+        };
         sampled.push(
             state
                 .sample_score(context, &mut rng)
@@ -114,7 +158,7 @@ fn summary(name: &str, mut times: Vec<Duration>, base: Option<Duration>) -> Dura
     let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
     let ratio = base.map_or(String::new(), |b| {
         format!(
-            "  new/old median {:.2}×",
+            "  vs papaya median {:.2}×",
             median.as_secs_f64() / b.as_secs_f64()
         )
     });
@@ -128,6 +172,7 @@ fn main() -> Result<()> {
     let batches: usize = args.next().map_or(Ok(2_000), |a| a.parse())?;
     let store = fill(keys)?;
     let version = store.version("dwell")?;
+    let old = old_table(&store, keys)?;
     let service = ParamServiceImpl::new(Arc::clone(&store), Limits::default());
     let context: Vec<f32> = (0..DIM).map(|i| (i as f32 - 16.0) / 32.0).collect();
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
@@ -139,16 +184,14 @@ fn main() -> Result<()> {
         for k in 0..3 {
             let variant = (round + k) % 3;
             let started = Instant::now();
+            let request = DocsRequest {
+                version: "dwell".into(),
+                doc_ids: doc_ids.clone(),
+            };
             outputs[variant] = match variant {
-                0 => get_old(&version, &doc_ids),
-                1 => get_to_wire(&version, &doc_ids),
-                _ => {
-                    let request = DocsRequest {
-                        version: "dwell".into(),
-                        doc_ids: doc_ids.clone(),
-                    };
-                    service.get_params(request)?.encode_to_vec()
-                }
+                0 => get_old(&version, &old, &doc_ids),
+                1 => service.get_params(request)?.encode_to_vec(),
+                _ => service.get_params_bytes(request)?.as_bytes().to_vec(),
             };
             get[variant].push(started.elapsed());
         }
@@ -162,7 +205,7 @@ fn main() -> Result<()> {
             let variant = (round + k) % 2;
             let started = Instant::now();
             outputs[variant] = if variant == 0 {
-                sample_old(&version, &doc_ids, &context, seed)
+                sample_old(&version, &old, &doc_ids, &context, seed)
             } else {
                 let request = SampleRequest {
                     docs: DocsRequest {
@@ -180,12 +223,12 @@ fn main() -> Result<()> {
         assert!(outputs[0] == outputs[1], "same scores");
     }
     println!("{keys} keys, d = {DIM}, {batches} batches of {BATCH} docs, handler + encoding");
-    let [old, to_wire, new] = get;
-    let base = summary("GetParams old", old, None);
-    summary("GetParams to_wire", to_wire, Some(base));
-    summary("GetParams service", new, Some(base));
-    let [old, new] = sample;
-    let base = summary("SampleScores old", old, None);
-    summary("SampleScores service", new, Some(base));
+    let [papaya, prost, direct] = get;
+    let base = summary("GetParams papaya", papaya, None);
+    summary("GetParams flat, prost", prost, Some(base));
+    summary("GetParams flat, direct", direct, Some(base));
+    let [papaya, flat] = sample;
+    let base = summary("SampleScores papaya", papaya, None);
+    summary("SampleScores flat", flat, Some(base));
     Ok(())
 }

@@ -15,6 +15,12 @@ impl Encoded {
         Self(message.encode_to_vec())
     }
 
+    /// Bytes that are a message's encoding (written by hand, such as
+    /// [`crate::stored::StateView::encode_as_field`]'s).
+    pub fn from_encoding(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
     /// The bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

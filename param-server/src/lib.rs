@@ -4,8 +4,11 @@
 //! Layout:
 //! - [`store`]: every (version, doc) state in memory; lock-free reads,
 //!   per-key sequence numbers that never go backwards.
-//! - [`table`]: one version's doc → state map (papaya).
-//! - [`stored`]: a key's state in the store's compact, immutable form.
+//! - [`table`]: one version's doc → state map: flat slots under a
+//!   sequence lock for Beta and diagonal versions (`flat`), papaya for
+//!   full covariance.
+//! - [`stored`]: the view of a key's state a reader gets, and its direct
+//!   protobuf encoding.
 //! - [`version`]: a served version: spec, prior, table, update stream.
 //! - [`service`]: `posterior.v1.ParamService`: thin handlers over the store.
 //! - [`routes`]: the service as mounted: `GetParams` answered with bytes
@@ -55,6 +58,7 @@ pub mod encoded;
 pub mod error;
 pub mod exposition;
 pub mod feed;
+mod flat;
 pub mod follower;
 pub mod grpc_metrics;
 pub mod guard;
@@ -88,6 +92,6 @@ pub use readiness::Readiness;
 pub use server::{AdminSetup, ServeOptions, ServerError, serve};
 pub use service::ParamServiceImpl;
 pub use store::ParamStore;
-pub use stored::StoredState;
-pub use table::{ApplyOutcome, ParamTable};
+pub use stored::{BodyView, StateView};
+pub use table::{ApplyOutcome, ParamTable, WrongShape};
 pub use version::{AppliedUpdate, ServedVersion};

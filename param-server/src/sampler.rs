@@ -72,19 +72,31 @@ pub fn sample_scores(
         sampled: Vec::with_capacity(doc_ids.len()),
         mean: Vec::with_capacity(doc_ids.len()),
     };
-    for (i, &doc_id) in doc_ids.iter().enumerate() {
+    // The table reads the docs in prefetched groups; the first error
+    // stops the scoring (the request is refused whole).
+    let mut i = 0;
+    let mut outcome = Ok(());
+    table.read_each(doc_ids, |_, stored| {
+        if outcome.is_err() {
+            return;
+        }
         let context = match shape {
             ContextShape::None => &[][..],
             ContextShape::Shared => &request.context[..],
             ContextShape::PerDoc => &request.context[i * dim..(i + 1) * dim],
         };
-        let state: Cow<'_, KeyState> = table.with(doc_id, |stored| match stored {
+        i += 1;
+        let state: Cow<'_, KeyState> = match stored {
             Some(stored) => Cow::Owned(stored.to_key_state()),
             None => Cow::Borrowed(version.prior()),
+        };
+        outcome = state.sample_score(context, &mut rng).and_then(|sampled| {
+            scores.sampled.push(sampled);
+            scores.mean.push(state.mean_score(context)?);
+            Ok(())
         });
-        scores.sampled.push(state.sample_score(context, &mut rng)?);
-        scores.mean.push(state.mean_score(context)?);
-    }
+    });
+    outcome?;
     Ok(scores)
 }
 

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use posterior_learner::params::params_to_wire;
 use posterior_proto::v1;
 use posterior_proto::v1::param_service_server::ParamService;
 use tonic::{Request, Response, Status};
@@ -16,7 +17,7 @@ use crate::error::ServeError;
 use crate::limits::Limits;
 use crate::request::{DocsRequest, SampleRequest, WatchRequest};
 use crate::sampler::sample_scores;
-use crate::store::{ParamStore, wire_params};
+use crate::store::{ParamStore, encode_get_params};
 use crate::watch::{WatchStream, watch};
 
 /// The read side for predictors.
@@ -58,12 +59,23 @@ impl ParamServiceImpl {
     pub fn get_params(&self, request: DocsRequest) -> Result<v1::GetParamsResponse, ServeError> {
         let version = self.store.version(&request.version)?;
         let table = version.table();
-        let params = request
-            .doc_ids
-            .iter()
-            .map(|&doc| wire_params(&version, &table, doc))
-            .collect();
+        let mut params = Vec::with_capacity(request.doc_ids.len());
+        table.read_each(&request.doc_ids, |doc_id, stored| {
+            params.push(match stored {
+                Some(stored) => stored.to_wire(version.name(), doc_id),
+                None => params_to_wire(version.name(), doc_id, version.prior()),
+            });
+        });
         Ok(v1::GetParamsResponse { params })
+    }
+
+    /// `GetParams`' response encoded without the transport: the bytes of
+    /// [`ParamServiceImpl::get_params`]' response, written straight from
+    /// the table.
+    pub fn get_params_bytes(&self, request: DocsRequest) -> Result<Encoded, ServeError> {
+        let version = self.store.version(&request.version)?;
+        let bytes = encode_get_params(&version, &version.table(), &request.doc_ids);
+        Ok(Encoded::from_encoding(bytes))
     }
 
     /// `SampleScores` without the transport.
@@ -86,7 +98,7 @@ impl ParamServiceImpl {
     async fn admitted_get_params<T: Send + 'static>(
         &self,
         request: Request<v1::GetParamsRequest>,
-        finish: impl FnOnce(v1::GetParamsResponse) -> T + Send + 'static,
+        work: fn(&ParamServiceImpl, DocsRequest) -> Result<T, ServeError>,
     ) -> Result<Response<T>, Status> {
         let (metadata, _, request) = request.into_parts();
         let request = DocsRequest::checked(request, &self.limits)?;
@@ -96,9 +108,7 @@ impl ParamServiceImpl {
         let this = self.clone();
         let response = self
             .admission
-            .run(ticket, move || {
-                ParamServiceImpl::get_params(&this, request).map(finish)
-            })
+            .run(ticket, move || work(&this, request))
             .await
             .map_err(ServeError::from)??;
         Ok(Response::new(response))
@@ -111,7 +121,7 @@ impl ParamServiceImpl {
         &self,
         request: Request<v1::GetParamsRequest>,
     ) -> Result<Response<Encoded>, Status> {
-        self.admitted_get_params(request, |response| Encoded::of(&response))
+        self.admitted_get_params(request, ParamServiceImpl::get_params_bytes)
             .await
     }
 }
@@ -122,7 +132,8 @@ impl ParamService for ParamServiceImpl {
         &self,
         request: Request<v1::GetParamsRequest>,
     ) -> Result<Response<v1::GetParamsResponse>, Status> {
-        self.admitted_get_params(request, |response| response).await
+        self.admitted_get_params(request, ParamServiceImpl::get_params)
+            .await
     }
 
     async fn sample_scores(

@@ -40,7 +40,6 @@ use prost::Message as _;
 
 use crate::error::StoreError;
 use crate::store::ParamStore;
-use crate::stored::StoredState;
 use crate::table::ParamTable;
 
 /// Current format version of the snapshot file.
@@ -200,7 +199,7 @@ fn write_body<W: Write>(
         let table = version.table();
         let mut records: Vec<(u64, Vec<u8>)> = Vec::with_capacity(table.len());
         for doc_id in table.doc_ids() {
-            if let Some(state) = table.with(doc_id, |s| s.map(|s| s.to_key_state().encode())) {
+            if let Some(state) = table.get(doc_id).map(|s| s.encode()) {
                 records.push((doc_id, state));
             }
         }
@@ -307,7 +306,10 @@ fn read_body<R: Read>(
             .map_err(|e| corrupt(format!("version {index}: {e}")))?;
         let retired = input.take::<1>().map_err(short("retired"))?[0] != 0;
         let keys = u64::from_le_bytes(input.take().map_err(short("key count"))?);
-        let table = ParamTable::with_capacity(keys.min(file_len / MIN_KEY_BYTES) as usize);
+        let table = ParamTable::new(
+            &spec.model.kind,
+            keys.min(file_len / MIN_KEY_BYTES) as usize,
+        );
         let prior = crate::version::ServedVersion::new(0, spec.clone(), 1);
         for _ in 0..keys {
             let doc_id = u64::from_le_bytes(input.take().map_err(short("doc id"))?);
@@ -320,7 +322,9 @@ fn read_body<R: Read>(
                     spec.name
                 ))
             })?;
-            table.apply(doc_id, StoredState::from(state));
+            table
+                .apply(doc_id, &state)
+                .map_err(|e| corrupt(format!("{}/{doc_id}: {e}", spec.name)))?;
         }
         versions.push(SnapshotVersion {
             spec,
@@ -446,7 +450,7 @@ pub fn content(store: &ParamStore) -> Content {
             let keys = table
                 .doc_ids()
                 .into_iter()
-                .filter_map(|doc| table.with(doc, |s| s.map(|s| (doc, s.to_key_state().encode()))))
+                .filter_map(|doc| table.get(doc).map(|s| (doc, s.encode())))
                 .collect();
             (
                 version.name().to_owned(),

@@ -3,8 +3,8 @@
 //! - The version table (name → [`ServedVersion`]: id, spec with model kind,
 //!   dimension and prior) sits behind an `ArcSwap`: a read is one atomic
 //!   load, and registering a version publishes a new table at once.
-//! - Each version's keys live in a [`ParamTable`] (a `papaya` map, reads
-//!   without locks), itself behind an
+//! - Each version's keys live in a [`ParamTable`] (reads without locks),
+//!   itself behind an
 //!   `ArcSwap` so that a restore or rollback swaps the whole table.
 //! - Reads never block on writes and never see a torn value: a key's state
 //!   is an immutable value swapped in with its sequence number.
@@ -22,7 +22,7 @@ use posterior_learner::params::params_to_wire;
 use posterior_proto::v1;
 
 use crate::error::StoreError;
-use crate::stored::StoredState;
+use crate::stored::StateView;
 use crate::table::{ApplyOutcome, ParamTable};
 use crate::version::ServedVersion;
 
@@ -152,14 +152,20 @@ impl ParamStore {
                 want,
             })?;
         let table = served.table();
-        let outcome = table.apply(doc_id, StoredState::from(state));
+        let outcome = table
+            .apply(doc_id, state)
+            .map_err(|wrong| StoreError::BadUpdate {
+                version: version.to_owned(),
+                doc_id,
+                reason: wrong.to_string(),
+            })?;
         // Watchers are counted after the insert: one that subscribed too
         // late to be counted reads its snapshot after the insert, and so
         // sees the state there. The state is read back (a newer one may
         // be read, which its own writer also publishes: a harmless repeat).
         if outcome == ApplyOutcome::Applied
             && served.watchers() > 0
-            && let Some(state) = table.with(doc_id, |s| s.map(StoredState::to_key_state))
+            && let Some(state) = table.get(doc_id)
         {
             served.publish(doc_id, Arc::new(state));
         }
@@ -204,18 +210,24 @@ impl ParamStore {
 /// version's current table, loaded once per request): the stored state, or
 /// the prior when the doc was never seen.
 pub fn wire_params(version: &ServedVersion, table: &ParamTable, doc_id: u64) -> v1::Params {
-    table.with(doc_id, |stored| stored_or_prior(version, doc_id, stored))
-}
-
-fn stored_or_prior(
-    version: &ServedVersion,
-    doc_id: u64,
-    stored: Option<&StoredState>,
-) -> v1::Params {
-    match stored {
+    table.read(doc_id, |stored| match stored {
         Some(stored) => stored.to_wire(version.name(), doc_id),
         None => params_to_wire(version.name(), doc_id, version.prior()),
-    }
+    })
+}
+
+/// The `GetParamsResponse` of `doc_ids` in `version`, encoded straight
+/// from the table (each doc's stored state or the prior): the bytes prost
+/// writes for the response [`wire_params`] builds, without building it.
+pub fn encode_get_params(version: &ServedVersion, table: &ParamTable, doc_ids: &[u64]) -> Vec<u8> {
+    let prior = StateView::of(version.prior());
+    let mut buf = Vec::new();
+    table.read_each(doc_ids, |doc_id, stored| {
+        stored
+            .unwrap_or(prior)
+            .encode_as_field(1, version.name(), doc_id, &mut buf);
+    });
+    buf
 }
 
 #[cfg(test)]

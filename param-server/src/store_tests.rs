@@ -180,14 +180,14 @@ fn a_table_swap_replaces_every_key_at_once() {
     let version = store.register(beta_spec("ctr")).unwrap();
     store.apply("ctr", 1, beta_state(4)).unwrap();
     let held = version.table();
-    let replacement = ParamTable::default();
-    replacement.apply(2, StoredState::from(beta_state(1)));
+    let replacement = ParamTable::new(&version.spec().model.kind, 0);
+    replacement.apply(2, &beta_state(1)).unwrap();
     let old = version.swap_table(replacement);
     assert!(Arc::ptr_eq(&old, &held));
     assert!(store.params("ctr", 1).unwrap().is_prior);
     assert_eq!(store.params("ctr", 2).unwrap().seq, 1);
     // A reader holding the old table still sees it whole.
-    assert!(held.with(1, |s| s.map(StoredState::seq)) == Some(4));
+    assert_eq!(held.read(1, |s| s.map(|s| s.seq)), Some(4));
 }
 
 #[test]

@@ -39,13 +39,14 @@ impl ServedVersion {
     /// `watch_buffer` updates.
     pub fn new(id: u32, spec: VersionSpec, watch_buffer: usize) -> Self {
         let prior = KeyState::prior(&spec.model);
+        let table = ParamTable::new(&spec.model.kind, 0);
         let watch_buffer = watch_buffer.max(1);
         let (updates, _) = broadcast::channel(watch_buffer);
         Self {
             id,
             spec,
             prior,
-            table: ArcSwap::from_pointee(ParamTable::default()),
+            table: ArcSwap::from_pointee(table),
             updates,
             watch_buffer,
             retired: AtomicBool::new(false),
