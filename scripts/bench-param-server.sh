@@ -8,6 +8,8 @@
 #   scripts/bench-param-server.sh                 # defaults: 1 M keys, d = 32
 #   scripts/bench-param-server.sh --seconds 5 --rounds 3   # loadgen flags (see --help)
 #   HUGEPAGES=0 scripts/bench-param-server.sh     # without transparent huge pages
+#   LOADGEN=/tmp/old/loadgen scripts/bench-param-server.sh   # a loadgen built elsewhere
+#                                                 # (another commit), not rebuilt here
 #
 # By default glibc's malloc is told to back its heap with transparent huge
 # pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, with THP in `madvise`
@@ -56,12 +58,16 @@ redis-cli -p "$port" ping >/dev/null || { echo "redis did not start:" >&2; cat "
 echo "redis $(redis-server --version | grep -o 'v=[^ ]*') on 127.0.0.1:$port (pid $redis_pid${pin:+, pinned to cpu 0})" >&2
 
 cd "$repo"
-echo "- commit $(git rev-parse --short HEAD)$( [ -n "$(git status --porcelain -- param-server)" ] && echo ' + uncommitted edits in param-server/'), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(rustc -V)"
+echo "- commit $(git rev-parse --short HEAD)$( [ -n "$(git status --porcelain -- param-server)" ] && echo ' + uncommitted edits in param-server/')${LOADGEN:+ (but loadgen: $LOADGEN)}, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(rustc -V)"
 echo "- redis $(redis-server --version | grep -o 'v=[^ ]*'), persistence off, one connection per client"
-cargo build --release --locked -q -p posterior-param-server --example loadgen
+loadgen="${LOADGEN:-}"
+if [ -z "$loadgen" ]; then
+    cargo build --release --locked -q -p posterior-param-server --example loadgen
+    loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
+fi
 tunables=""
 if [ "${HUGEPAGES:-1}" = 1 ]; then
     tunables="glibc.malloc.hugetlb=1"
 fi
 echo "- param-server heap: GLIBC_TUNABLES=${tunables:-none} (THP $(grep -o '\[[a-z]*\]' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo unknown))"
-GLIBC_TUNABLES="$tunables" "$CARGO_TARGET_DIR/release/examples/loadgen" --redis "127.0.0.1:$port" --redis-pid "$redis_pid" "$@"
+GLIBC_TUNABLES="$tunables" "$loadgen" --redis "127.0.0.1:$port" --redis-pid "$redis_pid" "$@"

@@ -5,7 +5,7 @@
 //! store's form before the flat table.
 //!
 //! Measured: one batch of 1000 lookups of random keys among 1 M, reading
-//! each value's seq and first parameter, while a writer thread replaces
+//! each value's seq and every parameter (as a response does), while a writer thread replaces
 //! random keys' values as fast as it can (the feed's pattern). Values: a
 //! Beta state (two floats) and a diagonal Gaussian of d = 32 (64 floats).
 //! All use the store's hasher (foldhash).
@@ -28,7 +28,7 @@ use posterior_learner::posterior::{
     BetaPosterior, BetaPrior, CovarianceForm, DiagonalGaussian, LogisticPrior, ModelKind,
 };
 use posterior_learner::{KeyState, Posterior};
-use posterior_param_server::ParamTable;
+use posterior_param_server::{BodyView, ParamTable};
 use posterior_param_server::table::DocHasher;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -42,7 +42,8 @@ trait Map: Send + Sync + 'static {
     fn name() -> &'static str;
     fn build(values: impl Fn(u64) -> KeyState) -> Self;
     fn put(&self, key: u64, value: KeyState);
-    /// Sum over `keys` of seq + first parameter, 0 when absent.
+    /// Sum over `keys` of seq + every parameter (a response reads the
+    /// whole state), 0 when absent.
     fn read(&self, keys: &[u64]) -> f64;
 }
 
@@ -98,9 +99,11 @@ impl Map for Flat {
             if let Some(state) = state {
                 sum += state.seq as f64
                     + match state.body {
-                        posterior_param_server::BodyView::Beta { alpha, .. } => alpha,
-                        posterior_param_server::BodyView::Diagonal { mean, .. } => mean[0],
-                        posterior_param_server::BodyView::Full(_) => 0.0,
+                        BodyView::Beta { alpha, beta } => alpha + beta,
+                        BodyView::Diagonal { mean, precision } => {
+                            mean.iter().sum::<f64>() + precision.iter().sum::<f64>()
+                        }
+                        BodyView::Full(_) => 0.0,
                     };
             }
         });
@@ -165,7 +168,7 @@ impl Map for Scc {
 }
 
 fn summary(state: &StoredState) -> f64 {
-    state.seq as f64 + state.values[0]
+    state.seq as f64 + state.values.iter().sum::<f64>()
 }
 
 fn beta(seq: u64) -> KeyState {
