@@ -10,6 +10,8 @@ use prost::Message;
 use redis::aio::MultiplexedConnection;
 use tonic::transport::{Channel, Endpoint};
 
+use posterior_param_server::encoded::Encoded;
+
 use crate::data::{VERSION, redis_key};
 
 /// Largest response a client accepts (a batch of 10 000 docs fits).
@@ -70,6 +72,44 @@ pub async fn param_server(addr: &str) -> Result<ParamServiceClient<Channel>> {
         .await
         .with_context(|| format!("connect to the param-server at {addr}"))?;
     Ok(ParamServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
+}
+
+/// A `GetParams`-only client on a new connection that does not decode
+/// the response's params (the codec skips them): the overload run's client,
+/// so that one client core can offer more than the server can serve.
+#[derive(Debug, Clone)]
+pub struct LightClient {
+    grpc: tonic::client::Grpc<Channel>,
+}
+
+impl LightClient {
+    /// Connects to the param-server at `addr`.
+    pub async fn connect(addr: &str) -> Result<Self> {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("connect to the param-server at {addr}"))?;
+        let grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
+        Ok(Self { grpc })
+    }
+
+    /// `GetParams`, its response read and dropped.
+    pub async fn get_params(&mut self, request: v1::GetParamsRequest) -> Result<(), tonic::Status> {
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let codec = tonic_prost::ProstCodec::<v1::GetParamsRequest, Encoded>::default();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/posterior.v1.ParamService/GetParams",
+        );
+        let _skipped: tonic::Response<Encoded> = self
+            .grpc
+            .unary(tonic::Request::new(request), path, codec)
+            .await?;
+        Ok(())
+    }
 }
 
 /// A Redis client on a new connection.
