@@ -28,8 +28,8 @@ use posterior_learner::posterior::{
     BetaPosterior, BetaPrior, CovarianceForm, DiagonalGaussian, LogisticPrior, ModelKind,
 };
 use posterior_learner::{KeyState, Posterior};
-use posterior_param_server::{BodyView, ParamTable};
 use posterior_param_server::table::DocHasher;
+use posterior_param_server::{BodyView, ParamTable};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
