@@ -13,7 +13,14 @@ use crate::reorder::OrderKey;
 use crate::sample::Sample;
 
 /// Format version of the engine state as a whole (meta `format`).
-pub const STATE_FORMAT_VERSION: u16 = 1;
+pub const STATE_FORMAT_VERSION: u16 = 2;
+
+/// The oldest state format this build reads. Format 1 kept one reorder
+/// entry per buffered sample (keyed by [`order_key`]); format 2 keeps the
+/// sample log's blobs (keyed by [`log_key`]). A format-1 store restores,
+/// and its next checkpoint rewrites the buffered samples as blobs and
+/// deletes the old entries in the same write.
+pub const OLDEST_STATE_FORMAT_VERSION: u16 = 1;
 
 /// The tables (RocksDB column families) of the engine state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -22,7 +29,8 @@ pub enum Table {
     Params,
     /// (version, doc) → pending micro-batch.
     Pending,
-    /// (event_time, partition, offset) → `JoinedSample` bytes.
+    /// (partition, blob number) → the sample log's records (format 2;
+    /// format 1: (event_time, partition, offset) → one sample's bytes).
     Reorder,
     /// (event_time, sample_id) → empty.
     Dedup,
@@ -124,6 +132,75 @@ pub fn order_key_from(bytes: &[u8]) -> Result<OrderKey, CorruptState> {
     })
 }
 
+/// Key of a blob of the sample log ([`crate::sample_log`]): partition,
+/// then the blob's number, big-endian, so a partition's blobs sort in
+/// the order they were cut.
+pub fn log_key(partition: u32, blob: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12);
+    out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(&blob.to_be_bytes());
+    out
+}
+
+/// Decodes [`log_key`] into (partition, blob number).
+pub fn log_key_from(bytes: &[u8]) -> Result<(u32, u64), CorruptState> {
+    let arr: [u8; 12] = bytes
+        .try_into()
+        .map_err(|_| CorruptState::new(Table::Reorder, bytes, "key is not 12 bytes"))?;
+    Ok((
+        u32::from_be_bytes(arr[..4].try_into().expect("4 bytes")),
+        u64::from_be_bytes(arr[4..].try_into().expect("8 bytes")),
+    ))
+}
+
+/// The partition of a reorder-table key of either format: a sample log
+/// blob's ([`log_key`], 12 bytes) or a format-1 sample's ([`order_key`],
+/// 20 bytes).
+pub fn reorder_partition(key: &[u8]) -> Result<u32, CorruptState> {
+    match key.len() {
+        12 => log_key_from(key).map(|(partition, _)| partition),
+        20 => order_key_from(key).map(|k| k.partition),
+        _ => Err(CorruptState::new(
+            Table::Reorder,
+            key,
+            "key is neither 12 bytes (a blob) nor 20 (a format-1 sample)",
+        )),
+    }
+}
+
+/// Appends one record of the sample log to `out`: the sample's offset
+/// (u64), the length of its bytes (u32), both little-endian, then its
+/// [`sample_bytes`].
+pub fn put_sample_record(out: &mut Vec<u8>, offset: u64, sample: &Sample) {
+    out.extend_from_slice(&offset.to_le_bytes());
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    write_sample(sample, out);
+    let len = (out.len() - len_at - 4) as u32;
+    out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Decodes the records of a blob ([`put_sample_record`]) into
+/// (offset, sample), in the order they were appended.
+pub fn sample_records_from(key: &[u8], bytes: &[u8]) -> Result<Vec<(u64, Sample)>, CorruptState> {
+    let mut records = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let truncated = || CorruptState::new(Table::Reorder, key, "truncated sample record");
+        let header: [u8; 12] = rest
+            .get(..12)
+            .ok_or_else(truncated)?
+            .try_into()
+            .expect("12");
+        let offset = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(header[8..].try_into().expect("4 bytes")) as usize;
+        let body = rest.get(12..12 + len).ok_or_else(truncated)?;
+        records.push((offset, sample_from(key, body)?));
+        rest = &rest[12 + len..];
+    }
+    Ok(records)
+}
+
 /// Key of a de-duplication entry.
 pub fn dedup_key(event_ms: i64, id: &str) -> Vec<u8> {
     let mut out = time_bytes(event_ms).to_vec();
@@ -149,13 +226,20 @@ pub fn dedup_key_from(bytes: &[u8]) -> Result<(i64, String), CorruptState> {
 }
 
 /// A sample as stored in the reorder table: its wire form, a
-/// `JoinedSample` written straight from the sample (no message with its
-/// own copies of the strings and a label map built first; every checkpoint
-/// writes each sample that entered the reorder buffer since the last one).
-/// Labels go out in the sample's order (sorted by name), so equal samples
-/// give equal bytes; prost writes the same fields, and a map's entries in
-/// whatever order its `HashMap` has.
+/// `JoinedSample`.
 pub fn sample_bytes(sample: &Sample) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_sample(sample, &mut out);
+    out
+}
+
+/// Appends [`sample_bytes`] to `out`: the `JoinedSample` fields written
+/// straight from the sample (no message with its own copies of the strings
+/// and a label map built first; every sample that enters the reorder
+/// buffer is written once). Labels go out in the sample's order (sorted by
+/// name), so equal samples give equal bytes; prost writes the same fields,
+/// and a map's entries in whatever order its `HashMap` has.
+pub fn write_sample(sample: &Sample, out: &mut Vec<u8>) {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
     let label_len = |name: &str, value: f32| {
         let key = if name.is_empty() {
@@ -165,7 +249,7 @@ pub fn sample_bytes(sample: &Sample) -> Vec<u8> {
         };
         key + if value == 0.0 { 0 } else { 5 }
     };
-    let mut out = Vec::with_capacity(
+    out.reserve(
         32 + sample.version.len()
             + 4 * sample.context.len()
             + sample
@@ -189,32 +273,31 @@ pub fn sample_bytes(sample: &Sample) -> Vec<u8> {
         }
     };
     if sample.doc_id != 0 {
-        encode_key(1, WireType::Varint, &mut out);
-        encode_varint(sample.doc_id, &mut out);
+        encode_key(1, WireType::Varint, out);
+        encode_varint(sample.doc_id, out);
     }
-    put_str(&mut out, 2, &sample.version);
+    put_str(out, 2, &sample.version);
     if sample.event_time_ms != 0 {
-        encode_key(3, WireType::Varint, &mut out);
-        encode_varint(sample.event_time_ms as u64, &mut out);
+        encode_key(3, WireType::Varint, out);
+        encode_varint(sample.event_time_ms as u64, out);
     }
     if !sample.context.is_empty() {
-        encode_key(4, WireType::LengthDelimited, &mut out);
-        encode_varint(4 * sample.context.len() as u64, &mut out);
+        encode_key(4, WireType::LengthDelimited, out);
+        encode_varint(4 * sample.context.len() as u64, out);
         for x in &sample.context {
             out.extend_from_slice(&x.to_le_bytes());
         }
     }
     for (name, value) in &sample.labels {
-        encode_key(5, WireType::LengthDelimited, &mut out);
-        encode_varint(label_len(name, *value) as u64, &mut out);
-        put_str(&mut out, 1, name);
-        put_f32(&mut out, 2, *value);
+        encode_key(5, WireType::LengthDelimited, out);
+        encode_varint(label_len(name, *value) as u64, out);
+        put_str(out, 1, name);
+        put_f32(out, 2, *value);
     }
-    put_f32(&mut out, 6, sample.weight);
+    put_f32(out, 6, sample.weight);
     if let Some(id) = &sample.sample_id {
-        put_str(&mut out, 7, id);
+        put_str(out, 7, id);
     }
-    out
 }
 
 /// Decodes [`sample_bytes`].

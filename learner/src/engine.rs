@@ -26,6 +26,7 @@ use crate::prefetch::{prefetch, prefetch_slice};
 use crate::registry::{KeyMap, KeySet, ParamKey, Registry, RegistryError, VersionId};
 use crate::reorder::{OrderKey, ReorderBuffer};
 use crate::sample::Sample;
+use crate::sample_log::SampleLog;
 use crate::version::VersionSpec;
 use crate::watermark::{Timeliness, Watermarks};
 
@@ -134,6 +135,8 @@ impl EngineStats {
 pub struct Engine {
     watermarks: Watermarks,
     buffer: ReorderBuffer,
+    /// The buffered samples as the store keeps them.
+    log: SampleLog,
     dedup: Option<Dedup>,
     batcher: Batcher,
     registry: Registry,
@@ -270,6 +273,7 @@ impl Engine {
         Self {
             watermarks: Watermarks::new(config.out_of_orderness_ms, partitions),
             buffer: ReorderBuffer::new(config.reorder_capacity),
+            log: SampleLog::default(),
             dedup: config
                 .dedup
                 .map(|(window_ms, max_ids)| Dedup::new(window_ms, max_ids)),
@@ -322,6 +326,7 @@ impl Engine {
             partition,
             offset,
         };
+        self.log.append(key, &sample, self.released_below_ms);
         self.buffer.insert(key, sample);
         self.release(self.watermarks.instance_watermark());
     }

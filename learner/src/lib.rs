@@ -77,6 +77,7 @@ pub mod reorder;
 #[cfg(feature = "io")]
 pub mod runner;
 pub mod sample;
+pub mod sample_log;
 #[cfg(feature = "io")]
 pub mod savepoint;
 #[cfg(feature = "io")]

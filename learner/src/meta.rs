@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use posterior_proto::v1;
 use prost::Message;
 
-use crate::codec::{CorruptState, Cursor, STATE_FORMAT_VERSION, Table};
+use crate::codec::{
+    CorruptState, Cursor, OLDEST_STATE_FORMAT_VERSION, STATE_FORMAT_VERSION, Table,
+};
 use crate::control::Scheduled;
 use crate::engine::Counters;
 use crate::registry::Registry;
@@ -36,14 +38,18 @@ pub fn format_bytes() -> Vec<u8> {
     STATE_FORMAT_VERSION.to_le_bytes().to_vec()
 }
 
-/// Checks the stored format version.
+/// Checks the stored format version: this build's, or an older one it
+/// still reads.
 pub fn check_format(bytes: &[u8]) -> Result<(), CorruptState> {
     match <[u8; 2]>::try_from(bytes).map(u16::from_le_bytes) {
-        Ok(STATE_FORMAT_VERSION) => Ok(()),
+        Ok(OLDEST_STATE_FORMAT_VERSION..=STATE_FORMAT_VERSION) => Ok(()),
         Ok(other) => Err(CorruptState::new(
             Table::Meta,
             FORMAT,
-            format!("state format {other}, this build reads {STATE_FORMAT_VERSION}"),
+            format!(
+                "state format {other}, this build reads {OLDEST_STATE_FORMAT_VERSION} to \
+                 {STATE_FORMAT_VERSION}"
+            ),
         )),
         Err(_) => Err(CorruptState::new(Table::Meta, FORMAT, "not 2 bytes")),
     }

@@ -9,10 +9,8 @@
 //! bucket costs one lookup in a map of a few thousand milliseconds and a
 //! push.
 //!
-//! The buffer also knows which of its samples the store holds, so a
-//! checkpoint writes only the change ([`ReorderBuffer::take_changes`]):
-//! samples buffered since the last checkpoint, and samples released that
-//! an earlier checkpoint had stored.
+//! What the store holds of the buffer is the sample log's business
+//! ([`crate::sample_log`]).
 
 use std::collections::BTreeMap;
 
@@ -40,8 +38,6 @@ pub struct OrderKey {
 struct Entry {
     partition: u32,
     offset: u64,
-    /// Whether the last checkpoint holds this sample.
-    stored: bool,
     sample: Sample,
 }
 
@@ -50,8 +46,6 @@ struct Entry {
 struct Bucket {
     /// In arrival order.
     entries: Vec<Entry>,
-    /// Listed in `unstored_buckets` since the last checkpoint delta.
-    listed: bool,
 }
 
 /// Samples waiting for the watermark. The bound is soft: inserts always
@@ -69,10 +63,6 @@ pub struct ReorderBuffer {
     /// Highest offset buffered per partition: an insert at or below it may
     /// replace a buffered sample with the same key.
     newest_offsets: BTreeMap<u32, u64>,
-    /// Event times of buckets holding samples the store does not hold.
-    unstored_buckets: Vec<i64>,
-    /// Released samples that the store holds, in release order.
-    released_stored: Vec<OrderKey>,
     spare: Vec<Vec<Entry>>,
 }
 
@@ -133,18 +123,15 @@ impl ReorderBuffer {
         self.len <= self.capacity / 2
     }
 
-    /// Buffers a sample that the store does not hold; a sample buffered
-    /// under the same key is replaced.
+    /// Calls `f` with every buffered sample, in release order.
+    pub fn for_each(&self, mut f: impl FnMut(OrderKey, &Sample)) {
+        for (key, sample) in self.sorted() {
+            f(key, sample);
+        }
+    }
+
+    /// Buffers a sample; a sample buffered under the same key is replaced.
     pub fn insert(&mut self, key: OrderKey, sample: Sample) {
-        self.put(key, sample, false);
-    }
-
-    /// Buffers a sample read back from the store (a restore).
-    pub fn insert_stored(&mut self, key: OrderKey, sample: Sample) {
-        self.put(key, sample, true);
-    }
-
-    fn put(&mut self, key: OrderKey, sample: Sample, stored: bool) {
         let maybe_present = match self.newest_offsets.get_mut(&key.partition) {
             Some(newest) if key.offset <= *newest => true,
             Some(newest) => {
@@ -162,16 +149,10 @@ impl ReorderBuffer {
             .entry(key.event_time_ms)
             .or_insert_with(|| Bucket {
                 entries: spare.pop().unwrap_or_default(),
-                listed: false,
             });
-        if !stored && !bucket.listed {
-            bucket.listed = true;
-            self.unstored_buckets.push(key.event_time_ms);
-        }
         let entry = Entry {
             partition: key.partition,
             offset: key.offset,
-            stored,
             sample,
         };
         if maybe_present
@@ -213,9 +194,6 @@ impl ReorderBuffer {
                     partition,
                     offset,
                 };
-                if entry.stored {
-                    self.released_stored.push(key);
-                }
                 released.push((key, entry.sample));
             }
             if self.spare.len() < SPARE_BUCKETS {
@@ -223,65 +201,6 @@ impl ReorderBuffer {
             }
         }
         released
-    }
-
-    /// Hands the changes since the last call to `emit`, in key order: each
-    /// buffered sample the store does not hold (`Some`, and from now on
-    /// counted as stored), and each released sample it holds (`None`).
-    pub fn take_changes(&mut self, mut emit: impl FnMut(OrderKey, Option<&Sample>)) {
-        let mut times = std::mem::take(&mut self.unstored_buckets);
-        times.sort_unstable();
-        // Mark, and remember which entries to write, bucket by bucket.
-        let mut to_write: Vec<(i64, Vec<Slot>)> = Vec::with_capacity(times.len());
-        for t in times {
-            let Some(bucket) = self.buckets.get_mut(&t) else {
-                continue; // released since
-            };
-            bucket.listed = false;
-            let mut keys: Vec<Slot> = Vec::new();
-            for (i, e) in bucket.entries.iter_mut().enumerate() {
-                if !e.stored {
-                    e.stored = true;
-                    keys.push((e.partition, e.offset, i));
-                }
-            }
-            keys.sort_unstable();
-            to_write.push((t, keys));
-        }
-        let deletes = std::mem::take(&mut self.released_stored);
-        let mut deletes = deletes.into_iter().peekable();
-        for (event_time_ms, keys) in to_write {
-            let bucket = &self.buckets[&event_time_ms];
-            for (partition, offset, i) in keys {
-                let key = OrderKey {
-                    event_time_ms,
-                    partition,
-                    offset,
-                };
-                while let Some(deleted) = deletes.next_if(|d| *d < key) {
-                    emit(deleted, None);
-                }
-                emit(key, Some(&bucket.entries[i].sample));
-            }
-        }
-        for deleted in deletes {
-            emit(deleted, None);
-        }
-    }
-
-    /// Forgets what the store holds: the next [`Self::take_changes`] hands
-    /// over every buffered sample and no release (for a complete
-    /// checkpoint into an empty store).
-    pub fn mark_all_unstored(&mut self) {
-        self.released_stored.clear();
-        self.unstored_buckets.clear();
-        for (&t, bucket) in &mut self.buckets {
-            for e in &mut bucket.entries {
-                e.stored = false;
-            }
-            bucket.listed = true;
-            self.unstored_buckets.push(t);
-        }
     }
 }
 
@@ -307,12 +226,6 @@ mod tests {
             partition: p,
             offset: o,
         }
-    }
-
-    fn changes(buf: &mut ReorderBuffer) -> Vec<(OrderKey, bool)> {
-        let mut out = Vec::new();
-        buf.take_changes(|k, s| out.push((k, s.is_some())));
-        out
     }
 
     #[test]
@@ -358,40 +271,5 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(3, 2), (4, 1)]
         );
-    }
-
-    #[test]
-    fn changes_are_the_unstored_buffered_and_the_stored_released_in_key_order() {
-        let mut buf = ReorderBuffer::new(10);
-        buf.insert(key(10, 1, 0), sample(10));
-        buf.insert(key(10, 0, 0), sample(10));
-        buf.insert(key(20, 0, 1), sample(20));
-        assert_eq!(
-            changes(&mut buf),
-            vec![
-                (key(10, 0, 0), true),
-                (key(10, 1, 0), true),
-                (key(20, 0, 1), true)
-            ]
-        );
-        assert!(changes(&mut buf).is_empty(), "now stored");
-        // Buffered and released between two checkpoints: never written.
-        buf.insert(key(15, 1, 1), sample(15));
-        buf.insert(key(30, 1, 2), sample(30));
-        buf.release_below(16);
-        buf.insert(key(25, 0, 2), sample(25));
-        assert_eq!(
-            changes(&mut buf),
-            vec![
-                (key(10, 0, 0), false),
-                (key(10, 1, 0), false),
-                (key(25, 0, 2), true),
-                (key(30, 1, 2), true)
-            ]
-        );
-        buf.insert_stored(key(40, 2, 0), sample(40));
-        assert!(changes(&mut buf).is_empty(), "restored samples are stored");
-        buf.mark_all_unstored();
-        assert_eq!(changes(&mut buf).len(), 4, "every buffered sample");
     }
 }

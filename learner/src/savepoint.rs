@@ -463,7 +463,7 @@ pub fn restore_into(
                     codec::param_key_from(table, &k)?.doc_id,
                     manifest.partition_count,
                 )),
-                Table::Reorder => keep(codec::order_key_from(&k)?.partition),
+                Table::Reorder => keep(codec::reorder_partition(&k)?),
                 Table::Dedup => true,
                 Table::Meta => {
                     let v = match k.as_slice() {

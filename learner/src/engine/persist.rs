@@ -13,6 +13,7 @@ use crate::meta;
 use crate::posterior::KeyState;
 use crate::registry::{KeyMap, KeySet, ParamKey};
 use crate::reorder::ReorderBuffer;
+use crate::sample_log::SampleLog;
 use crate::watermark::Watermarks;
 
 /// One write of a checkpoint.
@@ -82,13 +83,17 @@ impl Engine {
                 None => {}
             }
         }
-        self.buffer.take_changes(|key, sample| {
-            let bytes = codec::order_key(key);
-            writes.push(match sample {
-                Some(sample) => Write::Put(Table::Reorder, bytes, codec::sample_bytes(sample)),
-                None => Write::Delete(Table::Reorder, bytes),
-            });
-        });
+        let log = self.log.take_changes(self.released_below_ms);
+        writes.extend(
+            log.deletes
+                .into_iter()
+                .map(|k| Write::Delete(Table::Reorder, k)),
+        );
+        writes.extend(
+            log.puts
+                .into_iter()
+                .map(|(k, v)| Write::Put(Table::Reorder, k, v)),
+        );
         if let Some(dedup) = self.dedup.as_mut() {
             for ((t, id), added) in dedup.take_changes() {
                 let bytes = codec::dedup_key(t, &id);
@@ -154,7 +159,7 @@ impl Engine {
             pending: self.batcher.iter().map(|(k, _)| *k).collect(),
         };
         self.stored_pending.clear();
-        self.buffer.mark_all_unstored();
+        self.log.rewrite(&self.buffer, self.released_below_ms);
         let mut writes = self.checkpoint_delta();
         if let Some(dedup) = self.dedup.as_ref() {
             writes.retain(|w| {
@@ -227,9 +232,7 @@ impl Engine {
             stored_pending.insert(key);
         }
         let mut buffer = ReorderBuffer::new(config.reorder_capacity);
-        for (k, v) in read(Table::Reorder) {
-            buffer.insert_stored(codec::order_key_from(&k)?, codec::sample_from(&k, &v)?);
-        }
+        let log = SampleLog::restore(read(Table::Reorder), released_below_ms, &mut buffer)?;
         let dedup = match config.dedup {
             Some((window_ms, max_ids)) => {
                 let mut dedup = Dedup::new(window_ms, max_ids);
@@ -245,6 +248,7 @@ impl Engine {
         let mut engine = Engine {
             watermarks: Watermarks::from_clocks(config.out_of_orderness_ms, clocks),
             buffer,
+            log,
             dedup,
             batcher,
             registry,
