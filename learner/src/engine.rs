@@ -390,23 +390,29 @@ impl Engine {
         let mut keys = std::mem::take(&mut self.changed);
         keys.sort_unstable();
         let mut taken = Vec::with_capacity(keys.len());
+        self.for_each_slot(&keys, |key, slot| {
+            slot.unpublished = false;
+            taken.push((key, Arc::clone(&slot.state)));
+        });
+        keys.clear();
+        self.changed = keys;
+        taken
+    }
+
+    /// Calls `f` with the slot of each of `keys` (all in the table), a
+    /// group at a time: the states are out of the caches, so a group's
+    /// are asked for together first (see `warm`).
+    fn for_each_slot(&mut self, keys: &[ParamKey], mut f: impl FnMut(ParamKey, &mut Slot)) {
         for group in keys.chunks(PREFETCH_GROUP) {
-            // The states are out of the caches: ask for a group's together
-            // (see `warm`), then take them.
             for key in group {
                 if let Some(slot) = self.params.get(key) {
                     prefetch(Arc::as_ptr(&slot.state));
                 }
             }
             for key in group {
-                let slot = self.params.get_mut(key).expect("changed keys exist");
-                slot.unpublished = false;
-                taken.push((*key, Arc::clone(&slot.state)));
+                f(*key, self.params.get_mut(key).expect("listed keys exist"));
             }
         }
-        keys.clear();
-        self.changed = keys;
-        taken
     }
 
     /// Marks every key for the next [`Self::take_changed`] (not for the

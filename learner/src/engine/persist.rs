@@ -58,11 +58,10 @@ impl Engine {
         let mut dirty_pending: Vec<ParamKey> = self.dirty.pending.drain().collect();
         dirty_pending.sort_unstable();
         let mut writes = Vec::with_capacity(dirty_params.len() + dirty_pending.len() + 6);
-        for key in &dirty_params {
-            let slot = self.params.get_mut(key).expect("dirty params exist");
+        self.for_each_slot(&dirty_params, |key, slot| {
             slot.unstored = false;
-            writes.push(Write::PutParams(*key, Arc::clone(&slot.state)));
-        }
+            writes.push(Write::PutParams(key, Arc::clone(&slot.state)));
+        });
         dirty_params.clear();
         self.dirty.params = dirty_params;
         for key in dirty_pending {
