@@ -21,11 +21,29 @@ use rocksdb::{
     ColumnFamilyDescriptor, DB, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
 };
 
-use crate::codec::{CorruptState, Table};
+use crate::codec::{self, CorruptState, Table};
 use crate::engine::{Entries, Write};
 
 /// Bound of the write-ahead log kept for recovery (see [`RocksStore::open`]).
 const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
+
+/// Bytes a `WriteBatch` of `writes` takes, within a few per entry (its
+/// header, and per entry a type byte, a column family id and two length
+/// varints).
+fn batch_bytes(writes: &[Write]) -> usize {
+    const ENTRY_OVERHEAD: usize = 16;
+    12 + writes
+        .iter()
+        .map(|w| {
+            ENTRY_OVERHEAD
+                + match w {
+                    Write::Put(_, k, v) => k.len() + v.len(),
+                    Write::Delete(_, k) => k.len(),
+                    Write::PutParams(_, state) => 12 + state.encoded_len(),
+                }
+        })
+        .sum::<usize>()
+}
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,21 +108,36 @@ impl RocksStore {
 
     /// Writes one checkpoint atomically and durably.
     pub fn write(&self, writes: Vec<Write>) -> Result<CheckpointStats, StoreError> {
-        let mut batch = WriteBatch::default();
         let mut stats = CheckpointStats {
             writes: writes.len(),
             ..Default::default()
         };
+        // Sized once (a batch grown entry by entry copies itself over and
+        // over), and parameters encoded into one reused buffer instead of
+        // a vector per key.
+        let mut batch = WriteBatch::with_capacity_bytes(batch_bytes(&writes));
+        let mut value = Vec::new();
         for write in writes {
-            let (table, k, v) = write.into_bytes();
-            match v {
-                Some(v) => {
-                    stats.bytes += k.len() + v.len();
-                    batch.put_cf(self.cf(table), k, v);
+            match write {
+                Write::PutParams(key, state) => {
+                    let k = codec::param_key_bytes(key);
+                    value.clear();
+                    state.encode_into(&mut value);
+                    stats.bytes += k.len() + value.len();
+                    batch.put_cf(self.cf(Table::Params), k, &value);
                 }
-                None => {
-                    stats.bytes += k.len();
-                    batch.delete_cf(self.cf(table), k);
+                write => {
+                    let (table, k, v) = write.into_bytes();
+                    match v {
+                        Some(v) => {
+                            stats.bytes += k.len() + v.len();
+                            batch.put_cf(self.cf(table), k, v);
+                        }
+                        None => {
+                            stats.bytes += k.len();
+                            batch.delete_cf(self.cf(table), k);
+                        }
+                    }
                 }
             }
         }

@@ -56,7 +56,15 @@ pub enum DecodeError {
 impl KeyState {
     /// Encodes the state in the current format.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len());
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends [`KeyState::encode`]'s bytes to `out` (a writer encoding
+    /// many states reuses one buffer).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.reserve(self.encoded_len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         let tag: u8 = match self.posterior {
@@ -94,7 +102,6 @@ impl KeyState {
                 }
             }
         }
-        out
     }
 
     /// Bytes [`KeyState::encode`] produces.
