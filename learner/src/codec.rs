@@ -94,9 +94,14 @@ fn time_from(bytes: [u8; 8]) -> i64 {
 
 /// Key of a parameter or pending batch.
 pub fn param_key(key: ParamKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12);
-    out.extend_from_slice(&key.version.0.to_be_bytes());
-    out.extend_from_slice(&key.doc_id.to_be_bytes());
+    param_key_bytes(key).to_vec()
+}
+
+/// [`param_key`] without an allocation.
+pub fn param_key_bytes(key: ParamKey) -> [u8; 12] {
+    let mut out = [0; 12];
+    out[..4].copy_from_slice(&key.version.0.to_be_bytes());
+    out[4..].copy_from_slice(&key.doc_id.to_be_bytes());
     out
 }
 
@@ -284,8 +289,12 @@ pub fn write_sample(sample: &Sample, out: &mut Vec<u8>) {
     if !sample.context.is_empty() {
         encode_key(4, WireType::LengthDelimited, out);
         encode_varint(4 * sample.context.len() as u64, out);
-        for x in &sample.context {
-            out.extend_from_slice(&x.to_le_bytes());
+        // Sized once and filled in place: a bulk copy, not one
+        // capacity check per float.
+        let start = out.len();
+        out.resize(start + 4 * sample.context.len(), 0);
+        for (dst, x) in out[start..].chunks_exact_mut(4).zip(&sample.context) {
+            dst.copy_from_slice(&x.to_le_bytes());
         }
     }
     for (name, value) in &sample.labels {

@@ -29,6 +29,14 @@ use crate::sample::Sample;
 /// Size at which a blob is cut.
 pub const CUT_BYTES: usize = 1 << 20;
 
+/// Room past [`CUT_BYTES`] for the record that crosses it (a larger
+/// record grows its blob).
+const CUT_SLACK: usize = 16 << 10;
+
+/// Emptied blob buffers kept for reuse: appending to a fresh megabyte
+/// costs page faults, and growing one by doubling copies it.
+const SPARE_BLOBS: usize = 4;
+
 /// A partition's records since its last cut.
 #[derive(Debug, Clone)]
 struct Blob {
@@ -71,6 +79,8 @@ pub struct SampleLog {
     /// Format-1 entries in the store, to delete at the next checkpoint
     /// (their samples are in the open blobs).
     legacy: Vec<Vec<u8>>,
+    /// Buffers of blobs dropped unwritten, for new blobs.
+    spare: Vec<Vec<u8>>,
 }
 
 impl SampleLog {
@@ -81,9 +91,13 @@ impl SampleLog {
         let i = match self.open.iter().position(|b| b.partition == key.partition) {
             Some(i) => i,
             None => {
+                let bytes = self
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(CUT_BYTES + CUT_SLACK));
                 self.open.push(Blob {
                     partition: key.partition,
-                    bytes: Vec::new(),
+                    bytes,
                     max_event_ms: i64::MIN,
                 });
                 self.open.len() - 1
@@ -94,8 +108,16 @@ impl SampleLog {
         blob.max_event_ms = blob.max_event_ms.max(key.event_time_ms);
         if blob.bytes.len() >= CUT_BYTES {
             let blob = self.open.swap_remove(i);
-            self.cut
-                .retain(|(_, b)| b.max_event_ms >= released_below_ms);
+            let spare = &mut self.spare;
+            self.cut.retain_mut(|(_, b)| {
+                let keep = b.max_event_ms >= released_below_ms;
+                if !keep && spare.len() < SPARE_BLOBS {
+                    let mut bytes = std::mem::take(&mut b.bytes);
+                    bytes.clear();
+                    spare.push(bytes);
+                }
+                keep
+            });
             self.cut.push((self.next_blob, blob));
             self.next_blob += 1;
         }
@@ -152,6 +174,7 @@ impl SampleLog {
     pub fn rewrite(&mut self, buffer: &ReorderBuffer, released_below_ms: i64) {
         *self = SampleLog {
             next_blob: self.next_blob,
+            spare: std::mem::take(&mut self.spare),
             ..SampleLog::default()
         };
         buffer.for_each(|key, sample| self.append(key, sample, released_below_ms));
