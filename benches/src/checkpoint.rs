@@ -102,6 +102,7 @@ pub fn run(
     spec: WorkloadSpec,
     phase2: u64,
     every: u64,
+    defer: bool,
 ) -> (CheckpointRun, Engine) {
     let _ = std::fs::remove_dir_all(&config.state.dir);
     let store = RocksStore::open(&config.state.dir).expect("open store");
@@ -113,6 +114,7 @@ pub fn run(
     let total = spec.keys + phase2;
     let mut loop_time = Duration::ZERO;
     let mut last_publish = Instant::now();
+    let mut since_checkpoint = 0_u64;
     while out.records < total {
         let chunk: Vec<Record> = workload.records((total - out.records).min(CHUNK as u64) as usize);
         let start = Instant::now();
@@ -133,7 +135,9 @@ pub fn run(
             checkpointed = false;
             engine.ingest(r.partition, r.offset, Payload::Sample(r.sample));
             out.records += 1;
-            if out.records.is_multiple_of(every) {
+            since_checkpoint += 1;
+            if since_checkpoint >= every && !(defer && checkpointer.busy()) {
+                since_checkpoint = 0;
                 out.checkpoint(&mut checkpointer, &mut engine);
                 checkpointed = true;
                 last_publish = Instant::now();

@@ -362,6 +362,7 @@ pub fn run_local_with(
         Checkpointer::new(config, store, dead_len, sink)?.with_metrics(controls.metrics.clone());
     checkpointer.export(&engine);
     let mut records = 0_u64;
+    let mut since_checkpoint = 0_u64;
     // A restored engine may be held at a savepoint it was taking.
     run_barriers(&mut engine, &mut checkpointer, config, 1, records)?;
     let offset = engine
@@ -403,8 +404,10 @@ pub fn run_local_with(
             run_barriers(&mut engine, &mut checkpointer, config, 1, records)?;
         }
         checkpointer.failpoint.hit("after_ingest", records);
-        if records.is_multiple_of(config.state.checkpoint_every_records) {
+        since_checkpoint += 1;
+        if since_checkpoint >= config.state.checkpoint_every_records && !checkpointer.busy() {
             checkpointer.checkpoint(&mut engine, records)?;
+            since_checkpoint = 0;
         }
         if controls.stop.load(Ordering::Relaxed) {
             stopped = true;
@@ -873,10 +876,11 @@ pub fn run_kafka_with(
             checkpointer.publish(&mut engine)?;
             last_publish = Instant::now();
         }
-        if since_checkpoint >= config.state.checkpoint_every_records
+        if (since_checkpoint >= config.state.checkpoint_every_records
             || (since_checkpoint > 0
                 && config.state.checkpoint_every_ms > 0
-                && last_checkpoint.elapsed() >= every)
+                && last_checkpoint.elapsed() >= every))
+            && !checkpointer.busy()
         {
             checkpointer.checkpoint(&mut engine, records)?;
             since_checkpoint = 0;
@@ -1348,6 +1352,16 @@ impl Checkpointer {
             offsets: in_flight.offsets,
         });
         Ok(self.last_write.as_ref())
+    }
+
+    /// True while the previous checkpoint's write is still running. A
+    /// periodic checkpoint that falls due then is put off to a later
+    /// record instead of blocking ingestion on that write (checkpoints do
+    /// not overlap; the next one covers more records).
+    pub fn busy(&self) -> bool {
+        self.in_flight
+            .as_ref()
+            .is_some_and(|f| !f.handle.is_finished())
     }
 
     /// Completes the write in flight if it has finished, without waiting;

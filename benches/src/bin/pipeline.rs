@@ -99,6 +99,10 @@ enum Bench {
         /// Checkpoints in phase 2.
         #[arg(long, default_value_t = 10)]
         checkpoints: u64,
+        /// Put a checkpoint off while the previous write runs (as the
+        /// runner does) instead of waiting for it.
+        #[arg(long)]
+        defer: bool,
     },
     /// All four, in order.
     All,
@@ -139,12 +143,12 @@ fn main() -> Result<()> {
             test_log_records,
         } => file(logistic_samples, beta_samples, test_log_records),
         Bench::Kafka { records, rounds } => kafka(records, rounds),
-        Bench::Checkpoint { checkpoints } => checkpoint(checkpoints),
+        Bench::Checkpoint { checkpoints, defer } => checkpoint(checkpoints, defer),
         Bench::All => {
             engine(4_000_000, 10_000_000, None, &EngineKnobs::default())?;
             file(2_000_000, 5_000_000, 1_000_000)?;
             kafka(1_000_000, 2)?;
-            checkpoint(10)
+            checkpoint(10, true)
         }
     }?;
     println!("\nload average after: {}", load_average());
@@ -404,7 +408,7 @@ fn met(yes: bool) -> &'static str {
     if yes { "met" } else { "missed" }
 }
 
-fn checkpoint(checkpoints: u64) -> Result<()> {
+fn checkpoint(checkpoints: u64, defer: bool) -> Result<()> {
     println!(
         "\n### Bench 4: checkpoints of ~100 k changed keys (d = 32) and restore of 1 M keys\n"
     );
@@ -427,6 +431,7 @@ fn checkpoint(checkpoints: u64) -> Result<()> {
         spec,
         checkpoints * EVERY_FOR_100K_KEYS,
         EVERY_FOR_100K_KEYS,
+        defer,
     );
     println!(
         "| # | after records | changed keys | writes | blocked: publish ms | dead letters ms | \
