@@ -200,7 +200,9 @@ fn default_flush_timeout() -> u64 {
 pub struct StateConfig {
     /// RocksDB directory of the live state.
     pub dir: PathBuf,
-    /// Checkpoint after this many records (≥ 1).
+    /// Checkpoint after this many records (≥ 1). A checkpoint that falls
+    /// due while the previous one's write runs is put off until the write
+    /// completes (it then covers more records).
     #[serde(default = "default_checkpoint_records")]
     pub checkpoint_every_records: u64,
     /// … or after this many ms of wall clock with records since the last

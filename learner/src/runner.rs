@@ -405,7 +405,12 @@ pub fn run_local_with(
         }
         checkpointer.failpoint.hit("after_ingest", records);
         since_checkpoint += 1;
-        if since_checkpoint >= config.state.checkpoint_every_records && !checkpointer.busy() {
+        if checkpoint_due(
+            &config.state,
+            since_checkpoint,
+            Duration::ZERO,
+            checkpointer.busy(),
+        ) {
             checkpointer.checkpoint(&mut engine, records)?;
             since_checkpoint = 0;
         }
@@ -748,7 +753,6 @@ pub fn run_kafka_with(
     let mut records = 0_u64;
     let mut since_checkpoint = 0_u64;
     let mut last_checkpoint = Instant::now();
-    let every = Duration::from_millis(config.state.checkpoint_every_ms);
     // Consumption starts here: the watchdog's clock with it (see
     // `watchdog`); it stops when the loop ends, before the last checkpoint.
     let progress = Arc::new(Progress::new(source.partitions(), engine.next_offsets()));
@@ -876,12 +880,12 @@ pub fn run_kafka_with(
             checkpointer.publish(&mut engine)?;
             last_publish = Instant::now();
         }
-        if (since_checkpoint >= config.state.checkpoint_every_records
-            || (since_checkpoint > 0
-                && config.state.checkpoint_every_ms > 0
-                && last_checkpoint.elapsed() >= every))
-            && !checkpointer.busy()
-        {
+        if checkpoint_due(
+            &config.state,
+            since_checkpoint,
+            last_checkpoint.elapsed(),
+            checkpointer.busy(),
+        ) {
             checkpointer.checkpoint(&mut engine, records)?;
             since_checkpoint = 0;
             last_checkpoint = Instant::now();
@@ -1386,6 +1390,24 @@ impl Checkpointer {
     }
 }
 
+/// Whether a periodic checkpoint is due: after `checkpoint_every_records`
+/// records, or `checkpoint_every_ms` of wall clock with at least one
+/// record, since the last — and not while the last one's write is still
+/// running (`busy`): checkpoints do not overlap, and rather than block
+/// ingestion on that write the checkpoint is put off to a later record,
+/// covering more.
+fn checkpoint_due(
+    state: &crate::config::StateConfig,
+    since_records: u64,
+    since: Duration,
+    busy: bool,
+) -> bool {
+    let by_time = state.checkpoint_every_ms > 0
+        && since_records > 0
+        && since >= Duration::from_millis(state.checkpoint_every_ms);
+    (since_records >= state.checkpoint_every_records || by_time) && !busy
+}
+
 /// Wall-clock time, Unix ms (0 if the clock is before 1970).
 fn unix_now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -1419,6 +1441,32 @@ impl Failpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_is_due_by_records_or_time_and_never_over_a_running_write() {
+        let state = crate::config::StateConfig {
+            dir: "/unused".into(),
+            checkpoint_every_records: 100,
+            checkpoint_every_ms: 1_000,
+        };
+        let ms = Duration::from_millis;
+        assert!(!checkpoint_due(&state, 99, ms(999), false));
+        assert!(checkpoint_due(&state, 100, ms(0), false));
+        assert!(checkpoint_due(&state, 1, ms(1_000), false));
+        assert!(
+            !checkpoint_due(&state, 0, ms(5_000), false),
+            "nothing to save"
+        );
+        assert!(
+            !checkpoint_due(&state, 500, ms(5_000), true),
+            "put off while busy"
+        );
+        let no_timer = crate::config::StateConfig {
+            checkpoint_every_ms: 0,
+            ..state
+        };
+        assert!(!checkpoint_due(&no_timer, 99, ms(60_000), false));
+    }
 
     fn clock(max_event_ms: i64) -> PartitionClock {
         PartitionClock {
