@@ -18,11 +18,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use posterior_learner::config::Config;
+use posterior_learner::config::{Config, StateConfig};
 use posterior_learner::engine::{Engine, Payload};
 use posterior_learner::publish::NullSink;
 use posterior_learner::runner::{
-    CheckpointTiming, Checkpointer, WriteDone, fresh_engine, restore_engine,
+    CheckpointTiming, Checkpointer, WriteDone, checkpoint_due, fresh_engine, restore_engine,
 };
 use posterior_learner::savepoint;
 use posterior_learner::store::RocksStore;
@@ -115,6 +115,11 @@ pub fn run(
     let mut loop_time = Duration::ZERO;
     let mut last_publish = Instant::now();
     let mut since_checkpoint = 0_u64;
+    let state = StateConfig {
+        checkpoint_every_records: every,
+        checkpoint_every_ms: 0,
+        ..config.state.clone()
+    };
     while out.records < total {
         let chunk: Vec<Record> = workload.records((total - out.records).min(CHUNK as u64) as usize);
         let start = Instant::now();
@@ -136,7 +141,14 @@ pub fn run(
             engine.ingest(r.partition, r.offset, Payload::Sample(r.sample));
             out.records += 1;
             since_checkpoint += 1;
-            if since_checkpoint >= every && !(defer && checkpointer.busy()) {
+            // The runner's rule (records only here); waiting for a write
+            // in flight instead when `defer` is off.
+            if checkpoint_due(
+                &state,
+                since_checkpoint,
+                Duration::ZERO,
+                defer && checkpointer.busy(),
+            ) {
                 since_checkpoint = 0;
                 out.checkpoint(&mut checkpointer, &mut engine);
                 checkpointed = true;

@@ -1396,7 +1396,7 @@ impl Checkpointer {
 /// running (`busy`): checkpoints do not overlap, and rather than block
 /// ingestion on that write the checkpoint is put off to a later record,
 /// covering more.
-fn checkpoint_due(
+pub fn checkpoint_due(
     state: &crate::config::StateConfig,
     since_records: u64,
     since: Duration,

@@ -148,7 +148,7 @@ fn main() -> Result<()> {
             engine(4_000_000, 10_000_000, None, &EngineKnobs::default())?;
             file(2_000_000, 5_000_000, 1_000_000)?;
             kafka(1_000_000, 2)?;
-            checkpoint(10, true)
+            checkpoint(10, false)
         }
     }?;
     println!("\nload average after: {}", load_average());
