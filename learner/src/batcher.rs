@@ -6,8 +6,9 @@
 
 use std::collections::BTreeSet;
 
+use crate::keymap::{KeyMap, ONE_SHARD};
 use crate::posterior::Observation;
-use crate::registry::{KeyMap, ParamKey, VersionId};
+use crate::registry::{ParamKey, VersionId};
 use crate::reorder::OrderKey;
 
 /// When a key's pending batch is applied.
@@ -69,7 +70,7 @@ pub struct PendingBatch {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Batcher {
     policy: BatchPolicy,
-    pending: KeyMap<PendingBatch>,
+    pending: KeyMap<PendingBatch, ONE_SHARD>,
     by_age: BTreeSet<(i64, ParamKey)>,
 }
 
@@ -103,7 +104,7 @@ impl Batcher {
         if self.fills_alone(key, &obs) {
             return Some(vec![obs]);
         }
-        let batch = self.pending.entry(key).or_default();
+        let batch = self.pending.get_or_insert_with(key, PendingBatch::default);
         if batch.observations.is_empty() && self.policy.max_age_ms.is_some() {
             // Only the age trigger reads the index.
             self.by_age.insert((obs.origin.event_time_ms, key));

@@ -21,9 +21,10 @@ use crate::batcher::{BatchPolicy, Batcher, PendingObservation};
 use crate::control::{Command, Outcome, Scheduled, forked_spec};
 use crate::deadletter::DeadLetter;
 use crate::dedup::Dedup;
+use crate::keymap::{KeyMap, KeySet, ONE_SHARD};
 use crate::posterior::KeyState;
 use crate::prefetch::{prefetch, prefetch_slice};
-use crate::registry::{KeyMap, KeySet, ParamKey, Registry, RegistryError, VersionId};
+use crate::registry::{ParamKey, Registry, RegistryError, VersionId};
 use crate::reorder::{OrderKey, ReorderBuffer};
 use crate::sample::Sample;
 use crate::sample_log::SampleLog;
@@ -152,7 +153,7 @@ pub struct Engine {
     dirty: Dirty,
     /// Keys whose pending batch the last checkpoint stored: only those
     /// need a delete when their batch is applied.
-    stored_pending: KeySet,
+    stored_pending: KeySet<ONE_SHARD>,
     control: ControlState,
 }
 
@@ -219,7 +220,7 @@ pub enum ScheduleResult {
 struct Dirty {
     /// Each key once: see [`Slot::unstored`].
     params: Vec<ParamKey>,
-    pending: KeySet,
+    pending: KeySet<ONE_SHARD>,
 }
 
 /// One key of the parameter table.
@@ -1030,4 +1031,4 @@ mod persist;
 #[cfg(test)]
 mod tests;
 
-pub use persist::{Entries, MemoryStore, Write};
+pub use persist::{Entries, MemoryStore, Write, sort_param_puts};

@@ -61,6 +61,7 @@ pub mod fallback;
 pub mod file_source;
 #[cfg(feature = "io")]
 pub mod kafka;
+pub mod keymap;
 pub mod meta;
 pub mod metrics;
 pub mod overrides;

@@ -1,7 +1,7 @@
 //! The version registry: which A/B versions exist, by name and by a
 //! compact id that keys the parameter table.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::version::VersionSpec;
 
@@ -13,10 +13,6 @@ use crate::version::VersionSpec;
 /// keys; it does not claim to resist an attacker who can measure the
 /// learner's timing, which the joiner feeding it is not.
 pub type KeyHasher = foldhash::fast::RandomState;
-/// A map keyed by [`ParamKey`].
-pub type KeyMap<V> = HashMap<ParamKey, V, KeyHasher>;
-/// A set of [`ParamKey`]s.
-pub type KeySet = HashSet<ParamKey, KeyHasher>;
 
 /// Compact id of a version, assigned in creation order and stable for the
 /// life of the state (checkpoints key parameters by it).

@@ -22,7 +22,7 @@ use crate::config::{Config, SourceConfig};
 use crate::control::{Command, Scheduled};
 use crate::deadletter_sink::{self, DeadLetterSink};
 use crate::engine::ScheduleResult;
-use crate::engine::{Counters, Engine, Payload, Write};
+use crate::engine::{Counters, Engine, Payload, Write, sort_param_puts};
 use crate::fallback::ServedParams;
 use crate::file_source::FileSource;
 use crate::kafka::{ControlReader, KafkaSource, ParamsTopic, Polled};
@@ -1062,13 +1062,20 @@ pub struct Checkpointer {
     in_flight: Option<InFlight>,
     last_write: Option<WriteDone>,
     metrics: Option<Arc<LearnerMetrics>>,
+    /// The emptied write list of the last completed write, whose capacity
+    /// the next delta fills (no fresh pages to fault in on the ingesting
+    /// thread).
+    spare: Vec<Write>,
 }
+
+/// What a writer thread did: the result, and the emptied write list.
+type Written = (Result<(CheckpointStats, Duration), StoreError>, Vec<Write>);
 
 /// A handed-off write.
 struct InFlight {
     records: u64,
     offsets: BTreeMap<u32, u64>,
-    handle: std::thread::JoinHandle<Result<(CheckpointStats, Duration), StoreError>>,
+    handle: std::thread::JoinHandle<Written>,
 }
 
 /// A completed checkpoint write.
@@ -1126,6 +1133,7 @@ impl Checkpointer {
             count: 0,
             in_flight: None,
             last_write: None,
+            spare: Vec::new(),
             metrics: None,
         })
     }
@@ -1290,7 +1298,8 @@ impl Checkpointer {
             .commit(&engine.take_dead_letters())
             .context("write dead letters")?;
         let t2 = Instant::now();
-        let mut writes = engine.checkpoint_delta();
+        let mut writes = std::mem::take(&mut self.spare);
+        let changed_keys = engine.checkpoint_delta_into(&mut writes);
         if let Some(dead_bytes) = dead_mark {
             writes.push(Write::Put(
                 Table::Meta,
@@ -1298,10 +1307,6 @@ impl Checkpointer {
                 dead_bytes.to_le_bytes().to_vec(),
             ));
         }
-        let changed_keys = writes
-            .iter()
-            .filter(|w| matches!(w, Write::PutParams(..)))
-            .count();
         let count = writes.len();
         let t3 = Instant::now();
         self.wait()?;
@@ -1312,7 +1317,9 @@ impl Checkpointer {
             .name("checkpoint-writer".into())
             .spawn(move || {
                 let start = Instant::now();
-                store.write(writes).map(|stats| (stats, start.elapsed()))
+                sort_param_puts(&mut writes[..changed_keys]);
+                let written = store.write_from(&mut writes);
+                (written.map(|stats| (stats, start.elapsed())), writes)
             })
             .context("start the checkpoint writer")?;
         self.in_flight = Some(InFlight {
@@ -1340,11 +1347,14 @@ impl Checkpointer {
         let Some(in_flight) = self.in_flight.take() else {
             return Ok(None);
         };
-        let (stats, took) = in_flight
+        let (written, emptied) = in_flight
             .handle
             .join()
-            .map_err(|_| anyhow::anyhow!("the checkpoint writer panicked"))?
-            .context("write checkpoint")?;
+            .map_err(|_| anyhow::anyhow!("the checkpoint writer panicked"))?;
+        if emptied.capacity() > self.spare.capacity() {
+            self.spare = emptied;
+        }
+        let (stats, took) = written.context("write checkpoint")?;
         self.count += 1;
         if let Some(metrics) = &self.metrics {
             metrics.observe_checkpoint_write(took, stats.bytes as u64);

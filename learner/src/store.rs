@@ -107,7 +107,13 @@ impl RocksStore {
     }
 
     /// Writes one checkpoint atomically and durably.
-    pub fn write(&self, writes: Vec<Write>) -> Result<CheckpointStats, StoreError> {
+    pub fn write(&self, mut writes: Vec<Write>) -> Result<CheckpointStats, StoreError> {
+        self.write_from(&mut writes)
+    }
+
+    /// Like [`Self::write`], leaving `writes` empty with its capacity, for
+    /// the next checkpoint to fill (see `Engine::checkpoint_delta_into`).
+    pub fn write_from(&self, writes: &mut Vec<Write>) -> Result<CheckpointStats, StoreError> {
         let mut stats = CheckpointStats {
             writes: writes.len(),
             ..Default::default()
@@ -115,9 +121,9 @@ impl RocksStore {
         // Sized once (a batch grown entry by entry copies itself over and
         // over), and parameters encoded into one reused buffer instead of
         // a vector per key.
-        let mut batch = WriteBatch::with_capacity_bytes(batch_bytes(&writes));
+        let mut batch = WriteBatch::with_capacity_bytes(batch_bytes(writes));
         let mut value = Vec::new();
-        for write in writes {
+        for write in writes.drain(..) {
             match write {
                 Write::PutParams(key, state) => {
                     let k = codec::param_key_bytes(key);

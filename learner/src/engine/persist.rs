@@ -9,9 +9,10 @@ use super::{ControlState, Dirty, Engine, EngineConfig, EngineStats, Slot};
 use crate::batcher::Batcher;
 use crate::codec::{self, CorruptState, Table};
 use crate::dedup::Dedup;
+use crate::keymap::{KeyMap, KeySet};
 use crate::meta;
 use crate::posterior::KeyState;
-use crate::registry::{KeyMap, KeySet, ParamKey};
+use crate::registry::ParamKey;
 use crate::reorder::ReorderBuffer;
 use crate::sample_log::SampleLog;
 use crate::watermark::Watermarks;
@@ -42,6 +43,18 @@ impl Write {
     }
 }
 
+/// Meta entries every checkpoint writes.
+const META_WRITES: usize = 7;
+
+/// Sorts parameter puts by key (see [`Engine::checkpoint_delta_into`]):
+/// RocksDB inserts a batch's keys into its memtable faster in order.
+pub fn sort_param_puts(puts: &mut [Write]) {
+    puts.sort_unstable_by_key(|w| match w {
+        Write::PutParams(key, _) => Some(*key),
+        _ => None,
+    });
+}
+
 /// Stored entries of one table, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -51,17 +64,38 @@ impl Engine {
     /// Applied atomically, they make a consistent checkpoint (offsets and
     /// the state they produced together).
     pub fn checkpoint_delta(&mut self) -> Vec<Write> {
-        // Drained (keeping their capacity) and sorted: the writes go out
-        // in key order, table by table.
+        let mut writes = Vec::new();
+        let params = self.checkpoint_delta_into(&mut writes);
+        sort_param_puts(&mut writes[..params]);
+        writes
+    }
+
+    /// [`Self::checkpoint_delta`] appended to `writes`, whose capacity a
+    /// caller can keep from one checkpoint to the next: a checkpoint of
+    /// 10⁵ keys otherwise fills megabytes of freshly mapped memory, and
+    /// the page faults were most of its cost. The parameter puts come
+    /// first, in no particular order (sorting them is left to the writer
+    /// thread: [`sort_param_puts`]); returns their number.
+    pub fn checkpoint_delta_into(&mut self, writes: &mut Vec<Write>) -> usize {
         let mut dirty_params = std::mem::take(&mut self.dirty.params);
-        dirty_params.sort_unstable();
-        let mut dirty_pending: Vec<ParamKey> = self.dirty.pending.drain().collect();
+        let mut dirty_pending = self.dirty.pending.drain();
         dirty_pending.sort_unstable();
-        let mut writes = Vec::with_capacity(dirty_params.len() + dirty_pending.len() + 6);
+        let log = self.log.take_changes(self.released_below_ms);
+        let dedup = self.dedup.as_mut().map(Dedup::take_changes);
+        writes.reserve(
+            dirty_params.len()
+                + dirty_pending.len()
+                + log.deletes.len()
+                + log.puts.len()
+                + dedup.as_ref().map_or(0, BTreeMap::len)
+                + META_WRITES
+                + 1,
+        );
         self.for_each_slot(&dirty_params, |key, slot| {
             slot.unstored = false;
             writes.push(Write::PutParams(key, Arc::clone(&slot.state)));
         });
+        let params = dirty_params.len();
         dirty_params.clear();
         self.dirty.params = dirty_params;
         for key in dirty_pending {
@@ -82,7 +116,6 @@ impl Engine {
                 None => {}
             }
         }
-        let log = self.log.take_changes(self.released_below_ms);
         writes.extend(
             log.deletes
                 .into_iter()
@@ -93,8 +126,8 @@ impl Engine {
                 .into_iter()
                 .map(|(k, v)| Write::Put(Table::Reorder, k, v)),
         );
-        if let Some(dedup) = self.dedup.as_mut() {
-            for ((t, id), added) in dedup.take_changes() {
+        if let Some(dedup) = dedup {
+            for ((t, id), added) in dedup {
                 let bytes = codec::dedup_key(t, &id);
                 writes.push(if added {
                     Write::Put(Table::Dedup, bytes, Vec::new())
@@ -142,14 +175,14 @@ impl Engine {
                 ),
             ),
         ]);
-        writes
+        params
     }
 
     /// Every write of a complete checkpoint, whatever changed: for an
     /// empty store (a new live store, or a savepoint).
     pub fn full_checkpoint(&mut self) -> Vec<Write> {
         let mut params = Vec::with_capacity(self.params.len());
-        for (key, slot) in &mut self.params {
+        for (key, slot) in self.params.iter_mut() {
             slot.unstored = true;
             params.push(*key);
         }
@@ -209,8 +242,9 @@ impl Engine {
                 .map_err(|_| CorruptState::new(Table::Meta, meta::RELEASED, "not 8 bytes"))?,
         );
 
-        let mut params = KeyMap::default();
-        for (k, v) in read(Table::Params) {
+        let rows = read(Table::Params);
+        let mut params = KeyMap::with_capacity(rows.len());
+        for (k, v) in rows {
             let key = codec::param_key_from(Table::Params, &k)?;
             let state =
                 KeyState::decode(&v).map_err(|e| CorruptState::new(Table::Params, &k, e))?;
