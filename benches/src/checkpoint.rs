@@ -65,6 +65,52 @@ pub struct CheckpointRun {
     pub wall: Duration,
     /// Publishes between checkpoints, and the longest.
     pub publishes: (u64, Duration),
+    /// The [`LONGEST_GAPS`] longest intervals, longest first.
+    pub longest_gaps: Vec<Gap>,
+}
+
+/// How many of the longest intervals a run keeps.
+pub const LONGEST_GAPS: usize = 5;
+
+/// One start-to-start interval of consecutive ingests.
+#[derive(Debug, Clone, Copy)]
+pub struct Gap {
+    /// Its length.
+    pub length: Duration,
+    /// Records ingested when it ended.
+    pub after_records: u64,
+    /// What ran in it besides the ingest.
+    pub containing: GapContent,
+}
+
+/// What ran in an interval besides the ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapContent {
+    /// Nothing: the ingest itself (or the thread was not running).
+    Ingest,
+    /// A publish of the changed keys.
+    Publish,
+    /// A checkpoint.
+    Checkpoint,
+}
+
+impl CheckpointRun {
+    /// Keeps `gap` if it is among the longest.
+    fn note_gap(&mut self, gap: Gap) {
+        if self.longest_gaps.len() == LONGEST_GAPS
+            && self
+                .longest_gaps
+                .last()
+                .is_some_and(|g| g.length >= gap.length)
+        {
+            return;
+        }
+        let at = self
+            .longest_gaps
+            .partition_point(|g| g.length >= gap.length);
+        self.longest_gaps.insert(at, gap);
+        self.longest_gaps.truncate(LONGEST_GAPS);
+    }
 }
 
 impl CheckpointRun {
@@ -124,7 +170,7 @@ pub fn run(
         let chunk: Vec<Record> = workload.records((total - out.records).min(CHUNK as u64) as usize);
         let start = Instant::now();
         let mut previous: Option<Instant> = None;
-        let mut checkpointed = false;
+        let mut containing = GapContent::Ingest;
         for r in chunk {
             let now = Instant::now();
             if let Some(prev) = previous {
@@ -132,12 +178,18 @@ pub fn run(
                 if gap > out.longest_gap.0 {
                     out.longest_gap = (gap, out.records);
                 }
-                if !checkpointed && gap > out.longest_gap_without_checkpoint {
+                if containing != GapContent::Checkpoint && gap > out.longest_gap_without_checkpoint
+                {
                     out.longest_gap_without_checkpoint = gap;
                 }
+                out.note_gap(Gap {
+                    length: gap,
+                    after_records: out.records,
+                    containing,
+                });
             }
             previous = Some(now);
-            checkpointed = false;
+            containing = GapContent::Ingest;
             engine.ingest(r.partition, r.offset, Payload::Sample(r.sample));
             out.records += 1;
             since_checkpoint += 1;
@@ -151,7 +203,7 @@ pub fn run(
             ) {
                 since_checkpoint = 0;
                 out.checkpoint(&mut checkpointer, &mut engine);
-                checkpointed = true;
+                containing = GapContent::Checkpoint;
                 last_publish = Instant::now();
             } else if out.records.is_multiple_of(PUBLISH_CHECK_EVERY)
                 && last_publish.elapsed() >= PUBLISH_EVERY
@@ -162,6 +214,7 @@ pub fn run(
                     .expect("a null sink accepts");
                 last_publish = Instant::now();
                 out.publishes.0 += 1;
+                containing = GapContent::Publish;
                 out.publishes.1 = out.publishes.1.max(last_publish - start);
             }
         }

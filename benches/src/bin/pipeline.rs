@@ -19,7 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use posterior_benches::checkpoint::{self, EVERY_FOR_100K_KEYS};
+use posterior_benches::checkpoint::{self, EVERY_FOR_100K_KEYS, GapContent};
 use posterior_benches::config::{Batching, BenchConfig, SourceToml};
 use posterior_benches::driver::SinkKind;
 use posterior_benches::ingest::{self, Knobs, Phase, PipelineRun};
@@ -475,6 +475,19 @@ fn checkpoint(checkpoints: u64, defer: bool) -> Result<()> {
         human(rate(run.records, run.wall)),
         checkpoint::dir_bytes(&config.state.dir) / 1_000_000,
     );
+    let longest: Vec<String> = run
+        .longest_gaps
+        .iter()
+        .map(|g| {
+            let what = match g.containing {
+                GapContent::Ingest => "ingest only",
+                GapContent::Publish => "a publish",
+                GapContent::Checkpoint => "a checkpoint",
+            };
+            format!("{} ms ({what}, record {})", ms(g.length), g.after_records)
+        })
+        .collect();
+    println!("longest intervals: {}", longest.join("; "));
     let (opened, total, restored) = checkpoint::restore(&config);
     let same = checkpoint::same_params(&engine, &restored);
     println!(
