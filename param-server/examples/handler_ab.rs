@@ -14,6 +14,11 @@
 //! - `flat, direct`: `ParamServiceImpl::get_params_bytes`, what the server
 //!   sends (encoded straight from the table).
 //!
+//! Then the WatchParams snapshot of every key, in the handler's chunks of
+//! 256 docs: one read per doc (`wire_params`, the code before) against one
+//! batched read per chunk (`wire_params_each`), alternating chunk by chunk;
+//! asserts both give the same messages.
+//!
 //! Run: `cargo run --release -p posterior-param-server --example handler_ab [keys] [batches]`
 
 use std::borrow::Cow;
@@ -28,6 +33,7 @@ use posterior_learner::posterior::{
 };
 use posterior_learner::{Posterior, RewardSpec, VersionSpec};
 use posterior_param_server::request::{DocsRequest, SampleRequest};
+use posterior_param_server::store::{wire_params, wire_params_each};
 use posterior_param_server::table::DocHasher;
 use posterior_param_server::{
     BodyView, Limits, ParamServiceImpl, ParamStore, ServedVersion, StateView,
@@ -166,6 +172,43 @@ fn summary(name: &str, mut times: Vec<Duration>, base: Option<Duration>) -> Dura
     median
 }
 
+/// The WatchParams handler's snapshot chunk.
+const WATCH_CHUNK: usize = 256;
+/// Passes over every key of the snapshot comparison.
+const WATCH_ROUNDS: usize = 3;
+
+/// Total time of each variant of the snapshot read, per pass over every
+/// key: `[per doc, batched]`.
+fn snapshot_reads(version: &ServedVersion) -> [Vec<Duration>; 2] {
+    let table = version.table();
+    let doc_ids = table.doc_ids();
+    let mut totals: [Vec<Duration>; 2] = Default::default();
+    for round in 0..WATCH_ROUNDS {
+        let mut took = [Duration::ZERO; 2];
+        for (i, chunk) in doc_ids.chunks(WATCH_CHUNK).enumerate() {
+            let mut outputs: [Vec<v1::Params>; 2] = Default::default();
+            for k in 0..2 {
+                let variant = (round + i + k) % 2;
+                let started = Instant::now();
+                outputs[variant] = if variant == 0 {
+                    chunk
+                        .iter()
+                        .map(|&doc| wire_params(version, &table, doc))
+                        .collect()
+                } else {
+                    wire_params_each(version, &table, chunk)
+                };
+                took[variant] += started.elapsed();
+            }
+            assert!(outputs[0] == outputs[1], "same snapshot");
+        }
+        for (total, t) in totals.iter_mut().zip(took) {
+            total.push(t);
+        }
+    }
+    totals
+}
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let keys: u64 = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
@@ -230,5 +273,22 @@ fn main() -> Result<()> {
     let [papaya, flat] = sample;
     let base = summary("SampleScores papaya", papaya, None);
     summary("SampleScores flat", flat, Some(base));
+    let [per_doc, batched] = snapshot_reads(&version);
+    println!(
+        "\nWatchParams snapshot of {keys} keys in chunks of {WATCH_CHUNK}, {WATCH_ROUNDS} passes (total per pass)"
+    );
+    for (name, times) in [("per doc", &per_doc), ("batched", &batched)] {
+        let ms: Vec<String> = times
+            .iter()
+            .map(|t| format!("{:.0}", t.as_secs_f64() * 1e3))
+            .collect();
+        println!("{name:<8} {} ms", ms.join(" / "));
+    }
+    let ratios: Vec<String> = per_doc
+        .iter()
+        .zip(&batched)
+        .map(|(a, b)| format!("{:.2}", a.as_secs_f64() / b.as_secs_f64()))
+        .collect();
+    println!("per doc / batched: {}×", ratios.join(" / "));
     Ok(())
 }

@@ -55,6 +55,8 @@ const MAX_STATE_BYTES: u64 = 1 << 27;
 /// Bytes of the smallest key record (doc id, length, state header).
 const MIN_KEY_BYTES: u64 = 8 + 4 + 32;
 const IO_BUFFER_BYTES: usize = 1 << 20;
+/// Docs read from a table per batch when writing it (see `ParamTable::read_each`).
+const READ_CHUNK: usize = 1024;
 
 /// Why a snapshot could not be written or used.
 #[derive(Debug, thiserror::Error)]
@@ -198,10 +200,14 @@ fn write_body<W: Write>(
         // count of records that follow (keys may be added meanwhile).
         let table = version.table();
         let mut records: Vec<(u64, Vec<u8>)> = Vec::with_capacity(table.len());
-        for doc_id in table.doc_ids() {
-            if let Some(state) = table.get(doc_id).map(|s| s.encode()) {
-                records.push((doc_id, state));
-            }
+        for chunk in table.doc_ids().chunks(READ_CHUNK) {
+            // A doc removed since the listing reads as None and is left
+            // out.
+            table.read_each(chunk, |doc_id, state| {
+                if let Some(state) = state {
+                    records.push((doc_id, state.to_key_state().encode()));
+                }
+            });
         }
         out.put(&(records.len() as u64).to_le_bytes())?;
         for (doc_id, state) in &records {

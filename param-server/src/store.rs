@@ -210,10 +210,28 @@ impl ParamStore {
 /// version's current table, loaded once per request): the stored state, or
 /// the prior when the doc was never seen.
 pub fn wire_params(version: &ServedVersion, table: &ParamTable, doc_id: u64) -> v1::Params {
-    table.read(doc_id, |stored| match stored {
+    table.read(doc_id, |stored| to_wire(version, doc_id, stored))
+}
+
+/// [`wire_params`] of each of `doc_ids`, in order, read as one batch (a
+/// flat table overlaps the docs' cache misses).
+pub fn wire_params_each(
+    version: &ServedVersion,
+    table: &ParamTable,
+    doc_ids: &[u64],
+) -> Vec<v1::Params> {
+    let mut params = Vec::with_capacity(doc_ids.len());
+    table.read_each(doc_ids, |doc_id, stored| {
+        params.push(to_wire(version, doc_id, stored));
+    });
+    params
+}
+
+fn to_wire(version: &ServedVersion, doc_id: u64, stored: Option<StateView<'_>>) -> v1::Params {
+    match stored {
         Some(stored) => stored.to_wire(version.name(), doc_id),
         None => params_to_wire(version.name(), doc_id, version.prior()),
-    })
+    }
 }
 
 /// The `GetParamsResponse` of `doc_ids` in `version`, encoded straight

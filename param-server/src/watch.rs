@@ -30,7 +30,7 @@ use tonic::Status;
 use crate::error::ServeError;
 use crate::limits::Limits;
 use crate::request::WatchRequest;
-use crate::store::wire_params;
+use crate::store::wire_params_each;
 use crate::version::{AppliedUpdate, ServedVersion};
 
 /// Docs whose states are read under one guard, between two sends.
@@ -96,12 +96,7 @@ async fn send_snapshot(
         }
     };
     for chunk in doc_ids.chunks(SNAPSHOT_CHUNK) {
-        let table = version.table();
-        let params: Vec<v1::Params> = chunk
-            .iter()
-            .map(|&doc| wire_params(version, &table, doc))
-            .collect();
-        drop(table);
+        let params = wire_params_each(version, &version.table(), chunk);
         for p in params {
             tx.send(event(Event::Snapshot(p))).await.map_err(drop)?;
         }
