@@ -542,12 +542,15 @@ fn a_format_1_store_restores_and_migrates_at_its_next_checkpoint() {
 
 /// After every checkpoint, an engine restored from the store holds exactly
 /// the live engine's state, table by table (a missed dirty mark shows here
-/// first, long before it skews a final result).
+/// first, long before it skews a final result). The deltas are taken as
+/// the checkpointer takes them: into the list the previous write emptied,
+/// parameter puts first.
 #[test]
 fn every_checkpoint_restores_the_live_state_exactly() {
     let logs = generate(17, 3, 3_000);
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
     let mut store = MemoryStore::default();
+    let mut writes = Vec::new();
     let mut engine = Engine::new(config(), registry(), 0..3);
     let mut cursor = [0_usize; 3];
     let mut steps = 0;
@@ -560,7 +563,17 @@ fn every_checkpoint_restores_the_live_state_exactly() {
         cursor[p] += 1;
         steps += 1;
         if steps % 211 == 0 {
-            store.apply(engine.checkpoint_delta());
+            let params = engine.checkpoint_delta_into(&mut writes);
+            let puts = |w: &[Write]| {
+                w.iter()
+                    .filter(|w| matches!(w, Write::PutParams(..)))
+                    .count()
+            };
+            assert_eq!(puts(&writes[..params]), params, "puts first at {steps}");
+            assert_eq!(puts(&writes), params, "no put after them at {steps}");
+            // Cleared, not taken: the next delta fills the same capacity.
+            store.apply(writes.clone());
+            writes.clear();
             let restored = Engine::restore(config(), |t| store.entries(t))
                 .unwrap()
                 .unwrap();
