@@ -12,9 +12,8 @@
 //! One hash of the key picks both the shard and the place in it (see
 //! `SHARD_MIX`).
 //!
-//! The shard count is a parameter: tables whose keys come and go all the
-//! time (a key's pending batch leaves when it is applied) keep one shard,
-//! see [`ONE_SHARD`].
+//! The shard count is a parameter: the tables a micro-batched sample
+//! touches several times keep one shard, see [`ONE_SHARD`].
 
 use std::hash::BuildHasher;
 
@@ -27,12 +26,13 @@ use crate::registry::{KeyHasher, ParamKey};
 pub const SHARDS: usize = 256;
 const _: () = assert!(SHARDS.is_power_of_two() && SHARDS <= 256);
 
-/// The shard count of the churning tables (the batcher's pending batches
-/// and the engine's sets of keys with a pending batch): one. Split into
-/// [`SHARDS`], their inserts and removes cost 8–12 % of micro-batched
-/// Beta throughput in bench 1 of issue 3, where splitting the parameter
-/// table alone cost nothing measurable. Their growth stalls remain,
-/// bounded by the number of keys with a pending batch.
+/// The shard count of the tables touched several times per sample (the
+/// batcher's pending batches and the engine's sets of keys with a pending
+/// batch): one. Split into [`SHARDS`], they cost 7–13 % of micro-batched
+/// Beta throughput in bench 1 of issue 3 (also when the batcher kept
+/// emptied entries instead of removing them), where splitting the
+/// parameter table alone cost 1–2 %. Their growth stalls remain, bounded
+/// by the number of keys with a pending batch.
 pub const ONE_SHARD: usize = 1;
 
 /// Picks a shard from the key's hash: the top bits of the hash times an
