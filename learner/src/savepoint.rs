@@ -174,7 +174,7 @@ pub fn write(
     write_with(root, store, partition_count, || {})
 }
 
-/// [`write`], calling `mid_write` once the table files are in the temp
+/// [`write()`], calling `mid_write` once the table files are in the temp
 /// directory and before the manifest and the rename (a crash test's fail
 /// point: a savepoint interrupted there must never be listed).
 pub fn write_with(

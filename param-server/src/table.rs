@@ -1,7 +1,7 @@
 //! One version's parameter table: doc id → state, read without locks.
 //!
 //! - Beta and diagonal-Gaussian versions (the common case, and the one
-//!   the benchmarks measure) use a [`crate::flat`] table: fixed-size slots
+//!   the benchmarks measure) use a flat table (`flat.rs`): fixed-size slots
 //!   in flat memory under a sequence lock, and an open-addressing index,
 //!   read in prefetched groups.
 //! - Full-covariance versions keep each key's `KeyState` whole (its

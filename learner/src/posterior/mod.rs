@@ -13,7 +13,7 @@
 //!
 //! [`KeyState`] wraps one key's model with its bookkeeping (update sequence
 //! number, sample count, event time) and is what checkpoints and the wire
-//! carry, in the versioned binary format of [`encoding`].
+//! carry, in the versioned binary format of `encoding.rs` ([`KeyState::encode`]).
 
 mod beta;
 mod encoding;
