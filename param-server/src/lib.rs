@@ -25,6 +25,8 @@
 //! - [`control`]: the `ControlPlane` trait and its in-process channel.
 //! - [`tls`]: TLS / mTLS settings loaded and checked before binding.
 //! - [`server`]: `serve(listener, …, shutdown)` with health and reflection.
+//! - [`conn`]: accepted connections with coalesced small writes (a small
+//!   response in one system call).
 //! - [`metrics`]: the Prometheus metrics: gRPC latencies, sheds, keys,
 //!   watchers, feed updates.
 //! - [`grpc_metrics`]: the service wrapper timing each call by method and
@@ -53,6 +55,7 @@ pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod control;
 pub mod encoded;
 pub mod error;
@@ -85,11 +88,12 @@ pub mod watch;
 
 pub use admin::AdminServiceImpl;
 pub use admission::{Admission, AdmissionStats, Shed};
+pub use conn::Coalesced;
 pub use control::{ControlPlane, ControlPlaneError, InProcessControlPlane};
 pub use error::{AdminError, ServeError, StoreError};
 pub use limits::Limits;
 pub use readiness::Readiness;
-pub use server::{AdminSetup, ServeOptions, ServerError, serve};
+pub use server::{AdminSetup, ServeOptions, ServerError, serve, serve_connections};
 pub use service::ParamServiceImpl;
 pub use store::ParamStore;
 pub use stored::{BodyView, StateView};

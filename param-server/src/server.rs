@@ -12,13 +12,16 @@ use std::time::Duration;
 
 use posterior_proto::v1::admin_service_server::AdminServiceServer;
 use posterior_proto::v1::param_service_server::ParamServiceServer;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::ServerTlsConfig;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpIncoming};
 
 use crate::admin::AdminServiceImpl;
 use crate::audit::AuditLog;
 use crate::auth::TokenSet;
+use crate::conn::Coalesced;
 use crate::grpc_metrics::{ADMIN_METHODS, Metered, PARAM_METHODS};
 use crate::guard::AdminGuard;
 use crate::limits::Limits;
@@ -94,6 +97,10 @@ async fn report_readiness(health: &tonic_health::server::HealthReporter, readine
 /// Serves `store` on `listener` until `shutdown` resolves; in-flight
 /// requests get [`SHUTDOWN_GRACE`] to finish. Tests bind `127.0.0.1:0` and
 /// pass the listener.
+///
+/// Every accepted connection gets `TCP_NODELAY` (small responses must not
+/// wait for Nagle's algorithm: 40 ms with delayed ACKs) and coalesced
+/// writes ([`Coalesced`]: a small response leaves in one write).
 pub async fn serve(
     listener: TcpListener,
     store: Arc<ParamStore>,
@@ -101,6 +108,28 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|accepted| accepted.map(Coalesced::new));
+    serve_connections(incoming, store, limits, options, shutdown).await
+}
+
+/// [`serve`] on connections from any source (`incoming`), as they come:
+/// for tests that wrap the socket, and for listeners `serve` does not
+/// know. The connections are used as given (no `TCP_NODELAY`, no
+/// [`Coalesced`] added).
+pub async fn serve_connections<I, IO, IE>(
+    incoming: I,
+    store: Arc<ParamStore>,
+    limits: Limits,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (health, health_service) = tonic_health::server::health_reporter();
     let readiness = options.readiness.unwrap_or_else(Readiness::ready);
     report_readiness(&health, &readiness).await;
@@ -146,9 +175,6 @@ pub async fn serve(
     if let Some(tls) = options.tls {
         builder = builder.tls_config(tls)?;
     }
-    // Small responses must not wait for Nagle's algorithm (40 ms with
-    // delayed ACKs): every accepted connection gets TCP_NODELAY.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
