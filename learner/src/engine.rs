@@ -36,6 +36,10 @@ use crate::watermark::{Timeliness, Watermarks};
 /// they are used.
 const PREFETCH_GROUP: usize = 64;
 
+/// Released samples whose room the engine keeps between releases (a
+/// release is usually one event-time millisecond's samples).
+const RELEASING_KEPT: usize = 16 * 1024;
+
 /// Tuning of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -144,6 +148,9 @@ pub struct Engine {
     params: KeyMap<Slot>,
     next_offsets: BTreeMap<u32, u64>,
     released_below_ms: i64,
+    /// Samples being released (empty between releases; kept for its
+    /// capacity, see [`ReorderBuffer::release_below_into`]).
+    releasing: Vec<(OrderKey, Sample)>,
     /// Keys updated since the last [`Engine::take_changed`] (each once:
     /// see [`Slot::unpublished`]).
     changed: Vec<ParamKey>,
@@ -283,6 +290,7 @@ impl Engine {
             params: KeyMap::default(),
             next_offsets: BTreeMap::new(),
             released_below_ms: i64::MIN,
+            releasing: Vec::new(),
             changed: Vec::new(),
             dead_letters: Vec::new(),
             counters: Counters::default(),
@@ -789,7 +797,9 @@ impl Engine {
         };
         let upto = stop.map_or(watermark_ms, |t| t.max(self.released_below_ms));
         if upto > self.released_below_ms {
-            let mut released = self.buffer.release_below(upto).into_iter();
+            let mut releasing = std::mem::take(&mut self.releasing);
+            self.buffer.release_below_into(upto, &mut releasing);
+            let mut released = releasing.drain(..);
             // In groups, so what a group's warm-up fetched is still in the
             // caches when the group is processed (a finish releases the
             // whole buffer at once).
@@ -803,6 +813,10 @@ impl Engine {
                     self.process(key, sample);
                 }
             }
+            drop(released);
+            // A finish releases the whole buffer: that capacity is not kept.
+            releasing.shrink_to(RELEASING_KEPT);
+            self.releasing = releasing;
             if !self.control.scheduled.is_empty() {
                 self.apply_commands_until(upto - 1);
             }
@@ -1031,4 +1045,6 @@ mod persist;
 #[cfg(test)]
 mod tests;
 
-pub use persist::{Entries, MemoryStore, Write, sort_param_puts};
+pub use persist::{
+    Entries, MemoryStore, SPARE_IDLE_CHECKPOINTS, SpareWrites, Write, sort_param_puts,
+};

@@ -19,6 +19,10 @@ use crate::sample::Sample;
 /// Emptied bucket vectors kept for reuse (their capacity is the point).
 const SPARE_BUCKETS: usize = 64;
 
+/// Entries of release scratch kept past a release (an unusually large
+/// bucket's scratch is given back).
+const SCRATCH_ENTRIES: usize = 4096;
+
 /// (partition, offset, index in the bucket): what sorting a bucket sorts.
 type Slot = (u32, u64, usize);
 
@@ -64,6 +68,10 @@ pub struct ReorderBuffer {
     /// replace a buffered sample with the same key.
     newest_offsets: BTreeMap<u32, u64>,
     spare: Vec<Vec<Entry>>,
+    /// Scratch of [`ReorderBuffer::release_below_into`], kept for its
+    /// capacity: a bucket's sort keys, and its entries by arrival index.
+    order: Vec<Slot>,
+    slots: Vec<Option<Entry>>,
 }
 
 impl PartialEq for ReorderBuffer {
@@ -172,23 +180,41 @@ impl ReorderBuffer {
     /// strictly below `watermark_ms`.
     pub fn release_below(&mut self, watermark_ms: i64) -> Vec<(OrderKey, Sample)> {
         let mut released = Vec::new();
+        self.release_below_into(watermark_ms, &mut released);
+        released
+    }
+
+    /// [`ReorderBuffer::release_below`] appending to `released`, so a
+    /// caller that releases over and over reuses one vector (a fresh one per
+    /// release costs fresh pages: the allocator hands freed ones back to the
+    /// system). Returns how many samples were appended.
+    pub fn release_below_into(
+        &mut self,
+        watermark_ms: i64,
+        released: &mut Vec<(OrderKey, Sample)>,
+    ) -> usize {
+        let before = released.len();
         while let Some(first) = self.buckets.first_entry()
             && *first.key() < watermark_ms
         {
             let (event_time_ms, bucket) = first.remove_entry();
             let mut entries = bucket.entries;
             self.len -= entries.len();
-            // Sort small keys, not the samples, then move each sample once.
-            let mut order: Vec<Slot> = entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (e.partition, e.offset, i))
-                .collect();
-            order.sort_unstable();
-            let mut slots: Vec<Option<Entry>> = entries.drain(..).map(Some).collect();
-            released.reserve(order.len());
-            for (partition, offset, i) in order {
-                let entry = slots[i].take().expect("each index once");
+            // Sort small keys, not the samples, then move each sample once
+            // more (into `slots`, from which it is taken in order).
+            self.order.clear();
+            self.order.extend(
+                entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (e.partition, e.offset, i)),
+            );
+            self.order.sort_unstable();
+            self.slots.clear();
+            self.slots.extend(entries.drain(..).map(Some));
+            released.reserve(self.order.len());
+            for &(partition, offset, i) in &self.order {
+                let entry = self.slots[i].take().expect("each index once");
                 let key = OrderKey {
                     event_time_ms,
                     partition,
@@ -200,7 +226,12 @@ impl ReorderBuffer {
                 self.spare.push(entries);
             }
         }
-        released
+        self.slots.clear();
+        if self.slots.capacity() > SCRATCH_ENTRIES {
+            self.slots.shrink_to(SCRATCH_ENTRIES);
+            self.order.shrink_to(SCRATCH_ENTRIES);
+        }
+        released.len() - before
     }
 }
 
@@ -244,6 +275,34 @@ mod tests {
         assert_eq!(out, vec![key(10, 0, 9), key(10, 1, 2), key(20, 1, 3)]);
         assert_eq!(buf.len(), 2);
         assert!(buf.release_below(30).is_empty());
+    }
+
+    #[test]
+    fn releases_append_in_order_to_a_reused_vector() {
+        let mut buf = ReorderBuffer::new(100);
+        // Buckets bigger than the kept scratch too, arriving out of order.
+        let n = SCRATCH_ENTRIES as u64 + 10;
+        for o in (0..n).rev() {
+            buf.insert(key(7, (o % 3) as u32, o), sample(7));
+        }
+        for o in 0..5 {
+            buf.insert(key(3, 1, 100 + o), sample(3));
+            buf.insert(key(3, 0, 200 + o), sample(3));
+        }
+        let mut out = vec![(key(0, 0, 0), sample(0))];
+        assert_eq!(buf.release_below_into(4, &mut out), 10);
+        assert_eq!(buf.release_below_into(4, &mut out), 0);
+        assert_eq!(buf.release_below_into(8, &mut out), n as usize);
+        let keys: Vec<OrderKey> = out.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys[0], key(0, 0, 0), "what was there stays first");
+        assert!(keys[1..].is_sorted(), "release order");
+        assert_eq!(keys.len(), 1 + 10 + n as usize);
+        assert!(buf.is_empty());
+        assert!(
+            buf.slots.capacity() <= SCRATCH_ENTRIES,
+            "large scratch given back"
+        );
+        assert!(buf.slots.is_empty());
     }
 
     #[test]

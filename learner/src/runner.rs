@@ -22,7 +22,7 @@ use crate::config::{Config, SourceConfig};
 use crate::control::{Command, Scheduled};
 use crate::deadletter_sink::{self, DeadLetterSink};
 use crate::engine::ScheduleResult;
-use crate::engine::{Counters, Engine, Payload, Write, sort_param_puts};
+use crate::engine::{Counters, Engine, Payload, SpareWrites, Write, sort_param_puts};
 use crate::fallback::ServedParams;
 use crate::file_source::FileSource;
 use crate::kafka::{ControlReader, KafkaSource, ParamsTopic, Polled};
@@ -1065,7 +1065,7 @@ pub struct Checkpointer {
     /// The emptied write list of the last completed write, whose capacity
     /// the next delta fills (no fresh pages to fault in on the ingesting
     /// thread).
-    spare: Vec<Write>,
+    spare: SpareWrites,
 }
 
 /// What a writer thread did: the result, and the emptied write list.
@@ -1074,6 +1074,8 @@ type Written = (Result<(CheckpointStats, Duration), StoreError>, Vec<Write>);
 /// A handed-off write.
 struct InFlight {
     records: u64,
+    /// Puts and deletes handed to the writer.
+    writes: usize,
     offsets: BTreeMap<u32, u64>,
     handle: std::thread::JoinHandle<Written>,
 }
@@ -1133,7 +1135,7 @@ impl Checkpointer {
             count: 0,
             in_flight: None,
             last_write: None,
-            spare: Vec::new(),
+            spare: SpareWrites::default(),
             metrics: None,
         })
     }
@@ -1298,7 +1300,7 @@ impl Checkpointer {
             .commit(&engine.take_dead_letters())
             .context("write dead letters")?;
         let t2 = Instant::now();
-        let mut writes = std::mem::take(&mut self.spare);
+        let mut writes = self.spare.take();
         let changed_keys = engine.checkpoint_delta_into(&mut writes);
         if let Some(dead_bytes) = dead_mark {
             writes.push(Write::Put(
@@ -1324,6 +1326,7 @@ impl Checkpointer {
             .context("start the checkpoint writer")?;
         self.in_flight = Some(InFlight {
             records,
+            writes: count,
             offsets: engine.next_offsets().clone(),
             handle,
         });
@@ -1351,9 +1354,7 @@ impl Checkpointer {
             .handle
             .join()
             .map_err(|_| anyhow::anyhow!("the checkpoint writer panicked"))?;
-        if emptied.capacity() > self.spare.capacity() {
-            self.spare = emptied;
-        }
+        self.spare.give_back(emptied, in_flight.writes);
         let (stats, took) = written.context("write checkpoint")?;
         self.count += 1;
         if let Some(metrics) = &self.metrics {

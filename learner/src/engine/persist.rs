@@ -58,6 +58,49 @@ pub fn sort_param_puts(puts: &mut [Write]) {
 /// Stored entries of one table, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Checkpoints in a row that may use less than a quarter of the spare
+/// write list before [`SpareWrites`] lets it go.
+pub const SPARE_IDLE_CHECKPOINTS: u32 = 16;
+
+/// The emptied write list of the last checkpoint, kept for the next delta
+/// to fill: its pages are already mapped, so a large delta does not fault
+/// fresh memory in on the ingesting thread. The list only grows with the
+/// deltas it holds, until [`SPARE_IDLE_CHECKPOINTS`] checkpoints in a row
+/// used less than a quarter of it; then it shrinks to twice the last use,
+/// so one burst does not pin its memory for the process's lifetime.
+#[derive(Debug, Default)]
+pub struct SpareWrites {
+    list: Vec<Write>,
+    small_in_a_row: u32,
+}
+
+impl SpareWrites {
+    /// The list to fill (empty, with the kept capacity).
+    pub fn take(&mut self) -> Vec<Write> {
+        std::mem::take(&mut self.list)
+    }
+
+    /// Gives back the list taken, after its `used` writes were applied.
+    pub fn give_back(&mut self, mut list: Vec<Write>, used: usize) {
+        list.clear();
+        if used.saturating_mul(4) < list.capacity() {
+            self.small_in_a_row += 1;
+            if self.small_in_a_row >= SPARE_IDLE_CHECKPOINTS {
+                list.shrink_to(used.saturating_mul(2));
+                self.small_in_a_row = 0;
+            }
+        } else {
+            self.small_in_a_row = 0;
+        }
+        self.list = list;
+    }
+
+    /// Capacity kept for the next delta.
+    pub fn capacity(&self) -> usize {
+        self.list.capacity()
+    }
+}
+
 impl Engine {
     /// The writes that bring a store holding the previous checkpoint up to
     /// the current state: changed keys only, plus the small meta entries.
@@ -288,6 +331,7 @@ impl Engine {
             params,
             next_offsets,
             released_below_ms,
+            releasing: Vec::new(),
             changed: Vec::new(),
             dead_letters: Vec::new(),
             counters,
@@ -334,5 +378,57 @@ impl MemoryStore {
             .get(&table)
             .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod spare_tests {
+    use super::*;
+
+    fn filled(mut list: Vec<Write>, n: usize) -> Vec<Write> {
+        list.extend((0..n).map(|i| Write::Delete(Table::Meta, vec![i as u8])));
+        list
+    }
+
+    #[test]
+    fn a_burst_is_kept_until_small_checkpoints_outlast_it() {
+        let mut spare = SpareWrites::default();
+        let list = filled(spare.take(), 4000);
+        spare.give_back(list, 4000);
+        let burst = spare.capacity();
+        assert!(burst >= 4000);
+        for round in 1..SPARE_IDLE_CHECKPOINTS {
+            let list = spare.take();
+            assert!(list.is_empty());
+            let list = filled(list, 100);
+            spare.give_back(list, 100);
+            assert_eq!(
+                spare.capacity(),
+                burst,
+                "kept after {round} small checkpoints"
+            );
+        }
+        let list = filled(spare.take(), 100);
+        spare.give_back(list, 100);
+        assert!(
+            (200..burst).contains(&spare.capacity()),
+            "shrunk to about twice the last use: {}",
+            spare.capacity()
+        );
+    }
+
+    #[test]
+    fn a_large_checkpoint_resets_the_count() {
+        let mut spare = SpareWrites::default();
+        let list = filled(spare.take(), 4000);
+        spare.give_back(list, 4000);
+        let burst = spare.capacity();
+        for i in 0..3 * SPARE_IDLE_CHECKPOINTS {
+            // Every fifth checkpoint uses the whole list again.
+            let used = if i % 5 == 4 { 4000 } else { 100 };
+            let list = filled(spare.take(), used);
+            spare.give_back(list, used);
+            assert_eq!(spare.capacity(), burst, "checkpoint {i}");
+        }
     }
 }
