@@ -190,9 +190,28 @@ pub struct KillPlan<'a> {
 ///
 /// # Panics
 /// When a process cannot be started or waited for.
-pub fn kill_repeatedly(mut command: impl FnMut() -> Command, plan: &KillPlan<'_>) -> usize {
+pub fn kill_repeatedly(command: impl FnMut() -> Command, plan: &KillPlan<'_>) -> usize {
+    crash_repeatedly(command, plan).killed
+}
+
+/// How the processes of a [`KillPlan`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Crashes {
+    /// Killed with SIGKILL while running.
+    pub killed: usize,
+    /// Ended by themselves without success before their SIGKILL (a fail
+    /// point aborts the process).
+    pub aborted: usize,
+}
+
+/// [`kill_repeatedly`], also counting the processes that crashed by
+/// themselves (at a fail point) before their SIGKILL.
+///
+/// # Panics
+/// When a process cannot be started or waited for.
+pub fn crash_repeatedly(mut command: impl FnMut() -> Command, plan: &KillPlan<'_>) -> Crashes {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(plan.seed);
-    let mut kills = 0;
+    let mut crashes = Crashes::default();
     for round in 0..plan.rounds {
         let mut cmd = command();
         if let Some(fp) = plan.failpoints.get(round % plan.every) {
@@ -204,13 +223,17 @@ pub fn kill_repeatedly(mut command: impl FnMut() -> Command, plan: &KillPlan<'_>
         while Instant::now() < deadline && child.try_wait().expect("poll child").is_none() {
             std::thread::sleep(Duration::from_millis(10));
         }
-        if child.try_wait().expect("poll child").is_none() {
-            child.kill().expect("SIGKILL");
-            kills += 1;
+        match child.try_wait().expect("poll child") {
+            None => {
+                child.kill().expect("SIGKILL");
+                crashes.killed += 1;
+            }
+            Some(status) if !status.success() => crashes.aborted += 1,
+            Some(_) => {}
         }
         child.wait().expect("reap child");
     }
-    kills
+    crashes
 }
 
 /// `learner run --until-end --config CONFIG`, its stderr appended to `log`.

@@ -23,7 +23,7 @@ use posterior_tests::log::{LogSpec, generate_records};
 use posterior_tests::oracle::{
     dump_store, first_difference, oracle, oracle_with_savepoints, produce_samples, sorted_lines,
 };
-use posterior_tests::{KillPlan, binary, finish_within, kill_repeatedly, learner_until_end};
+use posterior_tests::{KillPlan, binary, crash_repeatedly, finish_within, learner_until_end};
 use prost::Message as _;
 
 const PARTITIONS: u32 = 2;
@@ -202,7 +202,7 @@ fn commands_on_the_control_topic_apply_at_their_event_times_through_crashes() {
 
     let log = dir.path().join("learner.log");
     let run = || learner_until_end(&config_path, &log);
-    let kills = kill_repeatedly(
+    let crashes = crash_repeatedly(
         run,
         &KillPlan {
             rounds: 8,
@@ -217,7 +217,14 @@ fn commands_on_the_control_topic_apply_at_their_event_times_through_crashes() {
             seed: 5,
         },
     );
-    assert!(kills >= 4, "only {kills} kills landed mid-run");
+    // Six of the eight runs have a fail point: on a fast machine they
+    // reach it (and abort) before their SIGKILL. Either way the run
+    // crashed mid-way.
+    eprintln!("of 8 runs: {crashes:?}");
+    assert!(
+        crashes.killed >= 2 && crashes.killed + crashes.aborted >= 6,
+        "too few crashes landed mid-run: {crashes:?}"
+    );
     let mut last = run().spawn().unwrap();
     let status = finish_within(&mut last, Duration::from_secs(300), &log);
     let text_log = std::fs::read_to_string(&log).unwrap();
