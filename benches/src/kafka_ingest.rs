@@ -5,8 +5,8 @@
 //! the beginning to the high watermarks, in the same process, in turn:
 //!
 //! - `noop`: a plain rdkafka `BaseConsumer` with the learner's consumer
-//!   settings, assigned every partition; per record it only reads the
-//!   payload length.
+//!   settings (`kafka::consumer_config` and the source's own), assigned
+//!   every partition; per record it only reads the payload length.
 //! - `source+engine`: the learner's `KafkaSource` (decode + validate) and
 //!   the engine, publishing to a `NullSink` every 100 ms, like the
 //!   runner's loop without checkpoints (change tracking is not drained).
@@ -22,12 +22,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use posterior_learner::config::{Config, SourceConfig};
-use posterior_learner::kafka::{KafkaSource, Polled};
+use posterior_learner::kafka::{KafkaSource, Polled, consumer_config};
 use posterior_learner::publish::NullSink;
 use posterior_learner::runner::{self, Controls, KafkaRunMode, fresh_engine};
 use posterior_tests::broker::{Broker, Storage};
 use prost::Message as _;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -151,7 +150,7 @@ impl Topic {
     /// The no-op consumer: every record's payload length, nothing else.
     pub fn noop(&self) -> Consumed {
         self.measure(|| {
-            let consumer: BaseConsumer = ClientConfig::new()
+            let consumer: BaseConsumer = consumer_config()
                 .set("bootstrap.servers", self.broker.bootstrap())
                 .set("group.id", "posterior-bench-noop")
                 .set("enable.auto.commit", "false")

@@ -749,6 +749,26 @@ fn default_stall_timeout() -> u64 {
     60_000
 }
 
+/// librdkafka properties every Posterior consumer starts from (the
+/// learner's samples source, control and fallback readers, the
+/// param-server's replicas); configured properties override them.
+///
+/// - `fetch.queue.backoff.ms`: how long librdkafka postpones a partition's
+///   next fetch once its local queue is over `queued.min.messages` or
+///   `queued.max.messages.kbytes`. Its default, 1000 ms, starves a
+///   consumer that drains the queue faster than that: the learner applies
+///   a full 64 MB queue of d = 32 samples in about half a second, then
+///   waited with nothing to read (bench 3 in BENCHMARKS.md: 113 k
+///   records/s with the process 58 % idle). 10 ms costs at most a hundred
+///   queue checks per partition and second while the queue is full.
+/// - `fetch.wait.max.ms`: longest a fetch waits on the broker for new
+///   records (default 500 ms); a resumed partition (backpressure) or a
+///   fresh record is delivered within this.
+pub const CONSUMER_DEFAULTS: [(&str, &str); 2] = [
+    ("fetch.queue.backoff.ms", "10"),
+    ("fetch.wait.max.ms", "100"),
+];
+
 /// librdkafka properties the source sets itself because the delivery
 /// guarantee depends on them.
 pub const RESERVED_PROPERTIES: [&str; 5] = [

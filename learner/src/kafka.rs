@@ -24,7 +24,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::config::{KafkaConfig, StartPosition};
+use crate::config::{CONSUMER_DEFAULTS, KafkaConfig, StartPosition};
 use crate::engine::Payload;
 use crate::file_source::decode_protobuf;
 use crate::params::ParamsRecord;
@@ -80,6 +80,35 @@ pub enum KafkaSourceError {
     },
 }
 
+/// The consumer settings every Posterior consumer starts from (the
+/// learner's sources, its control and fallback readers):
+/// [`CONSUMER_DEFAULTS`]; properties set after these override them.
+pub fn consumer_config() -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (key, value) in CONSUMER_DEFAULTS {
+        client.set(key, value);
+    }
+    client
+}
+
+/// The samples consumer's settings: [`consumer_config`], then the
+/// configured properties, then the ones the delivery guarantee depends on
+/// (which the configuration cannot set: `RESERVED_PROPERTIES`).
+fn source_client(config: &KafkaConfig) -> ClientConfig {
+    let mut client = consumer_config();
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "error")
+        .set("enable.partition.eof", "true");
+    client
+}
+
 /// What one poll returned.
 #[derive(Debug)]
 pub enum Polled {
@@ -116,25 +145,13 @@ impl KafkaSource {
         config: &KafkaConfig,
         next_offsets: &BTreeMap<u32, u64>,
     ) -> Result<Self, KafkaSourceError> {
-        let mut client = ClientConfig::new();
-        // A resumed partition (backpressure) waits at most this long for
-        // its first fetch; configurable through `properties`.
-        client.set("fetch.wait.max.ms", "100");
-        for (key, value) in &config.properties {
-            client.set(key, value);
-        }
-        client
-            .set("bootstrap.servers", &config.brokers)
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "error")
-            .set("enable.partition.eof", "true");
         let consumer: BaseConsumer =
-            client.create().map_err(|source| KafkaSourceError::Client {
-                what: "create consumer".into(),
-                source,
-            })?;
+            source_client(config)
+                .create()
+                .map_err(|source| KafkaSourceError::Client {
+                    what: "create consumer".into(),
+                    source,
+                })?;
         let timeout = Duration::from_millis(config.request_timeout_ms);
         let partitions = topic_partitions(&consumer, &config.topic, timeout)?;
         let partition_count = partitions.len() as u32;
@@ -381,13 +398,12 @@ impl ControlReader {
         config: &crate::config::ControlConfig,
         next_offset: Option<u64>,
     ) -> Result<Self, KafkaSourceError> {
-        let consumer: BaseConsumer = ClientConfig::new()
+        let consumer: BaseConsumer = consumer_config()
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", "posterior-learner-control")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "error")
-            .set("fetch.wait.max.ms", "100")
             .create()
             .map_err(|source| KafkaSourceError::Client {
                 what: "create control consumer".into(),
@@ -519,7 +535,7 @@ impl ParamsTopic {
     /// sequence number (a replayed publication repeats the same one).
     pub fn read(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let consumer: BaseConsumer = ClientConfig::new()
+        let consumer: BaseConsumer = consumer_config()
             .set("bootstrap.servers", brokers)
             .set("group.id", "posterior-learner-fallback")
             .set("enable.auto.commit", "false")
@@ -657,4 +673,51 @@ pub fn send_control(
     let offset =
         delivered.map_err(|err| anyhow::anyhow!("deliver to {:?}: {err}", config.topic))?;
     Ok(offset as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka_config(properties: &[(&str, &str)]) -> KafkaConfig {
+        let toml = format!(
+            "brokers = \"127.0.0.1:9\"\n[properties]\n{}",
+            properties
+                .iter()
+                .map(|(k, v)| format!("{k:?} = {v:?}\n"))
+                .collect::<String>()
+        );
+        toml::from_str(&toml).expect("a kafka source config")
+    }
+
+    #[test]
+    fn consumers_back_off_briefly_when_their_queue_is_full() {
+        let backoff = |client: &ClientConfig| {
+            client
+                .get("fetch.queue.backoff.ms")
+                .map(|ms| ms.parse::<u64>().expect("milliseconds"))
+        };
+        // librdkafka's default is 1000 ms (see `CONSUMER_DEFAULTS`).
+        assert!(backoff(&consumer_config()).is_some_and(|ms| ms <= 50));
+        let source = source_client(&kafka_config(&[]));
+        assert!(backoff(&source).is_some_and(|ms| ms <= 50));
+        assert_eq!(source.get("fetch.wait.max.ms"), Some("100"));
+        assert_eq!(source.get("auto.offset.reset"), Some("error"));
+    }
+
+    #[test]
+    fn configured_properties_override_the_defaults_but_not_the_guarantee() {
+        let source = source_client(&kafka_config(&[
+            ("fetch.queue.backoff.ms", "250"),
+            ("fetch.wait.max.ms", "20"),
+            ("queued.max.messages.kbytes", "1024"),
+            // Refused by `Config::validate`; even unvalidated, it loses.
+            ("enable.auto.commit", "true"),
+        ]));
+        assert_eq!(source.get("fetch.queue.backoff.ms"), Some("250"));
+        assert_eq!(source.get("fetch.wait.max.ms"), Some("20"));
+        assert_eq!(source.get("queued.max.messages.kbytes"), Some("1024"));
+        assert_eq!(source.get("enable.auto.commit"), Some("false"));
+        assert_eq!(source.get("bootstrap.servers"), Some("127.0.0.1:9"));
+    }
 }

@@ -421,7 +421,20 @@ fn fits(snapshot: &Snapshot, watermarks: &BTreeMap<u32, (u64, u64)>) -> bool {
 }
 
 fn consumer(config: &KafkaFeedConfig) -> Result<BaseConsumer, ReplicaError> {
+    client_config(config)
+        .create()
+        .map_err(kafka_error(&config.topic, "create the consumer".into()))
+}
+
+/// The replica consumer's settings: the learner's consumer defaults
+/// (`fetch.queue.backoff.ms` above all: with librdkafka's 1 s a replica
+/// applying a full queue waited a second per refill), the configured
+/// properties, then what the replica's reading depends on.
+fn client_config(config: &KafkaFeedConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
+    for (key, value) in posterior_learner::config::CONSUMER_DEFAULTS {
+        client.set(key, value);
+    }
     for (key, value) in &config.properties {
         client.set(key, value);
     }
@@ -433,9 +446,8 @@ fn consumer(config: &KafkaFeedConfig) -> Result<BaseConsumer, ReplicaError> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .create()
-        .map_err(kafka_error(&config.topic, "create the consumer".into()))
+        .set("enable.partition.eof", "true");
+    client
 }
 
 /// (oldest offset, high watermark) of every partition of `topic`.
@@ -482,5 +494,36 @@ fn kafka_error(topic: &str, what: String) -> impl FnOnce(KafkaError) -> ReplicaE
         topic,
         what,
         source: Box::new(source),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(properties: &[(&str, &str)]) -> KafkaFeedConfig {
+        let toml = format!(
+            "brokers = \"127.0.0.1:9\"\n[properties]\n{}",
+            properties
+                .iter()
+                .map(|(k, v)| format!("{k:?} = {v:?}\n"))
+                .collect::<String>()
+        );
+        toml::from_str(&toml).expect("a kafka feed config")
+    }
+
+    #[test]
+    fn the_replica_consumer_starts_from_the_learners_defaults() {
+        let client = client_config(&feed(&[]));
+        for (key, value) in posterior_learner::config::CONSUMER_DEFAULTS {
+            assert_eq!(client.get(key), Some(value), "{key}");
+        }
+        let client = client_config(&feed(&[
+            ("fetch.queue.backoff.ms", "500"),
+            ("enable.partition.eof", "false"),
+        ]));
+        assert_eq!(client.get("fetch.queue.backoff.ms"), Some("500"));
+        // The replica's readiness depends on end-of-partition events.
+        assert_eq!(client.get("enable.partition.eof"), Some("true"));
     }
 }
