@@ -769,6 +769,12 @@ pub const CONSUMER_DEFAULTS: [(&str, &str); 2] = [
     ("fetch.wait.max.ms", "100"),
 ];
 
+/// librdkafka properties of the learner's producers (the `params` topic,
+/// dead letters, control commands): every replica acknowledges a record
+/// before it counts as delivered, and a batch waits at most 5 ms for more
+/// records (freshness through Kafka pays it once per publish).
+pub const PRODUCER_SETTINGS: [(&str, &str); 2] = [("acks", "all"), ("linger.ms", "5")];
+
 /// librdkafka properties the source sets itself because the delivery
 /// guarantee depends on them.
 pub const RESERVED_PROPERTIES: [&str; 5] = [

@@ -14,6 +14,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
+use crate::config::PRODUCER_SETTINGS;
 use crate::kafka::topic_partitions;
 
 /// Records librdkafka may hold in its queue before `send` waits.
@@ -74,10 +75,12 @@ impl CheckedProducer {
             reason,
         };
         let deliveries = Deliveries::default();
-        let producer: BaseProducer<Deliveries> = ClientConfig::new()
+        let mut client = ClientConfig::new();
+        for (key, value) in PRODUCER_SETTINGS {
+            client.set(key, value);
+        }
+        let producer: BaseProducer<Deliveries> = client
             .set("bootstrap.servers", brokers)
-            .set("acks", "all")
-            .set("linger.ms", "5")
             .set("queue.buffering.max.messages", QUEUE_MESSAGES_MAX)
             .create_with_context(deliveries.clone())
             .map_err(|e| error(format!("create producer: {e}")))?;

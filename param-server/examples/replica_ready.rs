@@ -21,18 +21,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use posterior_learner::params::{ANNOUNCEMENT_KEY, announcement_to_wire, update_to_wire};
-use posterior_learner::posterior::{
-    CovarianceForm, DiagonalGaussian, LogisticPrior, ModelKind, ModelSpec,
-};
-use posterior_learner::registry::{VersionEntry, VersionId};
-use posterior_learner::{KeyState, Posterior, RewardSpec, VersionSpec};
+use posterior_learner::VersionSpec;
+use posterior_learner::params::update_to_wire;
 use posterior_param_server::ParamStore;
 use posterior_param_server::config::{FeedConfig, KafkaFeedConfig, SnapshotConfig};
 use posterior_param_server::replica::Replica;
 use prost::Message as _;
-use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use rdkafka::producer::Producer as _;
+
+#[path = "common/kafka_params.rs"]
+mod kafka_params;
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]
@@ -60,72 +58,25 @@ struct Args {
     skip_produce: bool,
 }
 
-fn spec(dim: usize) -> Result<VersionSpec> {
-    let prior = LogisticPrior::isotropic(CovarianceForm::Diagonal, dim, 1.0)?;
-    Ok(VersionSpec {
-        name: "ctr-logistic".into(),
-        model: ModelSpec::new(ModelKind::Logistic(prior)),
-        reward: RewardSpec::binary("click"),
-        use_sample_weight: false,
-    })
-}
-
-/// A distinct, valid state per doc.
-fn state(doc_id: u64, dim: usize) -> Result<KeyState> {
-    let x = (doc_id % 1000) as f64 / 1000.0;
-    let mean = (0..dim).map(|i| x - i as f64 * 0.01).collect();
-    let precision = (0..dim).map(|i| 1.0 + x + i as f64).collect();
-    Ok(KeyState {
-        seq: 1 + doc_id % 7,
-        sample_count: 1.0 + x,
-        updated_event_time_ms: 1_700_000_000_000 + doc_id as i64,
-        posterior: Posterior::Diagonal(DiagonalGaussian::from_parts(mean, precision)?),
-    })
-}
-
 fn produce(args: &Args, spec: &VersionSpec) -> Result<Duration> {
     let start = Instant::now();
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "500000")
-        .set("acks", "1")
-        .create()
-        .context("create producer")?;
-    let announcement = announcement_to_wire(&[VersionEntry {
-        id: VersionId(0),
-        spec: spec.clone(),
-        retired: false,
-    }])
-    .encode_to_vec();
-    let send = |partition: u32, key: &[u8], value: &[u8]| -> Result<()> {
-        let mut record = BaseRecord::to(&args.topic)
-            .partition(partition as i32)
-            .key(key)
-            .payload(value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((err, back)) => {
-                    anyhow::ensure!(
-                        err.rdkafka_error_code()
-                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                        "produce: {err}"
-                    );
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-    };
-    for partition in 0..args.partitions {
-        send(partition, ANNOUNCEMENT_KEY, &announcement)?;
-    }
+    // Larger batches than the learner's (a bulk load, not a stream).
+    let producer = kafka_params::producer(
+        &args.brokers,
+        &[
+            ("linger.ms", "20"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "500000"),
+        ],
+    )?;
+    kafka_params::announce(&producer, &args.topic, args.partitions, spec)?;
     for doc_id in 0..args.keys {
         let key = format!("{}/{doc_id}", spec.name);
-        let value = update_to_wire(&spec.name, doc_id, &state(doc_id, args.dim)?).encode_to_vec();
-        send(
+        let state = kafka_params::state(doc_id, 1 + doc_id % 7, args.dim)?;
+        let value = update_to_wire(&spec.name, doc_id, &state).encode_to_vec();
+        kafka_params::send(
+            &producer,
+            &args.topic,
             (doc_id % u64::from(args.partitions)) as u32,
             key.as_bytes(),
             &value,
@@ -160,7 +111,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let spec = spec(args.dim)?;
+    let spec = kafka_params::spec(args.dim)?;
     let temp = tempfile::tempdir().context("temporary directory")?;
     let dir = args
         .snapshot_dir
