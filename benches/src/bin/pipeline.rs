@@ -93,6 +93,11 @@ enum Bench {
         /// Rounds of (no-op, source + engine, runner).
         #[arg(long, default_value_t = 2)]
         rounds: usize,
+        /// Docs the records spread over (uniformly). At the default, most
+        /// records create their key (a cold start); with fewer keys most
+        /// update an existing one, as in a learner that has been running.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
     },
     /// Bench 4: checkpoints of ~100 k changed keys, stalls, restore.
     Checkpoint {
@@ -142,12 +147,16 @@ fn main() -> Result<()> {
             beta_samples,
             test_log_records,
         } => file(logistic_samples, beta_samples, test_log_records),
-        Bench::Kafka { records, rounds } => kafka(records, rounds),
+        Bench::Kafka {
+            records,
+            rounds,
+            keys,
+        } => kafka(records, rounds, keys),
         Bench::Checkpoint { checkpoints, defer } => checkpoint(checkpoints, defer),
         Bench::All => {
             engine(4_000_000, 10_000_000, None, &EngineKnobs::default())?;
             file(2_000_000, 5_000_000, 1_000_000)?;
-            kafka(1_000_000, 2)?;
+            kafka(1_000_000, 2, 1_000_000)?;
             checkpoint(10, false)
         }
     }?;
@@ -348,9 +357,12 @@ fn consumed_row(label: &str, c: &Consumed, noop: f64) {
     );
 }
 
-fn kafka(records: u64, rounds: usize) -> Result<()> {
-    println!("\n### Bench 3: Kafka ingest, nisshi (memory storage), 4 partitions\n");
-    let spec = WorkloadSpec::new(LOGISTIC);
+fn kafka(records: u64, rounds: usize, keys: u64) -> Result<()> {
+    println!("\n### Bench 3: Kafka ingest, nisshi (memory storage), 4 partitions, {keys} keys\n");
+    let spec = WorkloadSpec {
+        keys,
+        ..WorkloadSpec::new(LOGISTIC)
+    };
     let topic = kafka_ingest::fill(spec, records);
     println!(
         "topic: {} records, {} MB of values, produced in {:.1} s ({} records/s); broker pid {:?}\n",
