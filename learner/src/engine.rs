@@ -878,6 +878,7 @@ impl Engine {
     fn process(&mut self, origin: OrderKey, sample: Sample) {
         for (key, batch) in self.batcher.due(origin.event_time_ms) {
             self.apply(key, &batch);
+            self.batcher.recycle(batch);
         }
         if let (Some(dedup), Some(id)) = (self.dedup.as_mut(), sample.sample_id.as_deref())
             && dedup.check(id, origin.event_time_ms)
@@ -933,6 +934,7 @@ impl Engine {
             self.dirty.pending.insert(key);
             if let Some(batch) = self.batcher.push(key, obs) {
                 self.apply(key, &batch);
+                self.batcher.recycle(batch);
             }
         }
     }
