@@ -59,11 +59,22 @@ impl PendingObservation {
 }
 
 /// A key's pending batch.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PendingBatch {
     /// Observations in release order.
     pub observations: Vec<PendingObservation>,
     positives: usize,
+    /// The store's pending table holds this batch (as of some checkpoint).
+    stored: bool,
+    /// Changed since the last checkpoint; listed in `Batcher::changed`.
+    unstored: bool,
+}
+
+impl PartialEq for PendingBatch {
+    /// Equal observations; where the store stands is not compared.
+    fn eq(&self, other: &Self) -> bool {
+        self.observations == other.observations && self.positives == other.positives
+    }
 }
 
 /// Every key's pending batch.
@@ -85,6 +96,21 @@ pub struct Batcher {
     /// Emptied observation vectors of applied batches, for new batches
     /// (a batch of one sample no longer costs an allocation and a free).
     spare: Vec<Vec<PendingObservation>>,
+    /// Keys whose batch changed since the last checkpoint, each once (the
+    /// mark is in the batch, so marking costs no lookup in a set).
+    changed: Vec<ParamKey>,
+    /// Keys whose stored batch was taken since the last checkpoint: the
+    /// store's entry must go, unless the key has a new batch by then.
+    gone: Vec<ParamKey>,
+}
+
+/// What a checkpoint writes to the store's pending table.
+#[derive(Debug, Default, PartialEq)]
+pub struct PendingChanges<'a> {
+    /// Keys whose entry is deleted, ascending.
+    pub deletes: Vec<ParamKey>,
+    /// Keys and their batches to write, ascending by key.
+    pub puts: Vec<(ParamKey, &'a [PendingObservation])>,
 }
 
 /// Emptied batch vectors kept for reuse.
@@ -138,8 +164,12 @@ impl Batcher {
         let spare = &mut self.spare;
         let batch = self.pending.get_or_insert_with(key, || PendingBatch {
             observations: spare.pop().unwrap_or_default(),
-            positives: 0,
+            ..PendingBatch::default()
         });
+        if !batch.unstored {
+            batch.unstored = true;
+            self.changed.push(key);
+        }
         if batch.observations.is_empty() && self.policy.max_age_ms.is_some() {
             // Only the age trigger reads the queue.
             let t = obs.origin.event_time_ms;
@@ -214,6 +244,7 @@ impl Batcher {
         let mut keys: Vec<ParamKey> = self.pending.keys().copied().collect();
         keys.sort_unstable();
         let drained = keys.into_iter().map(|k| (k, self.take(k))).collect();
+        self.changed.clear();
         self.by_age.clear();
         self.by_age_unsorted = false;
         drained
@@ -229,7 +260,56 @@ impl Batcher {
         self.pending.iter()
     }
 
-    /// Restores a key's pending batch from a checkpoint.
+    /// The writes that bring the store's pending table up to date: a put
+    /// per batch changed since the last call, a delete per stored batch
+    /// taken since (and not replaced). From here on the batches written
+    /// count as stored.
+    pub fn take_changes(&mut self) -> PendingChanges<'_> {
+        let mut gone = std::mem::take(&mut self.gone);
+        gone.sort_unstable();
+        gone.dedup();
+        // A key with a batch again is written, not deleted.
+        gone.retain(|key| !self.pending.contains_key(key));
+        let mut changed = std::mem::take(&mut self.changed);
+        changed.sort_unstable();
+        // Taken and started again since: listed twice.
+        changed.dedup();
+        for key in &changed {
+            if let Some(batch) = self.pending.get_mut(key) {
+                batch.unstored = false;
+                batch.stored = true;
+            }
+        }
+        // Taken since they changed: nothing to put (a stored one is in
+        // `gone`).
+        changed.retain(|key| self.pending.contains_key(key));
+        let puts = changed
+            .iter()
+            .map(|key| {
+                let batch = self.pending.get(key).expect("retained above");
+                (*key, batch.observations.as_slice())
+            })
+            .collect();
+        PendingChanges {
+            deletes: gone,
+            puts,
+        }
+    }
+
+    /// Forgets what the store holds, so the next [`Self::take_changes`]
+    /// writes every batch (for a complete checkpoint into an empty store).
+    pub fn mark_all_unstored(&mut self) {
+        self.gone.clear();
+        self.changed.clear();
+        for (key, batch) in self.pending.iter_mut() {
+            batch.stored = false;
+            batch.unstored = true;
+            self.changed.push(*key);
+        }
+    }
+
+    /// Restores a key's pending batch from a checkpoint (it counts as
+    /// stored).
     pub fn restore(&mut self, key: ParamKey, observations: Vec<PendingObservation>) {
         if let Some(first) = observations.first() {
             if self.policy.max_age_ms.is_some() {
@@ -242,6 +322,8 @@ impl Batcher {
                 PendingBatch {
                     observations,
                     positives,
+                    stored: true,
+                    unstored: false,
                 },
             );
         }
@@ -263,12 +345,18 @@ impl Batcher {
         keys
     }
 
-    /// Removes a key's batch (its entry in the age queue goes stale).
+    /// Removes a key's batch (its entry in the age queue goes stale; a
+    /// stored one is listed for deletion).
     fn take(&mut self, key: ParamKey) -> Vec<PendingObservation> {
-        self.pending
-            .remove(&key)
-            .map(|b| b.observations)
-            .unwrap_or_default()
+        match self.pending.remove(&key) {
+            Some(batch) => {
+                if batch.stored {
+                    self.gone.push(key);
+                }
+                batch.observations
+            }
+            None => Vec::new(),
+        }
     }
 }
 
@@ -401,6 +489,63 @@ mod tests {
     }
 
     #[test]
+    fn checkpoints_write_changed_batches_and_delete_applied_stored_ones() {
+        let mut b = Batcher::new(BatchPolicy {
+            max_samples: 2,
+            ..BatchPolicy::default()
+        });
+        b.push(key(1), obs(1, false));
+        b.push(key(2), obs(2, false));
+        let first = b.take_changes();
+        assert_eq!(first.deletes, []);
+        assert_eq!(
+            first
+                .puts
+                .iter()
+                .map(|(k, o)| (k.doc_id, o.len()))
+                .collect::<Vec<_>>(),
+            [(1, 1), (2, 1)]
+        );
+        assert_eq!(
+            b.take_changes(),
+            PendingChanges::default(),
+            "nothing changed"
+        );
+        // Key 1 is applied (stored: delete); key 3 is pushed and applied
+        // in between (never stored: nothing); key 2 is applied and starts
+        // again (stored: the new batch overwrites it, no delete).
+        assert!(b.push(key(1), obs(3, false)).is_some());
+        b.push(key(3), obs(4, false));
+        assert!(b.push(key(3), obs(5, false)).is_some());
+        assert!(b.push(key(2), obs(6, false)).is_some());
+        b.push(key(2), obs(7, false));
+        let second = b.take_changes();
+        assert_eq!(second.deletes, [key(1)]);
+        assert_eq!(
+            second
+                .puts
+                .iter()
+                .map(|(k, o)| (k.doc_id, o[0].origin.event_time_ms))
+                .collect::<Vec<_>>(),
+            [(2, 7)]
+        );
+        // Into an empty store: every batch again.
+        b.mark_all_unstored();
+        let full = b.take_changes();
+        assert_eq!(full.deletes, []);
+        assert_eq!(full.puts.len(), 1);
+        // A restored batch counts as stored.
+        let mut restored = Batcher::new(BatchPolicy {
+            max_samples: 2,
+            ..BatchPolicy::default()
+        });
+        restored.restore(key(5), vec![obs(8, false)]);
+        assert_eq!(restored.take_changes(), PendingChanges::default());
+        assert!(restored.push(key(5), obs(9, false)).is_some());
+        assert_eq!(restored.take_changes().deletes, [key(5)]);
+    }
+
+    #[test]
     fn recycled_vectors_come_back_empty() {
         let mut b = Batcher::new(BatchPolicy {
             max_samples: 2,
@@ -475,12 +620,33 @@ mod tests {
             let policy = BatchPolicy { max_samples, max_positives, max_age_ms };
             let mut b = Batcher::new(policy);
             let mut model = Model::default();
+            let mut store = std::collections::BTreeMap::new();
             let mut now = 0_i64;
             for (i, (op, doc, dt, reward)) in steps.into_iter().enumerate() {
                 // Mostly release order; sometimes a step back in time.
                 now = (now + dt).max(0);
                 match op {
                     0 => proptest::prop_assert_eq!(b.due(now), model.due(policy, now)),
+                    // A checkpoint (now and then into an empty store): the
+                    // store then holds exactly the pending batches.
+                    9 => {
+                        if doc == 0 {
+                            store.clear();
+                            b.mark_all_unstored();
+                        }
+                        let changes = b.take_changes();
+                        for key in &changes.deletes {
+                            proptest::prop_assert!(store.remove(key).is_some(), "delete of a key not stored");
+                        }
+                        for (key, batch) in changes.puts {
+                            store.insert(key, batch.to_vec());
+                        }
+                        let pending: std::collections::BTreeMap<_, _> = b
+                            .iter()
+                            .map(|(k, batch)| (*k, batch.observations.clone()))
+                            .collect();
+                        proptest::prop_assert_eq!(&store, &pending);
+                    }
                     1 => {
                         let version = VersionId(u32::from(doc % 2 == 0));
                         let got = b.remove_version(version);

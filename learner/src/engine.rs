@@ -21,7 +21,7 @@ use crate::batcher::{BatchPolicy, Batcher, PendingObservation};
 use crate::control::{Command, Outcome, Scheduled, forked_spec};
 use crate::deadletter::DeadLetter;
 use crate::dedup::Dedup;
-use crate::keymap::{KeyMap, KeySet, ONE_SHARD};
+use crate::keymap::KeyMap;
 use crate::posterior::KeyState;
 use crate::prefetch::{prefetch, prefetch_slice};
 use crate::registry::{ParamKey, Registry, RegistryError, VersionId};
@@ -158,9 +158,6 @@ pub struct Engine {
     counters: Counters,
     stats: EngineStats,
     dirty: Dirty,
-    /// Keys whose pending batch the last checkpoint stored: only those
-    /// need a delete when their batch is applied.
-    stored_pending: KeySet<ONE_SHARD>,
     control: ControlState,
 }
 
@@ -221,13 +218,12 @@ pub enum ScheduleResult {
     Duplicate,
 }
 
-/// What changed since the last checkpoint delta (the reorder buffer
-/// tracks its own changes).
+/// What changed since the last checkpoint delta (the reorder buffer,
+/// the sample log and the batcher track their own changes).
 #[derive(Debug, Default)]
 struct Dirty {
     /// Each key once: see [`Slot::unstored`].
     params: Vec<ParamKey>,
-    pending: KeySet<ONE_SHARD>,
 }
 
 /// One key of the parameter table.
@@ -296,7 +292,6 @@ impl Engine {
             counters: Counters::default(),
             stats: EngineStats::default(),
             dirty: Dirty::default(),
-            stored_pending: KeySet::default(),
             control: ControlState::default(),
         }
     }
@@ -649,11 +644,6 @@ impl Engine {
             );
         }
         let dropped = self.batcher.remove_version(id);
-        for key in &dropped {
-            if self.stored_pending.contains(key) {
-                self.dirty.pending.insert(*key);
-            }
-        }
         Ok(format!(
             "rolled {version:?} back: {} keys from the savepoint ({created} it alone held), \
              {reset} keys it lacked reset to the prior, {} pending micro-batches dropped",
@@ -931,7 +921,6 @@ impl Engine {
             // Nothing was pending for the key and nothing will be.
             self.apply(key, std::slice::from_ref(&obs));
         } else {
-            self.dirty.pending.insert(key);
             if let Some(batch) = self.batcher.push(key, obs) {
                 self.apply(key, &batch);
                 self.batcher.recycle(batch);
@@ -940,12 +929,6 @@ impl Engine {
     }
 
     fn apply(&mut self, key: ParamKey, batch: &[PendingObservation]) {
-        // The key's pending batch is gone (flushed), whatever the outcome:
-        // the store must drop it if a checkpoint wrote it. A batch pushed
-        // since the last checkpoint is already marked (see `process`).
-        if !self.stored_pending.is_empty() && self.stored_pending.contains(&key) {
-            self.dirty.pending.insert(key);
-        }
         let spec = &self
             .registry
             .get(key.version)

@@ -242,62 +242,6 @@ impl<'a, V> Iterator for Iter<'a, V> {
 
 impl<V> ExactSizeIterator for Iter<'_, V> {}
 
-/// A set of [`ParamKey`]s in `N` shards, like [`KeyMap`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct KeySet<const N: usize = SHARDS>(KeyMap<(), N>);
-
-impl<const N: usize> FromIterator<ParamKey> for KeySet<N> {
-    fn from_iter<I: IntoIterator<Item = ParamKey>>(keys: I) -> Self {
-        let mut set = Self::default();
-        for key in keys {
-            set.insert(key);
-        }
-        set
-    }
-}
-
-impl<const N: usize> KeySet<N> {
-    /// Number of keys.
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are no keys.
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Whether `key` is in the set.
-    #[inline]
-    pub fn contains(&self, key: &ParamKey) -> bool {
-        self.0.contains_key(key)
-    }
-
-    /// Adds `key`; returns whether it was absent.
-    #[inline]
-    pub fn insert(&mut self, key: ParamKey) -> bool {
-        self.0.insert(key, ()).is_none()
-    }
-
-    /// Removes `key`; returns whether it was present.
-    #[inline]
-    pub fn remove(&mut self, key: &ParamKey) -> bool {
-        self.0.remove(key).is_some()
-    }
-
-    /// Removes every key, keeping the capacity.
-    pub fn clear(&mut self) {
-        self.0.clear();
-    }
-
-    /// Removes and returns every key, keeping the capacity.
-    pub fn drain(&mut self) -> Vec<ParamKey> {
-        self.0.drain().into_iter().map(|(key, ())| key).collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -442,24 +386,5 @@ mod tests {
         let map: KeyMap<u8> = KeyMap::with_capacity(100 * SHARDS);
         assert!(map.shards.iter().all(|s| s.capacity() >= 100));
         assert!(map.is_empty());
-    }
-
-    #[test]
-    fn a_set_answers_like_a_set() {
-        let mut set = KeySet::<SHARDS>::default();
-        assert!(set.insert(key(1, 7)));
-        assert!(!set.insert(key(1, 7)));
-        assert!(set.insert(key(2, 7)));
-        assert!(set.contains(&key(1, 7)) && !set.contains(&key(1, 8)));
-        assert_eq!(set.len(), 2);
-        assert!(set.remove(&key(1, 7)));
-        assert!(!set.remove(&key(1, 7)));
-        let mut drained = set.drain();
-        drained.sort_unstable();
-        assert_eq!(drained, vec![key(2, 7)]);
-        assert!(set.is_empty());
-        set.insert(key(3, 3));
-        set.clear();
-        assert_eq!(set.len(), 0);
     }
 }

@@ -9,7 +9,7 @@ use super::{ControlState, Dirty, Engine, EngineConfig, EngineStats, Slot};
 use crate::batcher::Batcher;
 use crate::codec::{self, CorruptState, Table};
 use crate::dedup::Dedup;
-use crate::keymap::{KeyMap, KeySet};
+use crate::keymap::KeyMap;
 use crate::meta;
 use crate::posterior::KeyState;
 use crate::registry::ParamKey;
@@ -121,13 +121,10 @@ impl Engine {
     /// thread: [`sort_param_puts`]); returns their number.
     pub fn checkpoint_delta_into(&mut self, writes: &mut Vec<Write>) -> usize {
         let mut dirty_params = std::mem::take(&mut self.dirty.params);
-        let mut dirty_pending = self.dirty.pending.drain();
-        dirty_pending.sort_unstable();
         let log = self.log.take_changes(self.released_below_ms);
         let dedup = self.dedup.as_mut().map(Dedup::take_changes);
         writes.reserve(
             dirty_params.len()
-                + dirty_pending.len()
                 + log.deletes.len()
                 + log.puts.len()
                 + dedup.as_ref().map_or(0, BTreeMap::len)
@@ -141,24 +138,23 @@ impl Engine {
         let params = dirty_params.len();
         dirty_params.clear();
         self.dirty.params = dirty_params;
-        for key in dirty_pending {
-            match self.batcher.get(key) {
-                Some(batch) => {
-                    self.stored_pending.insert(key);
-                    writes.push(Write::Put(
-                        Table::Pending,
-                        codec::param_key(key),
-                        codec::pending_bytes(batch),
-                    ));
-                }
-                // A batch applied without ever being stored (every batch of
-                // one) leaves nothing to delete.
-                None if self.stored_pending.remove(&key) => {
-                    writes.push(Write::Delete(Table::Pending, codec::param_key(key)));
-                }
-                None => {}
-            }
-        }
+        // A batch applied without ever being stored (every batch of one)
+        // leaves nothing to delete.
+        let pending = self.batcher.take_changes();
+        writes.reserve(pending.deletes.len() + pending.puts.len());
+        writes.extend(
+            pending
+                .deletes
+                .into_iter()
+                .map(|key| Write::Delete(Table::Pending, codec::param_key(key))),
+        );
+        writes.extend(pending.puts.into_iter().map(|(key, batch)| {
+            Write::Put(
+                Table::Pending,
+                codec::param_key(key),
+                codec::pending_bytes(batch),
+            )
+        }));
         writes.extend(
             log.deletes
                 .into_iter()
@@ -229,11 +225,8 @@ impl Engine {
             slot.unstored = true;
             params.push(*key);
         }
-        self.dirty = Dirty {
-            params,
-            pending: self.batcher.iter().map(|(k, _)| *k).collect(),
-        };
-        self.stored_pending.clear();
+        self.dirty = Dirty { params };
+        self.batcher.mark_all_unstored();
         self.log.rewrite(&self.buffer, self.released_below_ms);
         let mut writes = self.checkpoint_delta();
         if let Some(dedup) = self.dedup.as_ref() {
@@ -301,11 +294,9 @@ impl Engine {
             params.insert(key, Slot::clean(state));
         }
         let mut batcher = Batcher::new(config.batch);
-        let mut stored_pending = KeySet::default();
         for (k, v) in read(Table::Pending) {
             let key = codec::param_key_from(Table::Pending, &k)?;
             batcher.restore(key, codec::pending_from(&k, &v)?);
-            stored_pending.insert(key);
         }
         let mut buffer = ReorderBuffer::new(config.reorder_capacity);
         let log = SampleLog::restore(read(Table::Reorder), released_below_ms, &mut buffer)?;
@@ -337,7 +328,6 @@ impl Engine {
             counters,
             stats: EngineStats::default(),
             dirty: Dirty::default(),
-            stored_pending,
             control: ControlState::restore(backlog),
         };
         for key in engine.params.keys() {
