@@ -98,6 +98,10 @@ enum Bench {
         /// update an existing one, as in a learner that has been running.
         #[arg(long, default_value_t = 1_000_000)]
         keys: u64,
+        /// The records' model: Beta samples (no context, ~40-byte
+        /// records) instead of the default logistic d = 32 (~160 bytes).
+        #[arg(long)]
+        beta: bool,
     },
     /// Bench 4: checkpoints of ~100 k changed keys, stalls, restore.
     Checkpoint {
@@ -151,12 +155,18 @@ fn main() -> Result<()> {
             records,
             rounds,
             keys,
-        } => kafka(records, rounds, keys),
+            beta,
+        } => kafka(
+            records,
+            rounds,
+            keys,
+            if beta { Model::Beta } else { LOGISTIC },
+        ),
         Bench::Checkpoint { checkpoints, defer } => checkpoint(checkpoints, defer),
         Bench::All => {
             engine(4_000_000, 10_000_000, None, &EngineKnobs::default())?;
             file(2_000_000, 5_000_000, 1_000_000)?;
-            kafka(1_000_000, 2, 1_000_000)?;
+            kafka(1_000_000, 2, 1_000_000, LOGISTIC)?;
             checkpoint(10, false)
         }
     }?;
@@ -357,11 +367,14 @@ fn consumed_row(label: &str, c: &Consumed, noop: f64) {
     );
 }
 
-fn kafka(records: u64, rounds: usize, keys: u64) -> Result<()> {
-    println!("\n### Bench 3: Kafka ingest, nisshi (memory storage), 4 partitions, {keys} keys\n");
+fn kafka(records: u64, rounds: usize, keys: u64, model: Model) -> Result<()> {
+    println!(
+        "\n### Bench 3: Kafka ingest, nisshi (memory storage), 4 partitions, {keys} keys, {}\n",
+        model.name()
+    );
     let spec = WorkloadSpec {
         keys,
-        ..WorkloadSpec::new(LOGISTIC)
+        ..WorkloadSpec::new(model)
     };
     let topic = kafka_ingest::fill(spec, records);
     println!(
@@ -375,7 +388,7 @@ fn kafka(records: u64, rounds: usize, keys: u64) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let bootstrap = topic.broker.bootstrap();
     let config = BenchConfig {
-        model: LOGISTIC,
+        model,
         batching: Batching::Single,
         dir: dir.path(),
         source: SourceToml::Kafka(&bootstrap),
