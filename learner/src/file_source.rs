@@ -65,8 +65,18 @@ pub fn decode_json(line: &[u8]) -> Payload {
     }
 }
 
-/// Decodes one protobuf `JoinedSample`.
+/// Decodes one protobuf `JoinedSample`: [`Sample::from_wire_fast`] when it
+/// can, prost and [`Sample::try_from`] otherwise (the same sample, or the
+/// error naming what is wrong).
 pub fn decode_protobuf(bytes: &[u8]) -> Payload {
+    if let Some(sample) = Sample::from_wire_fast(bytes) {
+        return Payload::Sample(sample);
+    }
+    decode_protobuf_general(bytes)
+}
+
+/// [`decode_protobuf`] without the fast path.
+pub fn decode_protobuf_general(bytes: &[u8]) -> Payload {
     match JoinedSample::decode(bytes) {
         Ok(wire) => validated(wire),
         Err(e) => Payload::Invalid {
@@ -281,5 +291,108 @@ mod tests {
         ));
         let mut resumed = FileSource::open(&path, Format::Protobuf, records[2].0).unwrap();
         assert_eq!(resumed.next_record().unwrap().unwrap(), records[2]);
+    }
+
+    /// Raw fields appended to an encoded sample.
+    fn extra_fields(extras: &[(u8, String, u32)]) -> Vec<u8> {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        let mut out = Vec::new();
+        for (kind, name, bits) in extras {
+            match kind % 5 {
+                // A label entry (names repeat: the last must win).
+                0 => {
+                    let mut entry = Vec::new();
+                    encode_key(1, WireType::LengthDelimited, &mut entry);
+                    encode_varint(name.len() as u64, &mut entry);
+                    entry.extend_from_slice(name.as_bytes());
+                    encode_key(2, WireType::ThirtyTwoBit, &mut entry);
+                    entry.extend_from_slice(&bits.to_le_bytes());
+                    encode_key(5, WireType::LengthDelimited, &mut out);
+                    encode_varint(entry.len() as u64, &mut out);
+                    out.extend_from_slice(&entry);
+                }
+                // An unpacked context value.
+                1 => {
+                    encode_key(4, WireType::ThirtyTwoBit, &mut out);
+                    out.extend_from_slice(&bits.to_le_bytes());
+                }
+                // The version again (the last wins).
+                2 => {
+                    encode_key(2, WireType::LengthDelimited, &mut out);
+                    encode_varint(name.len() as u64, &mut out);
+                    out.extend_from_slice(name.as_bytes());
+                }
+                // An unknown field.
+                3 => {
+                    encode_key(9, WireType::Varint, &mut out);
+                    encode_varint(u64::from(*bits), &mut out);
+                }
+                // The weight again.
+                _ => {
+                    encode_key(6, WireType::ThirtyTwoBit, &mut out);
+                    out.extend_from_slice(&bits.to_le_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    fn float() -> impl proptest::strategy::Strategy<Value = f32> {
+        use proptest::prelude::*;
+        prop_oneof![
+            8 => -10.0_f32..10.0,
+            1 => Just(0.0_f32),
+            1 => Just(-0.0_f32),
+            1 => Just(f32::NAN),
+            1 => Just(f32::INFINITY),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The fast decoder accepts only what the general one accepts,
+        /// as the same sample; plain encodings of valid samples take it.
+        #[test]
+        fn the_fast_decoder_agrees_with_prost(
+            doc_id in proptest::num::u64::ANY,
+            version in "(|v|ctr-ts|ÿ)",
+            event_time_ms in proptest::num::i64::ANY,
+            context in proptest::collection::vec(float(), 0..6),
+            labels in proptest::collection::vec(("(|click|cart|dwell)", float()), 0..4),
+            weight in float(),
+            sample_id in "(|id-1|x)",
+            extras in proptest::collection::vec((0_u8..5, "(|click|v2)", proptest::num::u32::ANY), 0..4),
+            cut in proptest::option::of(0_usize..200),
+            flip in proptest::option::of((0_usize..200, 1_u8..=255)),
+        ) {
+            let wire = JoinedSample {
+                doc_id,
+                version,
+                event_time_ms,
+                context,
+                labels: labels.into_iter().collect(),
+                weight,
+                sample_id,
+            };
+            let mut bytes = wire.encode_to_vec();
+            bytes.extend(extra_fields(&extras));
+            let plain = cut.is_none() && flip.is_none() && extras.is_empty();
+            if let Some(at) = cut {
+                bytes.truncate(at);
+            }
+            if let Some((at, mask)) = flip
+                && let Some(b) = bytes.get_mut(at)
+            {
+                *b ^= mask;
+            }
+            let general = decode_protobuf_general(&bytes);
+            match Sample::from_wire_fast(&bytes) {
+                Some(fast) => proptest::prop_assert_eq!(&Payload::Sample(fast), &general),
+                None => proptest::prop_assert!(
+                    !plain || !matches!(general, Payload::Sample(_)),
+                    "a plain valid sample missed the fast path: {general:?}"
+                ),
+            }
+            proptest::prop_assert_eq!(decode_protobuf(&bytes), general);
+        }
     }
 }

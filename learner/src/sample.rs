@@ -90,6 +90,108 @@ impl Sample {
     }
 }
 
+impl Sample {
+    /// Decodes a protobuf `JoinedSample` straight into a valid sample: one
+    /// pass over the bytes, labels collected into their sorted vector with
+    /// no map in between. `None` when anything is out of the ordinary
+    /// (a decoding error, an unknown field, a value the validation of
+    /// [`Sample::try_from`] refuses): the caller then takes the general
+    /// path (prost and `try_from`), which gives the same sample for every
+    /// input this accepts, and the canonical error for the rest.
+    pub fn from_wire_fast(bytes: &[u8]) -> Option<Sample> {
+        use prost::encoding::{WireType, decode_key, decode_varint};
+        let mut buf = bytes;
+        let mut sample = Sample {
+            doc_id: 0,
+            version: String::new(),
+            event_time_ms: 0,
+            context: Vec::new(),
+            labels: Vec::new(),
+            weight: 0.0,
+            sample_id: None,
+        };
+        let mut sample_id = String::new();
+        while !buf.is_empty() {
+            let (tag, wire_type) = decode_key(&mut buf).ok()?;
+            match (tag, wire_type) {
+                (1, WireType::Varint) => sample.doc_id = decode_varint(&mut buf).ok()?,
+                (2, WireType::LengthDelimited) => sample.version = read_str(&mut buf)?.to_owned(),
+                (3, WireType::Varint) => {
+                    sample.event_time_ms = decode_varint(&mut buf).ok()? as i64;
+                }
+                (4, WireType::LengthDelimited) => {
+                    let packed = read_bytes(&mut buf)?;
+                    if packed.len() % 4 != 0 {
+                        return None;
+                    }
+                    sample.context.extend(
+                        packed
+                            .chunks_exact(4)
+                            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
+                    );
+                }
+                (4, WireType::ThirtyTwoBit) => sample.context.push(read_f32(&mut buf)?),
+                (5, WireType::LengthDelimited) => {
+                    let mut entry = read_bytes(&mut buf)?;
+                    let (mut name, mut value) = ("", 0.0);
+                    while !entry.is_empty() {
+                        match decode_key(&mut entry).ok()? {
+                            (1, WireType::LengthDelimited) => name = read_str(&mut entry)?,
+                            (2, WireType::ThirtyTwoBit) => value = read_f32(&mut entry)?,
+                            _ => return None,
+                        }
+                    }
+                    sample.labels.push((name.to_owned(), value));
+                }
+                (6, WireType::ThirtyTwoBit) => sample.weight = read_f32(&mut buf)?,
+                (7, WireType::LengthDelimited) => sample_id = read_str(&mut buf)?.to_owned(),
+                _ => return None,
+            }
+        }
+        // A map keeps the last entry of a repeated name: reversed, a
+        // stable sort puts it first among its equals, and `dedup_by` keeps
+        // the first of each run.
+        if sample.labels.len() > 1 {
+            sample.labels.reverse();
+            sample.labels.sort_by(|a, b| a.0.cmp(&b.0));
+            sample.labels.dedup_by(|later, first| later.0 == first.0);
+        }
+        let valid = !sample.version.is_empty()
+            && sample.context.iter().all(|x| x.is_finite())
+            && sample.labels.iter().all(|(_, v)| v.is_finite())
+            && sample.weight.is_finite()
+            && sample.weight >= 0.0;
+        if !valid {
+            return None;
+        }
+        if sample.weight == 0.0 {
+            sample.weight = 1.0;
+        }
+        sample.sample_id = (!sample_id.is_empty()).then_some(sample_id);
+        Some(sample)
+    }
+}
+
+/// A length-delimited field's bytes.
+fn read_bytes<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(prost::encoding::decode_varint(buf).ok()?).ok()?;
+    let bytes = buf.get(..len)?;
+    *buf = &buf[len..];
+    Some(bytes)
+}
+
+/// A string field (valid UTF-8, as prost requires).
+fn read_str<'a>(buf: &mut &'a [u8]) -> Option<&'a str> {
+    std::str::from_utf8(read_bytes(buf)?).ok()
+}
+
+/// A 32-bit float field.
+fn read_f32(buf: &mut &[u8]) -> Option<f32> {
+    let bytes: [u8; 4] = buf.get(..4)?.try_into().ok()?;
+    *buf = &buf[4..];
+    Some(f32::from_le_bytes(bytes))
+}
+
 impl TryFrom<JoinedSample> for Sample {
     type Error = SampleError;
 
