@@ -218,7 +218,10 @@ impl Engine {
     }
 
     /// Every write of a complete checkpoint, whatever changed: for an
-    /// empty store (a new live store, or a savepoint).
+    /// empty store (a new live store, or a savepoint). From here on the
+    /// engine's change tracking refers to the store these writes go to: a
+    /// store written before misses the deletes of what changed since its
+    /// last delta, so the next deltas must go to the new store.
     pub fn full_checkpoint(&mut self) -> Vec<Write> {
         let mut params = Vec::with_capacity(self.params.len());
         for (key, slot) in self.params.iter_mut() {
