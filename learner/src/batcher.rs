@@ -96,8 +96,11 @@ pub struct Batcher {
     /// Emptied observation vectors of applied batches, for new batches
     /// (a batch of one sample no longer costs an allocation and a free).
     spare: Vec<Vec<PendingObservation>>,
-    /// Keys whose batch changed since the last checkpoint, each once (the
-    /// mark is in the batch, so marking costs no lookup in a set).
+    /// Keys whose batch changed since the last checkpoint (the mark is in
+    /// the batch, so marking costs no lookup in a set). A key whose batch
+    /// was taken and started again is listed again; the list is compacted
+    /// when it outgrows the pending table, so a run without checkpoints
+    /// does not grow it without bound.
     changed: Vec<ParamKey>,
     /// Keys whose stored batch was taken since the last checkpoint: the
     /// store's entry must go, unless the key has a new batch by then.
@@ -112,6 +115,11 @@ pub struct PendingChanges<'a> {
     /// Keys and their batches to write, ascending by key.
     pub puts: Vec<(ParamKey, &'a [PendingObservation])>,
 }
+
+/// Entries of the change list or the age queue beyond twice the pending
+/// batches before it is compacted (a handful in tests, so that the
+/// proptests compact often).
+const CHANGED_SLACK: usize = if cfg!(test) { 4 } else { 1024 };
 
 /// Emptied batch vectors kept for reuse.
 const SPARE_VECTORS: usize = 1024;
@@ -182,6 +190,12 @@ impl Batcher {
         batch.observations.push(obs);
         let full = batch.observations.len() >= self.policy.max_samples
             || (self.policy.max_positives > 0 && batch.positives >= self.policy.max_positives);
+        if self.changed.len() > 2 * self.pending.len() + CHANGED_SLACK {
+            self.compact_changed();
+        }
+        if self.by_age.len() > 2 * self.pending.len() + CHANGED_SLACK {
+            self.compact_by_age();
+        }
         full.then(|| self.take(key))
     }
 
@@ -258,6 +272,28 @@ impl Batcher {
     /// Every pending batch, for checkpoints.
     pub fn iter(&self) -> impl Iterator<Item = (&ParamKey, &PendingBatch)> {
         self.pending.iter()
+    }
+
+    /// Drops the age queue's stale entries (batches taken by another
+    /// trigger), keeping the order: with a long `max_age_ms` and batches
+    /// filled by count they would otherwise pile up for that long.
+    fn compact_by_age(&mut self) {
+        let pending = &self.pending;
+        self.by_age.retain(|&(t, key)| {
+            pending
+                .get(&key)
+                .and_then(|b| b.observations.first())
+                .is_some_and(|first| first.origin.event_time_ms == t)
+        });
+    }
+
+    /// Drops the listed keys that have no batch now and the repeats (a
+    /// batch that exists is marked changed only while it is listed).
+    fn compact_changed(&mut self) {
+        self.changed.sort_unstable();
+        self.changed.dedup();
+        let pending = &self.pending;
+        self.changed.retain(|key| pending.contains_key(key));
     }
 
     /// The writes that bring the store's pending table up to date: a put
@@ -543,6 +579,46 @@ mod tests {
         assert_eq!(restored.take_changes(), PendingChanges::default());
         assert!(restored.push(key(5), obs(9, false)).is_some());
         assert_eq!(restored.take_changes().deletes, [key(5)]);
+    }
+
+    #[test]
+    fn the_change_list_stays_bounded_without_checkpoints() {
+        let mut b = Batcher::new(BatchPolicy {
+            max_samples: 2,
+            ..BatchPolicy::default()
+        });
+        b.push(key(7), obs(0, false)); // stays pending throughout
+        for t in 1..100_000 {
+            b.push(key(1), obs(t, false));
+            if let Some(batch) = b.push(key(1), obs(t, false)) {
+                b.recycle(batch);
+            }
+        }
+        assert!(b.changed.len() <= 2 * b.pending_keys() + CHANGED_SLACK + 1);
+        let changes = b.take_changes();
+        assert_eq!(changes.puts.len(), 1, "key 7's batch is still written");
+        assert_eq!(changes.puts[0].0, key(7));
+    }
+
+    #[test]
+    fn the_age_queue_stays_bounded_when_batches_fill_by_count() {
+        let mut b = Batcher::new(BatchPolicy {
+            max_samples: 2,
+            max_positives: 0,
+            max_age_ms: Some(1_000_000_000),
+        });
+        b.push(key(7), obs(0, false));
+        for t in 1..100_000 {
+            b.push(key(1), obs(t, false));
+            if let Some(batch) = b.push(key(1), obs(t, false)) {
+                b.recycle(batch);
+            }
+        }
+        assert!(b.by_age.len() <= 2 * b.pending_keys() + CHANGED_SLACK + 1);
+        // Key 7's entry survived the compactions: its batch is still due.
+        let due = b.due(1_000_000_000);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0, key(7));
     }
 
     #[test]
