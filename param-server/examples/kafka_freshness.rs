@@ -199,11 +199,12 @@ fn main() -> Result<()> {
         "\n| replica consumer | updates arrived | p50 ms | p90 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|"
     );
     for (c, watcher) in contenders.into_iter().zip(watchers) {
-        let latencies = runtime.block_on(async {
+        let mut latencies = runtime.block_on(async {
             tokio::time::timeout(Duration::from_secs(30), watcher)
                 .await
                 .with_context(|| format!("{}: updates missing after 30 s", c.name))
         })???;
+        latencies.sort_unstable();
         let [p50, p90, p99, max] = [0.5, 0.9, 0.99, 1.0].map(|q| quantile_ms(&latencies, q));
         println!(
             "| {} | {} | {p50:.1} | {p90:.1} | {p99:.1} | {max:.1} |",
@@ -332,10 +333,8 @@ async fn watch(
     Ok(latencies)
 }
 
-/// The `q` quantile of `us` (µs), in ms.
-fn quantile_ms(us: &[u64], q: f64) -> f64 {
-    let mut sorted = us.to_vec();
-    sorted.sort_unstable();
+/// The `q` quantile of `sorted` (µs, ascending), in ms.
+fn quantile_ms(sorted: &[u64], q: f64) -> f64 {
     let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
     sorted.get(i).map_or(f64::NAN, |&v| v as f64 / 1000.0)
 }
