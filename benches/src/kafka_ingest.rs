@@ -7,9 +7,11 @@
 //! - `noop`: a plain rdkafka `BaseConsumer` with the learner's consumer
 //!   settings (`kafka::consumer_config` and the source's own), assigned
 //!   every partition; per record it only reads the payload length.
-//! - `source+engine`: the learner's `KafkaSource` (decode + validate) and
-//!   the engine, publishing to a `NullSink` every 100 ms, like the
-//!   runner's loop without checkpoints (change tracking is not drained).
+//! - `source+engine`: the learner's `KafkaSource` (decode + validate, on
+//!   its reader thread) and the engine, publishing to a `NullSink` every
+//!   100 ms, like the runner's loop without checkpoints (change tracking
+//!   is not drained); once with reads aligned across partitions like the
+//!   runner's, once unaligned (as the broker hands the partitions over).
 //! - `runner`: `runner::run_kafka_with` in `UntilEnd` mode, i.e. the
 //!   learner itself with its RocksDB store, synced checkpoints every
 //!   100 000 records or 10 s (the defaults) and its dead-letter file.
@@ -185,14 +187,18 @@ impl Topic {
         })
     }
 
-    /// The learner's source and engine, without the store.
-    pub fn source_and_engine(&self, config: &Config) -> (Consumed, u64) {
+    /// The learner's source and engine, without the store; reads aligned
+    /// like the runner's, or as the broker hands the partitions over.
+    /// Also returns the samples applied and the reorder buffer's peak.
+    pub fn source_and_engine(&self, config: &Config, aligned: bool) -> (Consumed, u64, usize) {
         let SourceConfig::Kafka(kafka) = &config.source else {
             panic!("a kafka config");
         };
-        let mut applied = 0;
+        let (mut applied, mut peak) = (0, 0);
         let consumed = self.measure(|| {
-            let source = KafkaSource::open(kafka, &BTreeMap::new()).expect("open source");
+            let align_ms = aligned.then(|| runner::throttle_slack_ms(config));
+            let mut source =
+                KafkaSource::open(kafka, &BTreeMap::new(), align_ms).expect("open source");
             let engine = fresh_engine(config, source.partitions().iter().copied())
                 .expect("bench versions register");
             let mut driver = Driver::new(
@@ -215,7 +221,10 @@ impl Topic {
                         partition,
                         offset,
                         payload,
-                    } => driver.ingest(partition, offset, offset + 1, payload),
+                    } => {
+                        driver.ingest(partition, offset, offset + 1, payload);
+                        peak = peak.max(driver.engine.buffered());
+                    }
                     Polled::CaughtUp(p) => {
                         let next = driver.engine.next_offsets().get(&p).copied().unwrap_or(0);
                         if next >= self.highs[&p] {
@@ -230,12 +239,13 @@ impl Topic {
             applied = driver.engine.counters().applied;
             driver.records
         });
-        (consumed, applied)
+        (consumed, applied, peak)
     }
 
     /// The learner's runner, until the end of the topic, into a fresh
-    /// state directory.
-    pub fn runner(&self, config: &Config) -> (Consumed, u64, u64) {
+    /// state directory; also returns the samples applied, the checkpoints
+    /// and the throttles (reorder buffer full).
+    pub fn runner(&self, config: &Config) -> (Consumed, u64, u64, u64) {
         let _ = std::fs::remove_dir_all(&config.state.dir);
         let mut summary = None;
         let consumed = self.measure(|| {
@@ -251,7 +261,12 @@ impl Topic {
             records
         });
         let summary = summary.expect("the runner ran");
-        (consumed, summary.counters.applied, summary.checkpoints)
+        (
+            consumed,
+            summary.counters.applied,
+            summary.checkpoints,
+            summary.throttles,
+        )
     }
 
     /// Total records in the topic.

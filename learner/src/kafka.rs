@@ -14,8 +14,12 @@
 //! A record that does not decode is still a record: it becomes a
 //! `Payload::Invalid` for the engine's dead-letter sink, and its offset
 //! advances like any other.
+//!
+//! A reader thread polls and decodes ahead of the engine, with reads
+//! aligned in event time across partitions (`read_ahead`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -26,8 +30,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::{CONSUMER_DEFAULTS, KafkaConfig, StartPosition};
 use crate::engine::Payload;
-use crate::file_source::decode_protobuf;
 use crate::params::ParamsRecord;
+use crate::read_ahead::{Lanes, ReadAhead};
 
 /// Why the Kafka source failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +82,13 @@ pub enum KafkaSourceError {
         /// The client's error.
         source: KafkaError,
     },
+    /// The reader thread could not be started.
+    #[error("start the kafka reader thread: {0}")]
+    ReaderSpawn(std::io::Error),
+    /// The reader thread ended while the source was in use (it only ends
+    /// when the source is dropped, so this means it panicked).
+    #[error("the kafka reader thread stopped unexpectedly")]
+    ReaderStopped,
 }
 
 /// The consumer settings every Posterior consumer starts from (the
@@ -129,8 +140,12 @@ pub enum Polled {
 }
 
 /// A consumer over the learner's partitions of the samples topic.
+///
+/// A reader thread polls the consumer and decodes ahead of the caller
+/// (see `read_ahead`); [`Self::poll`] hands out what it read, in order.
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    consumer: Arc<BaseConsumer>,
+    reader: ReadAhead,
     topic: String,
     partitions: Vec<u32>,
     partition_count: u32,
@@ -141,9 +156,16 @@ impl KafkaSource {
     /// Connects, resolves the partitions (the configured ones, or all of
     /// the topic's) and assigns them at `next_offsets` (checkpointed) or
     /// the configured start.
+    ///
+    /// With `align_ms`, no partition is read more than that far (in event
+    /// time) ahead of the slowest one that has records to give: the reorder
+    /// buffer then holds about the out-of-orderness plus `align_ms` of
+    /// event time while the learner catches up, whatever order the broker
+    /// hands the partitions over in (see `read_ahead`).
     pub fn open(
         config: &KafkaConfig,
         next_offsets: &BTreeMap<u32, u64>,
+        align_ms: Option<i64>,
     ) -> Result<Self, KafkaSourceError> {
         let consumer: BaseConsumer =
             source_client(config)
@@ -206,14 +228,20 @@ impl KafkaSource {
                     source,
                 })?;
         }
+        let consumer = Arc::new(consumer);
+        let lanes = align_ms
+            .map(|align_ms| Lanes::split(&consumer, &config.topic, &partitions, align_ms))
+            .transpose()?;
         consumer
             .assign(&assignment)
             .map_err(|source| KafkaSourceError::Client {
                 what: "assign partitions".into(),
                 source,
             })?;
+        let reader = ReadAhead::start(Arc::clone(&consumer), config.topic.clone(), lanes)?;
         Ok(Self {
             consumer,
+            reader,
             topic: config.topic.clone(),
             partitions,
             partition_count,
@@ -249,60 +277,15 @@ impl KafkaSource {
     }
 
     /// Waits up to `timeout` for the next record or event.
-    pub fn poll(&self, timeout: Duration) -> Result<Polled, KafkaSourceError> {
-        let Some(result) = self.consumer.poll(timeout) else {
-            return Ok(Polled::Nothing(None));
-        };
-        match result {
-            Ok(message) => {
-                let payload = match message.payload() {
-                    Some(bytes) => decode_protobuf(bytes),
-                    None => Payload::Invalid {
-                        reason: "undecodable",
-                        detail: "record without a value".into(),
-                    },
-                };
-                Ok(Polled::Record {
-                    partition: message.partition() as u32,
-                    offset: message.offset() as u64,
-                    payload,
-                })
-            }
-            Err(KafkaError::PartitionEOF(p)) => Ok(Polled::CaughtUp(p as u32)),
-            Err(err) if is_offset_lost(&err) => Err(KafkaSourceError::OffsetLost {
-                partition: lost_partition(&err),
-                source: err,
-            }),
-            Err(err) => Ok(Polled::Nothing(Some(err))),
-        }
+    pub fn poll(&mut self, timeout: Duration) -> Result<Polled, KafkaSourceError> {
+        self.reader.next(timeout)
     }
 
-    /// Stops fetching `partitions` (backpressure) until [`Self::resume`].
-    pub fn pause(&self, partitions: &[u32]) -> Result<(), KafkaSourceError> {
-        if partitions.is_empty() {
-            return Ok(());
-        }
-        let list = self.list(partitions);
-        self.consumer
-            .pause(&list)
-            .map_err(|source| KafkaSourceError::Client {
-                what: "pause partitions".into(),
-                source,
-            })
-    }
-
-    /// Fetches `partitions` again.
-    pub fn resume(&self, partitions: &[u32]) -> Result<(), KafkaSourceError> {
-        if partitions.is_empty() {
-            return Ok(());
-        }
-        let list = self.list(partitions);
-        self.consumer
-            .resume(&list)
-            .map_err(|source| KafkaSourceError::Client {
-                what: "resume partitions".into(),
-                source,
-            })
+    /// Keeps exactly `partitions` from being fetched (backpressure), from
+    /// the reader's next poll on; an empty list resumes all. Records of
+    /// theirs already read ahead (at most a few thousand) still arrive.
+    pub fn set_paused(&self, partitions: &[u32]) {
+        self.reader.set_paused(partitions);
     }
 
     /// Commits checkpointed offsets to the consumer group, for lag
@@ -316,14 +299,6 @@ impl KafkaSource {
             list.add_partition_offset(&self.topic, p as i32, Offset::Offset(next as i64))?;
         }
         self.consumer.commit(&list, CommitMode::Async)
-    }
-
-    fn list(&self, partitions: &[u32]) -> TopicPartitionList {
-        let mut list = TopicPartitionList::new();
-        for &p in partitions {
-            list.add_partition(&self.topic, p as i32);
-        }
-        list
     }
 }
 
@@ -362,7 +337,7 @@ pub fn topic_partitions(
     Ok(partitions)
 }
 
-fn is_offset_lost(err: &KafkaError) -> bool {
+pub(crate) fn is_offset_lost(err: &KafkaError) -> bool {
     matches!(
         err.rdkafka_error_code(),
         Some(RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset)
@@ -371,7 +346,7 @@ fn is_offset_lost(err: &KafkaError) -> bool {
 
 /// librdkafka names the partition in the message of an offset reset
 /// error, not in a field; `u32::MAX` when it cannot be read.
-fn lost_partition(err: &KafkaError) -> u32 {
+pub(crate) fn lost_partition(err: &KafkaError) -> u32 {
     let text = err.to_string();
     text.split(['[', ']'])
         .nth(1)

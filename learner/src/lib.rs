@@ -73,6 +73,8 @@ pub mod prefetch;
 pub mod producer;
 #[cfg(feature = "io")]
 pub mod publish;
+#[cfg(feature = "io")]
+mod read_ahead;
 pub mod registry;
 pub mod reorder;
 #[cfg(feature = "io")]

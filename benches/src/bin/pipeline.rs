@@ -403,15 +403,34 @@ fn kafka(records: u64, rounds: usize, keys: u64, model: Model) -> Result<()> {
     for round in 1..=rounds {
         let noop = topic.noop();
         consumed_row(&format!("{round}, no-op BaseConsumer"), &noop, noop.rate());
-        let (engine, applied) = topic.source_and_engine(&config);
+        let (unaligned, unaligned_applied, unaligned_peak) =
+            topic.source_and_engine(&config, false);
         consumed_row(
-            &format!("{round}, KafkaSource + engine"),
+            &format!(
+                "{round}, KafkaSource as delivered + engine (buffer peak {})",
+                human(unaligned_peak as f64)
+            ),
+            &unaligned,
+            noop.rate(),
+        );
+        let (engine, applied, peak) = topic.source_and_engine(&config, true);
+        consumed_row(
+            &format!(
+                "{round}, KafkaSource aligned + engine (buffer peak {})",
+                human(peak as f64)
+            ),
             &engine,
             noop.rate(),
         );
-        let (runner, runner_applied, checkpoints) = topic.runner(&config);
+        assert_eq!(
+            applied, unaligned_applied,
+            "aligned or not, the engine applied the same samples"
+        );
+        let (runner, runner_applied, checkpoints, throttles) = topic.runner(&config);
         consumed_row(
-            &format!("{round}, runner::run_kafka_with ({checkpoints} checkpoints)"),
+            &format!(
+                "{round}, runner::run_kafka_with ({checkpoints} checkpoints, {throttles} throttles)"
+            ),
             &runner,
             noop.rate(),
         );

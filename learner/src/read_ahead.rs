@@ -1,0 +1,452 @@
+//! The Kafka source's reader thread: it polls the consumer and decodes
+//! records ahead of the engine.
+//!
+//! On the Kafka path the engine's thread spent about 40 % of its time in
+//! librdkafka's per-message poll (a queue pop under a mutex, clock reads)
+//! and in decoding. The reader does both on a second thread and hands the
+//! engine batches of decoded records through a bounded channel, so reading
+//! and applying overlap.
+//!
+//! Order and exactly-once are unchanged. The reader is the only thread
+//! that polls, and it also applies pauses and resumes, between two polls,
+//! so librdkafka sees the same sequence of calls as from a single thread.
+//! (A pause from another thread while a poll is returning a record could
+//! take the partition's resume position before that record counts as
+//! consumed, and the record would come again after the resume.) Records
+//! of a partition travel in offset order and batches in send order;
+//! offsets are still taken from the records the engine ingests, so what
+//! sits in the channel when the process dies is read again from the
+//! checkpoint. The channel holds at most [`BATCHES`] × [`BATCH`] records:
+//! the read-ahead that a pause cannot take back, by which the reorder
+//! buffer's soft bound can be passed.
+//!
+//! **Aligned reads.** With an alignment, each partition has its own
+//! librdkafka queue (split off before the partitions are assigned, so no
+//! record of theirs reaches the consumer's common queue), and the reader
+//! takes records from the partition whose event-time clock (the highest
+//! event time read from it) is lowest, and from no partition more than
+//! `align_ms` ahead of the slowest one that still has records to give. A
+//! partition at its end or paused holds nobody back; one that has
+//! delivered no sample yet holds everyone back until it does (or reports
+//! its end). A
+//! broker may hand a whole partition over before the next one (nisshi
+//! does); read as delivered, the engine buffers all of it behind a
+//! watermark that the other partitions hold back, up to the reorder
+//! buffer's bound, and then pauses partitions, which makes librdkafka drop
+//! what it had fetched for them. Aligned, the buffer holds about the
+//! out-of-orderness plus `align_ms` of event time. The order across
+//! partitions never changes a result (the engine releases in
+//! (event time, partition, offset) order), only memory and speed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
+
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::topic_partition_list::TopicPartitionList;
+
+use crate::engine::Payload;
+use crate::file_source::decode_protobuf;
+use crate::kafka::{KafkaSourceError, Polled};
+
+/// Most records in one batch handed to the engine.
+pub(crate) const BATCH: usize = 256;
+/// Most batches in flight between the reader and the engine.
+pub(crate) const BATCHES: usize = 8;
+/// Longest the reader waits for a record before it looks again at its
+/// stop flag and the consumer's own queue (a lane that fills, a pause and
+/// a stop also wake it at once).
+const POLL: Duration = Duration::from_millis(10);
+
+type Item = Result<Polled, KafkaSourceError>;
+type Batch = VecDeque<Item>;
+
+/// What the engine's thread and the reader share besides the channels.
+struct Shared {
+    stop: AtomicBool,
+    /// The partitions to keep paused, until the reader takes it.
+    wanted_paused: Mutex<Option<Vec<u32>>>,
+    /// Set with `wanted_paused`, so the reader need not lock per poll.
+    pause_changed: AtomicBool,
+}
+
+/// One queue per partition, for aligned reads: see [`Lanes::split`].
+pub(crate) struct Lanes {
+    lanes: Vec<Lane>,
+    align_ms: i64,
+    /// The reader's thread, for the queues' callbacks to wake it.
+    reader: Arc<OnceLock<Thread>>,
+}
+
+impl Lanes {
+    /// Gives every partition of `partitions` its own queue. Call before
+    /// assigning them: librdkafka then never forwards their records to the
+    /// consumer's common queue (an application's forwarding survives the
+    /// fetch start that an assignment performs).
+    pub(crate) fn split(
+        consumer: &Arc<BaseConsumer>,
+        topic: &str,
+        partitions: &[u32],
+        align_ms: i64,
+    ) -> Result<Self, KafkaSourceError> {
+        let reader: Arc<OnceLock<Thread>> = Arc::new(OnceLock::new());
+        let mut lanes = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            let Some(mut queue) = consumer.split_partition_queue(topic, p as i32) else {
+                return Err(KafkaSourceError::Topic {
+                    topic: topic.into(),
+                    reason: format!("no queue for partition {p}"),
+                });
+            };
+            let wake = Arc::clone(&reader);
+            queue.set_nonempty_callback(move || {
+                if let Some(thread) = wake.get() {
+                    thread.unpark();
+                }
+            });
+            lanes.push(Lane {
+                partition: p,
+                queue,
+                clock: None,
+                at_end: false,
+            });
+        }
+        Ok(Self {
+            lanes,
+            align_ms,
+            reader,
+        })
+    }
+}
+
+/// The engine's end of the reader thread.
+pub(crate) struct ReadAhead {
+    batches: Option<Receiver<Batch>>,
+    /// Emptied batches go back to the reader for reuse.
+    spare: SyncSender<Batch>,
+    current: Batch,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ReadAhead {
+    /// Starts the reader on `consumer`: aligned over `lanes` when given,
+    /// otherwise from the consumer's queue as librdkafka delivers.
+    pub(crate) fn start(
+        consumer: Arc<BaseConsumer>,
+        topic: String,
+        lanes: Option<Lanes>,
+    ) -> Result<Self, KafkaSourceError> {
+        let (batches_tx, batches) = sync_channel(BATCHES);
+        let (spare, spare_rx) = sync_channel(BATCHES + 2);
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            wanted_paused: Mutex::new(None),
+            pause_changed: AtomicBool::new(false),
+        });
+        let reader = Reader {
+            consumer,
+            topic,
+            shared: Arc::clone(&shared),
+            batches: batches_tx,
+            spare: spare_rx,
+            paused: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("kafka-reader".into())
+            .spawn(move || reader.run(lanes))
+            .map_err(KafkaSourceError::ReaderSpawn)?;
+        Ok(Self {
+            batches: Some(batches),
+            spare,
+            current: VecDeque::new(),
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The next record or event, waiting up to `timeout` for one.
+    pub(crate) fn next(&mut self, timeout: Duration) -> Item {
+        if let Some(item) = self.current.pop_front() {
+            return item;
+        }
+        let Some(batches) = &self.batches else {
+            return Err(KafkaSourceError::ReaderStopped);
+        };
+        match batches.recv_timeout(timeout) {
+            Ok(batch) => {
+                let spent = std::mem::replace(&mut self.current, batch);
+                // A full return channel only means the reader has spares.
+                let _ = self.spare.try_send(spent);
+                self.current
+                    .pop_front()
+                    .unwrap_or(Ok(Polled::Nothing(None)))
+            }
+            Err(RecvTimeoutError::Timeout) => Ok(Polled::Nothing(None)),
+            Err(RecvTimeoutError::Disconnected) => Err(KafkaSourceError::ReaderStopped),
+        }
+    }
+
+    /// Keeps exactly `partitions` paused from the reader's next poll on
+    /// (records of theirs already read ahead still arrive).
+    pub(crate) fn set_paused(&self, partitions: &[u32]) {
+        let mut wanted = self
+            .shared
+            .wanted_paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *wanted = Some(partitions.to_vec());
+        self.shared.pause_changed.store(true, Ordering::Release);
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        // A reader blocked on a full channel wakes with an error.
+        drop(self.batches.take());
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The reader thread's state.
+struct Reader {
+    consumer: Arc<BaseConsumer>,
+    topic: String,
+    shared: Arc<Shared>,
+    batches: SyncSender<Batch>,
+    spare: Receiver<Batch>,
+    /// What the reader last paused, ascending.
+    paused: Vec<u32>,
+}
+
+/// One partition's queue and what the reader knows of it.
+struct Lane {
+    partition: u32,
+    queue: PartitionQueue<DefaultConsumerContext>,
+    /// Highest event time read from the partition (none before its first
+    /// sample).
+    clock: Option<i64>,
+    /// The partition reported its end and has delivered nothing since.
+    at_end: bool,
+}
+
+impl Lane {
+    fn observe(&mut self, item: &Item) {
+        match item {
+            Ok(Polled::Record { payload, .. }) => {
+                self.at_end = false;
+                if let Payload::Sample(sample) = payload {
+                    let t = sample.event_time_ms;
+                    self.clock = Some(self.clock.map_or(t, |c| c.max(t)));
+                }
+            }
+            Ok(Polled::CaughtUp(_)) => self.at_end = true,
+            Ok(Polled::Nothing(_)) | Err(_) => {}
+        }
+    }
+}
+
+impl Reader {
+    fn run(mut self, mut lanes: Option<Lanes>) {
+        if let Some(lanes) = &lanes {
+            let _ = lanes.reader.set(std::thread::current());
+        }
+        let mut order: Vec<usize> = (0..lanes.as_ref().map_or(0, |l| l.lanes.len())).collect();
+        let mut batch = self.fresh_batch();
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            if self.shared.pause_changed.swap(false, Ordering::Acquire)
+                && let Err(err) = self.apply_pauses()
+            {
+                batch.push_back(Err(err));
+            }
+            let took = match &mut lanes {
+                Some(lanes) => {
+                    // The consumer's own queue: client errors; polling it
+                    // also serves librdkafka's callbacks.
+                    if let Some(result) = self.consumer.poll(Duration::ZERO) {
+                        batch.push_back(convert(result));
+                    }
+                    take_aligned(lanes, &self.paused, &mut order, &mut batch)
+                }
+                None => self.take_delivered(&mut batch),
+            };
+            if batch.len() >= BATCH || (took == 0 && !batch.is_empty()) {
+                if self.batches.send(batch).is_err() {
+                    return; // the engine's end is gone
+                }
+                batch = self.fresh_batch();
+            } else if took == 0 && lanes.is_some() {
+                // Every lane is empty or too far ahead: wait for one to
+                // fill (its callback unparks this thread) or for a pause.
+                std::thread::park_timeout(POLL);
+            }
+        }
+    }
+
+    /// Moves records into `batch` in the order librdkafka delivers them,
+    /// until it is full or nothing is waiting (waiting up to [`POLL`] for
+    /// the first). Returns how many.
+    fn take_delivered(&self, batch: &mut Batch) -> usize {
+        let mut took = 0;
+        while batch.len() < BATCH {
+            let timeout = if batch.is_empty() {
+                POLL
+            } else {
+                Duration::ZERO
+            };
+            let Some(result) = self.consumer.poll(timeout) else {
+                break;
+            };
+            batch.push_back(convert(result));
+            took += 1;
+        }
+        took
+    }
+
+    fn fresh_batch(&self) -> Batch {
+        self.spare
+            .try_recv()
+            .unwrap_or_else(|_| VecDeque::with_capacity(BATCH))
+    }
+
+    /// Pauses and resumes so that exactly the wanted partitions are paused.
+    fn apply_pauses(&mut self) -> Result<(), KafkaSourceError> {
+        let wanted = self
+            .shared
+            .wanted_paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(mut wanted) = wanted else {
+            return Ok(());
+        };
+        wanted.sort_unstable();
+        wanted.dedup();
+        let resume: Vec<u32> = self
+            .paused
+            .iter()
+            .copied()
+            .filter(|p| wanted.binary_search(p).is_err())
+            .collect();
+        let pause: Vec<u32> = wanted
+            .iter()
+            .copied()
+            .filter(|p| self.paused.binary_search(p).is_err())
+            .collect();
+        if !resume.is_empty() {
+            self.consumer
+                .resume(&self.list(&resume))
+                .map_err(|source| KafkaSourceError::Client {
+                    what: "resume partitions".into(),
+                    source,
+                })?;
+        }
+        if !pause.is_empty() {
+            self.consumer
+                .pause(&self.list(&pause))
+                .map_err(|source| KafkaSourceError::Client {
+                    what: "pause partitions".into(),
+                    source,
+                })?;
+        }
+        self.paused = wanted;
+        Ok(())
+    }
+
+    fn list(&self, partitions: &[u32]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for &p in partitions {
+            list.add_partition(&self.topic, p as i32);
+        }
+        list
+    }
+}
+
+/// The limit of aligned reads: the slowest clock among lanes with records
+/// to give (neither at their end nor in `paused`, ascending; a lane
+/// without a sample yet counts as the slowest of all) plus `align_ms`; no
+/// limit when no lane has records to give.
+fn alignment_limit(lanes: &[Lane], paused: &[u32], align_ms: i64) -> i64 {
+    lanes
+        .iter()
+        .filter(|lane| !lane.at_end && paused.binary_search(&lane.partition).is_err())
+        .map(|lane| lane.clock.unwrap_or(i64::MIN))
+        .min()
+        .map_or(i64::MAX, |slowest| slowest.saturating_add(align_ms))
+}
+
+/// Moves records into `batch` (until it is full) from the lanes, slowest
+/// clock first, none from a lane whose clock is beyond the alignment
+/// limit. Returns how many.
+fn take_aligned(
+    lanes: &mut Lanes,
+    paused: &[u32],
+    order: &mut [usize],
+    batch: &mut Batch,
+) -> usize {
+    let limit = alignment_limit(&lanes.lanes, paused, lanes.align_ms);
+    let lanes = &mut lanes.lanes;
+    let beyond = |clock: Option<i64>| clock.is_some_and(|c| c > limit);
+    // Lanes without a sample first: they are the slowest.
+    order.sort_by_key(|&i| lanes[i].clock);
+    let mut took = 0;
+    for &i in order.iter() {
+        let lane = &mut lanes[i];
+        if beyond(lane.clock) {
+            break; // so is every later lane
+        }
+        while batch.len() < BATCH && !beyond(lane.clock) {
+            let Some(result) = lane.queue.poll(Duration::ZERO) else {
+                break;
+            };
+            let item = convert(result);
+            lane.observe(&item);
+            batch.push_back(item);
+            took += 1;
+        }
+        if batch.len() >= BATCH {
+            break;
+        }
+    }
+    took
+}
+
+/// One poll's result as the engine takes it: records decoded, end of
+/// partition, a lost offset as an error, other client errors as transient.
+fn convert(result: Result<BorrowedMessage<'_>, KafkaError>) -> Item {
+    match result {
+        Ok(message) => {
+            let payload = match message.payload() {
+                Some(bytes) => decode_protobuf(bytes),
+                None => Payload::Invalid {
+                    reason: "undecodable",
+                    detail: "record without a value".into(),
+                },
+            };
+            Ok(Polled::Record {
+                partition: message.partition() as u32,
+                offset: message.offset() as u64,
+                payload,
+            })
+        }
+        Err(KafkaError::PartitionEOF(p)) => Ok(Polled::CaughtUp(p as u32)),
+        Err(err) if crate::kafka::is_offset_lost(&err) => Err(KafkaSourceError::OffsetLost {
+            partition: crate::kafka::lost_partition(&err),
+            source: err,
+        }),
+        Err(err) => Ok(Polled::Nothing(Some(err))),
+    }
+}

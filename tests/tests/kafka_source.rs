@@ -1,0 +1,245 @@
+//! The Kafka source against a real broker: every record of every partition
+//! once and in offset order, and aligned reads — no partition read further
+//! ahead (in event time) of the slowest one with records left than the
+//! alignment allows — while a source reading as delivered gets whole
+//! partitions one after the other from this broker; a paused partition
+//! holds no other back and resumes exactly where it stopped.
+
+#![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use posterior_learner::config::{Config, KafkaConfig, SourceConfig};
+use posterior_learner::engine::Payload;
+use posterior_learner::kafka::{KafkaSource, Polled};
+use posterior_proto::v1::JoinedSample;
+use posterior_tests::broker::{Broker, Storage};
+use posterior_tests::config::{Source, learner_toml};
+use prost::Message as _;
+
+const PARTITIONS: u32 = 4;
+const PER_PARTITION: u64 = 3_000;
+/// Event time step within a partition: each spans 15 s.
+const STEP_MS: i64 = 5;
+const BASE_MS: i64 = 1_700_000_000_000;
+const ALIGN_MS: i64 = 1_000;
+
+/// Partition `p`'s record `i`: a sample at `BASE_MS + i × STEP_MS + p`,
+/// except every 500th record of partition 1, which does not decode.
+fn record(p: u32, i: u64) -> Vec<u8> {
+    if p == 1 && i % 500 == 7 {
+        return vec![0xff, 0xff, 0xff];
+    }
+    JoinedSample {
+        doc_id: u64::from(p) * 1_000_000 + i,
+        version: "beta".into(),
+        event_time_ms: BASE_MS + i as i64 * STEP_MS + i64::from(p),
+        context: vec![],
+        labels: [("click".to_owned(), 0.0)].into(),
+        weight: 1.0,
+        sample_id: String::new(),
+    }
+    .encode_to_vec()
+}
+
+/// A broker holding `per_partition` records of [`record`] in each of the
+/// [`PARTITIONS`] partitions of `samples`.
+fn filled_broker(per_partition: u64) -> Broker {
+    let broker = Broker::start(Storage::Memory);
+    broker.create_topic("samples", PARTITIONS);
+    let values: Vec<(u32, Vec<u8>)> = (0..PARTITIONS)
+        .flat_map(|p| (0..per_partition).map(move |i| (p, record(p, i))))
+        .collect();
+    broker.produce(
+        "samples",
+        values
+            .iter()
+            .map(|(p, v)| (*p, p.to_be_bytes().to_vec(), v.as_slice())),
+    );
+    broker
+}
+
+fn kafka_config(dir: &std::path::Path, bootstrap: &str) -> KafkaConfig {
+    let text = learner_toml(dir, "source", Source::Kafka(bootstrap), 10_000, None);
+    match Config::from_toml(&text).unwrap().source {
+        SourceConfig::Kafka(kafka) => kafka,
+        other => panic!("a kafka source, not {other:?}"),
+    }
+}
+
+/// What a read of the whole topic saw.
+struct Read {
+    /// Largest lead of a partition's clock, before a record of it was
+    /// delivered, over the slowest partition with records left (one
+    /// without a sample yet counting as at the topic's start).
+    max_lead_ms: i64,
+    undecodable: u64,
+}
+
+/// Reads every partition to its end, checking offsets (each once, in
+/// order) and, with `align_ms`, that no record came from a partition whose
+/// clock was beyond the alignment limit. The limit is computed as the
+/// reader computes it, from what was delivered before (the channel keeps
+/// the reader's order).
+fn read_all(kafka: &KafkaConfig, align_ms: Option<i64>) -> Read {
+    let mut source = KafkaSource::open(kafka, &BTreeMap::new(), align_ms).unwrap();
+    let n = PARTITIONS as usize;
+    let mut next = vec![0_u64; n];
+    let mut clock: Vec<Option<i64>> = vec![None; n];
+    let mut at_end = vec![false; n];
+    let mut read = Read {
+        max_lead_ms: i64::MIN,
+        undecodable: 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(next.iter().all(|&o| o == PER_PARTITION) && at_end.iter().all(|&e| e)) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out: next offsets {next:?}, at end {at_end:?}"
+        );
+        match source.poll(Duration::from_millis(100)).unwrap() {
+            Polled::Record {
+                partition,
+                offset,
+                payload,
+            } => {
+                let p = partition as usize;
+                assert_eq!(offset, next[p], "partition {p}: offsets once, in order");
+                next[p] += 1;
+                let slowest = (0..n)
+                    .filter(|&q| !at_end[q])
+                    .map(|q| clock[q].unwrap_or(i64::MIN))
+                    .min()
+                    .expect("the partition delivering is not at its end");
+                if let (Some(c), Some(align_ms)) = (clock[p], align_ms) {
+                    assert!(
+                        c <= slowest.saturating_add(align_ms),
+                        "partition {p} at {c} read beyond the slowest ({slowest}) + {align_ms} ms"
+                    );
+                }
+                // For the lead, a partition without a sample yet is at the
+                // topic's first event time.
+                if let Some(c) = clock[p] {
+                    let behind = (0..n)
+                        .filter(|&q| !at_end[q])
+                        .map(|q| clock[q].unwrap_or(BASE_MS))
+                        .min()
+                        .unwrap_or(c);
+                    read.max_lead_ms = read.max_lead_ms.max(c - behind);
+                }
+                at_end[p] = false;
+                match payload {
+                    Payload::Sample(sample) => {
+                        let t = sample.event_time_ms;
+                        clock[p] = Some(clock[p].map_or(t, |c| c.max(t)));
+                    }
+                    Payload::Invalid { reason, .. } => {
+                        assert_eq!(reason, "undecodable");
+                        read.undecodable += 1;
+                    }
+                }
+            }
+            Polled::CaughtUp(p) => at_end[p as usize] = true,
+            Polled::Nothing(_) => {}
+        }
+    }
+    read
+}
+
+#[test]
+fn reads_are_aligned_across_partitions_and_each_partition_stays_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = filled_broker(PER_PARTITION);
+    let kafka = kafka_config(dir.path(), &broker.bootstrap());
+
+    let aligned = read_all(&kafka, Some(ALIGN_MS));
+    let delivered = read_all(&kafka, None);
+    eprintln!(
+        "largest lead over the slowest partition: aligned {} ms, as delivered {} ms",
+        aligned.max_lead_ms, delivered.max_lead_ms
+    );
+    let expected_undecodable = PER_PARTITION.div_ceil(500);
+    assert_eq!(aligned.undecodable, expected_undecodable);
+    assert_eq!(delivered.undecodable, expected_undecodable);
+    // Aligned reads come close to the limit (the check above is not
+    // vacuous: partitions did run ahead of each other, up to it).
+    assert!(
+        (ALIGN_MS / 2..=ALIGN_MS + STEP_MS).contains(&aligned.max_lead_ms),
+        "aligned lead {} ms",
+        aligned.max_lead_ms
+    );
+    // This broker hands whole partitions over one after the other: read as
+    // delivered, one partition got seconds ahead of another.
+    assert!(
+        delivered.max_lead_ms > 4 * ALIGN_MS,
+        "as delivered, the lead was only {} ms",
+        delivered.max_lead_ms
+    );
+}
+
+#[test]
+fn a_paused_partition_holds_no_one_back_and_resumes_where_it_stopped() {
+    const PER: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = filled_broker(PER);
+    let kafka = kafka_config(dir.path(), &broker.bootstrap());
+    let mut source = KafkaSource::open(&kafka, &BTreeMap::new(), Some(ALIGN_MS)).unwrap();
+    let n = PARTITIONS as usize;
+    let mut next = vec![0_u64; n];
+    let mut at_end = vec![false; n];
+    let take = |source: &mut KafkaSource, next: &mut [u64], at_end: &mut [bool]| match source
+        .poll(Duration::from_millis(100))
+        .unwrap()
+    {
+        Polled::Record {
+            partition, offset, ..
+        } => {
+            let p = partition as usize;
+            assert_eq!(offset, next[p], "partition {p}: offsets once, in order");
+            next[p] += 1;
+            at_end[p] = false;
+            Some(p)
+        }
+        Polled::CaughtUp(p) => {
+            at_end[p as usize] = true;
+            None
+        }
+        Polled::Nothing(_) => None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Pause partition 0 at its first record; the others run to their end.
+    while next[0] == 0 {
+        assert!(Instant::now() < deadline, "partition 0 never delivered");
+        take(&mut source, &mut next, &mut at_end);
+    }
+    source.set_paused(&[0]);
+    while !(1..n).all(|p| next[p] == PER && at_end[p]) {
+        assert!(
+            Instant::now() < deadline,
+            "the others stalled behind the paused partition: {next:?}"
+        );
+        take(&mut source, &mut next, &mut at_end);
+    }
+    // What was read ahead of the pause has arrived (the others' last
+    // records came after it); partition 0 stopped well before its end.
+    let stopped_at = next[0];
+    assert!(stopped_at < PER / 2, "partition 0 ran on to {stopped_at}");
+    let quiet = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < quiet {
+        assert_ne!(
+            take(&mut source, &mut next, &mut at_end),
+            Some(0),
+            "a record of the paused partition"
+        );
+    }
+    source.set_paused(&[]);
+    while !(next[0] == PER && at_end[0]) {
+        assert!(
+            Instant::now() < deadline,
+            "partition 0 did not resume: {next:?}"
+        );
+        take(&mut source, &mut next, &mut at_end);
+    }
+    eprintln!("partition 0 paused at offset {stopped_at}, resumed and read to {PER}");
+}
