@@ -380,10 +380,24 @@ impl Reader {
 /// without a sample yet counts as the slowest of all) plus `align_ms`; no
 /// limit when no lane has records to give.
 fn alignment_limit(lanes: &[Lane], paused: &[u32], align_ms: i64) -> i64 {
+    limit_of(
+        lanes
+            .iter()
+            .map(|lane| (lane.partition, lane.clock, lane.at_end)),
+        paused,
+        align_ms,
+    )
+}
+
+/// [`alignment_limit`] of lanes given as (partition, clock, at end).
+fn limit_of(
+    lanes: impl Iterator<Item = (u32, Option<i64>, bool)>,
+    paused: &[u32],
+    align_ms: i64,
+) -> i64 {
     lanes
-        .iter()
-        .filter(|lane| !lane.at_end && paused.binary_search(&lane.partition).is_err())
-        .map(|lane| lane.clock.unwrap_or(i64::MIN))
+        .filter(|&(partition, _, at_end)| !at_end && paused.binary_search(&partition).is_err())
+        .map(|(_, clock, _)| clock.unwrap_or(i64::MIN))
         .min()
         .map_or(i64::MAX, |slowest| slowest.saturating_add(align_ms))
 }
@@ -448,5 +462,57 @@ fn convert(result: Result<BorrowedMessage<'_>, KafkaError>) -> Item {
             source: err,
         }),
         Err(err) => Ok(Polled::Nothing(Some(err))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(lanes: &[(u32, Option<i64>, bool)], paused: &[u32]) -> i64 {
+        limit_of(lanes.iter().copied(), paused, 1_000)
+    }
+
+    #[test]
+    fn the_slowest_lane_with_records_to_give_sets_the_limit() {
+        let lanes = [
+            (0, Some(5_000), false),
+            (1, Some(2_000), false),
+            (2, Some(9_000), false),
+        ];
+        assert_eq!(limit(&lanes, &[]), 3_000);
+        // At its end, or paused, a lane holds nobody back.
+        let lanes = [
+            (0, Some(5_000), false),
+            (1, Some(2_000), true),
+            (2, Some(9_000), false),
+        ];
+        assert_eq!(limit(&lanes, &[]), 6_000);
+        let lanes = [
+            (0, Some(5_000), false),
+            (1, Some(2_000), false),
+            (2, Some(9_000), false),
+        ];
+        assert_eq!(limit(&lanes, &[1]), 6_000);
+        assert_eq!(limit(&lanes, &[0, 1]), 10_000);
+    }
+
+    #[test]
+    fn a_lane_without_a_sample_holds_everyone_back_and_no_lane_means_no_limit() {
+        let lanes = [(0, Some(5_000), false), (1, None, false)];
+        assert_eq!(limit(&lanes, &[]), i64::MIN + 1_000);
+        // Unless it is at its end (an empty partition) or paused.
+        assert_eq!(
+            limit(&[(0, Some(5_000), false), (1, None, true)], &[]),
+            6_000
+        );
+        assert_eq!(limit(&lanes, &[1]), 6_000);
+        assert_eq!(
+            limit(&[(0, Some(5_000), true), (1, None, true)], &[]),
+            i64::MAX
+        );
+        assert_eq!(limit(&[], &[]), i64::MAX);
+        // The limit saturates instead of overflowing.
+        assert_eq!(limit(&[(0, Some(i64::MAX - 10), false)], &[]), i64::MAX);
     }
 }
