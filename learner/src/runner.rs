@@ -373,6 +373,8 @@ pub fn run_local_with(
     let publish_every = Duration::from_millis(config.publish_interval_ms());
     let mut source = LocalSource::open(config, offset, pushed, publish_every)?;
     let poll_every = source.poll_every();
+    // A read of stdin may block for ever: see the checkpoint below.
+    let blocking = matches!(config.source, SourceConfig::Stdin { .. });
     let mut stopped = false;
     let mut last_publish = Instant::now();
     loop {
@@ -394,6 +396,17 @@ pub fn run_local_with(
                     stopped = true;
                     break;
                 }
+                // A checkpoint put off while the previous write ran is
+                // taken here, not at a record that may be long in coming.
+                if checkpoint_due(
+                    &config.state,
+                    since_checkpoint,
+                    Duration::ZERO,
+                    checkpointer.busy(),
+                ) {
+                    checkpointer.checkpoint(&mut engine, records)?;
+                    since_checkpoint = 0;
+                }
                 continue;
             }
             Next::End => break,
@@ -405,6 +418,16 @@ pub fn run_local_with(
         }
         checkpointer.failpoint.hit("after_ingest", records);
         since_checkpoint += 1;
+        // A due checkpoint is put off while the previous write runs, to
+        // the next record; but the next read of stdin may block for ever
+        // (and what stdin gave cannot be read again after a crash), so
+        // there the write in flight is waited for instead.
+        if blocking
+            && checkpointer.busy()
+            && checkpoint_due(&config.state, since_checkpoint, Duration::ZERO, false)
+        {
+            checkpointer.wait()?;
+        }
         if checkpoint_due(
             &config.state,
             since_checkpoint,
@@ -1062,6 +1085,10 @@ pub struct Checkpointer {
     /// The versions last announced to the sink (none yet at start).
     announced: Option<Vec<VersionEntry>>,
     failpoint: Failpoint,
+    /// Test hook: `POSTERIOR_SLOW_WRITE_MS=n` makes every checkpoint write
+    /// take n ms longer, so tests can catch a checkpoint while the previous
+    /// one is still being written.
+    slow_write: Option<Duration>,
     count: u64,
     in_flight: Option<InFlight>,
     last_write: Option<WriteDone>,
@@ -1136,6 +1163,10 @@ impl Checkpointer {
             sink,
             announced: None,
             failpoint: Failpoint::from_env(),
+            slow_write: std::env::var("POSTERIOR_SLOW_WRITE_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis),
             count: 0,
             in_flight: None,
             last_write: None,
@@ -1319,10 +1350,14 @@ impl Checkpointer {
         let t4 = Instant::now();
         self.failpoint.hit("before_checkpoint", records);
         let store = Arc::clone(&self.store);
+        let slow_write = self.slow_write;
         let handle = std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
                 let start = Instant::now();
+                if let Some(delay) = slow_write {
+                    std::thread::sleep(delay);
+                }
                 sort_param_puts(&mut writes[..changed_keys]);
                 let written = store.write_from(&mut writes);
                 (written.map(|stats| (stats, start.elapsed())), writes)

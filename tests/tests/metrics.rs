@@ -169,3 +169,72 @@ fn applied_and_dead_letters_by_reason_match_an_uninterrupted_run() {
     let status = finish_within(&mut child, Duration::from_secs(120), &learner_log);
     assert!(status.success(), "{status:?}");
 }
+
+/// A checkpoint that falls due while the previous one is still being
+/// written is put off to a later record, but stdin may give no later
+/// record: the learner must take it anyway. Each write is slowed down
+/// (`POSTERIOR_SLOW_WRITE_MS`) so the second checkpoint always finds the
+/// first one in flight.
+#[test]
+fn a_stdin_learner_takes_a_checkpoint_put_off_by_a_running_write() {
+    const EVERY: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = generate(LogSpec {
+        records: 2 * EVERY,
+        docs: 50,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 3,
+    });
+    let log_path = dir.path().join("samples.jsonl");
+    std::fs::write(&log_path, &log).unwrap();
+    let file_source = format!(
+        "kind = \"file\"\npath = \"{}\"\nformat = \"jsonl\"",
+        log_path.display()
+    );
+    let text = learner_toml(dir.path(), "live", Source::File(&log_path), 5_000, None)
+        .replace(&file_source, "kind = \"stdin\"\nformat = \"jsonl\"")
+        .replace(
+            "checkpoint_every_records = 5000",
+            &format!("checkpoint_every_records = {EVERY}"),
+        );
+    let text = format!("{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let config_path = dir.path().join("live.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let learner_log = dir.path().join("live.log");
+    let mut child = Command::new(binary("learner"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env("POSTERIOR_SLOW_WRITE_MS", "500")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(log_file(&learner_log))
+        .spawn()
+        .unwrap();
+    let addr = logged_addr(&learner_log, "metrics listening on ");
+    // Both checkpoints' records at once; stdin stays open, with nothing
+    // more to read.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(log.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = scrape(addr);
+        // Checkpoints taken (each observes how long it blocked ingestion).
+        let taken = series(&page, "posterior_learner_checkpoint_blocked_seconds_count");
+        if taken.get("").copied() == Some(2.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second checkpoint was never taken:\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stdin);
+    let status = finish_within(&mut child, Duration::from_secs(60), &learner_log);
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&learner_log).unwrap()
+    );
+}
