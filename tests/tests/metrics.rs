@@ -27,6 +27,23 @@ use posterior_tests::{binary, finish_within, log_file};
 /// Records between checkpoints of the learner under test.
 const CHECKPOINT_EVERY: usize = 1_000;
 
+/// The config of a learner named `live` reading stdin (the test's
+/// reference reads `log_path`), checkpointing every `every` records, with
+/// its metrics endpoint on a free port.
+fn stdin_config(dir: &std::path::Path, log_path: &std::path::Path, every: usize) -> String {
+    let file_source = format!(
+        "kind = \"file\"\npath = \"{}\"\nformat = \"jsonl\"",
+        log_path.display()
+    );
+    let text = learner_toml(dir, "live", Source::File(log_path), 5_000, None)
+        .replace(&file_source, "kind = \"stdin\"\nformat = \"jsonl\"")
+        .replace(
+            "checkpoint_every_records = 5000",
+            &format!("checkpoint_every_records = {every}"),
+        );
+    format!("{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n")
+}
+
 #[test]
 fn applied_and_dead_letters_by_reason_match_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,18 +69,9 @@ fn applied_and_dead_letters_by_reason_match_an_uninterrupted_run() {
 
     // The learner under test: stdin, the endpoint and the server on free
     // ports.
-    let file_source = format!(
-        "kind = \"file\"\npath = \"{}\"\nformat = \"jsonl\"",
-        log_path.display()
-    );
-    let text = learner_toml(dir.path(), "live", Source::File(&log_path), 5_000, None)
-        .replace(&file_source, "kind = \"stdin\"\nformat = \"jsonl\"")
-        .replace(
-            "checkpoint_every_records = 5000",
-            &format!("checkpoint_every_records = {CHECKPOINT_EVERY}"),
-        );
     let text = format!(
-        "{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[param_server]\nlisten = \"127.0.0.1:0\"\n"
+        "{}\n[param_server]\nlisten = \"127.0.0.1:0\"\n",
+        stdin_config(dir.path(), &log_path, CHECKPOINT_EVERY)
     );
     let config_path = dir.path().join("live.toml");
     std::fs::write(&config_path, &text).unwrap();
@@ -187,17 +195,7 @@ fn a_stdin_learner_takes_a_checkpoint_put_off_by_a_running_write() {
     });
     let log_path = dir.path().join("samples.jsonl");
     std::fs::write(&log_path, &log).unwrap();
-    let file_source = format!(
-        "kind = \"file\"\npath = \"{}\"\nformat = \"jsonl\"",
-        log_path.display()
-    );
-    let text = learner_toml(dir.path(), "live", Source::File(&log_path), 5_000, None)
-        .replace(&file_source, "kind = \"stdin\"\nformat = \"jsonl\"")
-        .replace(
-            "checkpoint_every_records = 5000",
-            &format!("checkpoint_every_records = {EVERY}"),
-        );
-    let text = format!("{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let text = stdin_config(dir.path(), &log_path, EVERY);
     let config_path = dir.path().join("live.toml");
     std::fs::write(&config_path, &text).unwrap();
     let learner_log = dir.path().join("live.log");
