@@ -398,15 +398,14 @@ pub fn run_local_with(
                 }
                 // A checkpoint put off while the previous write ran is
                 // taken here, not at a record that may be long in coming.
-                if checkpoint_due(
-                    &config.state,
-                    since_checkpoint,
-                    Duration::ZERO,
-                    checkpointer.busy(),
-                ) {
-                    checkpointer.checkpoint(&mut engine, records)?;
-                    since_checkpoint = 0;
-                }
+                checkpoint_if_due(
+                    config,
+                    &mut checkpointer,
+                    &mut engine,
+                    records,
+                    &mut since_checkpoint,
+                    false,
+                )?;
                 continue;
             }
             Next::End => break,
@@ -422,21 +421,14 @@ pub fn run_local_with(
         // the next record; but the next read of stdin may block for ever
         // (and what stdin gave cannot be read again after a crash), so
         // there the write in flight is waited for instead.
-        if blocking
-            && checkpointer.busy()
-            && checkpoint_due(&config.state, since_checkpoint, Duration::ZERO, false)
-        {
-            checkpointer.wait()?;
-        }
-        if checkpoint_due(
-            &config.state,
-            since_checkpoint,
-            Duration::ZERO,
-            checkpointer.busy(),
-        ) {
-            checkpointer.checkpoint(&mut engine, records)?;
-            since_checkpoint = 0;
-        }
+        checkpoint_if_due(
+            config,
+            &mut checkpointer,
+            &mut engine,
+            records,
+            &mut since_checkpoint,
+            blocking,
+        )?;
         if controls.stop.load(Ordering::Relaxed) {
             stopped = true;
             break;
@@ -1456,6 +1448,28 @@ pub fn checkpoint_due(
         && since_records > 0
         && since >= Duration::from_millis(state.checkpoint_every_ms);
     (since_records >= state.checkpoint_every_records || by_time) && !busy
+}
+
+/// A local run's record-counted checkpoint: taken when due and no write is
+/// running (it is put off otherwise), or, with `wait_for_write`, after
+/// waiting for the running write. Resets `since_checkpoint` when taken.
+fn checkpoint_if_due(
+    config: &Config,
+    checkpointer: &mut Checkpointer,
+    engine: &mut Engine,
+    records: u64,
+    since_checkpoint: &mut u64,
+    wait_for_write: bool,
+) -> Result<()> {
+    let due = |busy| checkpoint_due(&config.state, *since_checkpoint, Duration::ZERO, busy);
+    if wait_for_write && checkpointer.busy() && due(false) {
+        checkpointer.wait()?;
+    }
+    if due(checkpointer.busy()) {
+        checkpointer.checkpoint(engine, records)?;
+        *since_checkpoint = 0;
+    }
+    Ok(())
 }
 
 /// Wall-clock time, Unix ms (0 if the clock is before 1970).
