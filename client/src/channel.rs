@@ -7,6 +7,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::config::ClientConfig;
 use crate::error::ClientError;
+use crate::transport::Connector;
 
 /// Interval of HTTP/2 keep-alive pings: a watch stream over a connection
 /// that silently died (no FIN, no RST) fails within interval + timeout
@@ -17,19 +18,33 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects to `endpoint` (`http://host:port`, or `https://` with the
 /// `tls` feature) within the config's connect timeout.
+/// Plain `http://` endpoints connect through [`Connector`] (a request in
+/// one TCP segment); TLS endpoints through tonic's own connector.
 pub(crate) async fn connect(endpoint: &str, config: &ClientConfig) -> Result<Channel, ClientError> {
-    builder(endpoint, config)?
-        .connect()
-        .await
-        .map_err(|source| ClientError::Connect {
-            endpoint: endpoint.to_owned(),
-            source,
-        })
+    let builder = builder(endpoint, config)?;
+    let connected = if is_plain(endpoint) {
+        builder.connect_with_connector(Connector).await
+    } else {
+        builder.connect().await
+    };
+    connected.map_err(|source| ClientError::Connect {
+        endpoint: endpoint.to_owned(),
+        source,
+    })
 }
 
 /// A channel to `endpoint` that connects on its first call.
 pub(crate) fn lazy(endpoint: &str, config: &ClientConfig) -> Result<Channel, ClientError> {
-    Ok(builder(endpoint, config)?.connect_lazy())
+    let builder = builder(endpoint, config)?;
+    Ok(if is_plain(endpoint) {
+        builder.connect_with_connector_lazy(Connector)
+    } else {
+        builder.connect_lazy()
+    })
+}
+
+fn is_plain(endpoint: &str) -> bool {
+    endpoint.starts_with("http://")
 }
 
 fn builder(endpoint: &str, config: &ClientConfig) -> Result<Endpoint, ClientError> {

@@ -13,6 +13,8 @@
 //! - [`config`]: [`ClientConfig`], [`RetryPolicy`], [`Backoff`], TLS.
 //! - `retry`: the bounded retry loop with jittered backoff.
 //! - `channel`: the shared connection, keep-alive and TLS.
+//! - [`transport`]: [`transport::Connector`], plain TCP connections that
+//!   send a call's request in one segment.
 //! - [`error`]: [`ClientError`] and which codes are retryable.
 
 pub mod admin;
@@ -23,6 +25,7 @@ pub mod error;
 pub mod mirror;
 pub mod params;
 mod retry;
+pub mod transport;
 
 pub use admin::{AdminClient, AdminReceipt, ForkOverrides, VersionInfo};
 pub use client::{Client, WatchEvent, WatchStream};

@@ -25,8 +25,6 @@
 //! - [`control`]: the `ControlPlane` trait and its in-process channel.
 //! - [`tls`]: TLS / mTLS settings loaded and checked before binding.
 //! - [`server`]: `serve(listener, …, shutdown)` with health and reflection.
-//! - [`conn`]: accepted connections with coalesced small writes (a small
-//!   response in one system call).
 //! - [`metrics`]: the Prometheus metrics: gRPC latencies, sheds, keys,
 //!   watchers, feed updates.
 //! - [`grpc_metrics`]: the service wrapper timing each call by method and
@@ -55,7 +53,6 @@ pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod config;
-pub mod conn;
 pub mod control;
 pub mod encoded;
 pub mod error;
@@ -88,10 +85,12 @@ pub mod watch;
 
 pub use admin::AdminServiceImpl;
 pub use admission::{Admission, AdmissionStats, Shed};
-pub use conn::Coalesced;
 pub use control::{ControlPlane, ControlPlaneError, InProcessControlPlane};
 pub use error::{AdminError, ServeError, StoreError};
 pub use limits::Limits;
+/// Accepted connections are wrapped in it: a small response leaves in one
+/// system call (see [`posterior_proto::conn`]).
+pub use posterior_proto::conn::Coalesced;
 pub use readiness::Readiness;
 pub use server::{AdminSetup, ServeOptions, ServerError, serve, serve_connections};
 pub use service::ParamServiceImpl;

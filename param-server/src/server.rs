@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use posterior_proto::conn::Coalesced;
 use posterior_proto::v1::admin_service_server::AdminServiceServer;
 use posterior_proto::v1::param_service_server::ParamServiceServer;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -21,7 +22,6 @@ use tonic::transport::server::{Connected, TcpIncoming};
 use crate::admin::AdminServiceImpl;
 use crate::audit::AuditLog;
 use crate::auth::TokenSet;
-use crate::conn::Coalesced;
 use crate::grpc_metrics::{ADMIN_METHODS, Metered, PARAM_METHODS};
 use crate::guard::AdminGuard;
 use crate::limits::Limits;

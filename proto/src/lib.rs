@@ -5,10 +5,14 @@
 //! - `v1`: messages (`JoinedSample`, `Params`, `ParamUpdate`, `VersionSpec`)
 //!   and the `ParamService` / `AdminService` clients and servers.
 //! - `FILE_DESCRIPTOR_SET`: encoded descriptors, for gRPC reflection.
+//! - [`conn`]: the connection wrapper of both ends, which sends a small
+//!   gRPC message (a request, a response) in one TCP segment.
 //!
 //! Generated types stop at the service boundary: the learner and the
 //! param-server convert them into domain types with `TryFrom`, which is
 //! where bad input is rejected.
+
+pub mod conn;
 
 /// Generated code of package `posterior.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

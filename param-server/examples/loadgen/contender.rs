@@ -4,6 +4,7 @@
 //! decodes the `GetParamsResponse`.
 
 use anyhow::{Context, Result, ensure};
+use posterior_client::transport::Connector;
 use posterior_proto::v1;
 use posterior_proto::v1::param_service_client::ParamServiceClient;
 use prost::Message;
@@ -67,8 +68,7 @@ pub enum Client {
 /// A param-server client on a new connection.
 pub async fn param_server(addr: &str) -> Result<ParamServiceClient<Channel>> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect()
+        .connect_with_connector(Connector)
         .await
         .with_context(|| format!("connect to the param-server at {addr}"))?;
     Ok(ParamServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
@@ -86,8 +86,7 @@ impl LightClient {
     /// Connects to the param-server at `addr`.
     pub async fn connect(addr: &str) -> Result<Self> {
         let channel = Endpoint::from_shared(format!("http://{addr}"))?
-            .tcp_nodelay(true)
-            .connect()
+            .connect_with_connector(Connector)
             .await
             .with_context(|| format!("connect to the param-server at {addr}"))?;
         let grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);

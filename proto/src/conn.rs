@@ -1,24 +1,49 @@
-//! A connection that coalesces small writes, so a small gRPC response
-//! leaves in one `write` instead of two.
+//! Connections that coalesce small writes, so a small gRPC message leaves
+//! in one TCP segment instead of two. Used by both ends: the param-server
+//! wraps every accepted socket in [`Coalesced::new`], the Rust client its
+//! socket in [`Coalesced::deferring`].
 //!
-//! Why: h2 (0.4) copies a DATA payload into its frame buffer only up to a
-//! threshold — 256 bytes when the connection reports vectored writes, 1024
-//! when it does not — and chains a larger one as a second buffer; it then
-//! flushes that chained frame before it encodes the next one. Over a plain
-//! `TcpStream` (vectored) a response of one doc's parameters (~830 bytes at
-//! d = 32) therefore costs a `writev` of HEADERS + DATA and a second
-//! `write` of the 10-byte trailers frame (`grpc-status`), where a Redis
-//! reply costs one. On loopback each write also runs the receiver's TCP
-//! path; it was the largest single cost of 1-doc requests.
+//! **Server side.** h2 (0.4) copies a DATA payload into its frame buffer
+//! only up to a threshold — 256 bytes when the connection reports vectored
+//! writes, 1024 when it does not — and chains a larger one as a second
+//! buffer; it then flushes that chained frame before it encodes the next
+//! one. Over a plain `TcpStream` (vectored) a response of one doc's
+//! parameters (~830 bytes at d = 32) therefore costs a `writev` of
+//! HEADERS and DATA and a second `write` of the 10-byte trailers frame
+//! (`grpc-status`), where a Redis reply costs one. On loopback each write
+//! also runs the receiver's TCP path; it was the largest single cost of
+//! 1-doc requests. [`Coalesced`] reports no vectored writes, so h2 copies
+//! payloads of up to 1024 bytes and a small response is one buffer,
+//! written once. For the larger, chained payloads h2 then writes the frame
+//! buffer and the payload in two calls; `Coalesced` keeps the first
+//! (small) call in its own buffer and sends both with one `writev` when the
+//! payload arrives (uncopied), so those frames still cost one system call
+//! each.
 //!
-//! [`Coalesced`] reports no vectored writes, so h2 copies payloads of up to
-//! 1024 bytes and a small response is one buffer, written once. For the
-//! larger, chained payloads h2 then writes the frame buffer and the payload
-//! in two calls; `Coalesced` keeps the first (small) call in its own buffer
-//! and sends both with one `writev` when the payload arrives (uncopied), so
-//! those frames still cost one system call each. Bytes reach the socket in
-//! the order they were written, and nothing stays buffered past a flush.
+//! **Client side.** hyper's HTTP/2 client queues a request's HEADERS when
+//! it opens the stream, but its DATA only once h2 has given the new stream
+//! send capacity — which h2 does while the connection task writes those
+//! HEADERS, and that task then flushes them alone. The DATA follows in a
+//! second write, one scheduler turn later: two small TCP segments per
+//! unary call, and the server's kernel acknowledged the pair at once with
+//! a segment of its own (`ss -ti` on the server's sockets: per call two
+//! data segments in, the response and one pure ACK out), so a call cost
+//! four segments on loopback where a Redis `MGET` costs two.
+//! [`Coalesced::deferring`] makes the first flush of held bytes wait one
+//! turn of the scheduler (`tokio::task::yield_now`, which tokio wakes only
+//! once the worker has run its other ready tasks): the body task, woken
+//! by the capacity grant, runs first and queues the DATA, and the flush
+//! then sends HEADERS and DATA in one write. If nothing comes meanwhile
+//! (a PING acknowledgement, a window update), the flush sends what is
+//! held one turn later — never after a timer. On a current-thread runtime
+//! the order is fixed; on a multi-threaded one another worker may take the
+//! connection task while the body task runs, so there most requests, not
+//! all, leave in one write (`param-server/tests/writes.rs`).
+//!
+//! Bytes reach the socket in the order they were written, and nothing
+//! stays buffered past a completed flush.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -42,15 +67,35 @@ pub struct Coalesced<T> {
     /// Held bytes; `held[sent..]` are not yet written to `io`.
     held: Vec<u8>,
     sent: usize,
+    /// Whether a flush of held bytes first yields one scheduler turn.
+    defers: bool,
+    /// A flush has yielded for the bytes held now.
+    deferred: bool,
+    /// The turn a deferred flush waits for.
+    turn: Option<Turn>,
 }
 
 impl<T> Coalesced<T> {
-    /// Wraps `io`; nothing is allocated until the first write.
+    /// Wraps `io` (the server's mode): a flush writes what is held at once.
+    /// Nothing is allocated until the first write.
     pub fn new(io: T) -> Self {
         Self {
             io,
             held: Vec::new(),
             sent: 0,
+            defers: false,
+            deferred: false,
+            turn: None,
+        }
+    }
+
+    /// Wraps `io` (the client's mode): the first flush of held bytes
+    /// yields one scheduler turn, so the frames another task is about to
+    /// queue (a request's DATA after its HEADERS) leave in the same write.
+    pub fn deferring(io: T) -> Self {
+        Self {
+            defers: true,
+            ..Self::new(io)
         }
     }
 
@@ -77,6 +122,7 @@ impl<T> Coalesced<T> {
         if self.sent == self.held.len() {
             self.held.clear();
             self.sent = 0;
+            self.deferred = false;
         }
         for buf in bufs {
             self.held.extend_from_slice(buf);
@@ -120,6 +166,7 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
         }
         self.held.clear();
         self.sent = 0;
+        self.deferred = false;
         Poll::Ready(Ok(()))
     }
 }
@@ -176,6 +223,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.defers && !this.deferred && this.held() > 0 {
+            let turn = this
+                .turn
+                .get_or_insert_with(|| Turn(Box::pin(tokio::task::yield_now())));
+            ready!(turn.0.as_mut().poll(cx));
+            this.turn = None;
+            this.deferred = true;
+        }
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.io).poll_flush(cx)
     }
@@ -192,6 +247,17 @@ impl<T: Connected> Connected for Coalesced<T> {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.io.connect_info()
+    }
+}
+
+/// `tokio::task::yield_now()`, boxed: tokio wakes it only once the worker
+/// has run every other ready task (and polled its I/O driver), so the body
+/// task runs before the flush resumes.
+struct Turn(Pin<Box<dyn Future<Output = ()> + Send + Sync>>);
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Turn")
     }
 }
 
@@ -378,11 +444,65 @@ mod tests {
         assert_eq!(&conn.get_ref().out[..4], b"abcd");
     }
 
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_deferring_flush_yields_once_then_sends_what_came_meanwhile() {
+        let wakes = std::sync::Arc::new(Wakes::default());
+        let waker = Waker::from(std::sync::Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let mut conn = Coalesced::deferring(Recorder::default());
+        write_all(&mut conn, b"HEADERS");
+        assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_pending());
+        assert_eq!(
+            wakes.0.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "woke itself"
+        );
+        assert!(conn.get_ref().writes.is_empty() && conn.get_ref().flushes == 0);
+        write_all(&mut conn, b"DATA");
+        assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_ready());
+        assert_eq!(conn.get_ref().writes, vec![11], "one write of both frames");
+        assert_eq!(conn.get_ref().out, b"HEADERSDATA");
+        assert_eq!(conn.get_ref().flushes, 1);
+
+        // The next held bytes are deferred again; a flush with nothing held
+        // is not.
+        write_all(&mut conn, b"PING");
+        assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_pending());
+        assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_ready());
+        assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_ready());
+        assert_eq!(conn.get_ref().writes, vec![11, 4]);
+        assert_eq!(conn.get_ref().flushes, 3);
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_server_flush_never_defers() {
+        let mut conn = Coalesced::new(Recorder::default());
+        write_all(&mut conn, b"HEADERS+DATA");
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut conn).poll_flush(&mut cx).is_ready());
+        assert_eq!(conn.get_ref().writes, vec![12]);
+    }
+
     proptest! {
         /// Whatever the writes, flushes and the socket's partial writes and
-        /// stalls, the bytes arrive complete and in order, nothing is held
-        /// after a flush, and a flush or a large write is the only thing
-        /// that writes.
+        /// stalls, in either mode, the bytes arrive complete and in order,
+        /// nothing is held after a completed flush, and a flush or a large
+        /// write is the only thing that writes.
         #[test]
         fn bytes_arrive_in_order(
             ops in prop::collection::vec(
@@ -397,8 +517,14 @@ mod tests {
                 prop_oneof![Just(None), (1usize..40_000).prop_map(Some)],
                 0..200,
             ),
+            defers in any::<bool>(),
         ) {
-            let mut conn = Coalesced::new(Recorder { script, ..Recorder::default() });
+            let recorder = Recorder { script, ..Recorder::default() };
+            let mut conn = if defers {
+                Coalesced::deferring(recorder)
+            } else {
+                Coalesced::new(recorder)
+            };
             let mut sent = Vec::new();
             for (i, op) in ops.iter().enumerate() {
                 match *op {
