@@ -74,6 +74,27 @@ pub struct CheckpointStats {
     pub write_us: u64,
 }
 
+/// RocksDB option of the tables keyed by (version, doc): a memtable
+/// insert starts from where the last insert of the same version (the key's
+/// first 4 bytes) ended, instead of from the skip list's head. A
+/// checkpoint's keys are sorted, so each lands just after the previous one:
+/// with Beta-sized values a batch of 100 000 keys is inserted in 0.62–0.70×
+/// the time, and the runner's writer thread used half the CPU
+/// (BENCHMARKS.md, "Memtable inserts from the previous key"). Performance
+/// only: neither the stored bytes nor the reads change.
+pub const MEMTABLE_INSERT_HINT: &str =
+    "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.4";
+
+/// Options of `table`'s column family.
+fn table_options(table: Table) -> Result<Options, rocksdb::Error> {
+    match table {
+        Table::Params | Table::Pending => {
+            Options::default().get_options_from_string(MEMTABLE_INSERT_HINT)
+        }
+        Table::Reorder | Table::Dedup | Table::Meta => Ok(Options::default()),
+    }
+}
+
 /// The RocksDB-backed state store.
 pub struct RocksStore {
     db: DB,
@@ -97,12 +118,19 @@ impl RocksStore {
         // and an open would replay gigabytes of old checkpoints. Past this
         // size RocksDB flushes the tables that pin the oldest WAL.
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
-        let cfs = Table::ALL.map(|t| ColumnFamilyDescriptor::new(t.name(), Options::default()));
         let display = path.display().to_string();
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Rocks {
+        let rocks = |source| StoreError::Rocks {
             path: display.clone(),
             source,
-        })?;
+        };
+        let mut cfs = Vec::with_capacity(Table::ALL.len());
+        for table in Table::ALL {
+            cfs.push(ColumnFamilyDescriptor::new(
+                table.name(),
+                table_options(table).map_err(rocks)?,
+            ));
+        }
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(rocks)?;
         Ok(Self { db, path: display })
     }
 
@@ -187,6 +215,49 @@ impl RocksStore {
         StoreError::Rocks {
             path: self.path.clone(),
             source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The column families' sections of the newest `OPTIONS-*` file
+    /// RocksDB wrote in `dir`, by name.
+    fn options_sections(dir: &Path) -> Vec<(String, String)> {
+        let newest = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("OPTIONS-"))
+            })
+            .max()
+            .unwrap();
+        let text = std::fs::read_to_string(newest).unwrap();
+        text.split("\n[")
+            .filter_map(|section| {
+                let name = section.strip_prefix("CFOptions \"")?.split('"').next()?;
+                Some((name.to_owned(), section.to_owned()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tables_keyed_by_version_and_doc_insert_with_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(RocksStore::open(dir.path()).unwrap());
+        let sections = options_sections(dir.path());
+        for table in Table::ALL {
+            let (_, section) = sections
+                .iter()
+                .find(|(name, _)| name == table.name())
+                .unwrap_or_else(|| panic!("no section for {}", table.name()));
+            let hinted = section
+                .contains("memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.4");
+            let want = matches!(table, Table::Params | Table::Pending);
+            assert_eq!(hinted, want, "{}: {section}", table.name());
         }
     }
 }
