@@ -54,6 +54,8 @@ pub struct Overload {
     pub ok: u64,
     /// Refused with each other status code.
     pub refused: BTreeMap<String, u64>,
+    /// The first message of each refusal code.
+    pub first_message: BTreeMap<String, String>,
     /// Latency of the answered ones, µs.
     pub ok_us: Histogram<u64>,
     /// Latency of the refused ones, µs.
@@ -69,6 +71,7 @@ pub struct Overload {
 struct Outcomes {
     ok: u64,
     refused: BTreeMap<String, u64>,
+    first_message: BTreeMap<String, String>,
     ok_us: Histogram<u64>,
     refused_us: Histogram<u64>,
 }
@@ -82,6 +85,7 @@ pub async fn run(addr: &str, plan: Plan) -> Result<Overload> {
     let outcomes = Arc::new(Mutex::new(Outcomes {
         ok: 0,
         refused: BTreeMap::new(),
+        first_message: BTreeMap::new(),
         ok_us: histogram(),
         refused_us: histogram(),
     }));
@@ -123,10 +127,12 @@ pub async fn run(addr: &str, plan: Plan) -> Result<Overload> {
                         outcomes.ok_us.saturating_record(micros);
                     }
                     Err(status) => {
-                        *outcomes
-                            .refused
-                            .entry(format!("{:?}", status.code()))
-                            .or_default() += 1;
+                        let code = format!("{:?}", status.code());
+                        outcomes
+                            .first_message
+                            .entry(code.clone())
+                            .or_insert_with(|| status.message().to_owned());
+                        *outcomes.refused.entry(code).or_default() += 1;
                         outcomes.refused_us.saturating_record(micros);
                     }
                 }
@@ -150,6 +156,7 @@ pub async fn run(addr: &str, plan: Plan) -> Result<Overload> {
         not_sent,
         ok: outcomes.ok,
         refused: outcomes.refused.clone(),
+        first_message: outcomes.first_message.clone(),
         ok_us: outcomes.ok_us.clone(),
         refused_us: outcomes.refused_us.clone(),
         rss: (rss_before, peak.load(Ordering::Relaxed), rss_after),

@@ -222,6 +222,9 @@ fn print_overload(results: &Results) {
         o.docs_per_s
     );
     println!("| refused | {} |", refused.join(", "));
+    for (code, message) in &o.first_message {
+        println!("| first {code} | {} |", message.replace('|', "/"));
+    }
     println!(
         "| admitted latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
         ms(&o.ok_us, 0.5),
