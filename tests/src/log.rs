@@ -137,3 +137,23 @@ pub fn generate_records(spec: LogSpec) -> (Vec<LogRecord>, Injected) {
     }
     (out, injected)
 }
+
+/// A clicked sample of version `beta` for `doc_id` at `event_time_ms`,
+/// outside any generated log (its `sample_id` cannot collide with one):
+/// what a test produces to move a watermark or to teach one doc more.
+pub fn clicked_beta(doc_id: u64, event_time_ms: i64) -> LogRecord {
+    let sample = JoinedSample {
+        doc_id,
+        version: "beta".into(),
+        event_time_ms,
+        labels: [("click".to_owned(), 1.0)].into(),
+        weight: 1.0,
+        sample_id: format!("clicked-{doc_id}-{event_time_ms}"),
+        ..JoinedSample::default()
+    };
+    LogRecord {
+        doc_id,
+        jsonl: String::new(),
+        protobuf: sample.encode_to_vec(),
+    }
+}

@@ -22,6 +22,16 @@ use crate::{binary, finish_within, log_file};
 /// The admin bearer token of every replica [`replica_config`] writes.
 pub const ADMIN_TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
+/// `request` with `token` as its bearer token (an admin call).
+pub fn with_token<T>(token: &str, request: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(request);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("an ASCII token"),
+    );
+    request
+}
+
 /// Every (version, doc) → the served `Params`.
 pub type Served = BTreeMap<(String, u64), v1::Params>;
 

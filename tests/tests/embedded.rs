@@ -10,8 +10,8 @@
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,11 +28,11 @@ use posterior_proto::v1::admin_service_client::AdminServiceClient;
 use posterior_proto::v1::param_service_client::ParamServiceClient;
 use posterior_tests::broker::{Broker, Storage};
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
-use posterior_tests::log::{LogRecord, LogSpec, generate_records};
+use posterior_tests::log::{LogRecord, LogSpec, clicked_beta, generate_records};
 use posterior_tests::oracle::produce_samples;
 use posterior_tests::scrape::{label, logged_addr, scrape, series};
+use posterior_tests::serving::{Process, with_token};
 use posterior_tests::{binary, finish_within, log_file};
-use prost::Message as _;
 
 const DOCS: u64 = 400;
 const PARTITIONS: u32 = 2;
@@ -70,54 +70,19 @@ fn config_with_admin(dir: &Path, bootstrap: &str) -> String {
 
 /// `request` with the admin token.
 fn bearer<T>(request: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(request);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    request
+    with_token(TOKEN, request)
 }
 
-/// A clicked `beta` sample of `doc_id` at `t`.
-fn beta_sample(doc_id: u64, t: i64) -> LogRecord {
-    let sample = v1::JoinedSample {
-        doc_id,
-        version: "beta".into(),
-        event_time_ms: t,
-        labels: [("click".to_owned(), 1.0)].into(),
-        weight: 1.0,
-        sample_id: format!("late-{doc_id}-{t}"),
-        ..v1::JoinedSample::default()
-    };
-    LogRecord {
-        doc_id,
-        jsonl: String::new(),
-        protobuf: sample.encode_to_vec(),
-    }
-}
-
-/// A learner process, killed if a failing test leaves it running.
-struct Learner(Option<Child>);
-
-impl Drop for Learner {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn start(config: &Path, log: &Path) -> (Learner, String) {
+fn start(config: &Path, log: &Path) -> (Process, String) {
     let before = std::fs::read_to_string(log).unwrap_or_default().len();
-    let child = Command::new(binary("learner"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file(log))
-        .spawn()
-        .unwrap();
-    let child = Learner(Some(child));
+    let child = Process::spawn(
+        Command::new(binary("learner"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(log)),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -140,21 +105,6 @@ fn feed_counts(log: &Path) -> BTreeMap<String, f64> {
         .into_iter()
         .map(|(labels, n)| (label(&labels, "outcome").unwrap().to_owned(), n))
         .collect()
-}
-
-fn stop(mut learner: Learner, log: &Path) {
-    let mut child = learner.0.take().unwrap();
-    // SIGTERM: checkpoint, then exit 0.
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = finish_within(&mut child, Duration::from_secs(60), log);
-    assert!(status.success(), "{status}; see {}", log.display());
 }
 
 async fn fetch(endpoint: &str) -> Served {
@@ -248,7 +198,7 @@ fn the_embedded_server_serves_the_checkpointed_state_and_all_of_it_after_a_resta
     // twice at the start would be).
     let feed = feed_counts(&log);
     assert_eq!(feed.get("stale"), None, "{feed:?}");
-    stop(learner, &log);
+    learner.terminate(&log);
     let expected = expected(&config, &served);
     let learned = expected.values().filter(|p| !p.is_prior).count();
     assert!(learned > DOCS as usize, "{learned} keys learned");
@@ -278,18 +228,35 @@ fn the_embedded_server_serves_the_checkpointed_state_and_all_of_it_after_a_resta
             "{key:?} served after the restart"
         );
     }
-    stop(learner, &log);
+    learner.terminate(&log);
 }
 
-#[test]
-fn an_admin_fork_reaches_the_learner_and_the_fork_is_served_warm() {
+/// A learner with the admin service (its config `config_with_admin`
+/// plus what `extra` adds for the run's directory) on a broker holding
+/// 5 000 generated samples (`seed`), with a runtime and an admin client
+/// connected to it.
+struct AdminRun {
+    dir: tempfile::TempDir,
+    broker: Broker,
+    log: PathBuf,
+    learner: Process,
+    endpoint: String,
+    runtime: tokio::runtime::Runtime,
+    admin: AdminServiceClient<tonic::transport::Channel>,
+}
+
+fn start_with_admin(seed: u64, extra: impl FnOnce(&Path) -> String) -> AdminRun {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(Storage::Memory);
     broker.create_topic("samples", PARTITIONS);
     let config_path = dir.path().join("learner.toml");
     std::fs::write(
         &config_path,
-        config_with_admin(dir.path(), &broker.bootstrap()),
+        format!(
+            "{}\n{}",
+            config_with_admin(dir.path(), &broker.bootstrap()),
+            extra(dir.path())
+        ),
     )
     .unwrap();
     let log = dir.path().join("learner.log");
@@ -297,7 +264,7 @@ fn an_admin_fork_reaches_the_learner_and_the_fork_is_served_warm() {
         records: 5_000,
         docs: DOCS,
         out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 29,
+        seed,
     });
     produce_samples(&broker, &records, PARTITIONS);
     let (learner, endpoint) = start(&config_path, &log);
@@ -305,9 +272,31 @@ fn an_admin_fork_reaches_the_learner_and_the_fork_is_served_warm() {
         .enable_all()
         .build()
         .unwrap();
-    let mut admin = runtime
+    let admin = runtime
         .block_on(AdminServiceClient::connect(endpoint.clone()))
         .unwrap();
+    AdminRun {
+        dir,
+        broker,
+        log,
+        learner,
+        endpoint,
+        runtime,
+        admin,
+    }
+}
+
+#[test]
+fn an_admin_fork_reaches_the_learner_and_the_fork_is_served_warm() {
+    let AdminRun {
+        dir: _dir,
+        broker,
+        log,
+        learner,
+        endpoint: _,
+        runtime,
+        mut admin,
+    } = start_with_admin(29, |_| String::new());
     // Refused without the token: nothing reaches the learner.
     let refused = runtime
         .block_on(admin.fork_version(v1::ForkVersionRequest {
@@ -331,7 +320,7 @@ fn an_admin_fork_reaches_the_learner_and_the_fork_is_served_warm() {
     // one sample per partition beyond it moves the watermark past it.
     let after = accepted.effective_event_time_ms + OUT_OF_ORDERNESS_MS + 1_000;
     let beyond: Vec<LogRecord> = (0..u64::from(PARTITIONS))
-        .map(|doc| beta_sample(doc, after))
+        .map(|doc| clicked_beta(doc, after))
         .collect();
     produce_samples(&broker, &beyond, PARTITIONS);
 
@@ -371,7 +360,7 @@ fn an_admin_fork_reaches_the_learner_and_the_fork_is_served_warm() {
         text.contains(&accepted.command_id) && text.contains("forked \"beta\" into"),
         "the learner logged the applied command:\n{text}"
     );
-    stop(learner, &log);
+    learner.terminate(&log);
 }
 
 fn unix_ms() -> i64 {
@@ -401,43 +390,28 @@ fn wait_for_savepoint(dir: &Path, log: &Path) -> posterior_learner::savepoint::S
 fn push_watermark_past(broker: &Broker, at_ms: i64) {
     let after = at_ms + OUT_OF_ORDERNESS_MS + 1_000;
     let beyond: Vec<LogRecord> = (0..u64::from(PARTITIONS))
-        .map(|doc| beta_sample(doc, after))
+        .map(|doc| clicked_beta(doc, after))
         .collect();
     produce_samples(broker, &beyond, PARTITIONS);
 }
 
 #[test]
 fn an_admin_savepoint_is_cut_at_its_event_time_and_a_rollback_restores_one_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(Storage::Memory);
-    broker.create_topic("samples", PARTITIONS);
-    let config_path = dir.path().join("learner.toml");
-    let savepoints = dir.path().join("savepoints");
-    std::fs::write(
-        &config_path,
+    let AdminRun {
+        dir,
+        broker,
+        log,
+        learner,
+        endpoint,
+        runtime,
+        mut admin,
+    } = start_with_admin(31, |dir| {
         format!(
-            "{}\n[savepoints]\ndir = \"{}\"\n",
-            config_with_admin(dir.path(), &broker.bootstrap()),
-            savepoints.display()
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("learner.log");
-    let (records, _) = generate_records(LogSpec {
-        records: 5_000,
-        docs: DOCS,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 31,
+            "[savepoints]\ndir = \"{}\"\n",
+            dir.join("savepoints").display()
+        )
     });
-    produce_samples(&broker, &records, PARTITIONS);
-    let (learner, endpoint) = start(&config_path, &log);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut admin = runtime
-        .block_on(AdminServiceClient::connect(endpoint.clone()))
-        .unwrap();
+    let savepoints = dir.path().join("savepoints");
 
     // The savepoint: cut at its event time, named by its command id.
     let called_ms = unix_ms();
@@ -475,12 +449,12 @@ fn an_admin_savepoint_is_cut_at_its_event_time_and_a_rollback_restores_one_versi
     // rolled back.
     let base = taken.effective_event_time_ms + OUT_OF_ORDERNESS_MS + 1_001;
     let mut more: Vec<LogRecord> = (0..40)
-        .map(|i| beta_sample(if i == 0 { new_doc } else { i % 10 }, base + i as i64))
+        .map(|i| clicked_beta(if i == 0 { new_doc } else { i % 10 }, base + i as i64))
         .collect();
     // Moves the watermark past all of them: the micro-batches the log left
     // pending flush by age now, so the other version is quiet from here.
     more.extend(
-        (0..u64::from(PARTITIONS)).map(|doc| beta_sample(doc, base + 41 + OUT_OF_ORDERNESS_MS)),
+        (0..u64::from(PARTITIONS)).map(|doc| clicked_beta(doc, base + 41 + OUT_OF_ORDERNESS_MS)),
     );
     produce_samples(&broker, &more, PARTITIONS);
     let before = settle(&endpoint, |s| {
@@ -547,7 +521,7 @@ fn an_admin_savepoint_is_cut_at_its_event_time_and_a_rollback_restores_one_versi
         text.contains(&rolled.command_id) && text.contains("rolled \"beta\" back"),
         "the learner logged the rollback:\n{text}"
     );
-    stop(learner, &log);
+    learner.terminate(&log);
 }
 
 #[test]
@@ -591,7 +565,7 @@ fn a_learner_without_state_or_savepoint_restores_from_the_param_server() {
         .unwrap();
     let status = finish_within(&mut orphan, Duration::from_secs(120), &orphan_log);
     assert!(status.success(), "{status}");
-    stop(serving, &log);
+    serving.terminate(&log);
 
     let config = Config::from_toml(&text).unwrap();
     let store = RocksStore::open(&config.state.dir).unwrap();

@@ -22,15 +22,14 @@ use posterior_proto::v1::admin_service_client::AdminServiceClient;
 use posterior_proto::v1::param_service_client::ParamServiceClient;
 use posterior_tests::broker::{Broker, Storage};
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
-use posterior_tests::log::{LogRecord, LogSpec, generate_records};
+use posterior_tests::log::{LogRecord, LogSpec, clicked_beta, generate_records};
 use posterior_tests::oracle::produce_samples;
 use posterior_tests::scrape::{logged_addr, scrape, series};
 use posterior_tests::serving::{
     self, ADMIN_TOKEN, Process, Served, difference, learned, ready, replica_config, start_replica,
-    with_priors,
+    with_priors, with_token,
 };
 use posterior_tests::{binary, finish_within, learner_until_end, log_file};
-use prost::Message as _;
 
 const DOCS: u64 = 300;
 const PARTITIONS: u32 = 2;
@@ -67,30 +66,7 @@ fn assert_serves(served: &Served, expected: &Served, who: &str) {
 
 /// `request` with the admin token.
 fn bearer<T>(request: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(request);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
-    );
-    request
-}
-
-/// A clicked `beta` sample of `doc_id` at `t`.
-fn beta_sample(doc_id: u64, t: i64) -> LogRecord {
-    let sample = v1::JoinedSample {
-        doc_id,
-        version: "beta".into(),
-        event_time_ms: t,
-        labels: [("click".to_owned(), 1.0)].into(),
-        weight: 1.0,
-        sample_id: format!("beyond-{doc_id}-{t}"),
-        ..v1::JoinedSample::default()
-    };
-    LogRecord {
-        doc_id,
-        jsonl: String::new(),
-        protobuf: sample.encode_to_vec(),
-    }
+    with_token(ADMIN_TOKEN, request)
 }
 
 #[test]
@@ -224,7 +200,7 @@ listen = \"127.0.0.1:0\"\n"
     // beyond it moves the learner's watermark past it.
     let after = accepted.effective_event_time_ms + OUT_OF_ORDERNESS_MS + 1_000;
     let beyond: Vec<LogRecord> = (0..u64::from(PARTITIONS))
-        .map(|doc| beta_sample(doc, after))
+        .map(|doc| clicked_beta(doc, after))
         .collect();
     produce_samples(&broker, &beyond, PARTITIONS);
     let deadline = Instant::now() + Duration::from_secs(60);
