@@ -99,6 +99,30 @@ pub struct Args {
     /// Overload: connections the requests are spread over.
     #[arg(long, default_value_t = 4)]
     overload_connections: usize,
+    /// The server's `limits.max_concurrent_requests_per_connection`
+    /// (default: the server's default).
+    #[arg(long)]
+    requests_per_connection: Option<usize>,
+    /// The server's `limits.max_streams_per_connection` (default: the
+    /// server's default).
+    #[arg(long)]
+    streams_per_connection: Option<usize>,
+}
+
+impl Args {
+    /// The server's limits: its defaults, with what the flags set.
+    pub fn limits(&self) -> Limits {
+        let defaults = Limits::default();
+        Limits {
+            max_concurrent_requests_per_connection: self
+                .requests_per_connection
+                .unwrap_or(defaults.max_concurrent_requests_per_connection),
+            max_streams_per_connection: self
+                .streams_per_connection
+                .unwrap_or(defaults.max_streams_per_connection),
+            ..defaults
+        }
+    }
 }
 
 /// Where the threads run.
@@ -178,7 +202,7 @@ fn start_server(args: &Args, pinning: Pinning) -> Result<Server> {
     runtime.spawn(serve(
         listener,
         store,
-        Limits::default(),
+        args.limits(),
         ServeOptions::default(),
         async {
             let _ = stopped.await;
@@ -246,10 +270,15 @@ pub struct Results {
     pub freshness: Vec<(String, freshness::Freshness)>,
     /// The overload run, with its plan.
     pub overload: Option<(overload::Plan, overload::Overload)>,
+    /// The server's limits.
+    pub limits: Limits,
 }
 
 async fn measure_all(args: &Args, server: &Server) -> Result<Results> {
-    let mut results = Results::default();
+    let mut results = Results {
+        limits: args.limits(),
+        ..Results::default()
+    };
     let mut sides = vec![Side::ParamServer];
     let mut redis_pid = None;
     if let Some(addr) = &args.redis {

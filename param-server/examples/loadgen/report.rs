@@ -188,16 +188,17 @@ fn print_overload(results: &Results) {
     let Some((plan, o)) = &results.overload else {
         return;
     };
-    let limits = posterior_param_server::Limits::default();
+    let limits = &results.limits;
     println!(
         "Overload: GetParams of {} docs offered open-loop at {:.0} requests/s ({:.1} s, {} \
-         connections; default limits: {} requests in flight per connection, work slots {}, \
-         at most {} ms waiting for one):\n",
+         connections; limits: {} requests in flight and {} streams per connection, work slots \
+         {}, at most {} ms waiting for one):\n",
         plan.batch,
         o.offered_per_s,
         plan.duration.as_secs_f64(),
         plan.connections,
         limits.max_concurrent_requests_per_connection,
+        limits.max_streams_per_connection,
         match limits.work_slots {
             0 => "one per core".to_owned(),
             n => n.to_string(),
