@@ -14,7 +14,9 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use posterior_learner::config::Config;
@@ -30,7 +32,7 @@ const CHECKPOINT_EVERY: usize = 1_000;
 /// The config of a learner named `live` reading stdin (the test's
 /// reference reads `log_path`), checkpointing every `every` records, with
 /// its metrics endpoint on a free port.
-fn stdin_config(dir: &std::path::Path, log_path: &std::path::Path, every: usize) -> String {
+fn stdin_config(dir: &Path, log_path: &Path, every: usize) -> String {
     let file_source = format!(
         "kind = \"file\"\npath = \"{}\"\nformat = \"jsonl\"",
         log_path.display()
@@ -42,6 +44,26 @@ fn stdin_config(dir: &std::path::Path, log_path: &std::path::Path, every: usize)
             &format!("checkpoint_every_records = {every}"),
         );
     format!("{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n")
+}
+
+/// Starts `learner run` on the config `text` (written to `live.toml` in
+/// `dir`) with a piped stdin, `env` set, and its stderr in `live.log`;
+/// returns the child, the log's path and the metrics address it logged.
+fn spawn_live(dir: &Path, text: &str, env: &[(&str, &str)]) -> (Child, PathBuf, SocketAddr) {
+    let config_path = dir.join("live.toml");
+    std::fs::write(&config_path, text).unwrap();
+    let learner_log = dir.join("live.log");
+    let child = Command::new(binary("learner"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(log_file(&learner_log))
+        .spawn()
+        .unwrap();
+    let addr = logged_addr(&learner_log, "metrics listening on ");
+    (child, learner_log, addr)
 }
 
 #[test]
@@ -73,18 +95,7 @@ fn applied_and_dead_letters_by_reason_match_an_uninterrupted_run() {
         "{}\n[param_server]\nlisten = \"127.0.0.1:0\"\n",
         stdin_config(dir.path(), &log_path, CHECKPOINT_EVERY)
     );
-    let config_path = dir.path().join("live.toml");
-    std::fs::write(&config_path, &text).unwrap();
-    let learner_log = dir.path().join("live.log");
-    let mut child = Command::new(binary("learner"))
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(log_file(&learner_log))
-        .spawn()
-        .unwrap();
-    let addr = logged_addr(&learner_log, "metrics listening on ");
+    let (mut child, learner_log, addr) = spawn_live(dir.path(), &text, &[]);
 
     let records = log.lines().count();
     let far = 1_800_000_000_000_i64;
@@ -196,19 +207,8 @@ fn a_stdin_learner_takes_a_checkpoint_put_off_by_a_running_write() {
     let log_path = dir.path().join("samples.jsonl");
     std::fs::write(&log_path, &log).unwrap();
     let text = stdin_config(dir.path(), &log_path, EVERY);
-    let config_path = dir.path().join("live.toml");
-    std::fs::write(&config_path, &text).unwrap();
-    let learner_log = dir.path().join("live.log");
-    let mut child = Command::new(binary("learner"))
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("POSTERIOR_SLOW_WRITE_MS", "500")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(log_file(&learner_log))
-        .spawn()
-        .unwrap();
-    let addr = logged_addr(&learner_log, "metrics listening on ");
+    let (mut child, learner_log, addr) =
+        spawn_live(dir.path(), &text, &[("POSTERIOR_SLOW_WRITE_MS", "500")]);
     // Both checkpoints' records at once; stdin stays open, with nothing
     // more to read.
     let mut stdin = child.stdin.take().unwrap();
