@@ -131,7 +131,10 @@ pub async fn run(addr: &str, plan: Plan) -> Result<Overload> {
                         outcomes
                             .first_message
                             .entry(code.clone())
-                            .or_insert_with(|| status.message().to_owned());
+                            .or_insert_with(|| match std::error::Error::source(&status) {
+                                Some(source) => format!("{} ({source:?})", status.message()),
+                                None => status.message().to_owned(),
+                            });
                         *outcomes.refused.entry(code).or_default() += 1;
                         outcomes.refused_us.saturating_record(micros);
                     }
