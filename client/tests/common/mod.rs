@@ -6,6 +6,11 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 pub mod admin_double;
+#[path = "../../../param-server/tests/common/fixtures.rs"]
+pub mod fixtures;
+
+#[allow(unused_imports, reason = "each test binary uses part of the harness")]
+pub use fixtures::{beta_spec, beta_state, diagonal_spec, diagonal_state};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,10 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use posterior_client::{Backoff, ClientConfig, RetryPolicy};
-use posterior_learner::posterior::{
-    BetaPosterior, BetaPrior, CovarianceForm, DiagonalGaussian, LogisticPrior, ModelKind, ModelSpec,
-};
-use posterior_learner::{KeyState, Posterior, RewardSpec, VersionSpec};
 use posterior_param_server::{Limits, ParamStore, ServeOptions, serve};
 use tokio::runtime::Runtime;
 
@@ -161,46 +162,6 @@ pub fn fast_config() -> ClientConfig {
             },
         },
         ..ClientConfig::default()
-    }
-}
-
-pub fn beta_spec(name: &str) -> VersionSpec {
-    VersionSpec {
-        name: name.to_owned(),
-        model: ModelSpec::new(ModelKind::Beta(BetaPrior::new(1.0, 1.0).unwrap())),
-        reward: RewardSpec::binary("click"),
-        use_sample_weight: false,
-    }
-}
-
-pub fn diagonal_spec(name: &str, dim: usize) -> VersionSpec {
-    let prior = LogisticPrior::isotropic(CovarianceForm::Diagonal, dim, 1.0).unwrap();
-    VersionSpec {
-        model: ModelSpec::new(ModelKind::Logistic(prior)),
-        ..beta_spec(name)
-    }
-}
-
-/// A Beta state whose fields are all functions of `seq`.
-pub fn beta_state(seq: u64) -> KeyState {
-    let s = seq as f64;
-    KeyState {
-        seq,
-        sample_count: s,
-        updated_event_time_ms: seq as i64,
-        posterior: Posterior::Beta(BetaPosterior::from_parts(1.0 + s, 1.0 + 2.0 * s).unwrap()),
-    }
-}
-
-/// A diagonal state whose fields are all functions of `seq`.
-pub fn diagonal_state(seq: u64, dim: usize) -> KeyState {
-    let s = seq as f64;
-    let g = DiagonalGaussian::from_parts(vec![s; dim], vec![1.0 + s; dim]).unwrap();
-    KeyState {
-        seq,
-        sample_count: s,
-        updated_event_time_ms: seq as i64,
-        posterior: Posterior::Diagonal(g),
     }
 }
 
