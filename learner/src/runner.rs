@@ -599,8 +599,8 @@ pub struct Controls {
 
 /// Admin commands handed to a running learner in process (the embedded
 /// control path; standalone deployments use the `control` topic). The
-/// learner takes them between records and schedules them at their event
-/// time. A command is durable once the next checkpoint is written; one
+/// learner takes them between records (every few hundred records, and
+/// whenever its source is idle) and schedules them at their event time. A command is durable once the next checkpoint is written; one
 /// lost in a crash before that must be sent again (its id makes a resend
 /// harmless).
 #[derive(Debug, Default, Clone)]
