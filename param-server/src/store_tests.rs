@@ -5,12 +5,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use posterior_learner::params::update_to_wire;
 use posterior_learner::posterior::{
-    BetaPosterior, BetaPrior, CovarianceForm, DiagonalGaussian, LogisticPrior, ModelKind, ModelSpec,
+    BetaPrior, CovarianceForm, LogisticPrior, ModelKind, ModelSpec,
 };
-use posterior_learner::{KeyState, Posterior, RewardSpec, VersionSpec};
+use posterior_learner::{RewardSpec, VersionSpec};
 use posterior_proto::v1;
 
 use super::*;
+
+/// The states the gRPC tests use too (every field a function of `seq`,
+/// so a reader can tell a torn value from a whole one); their versions
+/// are not these tests' (a Beta(2, 3) prior here).
+#[path = "../tests/common/fixtures.rs"]
+#[allow(dead_code, reason = "the versions there are the gRPC tests'")]
+mod fixtures;
+
+use fixtures::{beta_state, diagonal_state};
 
 fn beta_spec(name: &str) -> VersionSpec {
     VersionSpec {
@@ -26,29 +35,6 @@ fn diagonal_spec(name: &str, dim: usize) -> VersionSpec {
     VersionSpec {
         model: ModelSpec::new(ModelKind::Logistic(prior)),
         ..beta_spec(name)
-    }
-}
-
-/// A Beta state whose every field is a function of `seq`, so a reader can
-/// tell a torn value from a whole one.
-fn beta_state(seq: u64) -> KeyState {
-    let s = seq as f64;
-    KeyState {
-        seq,
-        sample_count: s,
-        updated_event_time_ms: seq as i64,
-        posterior: Posterior::Beta(BetaPosterior::from_parts(1.0 + s, 1.0 + 2.0 * s).unwrap()),
-    }
-}
-
-fn diagonal_state(seq: u64, dim: usize) -> KeyState {
-    let s = seq as f64;
-    let g = DiagonalGaussian::from_parts(vec![s; dim], vec![1.0 + s; dim]).unwrap();
-    KeyState {
-        seq,
-        sample_count: s,
-        updated_event_time_ms: seq as i64,
-        posterior: Posterior::Diagonal(g),
     }
 }
 

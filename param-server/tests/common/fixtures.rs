@@ -1,7 +1,7 @@
 //! Versions and states the gRPC tests of the param-server and of the
 //! client serve: each state's fields are functions of its seq, so a torn
-//! read shows. Shared by `param-server/tests/common` and, through a
-//! `#[path]` module, `client/tests/common`.
+//! read shows. Shared by `param-server/tests/common` and, through
+//! `#[path]` modules, the store's unit tests and `client/tests/common`.
 
 use posterior_learner::posterior::{
     BetaPosterior, BetaPrior, CovarianceForm, DiagonalGaussian, LogisticPrior, ModelKind, ModelSpec,
