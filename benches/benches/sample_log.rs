@@ -18,7 +18,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use posterior_benches::workload::{LABEL, VERSION};
 use posterior_benches::{MEASUREMENT, SAMPLE_SIZE, WARM_UP};
 use posterior_learner::codec;
-use posterior_learner::sample::Sample;
+use posterior_learner::sample::{Sample, labels};
 use posterior_proto::v1::JoinedSample;
 use prost::Message;
 
@@ -28,12 +28,12 @@ fn samples(dim: usize, ids: bool) -> Vec<Sample> {
     (0..BATCH as u64)
         .map(|i| Sample {
             doc_id: i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 1_000_000,
-            version: VERSION.to_owned(),
+            version: VERSION.into(),
             event_time_ms: 1_763_790_000_000 + i as i64,
             context: (0..dim)
                 .map(|j| (i as f32 * 0.37 + j as f32).sin())
                 .collect(),
-            labels: vec![(LABEL.to_owned(), f32::from(u8::from(i % 16 == 0)))],
+            labels: labels([(LABEL, f32::from(u8::from(i % 16 == 0)))]),
             weight: 1.0,
             sample_id: ids.then(|| format!("s{}", 10_000_000 + i)),
         })
@@ -43,10 +43,14 @@ fn samples(dim: usize, ids: bool) -> Vec<Sample> {
 fn wire(sample: &Sample) -> JoinedSample {
     JoinedSample {
         doc_id: sample.doc_id,
-        version: sample.version.clone(),
+        version: sample.version.to_string(),
         event_time_ms: sample.event_time_ms,
         context: sample.context.clone(),
-        labels: sample.labels.iter().cloned().collect::<HashMap<_, _>>(),
+        labels: sample
+            .labels
+            .iter()
+            .map(|(name, value)| (name.to_string(), *value))
+            .collect::<HashMap<_, _>>(),
         weight: sample.weight,
         sample_id: sample.sample_id.clone().unwrap_or_default(),
     }

@@ -457,10 +457,14 @@ mod tests {
     fn wire_of(sample: &Sample) -> v1::JoinedSample {
         v1::JoinedSample {
             doc_id: sample.doc_id,
-            version: sample.version.clone(),
+            version: sample.version.to_string(),
             event_time_ms: sample.event_time_ms,
             context: sample.context.clone(),
-            labels: sample.labels.iter().cloned().collect(),
+            labels: sample
+                .labels
+                .iter()
+                .map(|(name, value)| (name.to_string(), *value))
+                .collect(),
             weight: sample.weight,
             sample_id: sample.sample_id.clone().unwrap_or_default(),
         }
@@ -486,10 +490,10 @@ mod tests {
         ) {
             let sample = Sample {
                 doc_id,
-                version,
+                version: version.into(),
                 event_time_ms,
                 context,
-                labels: labels.into_iter().collect(),
+                labels: labels.into_iter().map(|(name, value)| (name.into(), value)).collect(),
                 weight,
                 sample_id: sample_id.filter(|id| !id.is_empty()),
             };

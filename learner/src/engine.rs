@@ -821,8 +821,8 @@ impl Engine {
     /// processing any of it.
     ///
     /// A released sample has waited in the reorder buffer for up to the
-    /// allowed out-of-orderness, so its heap parts (version, labels,
-    /// context) and its key's slot and state are out of the caches;
+    /// allowed out-of-orderness, so its context (its one heap part) and
+    /// its key's slot and state are out of the caches;
     /// processed one by one, each sample would wait for those misses in
     /// turn. Asked for together, they overlap. A hint only: what a command
     /// changes between two samples is still read afresh by `process`.
@@ -830,15 +830,10 @@ impl Engine {
         if released.len() < 2 {
             return;
         }
+        // A sample's version and labels are inline (`sample::Name`): its
+        // one heap part is the context.
         for (_, sample) in released {
-            prefetch(sample.version.as_ptr());
-            prefetch(sample.labels.as_ptr());
             prefetch_slice(&sample.context);
-        }
-        for (_, sample) in released {
-            for (name, _) in &sample.labels {
-                prefetch(name.as_ptr());
-            }
         }
         // Resolving versions (string hashing) between the table lookups
         // would keep too few lookups in flight: keys first.
@@ -1020,7 +1015,7 @@ impl Engine {
             reason,
             detail,
             doc_id: sample.map(|s| s.doc_id),
-            version: sample.map(|s| s.version.clone()),
+            version: sample.map(|s| s.version.to_string()),
             event_time_ms: sample.map(|s| s.event_time_ms),
         });
     }

@@ -615,7 +615,7 @@ mod tests {
             version: version.into(),
             event_time_ms: t,
             context: vec![],
-            labels: vec![("click".into(), 1.0)],
+            labels: crate::sample::labels([("click", 1.0)]),
             weight: 1.0,
             sample_id: None,
         })

@@ -2,7 +2,7 @@
 //!
 //! The engine releases samples in groups (everything below the new
 //! watermark) and publishes changed keys in groups; each member needs
-//! memory that is out of the caches (a buffered sample's heap parts, its
+//! memory that is out of the caches (a buffered sample's context, its
 //! key's state). Asking for all of it first, then processing, overlaps
 //! those misses instead of waiting for each in turn. The param-server's
 //! table reads a request's docs the same way.

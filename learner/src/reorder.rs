@@ -245,7 +245,7 @@ mod tests {
             version: "v".into(),
             event_time_ms: t,
             context: vec![],
-            labels: vec![],
+            labels: Default::default(),
             weight: 1.0,
             sample_id: None,
         }

@@ -238,7 +238,7 @@ mod tests {
             version: "v".into(),
             event_time_ms: t,
             context: vec![0.5; (doc_id % 3) as usize],
-            labels: vec![("click".into(), (doc_id % 2) as f32)],
+            labels: crate::sample::labels([("click", (doc_id % 2) as f32)]),
             weight: 1.0,
             sample_id: None,
         }

@@ -50,7 +50,7 @@ impl VersionSpec {
         if sample.version != self.name {
             return Err(SampleError::VersionMismatch {
                 expected: self.name.clone(),
-                got: sample.version.clone(),
+                got: sample.version.to_string(),
             });
         }
         let dim = self.model.kind.dim();
@@ -203,7 +203,7 @@ mod tests {
             version: "dwell".into(),
             event_time_ms: 5,
             context,
-            labels: vec![("click".into(), 1.0), ("dwell_s".into(), dwell)],
+            labels: crate::sample::labels([("click", 1.0), ("dwell_s", dwell)]),
             weight: 2.0,
             sample_id: None,
         }

@@ -628,7 +628,7 @@ fn clicked(doc_id: u64, t: i64) -> Payload {
         version: "beta".into(),
         event_time_ms: t,
         context: vec![],
-        labels: vec![("click".into(), 1.0)],
+        labels: posterior_learner::sample::labels([("click", 1.0)]),
         weight: 1.0,
         sample_id: None,
     })

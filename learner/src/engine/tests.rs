@@ -100,7 +100,8 @@ fn generate(seed: u64, partitions: usize, per_partition: usize) -> Log {
                 } else {
                     DIM
                 };
-                let mut labels = vec![("click".to_owned(), f32::from(rng.random_bool(0.3)))];
+                let mut labels =
+                    crate::sample::labels([("click", f32::from(rng.random_bool(0.3)))]);
                 if rng.random_range(0..300) == 0 {
                     labels.clear();
                 }
@@ -330,7 +331,7 @@ fn an_idle_partition_lets_the_others_proceed_and_its_old_events_are_late() {
             version: "beta".into(),
             event_time_ms: t,
             context: vec![],
-            labels: vec![("click".into(), 1.0)],
+            labels: crate::sample::labels([("click", 1.0)]),
             weight: 1.0,
             sample_id: None,
         })
@@ -676,7 +677,7 @@ fn click(doc_id: u64, version: &str, t: i64) -> Payload {
         version: version.into(),
         event_time_ms: t,
         context: vec![0.5; dim],
-        labels: vec![("click".into(), 1.0)],
+        labels: crate::sample::labels([("click", 1.0)]),
         weight: 1.0,
         sample_id: None,
     })
@@ -995,7 +996,7 @@ fn a_key_whose_first_batch_is_refused_does_not_enter_the_table() {
             version: "beta".into(),
             event_time_ms: t,
             context: vec![],
-            labels: vec![("click".into(), 1.0)],
+            labels: crate::sample::labels([("click", 1.0)]),
             weight: 2.0 * crate::posterior::MAX_WEIGHT as f32,
             sample_id: None,
         })

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use super::world::{CtrLevel, Request, World, WorldConfig};
 use crate::config::ConfigError;
 use crate::engine::Payload;
-use crate::sample::Sample;
+use crate::sample::{Name, Sample};
 use crate::version::VersionSpec;
 
 /// The partition of every simulated sample.
@@ -183,7 +183,7 @@ impl SimulatorConfig {
 /// A version requests are dealt to.
 #[derive(Debug, Clone)]
 struct Dealt {
-    name: String,
+    name: Name,
     /// Logistic: its samples carry the context.
     contextual: bool,
 }
@@ -193,7 +193,7 @@ struct Dealt {
 pub struct Simulator {
     world: World,
     versions: Vec<Dealt>,
-    label: String,
+    label: Name,
     start_ms: i64,
     max_label_delay_ms: i64,
     end: Option<u64>,
@@ -215,7 +215,7 @@ impl Simulator {
             .versions
             .iter()
             .map(|name| Dealt {
-                name: name.clone(),
+                name: name.as_str().into(),
                 contextual: versions
                     .iter()
                     .find(|s| s.name == *name)
@@ -225,7 +225,7 @@ impl Simulator {
         Ok(Self {
             world: World::new(config.world(), config.seed)?,
             versions: dealt,
-            label: config.label.clone(),
+            label: config.label.as_str().into(),
             start_ms: config.start_ms,
             max_label_delay_ms: config.max_label_delay_ms,
             end: config.samples,
@@ -263,7 +263,10 @@ impl Simulator {
             } else {
                 Vec::new()
             },
-            labels: vec![(self.label.clone(), f32::from(u8::from(request.clicks[k])))],
+            labels: smallvec::smallvec![(
+                self.label.clone(),
+                f32::from(u8::from(request.clicks[k]))
+            )],
             weight: 1.0,
             sample_id: None,
         }

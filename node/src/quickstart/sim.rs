@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use posterior_client::{Client, ClientError, WatchEvent};
 use posterior_learner::engine::Payload;
-use posterior_learner::sample::Sample;
+use posterior_learner::sample::{Sample, labels};
 use posterior_learner::simulation::world::{Request, World};
 
 use super::config::{Arm, Policy, QuickstartConfig};
@@ -266,8 +266,11 @@ impl Joiner {
             };
             self.freshness.sent(joined.event_time_ms, Instant::now());
             for sample in joined.samples {
-                tokio::task::block_in_place(|| self.records.send(Payload::Sample(sample)))
-                    .context("the learner stopped")?;
+                // The unsent sample is not wanted back: only that the learner stopped.
+                tokio::task::block_in_place(|| {
+                    self.records.send(Payload::Sample(sample)).map_err(|_| ())
+                })
+                .map_err(|()| anyhow::anyhow!("the learner stopped"))?;
                 sent += 1;
             }
         }
@@ -355,14 +358,14 @@ pub async fn drive(
                 .iter()
                 .map(|&k| Sample {
                     doc_id: u64::from(r.docs[k]),
-                    version: arms[index].version.clone(),
+                    version: arms[index].version.as_str().into(),
                     event_time_ms,
                     context: if arms[index].logistic {
                         r.context(k).to_vec()
                     } else {
                         Vec::new()
                     },
-                    labels: vec![(LABEL.to_owned(), if r.clicks[k] { 1.0 } else { 0.0 })],
+                    labels: labels([(LABEL, if r.clicks[k] { 1.0 } else { 0.0 })]),
                     weight: 1.0,
                     sample_id: None,
                 })
@@ -434,7 +437,7 @@ mod tests {
             version: "v".into(),
             event_time_ms: 0,
             context: Vec::new(),
-            labels: vec![(LABEL.into(), 0.0)],
+            labels: labels([(LABEL, 0.0)]),
             weight: 1.0,
             sample_id: None,
         };
