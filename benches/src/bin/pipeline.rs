@@ -26,6 +26,7 @@ use posterior_benches::ingest::{self, Knobs, Phase, PipelineRun};
 use posterior_benches::kafka_ingest::{self, Consumed};
 use posterior_benches::machine::{human, load_average, ms, percent, rate};
 use posterior_benches::workload::{Model, WorkloadSpec};
+use posterior_learner::config::DEFAULT_CHECKPOINT_EVERY_RECORDS;
 
 /// Goal of bench 1 for d = 32 logistic, samples/s on one core.
 const LOGISTIC_GOAL: f64 = 1e6;
@@ -102,6 +103,10 @@ enum Bench {
         /// records) instead of the default logistic d = 32 (~160 bytes).
         #[arg(long)]
         beta: bool,
+        /// The runner's `[state] checkpoint_every_records` (its other
+        /// trigger, 10 s of wall clock, stays at the default).
+        #[arg(long, default_value_t = DEFAULT_CHECKPOINT_EVERY_RECORDS)]
+        checkpoint_every_records: u64,
     },
     /// Bench 4: checkpoints of ~100 k changed keys, stalls, restore.
     Checkpoint {
@@ -156,17 +161,25 @@ fn main() -> Result<()> {
             rounds,
             keys,
             beta,
+            checkpoint_every_records,
         } => kafka(
             records,
             rounds,
             keys,
             if beta { Model::Beta } else { LOGISTIC },
+            checkpoint_every_records,
         ),
         Bench::Checkpoint { checkpoints, defer } => checkpoint(checkpoints, defer),
         Bench::All => {
             engine(4_000_000, 10_000_000, None, &EngineKnobs::default())?;
             file(2_000_000, 5_000_000, 1_000_000)?;
-            kafka(1_000_000, 2, 1_000_000, LOGISTIC)?;
+            kafka(
+                1_000_000,
+                2,
+                1_000_000,
+                LOGISTIC,
+                DEFAULT_CHECKPOINT_EVERY_RECORDS,
+            )?;
             checkpoint(10, false)
         }
     }?;
@@ -367,9 +380,16 @@ fn consumed_row(label: &str, c: &Consumed, noop: f64) {
     );
 }
 
-fn kafka(records: u64, rounds: usize, keys: u64, model: Model) -> Result<()> {
+fn kafka(
+    records: u64,
+    rounds: usize,
+    keys: u64,
+    model: Model,
+    checkpoint_every_records: u64,
+) -> Result<()> {
     println!(
-        "\n### Bench 3: Kafka ingest, nisshi (memory storage), 4 partitions, {keys} keys, {}\n",
+        "\n### Bench 3: Kafka ingest, nisshi (memory storage), 4 partitions, {keys} keys, {}, \
+         the runner checkpoints every {checkpoint_every_records} records or 10 s\n",
         model.name()
     );
     let spec = WorkloadSpec {
@@ -392,7 +412,7 @@ fn kafka(records: u64, rounds: usize, keys: u64, model: Model) -> Result<()> {
         batching: Batching::Single,
         dir: dir.path(),
         source: SourceToml::Kafka(&bootstrap),
-        checkpoint_every_records: 100_000,
+        checkpoint_every_records,
         dedup: false,
     }
     .build();
