@@ -3,8 +3,8 @@
 
 use posterior_proto::v1::JoinedSample;
 
-/// A version or label name. Names of up to 24 bytes (every name a
-/// deployment is likely to use) live inside the value itself, so a
+/// A version or label name. Names of up to 24 bytes (`ctr-ts-2026-12`,
+/// `click`, `dwell_s`) live inside the value itself, so a
 /// sample's names cost no allocation and no cache miss of their own when
 /// the sample is read far from where it was decoded; longer ones spill to
 /// the heap.
