@@ -11,7 +11,6 @@
 //!
 //! Run: `cargo bench -p posterior-benches --bench sample_log`.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -40,22 +39,6 @@ fn samples(dim: usize, ids: bool) -> Vec<Sample> {
         .collect()
 }
 
-fn wire(sample: &Sample) -> JoinedSample {
-    JoinedSample {
-        doc_id: sample.doc_id,
-        version: sample.version.to_string(),
-        event_time_ms: sample.event_time_ms,
-        context: sample.context.clone(),
-        labels: sample
-            .labels
-            .iter()
-            .map(|(name, value)| (name.to_string(), *value))
-            .collect::<HashMap<_, _>>(),
-        weight: sample.weight,
-        sample_id: sample.sample_id.clone().unwrap_or_default(),
-    }
-}
-
 fn sample_log(c: &mut Criterion) {
     let sets = [
         ("beta", samples(0, false)),
@@ -81,7 +64,7 @@ fn sample_log(c: &mut Criterion) {
         });
         // The reference: prost's encoding of messages built beforehand
         // (the message's own strings and map are not timed).
-        let messages: Vec<JoinedSample> = samples.iter().map(wire).collect();
+        let messages: Vec<JoinedSample> = samples.iter().map(JoinedSample::from).collect();
         group.bench_with_input(BenchmarkId::new("prost", name), &messages, |b, messages| {
             b.iter(|| {
                 out.clear();

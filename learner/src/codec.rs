@@ -455,19 +455,7 @@ mod tests {
     /// The message prost would write for `sample` (the encoding before
     /// `sample_bytes` wrote the fields itself).
     fn wire_of(sample: &Sample) -> v1::JoinedSample {
-        v1::JoinedSample {
-            doc_id: sample.doc_id,
-            version: sample.version.to_string(),
-            event_time_ms: sample.event_time_ms,
-            context: sample.context.clone(),
-            labels: sample
-                .labels
-                .iter()
-                .map(|(name, value)| (name.to_string(), *value))
-                .collect(),
-            weight: sample.weight,
-            sample_id: sample.sample_id.clone().unwrap_or_default(),
-        }
+        v1::JoinedSample::from(sample)
     }
 
     proptest::proptest! {

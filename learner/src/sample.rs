@@ -259,6 +259,26 @@ impl TryFrom<JoinedSample> for Sample {
     }
 }
 
+/// The wire form of a sample; [`Sample::try_from`] reads it back equal (a
+/// weight of 1 is written as 1, not as the proto3 default).
+impl From<&Sample> for JoinedSample {
+    fn from(sample: &Sample) -> Self {
+        JoinedSample {
+            doc_id: sample.doc_id,
+            version: sample.version.to_string(),
+            event_time_ms: sample.event_time_ms,
+            context: sample.context.clone(),
+            labels: sample
+                .labels
+                .iter()
+                .map(|(name, value)| (name.to_string(), *value))
+                .collect(),
+            weight: sample.weight,
+            sample_id: sample.sample_id.clone().unwrap_or_default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +317,10 @@ mod tests {
             let general = Sample::try_from(input.clone()).unwrap();
             assert_eq!(fast, general);
             for sample in [fast, general] {
+                assert_eq!(
+                    Sample::try_from(JoinedSample::from(&sample)),
+                    Ok(sample.clone())
+                );
                 assert_eq!(sample.version, input.version);
                 assert_eq!(sample.version.is_heap_allocated(), !inline);
                 assert_eq!(sample.labels.spilled(), !inline);
