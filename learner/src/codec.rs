@@ -452,12 +452,6 @@ mod tests {
         );
     }
 
-    /// The message prost would write for `sample` (the encoding before
-    /// `sample_bytes` wrote the fields itself).
-    fn wire_of(sample: &Sample) -> v1::JoinedSample {
-        v1::JoinedSample::from(sample)
-    }
-
     proptest::proptest! {
         /// `sample_bytes` decodes, by prost, to the message prost would have
         /// written, and back to the sample; with at most one label (no map
@@ -487,10 +481,10 @@ mod tests {
             };
             let bytes = sample_bytes(&sample);
             let wire = v1::JoinedSample::decode(bytes.as_slice()).unwrap();
-            proptest::prop_assert_eq!(&wire, &wire_of(&sample));
+            proptest::prop_assert_eq!(&wire, &v1::JoinedSample::from(&sample));
             proptest::prop_assert_eq!(sample_from(b"k", &bytes).unwrap(), sample.clone());
             if sample.labels.len() <= 1 {
-                proptest::prop_assert_eq!(bytes, wire_of(&sample).encode_to_vec());
+                proptest::prop_assert_eq!(bytes, v1::JoinedSample::from(&sample).encode_to_vec());
             }
         }
     }
