@@ -46,7 +46,7 @@ fn state_encoding(c: &mut Criterion) {
         ),
         (
             format!("full_d{DIM}"),
-            key_state(Posterior::Full(warm_full(&pool).1)),
+            key_state(Posterior::Full(Box::new(warm_full(&pool).1))),
         ),
     ];
     let mut group = c.benchmark_group("state_encoding");

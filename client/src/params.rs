@@ -93,10 +93,10 @@ impl Params {
                 mean,
                 precision: Precision::Full(packed),
                 ..
-            } => Posterior::Full(FullGaussian::from_parts(
+            } => Posterior::Full(Box::new(FullGaussian::from_parts(
                 mean.clone(),
                 unpack_lower(mean.len(), packed)?,
-            )?),
+            )?)),
         };
         Ok(KeyState {
             seq: self.seq,

@@ -88,9 +88,9 @@ pub fn params_from_wire(params: &v1::Params) -> Result<KeyState, String> {
                         q[(j, i)] = v;
                     }
                 }
-                Posterior::Full(
+                Posterior::Full(Box::new(
                     FullGaussian::from_parts(g.mean.clone(), q).map_err(|e| e.to_string())?,
-                )
+                ))
             }
             _ => return Err(format!("unknown covariance form {}", g.form)),
         },

@@ -429,7 +429,7 @@ mod tests {
         assert_eq!(table.apply(1, &beta(1)), None);
         let prior = LogisticPrior::isotropic(CovarianceForm::Full, 4, 1.0).unwrap();
         let full = KeyState {
-            posterior: Posterior::Full(FullGaussian::prior(&prior)),
+            posterior: Posterior::Full(Box::new(FullGaussian::prior(&prior))),
             ..beta(1)
         };
         assert_eq!(table.apply(1, &full), None);

@@ -57,8 +57,8 @@ impl<'a> StateView<'a> {
                 beta: b.beta(),
             },
             Posterior::Diagonal(g) => BodyView::Diagonal {
-                mean: g.mean().as_slice().expect("a 1-d array is contiguous"),
-                precision: g.precision().as_slice().expect("a 1-d array is contiguous"),
+                mean: g.mean(),
+                precision: g.precision(),
             },
             Posterior::Full(g) => BodyView::Full(g),
         };
@@ -82,7 +82,7 @@ impl<'a> StateView<'a> {
                 DiagonalGaussian::from_parts(mean.to_vec(), precision.to_vec())
                     .expect("stored from a validated diagonal Gaussian"),
             ),
-            BodyView::Full(gaussian) => Posterior::Full(gaussian.clone()),
+            BodyView::Full(gaussian) => Posterior::Full(Box::new(gaussian.clone())),
         };
         KeyState {
             seq: self.seq,

@@ -165,7 +165,10 @@ impl KeyState {
                 if tag == 2 {
                     Posterior::Diagonal(DiagonalGaussian::from_parts(mean, rest)?)
                 } else {
-                    Posterior::Full(FullGaussian::from_parts(mean, unpack_lower(d, &rest))?)
+                    Posterior::Full(Box::new(FullGaussian::from_parts(
+                        mean,
+                        unpack_lower(d, &rest),
+                    )?))
                 }
             }
             other => return Err(DecodeError::UnknownModel(other)),

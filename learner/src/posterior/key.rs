@@ -15,8 +15,9 @@ pub enum Posterior {
     Beta(BetaPosterior),
     /// Logistic, diagonal covariance.
     Diagonal(DiagonalGaussian),
-    /// Logistic, full covariance.
-    Full(FullGaussian),
+    /// Logistic, full covariance (boxed: a d × d precision and its factor
+    /// are far larger than the other variants, which stay inline).
+    Full(Box<FullGaussian>),
 }
 
 impl Posterior {
@@ -51,7 +52,7 @@ impl KeyState {
             ModelKind::Beta(prior) => Posterior::Beta(BetaPosterior::prior(prior)),
             ModelKind::Logistic(prior) => match prior.form() {
                 CovarianceForm::Diagonal => Posterior::Diagonal(DiagonalGaussian::prior(prior)),
-                CovarianceForm::Full => Posterior::Full(FullGaussian::prior(prior)),
+                CovarianceForm::Full => Posterior::Full(Box::new(FullGaussian::prior(prior))),
             },
         };
         Self {

@@ -160,26 +160,30 @@ pub struct UpdateStats {
 }
 
 /// Gaussian posterior N(m, diag(1/q)) over the logistic weights.
+///
+/// The mean and the precisions live in one allocation (m then q), so the
+/// posterior is one pointer wide inside a [`super::KeyState`] and an
+/// update's data is one contiguous block.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiagonalGaussian {
-    mean: Array1<f64>,
-    precision: Array1<f64>,
+    /// m₀ … m_{d−1}, then q₀ … q_{d−1}.
+    params: Box<[f64]>,
 }
 
 impl DiagonalGaussian {
     /// Prefetches the mean and precision vectors (see `crate::prefetch`).
     pub(crate) fn prefetch(&self) {
-        if let (Some(mean), Some(precision)) = (self.mean.as_slice(), self.precision.as_slice()) {
-            crate::prefetch::prefetch_slice(mean);
-            crate::prefetch::prefetch_slice(precision);
-        }
+        crate::prefetch::prefetch_slice(&self.params);
     }
 
     /// The prior itself.
     pub fn prior(prior: &LogisticPrior) -> Self {
+        let d = prior.dim();
+        let mut params = Vec::with_capacity(2 * d);
+        params.extend(prior.mean.iter().copied());
+        params.resize(2 * d, prior.precision);
         Self {
-            mean: prior.mean.clone(),
-            precision: Array1::from_elem(prior.dim(), prior.precision),
+            params: params.into_boxed_slice(),
         }
     }
 
@@ -201,25 +205,32 @@ impl DiagonalGaussian {
                 reason: "must be >= 1e-6",
             });
         }
+        let mut params = mean;
+        params.extend_from_slice(&precision);
         Ok(Self {
-            mean: Array1::from(mean),
-            precision: Array1::from(precision),
+            params: params.into_boxed_slice(),
         })
     }
 
     /// The dimension d.
     pub fn dim(&self) -> usize {
-        self.mean.len()
+        self.params.len() / 2
     }
 
     /// Posterior mean m.
-    pub fn mean(&self) -> &Array1<f64> {
-        &self.mean
+    pub fn mean(&self) -> &[f64] {
+        &self.params[..self.dim()]
     }
 
     /// Posterior precisions q (variances are 1/q).
-    pub fn precision(&self) -> &Array1<f64> {
-        &self.precision
+    pub fn precision(&self) -> &[f64] {
+        &self.params[self.dim()..]
+    }
+
+    /// (m, q), mutably.
+    fn parts_mut(&mut self) -> (&mut [f64], &mut [f64]) {
+        let d = self.dim();
+        self.params.split_at_mut(d)
     }
 
     /// Applies a micro-batch (Algorithm 3, see the module doc). Every
@@ -253,20 +264,13 @@ impl DiagonalGaussian {
         if factor < 1.0 {
             next.decay(prior, factor);
         }
-        let q = next
-            .precision
-            .as_slice()
-            .expect("owned array is contiguous");
-        let m = next.mean.as_slice().expect("owned array is contiguous");
-        let step = map_step(m, &Precision::Diagonal(q), batch)?;
-        next.mean = Array1::from(step.w);
+        let step = map_step(next.mean(), &Precision::Diagonal(next.precision()), batch)?;
+        let (mean, precision) = next.parts_mut();
+        mean.copy_from_slice(&step.w);
         for obs in batch {
-            let p = sigmoid(dot_f32(
-                next.mean.as_slice().expect("contiguous"),
-                obs.context,
-            ));
+            let p = sigmoid(dot_f32(mean, obs.context));
             let curvature = obs.weight * p * (1.0 - p);
-            for (qi, &xi) in next.precision.iter_mut().zip(obs.context) {
+            for (qi, &xi) in precision.iter_mut().zip(obs.context) {
                 let xi = f64::from(xi);
                 *qi += curvature * xi * xi;
             }
@@ -293,11 +297,7 @@ impl DiagonalGaussian {
         obs: &Observation<'_>,
     ) -> Result<UpdateStats, PosteriorError> {
         let (q0, m0) = (prior.precision, prior.mean.as_slice().expect("contiguous"));
-        let mean = self.mean.as_slice_mut().expect("owned array is contiguous");
-        let precision = self
-            .precision
-            .as_slice_mut()
-            .expect("owned array is contiguous");
+        let (mean, precision) = self.parts_mut();
         // Forgetting first, in natural parameters, exactly as `decay` does.
         let (mut a, mut k) = (0.0, 0.0);
         for (((&m, &q), &m0i), &x) in mean.iter().zip(precision.iter()).zip(m0).zip(obs.context) {
@@ -336,12 +336,8 @@ impl DiagonalGaussian {
     /// (precision q and information η = q·m) by `factor` ∈ (0, 1].
     pub fn decay(&mut self, prior: &LogisticPrior, factor: f64) {
         let q0 = prior.precision;
-        for ((m, q), &m0) in self
-            .mean
-            .iter_mut()
-            .zip(self.precision.iter_mut())
-            .zip(&prior.mean)
-        {
+        let (mean, precision) = self.parts_mut();
+        for ((m, q), &m0) in mean.iter_mut().zip(precision).zip(&prior.mean) {
             (*m, *q) = decay_coordinate(*m, *q, m0, q0, factor);
         }
     }
@@ -363,7 +359,7 @@ impl DiagonalGaussian {
         validate_context(context, self.dim())?;
         let variance: f64 = context
             .iter()
-            .zip(&self.precision)
+            .zip(self.precision())
             .map(|(&x, q)| f64::from(x) * f64::from(x) / q)
             .sum();
         let z: f64 = rng.sample(StandardNormal);
@@ -373,24 +369,21 @@ impl DiagonalGaussian {
     /// A full weight draw w̃ ~ N(m, diag(1/q)), for scoring several contexts
     /// with one draw.
     pub fn sample_weights<R: Rng + ?Sized>(&self, rng: &mut R) -> Array1<f64> {
-        self.mean
+        self.mean()
             .iter()
-            .zip(&self.precision)
+            .zip(self.precision())
             .map(|(m, q)| m + rng.sample::<f64, _>(StandardNormal) / q.sqrt())
             .collect()
     }
 
     fn mean_logit(&self, context: &[f32]) -> f64 {
-        dot_f32(
-            self.mean.as_slice().expect("owned array is contiguous"),
-            context,
-        )
+        dot_f32(self.mean(), context)
     }
 
     fn is_finite(&self) -> bool {
-        self.mean.iter().all(|m| m.is_finite())
+        self.mean().iter().all(|m| m.is_finite())
             && self
-                .precision
+                .precision()
                 .iter()
                 .all(|q| q.is_finite() && *q >= PRECISION_FLOOR)
     }
