@@ -21,7 +21,7 @@ use crate::batcher::{BatchPolicy, Batcher, PendingObservation};
 use crate::control::{Command, Outcome, Scheduled, forked_spec};
 use crate::deadletter::DeadLetter;
 use crate::dedup::Dedup;
-use crate::keymap::KeyMap;
+use crate::keymap::FlatKeyMap;
 use crate::posterior::KeyState;
 use crate::prefetch::{prefetch, prefetch_slice};
 use crate::registry::{ParamKey, Registry, RegistryError, VersionId};
@@ -145,7 +145,7 @@ pub struct Engine {
     dedup: Option<Dedup>,
     batcher: Batcher,
     registry: Registry,
-    params: KeyMap<Slot>,
+    params: FlatKeyMap<Slot>,
     next_offsets: BTreeMap<u32, u64>,
     released_below_ms: i64,
     /// Samples being released (empty between releases; kept for its
@@ -283,7 +283,7 @@ impl Engine {
                 .map(|(window_ms, max_ids)| Dedup::new(window_ms, max_ids)),
             batcher: Batcher::new(config.batch),
             registry,
-            params: KeyMap::default(),
+            params: FlatKeyMap::default(),
             next_offsets: BTreeMap::new(),
             released_below_ms: i64::MIN,
             releasing: Vec::new(),
@@ -408,6 +408,9 @@ impl Engine {
     /// are asked for together first (see `warm`).
     fn for_each_slot(&mut self, keys: &[ParamKey], mut f: impl FnMut(ParamKey, &mut Slot)) {
         for group in keys.chunks(PREFETCH_GROUP) {
+            for key in group {
+                self.params.prefetch(key);
+            }
             for key in group {
                 if let Some(slot) = self.params.get(key) {
                     prefetch(Arc::as_ptr(&slot.state));
@@ -847,6 +850,9 @@ impl Engine {
                 })
             })
             .collect();
+        for key in &keys {
+            self.params.prefetch(key);
+        }
         let states: Vec<&Arc<KeyState>> = keys
             .iter()
             .filter_map(|key| {

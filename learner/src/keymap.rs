@@ -13,13 +13,19 @@
 //! `SHARD_MIX`).
 //!
 //! The shard count is a parameter: the tables a micro-batched sample
-//! touches several times keep one shard, see [`ONE_SHARD`].
+//! touches several times keep one shard, see [`ONE_SHARD`]. The engine's
+//! parameter table, which never removes a key and is read cold, is a
+//! [`FlatKeyMap`]: the same shards, with lookups that can be prefetched.
 
 use std::hash::BuildHasher;
 
 use hashbrown::hash_table::{self, Entry, HashTable};
 
 use crate::registry::{KeyHasher, ParamKey};
+
+mod flat;
+
+pub use flat::FlatKeyMap;
 
 /// Number of shards: a power of two, large enough that a shard of a
 /// 10⁸-key table grows by moving ~400 k entries.
@@ -43,6 +49,12 @@ pub const ONE_SHARD: usize = 1;
 /// the hash's low bits (bucket) and top bits (tag) stay spread, which
 /// `a_shards_keys_spread_over_its_buckets_and_tags` checks.
 const SHARD_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The shard (of `shards`, a power of two ≤ 256) of a key with `hash`.
+#[inline]
+pub(crate) fn shard_of(hash: u64, shards: usize) -> usize {
+    (hash.wrapping_mul(SHARD_MIX) >> 56) as usize % shards
+}
 
 type Shard<V> = HashTable<(ParamKey, V)>;
 
@@ -85,7 +97,7 @@ impl<V, const N: usize> KeyMap<V, N> {
     #[inline]
     fn locate(&self, key: &ParamKey) -> (u64, usize) {
         let hash = self.hasher.hash_one(key);
-        (hash, (hash.wrapping_mul(SHARD_MIX) >> 56) as usize % N)
+        (hash, shard_of(hash, N))
     }
 
     /// Number of keys.

@@ -9,7 +9,7 @@ use super::{ControlState, Dirty, Engine, EngineConfig, EngineStats, Slot};
 use crate::batcher::Batcher;
 use crate::codec::{self, CorruptState, Table};
 use crate::dedup::Dedup;
-use crate::keymap::KeyMap;
+use crate::keymap::FlatKeyMap;
 use crate::meta;
 use crate::posterior::KeyState;
 use crate::registry::ParamKey;
@@ -282,7 +282,7 @@ impl Engine {
         );
 
         let rows = read(Table::Params);
-        let mut params = KeyMap::with_capacity(rows.len());
+        let mut params = FlatKeyMap::with_capacity(rows.len());
         for (k, v) in rows {
             let key = codec::param_key_from(Table::Params, &k)?;
             let state =
