@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::prefetch::prefetch_slice;
 use crate::sample::Sample;
 
 /// Emptied bucket vectors kept for reuse (their capacity is the point).
@@ -173,6 +174,13 @@ impl ReorderBuffer {
             return;
         }
         bucket.entries.push(entry);
+        // The bucket's next sample arrives after many others (a bucket
+        // fills over the whole disorder window): ask now for the room it
+        // will be written to, which has been out of the caches since the
+        // vector's previous bucket was released.
+        if let Some(next) = bucket.entries.spare_capacity_mut().first() {
+            prefetch_slice(std::slice::from_ref(next));
+        }
         self.len += 1;
     }
 
