@@ -404,8 +404,9 @@ impl Engine {
     }
 
     /// Calls `f` with the slot of each of `keys` (all in the table), a
-    /// group at a time: the states are out of the caches, so a group's
-    /// are asked for together first (see `warm`).
+    /// group at a time: the slots and states are out of the caches, so a
+    /// group's slots are asked for together, then its states (see
+    /// `warm`).
     fn for_each_slot(&mut self, keys: &[ParamKey], mut f: impl FnMut(ParamKey, &mut Slot)) {
         for group in keys.chunks(PREFETCH_GROUP) {
             for key in group {

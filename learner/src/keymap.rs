@@ -50,10 +50,11 @@ pub const ONE_SHARD: usize = 1;
 /// `a_shards_keys_spread_over_its_buckets_and_tags` checks.
 const SHARD_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// The shard (of `shards`, a power of two ≤ 256) of a key with `hash`.
+/// A key's hash and its shard (of `shards`, a power of two ≤ 256).
 #[inline]
-pub(crate) fn shard_of(hash: u64, shards: usize) -> usize {
-    (hash.wrapping_mul(SHARD_MIX) >> 56) as usize % shards
+fn locate(hasher: &KeyHasher, key: &ParamKey, shards: usize) -> (u64, usize) {
+    let hash = hasher.hash_one(key);
+    (hash, (hash.wrapping_mul(SHARD_MIX) >> 56) as usize % shards)
 }
 
 type Shard<V> = HashTable<(ParamKey, V)>;
@@ -96,8 +97,7 @@ impl<V, const N: usize> KeyMap<V, N> {
     /// The key's hash and shard.
     #[inline]
     fn locate(&self, key: &ParamKey) -> (u64, usize) {
-        let hash = self.hasher.hash_one(key);
-        (hash, shard_of(hash, N))
+        locate(&self.hasher, key, N)
     }
 
     /// Number of keys.

@@ -17,7 +17,7 @@
 
 use std::hash::BuildHasher;
 
-use super::{SHARDS, shard_of};
+use super::SHARDS;
 use crate::prefetch::prefetch;
 use crate::registry::{KeyHasher, ParamKey};
 
@@ -109,8 +109,7 @@ impl<V> FlatKeyMap<V> {
     /// The key's hash and shard.
     #[inline]
     fn locate(&self, key: &ParamKey) -> (u64, usize) {
-        let hash = self.hasher.hash_one(key);
-        (hash, shard_of(hash, SHARDS))
+        super::locate(&self.hasher, key, SHARDS)
     }
 
     /// Number of keys.
