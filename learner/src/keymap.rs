@@ -263,7 +263,8 @@ mod tests {
     use super::*;
     use crate::registry::VersionId;
 
-    fn key(version: u32, doc_id: u64) -> ParamKey {
+    /// The key of `doc_id` in version `version` (also for `flat`'s tests).
+    pub(super) fn key(version: u32, doc_id: u64) -> ParamKey {
         ParamKey {
             version: VersionId(version),
             doc_id,

@@ -225,15 +225,8 @@ mod tests {
 
     use proptest::prelude::*;
 
+    use super::super::tests::key;
     use super::*;
-    use crate::registry::VersionId;
-
-    fn key(version: u32, doc_id: u64) -> ParamKey {
-        ParamKey {
-            version: VersionId(version),
-            doc_id,
-        }
-    }
 
     proptest! {
         /// Inserts (new keys and replacements) leave the map equal to a
