@@ -5,17 +5,25 @@
 //! Samples are kept in one bucket per event-time millisecond, in arrival
 //! order, and a bucket is sorted by (partition, offset) when it is
 //! released. A sorted map of every sample would cost O(log n) with cache
-//! misses per insert and per release in a buffer of ~10⁶ samples; a
-//! bucket costs one lookup in a map of a few thousand milliseconds and a
-//! push.
+//! misses per insert and per release in a buffer of ~10⁶ samples. The
+//! buckets themselves sit in a ring indexed by millisecond, starting at
+//! the oldest one still waiting: an insert finds its bucket by a
+//! subtraction, a release pops buckets off the front. The ring spans
+//! [`RING_SPAN_MS`]; buckets further ahead (a partition far ahead of the
+//! others) wait in a sorted map and move into the ring as it advances.
 //!
 //! What the store holds of the buffer is the sample log's business
 //! ([`crate::sample_log`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::prefetch::prefetch_slice;
 use crate::sample::Sample;
+
+/// Milliseconds of event time the ring of buckets spans (about 65 s, far
+/// beyond the usual allowed out-of-orderness): an empty millisecond costs
+/// the ring 24 bytes, so a full ring is 1.5 MiB.
+pub const RING_SPAN_MS: usize = 1 << 16;
 
 /// Emptied bucket vectors kept for reuse (their capacity is the point).
 const SPARE_BUCKETS: usize = 64;
@@ -46,11 +54,127 @@ struct Entry {
     sample: Sample,
 }
 
-/// The samples of one event-time millisecond.
-#[derive(Debug, Clone, PartialEq, Default)]
-struct Bucket {
-    /// In arrival order.
-    entries: Vec<Entry>,
+/// The samples of one event-time millisecond, in arrival order.
+type Bucket = Vec<Entry>;
+
+/// Every bucket, by millisecond. Each millisecond has at most one bucket,
+/// in the ring when it lies within [`RING_SPAN_MS`] of `base`, in `far`
+/// otherwise; the ring is empty only when `far` is too.
+#[derive(Debug, Clone, Default)]
+struct Buckets {
+    /// The bucket of millisecond `base + i` at index `i` (empty buckets
+    /// own no memory).
+    ring: VecDeque<Bucket>,
+    base: i64,
+    /// Buckets at `base + RING_SPAN_MS` or later.
+    far: BTreeMap<i64, Bucket>,
+}
+
+impl Buckets {
+    /// First millisecond past the ring's reach.
+    fn ring_end(&self) -> i64 {
+        self.base.saturating_add(RING_SPAN_MS as i64)
+    }
+
+    /// The bucket of millisecond `t`, created empty if need be.
+    fn bucket_mut(&mut self, t: i64) -> &mut Bucket {
+        if self.ring.is_empty() {
+            self.base = t;
+        } else if t < self.base {
+            self.extend_back_to(t);
+        }
+        if t >= self.ring_end() {
+            return self.far.entry(t).or_default();
+        }
+        let index = usize::try_from(t.abs_diff(self.base)).expect("within the ring's span");
+        if index >= self.ring.len() {
+            self.ring.resize_with(index + 1, Bucket::new);
+        }
+        &mut self.ring[index]
+    }
+
+    /// Moves the ring's start back to `t`, a millisecond before every
+    /// waiting one (the ring starts at the first sample it gets after
+    /// emptying, and an older one may follow within the disorder window);
+    /// the buckets that fall out of its new reach go to `far`.
+    fn extend_back_to(&mut self, t: i64) {
+        let shift = usize::try_from(self.base.abs_diff(t)).unwrap_or(usize::MAX);
+        let keep = RING_SPAN_MS.saturating_sub(shift);
+        while self.ring.len() > keep {
+            let bucket = self.ring.pop_back().expect("longer than keep");
+            if !bucket.is_empty() {
+                let at = self.base + self.ring.len() as i64;
+                self.far.insert(at, bucket);
+            }
+        }
+        if self.ring.is_empty() {
+            self.base = t;
+            self.ring.push_back(Bucket::new());
+        } else {
+            for _ in 0..shift {
+                self.ring.push_front(Bucket::new());
+            }
+            self.base = t;
+        }
+    }
+
+    /// Moves into the ring the far buckets it now reaches; when the ring
+    /// is empty, it restarts at the first far bucket.
+    fn pull_far(&mut self) {
+        if self.ring.is_empty() {
+            match self.far.first_key_value() {
+                Some((&t, _)) => self.base = t,
+                None => return,
+            }
+        }
+        let end = self.ring_end();
+        while let Some(first) = self.far.first_entry()
+            && *first.key() < end
+        {
+            let (t, bucket) = first.remove_entry();
+            let index = usize::try_from(t.abs_diff(self.base)).expect("within the ring's span");
+            if index >= self.ring.len() {
+                self.ring.resize_with(index + 1, Bucket::new);
+            }
+            debug_assert!(self.ring[index].is_empty(), "one bucket per millisecond");
+            self.ring[index] = bucket;
+        }
+    }
+
+    /// Removes and returns the oldest bucket below `watermark_ms` with its
+    /// millisecond, skipping empty ones; `None` when there is none.
+    fn pop_below(&mut self, watermark_ms: i64) -> Option<(i64, Bucket)> {
+        loop {
+            if self.ring.is_empty() || self.base >= watermark_ms {
+                return None;
+            }
+            let t = self.base;
+            let bucket = self.ring.pop_front().expect("not empty");
+            self.base += 1;
+            if self.ring.is_empty()
+                || self
+                    .far
+                    .first_key_value()
+                    .is_some_and(|(&k, _)| k < self.ring_end())
+            {
+                self.pull_far();
+            }
+            if !bucket.is_empty() {
+                return Some((t, bucket));
+            }
+        }
+    }
+
+    /// Every bucket with its millisecond (not in order across ring and
+    /// far map).
+    fn iter(&self) -> impl Iterator<Item = (i64, &Bucket)> {
+        let ring = self
+            .ring
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (self.base + i as i64, b));
+        ring.chain(self.far.iter().map(|(&t, b)| (t, b)))
+    }
 }
 
 /// Samples waiting for the watermark. The bound is soft: inserts always
@@ -62,13 +186,13 @@ struct Bucket {
 /// keys and have the same bound (arrival order and bookkeeping aside).
 #[derive(Debug, Clone, Default)]
 pub struct ReorderBuffer {
-    buckets: BTreeMap<i64, Bucket>,
+    buckets: Buckets,
     len: usize,
     capacity: usize,
     /// Highest offset buffered per partition: an insert at or below it may
     /// replace a buffered sample with the same key.
     newest_offsets: BTreeMap<u32, u64>,
-    spare: Vec<Vec<Entry>>,
+    spare: Vec<Bucket>,
     /// Scratch of [`ReorderBuffer::release_below_into`], kept for its
     /// capacity: a bucket's sort keys, and its entries by arrival index.
     order: Vec<Slot>,
@@ -87,8 +211,8 @@ impl ReorderBuffer {
         let mut all: Vec<(OrderKey, &Sample)> = self
             .buckets
             .iter()
-            .flat_map(|(&event_time_ms, bucket)| {
-                bucket.entries.iter().map(move |e| {
+            .flat_map(|(event_time_ms, bucket)| {
+                bucket.iter().map(move |e| {
                     let key = OrderKey {
                         event_time_ms,
                         partition: e.partition,
@@ -152,13 +276,12 @@ impl ReorderBuffer {
                 false
             }
         };
-        let spare = &mut self.spare;
-        let bucket = self
-            .buckets
-            .entry(key.event_time_ms)
-            .or_insert_with(|| Bucket {
-                entries: spare.pop().unwrap_or_default(),
-            });
+        let bucket = self.buckets.bucket_mut(key.event_time_ms);
+        if bucket.capacity() == 0
+            && let Some(room) = self.spare.pop()
+        {
+            *bucket = room;
+        }
         let entry = Entry {
             partition: key.partition,
             offset: key.offset,
@@ -166,19 +289,18 @@ impl ReorderBuffer {
         };
         if maybe_present
             && let Some(old) = bucket
-                .entries
                 .iter_mut()
                 .find(|e| e.partition == key.partition && e.offset == key.offset)
         {
             *old = entry;
             return;
         }
-        bucket.entries.push(entry);
+        bucket.push(entry);
         // The bucket's next sample arrives after many others (a bucket
         // fills over the whole disorder window): ask now for the room it
         // will be written to, which has been out of the caches since the
         // vector's previous bucket was released.
-        if let Some(next) = bucket.entries.spare_capacity_mut().first() {
+        if let Some(next) = bucket.spare_capacity_mut().first() {
             prefetch_slice(std::slice::from_ref(next));
         }
         self.len += 1;
@@ -202,11 +324,7 @@ impl ReorderBuffer {
         released: &mut Vec<(OrderKey, Sample)>,
     ) -> usize {
         let before = released.len();
-        while let Some(first) = self.buckets.first_entry()
-            && *first.key() < watermark_ms
-        {
-            let (event_time_ms, bucket) = first.remove_entry();
-            let mut entries = bucket.entries;
+        while let Some((event_time_ms, mut entries)) = self.buckets.pop_below(watermark_ms) {
             self.len -= entries.len();
             // Sort small keys, not the samples, then move each sample once
             // more (into `slots`, from which it is taken in order).
@@ -338,5 +456,99 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(3, 2), (4, 1)]
         );
+    }
+
+    #[test]
+    fn buckets_beyond_the_ring_wait_in_order() {
+        let span = RING_SPAN_MS as i64;
+        let mut buf = ReorderBuffer::new(100);
+        for (i, t) in [0, 3 * span, 5, span + 1, span - 1, 3 * span + 2, -2 * span]
+            .into_iter()
+            .enumerate()
+        {
+            buf.insert(key(t, 0, i as u64), sample(t));
+        }
+        assert!(
+            !buf.buckets.far.is_empty(),
+            "some buckets wait beyond the ring"
+        );
+        let times = |out: Vec<(OrderKey, Sample)>| -> Vec<i64> {
+            out.into_iter().map(|(k, _)| k.event_time_ms).collect()
+        };
+        assert_eq!(
+            times(buf.release_below(2 * span)),
+            vec![-2 * span, 0, 5, span - 1, span + 1]
+        );
+        assert_eq!(buf.len(), 2);
+        buf.insert(key(2 * span, 1, 0), sample(2 * span));
+        assert_eq!(
+            times(buf.release_below(i64::MAX)),
+            vec![2 * span, 3 * span, 3 * span + 2]
+        );
+        assert!(buf.is_empty());
+        assert!(buf.buckets.ring.is_empty() && buf.buckets.far.is_empty());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert { t: i64, partition: u32, offset: u64 },
+        Release(i64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let span = RING_SPAN_MS as i64;
+        // Mostly a narrow disorder window, sometimes a jump past the ring
+        // either way, and offsets reused so that keys repeat.
+        let t = prop_oneof![
+            4 => 0..300i64,
+            1 => -3 * span..4 * span,
+            1 => Just(i64::MAX - 1),
+        ];
+        prop_oneof![
+            5 => (t, 0..3u32, 0..40u64).prop_map(|(t, partition, offset)| Op::Insert { t, partition, offset }),
+            1 => prop_oneof![0..300i64, -3 * span..5 * span].prop_map(Op::Release),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The ring and its far map release exactly what a sorted map of
+        /// every sample releases.
+        #[test]
+        fn releases_what_a_sorted_map_releases(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut buf = ReorderBuffer::new(usize::MAX);
+            let mut model: BTreeMap<OrderKey, u64> = BTreeMap::new();
+            for (i, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Insert { t, partition, offset } => {
+                        let mut s = sample(t);
+                        s.doc_id = i as u64;
+                        buf.insert(key(t, partition, offset), s);
+                        model.insert(key(t, partition, offset), i as u64);
+                    }
+                    Op::Release(w) => {
+                        let got: Vec<(OrderKey, u64)> = buf
+                            .release_below(w)
+                            .into_iter()
+                            .map(|(k, s)| (k, s.doc_id))
+                            .collect();
+                        let keep = model.split_off(&key(w, 0, 0));
+                        let want: Vec<(OrderKey, u64)> = std::mem::replace(&mut model, keep).into_iter().collect();
+                        proptest::prop_assert_eq!(got, want);
+                    }
+                }
+                proptest::prop_assert_eq!(buf.len(), model.len());
+            }
+            let rest: Vec<(OrderKey, u64)> = buf
+                .release_below(i64::MAX)
+                .into_iter()
+                .map(|(k, s)| (k, s.doc_id))
+                .collect();
+            let want: Vec<(OrderKey, u64)> = model
+                .into_iter()
+                .filter(|(k, _)| k.event_time_ms < i64::MAX)
+                .collect();
+            proptest::prop_assert_eq!(rest, want);
+        }
     }
 }
