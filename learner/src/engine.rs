@@ -40,6 +40,13 @@ const PREFETCH_GROUP: usize = 64;
 /// release is usually one event-time millisecond's samples).
 const RELEASING_KEPT: usize = 16 * 1024;
 
+/// Samples a release takes out of the reorder buffer at a time (whole
+/// milliseconds, so a little more): a release of the whole buffer (the
+/// end of a bounded input, a watermark that jumps) goes in parts through
+/// room already mapped instead of a second copy of the buffer in fresh
+/// memory.
+const RELEASE_PART: usize = RELEASING_KEPT / 2;
+
 /// Tuning of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -792,23 +799,26 @@ impl Engine {
         let upto = stop.map_or(watermark_ms, |t| t.max(self.released_below_ms));
         if upto > self.released_below_ms {
             let mut releasing = std::mem::take(&mut self.releasing);
-            self.buffer.release_below_into(upto, &mut releasing);
-            let mut released = releasing.drain(..);
-            // In groups, so what a group's warm-up fetched is still in the
-            // caches when the group is processed (a finish releases the
-            // whole buffer at once).
-            while !released.as_slice().is_empty() {
-                let group = released.as_slice().len().min(PREFETCH_GROUP);
-                self.warm(&released.as_slice()[..group]);
-                for (key, sample) in released.by_ref().take(group) {
-                    if !self.control.scheduled.is_empty() {
-                        self.apply_commands_until(key.event_time_ms);
+            while self
+                .buffer
+                .release_below_into(upto, RELEASE_PART, &mut releasing)
+                > 0
+            {
+                let mut released = releasing.drain(..);
+                // In groups, so what a group's warm-up fetched is still in
+                // the caches when the group is processed.
+                while !released.as_slice().is_empty() {
+                    let group = released.as_slice().len().min(PREFETCH_GROUP);
+                    self.warm(&released.as_slice()[..group]);
+                    for (key, sample) in released.by_ref().take(group) {
+                        if !self.control.scheduled.is_empty() {
+                            self.apply_commands_until(key.event_time_ms);
+                        }
+                        self.process(key, sample);
                     }
-                    self.process(key, sample);
                 }
             }
-            drop(released);
-            // A finish releases the whole buffer: that capacity is not kept.
+            // A millisecond can hold more than a part: that room is not kept.
             releasing.shrink_to(RELEASING_KEPT);
             self.releasing = releasing;
             if !self.control.scheduled.is_empty() {

@@ -310,21 +310,28 @@ impl ReorderBuffer {
     /// strictly below `watermark_ms`.
     pub fn release_below(&mut self, watermark_ms: i64) -> Vec<(OrderKey, Sample)> {
         let mut released = Vec::new();
-        self.release_below_into(watermark_ms, &mut released);
+        self.release_below_into(watermark_ms, usize::MAX, &mut released);
         released
     }
 
     /// [`ReorderBuffer::release_below`] appending to `released`, so a
     /// caller that releases over and over reuses one vector (a fresh one per
     /// release costs fresh pages: the allocator hands freed ones back to the
-    /// system). Returns how many samples were appended.
+    /// system), and stopping at the end of the millisecond in which the
+    /// count appended reaches `limit`: a caller releasing a large part of
+    /// the buffer (at the end of the input) can take it in parts of about
+    /// `limit`, in the same order. Returns how many samples were appended;
+    /// 0 when nothing below `watermark_ms` is left.
     pub fn release_below_into(
         &mut self,
         watermark_ms: i64,
+        limit: usize,
         released: &mut Vec<(OrderKey, Sample)>,
     ) -> usize {
         let before = released.len();
-        while let Some((event_time_ms, mut entries)) = self.buckets.pop_below(watermark_ms) {
+        while released.len() - before < limit
+            && let Some((event_time_ms, mut entries)) = self.buckets.pop_below(watermark_ms)
+        {
             self.len -= entries.len();
             // Sort small keys, not the samples, then move each sample once
             // more (into `slots`, from which it is taken in order).
@@ -416,9 +423,9 @@ mod tests {
             buf.insert(key(3, 0, 200 + o), sample(3));
         }
         let mut out = vec![(key(0, 0, 0), sample(0))];
-        assert_eq!(buf.release_below_into(4, &mut out), 10);
-        assert_eq!(buf.release_below_into(4, &mut out), 0);
-        assert_eq!(buf.release_below_into(8, &mut out), n as usize);
+        assert_eq!(buf.release_below_into(4, usize::MAX, &mut out), 10);
+        assert_eq!(buf.release_below_into(4, usize::MAX, &mut out), 0);
+        assert_eq!(buf.release_below_into(8, usize::MAX, &mut out), n as usize);
         let keys: Vec<OrderKey> = out.iter().map(|(k, _)| *k).collect();
         assert_eq!(keys[0], key(0, 0, 0), "what was there stays first");
         assert!(keys[1..].is_sorted(), "release order");
@@ -429,6 +436,35 @@ mod tests {
             "large scratch given back"
         );
         assert!(buf.slots.is_empty());
+    }
+
+    #[test]
+    fn a_release_in_parts_ends_each_at_a_whole_millisecond() {
+        let mut whole = ReorderBuffer::new(usize::MAX);
+        for o in 0..1_000u64 {
+            // Milliseconds of 1 to 7 samples, arriving out of order.
+            let t = (o * 7919 % 1_000) as i64 / 4;
+            whole.insert(key(t, (o % 3) as u32, o), sample(t));
+        }
+        let mut parts = whole.clone();
+        let expected = whole.release_below(200);
+        let mut got = Vec::new();
+        loop {
+            let mut part = Vec::new();
+            let n = parts.release_below_into(200, 10, &mut part);
+            assert_eq!(n, part.len());
+            if n == 0 {
+                break;
+            }
+            let last = part.last().expect("a part").0.event_time_ms;
+            assert!(
+                part.len() - part.iter().filter(|(k, _)| k.event_time_ms == last).count() < 10,
+                "a part stops at the millisecond that reaches the limit"
+            );
+            got.extend(part);
+        }
+        assert_eq!(got, expected);
+        assert_eq!(parts, whole);
     }
 
     #[test]
