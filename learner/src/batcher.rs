@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 
 use crate::keymap::{KeyMap, ONE_SHARD};
 use crate::posterior::Observation;
+use crate::prefetch::prefetch;
 use crate::registry::{ParamKey, VersionId};
 use crate::reorder::OrderKey;
 
@@ -205,6 +206,22 @@ impl Batcher {
         if self.spare.len() < SPARE_VECTORS && observations.capacity() <= SPARE_CAPACITY {
             observations.clear();
             self.spare.push(observations);
+        }
+    }
+
+    /// True when no batch is pending.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Looks `key` up and asks for the room its next observation will be
+    /// written to; a hint, for a release to call on a group of keys before
+    /// pushing to them: the lookups of a group overlap where the pushes,
+    /// one after the other, would each wait for theirs.
+    pub fn prefetch(&self, key: &ParamKey) {
+        if let Some(batch) = self.pending.get(key) {
+            let observations = &batch.observations;
+            prefetch(observations.as_ptr().wrapping_add(observations.len()));
         }
     }
 

@@ -875,6 +875,11 @@ impl Engine {
         for state in states {
             state.prefetch_parts();
         }
+        if !self.batcher.is_empty() {
+            for key in &keys {
+                self.batcher.prefetch(key);
+            }
+        }
     }
 
     fn process(&mut self, origin: OrderKey, sample: Sample) {
