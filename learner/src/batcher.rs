@@ -225,6 +225,20 @@ impl Batcher {
         }
     }
 
+    /// Looks up the batches of the first `n` entries of the age queue,
+    /// which the next calls of [`Batcher::due`] read, and asks for their
+    /// first observations; a hint, like [`Batcher::prefetch`].
+    pub fn prefetch_due(&self, n: usize) {
+        if self.policy.max_age_ms.is_none() {
+            return;
+        }
+        for (_, key) in self.by_age.iter().take(n) {
+            if let Some(batch) = self.pending.get(key) {
+                prefetch(batch.observations.as_ptr());
+            }
+        }
+    }
+
     /// Whether `obs` would be a batch of its own: `key` has nothing pending
     /// and `obs` alone fires a trigger. Such a batch can be applied at once,
     /// without going through the pending table and the age index (the

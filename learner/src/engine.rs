@@ -879,6 +879,7 @@ impl Engine {
             for key in &keys {
                 self.batcher.prefetch(key);
             }
+            self.batcher.prefetch_due(released.len());
         }
     }
 
