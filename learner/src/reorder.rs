@@ -151,12 +151,7 @@ impl Buckets {
             let t = self.base;
             let bucket = self.ring.pop_front().expect("not empty");
             self.base += 1;
-            if self.ring.is_empty()
-                || self
-                    .far
-                    .first_key_value()
-                    .is_some_and(|(&k, _)| k < self.ring_end())
-            {
+            if !self.far.is_empty() {
                 self.pull_far();
             }
             if !bucket.is_empty() {
