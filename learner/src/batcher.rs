@@ -108,15 +108,6 @@ pub struct Batcher {
     gone: Vec<ParamKey>,
 }
 
-/// What a checkpoint writes to the store's pending table.
-#[derive(Debug, Default, PartialEq)]
-pub struct PendingChanges<'a> {
-    /// Keys whose entry is deleted, ascending.
-    pub deletes: Vec<ParamKey>,
-    /// Keys and their batches to write, ascending by key.
-    pub puts: Vec<(ParamKey, &'a [PendingObservation])>,
-}
-
 /// Entries of the change list or the age queue beyond twice the pending
 /// batches before it is compacted (a handful in tests, so that the
 /// proptests compact often).
@@ -327,11 +318,16 @@ impl Batcher {
         self.changed.retain(|key| pending.contains_key(key));
     }
 
-    /// The writes that bring the store's pending table up to date: a put
-    /// per batch changed since the last call, a delete per stored batch
-    /// taken since (and not replaced). From here on the batches written
-    /// count as stored.
-    pub fn take_changes(&mut self) -> PendingChanges<'_> {
+    /// Brings the store's pending table up to date: calls `put` with each
+    /// batch changed since the last call, ascending by key, and returns the
+    /// keys whose stored entry must be deleted (stored batches taken since
+    /// and not started again), ascending. From here on the batches given to
+    /// `put` count as stored. One lookup per changed key: the batch is
+    /// marked and handed over where it is found.
+    pub fn take_changes(
+        &mut self,
+        mut put: impl FnMut(ParamKey, &[PendingObservation]),
+    ) -> Vec<ParamKey> {
         let mut gone = std::mem::take(&mut self.gone);
         gone.sort_unstable();
         gone.dedup();
@@ -342,25 +338,17 @@ impl Batcher {
         // Taken and started again since: listed twice.
         changed.dedup();
         for key in &changed {
+            // Taken since it changed: nothing to put (a stored one is in
+            // `gone`).
             if let Some(batch) = self.pending.get_mut(key) {
                 batch.unstored = false;
                 batch.stored = true;
+                put(*key, &batch.observations);
             }
         }
-        // Taken since they changed: nothing to put (a stored one is in
-        // `gone`).
-        changed.retain(|key| self.pending.contains_key(key));
-        let puts = changed
-            .iter()
-            .map(|key| {
-                let batch = self.pending.get(key).expect("retained above");
-                (*key, batch.observations.as_slice())
-            })
-            .collect();
-        PendingChanges {
-            deletes: gone,
-            puts,
-        }
+        changed.clear();
+        self.changed = changed;
+        gone
     }
 
     /// Forgets what the store holds, so the next [`Self::take_changes`]
@@ -431,6 +419,19 @@ impl Batcher {
 mod tests {
     use super::*;
     use crate::registry::VersionId;
+
+    /// What a checkpoint writes, collected.
+    #[derive(Debug, Default, PartialEq)]
+    struct Changes {
+        deletes: Vec<ParamKey>,
+        puts: Vec<(ParamKey, Vec<PendingObservation>)>,
+    }
+
+    fn changes(b: &mut Batcher) -> Changes {
+        let mut puts = Vec::new();
+        let deletes = b.take_changes(|key, batch| puts.push((key, batch.to_vec())));
+        Changes { deletes, puts }
+    }
 
     fn key(doc: u64) -> ParamKey {
         ParamKey {
@@ -563,7 +564,7 @@ mod tests {
         });
         b.push(key(1), obs(1, false));
         b.push(key(2), obs(2, false));
-        let first = b.take_changes();
+        let first = changes(&mut b);
         assert_eq!(first.deletes, []);
         assert_eq!(
             first
@@ -573,11 +574,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(1, 1), (2, 1)]
         );
-        assert_eq!(
-            b.take_changes(),
-            PendingChanges::default(),
-            "nothing changed"
-        );
+        assert_eq!(changes(&mut b), Changes::default(), "nothing changed");
         // Key 1 is applied (stored: delete); key 3 is pushed and applied
         // in between (never stored: nothing); key 2 is applied and starts
         // again (stored: the new batch overwrites it, no delete).
@@ -586,7 +583,7 @@ mod tests {
         assert!(b.push(key(3), obs(5, false)).is_some());
         assert!(b.push(key(2), obs(6, false)).is_some());
         b.push(key(2), obs(7, false));
-        let second = b.take_changes();
+        let second = changes(&mut b);
         assert_eq!(second.deletes, [key(1)]);
         assert_eq!(
             second
@@ -598,7 +595,7 @@ mod tests {
         );
         // Into an empty store: every batch again.
         b.mark_all_unstored();
-        let full = b.take_changes();
+        let full = changes(&mut b);
         assert_eq!(full.deletes, []);
         assert_eq!(full.puts.len(), 1);
         // A restored batch counts as stored.
@@ -607,9 +604,9 @@ mod tests {
             ..BatchPolicy::default()
         });
         restored.restore(key(5), vec![obs(8, false)]);
-        assert_eq!(restored.take_changes(), PendingChanges::default());
+        assert_eq!(changes(&mut restored), Changes::default());
         assert!(restored.push(key(5), obs(9, false)).is_some());
-        assert_eq!(restored.take_changes().deletes, [key(5)]);
+        assert_eq!(changes(&mut restored).deletes, [key(5)]);
     }
 
     #[test]
@@ -626,7 +623,7 @@ mod tests {
             }
         }
         assert!(b.changed.len() <= 2 * b.pending_keys() + CHANGED_SLACK + 1);
-        let changes = b.take_changes();
+        let changes = changes(&mut b);
         assert_eq!(changes.puts.len(), 1, "key 7's batch is still written");
         assert_eq!(changes.puts[0].0, key(7));
     }
@@ -741,7 +738,7 @@ mod tests {
                             store.clear();
                             b.mark_all_unstored();
                         }
-                        let changes = b.take_changes();
+                        let changes = changes(&mut b);
                         for key in &changes.deletes {
                             proptest::prop_assert!(store.remove(key).is_some(), "delete of a key not stored");
                         }

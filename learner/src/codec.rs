@@ -289,13 +289,7 @@ pub fn write_sample(sample: &Sample, out: &mut Vec<u8>) {
     if !sample.context.is_empty() {
         encode_key(4, WireType::LengthDelimited, out);
         encode_varint(4 * sample.context.len() as u64, out);
-        // Sized once and filled in place: a bulk copy, not one
-        // capacity check per float.
-        let start = out.len();
-        out.resize(start + 4 * sample.context.len(), 0);
-        for (dst, x) in out[start..].chunks_exact_mut(4).zip(&sample.context) {
-            dst.copy_from_slice(&x.to_le_bytes());
-        }
+        put_f32s(out, &sample.context);
     }
     for (name, value) in &sample.labels {
         encode_key(5, WireType::LengthDelimited, out);
@@ -319,20 +313,37 @@ pub fn sample_from(key: &[u8], bytes: &[u8]) -> Result<Sample, CorruptState> {
 /// A pending micro-batch: u32 count, then per observation event time,
 /// partition, offset, reward, weight, dimension and context.
 pub fn pending_bytes(batch: &[PendingObservation]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + batch.len() * 40);
+    /// Event time, partition, offset, reward, weight, context length.
+    const HEADER: usize = 8 + 4 + 8 + 1 + 8 + 4;
+    let len = 4 + batch
+        .iter()
+        .map(|obs| HEADER + 4 * obs.context.len())
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&(batch.len() as u32).to_le_bytes());
     for obs in batch {
-        out.extend_from_slice(&obs.origin.event_time_ms.to_le_bytes());
-        out.extend_from_slice(&obs.origin.partition.to_le_bytes());
-        out.extend_from_slice(&obs.origin.offset.to_le_bytes());
-        out.push(u8::from(obs.reward));
-        out.extend_from_slice(&obs.weight.to_le_bytes());
-        out.extend_from_slice(&(obs.context.len() as u32).to_le_bytes());
-        for x in &obs.context {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
+        let mut header = [0; HEADER];
+        header[..8].copy_from_slice(&obs.origin.event_time_ms.to_le_bytes());
+        header[8..12].copy_from_slice(&obs.origin.partition.to_le_bytes());
+        header[12..20].copy_from_slice(&obs.origin.offset.to_le_bytes());
+        header[20] = u8::from(obs.reward);
+        header[21..29].copy_from_slice(&obs.weight.to_le_bytes());
+        header[29..].copy_from_slice(&(obs.context.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        put_f32s(&mut out, &obs.context);
     }
+    debug_assert_eq!(out.len(), len);
     out
+}
+
+/// Appends `values` little-endian. Sized once and filled in place: a bulk
+/// copy, not one capacity check per float.
+fn put_f32s(out: &mut Vec<u8>, values: &[f32]) {
+    let start = out.len();
+    out.resize(start + 4 * values.len(), 0);
+    for (dst, x) in out[start..].chunks_exact_mut(4).zip(values) {
+        dst.copy_from_slice(&x.to_le_bytes());
+    }
 }
 
 /// Decodes [`pending_bytes`].

@@ -140,21 +140,18 @@ impl Engine {
         self.dirty.params = dirty_params;
         // A batch applied without ever being stored (every batch of one)
         // leaves nothing to delete.
-        let pending = self.batcher.take_changes();
-        writes.reserve(pending.deletes.len() + pending.puts.len());
-        writes.extend(
-            pending
-                .deletes
-                .into_iter()
-                .map(|key| Write::Delete(Table::Pending, codec::param_key(key))),
-        );
-        writes.extend(pending.puts.into_iter().map(|(key, batch)| {
-            Write::Put(
+        let pending_deletes = self.batcher.take_changes(|key, batch| {
+            writes.push(Write::Put(
                 Table::Pending,
                 codec::param_key(key),
                 codec::pending_bytes(batch),
-            )
-        }));
+            ));
+        });
+        writes.extend(
+            pending_deletes
+                .into_iter()
+                .map(|key| Write::Delete(Table::Pending, codec::param_key(key))),
+        );
         writes.extend(
             log.deletes
                 .into_iter()
