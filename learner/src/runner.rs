@@ -765,14 +765,11 @@ pub fn run_kafka_with(
     let publish_every = Duration::from_millis(config.publish_interval_ms());
     let mut last_publish = Instant::now();
     let mut last_status = Instant::now();
-    let targets = match mode {
-        KafkaRunMode::UntilEnd => Some(source.high_watermarks().context("read high watermarks")?),
+    let mut end = match mode {
+        KafkaRunMode::UntilEnd => Some(EndOfInput::new(
+            source.high_watermarks().context("read high watermarks")?,
+        )),
         KafkaRunMode::Unbounded => None,
-    };
-    let reached = |engine: &Engine, targets: &BTreeMap<u32, u64>| {
-        targets
-            .iter()
-            .all(|(p, &high)| engine.next_offsets().get(p).copied().unwrap_or(0) >= high)
     };
     let idle_after = Duration::from_millis(kafka.idle_timeout_ms);
     let mut last_record: BTreeMap<u32, Instant> =
@@ -823,30 +820,20 @@ pub fn run_kafka_with(
         {
             tracing::warn!("informational offset commit failed: {err}");
         }
-        if let Some(targets) = &targets
-            && reached(&engine, targets)
-        {
-            while !engine.finish() {
-                run_barriers(
-                    &mut engine,
-                    &mut checkpointer,
-                    config,
-                    source.partition_count(),
-                    records,
-                )?;
-            }
-            break;
-        }
-        if let Some(targets) = &targets {
-            // A partition at its end has nothing more to give in this run:
-            // it stops holding the watermark back. Its later records (none
-            // in this run) could not be late, so the order stays the log's.
-            for (&p, &high) in targets {
-                let done = engine.next_offsets().get(&p).copied().unwrap_or(0) >= high;
-                if done && engine.clocks().get(&p).is_some_and(|c| !c.idle) {
-                    engine.set_idle(p, true);
+        if let Some(end) = &mut end {
+            if end.reached(&engine) {
+                while !engine.finish() {
+                    run_barriers(
+                        &mut engine,
+                        &mut checkpointer,
+                        config,
+                        source.partition_count(),
+                        records,
+                    )?;
                 }
+                break;
             }
+            end.idle_finished(&mut engine);
         }
         // Backpressure: from the moment the reorder buffer is full until it
         // is half empty again, partitions far ahead of the one holding the
@@ -891,6 +878,9 @@ pub fn run_kafka_with(
                 payload,
             } => {
                 engine.ingest(partition, offset, payload);
+                if let Some(end) = &mut end {
+                    end.touched(partition);
+                }
                 progress.set(partition, offset + 1);
                 records += 1;
                 since_checkpoint += 1;
@@ -908,7 +898,7 @@ pub fn run_kafka_with(
             Polled::Nothing(Some(err)) => tracing::warn!("kafka: {err}"),
             Polled::Nothing(None) => {}
         }
-        if targets.is_none() && kafka.idle_timeout_ms > 0 {
+        if end.is_none() && kafka.idle_timeout_ms > 0 {
             for &p in &caught_up {
                 let quiet = last_record
                     .get(&p)
@@ -952,6 +942,63 @@ pub fn run_kafka_with(
         throttles,
         seeded,
     })
+}
+
+/// Where a [`KafkaRunMode::UntilEnd`] run stops: every partition's high
+/// watermark at start. A partition's next offset and watermark clock change
+/// only with its own records, so after a first look at every partition
+/// only those with records since the last look are looked at again (every
+/// partition on every pass was two map walks per record).
+#[derive(Debug)]
+struct EndOfInput {
+    targets: BTreeMap<u32, u64>,
+    /// Partitions short of their target.
+    short: BTreeSet<u32>,
+    /// Partitions to look at on the next pass (every one at first).
+    touched: Vec<u32>,
+}
+
+impl EndOfInput {
+    fn new(targets: BTreeMap<u32, u64>) -> Self {
+        Self {
+            short: targets.keys().copied().collect(),
+            touched: targets.keys().copied().collect(),
+            targets,
+        }
+    }
+
+    /// `partition` had a record.
+    fn touched(&mut self, partition: u32) {
+        if self.touched.last() != Some(&partition) {
+            self.touched.push(partition);
+        }
+    }
+
+    /// Takes note of the touched partitions now at their target; true when
+    /// every partition is.
+    fn reached(&mut self, engine: &Engine) -> bool {
+        for p in &self.touched {
+            let high = self.targets.get(p).copied().unwrap_or(0);
+            if engine.next_offsets().get(p).copied().unwrap_or(0) >= high {
+                self.short.remove(p);
+            }
+        }
+        self.short.is_empty()
+    }
+
+    /// A partition at its end has nothing more to give in this run: it
+    /// stops holding the watermark back. Its later records (none in this
+    /// run) could not be late, so the order stays the log's. Marks the
+    /// touched partitions at their end idle (a record past the end makes
+    /// its partition active again, and touched).
+    fn idle_finished(&mut self, engine: &mut Engine) {
+        for p in self.touched.drain(..) {
+            let at_end = self.targets.contains_key(&p) && !self.short.contains(&p);
+            if at_end && engine.clocks().get(&p).is_some_and(|c| !c.idle) {
+                engine.set_idle(p, true);
+            }
+        }
+    }
 }
 
 /// Kafka, with metrics: each partition's lag behind its high watermark.
@@ -1553,6 +1600,78 @@ mod tests {
             ..state
         };
         assert!(!checkpoint_due(&no_timer, 99, ms(60_000), false));
+    }
+
+    #[test]
+    fn an_until_end_run_ends_when_every_partition_reaches_its_target() {
+        use crate::batcher::BatchPolicy;
+        use crate::engine::EngineConfig;
+        use crate::posterior::{BetaPrior, ModelKind, ModelSpec};
+        use crate::version::{RewardSpec, VersionSpec};
+        let version = VersionSpec {
+            name: "beta".into(),
+            model: ModelSpec::new(ModelKind::Beta(BetaPrior::UNIFORM)),
+            reward: RewardSpec::binary("click"),
+            use_sample_weight: true,
+        };
+        let config = EngineConfig {
+            out_of_orderness_ms: 10,
+            reorder_capacity: 1_000,
+            dedup: None,
+            batch: BatchPolicy::default(),
+        };
+        let mut engine = Engine::new(
+            config,
+            Registry::with_versions([version]).unwrap(),
+            [0, 1, 2],
+        );
+        let sample = |t: i64| {
+            Payload::Sample(crate::sample::Sample {
+                doc_id: 7,
+                version: "beta".into(),
+                event_time_ms: t,
+                context: Vec::new(),
+                labels: smallvec::smallvec![("click".into(), 1.0)],
+                weight: 1.0,
+                sample_id: None,
+            })
+        };
+        let idle = |engine: &Engine, p: u32| engine.clocks()[&p].idle;
+        // Partition 2 has nothing to give: at its end from the start.
+        let mut end = EndOfInput::new([(0, 2), (1, 1), (2, 0)].into());
+        assert!(!end.reached(&engine));
+        end.idle_finished(&mut engine);
+        assert!(idle(&engine, 2) && !idle(&engine, 0) && !idle(&engine, 1));
+
+        engine.ingest(1, 0, sample(100));
+        end.touched(1);
+        assert!(!end.reached(&engine), "partition 0 is short");
+        end.idle_finished(&mut engine);
+        assert!(idle(&engine, 1), "partition 1 is at its end");
+        // A record past the end makes its partition active; the next pass
+        // marks it idle again.
+        engine.ingest(1, 1, sample(101));
+        end.touched(1);
+        assert!(!idle(&engine, 1));
+        assert!(!end.reached(&engine));
+        end.idle_finished(&mut engine);
+        assert!(idle(&engine, 1));
+
+        engine.ingest(0, 0, sample(100));
+        end.touched(0);
+        assert!(!end.reached(&engine));
+        end.idle_finished(&mut engine);
+        assert!(!idle(&engine, 0), "one record short");
+        engine.ingest(
+            0,
+            1,
+            Payload::Invalid {
+                reason: "undecodable",
+                detail: "poison".into(),
+            },
+        );
+        end.touched(0);
+        assert!(end.reached(&engine), "a dead letter counts as read");
     }
 
     fn clock(max_event_ms: i64) -> PartitionClock {
