@@ -230,6 +230,18 @@ impl Batcher {
         }
     }
 
+    /// Keys of the first `n` entries of the age queue: the batches the next
+    /// calls of [`Batcher::due`] may apply (some entries are stale). Empty
+    /// without an age trigger.
+    pub fn due_soon(&self, n: usize) -> impl Iterator<Item = &ParamKey> {
+        let n = if self.policy.max_age_ms.is_some() {
+            n
+        } else {
+            0
+        };
+        self.by_age.iter().take(n).map(|(_, key)| key)
+    }
+
     /// Whether `obs` would be a batch of its own: `key` has nothing pending
     /// and `obs` alone fires a trigger. Such a batch can be applied at once,
     /// without going through the pending table and the age index (the
@@ -626,6 +638,29 @@ mod tests {
         let changes = changes(&mut b);
         assert_eq!(changes.puts.len(), 1, "key 7's batch is still written");
         assert_eq!(changes.puts[0].0, key(7));
+    }
+
+    #[test]
+    fn due_soon_lists_the_oldest_batches_only_with_an_age_trigger() {
+        let aged = BatchPolicy {
+            max_samples: 2,
+            max_positives: 0,
+            max_age_ms: Some(10),
+        };
+        let mut b = Batcher::new(aged);
+        b.push(key(3), obs(1, false));
+        b.push(key(1), obs(2, false));
+        b.push(key(2), obs(3, false));
+        let soon: Vec<u64> = b.due_soon(2).map(|k| k.doc_id).collect();
+        assert_eq!(soon, [3, 1]);
+        let due: Vec<u64> = b.due(12).iter().map(|(k, _)| k.doc_id).collect();
+        assert_eq!(due, [3, 1], "what due_soon announced");
+        let mut by_count = Batcher::new(BatchPolicy {
+            max_age_ms: None,
+            ..aged
+        });
+        by_count.push(key(3), obs(1, false));
+        assert_eq!(by_count.due_soon(2).count(), 0);
     }
 
     #[test]

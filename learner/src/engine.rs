@@ -861,11 +861,19 @@ impl Engine {
                 })
             })
             .collect();
-        for key in &keys {
+        // The batches the age trigger applies in this group are other keys'
+        // (started one `max_age_ms` earlier): their slots and states too.
+        let soon: Vec<ParamKey> = if self.batcher.is_empty() {
+            Vec::new()
+        } else {
+            self.batcher.due_soon(released.len()).copied().collect()
+        };
+        for key in keys.iter().chain(&soon) {
             self.params.prefetch(key);
         }
         let states: Vec<&Arc<KeyState>> = keys
             .iter()
+            .chain(&soon)
             .filter_map(|key| {
                 let slot = self.params.get(key)?;
                 prefetch(Arc::as_ptr(&slot.state));
