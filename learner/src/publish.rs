@@ -96,7 +96,7 @@ pub trait ParamSink {
 }
 
 /// The coalesced updates of every key the engine changed since the last
-/// call, in key order.
+/// call, in the order the keys first changed.
 pub fn take_updates(engine: &mut Engine) -> Vec<ParamChange> {
     // Indexed by version id (ids are dense, in creation order).
     let names: Vec<Arc<str>> = engine
