@@ -101,6 +101,9 @@ pub struct PipelineRun {
     pub published: u64,
     /// Updates the channel's reader received (channel sink only).
     pub received: Option<u64>,
+    /// Mean wall time of a change-tracking drain (`checkpoint_delta`,
+    /// untimed), both phases.
+    pub drain: Duration,
 }
 
 fn summarize(driver: Driver, phase1: Phase, phase2: Phase, finish: Phase) -> PipelineRun {
@@ -115,6 +118,10 @@ fn summarize(driver: Driver, phase1: Phase, phase2: Phase, finish: Phase) -> Pip
         keys: driver.engine.params().len(),
         published: driver.published,
         received: None,
+        drain: driver
+            .drained
+            .checked_div(driver.drains.max(1) as u32)
+            .unwrap_or_default(),
     };
     run.received = driver.close();
     run

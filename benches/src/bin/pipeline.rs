@@ -200,7 +200,7 @@ fn run_row(label: &str, run: &PipelineRun, goal: f64) {
     let p2 = run.phase2;
     let whole = run.whole();
     println!(
-        "| {label} | {} | {:.2} | {:.0} % | {} | {} | {} ms | {} | {} | {} |",
+        "| {label} | {} | {:.2} | {:.0} % | {} | {} | {} ms | {} | {} | {} | {} ms |",
         human(p2.rate()),
         p2.rate() / goal,
         percent(p2.cpu, p2.wall),
@@ -210,6 +210,7 @@ fn run_row(label: &str, run: &PipelineRun, goal: f64) {
         run.applied,
         run.updates,
         run.published,
+        ms(run.drain),
     );
 }
 
@@ -240,9 +241,9 @@ fn engine(
     println!("\n### Bench 1: in-memory pipeline, 1 M keys, 4 partitions, one thread\n");
     println!(
         "| model, batching, sink | phase 2 samples/s | ratio to goal | CPU | phase 1 samples/s | \
-         whole run samples/s | finish | applied | updates | published |"
+         whole run samples/s | finish | applied | updates | published | drain, untimed |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let dir = tempfile::tempdir()?;
     let runs = [
         (Model::Beta, Batching::Single, SinkKind::Null, beta_samples),
