@@ -113,6 +113,9 @@ pub struct Batcher {
 /// proptests compact often).
 const CHANGED_SLACK: usize = if cfg!(test) { 4 } else { 1024 };
 
+/// Changed batches looked up together by [`Batcher::take_changes`].
+const CHANGES_GROUP: usize = 16;
+
 /// Emptied batch vectors kept for reuse.
 const SPARE_VECTORS: usize = 1024;
 /// Largest capacity of a vector kept for reuse (a larger one, from a
@@ -349,13 +352,23 @@ impl Batcher {
         changed.sort_unstable();
         // Taken and started again since: listed twice.
         changed.dedup();
-        for key in &changed {
-            // Taken since it changed: nothing to put (a stored one is in
-            // `gone`).
-            if let Some(batch) = self.pending.get_mut(key) {
-                batch.unstored = false;
-                batch.stored = true;
-                put(*key, &batch.observations);
+        for group in changed.chunks(CHANGES_GROUP) {
+            // The batches are out of the caches: a group's lookups go
+            // first, back to back so that their misses overlap, asking for
+            // the observations too; the second pass finds them cached.
+            for key in group {
+                if let Some(batch) = self.pending.get(key) {
+                    prefetch(batch.observations.as_ptr());
+                }
+            }
+            for key in group {
+                // Taken since it changed: nothing to put (a stored one is
+                // in `gone`).
+                if let Some(batch) = self.pending.get_mut(key) {
+                    batch.unstored = false;
+                    batch.stored = true;
+                    put(*key, &batch.observations);
+                }
             }
         }
         changed.clear();
