@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use crate::keymap::{KeyMap, ONE_SHARD};
 use crate::posterior::Observation;
-use crate::prefetch::prefetch;
+use crate::prefetch::{prefetch, prefetch_slice};
 use crate::registry::{ParamKey, VersionId};
 use crate::reorder::OrderKey;
 
@@ -355,10 +355,18 @@ impl Batcher {
         for group in changed.chunks(CHANGES_GROUP) {
             // The batches are out of the caches: a group's lookups go
             // first, back to back so that their misses overlap, asking for
-            // the observations too; the second pass finds them cached.
+            // the observations; then the observations' contexts; the last
+            // pass finds them all cached.
             for key in group {
                 if let Some(batch) = self.pending.get(key) {
                     prefetch(batch.observations.as_ptr());
+                }
+            }
+            for key in group {
+                if let Some(batch) = self.pending.get(key) {
+                    for obs in &batch.observations {
+                        prefetch_slice(&obs.context);
+                    }
                 }
             }
             for key in group {
