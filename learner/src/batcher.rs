@@ -337,8 +337,9 @@ impl Batcher {
     /// batch changed since the last call, ascending by key, and returns the
     /// keys whose stored entry must be deleted (stored batches taken since
     /// and not started again), ascending. From here on the batches given to
-    /// `put` count as stored. One lookup per changed key: the batch is
-    /// marked and handed over where it is found.
+    /// `put` count as stored. The batches are looked up a group at a time
+    /// (see the body): marking and encoding them would otherwise wait for
+    /// each one's misses in turn.
     pub fn take_changes(
         &mut self,
         mut put: impl FnMut(ParamKey, &[PendingObservation]),
