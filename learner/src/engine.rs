@@ -397,7 +397,7 @@ impl Engine {
     /// Keys updated since the last call, with their state (for
     /// publishing), in the order they first changed: deterministic for a
     /// given input, and not sorted — no sink needs key order, and sorting
-    /// a publish's keys was a tenth of bench 1's Beta profile. The states
+    /// a publish's keys was 4 % of bench 1's Beta profile. The states
     /// are shared, not copied: a key's next update copies its state first
     /// while one is held.
     pub fn take_changed(&mut self) -> Vec<(ParamKey, Arc<KeyState>)> {
