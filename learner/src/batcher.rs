@@ -333,6 +333,13 @@ impl Batcher {
         self.changed.retain(|key| pending.contains_key(key));
     }
 
+    /// At least as many writes as the next [`Self::take_changes`] makes (the
+    /// change list counts a batch taken and started again twice), for a
+    /// caller to reserve room once.
+    pub fn changes_bound(&self) -> usize {
+        self.changed.len() + self.gone.len()
+    }
+
     /// Brings the store's pending table up to date: calls `put` with each
     /// batch changed since the last call, ascending by key, and returns the
     /// keys whose stored entry must be deleted (stored batches taken since
@@ -617,7 +624,9 @@ mod tests {
         assert!(b.push(key(3), obs(5, false)).is_some());
         assert!(b.push(key(2), obs(6, false)).is_some());
         b.push(key(2), obs(7, false));
+        let bound = b.changes_bound();
         let second = changes(&mut b);
+        assert!(second.deletes.len() + second.puts.len() <= bound);
         assert_eq!(second.deletes, [key(1)]);
         assert_eq!(
             second
@@ -795,7 +804,9 @@ mod tests {
                             store.clear();
                             b.mark_all_unstored();
                         }
+                        let bound = b.changes_bound();
                         let changes = changes(&mut b);
+                        proptest::prop_assert!(changes.deletes.len() + changes.puts.len() <= bound);
                         for key in &changes.deletes {
                             proptest::prop_assert!(store.remove(key).is_some(), "delete of a key not stored");
                         }

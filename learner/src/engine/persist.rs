@@ -128,6 +128,7 @@ impl Engine {
                 + log.deletes.len()
                 + log.puts.len()
                 + dedup.as_ref().map_or(0, BTreeMap::len)
+                + self.batcher.changes_bound()
                 + META_WRITES
                 + 1,
         );
