@@ -2,8 +2,8 @@
 //! ingest every record, publish the changed keys every
 //! `publish_interval_ms` (default 100 ms) of timed pipeline time, and
 //! every `checkpoint_every_records` (default 100 000) records drain the
-//! engine's change tracking with `checkpoint_delta()` *outside* the timed
-//! interval — so the engine's dirty sets stay the size they have in a
+//! engine's change tracking with `checkpoint_delta_into` (a runner's
+//! ingesting thread's part of a checkpoint) *outside* the timed interval — so the engine's dirty sets stay the size they have in a
 //! checkpointing learner, while the checkpoint's own cost is left to the
 //! checkpoint bench.
 //!
@@ -13,7 +13,7 @@
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use posterior_learner::engine::{Engine, Payload};
+use posterior_learner::engine::{Engine, Payload, Write};
 use posterior_learner::params::Publication;
 use posterior_learner::publish::{self, NullSink, ParamSink, take_updates};
 
@@ -66,6 +66,8 @@ pub struct Driver {
     pub drained: Duration,
     /// Drains made.
     pub drains: u64,
+    /// The drains' write list, kept like a runner's.
+    writes: Vec<Write>,
 }
 
 impl Driver {
@@ -101,6 +103,7 @@ impl Driver {
             publishes: 0,
             drained: Duration::ZERO,
             drains: 0,
+            writes: Vec::new(),
         }
     }
 
@@ -119,11 +122,15 @@ impl Driver {
         }
         if self.records.is_multiple_of(self.drain_every) {
             self.watch.stop();
+            // What a runner's ingesting thread does at a checkpoint: the
+            // delta into its kept list (the writer thread sorts and
+            // writes it, and the writes are dropped there).
             let start = std::time::Instant::now();
-            drop(self.engine.checkpoint_delta());
+            self.engine.checkpoint_delta_into(&mut self.writes);
             drop(self.engine.take_dead_letters());
             self.drained += start.elapsed();
             self.drains += 1;
+            self.writes.clear();
             self.watch.start();
         }
     }
