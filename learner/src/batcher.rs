@@ -341,9 +341,10 @@ impl Batcher {
     }
 
     /// Brings the store's pending table up to date: calls `put` with each
-    /// batch changed since the last call, ascending by key, and returns the
-    /// keys whose stored entry must be deleted (stored batches taken since
-    /// and not started again), ascending. From here on the batches given to
+    /// batch changed since the last call, in the order they first changed
+    /// (not sorted: the checkpoint writer sorts), and returns the keys
+    /// whose stored entry must be deleted (stored batches taken since and
+    /// not started again), ascending. From here on the batches given to
     /// `put` count as stored. The batches are looked up a group at a time
     /// (see the body): marking and encoding them would otherwise wait for
     /// each one's misses in turn.
@@ -356,10 +357,9 @@ impl Batcher {
         gone.dedup();
         // A key with a batch again is written, not deleted.
         gone.retain(|key| !self.pending.contains_key(key));
+        // A key taken and started again since is listed twice: its batch is
+        // put at the first listing, and then no longer marked.
         let mut changed = std::mem::take(&mut self.changed);
-        changed.sort_unstable();
-        // Taken and started again since: listed twice.
-        changed.dedup();
         for group in changed.chunks(CHANGES_GROUP) {
             // The batches are out of the caches: a group's lookups go
             // first, back to back so that their misses overlap, asking for
@@ -380,7 +380,9 @@ impl Batcher {
             for key in group {
                 // Taken since it changed: nothing to put (a stored one is
                 // in `gone`).
-                if let Some(batch) = self.pending.get_mut(key) {
+                if let Some(batch) = self.pending.get_mut(key)
+                    && batch.unstored
+                {
                     batch.unstored = false;
                     batch.stored = true;
                     put(*key, &batch.observations);

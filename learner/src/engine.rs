@@ -1059,5 +1059,5 @@ mod persist;
 mod tests;
 
 pub use persist::{
-    Entries, MemoryStore, SPARE_IDLE_CHECKPOINTS, SpareWrites, Write, sort_param_puts,
+    DeltaPuts, Entries, MemoryStore, SPARE_IDLE_CHECKPOINTS, SpareWrites, Write, sort_puts,
 };

@@ -22,7 +22,7 @@ use crate::config::{Config, SourceConfig};
 use crate::control::{Command, Scheduled};
 use crate::deadletter_sink::{self, DeadLetterSink};
 use crate::engine::ScheduleResult;
-use crate::engine::{Counters, Engine, Payload, SpareWrites, Write, sort_param_puts};
+use crate::engine::{Counters, Engine, Payload, SpareWrites, Write, sort_puts};
 use crate::fallback::ServedParams;
 use crate::file_source::FileSource;
 use crate::kafka::{ControlReader, KafkaSource, ParamsTopic, Polled};
@@ -1398,7 +1398,8 @@ impl Checkpointer {
             .context("write dead letters")?;
         let t2 = Instant::now();
         let mut writes = self.spare.take();
-        let changed_keys = engine.checkpoint_delta_into(&mut writes);
+        let puts = engine.checkpoint_delta_into(&mut writes);
+        let changed_keys = puts.params;
         if let Some(dead_bytes) = dead_mark {
             writes.push(Write::Put(
                 Table::Meta,
@@ -1420,7 +1421,7 @@ impl Checkpointer {
                 if let Some(delay) = slow_write {
                     std::thread::sleep(delay);
                 }
-                sort_param_puts(&mut writes[..changed_keys]);
+                sort_puts(&mut writes, puts);
                 let written = store.write_from(&mut writes);
                 (written.map(|stats| (stats, start.elapsed())), writes)
             })

@@ -46,13 +46,35 @@ impl Write {
 /// Meta entries every checkpoint writes.
 const META_WRITES: usize = 7;
 
-/// Sorts parameter puts by key (see [`Engine::checkpoint_delta_into`]):
-/// RocksDB inserts a batch's keys into its memtable faster in order.
-pub fn sort_param_puts(puts: &mut [Write]) {
-    puts.sort_unstable_by_key(|w| match w {
+/// The puts [`Engine::checkpoint_delta_into`] leaves unsorted at the front
+/// of the write list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeltaPuts {
+    /// Parameter puts, first.
+    pub params: usize,
+    /// Pending-batch puts, right after them.
+    pub pending: usize,
+}
+
+/// Sorts each run of puts at the front of `writes` by key (see
+/// [`Engine::checkpoint_delta_into`]): RocksDB inserts a batch's keys into
+/// its memtable faster in order. Off the ingesting thread, on the
+/// checkpoint writer.
+pub fn sort_puts(writes: &mut [Write], puts: DeltaPuts) {
+    let (params, rest) = writes.split_at_mut(puts.params);
+    params.sort_unstable_by_key(|w| match w {
         Write::PutParams(key, _) => Some(*key),
         _ => None,
     });
+    rest[..puts.pending].sort_unstable_by(|a, b| put_key(a).cmp(put_key(b)));
+}
+
+/// The key of a byte put (empty for the other writes).
+fn put_key(write: &Write) -> &[u8] {
+    match write {
+        Write::Put(_, key, _) => key,
+        _ => &[],
+    }
 }
 
 /// Stored entries of one table, in key order.
@@ -108,18 +130,19 @@ impl Engine {
     /// the state they produced together).
     pub fn checkpoint_delta(&mut self) -> Vec<Write> {
         let mut writes = Vec::new();
-        let params = self.checkpoint_delta_into(&mut writes);
-        sort_param_puts(&mut writes[..params]);
+        let puts = self.checkpoint_delta_into(&mut writes);
+        sort_puts(&mut writes, puts);
         writes
     }
 
     /// [`Self::checkpoint_delta`] appended to `writes`, whose capacity a
     /// caller can keep from one checkpoint to the next: a checkpoint of
     /// 10⁵ keys otherwise fills megabytes of freshly mapped memory, and
-    /// the page faults were most of its cost. The parameter puts come
-    /// first, in no particular order (sorting them is left to the writer
-    /// thread: [`sort_param_puts`]); returns their number.
-    pub fn checkpoint_delta_into(&mut self, writes: &mut Vec<Write>) -> usize {
+    /// the page faults were most of its cost. `writes` comes empty. The
+    /// parameter puts come first, then the pending batches' puts, each in
+    /// no particular order (sorting them is left to the writer thread:
+    /// [`sort_puts`]); returns their numbers.
+    pub fn checkpoint_delta_into(&mut self, writes: &mut Vec<Write>) -> DeltaPuts {
         let mut dirty_params = std::mem::take(&mut self.dirty.params);
         let log = self.log.take_changes(self.released_below_ms);
         let dedup = self.dedup.as_mut().map(Dedup::take_changes);
@@ -141,7 +164,9 @@ impl Engine {
         self.dirty.params = dirty_params;
         // A batch applied without ever being stored (every batch of one)
         // leaves nothing to delete.
+        let mut pending = 0;
         let pending_deletes = self.batcher.take_changes(|key, batch| {
+            pending += 1;
             writes.push(Write::Put(
                 Table::Pending,
                 codec::param_key(key),
@@ -212,7 +237,7 @@ impl Engine {
                 ),
             ),
         ]);
-        params
+        DeltaPuts { params, pending }
     }
 
     /// Every write of a complete checkpoint, whatever changed: for an

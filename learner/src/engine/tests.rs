@@ -564,7 +564,8 @@ fn every_checkpoint_restores_the_live_state_exactly() {
         cursor[p] += 1;
         steps += 1;
         if steps % 211 == 0 {
-            let params = engine.checkpoint_delta_into(&mut writes);
+            let delta = engine.checkpoint_delta_into(&mut writes);
+            let params = delta.params;
             let puts = |w: &[Write]| {
                 w.iter()
                     .filter(|w| matches!(w, Write::PutParams(..)))
@@ -572,6 +573,25 @@ fn every_checkpoint_restores_the_live_state_exactly() {
             };
             assert_eq!(puts(&writes[..params]), params, "puts first at {steps}");
             assert_eq!(puts(&writes), params, "no put after them at {steps}");
+            let pending = &writes[params..params + delta.pending];
+            assert!(
+                pending
+                    .iter()
+                    .all(|w| matches!(w, Write::Put(Table::Pending, ..))),
+                "the pending batches' puts next at {steps}"
+            );
+            // The writer's sort orders both runs by key.
+            let mut sorted = writes.clone();
+            sort_puts(&mut sorted, delta);
+            let keys: Vec<Vec<u8>> = sorted[..params + delta.pending]
+                .iter()
+                .cloned()
+                .map(|w| w.into_bytes().1)
+                .collect();
+            assert!(
+                keys[..params].is_sorted() && keys[params..].is_sorted(),
+                "sorted puts at {steps}"
+            );
             // Cleared, not taken: the next delta fills the same capacity.
             store.apply(writes.clone());
             writes.clear();
