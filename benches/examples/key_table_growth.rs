@@ -1,5 +1,5 @@
 //! The longest single insert while a parameter table grows to 4 M keys,
-//! one `HashMap` (what the engine had) against the sharded `KeyMap` (what
+//! one `HashMap` (what the engine had) against the sharded `FlatKeyMap` (what
 //! it has), side by side in one run, plus the cost of sharding on inserts
 //! and lookups. A table doubles when it fills, moving every entry in the
 //! insert that crosses the line: that insert is an ingestion stall.
@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use posterior_learner::keymap::KeyMap;
+use posterior_learner::keymap::FlatKeyMap;
 use posterior_learner::registry::{KeyHasher, ParamKey, VersionId};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -39,7 +39,7 @@ impl Table for HashMap<ParamKey, Value, KeyHasher> {
     }
 }
 
-impl Table for KeyMap<Value> {
+impl Table for FlatKeyMap<Value> {
     fn put(&mut self, key: ParamKey, value: Value) {
         self.insert(key, value);
     }
@@ -98,13 +98,13 @@ fn main() {
         "{KEYS} keys inserted one by one (each insert timed), then {KEYS} lookups in another order\n"
     );
     println!(
-        "| round | table | longest insert ms | all inserts ms | all lookups ms | longest insert: HashMap / KeyMap | inserts: KeyMap / HashMap | lookups: KeyMap / HashMap |"
+        "| round | table | longest insert ms | all inserts ms | all lookups ms | longest insert: HashMap / FlatKeyMap | inserts: FlatKeyMap / HashMap | lookups: FlatKeyMap / HashMap |"
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     for round in 1..=ROUNDS {
         let one = run::<HashMap<ParamKey, Value, KeyHasher>>(&keys, &probes);
-        let sharded = run::<KeyMap<Value>>(&keys, &probes);
-        for (name, r) in [("HashMap", &one), ("KeyMap", &sharded)] {
+        let sharded = run::<FlatKeyMap<Value>>(&keys, &probes);
+        for (name, r) in [("HashMap", &one), ("FlatKeyMap", &sharded)] {
             println!(
                 "| {round} | {name} | {:.2} | {:.0} | {:.0} | | | |",
                 ms(r.longest_insert),

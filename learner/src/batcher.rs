@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use crate::keymap::{KeyMap, ONE_SHARD};
+use crate::keymap::{FlatKeyMap, ONE_SHARD};
 use crate::posterior::Observation;
 use crate::prefetch::{prefetch, prefetch_slice};
 use crate::registry::{ParamKey, VersionId};
@@ -64,7 +64,7 @@ impl PendingObservation {
 pub struct PendingBatch {
     /// Observations in release order.
     pub observations: Vec<PendingObservation>,
-    positives: usize,
+    positives: u32,
     /// The store's pending table holds this batch (as of some checkpoint).
     stored: bool,
     /// Changed since the last checkpoint; listed in `Batcher::changed`.
@@ -82,7 +82,7 @@ impl PartialEq for PendingBatch {
 #[derive(Debug, Clone, Default)]
 pub struct Batcher {
     policy: BatchPolicy,
-    pending: KeyMap<PendingBatch, ONE_SHARD>,
+    pending: FlatKeyMap<PendingBatch, ONE_SHARD>,
     /// (event time of its first observation, key) of every batch started
     /// while the age trigger is on, oldest first. Samples are pushed in
     /// release order, which is event-time order, so appending keeps the
@@ -106,6 +106,8 @@ pub struct Batcher {
     /// Keys whose stored batch was taken since the last checkpoint: the
     /// store's entry must go, unless the key has a new batch by then.
     gone: Vec<ParamKey>,
+    /// [`Batcher::due_into`]'s list, kept for its room.
+    due_scratch: Vec<(i64, ParamKey)>,
 }
 
 /// Entries of the change list or the age queue beyond twice the pending
@@ -164,6 +166,18 @@ impl Batcher {
             alone.push(obs);
             return Some(alone);
         }
+        self.push_pending(key, obs)
+    }
+
+    /// [`Batcher::push`] for an observation that does not
+    /// [fill a batch alone](Batcher::fills_alone), which the caller has
+    /// checked (one lookup fewer); one that does is batched and taken at
+    /// once, with the same result.
+    pub fn push_pending(
+        &mut self,
+        key: ParamKey,
+        obs: PendingObservation,
+    ) -> Option<Vec<PendingObservation>> {
         let spare = &mut self.spare;
         let batch = self.pending.get_or_insert_with(key, || PendingBatch {
             observations: spare.pop().unwrap_or_default(),
@@ -181,10 +195,11 @@ impl Batcher {
             }
             self.by_age.push_back((t, key));
         }
-        batch.positives += usize::from(obs.reward);
+        batch.positives = batch.positives.saturating_add(u32::from(obs.reward));
         batch.observations.push(obs);
         let full = batch.observations.len() >= self.policy.max_samples
-            || (self.policy.max_positives > 0 && batch.positives >= self.policy.max_positives);
+            || (self.policy.max_positives > 0
+                && batch.positives as usize >= self.policy.max_positives);
         if self.changed.len() > 2 * self.pending.len() + CHANGED_SLACK {
             self.compact_changed();
         }
@@ -206,6 +221,13 @@ impl Batcher {
     /// True when no batch is pending.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
+    }
+
+    /// Asks for the place where a lookup of `key` starts; a hint, for a
+    /// release to call on a group of keys well before pushing to them
+    /// (then [`Batcher::prefetch`]).
+    pub fn prefetch_lookup(&self, key: &ParamKey) {
+        self.pending.prefetch(key);
     }
 
     /// Looks `key` up and asks for the room its next observation will be
@@ -257,14 +279,27 @@ impl Batcher {
     /// Removes and returns, oldest first (then by key), the batches whose
     /// oldest sample is at least `max_age_ms` older than `now_ms`.
     pub fn due(&mut self, now_ms: i64) -> Vec<ReadyBatch> {
+        let mut ready = Vec::new();
+        self.due_into(now_ms, &mut ready);
+        ready
+    }
+
+    /// [`Batcher::due`] appending to `ready`: called for every released
+    /// sample, it allocates nothing when the caller keeps `ready`.
+    pub fn due_into(&mut self, now_ms: i64, ready: &mut Vec<ReadyBatch>) {
         let Some(max_age_ms) = self.policy.max_age_ms else {
-            return Vec::new();
+            return;
         };
+        if self.by_age.front().is_none_or(|&(oldest_ms, _)| {
+            !self.by_age_unsorted && now_ms.saturating_sub(oldest_ms) < max_age_ms
+        }) {
+            return;
+        }
         if self.by_age_unsorted {
             self.by_age.make_contiguous().sort_unstable();
             self.by_age_unsorted = false;
         }
-        let mut due: Vec<(i64, ParamKey)> = Vec::new();
+        let mut due = std::mem::take(&mut self.due_scratch);
         while let Some(&(oldest_ms, key)) = self.by_age.front()
             && now_ms.saturating_sub(oldest_ms) >= max_age_ms
         {
@@ -283,11 +318,15 @@ impl Batcher {
         }
         // The queue holds a key's entry once per batch, but two batches of
         // a key started at one time leave two entries for the second.
-        due.sort_unstable();
-        due.dedup();
-        due.into_iter()
-            .map(|(_, key)| (key, self.take(key)))
-            .collect()
+        if due.len() > 1 {
+            due.sort_unstable();
+            due.dedup();
+        }
+        for (_, key) in due.drain(..) {
+            let batch = self.take(key);
+            ready.push((key, batch));
+        }
+        self.due_scratch = due;
     }
 
     /// Removes and returns every batch, in key order (end of a bounded input).
@@ -414,7 +453,8 @@ impl Batcher {
                 self.by_age.push_back((first.origin.event_time_ms, key));
                 self.by_age_unsorted = true;
             }
-            let positives = observations.iter().filter(|o| o.reward).count();
+            let positives =
+                u32::try_from(observations.iter().filter(|o| o.reward).count()).unwrap_or(u32::MAX);
             self.pending.insert(
                 key,
                 PendingBatch {

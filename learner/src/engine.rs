@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::batcher::{BatchPolicy, Batcher, PendingObservation};
+use crate::batcher::{BatchPolicy, Batcher, PendingObservation, ReadyBatch};
 use crate::control::{Command, Outcome, Scheduled, forked_spec};
 use crate::deadletter::DeadLetter;
 use crate::dedup::Dedup;
@@ -158,6 +158,9 @@ pub struct Engine {
     /// Samples being released (empty between releases; kept for its
     /// capacity, see [`ReorderBuffer::release_below_into`]).
     releasing: Vec<(OrderKey, Sample)>,
+    /// Batches the age trigger hands over before a sample is processed
+    /// (kept for its room: filled for nearly every sample).
+    ready: Vec<ReadyBatch>,
     /// Keys updated since the last [`Engine::take_changed`] (each once:
     /// see [`Slot::unpublished`]).
     changed: Vec<ParamKey>,
@@ -294,6 +297,7 @@ impl Engine {
             next_offsets: BTreeMap::new(),
             released_below_ms: i64::MIN,
             releasing: Vec::new(),
+            ready: Vec::new(),
             changed: Vec::new(),
             dead_letters: Vec::new(),
             counters: Counters::default(),
@@ -873,6 +877,13 @@ impl Engine {
         for key in keys.iter().chain(&soon) {
             self.params.prefetch(key);
         }
+        // Their pending batches' lookups likewise (a due batch's key is
+        // looked up in both tables).
+        if !self.batcher.is_empty() {
+            for key in keys.iter().chain(&soon) {
+                self.batcher.prefetch_lookup(key);
+            }
+        }
         let states: Vec<&Arc<KeyState>> = keys
             .iter()
             .chain(&soon)
@@ -894,10 +905,13 @@ impl Engine {
     }
 
     fn process(&mut self, origin: OrderKey, sample: Sample) {
-        for (key, batch) in self.batcher.due(origin.event_time_ms) {
+        let mut ready = std::mem::take(&mut self.ready);
+        self.batcher.due_into(origin.event_time_ms, &mut ready);
+        for (key, batch) in ready.drain(..) {
             self.apply(key, &batch);
             self.batcher.recycle(batch);
         }
+        self.ready = ready;
         if let (Some(dedup), Some(id)) = (self.dedup.as_mut(), sample.sample_id.as_deref())
             && dedup.check(id, origin.event_time_ms)
         {
@@ -949,7 +963,7 @@ impl Engine {
             // Nothing was pending for the key and nothing will be.
             self.apply(key, std::slice::from_ref(&obs));
         } else {
-            if let Some(batch) = self.batcher.push(key, obs) {
+            if let Some(batch) = self.batcher.push_pending(key, obs) {
                 self.apply(key, &batch);
                 self.batcher.recycle(batch);
             }
