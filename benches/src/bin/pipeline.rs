@@ -73,6 +73,11 @@ enum Bench {
         /// Records between drains of the change tracking.
         #[arg(long, default_value_t = 100_000)]
         checkpoint_every_records: u64,
+        /// Give every sample a `sample_id` and de-duplicate (`[dedup]`
+        /// window 60 s, at most 10⁶ ids: at 100 samples per ms the bound,
+        /// not the window, forgets ids).
+        #[arg(long)]
+        dedup: bool,
     },
     /// Bench 2: a length-delimited protobuf file → engine.
     File {
@@ -138,6 +143,7 @@ fn main() -> Result<()> {
             samples_per_ms,
             publish_interval_ms,
             checkpoint_every_records,
+            dedup,
         } => engine(
             logistic_samples,
             beta_samples,
@@ -145,6 +151,7 @@ fn main() -> Result<()> {
             &EngineKnobs {
                 keys,
                 samples_per_ms,
+                dedup,
                 knobs: Knobs {
                     publish_interval_ms,
                     checkpoint_every_records,
@@ -218,6 +225,7 @@ fn run_row(label: &str, run: &PipelineRun, goal: f64) {
 struct EngineKnobs {
     keys: u64,
     samples_per_ms: u64,
+    dedup: bool,
     knobs: Knobs,
 }
 
@@ -227,6 +235,7 @@ impl Default for EngineKnobs {
         Self {
             keys: spec.keys,
             samples_per_ms: spec.samples_per_ms,
+            dedup: spec.sample_ids,
             knobs: Knobs::default(),
         }
     }
@@ -271,6 +280,7 @@ fn engine(
         let spec = WorkloadSpec {
             keys: knobs.keys,
             samples_per_ms: knobs.samples_per_ms,
+            sample_ids: knobs.dedup,
             ..WorkloadSpec::new(model)
         };
         let run = ingest::in_memory(spec, batching, sink, samples, dir.path(), knobs.knobs);
