@@ -41,11 +41,10 @@ pub fn binary(name: &str) -> PathBuf {
     }
     let target_dir = profile_dir.parent().expect("target/<profile>");
     BUILT.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ lives in the workspace");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(workspace)
+        let workspace = workspace_dir();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&workspace)
             .args([
                 "test",
                 "--no-run",
@@ -123,6 +122,24 @@ fn set_by_cargo_for_a_crate(name: &str) -> bool {
             name,
             "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "CARGO_RUSTC_CURRENT_DIR" | "OUT_DIR"
         )
+}
+
+/// The workspace's root directory. Taken from the `CARGO_MANIFEST_DIR`
+/// that `cargo test` sets when it runs a test, not the one compiled in:
+/// cargo reuses a build made in another checkout of the workspace (it
+/// fingerprints path packages relative to the workspace), and that
+/// checkout may be gone.
+///
+/// # Panics
+/// Never in practice: `tests/` has a parent.
+#[must_use]
+pub fn workspace_dir() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
 }
 
 /// Waits for `child` at most `limit`; on timeout kills it and panics with

@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use posterior_learner::config::Config;
@@ -22,7 +21,7 @@ use posterior_tests::log::{LogSpec, generate_records};
 use posterior_tests::oracle::{
     dump_store, first_difference, oracle, produce_samples, sorted_lines,
 };
-use posterior_tests::{KillPlan, binary, finish_within, kill_then_finish, log_file};
+use posterior_tests::{KillPlan, finish_within, kill_then_finish, learner_until_end};
 
 const PARTITIONS: u32 = 2;
 const DEAD_PARTITIONS: u32 = 3;
@@ -50,14 +49,28 @@ fn dead_letters_on_a_topic_survive_crashes_with_identical_repeats() {
         "{injected:?}"
     );
 
-    // Of every four rounds, one aborts after producing the letters of a
-    // checkpoint and before writing it (so those letters are produced
-    // again), one right after writing it (letters not yet delivered would
-    // be lost), and two are killed with SIGKILL at a random moment.
+    // The first run has no timer: it runs until it aborts after producing
+    // the letters of its first checkpoint and before writing it, so those
+    // letters are produced again whatever the machine's speed.
+    let log = dir.path().join("learner.log");
+    let mut first = learner_until_end(&config_path, &log)
+        .env("POSTERIOR_FAILPOINT", "before_checkpoint:10000")
+        .spawn()
+        .unwrap();
+    let status = finish_within(&mut first, Duration::from_secs(120), &log);
+    assert!(
+        !status.success(),
+        "the first run ended without reaching its fail point: {status}"
+    );
+
+    // Then, of every four rounds, one aborts there as well, one right
+    // after writing a checkpoint (letters not yet delivered would be
+    // lost), and two are killed with SIGKILL at a random moment; a round
+    // may be killed before it reaches its fail point.
     let kills = kill_then_finish(
         &config_path,
         true,
-        &dir.path().join("learner.log"),
+        &log,
         &KillPlan {
             rounds: 12,
             failpoints: &["before_checkpoint:10000", "after_checkpoint:10000"],
@@ -111,14 +124,7 @@ fn a_dead_letter_topic_that_fails_stops_the_learner_before_its_checkpoint() {
     let (expected_dump, expected_dead) = oracle(&config, &records, 1);
 
     let log = dir.path().join("learner.log");
-    let run = || {
-        Command::new(binary("learner"))
-            .args(["run", "--until-end", "--config"])
-            .arg(&config_path)
-            .stderr(log_file(&log))
-            .spawn()
-            .unwrap()
-    };
+    let run = || learner_until_end(&config_path, &log).spawn().unwrap();
     let mut child = run();
     std::thread::sleep(Duration::from_millis(1_500));
     assert!(

@@ -10,15 +10,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use posterior_tests::binary;
+use posterior_tests::{binary, workspace_dir};
 
 /// The repository's quickstart config with its paths under `dir` and a
 /// smaller, high-CTR world, so a debug build learns in seconds.
 fn config(dir: &Path, state: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/quickstart.toml"),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(workspace_dir().join("config/quickstart.toml")).unwrap();
     let replace = |text: String, from: &str, to: &str| {
         assert!(text.contains(from), "config/quickstart.toml lost {from:?}");
         text.replace(from, to)
