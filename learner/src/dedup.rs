@@ -29,6 +29,17 @@ struct Held {
     id: Name,
 }
 
+impl Held {
+    fn change(&self, added: bool) -> Change<'_> {
+        Change {
+            event_ms: self.event_ms,
+            id: &self.id,
+            seq: self.seq,
+            added,
+        }
+    }
+}
+
 /// One change of the held ids, for incremental checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Change<'a> {
@@ -162,20 +173,10 @@ impl Dedup {
     /// they give the held ones.
     pub fn take_changes(&mut self, mut f: impl FnMut(Change<'_>)) {
         for h in self.removed.drain(..) {
-            f(Change {
-                event_ms: h.event_ms,
-                id: &h.id,
-                seq: h.seq,
-                added: false,
-            });
+            f(h.change(false));
         }
         for h in self.held.range(self.held.len() - self.fresh..) {
-            f(Change {
-                event_ms: h.event_ms,
-                id: &h.id,
-                seq: h.seq,
-                added: true,
-            });
+            f(h.change(true));
         }
         self.fresh = 0;
     }
