@@ -34,7 +34,7 @@ fn samples(dim: usize, ids: bool) -> Vec<Sample> {
                 .collect(),
             labels: labels([(LABEL, f32::from(u8::from(i % 16 == 0)))]),
             weight: 1.0,
-            sample_id: ids.then(|| format!("s{}", 10_000_000 + i)),
+            sample_id: ids.then(|| format!("s{}", 10_000_000 + i).into()),
         })
         .collect()
 }

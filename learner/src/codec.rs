@@ -32,7 +32,7 @@ pub enum Table {
     /// (partition, blob number) → the sample log's records (format 2;
     /// format 1: (event_time, partition, offset) → one sample's bytes).
     Reorder,
-    /// (event_time, sample_id) → empty.
+    /// (event_time, sample_id) → position in the release order.
     Dedup,
     /// Named entries: format, offsets, clocks, registry, counters.
     Meta,
@@ -211,6 +211,26 @@ pub fn dedup_key(event_ms: i64, id: &str) -> Vec<u8> {
     let mut out = time_bytes(event_ms).to_vec();
     out.extend_from_slice(id.as_bytes());
     out
+}
+
+/// Value of a de-duplication entry: its position in the release order
+/// (what a restored window orders its ids by), little-endian.
+pub fn dedup_value(seq: u64) -> Vec<u8> {
+    seq.to_le_bytes().to_vec()
+}
+
+/// Decodes [`dedup_value`] of the entry at `key`; an empty value (an
+/// entry stored before positions were) reads as 0.
+pub fn dedup_value_from(key: &[u8], value: &[u8]) -> Result<u64, CorruptState> {
+    match value.len() {
+        0 => Ok(0),
+        8 => Ok(u64::from_le_bytes(value.try_into().expect("8 bytes"))),
+        n => Err(CorruptState::new(
+            Table::Dedup,
+            key,
+            format!("value of {n} bytes, expected 8"),
+        )),
+    }
 }
 
 /// Decodes [`dedup_key`].
@@ -461,6 +481,14 @@ mod tests {
             dedup_key_from(&dedup_key(-1, "id-1")).unwrap(),
             (-1, "id-1".to_owned())
         );
+        let key = dedup_key(-1, "id-1");
+        assert_eq!(
+            dedup_value_from(&key, &dedup_value(u64::MAX)).unwrap(),
+            u64::MAX
+        );
+        assert_eq!(dedup_value_from(&key, &[]).unwrap(), 0);
+        let err = dedup_value_from(&key, &[1, 2, 3]).unwrap_err().to_string();
+        assert!(err.contains("3 bytes"), "{err}");
     }
 
     proptest::proptest! {
@@ -488,7 +516,7 @@ mod tests {
                 context,
                 labels: labels.into_iter().map(|(name, value)| (name.into(), value)).collect(),
                 weight,
-                sample_id: sample_id.filter(|id| !id.is_empty()),
+                sample_id: sample_id.filter(|id| !id.is_empty()).map(Into::into),
             };
             let bytes = sample_bytes(&sample);
             let wire = v1::JoinedSample::decode(bytes.as_slice()).unwrap();

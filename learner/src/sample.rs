@@ -3,9 +3,9 @@
 
 use posterior_proto::v1::JoinedSample;
 
-/// A version or label name. Names of up to 24 bytes (`ctr-ts-2026-12`,
-/// `click`, `dwell_s`) live inside the value itself, so a
-/// sample's names cost no allocation and no cache miss of their own when
+/// A version or label name, or a sample id. Names of up to 24 bytes
+/// (`ctr-ts-2026-12`, `click`, `dwell_s`) live inside the value itself, so
+/// a sample's names cost no allocation and no cache miss of their own when
 /// the sample is read far from where it was decoded; longer ones spill to
 /// the heap.
 pub type Name = compact_str::CompactString;
@@ -95,8 +95,10 @@ pub struct Sample {
     pub labels: Labels,
     /// Weight ≥ 0; a wire value of 0 (the proto3 default) reads as 1.
     pub weight: f32,
-    /// Optional id for de-duplication.
-    pub sample_id: Option<String>,
+    /// Optional id for de-duplication (inline, like names, up to 24
+    /// bytes: the de-duplication reads it after the sample's wait in the
+    /// reorder buffer).
+    pub sample_id: Option<Name>,
 }
 
 impl Sample {
@@ -131,7 +133,7 @@ impl Sample {
             weight: 0.0,
             sample_id: None,
         };
-        let mut sample_id = String::new();
+        let mut sample_id = "";
         while !buf.is_empty() {
             let (tag, wire_type) = decode_key(&mut buf).ok()?;
             match (tag, wire_type) {
@@ -165,7 +167,7 @@ impl Sample {
                     sample.labels.push((name.into(), value));
                 }
                 (6, WireType::ThirtyTwoBit) => sample.weight = read_f32(&mut buf)?,
-                (7, WireType::LengthDelimited) => sample_id = read_str(&mut buf)?.to_owned(),
+                (7, WireType::LengthDelimited) => sample_id = read_str(&mut buf)?,
                 _ => return None,
             }
         }
@@ -188,7 +190,7 @@ impl Sample {
         if sample.weight == 0.0 {
             sample.weight = 1.0;
         }
-        sample.sample_id = (!sample_id.is_empty()).then_some(sample_id);
+        sample.sample_id = (!sample_id.is_empty()).then(|| sample_id.into());
         Some(sample)
     }
 }
@@ -254,7 +256,7 @@ impl TryFrom<JoinedSample> for Sample {
             context: wire.context,
             labels,
             weight: if wire.weight == 0.0 { 1.0 } else { wire.weight },
-            sample_id: (!wire.sample_id.is_empty()).then_some(wire.sample_id),
+            sample_id: (!wire.sample_id.is_empty()).then(|| wire.sample_id.into()),
         })
     }
 }
@@ -274,7 +276,10 @@ impl From<&Sample> for JoinedSample {
                 .map(|(name, value)| (name.to_string(), *value))
                 .collect(),
             weight: sample.weight,
-            sample_id: sample.sample_id.clone().unwrap_or_default(),
+            sample_id: sample
+                .sample_id
+                .as_ref()
+                .map_or_else(String::new, Name::to_string),
         }
     }
 }

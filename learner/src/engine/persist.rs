@@ -145,12 +145,11 @@ impl Engine {
     pub fn checkpoint_delta_into(&mut self, writes: &mut Vec<Write>) -> DeltaPuts {
         let mut dirty_params = std::mem::take(&mut self.dirty.params);
         let log = self.log.take_changes(self.released_below_ms);
-        let dedup = self.dedup.as_mut().map(Dedup::take_changes);
         writes.reserve(
             dirty_params.len()
                 + log.deletes.len()
                 + log.puts.len()
-                + dedup.as_ref().map_or(0, BTreeMap::len)
+                + self.dedup.as_ref().map_or(0, Dedup::changes_len)
                 + self.batcher.changes_bound()
                 + META_WRITES
                 + 1,
@@ -188,15 +187,15 @@ impl Engine {
                 .into_iter()
                 .map(|(k, v)| Write::Put(Table::Reorder, k, v)),
         );
-        if let Some(dedup) = dedup {
-            for ((t, id), added) in dedup {
-                let bytes = codec::dedup_key(t, &id);
-                writes.push(if added {
-                    Write::Put(Table::Dedup, bytes, Vec::new())
+        if let Some(dedup) = self.dedup.as_mut() {
+            dedup.take_changes(|change| {
+                let key = codec::dedup_key(change.event_ms, change.id);
+                writes.push(if change.added {
+                    Write::Put(Table::Dedup, key, codec::dedup_value(change.seq))
                 } else {
-                    Write::Delete(Table::Dedup, bytes)
+                    Write::Delete(Table::Dedup, key)
                 });
-            }
+            });
         }
         let released = self.released_below_ms.to_le_bytes().to_vec();
         writes.extend([
@@ -262,11 +261,13 @@ impl Engine {
                     Write::Put(Table::Dedup, ..) | Write::Delete(Table::Dedup, ..)
                 )
             });
-            writes.extend(
-                dedup
-                    .entries()
-                    .map(|(t, id)| Write::Put(Table::Dedup, codec::dedup_key(*t, id), Vec::new())),
-            );
+            writes.extend(dedup.entries().map(|(t, id, seq)| {
+                Write::Put(
+                    Table::Dedup,
+                    codec::dedup_key(t, id),
+                    codec::dedup_value(seq),
+                )
+            }));
         }
         writes
     }
@@ -331,7 +332,10 @@ impl Engine {
                 let mut dedup = Dedup::new(window_ms, max_ids);
                 let entries: Result<Vec<_>, _> = read(Table::Dedup)
                     .iter()
-                    .map(|(k, _)| codec::dedup_key_from(k))
+                    .map(|(k, v)| {
+                        let (t, id) = codec::dedup_key_from(k)?;
+                        Ok::<_, CorruptState>((t, id, codec::dedup_value_from(k, v)?))
+                    })
                     .collect();
                 dedup.restore(entries?);
                 Some(dedup)

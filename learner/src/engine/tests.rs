@@ -112,7 +112,7 @@ fn generate(seed: u64, partitions: usize, per_partition: usize) -> Log {
                     context: (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect(),
                     labels,
                     weight: [1.0, 0.5, 2.0][rng.random_range(0..3)],
-                    sample_id: Some(format!("p{p}-{i}")),
+                    sample_id: Some(format!("p{p}-{i}").into()),
                 };
                 recent.push(sample.clone());
                 if recent.len() > 50 {
@@ -206,7 +206,7 @@ fn oracle(logs: &Log) -> (HashMap<ParamKey, KeyState>, BTreeMap<&'static str, u6
             let batch = pending.remove(&key).unwrap();
             apply(&mut params, key, batch);
         }
-        let id = s.sample_id.clone().unwrap();
+        let id = s.sample_id.as_deref().unwrap().to_owned();
         if last_accepted
             .get(&id)
             .is_some_and(|&prev| prev >= t - DEDUP_WINDOW_MS)
@@ -624,7 +624,7 @@ fn every_checkpoint_restores_the_live_state_exactly() {
                 restored.dedup,
                 engine.dedup.as_ref().map(|d| {
                     let mut d = d.clone();
-                    d.take_changes();
+                    d.take_changes(|_| {});
                     d
                 }),
                 "dedup at {steps}"
