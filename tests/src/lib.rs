@@ -185,7 +185,9 @@ pub fn log_file(path: &Path) -> Stdio {
 /// How a crash test interrupts the learner: `rounds` processes, each
 /// killed with SIGKILL after a random `min_life` to `max_life` (from
 /// `seed`) unless it ends first; round `i` also gets fail point
-/// `failpoints[i % every]` when there is one (`POSTERIOR_FAILPOINT`).
+/// `failpoints[i % every]` when there is one (`POSTERIOR_FAILPOINT`), and
+/// then runs up to `failpoint_life` instead, so that on a slow machine it
+/// still reaches its fail point rather than a random SIGKILL.
 #[derive(Debug, Clone, Copy)]
 pub struct KillPlan<'a> {
     /// Processes started.
@@ -200,15 +202,9 @@ pub struct KillPlan<'a> {
     pub max_life: Duration,
     /// Seed of the lifetimes.
     pub seed: u64,
-}
-
-/// Runs the learner processes of `plan` from `command`. Returns how many
-/// kills landed mid-run.
-///
-/// # Panics
-/// When a process cannot be started or waited for.
-pub fn kill_repeatedly(command: impl FnMut() -> Command, plan: &KillPlan<'_>) -> usize {
-    crash_repeatedly(command, plan).killed
+    /// Longest life of a round with a fail point (it is meant to abort
+    /// there; SIGKILLed if it has not by then).
+    pub failpoint_life: Duration,
 }
 
 /// How the processes of a [`KillPlan`] ended.
@@ -221,8 +217,19 @@ pub struct Crashes {
     pub aborted: usize,
 }
 
-/// [`kill_repeatedly`], also counting the processes that crashed by
-/// themselves (at a fail point) before their SIGKILL.
+impl Crashes {
+    /// Processes that crashed mid-run, either way. Which way a round with
+    /// a fail point goes depends on the machine's speed (it aborts if it
+    /// reaches the point before its SIGKILL), so a test's precondition
+    /// counts both.
+    #[must_use]
+    pub fn mid_run(&self) -> usize {
+        self.killed + self.aborted
+    }
+}
+
+/// Runs the learner processes of `plan` from `command`; returns how they
+/// ended.
 ///
 /// # Panics
 /// When a process cannot be started or waited for.
@@ -231,11 +238,12 @@ pub fn crash_repeatedly(mut command: impl FnMut() -> Command, plan: &KillPlan<'_
     let mut crashes = Crashes::default();
     for round in 0..plan.rounds {
         let mut cmd = command();
+        let mut life = rng.random_range(plan.min_life..plan.max_life);
         if let Some(fp) = plan.failpoints.get(round % plan.every) {
             cmd.env("POSTERIOR_FAILPOINT", fp);
+            life = plan.failpoint_life;
         }
         let mut child = cmd.spawn().expect("start the learner");
-        let life = rng.random_range(plan.min_life..plan.max_life);
         let deadline = Instant::now() + life;
         while Instant::now() < deadline && child.try_wait().expect("poll child").is_none() {
             std::thread::sleep(Duration::from_millis(10));
@@ -263,8 +271,8 @@ pub fn learner_until_end(config: &Path, log: &Path) -> Command {
 }
 
 /// Runs `learner run [--until-end] --config CONFIG` (stderr appended to
-/// `log`) under [`kill_repeatedly`], then once more, waiting at most
-/// `last_within` for it to end. Returns how many kills landed mid-run.
+/// `log`) under [`crash_repeatedly`], then once more, waiting at most
+/// `last_within` for it to end. Returns how the interrupted runs ended.
 ///
 /// # Panics
 /// When a process cannot be started, or the last run fails or times out.
@@ -274,7 +282,7 @@ pub fn kill_then_finish(
     log: &Path,
     plan: &KillPlan<'_>,
     last_within: Duration,
-) -> usize {
+) -> Crashes {
     let learner = binary("learner");
     let run = || {
         let mut cmd = Command::new(&learner);
@@ -285,7 +293,7 @@ pub fn kill_then_finish(
         cmd.arg("--config").arg(config).stderr(log_file(log));
         cmd
     };
-    let kills = kill_repeatedly(run, plan);
+    let crashes = crash_repeatedly(run, plan);
     let mut last = run().spawn().expect("start the learner");
     let status = finish_within(&mut last, last_within, log);
     assert!(
@@ -293,5 +301,5 @@ pub fn kill_then_finish(
         "the last run failed: {status}; see {}",
         log.display()
     );
-    kills
+    crashes
 }

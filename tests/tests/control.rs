@@ -215,6 +215,7 @@ fn commands_on_the_control_topic_apply_at_their_event_times_through_crashes() {
             min_life: Duration::from_millis(300),
             max_life: Duration::from_millis(2_000),
             seed: 5,
+            failpoint_life: Duration::from_secs(20),
         },
     );
     // Six of the eight runs have a fail point: on a fast machine they

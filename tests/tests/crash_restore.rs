@@ -75,28 +75,32 @@ fn killed_and_restarted_learner_ends_bit_identical() {
     // The victim: a child process, killed again and again.
     let victim_path = dir.path().join("victim.toml");
     std::fs::write(&victim_path, config_text(dir.path(), &log, "victim")).unwrap();
-    let kills = kill_then_finish(
+    let crashes = kill_then_finish(
         &victim_path,
         false,
         &dir.path().join("victim.log"),
         &KillPlan {
             rounds: 14,
             failpoints: &[
-                "before_checkpoint:30000",
-                "after_checkpoint:60000",
-                "after_ingest:90000",
+                "before_checkpoint:10000",
+                "after_checkpoint:20000",
+                "after_ingest:30000",
             ],
             every: 5,
             min_life: Duration::from_millis(100),
             max_life: Duration::from_millis(1_200),
             seed: 7,
+            failpoint_life: Duration::from_secs(60),
         },
         Duration::from_secs(300),
     );
-    eprintln!("{kills} of 14 runs killed mid-run");
-    assert!(kills >= 10, "only {kills} kills landed mid-run");
+    eprintln!("of 14 runs: {crashes:?}");
+    assert!(
+        crashes.mid_run() >= 10 && crashes.killed >= 3 && crashes.aborted >= 6,
+        "too few crashes landed mid-run: {crashes:?}"
+    );
     let victim = Config::from_toml(&std::fs::read_to_string(&victim_path).unwrap()).unwrap();
-    assert_same_end(&victim, &reference, &format!("after {kills} kills"));
+    assert_same_end(&victim, &reference, &format!("after {crashes:?}"));
 }
 
 #[test]

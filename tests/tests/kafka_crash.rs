@@ -67,7 +67,7 @@ fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
     assert!(dead_lines("late") >= injected.late * 9 / 10);
     assert!(dead_lines("duplicate") >= injected.duplicates / 2);
 
-    let kills = kill_then_finish(
+    let crashes = kill_then_finish(
         &config_path,
         true,
         &dir.path().join("learner.log"),
@@ -82,16 +82,20 @@ fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
             min_life: Duration::from_millis(300),
             max_life: Duration::from_millis(2_500),
             seed: 99,
+            failpoint_life: Duration::from_secs(60),
         },
         Duration::from_secs(900),
     );
-    eprintln!("{kills} of 16 runs killed mid-run");
-    assert!(kills >= 10, "only {kills} kills landed mid-run");
+    eprintln!("of 16 runs: {crashes:?}");
+    assert!(
+        crashes.mid_run() >= 10 && crashes.killed >= 4 && crashes.aborted >= 6,
+        "too few crashes landed mid-run: {crashes:?}"
+    );
 
     let got = dump_store(&config);
     assert!(
         got == expected,
-        "state differs after {kills} kills: {}",
+        "state differs after {crashes:?}: {}",
         first_difference(&got, &expected)
     );
     check_params_topic(&broker, &config);

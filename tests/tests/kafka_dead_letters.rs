@@ -49,25 +49,14 @@ fn dead_letters_on_a_topic_survive_crashes_with_identical_repeats() {
         "{injected:?}"
     );
 
-    // The first run has no timer: it runs until it aborts after producing
-    // the letters of its first checkpoint and before writing it, so those
-    // letters are produced again whatever the machine's speed.
+    // Of every four rounds, one aborts after producing the letters of a
+    // checkpoint and before writing it (so those letters are produced
+    // again), one right after writing it (letters not yet delivered would
+    // be lost), and two are killed with SIGKILL at a random moment. A
+    // round with a fail point runs until it reaches it, however slow the
+    // machine.
     let log = dir.path().join("learner.log");
-    let mut first = learner_until_end(&config_path, &log)
-        .env("POSTERIOR_FAILPOINT", "before_checkpoint:10000")
-        .spawn()
-        .unwrap();
-    let status = finish_within(&mut first, Duration::from_secs(120), &log);
-    assert!(
-        !status.success(),
-        "the first run ended without reaching its fail point: {status}"
-    );
-
-    // Then, of every four rounds, one aborts there as well, one right
-    // after writing a checkpoint (letters not yet delivered would be
-    // lost), and two are killed with SIGKILL at a random moment; a round
-    // may be killed before it reaches its fail point.
-    let kills = kill_then_finish(
+    let crashes = kill_then_finish(
         &config_path,
         true,
         &log,
@@ -80,10 +69,14 @@ fn dead_letters_on_a_topic_survive_crashes_with_identical_repeats() {
             // SIGKILLs of all six rounds without a fail point.
             max_life: Duration::from_millis(1_000),
             seed: 5,
+            failpoint_life: Duration::from_secs(60),
         },
         Duration::from_secs(300),
     );
-    assert!(kills >= 5, "only {kills} kills landed mid-run");
+    assert!(
+        crashes.mid_run() >= 5 && crashes.killed >= 2 && crashes.aborted >= 4,
+        "too few crashes landed mid-run: {crashes:?}"
+    );
     let got_dump = dump_store(&config);
     assert!(
         got_dump == expected_dump,
@@ -92,7 +85,7 @@ fn dead_letters_on_a_topic_survive_crashes_with_identical_repeats() {
     );
 
     let (got, repeats) = letters_on_topic(&broker, DEAD_PARTITIONS);
-    eprintln!("{kills} kills, {repeats} repeated dead letters");
+    eprintln!("{crashes:?}, {repeats} repeated dead letters");
     assert!(
         repeats > 0,
         "no letter was produced twice: no replay was tested"

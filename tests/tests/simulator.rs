@@ -56,7 +56,7 @@ fn killed_and_restarted_simulator_learner_ends_bit_identical() {
     eprintln!("seed {SEED}: {samples} samples, {late} late");
 
     let (victim_path, victim) = write_config(dir.path(), "victim", Some(samples));
-    let kills = kill_then_finish(
+    let crashes = kill_then_finish(
         &victim_path,
         false,
         &dir.path().join("victim.log"),
@@ -71,12 +71,16 @@ fn killed_and_restarted_simulator_learner_ends_bit_identical() {
             min_life: Duration::from_millis(50),
             max_life: Duration::from_millis(700),
             seed: 11,
+            failpoint_life: Duration::from_secs(30),
         },
         Duration::from_secs(300),
     );
-    eprintln!("{kills} kills landed mid-run");
-    assert!(kills >= 3, "only {kills} kills landed mid-run");
-    assert_same_end(&victim, &reference, &format!("after {kills} kills"));
+    eprintln!("of 14 runs: {crashes:?}");
+    assert!(
+        crashes.mid_run() >= 3 && crashes.killed >= 1 && crashes.aborted >= 3,
+        "too few crashes landed mid-run: {crashes:?}"
+    );
+    assert_same_end(&victim, &reference, &format!("after {crashes:?}"));
 }
 
 #[test]
