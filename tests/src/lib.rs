@@ -218,10 +218,9 @@ pub struct Crashes {
 }
 
 impl Crashes {
-    /// Processes that crashed mid-run, either way. Which way a round with
-    /// a fail point goes depends on the machine's speed (it aborts if it
-    /// reaches the point before its SIGKILL), so a test's precondition
-    /// counts both.
+    /// Processes that crashed mid-run, either way (a round with a fail
+    /// point that has not reached it by its `failpoint_life` is
+    /// SIGKILLed instead).
     #[must_use]
     pub fn mid_run(&self) -> usize {
         self.killed + self.aborted
