@@ -24,7 +24,7 @@ if [ -n "$(git -C "$repo" status --porcelain -- learner benches/src benches/benc
 fi
 
 machine() {
-    echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), nproc $(nproc)"
+    echo "- CPU: $("$repo/scripts/machine.sh")"
     echo "- toolchain: $(cd "$repo" && rustc -V)"
 }
 

@@ -14,7 +14,7 @@
 # By default glibc's malloc is told to back its heap with transparent huge
 # pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, with THP in `madvise`
 # mode): the store's 1 M keys then cost far fewer TLB misses per lookup
-# (param-server/BENCH-NOTES.md). Redis keeps its own allocator (jemalloc)
+# (BENCHMARKS.md, "Param-server vs Redis"). Redis keeps its own allocator (jemalloc)
 # and its default `disable-thp yes`.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,7 +58,7 @@ redis-cli -p "$port" ping >/dev/null || { echo "redis did not start:" >&2; cat "
 echo "redis $(redis-server --version | grep -o 'v=[^ ]*') on 127.0.0.1:$port (pid $redis_pid${pin:+, pinned to cpu 0})" >&2
 
 cd "$repo"
-echo "- commit $(git rev-parse --short HEAD)$( [ -n "$(git status --porcelain -- param-server)" ] && echo ' + uncommitted edits in param-server/')${LOADGEN:+ (but loadgen: $LOADGEN)}, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(rustc -V)"
+echo "- commit $(git rev-parse --short HEAD)$( [ -n "$(git status --porcelain -- param-server)" ] && echo ' + uncommitted edits in param-server/')${LOADGEN:+ (but loadgen: $LOADGEN)}, $("$repo/scripts/machine.sh"), $(rustc -V)"
 echo "- redis $(redis-server --version | grep -o 'v=[^ ]*'), persistence off, one connection per client"
 loadgen="${LOADGEN:-}"
 if [ -z "$loadgen" ]; then

@@ -43,6 +43,6 @@ for _ in $(seq 100); do
 done
 "$nisshi" topic create "$topic" --silent --broker "$url" --partitions "$partitions"
 
-echo "- commit $(git rev-parse --short HEAD), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores, broker nisshi (memory) on loopback"
+echo "- commit $(git rev-parse --short HEAD), $("$repo/scripts/machine.sh"), broker nisshi (memory) on loopback"
 "$CARGO_TARGET_DIR/release/examples/$example" --brokers "127.0.0.1:$port" \
     --topic "$topic" "$@"

@@ -39,6 +39,37 @@ pub fn load_average() -> String {
         .unwrap_or_default()
 }
 
+/// The CPU this runs on, for a report's header: `model name` with the
+/// family, model and clock of `/proc/cpuinfo` (on cloud machines the name
+/// alone, e.g. "AMD EPYC", covers CPUs generations apart), and the core
+/// count. Empty fields where `/proc/cpuinfo` lacks them.
+pub fn cpu_description() -> String {
+    describe_cpu(
+        &std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    )
+}
+
+/// [`cpu_description`] of a `/proc/cpuinfo` text (its first processor).
+fn describe_cpu(cpuinfo: &str, cores: usize) -> String {
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                (key.trim() == name).then(|| value.trim())
+            })
+            .unwrap_or_default()
+    };
+    let mhz = field("cpu MHz").split('.').next().unwrap_or_default();
+    format!(
+        "{} (family {}, model {}, {mhz} MHz), {cores} cores",
+        field("model name"),
+        field("cpu family"),
+        field("model"),
+    )
+}
+
 /// Accumulates wall and thread CPU time over start/stop intervals.
 #[derive(Debug, Default)]
 pub struct Stopwatch {
@@ -130,6 +161,17 @@ mod tests {
         }
         assert!(thread_cpu() > start, "60 ms of spinning shows as CPU time");
         assert!(process_cpu() >= thread_cpu());
+    }
+
+    #[test]
+    fn cpu_description_names_family_model_and_clock() {
+        let cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\n\
+                       model\t\t: 1\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 1996.250\n\n\
+                       processor\t: 1\ncpu family\t: 99\n";
+        assert_eq!(
+            describe_cpu(cpuinfo, 2),
+            "AMD EPYC (family 23, model 1, 1996 MHz), 2 cores"
+        );
     }
 
     #[test]

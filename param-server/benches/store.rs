@@ -16,7 +16,7 @@
 //! it prints the medians and their ratios to the flat table.
 //!
 //! Run: `CARGO_TARGET_DIR=… cargo bench -p posterior-param-server --bench store`
-//! (results and the choice: param-server/NOTES.md).
+//! (results and the choice: BENCHMARKS.md, "Which concurrent map").
 
 use std::hint::black_box;
 use std::sync::Arc;

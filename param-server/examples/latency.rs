@@ -4,7 +4,7 @@
 //! holding `keys` diagonal keys. Prints p50 / p99 and docs/s.
 //!
 //! Run: `cargo run --release -p posterior-param-server --example latency [keys] [requests]`
-//! (figures in param-server/NOTES.md). Not the load generator: one
+//! (figures in BENCHMARKS.md, "Latency over gRPC"). Not the load generator: one
 //! client, no concurrency, no Redis side by side.
 
 use std::sync::Arc;

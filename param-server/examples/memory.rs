@@ -4,7 +4,7 @@
 //! every key was updated twice (replaced values must be freed).
 //!
 //! Run: `cargo run --release -p posterior-param-server --example memory [keys] [dim]`
-//! (figures in param-server/NOTES.md). The workspace forbids `unsafe`, so
+//! (figures in BENCHMARKS.md, "Memory per key"). The workspace forbids `unsafe`, so
 //! no counting allocator: the RSS delta counts what the allocator really
 //! took from the system, fragmentation and map slack included.
 

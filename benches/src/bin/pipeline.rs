@@ -24,7 +24,7 @@ use posterior_benches::config::{Batching, BenchConfig, SourceToml};
 use posterior_benches::driver::SinkKind;
 use posterior_benches::ingest::{self, Knobs, Phase, PipelineRun};
 use posterior_benches::kafka_ingest::{self, Consumed};
-use posterior_benches::machine::{human, load_average, ms, percent, rate};
+use posterior_benches::machine::{cpu_description, human, load_average, ms, percent, rate};
 use posterior_benches::workload::{Model, WorkloadSpec};
 use posterior_learner::config::DEFAULT_CHECKPOINT_EVERY_RECORDS;
 
@@ -130,9 +130,9 @@ enum Bench {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     println!(
-        "pipeline benches, load average before: {}, {} cores",
-        load_average(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "pipeline benches on {}, load average before: {}",
+        cpu_description(),
+        load_average()
     );
     match cli.bench {
         Bench::Engine {
