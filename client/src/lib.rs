@@ -28,6 +28,7 @@ mod retry;
 pub mod transport;
 
 pub use admin::{AdminClient, AdminReceipt, ForkOverrides, VersionInfo};
+pub use channel::MAX_FRAME_BYTES;
 pub use client::{Client, WatchEvent, WatchStream};
 pub use config::{Backoff, ClientConfig, RetryPolicy, TlsConfig};
 pub use error::ClientError;

@@ -161,3 +161,42 @@ async fn a_lazy_client_waits_out_a_server_that_starts_late() {
     assert!(params[0].is_prior);
     drop(server);
 }
+
+/// The client advertises `MAX_FRAME_BYTES` in its HTTP/2 SETTINGS, so a
+/// server sends a large response in few DATA frames. Read off the wire: a
+/// bare TCP listener takes the connection preface and the first frame.
+#[tokio::test]
+async fn the_client_advertises_large_http2_frames() {
+    use tokio::io::AsyncReadExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    // Never answered: the client only has to send its side of the handshake.
+    let connecting = tokio::spawn(Client::connect(endpoint, fast_config()));
+    let (mut socket, _) = listener.accept().await.unwrap();
+    let mut preface = [0_u8; 24];
+    socket.read_exact(&mut preface).await.unwrap();
+    assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let mut header = [0_u8; 9];
+    socket.read_exact(&mut header).await.unwrap();
+    let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    assert_eq!(header[3], 0x4, "the first frame is SETTINGS");
+    let mut payload = vec![0_u8; length];
+    socket.read_exact(&mut payload).await.unwrap();
+    let settings: Vec<(u16, u32)> = payload
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect();
+    const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
+    assert!(
+        settings.contains(&(SETTINGS_MAX_FRAME_SIZE, posterior_client::MAX_FRAME_BYTES)),
+        "SETTINGS {settings:?} lack MAX_FRAME_SIZE = {}",
+        posterior_client::MAX_FRAME_BYTES
+    );
+    connecting.abort();
+}

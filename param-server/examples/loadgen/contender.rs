@@ -68,6 +68,8 @@ pub enum Client {
 /// A param-server client on a new connection.
 pub async fn param_server(addr: &str) -> Result<ParamServiceClient<Channel>> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        // As the client crate does: large responses in one DATA frame.
+        .max_frame_size(posterior_client::MAX_FRAME_BYTES)
         .connect_with_connector(Connector)
         .await
         .with_context(|| format!("connect to the param-server at {addr}"))?;
@@ -86,6 +88,7 @@ impl LightClient {
     /// Connects to the param-server at `addr`.
     pub async fn connect(addr: &str) -> Result<Self> {
         let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .max_frame_size(posterior_client::MAX_FRAME_BYTES)
             .connect_with_connector(Connector)
             .await
             .with_context(|| format!("connect to the param-server at {addr}"))?;
