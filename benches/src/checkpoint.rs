@@ -67,6 +67,8 @@ pub struct CheckpointRun {
     pub publishes: (u64, Duration),
     /// The [`LONGEST_GAPS`] longest intervals, longest first.
     pub longest_gaps: Vec<Gap>,
+    /// Shares of changed keys taken ahead of put-off checkpoints.
+    pub stored_ahead: u64,
 }
 
 /// How many of the longest intervals a run keeps.
@@ -92,6 +94,9 @@ pub enum GapContent {
     Publish,
     /// A checkpoint.
     Checkpoint,
+    /// Changed keys' states taken ahead of a checkpoint put off while the
+    /// previous write runs (`Checkpointer::store_ahead`).
+    StoreAhead,
 }
 
 impl CheckpointRun {
@@ -178,7 +183,8 @@ pub fn run(
                 if gap > out.longest_gap.0 {
                     out.longest_gap = (gap, out.records);
                 }
-                if containing != GapContent::Checkpoint && gap > out.longest_gap_without_checkpoint
+                if !matches!(containing, GapContent::Checkpoint | GapContent::StoreAhead)
+                    && gap > out.longest_gap_without_checkpoint
                 {
                     out.longest_gap_without_checkpoint = gap;
                 }
@@ -195,16 +201,18 @@ pub fn run(
             since_checkpoint += 1;
             // The runner's rule (records only here); waiting for a write
             // in flight instead when `defer` is off.
-            if checkpoint_due(
-                &state,
-                since_checkpoint,
-                Duration::ZERO,
-                defer && checkpointer.busy(),
-            ) {
+            let busy = defer && checkpointer.busy();
+            if checkpoint_due(&state, since_checkpoint, Duration::ZERO, busy) {
                 since_checkpoint = 0;
                 out.checkpoint(&mut checkpointer, &mut engine);
                 containing = GapContent::Checkpoint;
                 last_publish = Instant::now();
+            } else if busy
+                && checkpoint_due(&state, since_checkpoint, Duration::ZERO, false)
+                && checkpointer.store_ahead(&state, &mut engine) > 0
+            {
+                out.stored_ahead += 1;
+                containing = GapContent::StoreAhead;
             } else if out.records.is_multiple_of(PUBLISH_CHECK_EVERY)
                 && last_publish.elapsed() >= PUBLISH_EVERY
             {

@@ -213,6 +213,23 @@ pub struct StateConfig {
     /// only).
     #[serde(default = "default_checkpoint_ms")]
     pub checkpoint_every_ms: u64,
+    /// While a due checkpoint is put off (the previous write still runs),
+    /// changed keys beyond this many have their states taken ahead of it,
+    /// a share at a time, so the delta that blocks ingestion stays near
+    /// this size however long the write takes (see
+    /// [`crate::runner::Checkpointer::store_ahead`]). A key changed again before the
+    /// checkpoint is then encoded twice. Default
+    /// [`DEFAULT_STORE_AHEAD_ABOVE`].
+    #[serde(default = "default_store_ahead_above")]
+    pub store_ahead_above: usize,
+}
+
+/// Default of `[state] store_ahead_above`: a delta of ~32 k keys at
+/// d = 32 takes the ingesting thread ~10 ms on this project's machine.
+pub const DEFAULT_STORE_AHEAD_ABOVE: usize = 32_768;
+
+fn default_store_ahead_above() -> usize {
+    DEFAULT_STORE_AHEAD_ABOVE
 }
 
 /// Default of `[state] checkpoint_every_records`: about a second of input

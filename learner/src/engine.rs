@@ -234,6 +234,10 @@ pub enum ScheduleResult {
 struct Dirty {
     /// Each key once: see [`Slot::unstored`].
     params: Vec<ParamKey>,
+    /// Parameter puts taken ahead of the next delta
+    /// ([`Engine::store_ahead`]), which leads with them. A key changed
+    /// again since is in `params` too: its later put wins.
+    ahead: Vec<Write>,
 }
 
 /// One key of the parameter table.

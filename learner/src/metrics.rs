@@ -96,6 +96,7 @@ pub struct LearnerMetrics {
     checkpoint_blocked: Histogram,
     checkpoint_write: Histogram,
     checkpoint_bytes: Histogram,
+    stored_ahead: Counter,
     savepoint_duration: Histogram,
     savepoint_bytes: Histogram,
     /// What the last export saw, to turn the engine's totals into
@@ -141,6 +142,7 @@ impl LearnerMetrics {
             checkpoint_blocked: Histogram::new(seconds_buckets()),
             checkpoint_write: Histogram::new(seconds_buckets()),
             checkpoint_bytes: Histogram::new(bytes_buckets()),
+            stored_ahead: Counter::default(),
             savepoint_duration: Histogram::new(seconds_buckets()),
             savepoint_bytes: Histogram::new(bytes_buckets()),
             exported: Mutex::new(None),
@@ -216,6 +218,11 @@ impl LearnerMetrics {
             "posterior_learner_checkpoint_blocked_seconds",
             "Time a checkpoint blocked ingestion (publish, dead letters, delta, wait)",
             m.checkpoint_blocked.clone(),
+        );
+        r.register(
+            "posterior_learner_keys_stored_ahead",
+            "Changed keys whose states were taken ahead of a checkpoint put off by a running write",
+            m.stored_ahead.clone(),
         );
         r.register(
             "posterior_learner_checkpoint_write_seconds",
@@ -349,6 +356,11 @@ impl LearnerMetrics {
     /// One checkpoint handed to the writer: what it blocked ingestion for.
     pub fn observe_checkpoint_blocked(&self, blocked: Duration) {
         self.checkpoint_blocked.observe(blocked.as_secs_f64());
+    }
+
+    /// Changed keys taken ahead of a put-off checkpoint.
+    pub fn observe_stored_ahead(&self, keys: usize) {
+        self.stored_ahead.inc_by(keys as u64);
     }
 
     /// One checkpoint written: its write's time and bytes.

@@ -912,15 +912,14 @@ pub fn run_kafka_with(
             checkpointer.publish(&mut engine)?;
             last_publish = Instant::now();
         }
-        if checkpoint_due(
-            &config.state,
-            since_checkpoint,
-            now.duration_since(last_checkpoint),
-            checkpointer.busy(),
-        ) {
+        let since = now.duration_since(last_checkpoint);
+        let busy = checkpointer.busy();
+        if checkpoint_due(&config.state, since_checkpoint, since, busy) {
             checkpointer.checkpoint(&mut engine, records)?;
             since_checkpoint = 0;
             last_checkpoint = Instant::now();
+        } else if busy && checkpoint_due(&config.state, since_checkpoint, since, false) {
+            checkpointer.store_ahead(&config.state, &mut engine);
         }
     }
     drop(watchdog);
@@ -1159,6 +1158,8 @@ pub struct Checkpointer {
     /// the next delta fills (no fresh pages to fault in on the ingesting
     /// thread).
     spare: SpareWrites,
+    /// Keys stored ahead of the next checkpoint ([`Self::store_ahead`]).
+    stored_ahead: usize,
 }
 
 /// What a writer thread did: the result, and the emptied write list.
@@ -1233,8 +1234,31 @@ impl Checkpointer {
             in_flight: None,
             last_write: None,
             spare: SpareWrites::default(),
+            stored_ahead: 0,
             metrics: None,
         })
+    }
+
+    /// While a checkpoint is due but put off (the previous write still
+    /// runs), takes [`AHEAD_KEYS`] changed keys' states ahead of it
+    /// whenever more than `[state] store_ahead_above` wait
+    /// ([`Engine::store_ahead`]): the delta, which blocks ingestion, then
+    /// stays near that size however long the write takes, instead of
+    /// growing with the records ingested meanwhile. Returns the keys taken.
+    pub fn store_ahead(
+        &mut self,
+        state: &crate::config::StateConfig,
+        engine: &mut Engine,
+    ) -> usize {
+        if engine.unstored_params() <= state.store_ahead_above {
+            return 0;
+        }
+        let taken = engine.store_ahead(AHEAD_KEYS);
+        self.stored_ahead += taken;
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_stored_ahead(taken);
+        }
+        taken
     }
 
     /// Reports every publish, checkpoint and savepoint to `metrics`.
@@ -1400,6 +1424,15 @@ impl Checkpointer {
         let mut writes = self.spare.take();
         let puts = engine.checkpoint_delta_into(&mut writes);
         let changed_keys = puts.params;
+        if self.stored_ahead > 0 {
+            tracing::info!(
+                "checkpoint at record {records}: {} changed keys stored ahead of it while \
+                 the previous write ran, {} in its delta",
+                self.stored_ahead,
+                changed_keys - self.stored_ahead.min(changed_keys)
+            );
+            self.stored_ahead = 0;
+        }
         if let Some(dead_bytes) = dead_mark {
             writes.push(Write::Put(
                 Table::Meta,
@@ -1503,6 +1536,10 @@ impl Checkpointer {
     }
 }
 
+/// Keys [`store_ahead`] takes at a time: ~1.3 ms of the ingesting thread
+/// at d = 32 on this project's 2-core machine (bench 4: 318 ns per key).
+pub const AHEAD_KEYS: usize = 4_096;
+
 /// Whether a periodic checkpoint is due: after `checkpoint_every_records`
 /// records, or `checkpoint_every_ms` of wall clock with at least one
 /// record, since the last — and not while the last one's write is still
@@ -1536,9 +1573,12 @@ fn checkpoint_if_due(
     if wait_for_write && checkpointer.busy() && due(false) {
         checkpointer.wait()?;
     }
-    if due(checkpointer.busy()) {
+    let busy = checkpointer.busy();
+    if due(busy) {
         checkpointer.checkpoint(engine, records)?;
         *since_checkpoint = 0;
+    } else if busy && due(false) {
+        checkpointer.store_ahead(&config.state, engine);
     }
     Ok(())
 }
@@ -1583,6 +1623,7 @@ mod tests {
             dir: "/unused".into(),
             checkpoint_every_records: 100,
             checkpoint_every_ms: 1_000,
+            store_ahead_above: crate::config::DEFAULT_STORE_AHEAD_ABOVE,
         };
         let ms = Duration::from_millis;
         assert!(!checkpoint_due(&state, 99, ms(999), false));

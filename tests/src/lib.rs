@@ -282,9 +282,23 @@ pub fn kill_then_finish(
     plan: &KillPlan<'_>,
     last_within: Duration,
 ) -> Crashes {
+    kill_then_finish_with_env(config, until_end, log, plan, last_within, &[])
+}
+
+/// [`kill_then_finish`] with `env` set for every process (test hooks such
+/// as `POSTERIOR_SLOW_WRITE_MS`).
+pub fn kill_then_finish_with_env(
+    config: &Path,
+    until_end: bool,
+    log: &Path,
+    plan: &KillPlan<'_>,
+    last_within: Duration,
+    env: &[(&str, &str)],
+) -> Crashes {
     let learner = binary("learner");
     let run = || {
         let mut cmd = Command::new(&learner);
+        cmd.envs(env.iter().copied());
         cmd.arg("run");
         if until_end {
             cmd.arg("--until-end");

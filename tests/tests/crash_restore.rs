@@ -15,7 +15,7 @@ use posterior_learner::store::RocksStore;
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
 use posterior_tests::log::{LogSpec, generate};
 use posterior_tests::oracle::assert_same_end;
-use posterior_tests::{KillPlan, kill_then_finish};
+use posterior_tests::{KillPlan, kill_then_finish, kill_then_finish_with_env};
 
 fn config_text(dir: &Path, log: &Path, name: &str) -> String {
     learner_toml(dir, name, Source::File(log), 5_000, None)
@@ -98,6 +98,75 @@ fn killed_and_restarted_learner_ends_bit_identical() {
     assert!(
         crashes.mid_run() >= 10 && crashes.killed >= 3 && crashes.aborted >= 6,
         "too few crashes landed mid-run: {crashes:?}"
+    );
+    let victim = Config::from_toml(&std::fs::read_to_string(&victim_path).unwrap()).unwrap();
+    assert_same_end(&victim, &reference, &format!("after {crashes:?}"));
+}
+
+/// Checkpoints put off behind slow writes (`POSTERIOR_SLOW_WRITE_MS`)
+/// take changed keys' states ahead of them (`[state] store_ahead_above`
+/// set low, so nearly every record's key is taken ahead, often twice
+/// before its checkpoint): a learner killed among such checkpoints, and
+/// aborted just before and after their writes, still ends bit-identical
+/// to an uninterrupted run without slow writes.
+#[test]
+fn keys_stored_ahead_of_put_off_checkpoints_survive_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("samples.jsonl");
+    let (text, _) = generate(LogSpec {
+        records: 80_000,
+        docs: 2_000,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 43,
+    });
+    std::fs::write(&log, text).unwrap();
+    let config_text = |name: &str| {
+        let text = learner_toml(dir.path(), name, Source::File(&log), 1_000, None);
+        let with = text.replace(
+            "checkpoint_every_ms = 1000\n",
+            "checkpoint_every_ms = 1000\nstore_ahead_above = 16\n",
+        );
+        assert_ne!(text, with, "the [state] table takes the setting");
+        with
+    };
+    let reference_path = dir.path().join("reference.toml");
+    std::fs::write(&reference_path, config_text("reference")).unwrap();
+    let reference = Config::from_toml(&std::fs::read_to_string(&reference_path).unwrap()).unwrap();
+    run_bounded(&reference).unwrap();
+
+    let victim_path = dir.path().join("victim.toml");
+    std::fs::write(&victim_path, config_text("victim")).unwrap();
+    let victim_log = dir.path().join("victim.log");
+    let crashes = kill_then_finish_with_env(
+        &victim_path,
+        false,
+        &victim_log,
+        &KillPlan {
+            rounds: 6,
+            failpoints: &["before_checkpoint:15000", "after_checkpoint:25000"],
+            every: 3,
+            min_life: Duration::from_millis(200),
+            max_life: Duration::from_millis(1_500),
+            seed: 11,
+            failpoint_life: Duration::from_secs(60),
+        },
+        Duration::from_secs(120),
+        &[("POSTERIOR_SLOW_WRITE_MS", "200")],
+    );
+    eprintln!("of 6 runs: {crashes:?}");
+    assert!(
+        crashes.mid_run() >= 3 && crashes.aborted >= 2,
+        "too few crashes landed mid-run: {crashes:?}"
+    );
+    let logged = std::fs::read_to_string(&victim_log).unwrap();
+    let ahead = logged
+        .lines()
+        .filter(|l| l.contains("stored ahead"))
+        .count();
+    assert!(
+        ahead >= 3,
+        "checkpoints with keys stored ahead: {ahead}; see {}",
+        victim_log.display()
     );
     let victim = Config::from_toml(&std::fs::read_to_string(&victim_path).unwrap()).unwrap();
     assert_same_end(&victim, &reference, &format!("after {crashes:?}"));

@@ -537,11 +537,13 @@ fn checkpoint(checkpoints: u64, defer: bool) -> Result<()> {
     let (gap, at) = run.longest_gap;
     println!(
         "\nlongest interval between consecutive ingests: {} ms (ending at record {at}; goal < {} ms: {}); \
-         longest without a checkpoint in it: {} ms; {} publishes between checkpoints, the longest {} ms; \
+         longest without a checkpoint in it (or keys stored ahead of one, {} times): {} ms; \
+         {} publishes between checkpoints, the longest {} ms; \
          {} records in {:.1} s ({} records/s including checkpoints); store on disk: {} MB",
         ms(gap),
         STALL_GOAL.as_millis(),
         met(gap < STALL_GOAL),
+        run.stored_ahead,
         ms(run.longest_gap_without_checkpoint),
         run.publishes.0,
         ms(run.publishes.1),
@@ -558,6 +560,7 @@ fn checkpoint(checkpoints: u64, defer: bool) -> Result<()> {
                 GapContent::Ingest => "ingest only",
                 GapContent::Publish => "a publish",
                 GapContent::Checkpoint => "a checkpoint",
+                GapContent::StoreAhead => "keys stored ahead",
             };
             format!("{} ms ({what}, record {})", ms(g.length), g.after_records)
         })

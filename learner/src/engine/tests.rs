@@ -1260,3 +1260,114 @@ fn a_rollback_restores_one_version_with_newer_sequence_numbers() {
         saved.sample_count + 2.0
     );
 }
+
+/// States taken ahead of a checkpoint (`store_ahead`) leave the store as
+/// the plain deltas of the same input do, table for table, although keys
+/// taken ahead change again before their checkpoint (their later put must
+/// win over the one taken ahead).
+#[test]
+fn keys_stored_ahead_leave_the_store_as_plain_deltas_do() {
+    let logs = generate(31, 2, 1_500);
+    let mut plain = Engine::new(config(), registry(), [0, 1]);
+    let mut ahead = Engine::new(config(), registry(), [0, 1]);
+    let (mut plain_store, mut ahead_store) = (MemoryStore::default(), MemoryStore::default());
+    let (mut taken, mut superseded) = (0, 0);
+    let relisted = |engine: &Engine| {
+        let ahead: std::collections::HashSet<ParamKey> = engine
+            .dirty
+            .ahead
+            .iter()
+            .filter_map(|w| match w {
+                Write::PutParams(key, _) => Some(*key),
+                _ => None,
+            })
+            .collect();
+        engine
+            .dirty
+            .params
+            .iter()
+            .filter(|k| ahead.contains(k))
+            .count()
+    };
+    let same = |a: &MemoryStore, b: &MemoryStore, at: usize| {
+        for table in Table::ALL {
+            let (x, y) = (a.entries(table), b.entries(table));
+            let first = x.iter().zip(&y).position(|(p, q)| p != q);
+            assert!(
+                x.len() == y.len() && first.is_none(),
+                "{table:?} after record {at}: {} and {} entries, first difference at {first:?}",
+                x.len(),
+                y.len()
+            );
+        }
+    };
+    for (i, (a, b)) in logs[0].iter().zip(&logs[1]).enumerate() {
+        for engine in [&mut plain, &mut ahead] {
+            engine.ingest(0, i as u64, a.clone());
+            engine.ingest(1, i as u64, b.clone());
+        }
+        // Keys taken ahead and listed again since: put twice.
+        superseded += relisted(&ahead);
+        if i % 2 == 0 {
+            taken += ahead.store_ahead(4);
+        }
+        if i % 97 == 96 {
+            plain_store.apply(plain.checkpoint_delta());
+            ahead_store.apply(ahead.checkpoint_delta());
+            same(&plain_store, &ahead_store, i);
+            assert!(ahead.dirty.ahead.is_empty(), "the delta takes them all");
+        }
+    }
+    plain_store.apply(plain.checkpoint_delta());
+    ahead_store.apply(ahead.checkpoint_delta());
+    same(&plain_store, &ahead_store, usize::MAX);
+    assert!(taken > 100, "keys were taken ahead: {taken}");
+    assert!(
+        superseded > 10,
+        "keys taken ahead changed again: {superseded}"
+    );
+}
+
+/// A parameter put listed twice in a delta keeps the later state, and the
+/// puts are sorted by key.
+#[test]
+fn sort_puts_keeps_the_later_put_of_a_key() {
+    let key = |doc_id| ParamKey {
+        version: VersionId(0),
+        doc_id,
+    };
+    let state = |alpha: f64| {
+        let prior = BetaPrior::new(alpha, 1.0).unwrap();
+        Arc::new(KeyState::prior(&ModelSpec::new(ModelKind::Beta(prior))))
+    };
+    let mut writes = vec![
+        Write::PutParams(key(5), state(1.0)),
+        Write::PutParams(key(2), state(2.0)),
+        Write::PutParams(key(5), state(3.0)),
+        Write::PutParams(key(9), state(4.0)),
+        Write::PutParams(key(2), state(5.0)),
+        Write::PutParams(key(5), state(6.0)),
+        Write::Delete(Table::Pending, vec![1]),
+    ];
+    sort_puts(
+        &mut writes,
+        DeltaPuts {
+            params: 6,
+            pending: 0,
+        },
+    );
+    let got: Vec<(u64, Option<KeyState>)> = writes
+        .iter()
+        .map(|w| match w {
+            Write::PutParams(k, s) => (k.doc_id, Some((**s).clone())),
+            _ => (u64::MAX, None),
+        })
+        .collect();
+    let want = vec![
+        (2, Some((*state(5.0)).clone())),
+        (5, Some((*state(6.0)).clone())),
+        (9, Some((*state(4.0)).clone())),
+        (u64::MAX, None),
+    ];
+    assert_eq!(got, want);
+}
