@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::codec::Table;
+use crate::codec::{CorruptState, Table};
 use crate::config::{Config, SourceConfig};
 use crate::control::{Command, Scheduled};
 use crate::deadletter_sink::{self, DeadLetterSink};
@@ -79,9 +79,13 @@ type Restored = (Engine, Option<u64>, Vec<String>);
 
 /// [`restore_engine`], also returning the versions it added.
 fn restore_engine_adding(config: &Config, store: &RocksStore) -> Result<Option<Restored>> {
+    // Every table but the parameters is read whole; those are streamed
+    // (`Engine::restore_streaming`).
     let mut tables = Vec::new();
     for table in Table::ALL {
-        tables.push((table, store.entries(table).context("read state")?));
+        if table != Table::Params {
+            tables.push((table, store.entries(table).context("read state")?));
+        }
     }
     let dead_letter_bytes = tables
         .iter()
@@ -89,17 +93,35 @@ fn restore_engine_adding(config: &Config, store: &RocksStore) -> Result<Option<R
         .and_then(|(_, entries)| entries.iter().find(|(k, _)| k == DEAD_LETTER_BYTES))
         .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
         .map(u64::from_le_bytes);
-    // `Engine::restore` reads each table once: hand the entries over
-    // instead of copying them (the params table alone is ~0.5 GB at 1 M
-    // keys, d = 32).
-    let restored = Engine::restore(config.engine(), |t| {
-        tables
-            .iter_mut()
-            .find(|(table, _)| *table == t)
-            .map(|(_, e)| std::mem::take(e))
-            .unwrap_or_default()
-    })
-    .context("restore state")?;
+    // `Engine::restore_streaming` reads each table once: hand the entries
+    // over instead of copying them.
+    let mut read_error = None;
+    let restored = Engine::restore_streaming(
+        config.engine(),
+        |t| {
+            tables
+                .iter_mut()
+                .find(|(table, _)| *table == t)
+                .map(|(_, e)| std::mem::take(e))
+                .unwrap_or_default()
+        },
+        store.estimated_entries(Table::Params),
+        |visit| match store.for_each(Table::Params, visit) {
+            Ok(visited) => visited,
+            Err(err) => {
+                read_error = Some(err);
+                Err(CorruptState::new(
+                    Table::Params,
+                    b"",
+                    "the table could not be read",
+                ))
+            }
+        },
+    );
+    if let Some(err) = read_error {
+        return Err(err).context("read state");
+    }
+    let restored = restored.context("restore state")?;
     let Some(mut engine) = restored else {
         return Ok(None);
     };
