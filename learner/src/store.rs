@@ -279,6 +279,38 @@ mod tests {
             .collect()
     }
 
+    /// `for_each` visits a table's entries in key order, borrowed, and
+    /// stops at the visitor's first error, which it returns.
+    #[test]
+    fn for_each_visits_in_key_order_and_stops_at_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let put = |k: &[u8], v: &[u8]| Write::Put(Table::Meta, k.to_vec(), v.to_vec());
+        store
+            .write(vec![put(b"c", b"3"), put(b"a", b"1"), put(b"b", b"2")])
+            .unwrap();
+        let mut seen = Vec::new();
+        let all = store.for_each(Table::Meta, |k, v| {
+            seen.push((k.to_vec(), v.to_vec()));
+            Ok::<(), String>(())
+        });
+        assert_eq!(all.unwrap(), Ok(()));
+        assert_eq!(seen, store.entries(Table::Meta).unwrap());
+        assert_eq!(seen.len(), 3);
+        let mut visited = 0;
+        let stopped = store.for_each(Table::Meta, |k, _| {
+            visited += 1;
+            if k == b"b" {
+                Err(format!("refused {k:?}"))
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(stopped.unwrap(), Err("refused [98]".to_owned()));
+        assert_eq!(visited, 2, "nothing after the error");
+        assert!(store.estimated_entries(Table::Meta) > 0);
+    }
+
     #[test]
     fn tables_keyed_by_version_and_doc_insert_with_a_hint() {
         let dir = tempfile::tempdir().unwrap();
