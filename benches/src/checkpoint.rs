@@ -267,16 +267,33 @@ pub fn savepoint_round_trip(
     (written, start.elapsed(), engine)
 }
 
+/// What a restore cost.
+pub struct Restore {
+    /// Bytes of write-ahead log in the store directory before the open
+    /// (what it reads; entries of tables flushed since are skipped).
+    pub log_bytes: u64,
+    /// Time of the store's open (the log's replay).
+    pub opened: Duration,
+    /// Time of the whole restore.
+    pub total: Duration,
+}
+
 /// Restore: open the store and rebuild the engine as the runner does at
-/// start (`runner::restore_engine`). Returns the time and the engine.
-pub fn restore(config: &Config) -> (Duration, Duration, Engine) {
+/// start (`runner::restore_engine`). Returns the costs and the engine.
+pub fn restore(config: &Config) -> (Restore, Engine) {
+    let log_bytes = posterior_learner::store::log_bytes(&config.state.dir);
     let start = Instant::now();
     let store = RocksStore::open(&config.state.dir).expect("open store");
     let opened = start.elapsed();
     let (engine, _) = restore_engine(config, &store)
         .expect("restore")
         .expect("a checkpoint exists");
-    (opened, start.elapsed(), engine)
+    let restore = Restore {
+        log_bytes,
+        opened,
+        total: start.elapsed(),
+    };
+    (restore, engine)
 }
 
 /// Whether two engines hold the same parameters, bit for bit (by their

@@ -45,6 +45,21 @@ fn batch_bytes(writes: &[Write]) -> usize {
         .sum::<usize>()
 }
 
+/// Bytes of write-ahead log in the store directory `dir`: what the next
+/// open reads back (0 when there is none or `dir` cannot be read).
+pub fn log_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -183,6 +198,21 @@ impl RocksStore {
         Ok(stats)
     }
 
+    /// Writes every table's memtable out to table files, so that an open
+    /// no longer replays the log up to here. With `wait` it returns once
+    /// they are written; without, it only starts RocksDB's background
+    /// flush. Durability does not depend on it (every checkpoint is a
+    /// synced log write); only the time of the next open does: that open
+    /// replays, and writes out again, everything not yet flushed.
+    pub fn flush(&self, wait: bool) -> Result<(), StoreError> {
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(wait);
+        let cfs: Vec<_> = Table::ALL.iter().map(|&t| self.cf(t)).collect();
+        self.db
+            .flush_cfs_opt(&cfs, &opts)
+            .map_err(|e| self.rocks(e))
+    }
+
     /// A table's entries in key order, with checksums verified.
     pub fn entries(&self, table: Table) -> Result<Entries, StoreError> {
         let mut opts = ReadOptions::default();
@@ -309,6 +339,45 @@ mod tests {
         assert_eq!(stopped.unwrap(), Err("refused [98]".to_owned()));
         assert_eq!(visited, 2, "nothing after the error");
         assert!(store.estimated_entries(Table::Meta) > 0);
+    }
+
+    /// Without a flush the log holds the checkpoint and the next open
+    /// replays it; after a waited flush the open has no log to replay,
+    /// and the state is the same.
+    #[test]
+    fn a_flushed_store_leaves_no_log_to_replay() {
+        let value = vec![7_u8; 1_000];
+        let writes = || {
+            (0..500_u32)
+                .map(|i| Write::Put(Table::Meta, i.to_be_bytes().to_vec(), value.clone()))
+                .collect::<Vec<_>>()
+        };
+        let unflushed = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(unflushed.path()).unwrap();
+        let stats = store.write(writes()).unwrap();
+        let expected = store.entries(Table::Meta).unwrap();
+        drop(store);
+        assert!(
+            log_bytes(unflushed.path()) >= stats.bytes as u64,
+            "an unflushed checkpoint stays in the log: {} < {}",
+            log_bytes(unflushed.path()),
+            stats.bytes
+        );
+
+        let flushed = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(flushed.path()).unwrap();
+        store.write(writes()).unwrap();
+        store.flush(true).unwrap();
+        drop(store);
+        assert!(
+            log_bytes(flushed.path()) < 4_096,
+            "log left after a waited flush: {} bytes",
+            log_bytes(flushed.path())
+        );
+        let reopened = RocksStore::open(flushed.path()).unwrap();
+        assert_eq!(reopened.entries(Table::Meta).unwrap(), expected);
+        // A flush without waiting is accepted too (it only starts one).
+        reopened.flush(false).unwrap();
     }
 
     #[test]

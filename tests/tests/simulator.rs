@@ -44,6 +44,10 @@ fn killed_and_restarted_simulator_learner_ends_bit_identical() {
     let (_, reference) = write_config(dir.path(), "reference", Some(samples));
     let summary = run_bounded(&reference).unwrap();
     assert_eq!(summary.records, samples);
+    // A run that ends normally leaves its store flushed: the next start
+    // replays no log (the run's checkpoints held several MB).
+    let log = posterior_learner::store::log_bytes(&reference.state.dir);
+    assert!(log < 64 << 10, "log left after a normal end: {log} bytes");
     let late = summary.counters.dead.get("late").copied().unwrap_or(0);
     assert!(
         (100..samples / 20).contains(&late),

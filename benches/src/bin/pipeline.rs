@@ -566,15 +566,16 @@ fn checkpoint(checkpoints: u64, defer: bool) -> Result<()> {
         })
         .collect();
     println!("longest intervals: {}", longest.join("; "));
-    let (opened, total, restored) = checkpoint::restore(&config);
+    let (cost, restored) = checkpoint::restore(&config);
     let same = checkpoint::same_params(&engine, &restored);
     println!(
-        "restore of {} keys from the checkpoint: {:.2} s (store open {:.2} s; goal < {} s: {}); parameters equal to the live engine's: {same}",
+        "restore of {} keys from the checkpoint: {:.2} s (store open {:.2} s, {} MB of log in the directory; goal < {} s: {}); parameters equal to the live engine's: {same}",
         restored.params().len(),
-        total.as_secs_f64(),
-        opened.as_secs_f64(),
+        cost.total.as_secs_f64(),
+        cost.opened.as_secs_f64(),
+        cost.log_bytes / 1_000_000,
         RESTORE_GOAL.as_secs(),
-        met(total < RESTORE_GOAL),
+        met(cost.total < RESTORE_GOAL),
     );
     drop(restored);
     let into = BenchConfig {
