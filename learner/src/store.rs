@@ -24,7 +24,8 @@ use rocksdb::{
 use crate::codec::{self, CorruptState, Table};
 use crate::engine::{Entries, Write};
 
-/// Bound of the write-ahead log kept for recovery (see [`RocksStore::open`]).
+/// Bound of the write-ahead log kept for recovery, a backstop to the
+/// flushes after each checkpoint (see [`RocksStore::open`]).
 const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
 
 /// Bytes a `WriteBatch` of `writes` takes, within a few per entry (its
@@ -129,9 +130,11 @@ impl RocksStore {
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Every checkpoint writes the small meta table, whose memtable
-        // would otherwise never fill: its WAL files could not be deleted
-        // and an open would replay gigabytes of old checkpoints. Past this
-        // size RocksDB flushes the tables that pin the oldest WAL.
+        // would never fill: its WAL files could not be deleted and an
+        // open would replay gigabytes of old checkpoints. The runner
+        // flushes every table after each checkpoint; should those flushes
+        // not run, past this size RocksDB flushes the tables that pin the
+        // oldest WAL.
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
         let display = path.display().to_string();
         let rocks = |source| StoreError::Rocks {
