@@ -27,6 +27,7 @@ use posterior_learner::runner::{
 use posterior_learner::savepoint;
 use posterior_learner::store::RocksStore;
 
+use crate::machine::{Sched, SchedReader};
 use crate::workload::{Record, Workload, WorkloadSpec};
 
 /// Records per checkpoint for ≈ 100 000 changed keys of 1 M uniform keys.
@@ -83,6 +84,23 @@ pub struct Gap {
     pub after_records: u64,
     /// What ran in it besides the ingest.
     pub containing: GapContent,
+    /// The ingest thread's figures over the [`WINDOW`] records the
+    /// interval ended in (`None` where `/proc` could not be read).
+    pub window: Option<Window>,
+}
+
+/// Records per window of the ingest thread's scheduler figures: a window
+/// of normal ingests lasts about a millisecond, so a long interval in it
+/// is most of it.
+pub const WINDOW: u64 = 1024;
+
+/// The ingest thread over one window of records.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Its wall time.
+    pub wall: Duration,
+    /// Where the thread's time went.
+    pub sched: Sched,
 }
 
 /// What ran in an interval besides the ingest.
@@ -115,6 +133,16 @@ impl CheckpointRun {
             .partition_point(|g| g.length >= gap.length);
         self.longest_gaps.insert(at, gap);
         self.longest_gaps.truncate(LONGEST_GAPS);
+    }
+
+    /// Gives the window that ended after `records` (and began after
+    /// `from`) to the kept intervals that ended in it.
+    fn close_window(&mut self, from: u64, records: u64, window: Window) {
+        for gap in &mut self.longest_gaps {
+            if gap.window.is_none() && (from + 1..=records).contains(&gap.after_records) {
+                gap.window = Some(window);
+            }
+        }
     }
 }
 
@@ -171,8 +199,16 @@ pub fn run(
         checkpoint_every_ms: 0,
         ..config.state.clone()
     };
+    let mut sched = SchedReader::for_this_thread();
+    let open_window = |records: u64, sched: &mut Option<SchedReader>| {
+        let figures = sched.as_mut().map(SchedReader::read).unwrap_or_default();
+        (records, Instant::now(), figures)
+    };
+    let mut window;
     while out.records < total {
         let chunk: Vec<Record> = workload.records((total - out.records).min(CHUNK as u64) as usize);
+        // Windows, like intervals, leave out the generation.
+        window = open_window(out.records, &mut sched);
         let start = Instant::now();
         let mut previous: Option<Instant> = None;
         let mut containing = GapContent::Ingest;
@@ -192,7 +228,19 @@ pub fn run(
                     length: gap,
                     after_records: out.records,
                     containing,
+                    window: None,
                 });
+            }
+            if out.records.is_multiple_of(WINDOW)
+                && out.records > window.0
+                && let Some(reader) = sched.as_mut()
+            {
+                let figures = reader.read();
+                let (from, began, at_start) = window;
+                let wall = now - began;
+                let spent = figures.since(&at_start);
+                out.close_window(from, out.records, Window { wall, sched: spent });
+                window = (out.records, now, figures);
             }
             previous = Some(now);
             containing = GapContent::Ingest;

@@ -118,6 +118,106 @@ impl Stopwatch {
     }
 }
 
+/// Where a thread's time went, from the scheduler's own accounting
+/// (`/proc/thread-self/schedstat`, in nanoseconds, exact) and its fault
+/// counts (`/proc/thread-self/stat`): what tells a stall the thread spent
+/// working from one it spent waiting for a CPU or blocked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sched {
+    /// Time on a CPU.
+    pub on_cpu: Duration,
+    /// Time runnable but waiting for a CPU (taken by other threads).
+    pub runnable: Duration,
+    /// Minor page faults (no I/O: a page mapped or zeroed).
+    pub minor_faults: u64,
+    /// Major page faults (a read from disk).
+    pub major_faults: u64,
+    /// CPU time the hypervisor gave to other guests, over all of this
+    /// machine's CPUs (`/proc/stat`, in ticks of 10 ms): the thread loses
+    /// it without the guest's scheduler seeing it, so it shows as blocked.
+    pub stolen: Duration,
+}
+
+impl Sched {
+    /// `self − earlier`, field by field (saturating).
+    pub fn since(&self, earlier: &Sched) -> Sched {
+        Sched {
+            on_cpu: self.on_cpu.saturating_sub(earlier.on_cpu),
+            runnable: self.runnable.saturating_sub(earlier.runnable),
+            minor_faults: self.minor_faults.saturating_sub(earlier.minor_faults),
+            major_faults: self.major_faults.saturating_sub(earlier.major_faults),
+            stolen: self.stolen.saturating_sub(earlier.stolen),
+        }
+    }
+
+    /// Of `wall`, the time neither on a CPU nor waiting for one: blocked
+    /// (I/O, a lock, a page fault's I/O), or stolen by the hypervisor.
+    pub fn blocked(&self, wall: Duration) -> Duration {
+        wall.saturating_sub(self.on_cpu + self.runnable)
+    }
+
+    /// Parses `schedstat` (`on_cpu_ns runnable_ns slices`), the thread's
+    /// `stat` and the first line of `/proc/stat`.
+    fn parse(schedstat: &str, stat: &str, system: &str) -> Option<Sched> {
+        let mut ns = schedstat.split_whitespace().map(str::parse::<u64>);
+        let on_cpu = Duration::from_nanos(ns.next()?.ok()?);
+        let runnable = Duration::from_nanos(ns.next()?.ok()?);
+        // After the command name: minflt is field 10, majflt field 12.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+        Some(Sched {
+            on_cpu,
+            runnable,
+            minor_faults: fields.get(7)?.parse().ok()?,
+            major_faults: fields.get(9)?.parse().ok()?,
+            // `cpu user nice system idle iowait irq softirq steal …`
+            stolen: Duration::from_millis(
+                system.split_whitespace().nth(8)?.parse::<u64>().ok()? * 1_000 / TICKS_PER_SECOND,
+            ),
+        })
+    }
+}
+
+/// Reads the calling thread's [`Sched`] again and again (the files stay
+/// open; a read costs a few microseconds). Only the thread that created
+/// it is read, whichever thread reads.
+#[derive(Debug)]
+pub struct SchedReader {
+    schedstat: std::fs::File,
+    stat: std::fs::File,
+    system: std::fs::File,
+    buf: Vec<u8>,
+}
+
+impl SchedReader {
+    /// Opens the calling thread's files; `None` where `/proc` lacks them.
+    pub fn for_this_thread() -> Option<SchedReader> {
+        let task = std::fs::read_link("/proc/thread-self").ok()?;
+        let task = std::path::Path::new("/proc").join(task);
+        Some(SchedReader {
+            schedstat: std::fs::File::open(task.join("schedstat")).ok()?,
+            stat: std::fs::File::open(task.join("stat")).ok()?,
+            system: std::fs::File::open("/proc/stat").ok()?,
+            buf: Vec::with_capacity(1024),
+        })
+    }
+
+    /// The thread's figures now (zero if a read fails).
+    pub fn read(&mut self) -> Sched {
+        let schedstat = Self::read_file(&self.schedstat, &mut self.buf);
+        let stat = Self::read_file(&self.stat, &mut self.buf);
+        // The first line, the sum over CPUs, is all that is read.
+        let system = Self::read_file(&self.system, &mut self.buf);
+        Sched::parse(&schedstat, &stat, &system).unwrap_or_default()
+    }
+
+    fn read_file(file: &std::fs::File, buf: &mut Vec<u8>) -> String {
+        use std::os::unix::fs::FileExt;
+        buf.resize(buf.capacity().max(1024), 0);
+        let n = file.read_at(buf, 0).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
 /// `part / whole` in percent (0 when `whole` is zero).
 pub fn percent(part: Duration, whole: Duration) -> f64 {
     if whole.is_zero() {
@@ -161,6 +261,40 @@ mod tests {
         }
         assert!(thread_cpu() > start, "60 ms of spinning shows as CPU time");
         assert!(process_cpu() >= thread_cpu());
+    }
+
+    #[test]
+    fn scheduler_figures_follow_the_thread() {
+        let mut reader = SchedReader::for_this_thread().expect("Linux has /proc/thread-self");
+        let before = reader.read();
+        let spin = Instant::now();
+        let mut x = 0_u64;
+        while spin.elapsed() < Duration::from_millis(20) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let pages = vec![1_u8; 8 << 20];
+        std::hint::black_box(&pages);
+        std::thread::sleep(Duration::from_millis(20));
+        let wall = spin.elapsed();
+        let spent = reader.read().since(&before);
+        assert!(spent.on_cpu >= Duration::from_millis(15), "{spent:?}");
+        assert!(spent.on_cpu <= wall, "{spent:?} in {wall:?}");
+        assert!(
+            spent.blocked(wall) >= Duration::from_millis(10),
+            "the sleep: {spent:?}"
+        );
+        assert!(spent.minor_faults > 0, "8 MiB touched: {spent:?}");
+    }
+
+    #[test]
+    fn scheduler_figures_parse() {
+        let stat = "7 (a b) S 1 7 7 0 -1 4194560 120 0 3 0 5 6 0 0";
+        let system = "cpu  1138857 1103 203008 3334913 10763 0 3551 2146 0 0\ncpu0 1 2";
+        let sched = Sched::parse("159869 4200 1\n", stat, system).expect("parses");
+        assert_eq!(sched.on_cpu, Duration::from_nanos(159_869));
+        assert_eq!(sched.runnable, Duration::from_nanos(4_200));
+        assert_eq!((sched.minor_faults, sched.major_faults), (120, 3));
+        assert_eq!(sched.stolen, Duration::from_millis(21_460));
     }
 
     #[test]

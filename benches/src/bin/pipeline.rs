@@ -562,7 +562,20 @@ fn checkpoint(checkpoints: u64, defer: bool) -> Result<()> {
                 GapContent::Checkpoint => "a checkpoint",
                 GapContent::StoreAhead => "keys stored ahead",
             };
-            format!("{} ms ({what}, record {})", ms(g.length), g.after_records)
+            let thread = g.window.map_or(String::new(), |w| {
+                format!(
+                    "; its window of {} records: {} ms, on a CPU {} ms, waiting for one {} ms, blocked {} ms, {} minor / {} major faults, {} ms stolen from the machine's CPUs",
+                    checkpoint::WINDOW,
+                    ms(w.wall),
+                    ms(w.sched.on_cpu),
+                    ms(w.sched.runnable),
+                    ms(w.sched.blocked(w.wall)),
+                    w.sched.minor_faults,
+                    w.sched.major_faults,
+                    w.sched.stolen.as_millis(),
+                )
+            });
+            format!("{} ms ({what}, record {}{thread})", ms(g.length), g.after_records)
         })
         .collect();
     println!("longest intervals: {}", longest.join("; "));
