@@ -38,6 +38,7 @@
 //! - [`watchdog`]: the liveness watchdog of a Kafka run: exits when
 //!   consumption stalls while the broker has records.
 //! - [`store`]: the RocksDB state store; its doc states the delivery guarantee.
+//! - [`priority`]: the lower scheduling priority of helper threads.
 //! - [`meta`]: the small named state: offsets, clocks, registry, counters.
 //! - [`deadletter`]: records that were not applied, and why.
 //! - [`deadletter_sink`]: dead letters to a file (exactly once) or a topic
@@ -69,6 +70,8 @@ pub mod params;
 pub mod partitioning;
 pub mod posterior;
 pub mod prefetch;
+#[cfg(feature = "io")]
+pub mod priority;
 #[cfg(feature = "io")]
 pub mod producer;
 #[cfg(feature = "io")]

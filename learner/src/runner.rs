@@ -1472,6 +1472,12 @@ impl Checkpointer {
         let handle = std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
+                // Ingestion comes first (`priority`).
+                if let Err(err) =
+                    crate::priority::lower_this_thread(crate::priority::HELPER_NICENESS)
+                {
+                    tracing::debug!("the checkpoint writer keeps its priority: {err}");
+                }
                 let start = Instant::now();
                 if let Some(delay) = slow_write {
                     std::thread::sleep(delay);
