@@ -9,7 +9,10 @@
 //! synced, delta encoded, wait for the previous write, hand this one to
 //! the writer thread). The stall is the longest interval between the
 //! starts of two consecutive `ingest` calls (record generation is done in
-//! chunks beforehand and excluded).
+//! chunks beforehand and excluded). Each of the longest intervals comes
+//! with the ingest thread's scheduler figures over the [`WINDOW`] records
+//! it ended in: whether the time went to work, to waiting for a CPU, or
+//! to being blocked or stolen.
 //!
 //! Docs are uniform over the keys in phase 2 (skew 1), so a checkpoint
 //! every 105 361 records finds ≈ 100 000 changed keys

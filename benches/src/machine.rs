@@ -4,7 +4,9 @@
 //!
 //! CPU times come from `/proc/<pid>/stat` (`utime + stime`, in ticks of
 //! 1/100 s, Linux's `USER_HZ` on x86): coarse, so only phases of seconds
-//! are read this way.
+//! are read this way. [`SchedReader`] reads a thread's scheduler figures
+//! instead (exact nanoseconds on a CPU and waiting for one, page faults,
+//! the machine's stolen time), for intervals of milliseconds.
 
 use std::time::{Duration, Instant};
 
