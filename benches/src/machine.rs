@@ -268,24 +268,41 @@ mod tests {
     #[test]
     fn scheduler_figures_follow_the_thread() {
         let mut reader = SchedReader::for_this_thread().expect("Linux has /proc/thread-self");
+        // Spinning adds time on a CPU (however long a busy machine makes
+        // it wait for one), and touching fresh memory adds faults.
         let before = reader.read();
         let spin = Instant::now();
         let mut x = 0_u64;
-        while spin.elapsed() < Duration::from_millis(20) {
-            x = std::hint::black_box(x.wrapping_add(1));
+        while reader.read().since(&before).on_cpu < Duration::from_millis(20)
+            && spin.elapsed() < Duration::from_secs(10)
+        {
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
         }
         let pages = vec![1_u8; 8 << 20];
         std::hint::black_box(&pages);
-        std::thread::sleep(Duration::from_millis(20));
         let wall = spin.elapsed();
         let spent = reader.read().since(&before);
-        assert!(spent.on_cpu >= Duration::from_millis(15), "{spent:?}");
-        assert!(spent.on_cpu <= wall, "{spent:?} in {wall:?}");
+        assert!(spent.on_cpu >= Duration::from_millis(20), "{spent:?}");
+        // The first read came a moment before the clock started.
+        let slack = Duration::from_millis(1);
         assert!(
-            spent.blocked(wall) >= Duration::from_millis(10),
-            "the sleep: {spent:?}"
+            spent.on_cpu + spent.runnable <= wall + slack,
+            "{spent:?} in {wall:?}"
         );
         assert!(spent.minor_faults > 0, "8 MiB touched: {spent:?}");
+        // Sleeping is neither on a CPU nor waiting for one.
+        let before = reader.read();
+        let asleep = Instant::now();
+        std::thread::sleep(Duration::from_millis(30));
+        let wall = asleep.elapsed();
+        let spent = reader.read().since(&before);
+        assert!(
+            spent.blocked(wall) >= Duration::from_millis(25),
+            "{spent:?} in {wall:?}"
+        );
+        assert!(spent.on_cpu < Duration::from_millis(5), "{spent:?}");
     }
 
     #[test]
