@@ -1,11 +1,13 @@
 //! Scheduling priority of the learner's helper threads.
 //!
-//! On a machine with few cores the checkpoint writer (and the RocksDB
-//! work it starts) competes with the ingest thread for a CPU; at equal
-//! priority the ingest thread waits for whole time slices, and the wait
-//! shows as an ingestion stall (bench 4's windows: "waiting for one").
-//! A helper that runs at a lower priority takes the CPU the ingest thread
-//! leaves and yields it when ingestion wants it back.
+//! On a machine with few cores the checkpoint writer competes with the
+//! ingest thread for a CPU (a RocksDB write encodes, logs and inserts into
+//! the memtable on the calling thread); at equal priority the ingest
+//! thread waits for whole time slices, and the wait shows as an ingestion
+//! stall (bench 4's windows: "waiting for one"). A helper that runs at a
+//! lower priority takes the CPU the ingest thread leaves and yields it
+//! when ingestion wants it back. RocksDB's own flush and compaction
+//! threads are started by the store's open and keep its priority.
 
 /// The niceness of the checkpoint writer: Linux's CFS gives a thread at
 /// nice 10 about a tenth of the CPU time of one at nice 0 when both want
