@@ -63,6 +63,10 @@ pub struct CheckpointRun {
     pub longest_gap: (Duration, u64),
     /// Longest such interval that did not contain a checkpoint.
     pub longest_gap_without_checkpoint: Duration,
+    /// Longest interval in a [`WINDOW`] in which the hypervisor stole no
+    /// CPU time from the machine (`None` when no window could be read):
+    /// the stall the code and the guest's own load cause.
+    pub longest_gap_unstolen: Option<Duration>,
     /// Records ingested.
     pub records: u64,
     /// Wall time of the whole loop (generation excluded).
@@ -208,10 +212,13 @@ pub fn run(
         (records, Instant::now(), figures)
     };
     let mut window;
+    // The longest interval in the window being read.
+    let mut window_longest;
     while out.records < total {
         let chunk: Vec<Record> = workload.records((total - out.records).min(CHUNK as u64) as usize);
         // Windows, like intervals, leave out the generation.
         window = open_window(out.records, &mut sched);
+        window_longest = Duration::ZERO;
         let start = Instant::now();
         let mut previous: Option<Instant> = None;
         let mut containing = GapContent::Ingest;
@@ -227,6 +234,7 @@ pub fn run(
                 {
                     out.longest_gap_without_checkpoint = gap;
                 }
+                window_longest = window_longest.max(gap);
                 out.note_gap(Gap {
                     length: gap,
                     after_records: out.records,
@@ -243,7 +251,12 @@ pub fn run(
                 let wall = now - began;
                 let spent = figures.since(&at_start);
                 out.close_window(from, out.records, Window { wall, sched: spent });
+                if spent.stolen.is_zero() {
+                    let longest = out.longest_gap_unstolen.get_or_insert(Duration::ZERO);
+                    *longest = (*longest).max(window_longest);
+                }
                 window = (out.records, now, figures);
+                window_longest = Duration::ZERO;
             }
             previous = Some(now);
             containing = GapContent::Ingest;

@@ -579,6 +579,13 @@ fn checkpoint(checkpoints: u64, defer: bool) -> Result<()> {
         })
         .collect();
     println!("longest intervals: {}", longest.join("; "));
+    if let Some(unstolen) = run.longest_gap_unstolen {
+        println!(
+            "longest interval in a window of {} records with no CPU time stolen by the hypervisor: {} ms",
+            checkpoint::WINDOW,
+            ms(unstolen)
+        );
+    }
     // The first open writes the replayed log out as table files, as a
     // normal stop's flush does: the same restore again is one after a
     // normal stop.
