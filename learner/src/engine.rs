@@ -235,9 +235,11 @@ struct Dirty {
     /// Each key once: see [`Slot::unstored`].
     params: Vec<ParamKey>,
     /// Parameter puts taken ahead of the next delta
-    /// ([`Engine::store_ahead`]), which leads with them. A key changed
-    /// again since is in `params` too: its later put wins.
-    ahead: Vec<Write>,
+    /// ([`Engine::store_ahead`]), which leads with them, one segment per
+    /// call: a list that grows by segments never copies itself over on
+    /// the ingesting thread. A key changed again since is in `params`
+    /// too: its later put wins.
+    ahead: Vec<Vec<Write>>,
 }
 
 /// One key of the parameter table.
@@ -1077,5 +1079,5 @@ mod persist;
 mod tests;
 
 pub use persist::{
-    DeltaPuts, Entries, MemoryStore, SPARE_IDLE_CHECKPOINTS, SpareWrites, Write, sort_puts,
+    Ahead, DeltaPuts, Entries, MemoryStore, SPARE_IDLE_CHECKPOINTS, SpareWrites, Write, sort_puts,
 };

@@ -1444,7 +1444,7 @@ impl Checkpointer {
             .context("write dead letters")?;
         let t2 = Instant::now();
         let mut writes = self.spare.take();
-        let puts = engine.checkpoint_delta_into(&mut writes);
+        let (puts, ahead) = engine.checkpoint_delta_apart(&mut writes);
         let changed_keys = puts.params;
         if self.stored_ahead > 0 {
             tracing::info!(
@@ -1462,7 +1462,7 @@ impl Checkpointer {
                 dead_bytes.to_le_bytes().to_vec(),
             ));
         }
-        let count = writes.len();
+        let count = writes.len() + ahead.len();
         let t3 = Instant::now();
         self.wait()?;
         let t4 = Instant::now();
@@ -1482,6 +1482,9 @@ impl Checkpointer {
                 if let Some(delay) = slow_write {
                     std::thread::sleep(delay);
                 }
+                // The keys stored ahead join the delta here, off the
+                // ingesting thread.
+                ahead.lead(&mut writes);
                 sort_puts(&mut writes, puts);
                 let written = store.write_from(&mut writes);
                 let took = start.elapsed();

@@ -46,6 +46,42 @@ impl Write {
 /// Meta entries every checkpoint writes.
 const META_WRITES: usize = 7;
 
+/// Parameter puts taken ahead of a delta ([`Engine::store_ahead`]), in the
+/// segments they were taken in, to lead the delta's writes. The runner
+/// hands them to its writer thread with the delta, so joining them (a
+/// copy of up to ~10⁶ writes into a new list) happens there, not on the
+/// ingesting thread.
+#[derive(Debug, Default)]
+pub struct Ahead {
+    segments: Vec<Vec<Write>>,
+}
+
+impl Ahead {
+    /// Writes held.
+    pub fn len(&self) -> usize {
+        self.segments.iter().map(Vec::len).sum()
+    }
+
+    /// Whether none are held.
+    pub fn is_empty(&self) -> bool {
+        self.segments.iter().all(Vec::is_empty)
+    }
+
+    /// Puts these writes, in the order taken, in front of `writes`.
+    pub fn lead(self, writes: &mut Vec<Write>) {
+        let ahead = self.len();
+        if ahead == 0 {
+            return;
+        }
+        let mut joined = Vec::with_capacity(ahead + writes.len());
+        for segment in self.segments {
+            joined.extend(segment);
+        }
+        joined.append(writes);
+        *writes = joined;
+    }
+}
+
 /// The puts [`Engine::checkpoint_delta_into`] leaves unsorted at the front
 /// of the write list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -152,6 +188,18 @@ impl Engine {
         writes
     }
 
+    /// [`Self::checkpoint_delta_into`] with the puts taken ahead returned
+    /// apart, for the caller to put in front of `writes`
+    /// ([`Ahead::lead`]) before [`sort_puts`], off the ingesting thread.
+    pub fn checkpoint_delta_apart(&mut self, writes: &mut Vec<Write>) -> (DeltaPuts, Ahead) {
+        let ahead = Ahead {
+            segments: std::mem::take(&mut self.dirty.ahead),
+        };
+        let mut puts = self.checkpoint_delta_rest(writes);
+        puts.params += ahead.len();
+        (puts, ahead)
+    }
+
     /// [`Self::checkpoint_delta`] appended to `writes`, whose capacity a
     /// caller can keep from one checkpoint to the next: a checkpoint of
     /// 10⁵ keys otherwise fills megabytes of freshly mapped memory, and
@@ -161,12 +209,14 @@ impl Engine {
     /// [`sort_puts`]); returns their numbers.
     pub fn checkpoint_delta_into(&mut self, writes: &mut Vec<Write>) -> DeltaPuts {
         // The puts taken ahead lead (their keys' later puts follow).
-        let ahead = self.dirty.ahead.len();
-        if writes.is_empty() && writes.capacity() < self.dirty.ahead.capacity() {
-            std::mem::swap(writes, &mut self.dirty.ahead);
-        } else {
-            writes.append(&mut self.dirty.ahead);
-        }
+        let (puts, ahead) = self.checkpoint_delta_apart(writes);
+        ahead.lead(writes);
+        puts
+    }
+
+    /// The delta's writes but the puts taken ahead, appended to `writes`;
+    /// `params` counts only the parameter puts appended.
+    fn checkpoint_delta_rest(&mut self, writes: &mut Vec<Write>) -> DeltaPuts {
         let mut dirty_params = std::mem::take(&mut self.dirty.params);
         let log = self.log.take_changes(self.released_below_ms);
         writes.reserve(
@@ -182,7 +232,7 @@ impl Engine {
             slot.unstored = false;
             writes.push(Write::PutParams(key, Arc::clone(&slot.state)));
         });
-        let params = ahead + dirty_params.len();
+        let params = dirty_params.len();
         dirty_params.clear();
         self.dirty.params = dirty_params;
         // A batch applied without ever being stored (every batch of one)
@@ -271,19 +321,22 @@ impl Engine {
     /// slow disk: 407 k keys, 130 ms). Taken a share at a time, the work
     /// is spread over the wait. A key that changes again before the
     /// checkpoint is listed again and put twice; [`sort_puts`] keeps the
-    /// later put. The states are shared (copy on write), as a delta's are.
+    /// later put. The states are shared (copy on write), as a delta's are;
+    /// each call's puts are a list of their own ([`Ahead`]).
     pub fn store_ahead(&mut self, max_keys: usize) -> usize {
         let mut dirty = std::mem::take(&mut self.dirty.params);
-        let mut ahead = std::mem::take(&mut self.dirty.ahead);
         let from = dirty.len().saturating_sub(max_keys);
+        let mut segment = Vec::with_capacity(dirty.len() - from);
         self.for_each_slot(&dirty[from..], |key, slot| {
             slot.unstored = false;
-            ahead.push(Write::PutParams(key, Arc::clone(&slot.state)));
+            segment.push(Write::PutParams(key, Arc::clone(&slot.state)));
         });
-        let taken = dirty.len() - from;
+        let taken = segment.len();
         dirty.truncate(from);
         self.dirty.params = dirty;
-        self.dirty.ahead = ahead;
+        if taken > 0 {
+            self.dirty.ahead.push(segment);
+        }
         taken
     }
 

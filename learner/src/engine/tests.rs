@@ -1277,6 +1277,7 @@ fn keys_stored_ahead_leave_the_store_as_plain_deltas_do() {
             .dirty
             .ahead
             .iter()
+            .flatten()
             .filter_map(|w| match w {
                 Write::PutParams(key, _) => Some(*key),
                 _ => None,
