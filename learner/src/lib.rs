@@ -62,6 +62,8 @@ pub mod fallback;
 pub mod file_source;
 #[cfg(feature = "io")]
 pub mod kafka;
+#[cfg(feature = "io")]
+mod kafka_queue;
 pub mod keymap;
 pub mod meta;
 pub mod metrics;

@@ -16,8 +16,9 @@
 //! of a partition travel in offset order and batches in send order;
 //! offsets are still taken from the records the engine ingests, so what
 //! sits in the channel when the process dies is read again from the
-//! checkpoint. The channel holds at most [`BATCHES`] × [`BATCH`] records:
-//! the read-ahead that a pause cannot take back, by which the reorder
+//! checkpoint. The channel holds at most [`BATCHES`] × [`BATCH`] records,
+//! and each lane of an aligned read up to [`LANE_TAKE`] more: the
+//! read-ahead that a pause cannot take back, by which the reorder
 //! buffer's soft bound can be passed.
 //!
 //! **Aligned reads.** With an alignment, each partition has its own
@@ -45,8 +46,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
-use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::TopicPartitionList;
@@ -54,9 +54,12 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use crate::engine::Payload;
 use crate::file_source::decode_protobuf;
 use crate::kafka::{KafkaSourceError, Polled};
+use crate::kafka_queue::{Entry, LaneQueue};
 
 /// Most records in one batch handed to the engine.
 pub(crate) const BATCH: usize = 256;
+/// Most records taken from a lane's queue at once.
+const LANE_TAKE: usize = 64;
 /// Most batches in flight between the reader and the engine.
 pub(crate) const BATCHES: usize = 8;
 /// Longest the reader waits for a record before it looks again at its
@@ -98,21 +101,21 @@ impl Lanes {
         let reader: Arc<OnceLock<Thread>> = Arc::new(OnceLock::new());
         let mut lanes = Vec::with_capacity(partitions.len());
         for &p in partitions {
-            let Some(mut queue) = consumer.split_partition_queue(topic, p as i32) else {
+            let Some(mut queue) = LaneQueue::split(consumer, topic, p) else {
                 return Err(KafkaSourceError::Topic {
                     topic: topic.into(),
                     reason: format!("no queue for partition {p}"),
                 });
             };
             let wake = Arc::clone(&reader);
-            queue.set_nonempty_callback(move || {
+            queue.on_nonempty(move || {
                 if let Some(thread) = wake.get() {
                     thread.unpark();
                 }
             });
             lanes.push(Lane {
-                partition: p,
                 queue,
+                held: VecDeque::with_capacity(LANE_TAKE),
                 clock: None,
                 at_end: false,
             });
@@ -234,16 +237,33 @@ struct Reader {
 
 /// One partition's queue and what the reader knows of it.
 struct Lane {
-    partition: u32,
-    queue: PartitionQueue<DefaultConsumerContext>,
-    /// Highest event time read from the partition (none before its first
-    /// sample).
+    queue: LaneQueue,
+    /// Taken from the queue (up to [`LANE_TAKE`] at a time) and decoded,
+    /// not yet handed on: the alignment is checked per record, as it is
+    /// handed on.
+    held: VecDeque<Item>,
+    /// Highest event time handed on from the partition (none before its
+    /// first sample).
     clock: Option<i64>,
     /// The partition reported its end and has delivered nothing since.
     at_end: bool,
 }
 
 impl Lane {
+    /// The lane's next item: a held one, else the first of a new take;
+    /// `None` when its queue is empty.
+    fn next(&mut self) -> Option<Item> {
+        if self.held.is_empty() {
+            let partition = self.queue.partition();
+            let held = &mut self.held;
+            self.queue.take(LANE_TAKE, |entry| {
+                held.push_back(convert_entry(entry, partition));
+            });
+        }
+        self.held.pop_front()
+    }
+
+    /// Takes note of an item handed on.
     fn observe(&mut self, item: &Item) {
         match item {
             Ok(Polled::Record { payload, .. }) => {
@@ -383,7 +403,7 @@ fn alignment_limit(lanes: &[Lane], paused: &[u32], align_ms: i64) -> i64 {
     limit_of(
         lanes
             .iter()
-            .map(|lane| (lane.partition, lane.clock, lane.at_end)),
+            .map(|lane| (lane.queue.partition(), lane.clock, lane.at_end)),
         paused,
         align_ms,
     )
@@ -423,10 +443,9 @@ fn take_aligned(
             break; // so is every later lane
         }
         while batch.len() < BATCH && !beyond(lane.clock) {
-            let Some(result) = lane.queue.poll(Duration::ZERO) else {
+            let Some(item) = lane.next() else {
                 break;
             };
-            let item = convert(result);
             lane.observe(&item);
             batch.push_back(item);
             took += 1;
@@ -442,26 +461,56 @@ fn take_aligned(
 /// partition, a lost offset as an error, other client errors as transient.
 fn convert(result: Result<BorrowedMessage<'_>, KafkaError>) -> Item {
     match result {
-        Ok(message) => {
-            let payload = match message.payload() {
-                Some(bytes) => decode_protobuf(bytes),
-                None => Payload::Invalid {
-                    reason: "undecodable",
-                    detail: "record without a value".into(),
+        Ok(message) => Ok(record(
+            message.partition() as u32,
+            message.offset() as u64,
+            message.payload(),
+        )),
+        Err(err) => client_error(err, None),
+    }
+}
+
+/// [`convert`] for an entry of `partition`'s own queue.
+fn convert_entry(entry: Entry<'_>, partition: u32) -> Item {
+    match entry {
+        Ok(r) => Ok(record(r.partition, r.offset, r.payload)),
+        Err(err) => client_error(err, Some(partition)),
+    }
+}
+
+/// A record, decoded.
+fn record(partition: u32, offset: u64, payload: Option<&[u8]>) -> Polled {
+    let payload = match payload {
+        Some(bytes) => decode_protobuf(bytes),
+        None => Payload::Invalid {
+            reason: "undecodable",
+            detail: "record without a value".into(),
+        },
+    };
+    Polled::Record {
+        partition,
+        offset,
+        payload,
+    }
+}
+
+/// A client error: the end of a partition, a lost offset (of `partition`
+/// when the error came from its queue), or a transient error.
+fn client_error(err: KafkaError, partition: Option<u32>) -> Item {
+    match err {
+        KafkaError::PartitionEOF(p) => Ok(Polled::CaughtUp(p as u32)),
+        err if crate::kafka::is_offset_lost(&err) => {
+            let named = crate::kafka::lost_partition(&err);
+            Err(KafkaSourceError::OffsetLost {
+                partition: if named == u32::MAX {
+                    partition.unwrap_or(named)
+                } else {
+                    named
                 },
-            };
-            Ok(Polled::Record {
-                partition: message.partition() as u32,
-                offset: message.offset() as u64,
-                payload,
+                source: err,
             })
         }
-        Err(KafkaError::PartitionEOF(p)) => Ok(Polled::CaughtUp(p as u32)),
-        Err(err) if crate::kafka::is_offset_lost(&err) => Err(KafkaSourceError::OffsetLost {
-            partition: crate::kafka::lost_partition(&err),
-            source: err,
-        }),
-        Err(err) => Ok(Polled::Nothing(Some(err))),
+        err => Ok(Polled::Nothing(Some(err))),
     }
 }
 

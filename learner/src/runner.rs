@@ -1014,7 +1014,8 @@ impl EndOfInput {
     /// its partition active again, and touched).
     fn idle_finished(&mut self, engine: &mut Engine) {
         for p in self.touched.drain(..) {
-            let at_end = self.targets.contains_key(&p) && !self.short.contains(&p);
+            // Short first: the common case, decided by one lookup.
+            let at_end = !self.short.contains(&p) && self.targets.contains_key(&p);
             if at_end && engine.clocks().get(&p).is_some_and(|c| !c.idle) {
                 engine.set_idle(p, true);
             }
