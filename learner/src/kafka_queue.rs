@@ -13,8 +13,8 @@
 //! position advanced past what it returns — so pauses and resumes behave
 //! as with `poll`.
 //!
-//! This is the only module of the crate with foreign calls; each states
-//! what keeps it sound.
+//! The only module of the crate that calls librdkafka directly; each
+//! call states what keeps it sound.
 
 #![allow(unsafe_code)]
 
