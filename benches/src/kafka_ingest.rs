@@ -243,9 +243,10 @@ impl Topic {
     }
 
     /// The learner's runner, until the end of the topic, into a fresh
-    /// state directory; also returns the samples applied, the checkpoints
-    /// and the throttles (reorder buffer full).
-    pub fn runner(&self, config: &Config) -> (Consumed, u64, u64, u64) {
+    /// state directory; also returns the samples applied, the checkpoints,
+    /// the throttles (reorder buffer full) and the time its shutdown took
+    /// (the final checkpoint and flush, inside the wall time).
+    pub fn runner(&self, config: &Config) -> (Consumed, u64, u64, u64, Duration) {
         let _ = std::fs::remove_dir_all(&config.state.dir);
         let mut summary = None;
         let consumed = self.measure(|| {
@@ -266,6 +267,7 @@ impl Topic {
             summary.counters.applied,
             summary.checkpoints,
             summary.throttles,
+            summary.shutdown,
         )
     }
 

@@ -60,6 +60,10 @@ pub struct RunSummary {
     /// Keys seeded from served parameters at start (the restore of last
     /// resort, see [`crate::fallback`]).
     pub seeded: usize,
+    /// Wall time from the last sample applied (the end of the input, or a
+    /// stop) to the end of the run: the final checkpoint, the flush that
+    /// follows it and a savepoint on shutdown.
+    pub shutdown: Duration,
 }
 
 /// Rebuilds the engine from the live store, or `None` when the store is
@@ -463,6 +467,7 @@ pub fn run_local_with(
             run_barriers(&mut engine, &mut checkpointer, config, 1, records)?;
         }
     }
+    let stopping = Instant::now();
     checkpointer.finish(&mut engine, records)?;
     if config.savepoints.as_ref().is_some_and(|s| s.on_shutdown) {
         checkpointer.savepoint(config, 1, records)?;
@@ -474,6 +479,7 @@ pub fn run_local_with(
         counters: engine.counters().clone(),
         throttles: 0,
         seeded,
+        shutdown: stopping.elapsed(),
     })
 }
 
@@ -945,6 +951,7 @@ pub fn run_kafka_with(
         }
     }
     drop(watchdog);
+    let stopping = Instant::now();
     checkpointer.finish(&mut engine, records)?;
     export_lag(controls, &source, &engine);
     if let Some(done) = checkpointer.last_write()
@@ -962,6 +969,7 @@ pub fn run_kafka_with(
         counters: engine.counters().clone(),
         throttles,
         seeded,
+        shutdown: stopping.elapsed(),
     })
 }
 
