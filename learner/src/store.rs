@@ -101,11 +101,24 @@ pub struct CheckpointStats {
 pub const MEMTABLE_INSERT_HINT: &str =
     "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.4";
 
+/// Compression by level of the tables that take a checkpoint's bulk:
+/// none where flushes and the first compaction write (levels 0 and 1),
+/// LZ4 below, where the data settles. A flush follows every checkpoint
+/// and the end of a run; compressing it with LZ4 was half the flush
+/// thread's time in bench 3 (issue 3), and the runner's shutdown waits
+/// for it.
+const FLUSHED_UNCOMPRESSED: [rocksdb::DBCompressionType; 7] = {
+    use rocksdb::DBCompressionType::{Lz4, None};
+    [None, None, Lz4, Lz4, Lz4, Lz4, Lz4]
+};
+
 /// Options of `table`'s column family.
 fn table_options(table: Table) -> Result<Options, rocksdb::Error> {
     match table {
         Table::Params | Table::Pending => {
-            Options::default().get_options_from_string(MEMTABLE_INSERT_HINT)
+            let mut opts = Options::default().get_options_from_string(MEMTABLE_INSERT_HINT)?;
+            opts.set_compression_per_level(&FLUSHED_UNCOMPRESSED);
+            Ok(opts)
         }
         Table::Reorder | Table::Dedup | Table::Meta => Ok(Options::default()),
     }
