@@ -87,7 +87,15 @@ fn applied_and_dead_letters_by_reason_match_an_uninterrupted_run() {
         5_000,
         None,
     );
+    let started = Instant::now();
     let summary = run_bounded(&Config::from_toml(&reference).unwrap()).unwrap();
+    // The shutdown (a final synced checkpoint and a flush) takes time, and
+    // is part of the run.
+    assert!(
+        summary.shutdown > Duration::ZERO && summary.shutdown <= started.elapsed(),
+        "shutdown {:?} within the run",
+        summary.shutdown
+    );
 
     // The learner under test: stdin, the endpoint and the server on free
     // ports.
