@@ -12,11 +12,10 @@
 //!
 //! The steady-state figure is phase 2 *without* the finish: phase 2
 //! applies the samples phase 1 left in the buffer, and leaves about as many
-//! to the finish, so its work is that of its own records, updates of keys
-//! that exist (in bench 1; bench 2's phase 1 is the file's first `keys`
-//! records, so its phase 2 still creates the keys those left buffered).
-//! The whole-run figure (both phases and the finish) is printed next to
-//! it.
+//! to the finish, so its work is that of its own records: updates of
+//! keys that exist. Bench 2 reads a file written in advance, so its phase
+//! 2 is what is left of the file once the keys exist. The whole-run
+//! figure (both phases and the finish) is printed next to it.
 
 use std::fs::File;
 use std::io::{BufWriter, Write as _};
@@ -343,12 +342,14 @@ pub fn decode_in_memory(path: &Path) -> Phase {
 
 /// Bench 2: the file through `FileSource` and the engine (one partition,
 /// as the runner reads files), publishing to a `NullSink`, ending with
-/// `Engine::finish` as the runner does at the end of a file. The first
-/// `phase1_records` are timed apart (the key table filling up).
+/// `Engine::finish` as the runner does at the end of a file. With `keys`
+/// above 0, phase 1 (timed apart) runs until the file's first `keys`
+/// records are read and the engine's table holds `keys` keys, as in
+/// bench 1's [`fill_table`]; phase 2 is the rest of the file.
 pub fn from_file(
     path: &Path,
     config: &posterior_learner::config::Config,
-    phase1_records: u64,
+    keys: u64,
 ) -> PipelineRun {
     let engine = fresh_engine(config, [FILE_PARTITION]).expect("bench versions register");
     let mut driver = Driver::new(
@@ -359,16 +360,18 @@ pub fn from_file(
     );
     let mut source = FileSource::open(path, Format::Protobuf, 0).expect("open sample file");
     let mut phase1 = Phase::default();
+    let mut filling = keys > 0;
     driver.watch.start();
     while let Some((offset, payload)) = source.next_record().expect("read sample file") {
         driver.ingest(FILE_PARTITION, offset, source.position(), payload);
-        if driver.records == phase1_records {
+        if filling && driver.records >= keys && driver.engine.param_count() as u64 >= keys {
+            filling = false;
             driver.publish();
             phase1 = Phase::since(
                 &driver.watch,
                 Duration::ZERO,
                 Duration::ZERO,
-                phase1_records,
+                driver.records,
             );
         }
     }
