@@ -135,6 +135,14 @@ fn dual(
     batch: &[Observation<'_>],
 ) -> Result<MapStep, PosteriorError> {
     let (n, d) = (batch.len(), mean.len());
+    if n == 0 {
+        // Nothing to fit (the callers return before): the prior mean.
+        return Ok(MapStep {
+            w: mean.to_vec(),
+            iterations: 0,
+            converged: true,
+        });
+    }
     // Every vector of the solve in one allocation (a micro-batch of a few
     // samples made ~17 small ones, a tenth of its update's time).
     let mut workspace = vec![0.0; n * d + 2 * n * n + DUAL_VECTORS * n];
@@ -380,6 +388,15 @@ pub(crate) fn single_step(a: f64, k: f64, reward: bool, weight: f64) -> (f64, u3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_batch_leaves_the_mean() {
+        let mean = [0.5, -1.0, 2.0];
+        let step = map_step(&mean, &Precision::Diagonal(&[1.0, 2.0, 4.0]), &[])
+            .expect("nothing to refuse");
+        assert_eq!(step.w, mean);
+        assert!(step.converged);
+    }
 
     #[test]
     fn single_step_solves_the_dual_condition() {
