@@ -143,8 +143,8 @@ fn dual(
             converged: true,
         });
     }
-    // Every vector of the solve in one allocation (a micro-batch of a few
-    // samples made ~17 small ones, a tenth of its update's time).
+    // Every vector of the solve in one allocation, not ~17 small ones
+    // (3–5 % of a 16-sample update at d = 16–64; BENCHMARKS.md).
     let mut workspace = vec![0.0; n * d + 2 * n * n + DUAL_VECTORS * n];
     let (v, rest) = workspace.split_at_mut(n * d);
     let (k, rest) = rest.split_at_mut(n * n);
