@@ -345,7 +345,7 @@ pub fn decode_in_memory(path: &Path) -> Phase {
 /// `Engine::finish` as the runner does at the end of a file. With `keys`
 /// above 0, phase 1 (timed apart) runs until the file's first `keys`
 /// records are read and the engine's table holds `keys` keys, as in
-/// bench 1's [`fill_table`]; phase 2 is the rest of the file.
+/// bench 1's `fill_table`; phase 2 is the rest of the file.
 pub fn from_file(
     path: &Path,
     config: &posterior_learner::config::Config,
