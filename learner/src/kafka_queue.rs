@@ -112,7 +112,10 @@ impl LaneQueue {
         let opaque = &*wake as *const Box<dyn Fn() + Send + Sync> as *mut c_void;
         // SAFETY: the queue is live; `opaque` stays valid until the
         // callback is replaced (here, after which the old box is dropped)
-        // or disabled (in `drop`).
+        // or disabled (in `drop`). librdkafka calls the callback with the
+        // queue's lock held (`rd_kafka_q_io_event`) and swaps it under the
+        // same lock (`rd_kafka_q_cb_event_enable`, librdkafka 2.12), so
+        // once this call returns no thread is still running the old one.
         unsafe { rdsys::rd_kafka_queue_cb_event_enable(self.queue.as_ptr(), Some(call), opaque) };
         self.wake = Some(wake);
     }
