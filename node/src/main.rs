@@ -21,11 +21,6 @@
 //! by `POSTERIOR_LEARNER__*` environment variables, overridden by `run`'s
 //! flags, checked before anything is opened or bound.
 
-mod embedded;
-mod load;
-mod metrics;
-mod quickstart;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -50,6 +45,7 @@ use posterior_learner::runner::{
 };
 use posterior_learner::savepoint;
 use posterior_learner::store::RocksStore;
+use posterior_node::{embedded, load, metrics, quickstart};
 use posterior_proto::v1;
 
 #[derive(Parser)]
