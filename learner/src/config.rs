@@ -790,10 +790,16 @@ fn default_stall_timeout() -> u64 {
 ///   queue checks per partition and second while the queue is full.
 /// - `fetch.wait.max.ms`: longest a fetch waits on the broker for new
 ///   records (default 500 ms); a resumed partition (backpressure) or a
-///   fresh record is delivered within this.
+///   fresh record is delivered within this. On the tests' broker a live
+///   stream's records reach the consumer about this late, not as soon as
+///   they arrive: from a sample produced to its update on a replica's
+///   `WatchParams`, p50 was 103–106 ms at 100 ms and 34–47 ms at 10 ms
+///   (BENCHMARKS.md, "Freshness from a sample to `WatchParams`"). At 10 ms
+///   an idle topic costs a hundred small fetches per second and broker; a
+///   catch-up, whose fetches find records waiting, does not notice.
 pub const CONSUMER_DEFAULTS: [(&str, &str); 2] = [
     ("fetch.queue.backoff.ms", "10"),
-    ("fetch.wait.max.ms", "100"),
+    ("fetch.wait.max.ms", "10"),
 ];
 
 /// librdkafka properties of the learner's producers (the `params` topic,

@@ -10,8 +10,9 @@
 //!
 //! - `posterior`: the replica's own consumer settings
 //!   (`config::CONSUMER_DEFAULTS` of the learner, `fetch.wait.max.ms` =
-//!   `replica::FETCH_WAIT_MAX_MS`);
-//! - the same with `fetch.wait.max.ms` = 100, the learner's source's;
+//!   10);
+//! - the same with `fetch.wait.max.ms` = 100, the learner's source's
+//!   setting before 2026-12-03;
 //! - `librdkafka defaults`: the same with `fetch.wait.max.ms` = 500 and
 //!   `fetch.queue.backoff.ms` = 1000, librdkafka's defaults.
 //!
@@ -131,7 +132,7 @@ fn main() -> Result<()> {
         start(
             &runtime,
             &args,
-            "fetch.wait.max.ms = 100 (the learner's)",
+            "fetch.wait.max.ms = 100 (the learner's before 2026-12-03)",
             &[("fetch.wait.max.ms", "100")],
         )?,
         start(&runtime, &args, "librdkafka defaults", &librdkafka_defaults)?,

@@ -426,26 +426,18 @@ fn consumer(config: &KafkaFeedConfig) -> Result<BaseConsumer, ReplicaError> {
         .map_err(kafka_error(&config.topic, "create the consumer".into()))
 }
 
-/// `fetch.wait.max.ms` of a replica's consumer: how long a fetch may wait
-/// on the broker for new records. Freshness is what a replica is for: on
-/// the tests' broker, with updates flowing, the delay from publish to a
-/// replica's `WatchParams` stream grew with this setting (BENCHMARKS.md,
-/// "Freshness through Kafka"). A broker that answers a fetch as soon as
-/// records arrive makes the setting matter only when the topic is idle,
-/// where it costs 100 small requests per second.
-pub const FETCH_WAIT_MAX_MS: &str = "10";
-
 /// The replica consumer's settings: the learner's consumer defaults
-/// (`fetch.queue.backoff.ms` above all: with librdkafka's 1 s a replica
-/// applying a full queue waited a second per refill) with
-/// [`FETCH_WAIT_MAX_MS`], the configured properties, then what the
-/// replica's reading depends on.
+/// (`fetch.queue.backoff.ms`: with librdkafka's 1 s a replica applying a
+/// full queue waited a second per refill; `fetch.wait.max.ms`: on the
+/// tests' broker, with updates flowing, the delay from publish to a
+/// replica's `WatchParams` stream grew with it, BENCHMARKS.md "Freshness
+/// through Kafka"), the configured properties, then what the replica's
+/// reading depends on.
 fn client_config(config: &KafkaFeedConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     for (key, value) in posterior_learner::config::CONSUMER_DEFAULTS {
         client.set(key, value);
     }
-    client.set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
     for (key, value) in &config.properties {
         client.set(key, value);
     }
@@ -524,14 +516,11 @@ mod tests {
     }
 
     #[test]
-    fn the_replica_consumer_starts_from_the_learners_defaults_and_waits_less() {
+    fn the_replica_consumer_starts_from_the_learners_defaults() {
         let client = client_config(&feed(&[]));
         for (key, value) in posterior_learner::config::CONSUMER_DEFAULTS {
-            if key != "fetch.wait.max.ms" {
-                assert_eq!(client.get(key), Some(value), "{key}");
-            }
+            assert_eq!(client.get(key), Some(value), "{key}");
         }
-        assert_eq!(client.get("fetch.wait.max.ms"), Some(FETCH_WAIT_MAX_MS));
         let client = client_config(&feed(&[
             ("fetch.queue.backoff.ms", "500"),
             ("enable.partition.eof", "false"),
