@@ -4,7 +4,8 @@
 //!
 //! The loop is the runner's loop around the runner's own
 //! [`Checkpointer`]: publish the changed keys to a `NullSink` every 100 ms
-//! (the default `publish.interval_ms`, checked every 1024 records), and
+//! (the default `publish.interval_ms` to a topic, checked every 1024
+//! records), and
 //! every `every` records checkpoint (publish and flush, dead letters
 //! synced, delta encoded, wait for the previous write, hand this one to
 //! the writer thread). The stall is the longest interval between the
@@ -37,8 +38,10 @@ use crate::workload::{Record, Workload, WorkloadSpec};
 pub const EVERY_FOR_100K_KEYS: u64 = 105_361;
 /// Records generated per chunk, outside the measured loop.
 const CHUNK: usize = 1 << 16;
-/// The default `publish.interval_ms`.
-const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// The publish interval: 100 ms, the default to a `params` topic (in
+/// process the default is 10 ms).
+const PUBLISH_EVERY: Duration =
+    Duration::from_millis(posterior_learner::config::DEFAULT_KAFKA_PUBLISH_INTERVAL_MS);
 /// Records between two looks at the publish interval.
 const PUBLISH_CHECK_EVERY: u64 = 1024;
 

@@ -134,7 +134,11 @@ mod tests {
         let engine = config.engine();
         assert_eq!(engine.batch.max_samples, 1);
         assert_eq!(engine.out_of_orderness_ms, 5_000, "the config default");
-        assert_eq!(config.publish_interval_ms(), 100, "the config default");
+        assert_eq!(
+            config.publish_interval_ms(),
+            posterior_learner::config::DEFAULT_PUBLISH_INTERVAL_MS,
+            "the config default"
+        );
         let micro = BenchConfig {
             model: Model::Beta,
             batching: Batching::Micro,

@@ -1,6 +1,7 @@
 //! Drives an engine the way the learner's runner does, minus the store:
 //! ingest every record, publish the changed keys every
-//! `publish_interval_ms` (default 100 ms) of timed pipeline time, and
+//! `publish_interval_ms` (the config's: 10 ms in process by default) of
+//! timed pipeline time, and
 //! every `checkpoint_every_records` (default 100 000) records drain the
 //! engine's change tracking with `checkpoint_delta_into` (a runner's
 //! ingesting thread's part of a checkpoint) *outside* the timed interval — so the engine's dirty sets stay the size they have in a

@@ -161,16 +161,27 @@ pub struct SavepointConfig {
 #[serde(deny_unknown_fields)]
 pub struct PublishConfig {
     /// Coalescing window: changed keys are published at most this often
-    /// (wall clock), and at every checkpoint.
-    #[serde(default = "default_publish_interval")]
-    pub interval_ms: u64,
+    /// (wall clock), and at every checkpoint. Unset:
+    /// [`DEFAULT_PUBLISH_INTERVAL_MS`], or
+    /// [`DEFAULT_KAFKA_PUBLISH_INTERVAL_MS`] with `kafka` (see
+    /// [`Config::publish_interval_ms`]).
+    pub interval_ms: Option<u64>,
     /// The Kafka `params` topic.
     pub kafka: Option<KafkaSinkConfig>,
 }
 
-fn default_publish_interval() -> u64 {
-    100
-}
+/// The publish interval in process (an embedded param-server, or no
+/// sink): a publish there is a send on a channel, and freshness is what
+/// the interval costs — from a sample entering the learner to its update
+/// on `WatchParams`, p99 14–32 ms at 10 ms and 106–123 ms at 100 ms in a
+/// live stream (BENCHMARKS.md, "Freshness from a sample to
+/// `WatchParams`"), with no measurable cost to bench 1's channel rows.
+pub const DEFAULT_PUBLISH_INTERVAL_MS: u64 = 10;
+
+/// The publish interval to the `params` topic, where every publish of a
+/// key is a record that every replica reads: a key updated often is
+/// coalesced into at most ten records a second.
+pub const DEFAULT_KAFKA_PUBLISH_INTERVAL_MS: u64 = 100;
 
 /// A topic the learner produces to: `[publish.kafka]`, and
 /// `[dead_letter]` with `kind = "kafka"`.
@@ -618,11 +629,19 @@ impl Config {
         Ok(())
     }
 
-    /// The publishing coalescing window in ms.
+    /// The publishing coalescing window in ms: `[publish] interval_ms`,
+    /// by default [`DEFAULT_KAFKA_PUBLISH_INTERVAL_MS`] when the learner
+    /// publishes to a topic and [`DEFAULT_PUBLISH_INTERVAL_MS`] when only
+    /// in process.
     pub fn publish_interval_ms(&self) -> u64 {
-        self.publish
-            .as_ref()
-            .map_or_else(default_publish_interval, |p| p.interval_ms)
+        let publish = self.publish.as_ref();
+        publish.and_then(|p| p.interval_ms).unwrap_or_else(|| {
+            if publish.is_some_and(|p| p.kafka.is_some()) {
+                DEFAULT_KAFKA_PUBLISH_INTERVAL_MS
+            } else {
+                DEFAULT_PUBLISH_INTERVAL_MS
+            }
+        })
     }
 
     /// The engine's tuning.
@@ -854,6 +873,27 @@ forgetting_half_life_ms = 3600000
         assert_eq!(specs.len(), 2);
         assert_eq!(specs[1].model.kind.dim(), 3);
         assert_eq!(config.engine().batch.max_samples, 1);
+    }
+
+    #[test]
+    fn the_publish_interval_defaults_by_sink() {
+        let interval = |publish: &str| {
+            Config::from_toml(&format!("{GOOD}\n{publish}"))
+                .unwrap()
+                .publish_interval_ms()
+        };
+        assert_eq!(interval(""), DEFAULT_PUBLISH_INTERVAL_MS);
+        assert_eq!(interval("[publish]\n"), DEFAULT_PUBLISH_INTERVAL_MS);
+        let topic = "[publish.kafka]\nbrokers = \"127.0.0.1:9\"\n";
+        assert_eq!(
+            interval(&format!("[publish]\n{topic}")),
+            DEFAULT_KAFKA_PUBLISH_INTERVAL_MS
+        );
+        assert_eq!(
+            interval(&format!("[publish]\ninterval_ms = 25\n{topic}")),
+            25
+        );
+        assert_eq!(interval("[publish]\ninterval_ms = 250\n"), 250);
     }
 
     #[test]
