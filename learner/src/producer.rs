@@ -3,9 +3,19 @@
 //! fails when any record since the last flush was not delivered. The
 //! `params` sink and the dead-letter topic flush it before every checkpoint,
 //! so what a checkpoint covers has been delivered.
+//!
+//! A flush waits for every record in the producer, so the thread that
+//! calls it stops producing. [`CheckedProducer::delivered_later`] instead
+//! returns a [`DeliveryBarrier`] for the records sent so far, which
+//! another thread waits on while this one goes on sending: the
+//! checkpoint writer waits for the `params` records a checkpoint covers
+//! before it writes, and ingestion does not wait for the broker's
+//! acknowledgements (on the tests' broker a flush took about 100 ms, and
+//! every checkpoint stalled the samples behind it that long).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -30,24 +40,133 @@ pub struct ProducerError {
     pub reason: String,
 }
 
-/// Delivery failures reported by librdkafka's background thread.
+/// Records sent and not yet reported, by sequence number: `front` is the
+/// oldest unreported one, `reported[i]` whether `front + i` was.
+#[derive(Debug, Default)]
+struct Outstanding {
+    front: u64,
+    reported: VecDeque<bool>,
+}
+
+impl Outstanding {
+    /// A sequence number for the next record sent.
+    fn sent(&mut self) -> u64 {
+        self.reported.push_back(false);
+        self.front + self.reported.len() as u64 - 1
+    }
+
+    /// Record `seq` was delivered or failed.
+    fn reported(&mut self, seq: u64) {
+        if let Some(index) = seq.checked_sub(self.front)
+            && let Some(slot) = self.reported.get_mut(index as usize)
+        {
+            *slot = true;
+        }
+        while self.reported.front() == Some(&true) {
+            self.reported.pop_front();
+            self.front += 1;
+        }
+    }
+
+    /// Sequence number of the next record to be sent.
+    fn next(&self) -> u64 {
+        self.front + self.reported.len() as u64
+    }
+
+    /// Every record numbered below `seq` has been reported.
+    fn reported_below(&self, seq: u64) -> bool {
+        self.front >= seq
+    }
+}
+
+/// Deliveries reported by librdkafka's background thread: failures, and
+/// which records are still out.
 #[derive(Debug, Default, Clone)]
 struct Deliveries {
     failed: Arc<AtomicU64>,
-    last_error: Arc<std::sync::Mutex<Option<String>>>,
+    last_error: Arc<Mutex<Option<String>>>,
+    outstanding: Arc<Mutex<Outstanding>>,
+}
+
+impl Deliveries {
+    fn outstanding(&self) -> std::sync::MutexGuard<'_, Outstanding> {
+        self.outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The failures since the last call, with the last error.
+    fn take_failures(&self) -> Option<(u64, String)> {
+        let failed = self.failed.swap(0, Ordering::Relaxed);
+        (failed > 0).then(|| {
+            let last = self
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|l| l.clone())
+                .unwrap_or_default();
+            (failed, last)
+        })
+    }
 }
 
 impl ClientContext for Deliveries {}
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
+    /// The record's sequence number ([`Outstanding::sent`]).
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         if let Err((err, _)) = result {
             self.failed.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut last) = self.last_error.lock() {
                 *last = Some(err.to_string());
             }
+        }
+        self.outstanding().reported(seq as u64);
+    }
+}
+
+/// The records a producer had been handed when the barrier was taken;
+/// [`Self::wait`] returns once all of them are delivered.
+pub struct DeliveryBarrier {
+    producer: Arc<BaseProducer<Deliveries>>,
+    deliveries: Deliveries,
+    below: u64,
+    topic: String,
+    timeout: Duration,
+}
+
+/// How long a [`DeliveryBarrier`] waits for a delivery report at a time
+/// (it also returns as soon as one is served).
+const BARRIER_POLL: Duration = Duration::from_millis(5);
+
+impl DeliveryBarrier {
+    /// Waits until every record sent before the barrier was taken is
+    /// delivered (serving delivery reports meanwhile), at most the
+    /// producer's flush timeout; fails like [`CheckedProducer::flush`]
+    /// when one was not — or when any other record failed meanwhile, as
+    /// that flush would.
+    pub fn wait(self) -> Result<(), ProducerError> {
+        let deadline = Instant::now() + self.timeout;
+        while !self.deliveries.outstanding().reported_below(self.below) {
+            if Instant::now() >= deadline {
+                return Err(ProducerError {
+                    topic: self.topic,
+                    reason: format!(
+                        "records not delivered within {} ms",
+                        self.timeout.as_millis()
+                    ),
+                });
+            }
+            self.producer.poll(BARRIER_POLL);
+        }
+        match self.deliveries.take_failures() {
+            Some((failed, last)) => Err(ProducerError {
+                topic: self.topic,
+                reason: format!("{failed} records were not delivered (last error: {last})"),
+            }),
+            None => Ok(()),
         }
     }
 }
@@ -55,7 +174,8 @@ impl ProducerContext for Deliveries {
 /// A producer to one topic (`acks=all`), with a bounded queue and checked
 /// deliveries.
 pub struct CheckedProducer {
-    producer: BaseProducer<Deliveries>,
+    /// Shared with the [`DeliveryBarrier`]s, which poll it for reports.
+    producer: Arc<BaseProducer<Deliveries>>,
     deliveries: Deliveries,
     topic: String,
     partitions: u32,
@@ -91,7 +211,7 @@ impl CheckedProducer {
         let partitions =
             topic_partitions(&probe, topic, flush_timeout).map_err(|e| error(e.to_string()))?;
         Ok(Self {
-            producer,
+            producer: Arc::new(producer),
             deliveries,
             topic: topic.to_owned(),
             partitions: partitions.len() as u32,
@@ -112,7 +232,8 @@ impl CheckedProducer {
         key: &[u8],
         value: &[u8],
     ) -> Result<Duration, ProducerError> {
-        let mut record = BaseRecord::to(&self.topic)
+        let seq = self.deliveries.outstanding().sent();
+        let mut record = BaseRecord::with_opaque_to(&self.topic, seq as usize)
             .key(key)
             .payload(value)
             .partition(partition as i32);
@@ -128,6 +249,8 @@ impl CheckedProducer {
                     record = back;
                 }
                 Err((err, _)) => {
+                    // Never queued: no report will come for it.
+                    self.deliveries.outstanding().reported(seq);
                     return Err(ProducerError {
                         topic: self.topic.clone(),
                         reason: format!("send {}: {err}", String::from_utf8_lossy(key)),
@@ -158,19 +281,57 @@ impl CheckedProducer {
         self.producer
             .flush(self.flush_timeout)
             .map_err(|e| error(format!("flush: {e}")))?;
-        let failed = self.deliveries.failed.swap(0, Ordering::Relaxed);
-        if failed > 0 {
-            let last = self
-                .deliveries
-                .last_error
-                .lock()
-                .ok()
-                .and_then(|l| l.clone())
-                .unwrap_or_default();
-            return Err(error(format!(
+        match self.deliveries.take_failures() {
+            Some((failed, last)) => Err(error(format!(
                 "{failed} records were not delivered (last error: {last})"
-            )));
+            ))),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// A barrier for the records sent so far, to wait on in another
+    /// thread while this one goes on sending (see the module's doc).
+    pub fn delivered_later(&self) -> DeliveryBarrier {
+        DeliveryBarrier {
+            producer: Arc::clone(&self.producer),
+            deliveries: self.deliveries.clone(),
+            below: self.deliveries.outstanding().next(),
+            topic: self.topic.clone(),
+            timeout: self.flush_timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_barrier_passes_once_every_earlier_record_is_reported_in_any_order() {
+        let mut out = Outstanding::default();
+        let seqs: Vec<u64> = (0..4).map(|_| out.sent()).collect();
+        assert_eq!(seqs, [0, 1, 2, 3]);
+        let barrier = out.next();
+        let later = out.sent();
+        assert!(!out.reported_below(barrier));
+        // Partitions report in their own order.
+        for seq in [2, 0, later, 3] {
+            out.reported(seq);
+            assert!(!out.reported_below(barrier), "record 1 is still out");
+        }
+        out.reported(1);
+        assert!(out.reported_below(barrier));
+        assert!(
+            out.reported_below(later + 1),
+            "the later record was reported too"
+        );
+        assert_eq!(out.next(), later + 1);
+        assert!(out.reported.is_empty());
+        // A report twice, or of a number never sent, changes nothing.
+        out.reported(1);
+        out.reported(99);
+        let next = out.sent();
+        assert_eq!(next, later + 1);
+        assert!(!out.reported_below(next + 1));
     }
 }

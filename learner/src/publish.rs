@@ -9,8 +9,9 @@
 //! deterministic, republishes identical values under identical sequence
 //! numbers; a consumer that keeps the highest sequence number per key
 //! therefore never sees a parameter go backwards. Before every checkpoint
-//! the sink is flushed, so everything a checkpoint covers has been
-//! delivered: a crash can repeat publications, never lose them.
+//! is written, everything published before it has been delivered (the
+//! checkpoint writer waits on [`ParamSink::delivered_later`]): a crash can
+//! repeat publications, never lose them.
 //!
 //! Sinks have bounded queues. When one is full, publishing blocks (the
 //! learner stops taking records) and the time blocked is counted — the
@@ -25,7 +26,7 @@ use prost::Message as _;
 use crate::engine::Engine;
 use crate::params::{ANNOUNCEMENT_KEY, ParamChange, Publication, announcement_to_wire};
 use crate::partitioning::partition_of;
-use crate::producer::{CheckedProducer, ProducerError};
+use crate::producer::{CheckedProducer, DeliveryBarrier, ProducerError};
 use crate::registry::VersionEntry;
 
 /// Why publishing failed.
@@ -61,9 +62,18 @@ pub trait ParamSink {
     /// a consumer learns a version before its first update.
     fn announce(&mut self, versions: &[VersionEntry]) -> Result<(), PublishError>;
 
-    /// Returns once everything handed over is delivered (called before a
-    /// checkpoint).
+    /// Returns once everything handed over is delivered.
     fn flush(&mut self) -> Result<(), PublishError>;
+
+    /// What [`Self::flush`] waits for, to be waited for on another thread
+    /// (the checkpoint writer's, before it writes) while this one goes on
+    /// publishing. By default it flushes here and returns an empty
+    /// [`Delivered`]; a sink whose deliveries take a round trip (Kafka)
+    /// hands the wait over.
+    fn delivered_later(&mut self) -> Result<Delivered, PublishError> {
+        self.flush()?;
+        Ok(Delivered::default())
+    }
 
     /// True for a consumer that starts empty with the learner (an embedded
     /// param-server): the learner's first publish then holds every key,
@@ -92,6 +102,28 @@ pub trait ParamSink {
     /// channel, records in a producer), for metrics.
     fn queued(&self) -> u64 {
         0
+    }
+}
+
+/// Deliveries still to wait for: [`ParamSink::delivered_later`].
+#[derive(Default)]
+#[must_use = "a checkpoint must wait for its deliveries before it is written"]
+pub struct Delivered(Vec<DeliveryBarrier>);
+
+impl Delivered {
+    /// Returns once everything published before it was taken is
+    /// delivered; fails like [`ParamSink::flush`].
+    pub fn wait(self) -> Result<(), PublishError> {
+        for barrier in self.0 {
+            barrier.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Both `self`'s deliveries and `other`'s.
+    pub fn and(mut self, other: Self) -> Self {
+        self.0.extend(other.0);
+        self
     }
 }
 
@@ -251,6 +283,13 @@ impl ParamSink for TeeSink {
         self.second.flush()
     }
 
+    fn delivered_later(&mut self) -> Result<Delivered, PublishError> {
+        Ok(self
+            .first
+            .delivered_later()?
+            .and(self.second.delivered_later()?))
+    }
+
     fn wants_every_key_at_start(&self) -> bool {
         self.first.wants_every_key_at_start() || self.second.wants_every_key_at_start()
     }
@@ -323,6 +362,10 @@ impl ParamSink for KafkaSink {
 
     fn flush(&mut self) -> Result<(), PublishError> {
         Ok(self.producer.flush()?)
+    }
+
+    fn delivered_later(&mut self) -> Result<Delivered, PublishError> {
+        Ok(Delivered(vec![self.producer.delivered_later()]))
     }
 
     fn stats(&self) -> PublishStats {

@@ -31,7 +31,7 @@ use crate::publish::{KafkaSink, NullSink, ParamSink, take_updates};
 use crate::registry::{Registry, VersionEntry};
 use crate::savepoint::{self, Savepoint};
 use crate::simulation::source::Simulator;
-use crate::store::{CheckpointStats, RocksStore, StoreError};
+use crate::store::{CheckpointStats, RocksStore};
 use crate::watchdog::{Progress, Watchdog};
 use crate::watermark::PartitionClock;
 
@@ -1194,7 +1194,7 @@ pub struct Checkpointer {
 }
 
 /// What a writer thread did: the result, and the emptied write list.
-type Written = (Result<(CheckpointStats, Duration), StoreError>, Vec<Write>);
+type Written = (Result<(CheckpointStats, Duration)>, Vec<Write>);
 
 /// A handed-off write.
 struct InFlight {
@@ -1438,14 +1438,18 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Publishes and flushes, makes the dead letters durable (everything
-    /// the checkpoint covers is delivered first), encodes the delta, waits
-    /// for the previous write and hands this one to a writer thread.
+    /// Publishes, makes the dead letters durable, encodes the delta, waits
+    /// for the previous write and hands this one to a writer thread, which
+    /// waits until everything published so far is delivered before it
+    /// writes (so a checkpoint never covers an update that was lost).
     /// Returns what ingestion was blocked for.
     pub fn checkpoint(&mut self, engine: &mut Engine, records: u64) -> Result<CheckpointTiming> {
         let t0 = Instant::now();
         self.publish(engine)?;
-        self.sink.flush().context("flush published updates")?;
+        let delivered = self
+            .sink
+            .delivered_later()
+            .context("flush published updates")?;
         let t1 = Instant::now();
         let dead_mark = self
             .dead
@@ -1487,6 +1491,18 @@ impl Checkpointer {
                 {
                     tracing::debug!("the checkpoint writer keeps its priority: {err}");
                 }
+                // A Kafka sink's acknowledgements, waited for here rather
+                // than on the ingesting thread.
+                let delivering = Instant::now();
+                if let Err(err) = delivered.wait() {
+                    let err = anyhow::Error::from(err)
+                        .context("deliver the updates published before the checkpoint");
+                    return (Err(err), writes);
+                }
+                tracing::debug!(
+                    "checkpoint writer: published updates delivered after {:?}",
+                    delivering.elapsed()
+                );
                 let start = Instant::now();
                 if let Some(delay) = slow_write {
                     std::thread::sleep(delay);
@@ -1506,7 +1522,12 @@ impl Checkpointer {
                         tracing::warn!("starting the flush after a checkpoint failed: {err}");
                     }
                 }
-                (written.map(|stats| (stats, took)), writes)
+                (
+                    written
+                        .map(|stats| (stats, took))
+                        .map_err(anyhow::Error::from),
+                    writes,
+                )
             })
             .context("start the checkpoint writer")?;
         self.in_flight = Some(InFlight {
