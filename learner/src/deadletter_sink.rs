@@ -1,6 +1,8 @@
 //! Where dead letters go: a JSONL file or a Kafka topic. The runner hands
 //! each checkpoint's letters to the sink and writes the checkpoint only
-//! once the sink says they are durable, so a letter is never lost.
+//! once the sink says they are durable, so a letter is never lost. A
+//! topic's acknowledgements are waited for by the checkpoint writer
+//! ([`DeadLetterSink::delivered_later`]), not by the ingesting thread.
 //!
 //! - **File, exactly once.** Each checkpoint records the file's length,
 //!   and a restore truncates the file to it: the letters written after the
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use crate::config::DeadLetterConfig;
 use crate::deadletter::DeadLetter;
-use crate::producer::{CheckedProducer, ProducerError};
+use crate::producer::{CheckedProducer, DeliveryBarrier, ProducerError};
 
 /// Why dead letters could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -42,11 +44,19 @@ pub enum DeadLetterError {
 
 /// A destination for the letters of each checkpoint.
 pub trait DeadLetterSink {
-    /// Writes `letters` and returns once they are durable (before the
-    /// checkpoint that covers them is written). Returns what the
-    /// checkpoint must record to restore the sink exactly: the file's
-    /// length, or `None`.
+    /// Writes `letters`: durable when this returns, or, for a sink that
+    /// returns a barrier from [`Self::delivered_later`], once that barrier
+    /// passes — either way before the checkpoint that covers them is
+    /// written. Returns what the checkpoint must record to restore the
+    /// sink exactly: the file's length, or `None`.
     fn commit(&mut self, letters: &[DeadLetter]) -> Result<Option<u64>, DeadLetterError>;
+
+    /// The deliveries the letters committed so far still wait for, to be
+    /// waited on before the checkpoint is written (on the writer's thread);
+    /// `None` when [`Self::commit`] made them durable itself.
+    fn delivered_later(&mut self) -> Option<DeliveryBarrier> {
+        None
+    }
 }
 
 /// Opens the sink `config` names. `checkpointed` is the mark the last
@@ -172,8 +182,12 @@ impl DeadLetterSink for DeadLetterTopic {
             self.producer
                 .send(partition, key.as_bytes(), &encode(letter))?;
         }
-        self.producer.flush()?;
+        self.producer.poll();
         Ok(None)
+    }
+
+    fn delivered_later(&mut self) -> Option<DeliveryBarrier> {
+        Some(self.producer.delivered_later())
     }
 }
 

@@ -20,13 +20,14 @@ use anyhow::{Context, Result};
 use crate::codec::{CorruptState, Table};
 use crate::config::{Config, SourceConfig};
 use crate::control::{Command, Scheduled};
-use crate::deadletter_sink::{self, DeadLetterSink};
+use crate::deadletter_sink::{self, DeadLetterError, DeadLetterSink};
 use crate::engine::ScheduleResult;
 use crate::engine::{Counters, Engine, Payload, SpareWrites, Write, sort_puts};
 use crate::fallback::ServedParams;
 use crate::file_source::FileSource;
 use crate::kafka::{ControlReader, KafkaSource, ParamsTopic, Polled};
 use crate::metrics::LearnerMetrics;
+use crate::producer::DeliveryBarrier;
 use crate::publish::{KafkaSink, NullSink, ParamSink, take_updates};
 use crate::registry::{Registry, VersionEntry};
 use crate::savepoint::{self, Savepoint};
@@ -1455,6 +1456,7 @@ impl Checkpointer {
             .dead
             .commit(&engine.take_dead_letters())
             .context("write dead letters")?;
+        let dead_delivered = self.dead.delivered_later();
         let t2 = Instant::now();
         let mut writes = self.spare.take();
         let (puts, ahead) = engine.checkpoint_delta_apart(&mut writes);
@@ -1497,6 +1499,11 @@ impl Checkpointer {
                 if let Err(err) = delivered.wait() {
                     let err = anyhow::Error::from(err)
                         .context("deliver the updates published before the checkpoint");
+                    return (Err(err), writes);
+                }
+                if let Some(Err(err)) = dead_delivered.map(DeliveryBarrier::wait) {
+                    let err = anyhow::Error::from(DeadLetterError::from(err))
+                        .context("write dead letters: deliver those the checkpoint covers");
                     return (Err(err), writes);
                 }
                 tracing::debug!(

@@ -5,14 +5,15 @@
 //! restarted each time, and the dead-letter topic must end holding exactly
 //! the oracle's letters once keyed copies are merged — every repeat of a
 //! key `partition/offset` carrying byte-identical JSON. And a dead-letter
-//! topic whose broker dies stops the learner before the checkpoint that
-//! would cover undelivered letters: none is lost.
+//! topic whose broker dies under a live learner stops it before a
+//! checkpoint that would cover undelivered letters: none is lost.
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use posterior_learner::config::Config;
 use posterior_tests::broker::{Broker, Storage};
@@ -21,7 +22,9 @@ use posterior_tests::log::{LogSpec, generate_records};
 use posterior_tests::oracle::{
     dump_store, first_difference, oracle, produce_samples, sorted_lines,
 };
-use posterior_tests::{KillPlan, finish_within, kill_then_finish, learner_until_end};
+use posterior_tests::{
+    KillPlan, binary, finish_within, kill_then_finish, learner_until_end, log_file,
+};
 
 const PARTITIONS: u32 = 2;
 const DEAD_PARTITIONS: u32 = 3;
@@ -111,22 +114,38 @@ fn a_dead_letter_topic_that_fails_stops_the_learner_before_its_checkpoint() {
         out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
         seed: 42,
     });
-    produce_samples(&samples, &records, 1);
+    let (before, after) = records.split_at(100_000);
+    produce_samples(&samples, before, 1);
     let (config_path, config) =
         write_config(dir.path(), &samples, &dead, "flush_timeout_ms = 2000\n");
     let (expected_dump, expected_dead) = oracle(&config, &records, 1);
 
+    // A live learner (it waits for more records at the end of the topic),
+    // mid-run: letters of its first checkpoints are on the topic.
     let log = dir.path().join("learner.log");
-    let run = || learner_until_end(&config_path, &log).spawn().unwrap();
-    let mut child = run();
-    std::thread::sleep(Duration::from_millis(1_500));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the learner finished before the outage; make the log longer"
-    );
-    // The letters of the next checkpoint cannot be delivered: the
-    // learner must stop before writing that checkpoint, not lose them.
+    let mut child = Command::new(binary("learner"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stderr(log_file(&log))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while dead.high_watermarks(TOPIC, 1)[0] == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no dead letter reached the topic"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the learner stopped early"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The letters of the next checkpoints cannot be delivered: the
+    // learner must stop before writing a checkpoint that covers them,
+    // not lose them.
     dead.kill();
+    produce_samples(&samples, after, 1);
     let status = finish_within(&mut child, Duration::from_secs(120), &log);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success(), "the learner went on without its topic");
@@ -136,7 +155,7 @@ fn a_dead_letter_topic_that_fails_stops_the_learner_before_its_checkpoint() {
     );
 
     dead.restart();
-    let mut child = run();
+    let mut child = learner_until_end(&config_path, &log).spawn().unwrap();
     let status = finish_within(&mut child, Duration::from_secs(300), &log);
     assert!(status.success(), "see {}", log.display());
     let got_dump = dump_store(&config);
