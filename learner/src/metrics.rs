@@ -95,6 +95,7 @@ pub struct LearnerMetrics {
     publish_queue: Gauge,
     checkpoint_blocked: Histogram,
     checkpoint_write: Histogram,
+    checkpoint_delivery: Histogram,
     checkpoint_bytes: Histogram,
     stored_ahead: Counter,
     savepoint_duration: Histogram,
@@ -141,6 +142,7 @@ impl LearnerMetrics {
             publish_queue: Gauge::default(),
             checkpoint_blocked: Histogram::new(seconds_buckets()),
             checkpoint_write: Histogram::new(seconds_buckets()),
+            checkpoint_delivery: Histogram::new(seconds_buckets()),
             checkpoint_bytes: Histogram::new(bytes_buckets()),
             stored_ahead: Counter::default(),
             savepoint_duration: Histogram::new(seconds_buckets()),
@@ -228,6 +230,12 @@ impl LearnerMetrics {
             "posterior_learner_checkpoint_write_seconds",
             "Time of a checkpoint's synced RocksDB write (on the writer thread)",
             m.checkpoint_write.clone(),
+        );
+        r.register(
+            "posterior_learner_checkpoint_delivery_seconds",
+            "Time the checkpoint writer waited for the broker's acknowledgements of the params \
+             and dead letters a checkpoint covers, before writing it",
+            m.checkpoint_delivery.clone(),
         );
         r.register(
             "posterior_learner_checkpoint_size_bytes",
@@ -363,10 +371,12 @@ impl LearnerMetrics {
         self.stored_ahead.inc_by(keys as u64);
     }
 
-    /// One checkpoint written: its write's time and bytes.
-    pub fn observe_checkpoint_write(&self, took: Duration, bytes: u64) {
+    /// One checkpoint written: its write's time and bytes, and how long
+    /// its writer waited for deliveries first.
+    pub fn observe_checkpoint_write(&self, took: Duration, bytes: u64, delivery: Duration) {
         self.checkpoint_write.observe(took.as_secs_f64());
         self.checkpoint_bytes.observe(bytes as f64);
+        self.checkpoint_delivery.observe(delivery.as_secs_f64());
     }
 
     /// One savepoint taken: its time and the bytes of its files.

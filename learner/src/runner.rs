@@ -1195,7 +1195,7 @@ pub struct Checkpointer {
 }
 
 /// What a writer thread did: the result, and the emptied write list.
-type Written = (Result<(CheckpointStats, Duration)>, Vec<Write>);
+type Written = (Result<(CheckpointStats, Duration, Duration)>, Vec<Write>);
 
 /// A handed-off write.
 struct InFlight {
@@ -1213,6 +1213,10 @@ pub struct WriteDone {
     pub stats: CheckpointStats,
     /// Wall time of the write on the writer thread.
     pub took: Duration,
+    /// How long the writer waited, before writing, for the broker's
+    /// acknowledgements of what the checkpoint covers (zero without Kafka
+    /// sinks).
+    pub delivery_wait: Duration,
     /// The next offsets this checkpoint made durable.
     pub offsets: BTreeMap<u32, u64>,
 }
@@ -1506,10 +1510,7 @@ impl Checkpointer {
                         .context("write dead letters: deliver those the checkpoint covers");
                     return (Err(err), writes);
                 }
-                tracing::debug!(
-                    "checkpoint writer: published updates delivered after {:?}",
-                    delivering.elapsed()
-                );
+                let delivery_wait = delivering.elapsed();
                 let start = Instant::now();
                 if let Some(delay) = slow_write {
                     std::thread::sleep(delay);
@@ -1531,7 +1532,7 @@ impl Checkpointer {
                 }
                 (
                     written
-                        .map(|stats| (stats, took))
+                        .map(|stats| (stats, took, delivery_wait))
                         .map_err(anyhow::Error::from),
                     writes,
                 )
@@ -1568,15 +1569,16 @@ impl Checkpointer {
             .join()
             .map_err(|_| anyhow::anyhow!("the checkpoint writer panicked"))?;
         self.spare.give_back(emptied, in_flight.writes);
-        let (stats, took) = written.context("write checkpoint")?;
+        let (stats, took, delivery_wait) = written.context("write checkpoint")?;
         self.count += 1;
         if let Some(metrics) = &self.metrics {
-            metrics.observe_checkpoint_write(took, stats.bytes as u64);
+            metrics.observe_checkpoint_write(took, stats.bytes as u64, delivery_wait);
         }
         self.failpoint.hit("after_checkpoint", in_flight.records);
         self.last_write = Some(WriteDone {
             stats,
             took,
+            delivery_wait,
             offsets: in_flight.offsets,
         });
         Ok(self.last_write.as_ref())

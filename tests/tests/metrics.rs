@@ -173,6 +173,9 @@ fn applied_and_dead_letters_by_reason_match_an_uninterrupted_run() {
     assert_eq!(batches[""], summary.counters.applied as f64, "{page}");
     let checkpoints = series(&page, "posterior_learner_checkpoint_write_seconds_count");
     assert!(checkpoints[""] >= 1.0, "{page}");
+    // Each write first waited for its deliveries (none to wait for here).
+    let delivered = series(&page, "posterior_learner_checkpoint_delivery_seconds_count");
+    assert_eq!(delivered[""], checkpoints[""], "{page}");
 
     // The embedded server's series on the same page: it serves every key
     // the learner has, once the feed has applied the last publication.
