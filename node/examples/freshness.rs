@@ -641,3 +641,37 @@ fn start_replica(
     ));
     Ok((replica, store, addr, shutdown))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_accounts_for_every_sample_of_its_doc_it_covers_once() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let entered = |ms, floor_us| Entered {
+            at: at(ms),
+            floor_us,
+        };
+        let mut ledger = Ledger::default();
+        ledger.enter(1, 100, 0, entered(0, 2_000));
+        ledger.enter(1, 100, 1, entered(1, 0));
+        ledger.enter(1, 105, 2, entered(2, 0));
+        ledger.enter(2, 100, 3, entered(3, 0));
+        assert_eq!(ledger.waiting_count, 4);
+
+        // Doc 1 up to event time 100: its two samples there, not 105.
+        ledger.arrived(1, 100, at(10));
+        assert_eq!(ledger.seen, [(10_000, 8_000), (9_000, 9_000)]);
+        assert_eq!(ledger.waiting_count, 2);
+        // Again, or a doc nobody waits for: nothing more.
+        ledger.arrived(1, 100, at(11));
+        ledger.arrived(9, 1_000, at(11));
+        assert_eq!(ledger.seen.len(), 2);
+        // A later update covers the rest of doc 1; doc 2 still waits.
+        ledger.arrived(1, 200, at(12));
+        assert_eq!(ledger.seen[2], (10_000, 10_000));
+        assert_eq!(ledger.waiting_count, 1);
+    }
+}
