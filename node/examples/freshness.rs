@@ -58,9 +58,6 @@ use posterior_learner::partitioning::partition_of;
 use posterior_learner::runner::{Controls, KafkaRunMode, run_kafka, run_local_with};
 use posterior_learner::sample::{Sample, labels};
 use posterior_node::{embedded, load};
-use posterior_param_server::config::{FeedConfig, KafkaFeedConfig};
-use posterior_param_server::replica::Replica;
-use posterior_param_server::{Limits, ParamStore, ServeOptions, serve};
 use posterior_proto::v1::JoinedSample;
 use posterior_tests::broker::{Broker, Storage};
 use prost::Message as _;
@@ -69,6 +66,9 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rdkafka::ClientConfig as KafkaConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord};
 use tokio::sync::oneshot;
+
+#[path = "../../param-server/examples/common/loopback_replica.rs"]
+mod loopback_replica;
 
 /// The learner binary's allocator.
 #[global_allocator]
@@ -433,7 +433,9 @@ fn run_row(args: &Args, path: Deployment, ooo: u64, interval: u64, dir: &Path) -
                     .spawn(move || run_kafka(&config, KafkaRunMode::Unbounded, &controls))
                     .context("spawn the learner")?
             };
-            let (replica, store, addr, shutdown) = start_replica(&runtime, &brokers, params)?;
+            let replica =
+                loopback_replica::start(&runtime, &brokers, params, &[], Duration::from_secs(60))?;
+            let addr = replica.addr.clone();
             let producer: BaseProducer = KafkaConfig::new()
                 .set("bootstrap.servers", &brokers)
                 .set("queue.buffering.max.messages", "1000000")
@@ -447,11 +449,7 @@ fn run_row(args: &Args, path: Deployment, ooo: u64, interval: u64, dir: &Path) -
                 },
                 format!("http://{addr}"),
                 learner,
-                Box::new(move || {
-                    let _ = shutdown.send(());
-                    replica.stop(&store)?;
-                    Ok(())
-                }),
+                Box::new(move || replica.stop()),
             )
         }
     };
@@ -599,47 +597,6 @@ async fn watch(endpoint: String, ledger: Arc<Mutex<Ledger>>, ready: oneshot::Sen
             }
         }
     }
-}
-
-/// A replica following `topic`, ready, served on a loopback port.
-fn start_replica(
-    runtime: &tokio::runtime::Runtime,
-    brokers: &str,
-    topic: &str,
-) -> Result<(Replica, Arc<ParamStore>, String, oneshot::Sender<()>)> {
-    let feed = FeedConfig {
-        kafka: Some(KafkaFeedConfig {
-            brokers: brokers.to_owned(),
-            topic: topic.to_owned(),
-            request_timeout_ms: 30_000,
-            properties: BTreeMap::new(),
-        }),
-        snapshot: None,
-    };
-    let store = Arc::new(ParamStore::default());
-    let replica = Replica::start(&feed, &store, None).context("start the replica")?;
-    let readiness = replica.readiness();
-    let begun = Instant::now();
-    while !readiness.is_ready() {
-        anyhow::ensure!(
-            begun.elapsed() < Duration::from_secs(60),
-            "replica not ready"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?.to_string();
-    let (shutdown, stop) = oneshot::channel::<()>();
-    runtime.spawn(serve(
-        listener,
-        Arc::clone(&store),
-        Limits::default(),
-        ServeOptions::default(),
-        async {
-            let _ = stop.await;
-        },
-    ));
-    Ok((replica, store, addr, shutdown))
 }
 
 #[cfg(test)]

@@ -34,7 +34,6 @@
 //! `cargo run --release -p posterior-param-server --example kafka_freshness
 //! -- --brokers HOST:PORT --topic params-fresh`.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,9 +41,6 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use posterior_learner::params::update_to_wire;
 use posterior_learner::partitioning::partition_of;
-use posterior_param_server::config::{FeedConfig, KafkaFeedConfig};
-use posterior_param_server::replica::Replica;
-use posterior_param_server::{Limits, ParamStore, ServeOptions, serve};
 use posterior_proto::v1;
 use posterior_proto::v1::param_service_client::ParamServiceClient;
 use posterior_proto::v1::watch_params_event::Event;
@@ -56,6 +52,8 @@ use tokio::sync::oneshot;
 
 #[path = "common/kafka_params.rs"]
 mod kafka_params;
+#[path = "common/loopback_replica.rs"]
+mod loopback_replica;
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]
@@ -95,10 +93,7 @@ const FIRST_SEQ: u64 = 2;
 /// A replica on its own store, served over gRPC on loopback.
 struct Contender {
     name: &'static str,
-    replica: Replica,
-    store: Arc<ParamStore>,
-    addr: String,
-    shutdown: oneshot::Sender<()>,
+    served: loopback_replica::LoopbackReplica,
 }
 
 fn main() -> Result<()> {
@@ -138,7 +133,7 @@ fn main() -> Result<()> {
         start(&runtime, &args, "librdkafka defaults", &librdkafka_defaults)?,
     ];
     for c in &contenders {
-        let served = c.store.version(&spec.name)?.table().len() as u64;
+        let served = c.served.store.version(&spec.name)?.table().len() as u64;
         anyhow::ensure!(served == args.watched, "{}: {served} docs served", c.name);
     }
 
@@ -148,7 +143,7 @@ fn main() -> Result<()> {
     for c in &contenders {
         let (ready, is_ready) = oneshot::channel();
         watchers.push(runtime.spawn(watch(
-            c.addr.clone(),
+            c.served.addr.clone(),
             spec.name.clone(),
             watched.clone(),
             total,
@@ -212,8 +207,7 @@ fn main() -> Result<()> {
             c.name,
             latencies.len()
         );
-        let _ = c.shutdown.send(());
-        c.replica.stop(&c.store)?;
+        c.served.stop()?;
     }
     Ok(())
 }
@@ -237,56 +231,22 @@ fn send_update(
     )
 }
 
-/// Starts a replica with `properties` on a fresh store, waits until it is
-/// ready, and serves the store on a loopback port.
+/// Starts a replica with `properties` (see `loopback_replica::start`).
 fn start(
     runtime: &tokio::runtime::Runtime,
     args: &Args,
     name: &'static str,
     properties: &[(&str, &str)],
 ) -> Result<Contender> {
-    let feed = FeedConfig {
-        kafka: Some(KafkaFeedConfig {
-            brokers: args.brokers.clone(),
-            topic: args.topic.clone(),
-            request_timeout_ms: 30_000,
-            properties: properties
-                .iter()
-                .map(|&(k, v)| (k.to_owned(), v.to_owned()))
-                .collect::<BTreeMap<_, _>>(),
-        }),
-        snapshot: None,
-    };
-    let store = Arc::new(ParamStore::default());
-    let replica = Replica::start(&feed, &store, None).context("start the replica")?;
-    let readiness = replica.readiness();
-    let begun = Instant::now();
-    while !readiness.is_ready() {
-        anyhow::ensure!(
-            begun.elapsed() < Duration::from_secs(120),
-            "{name}: not ready"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?.to_string();
-    let (shutdown, stop) = oneshot::channel::<()>();
-    runtime.spawn(serve(
-        listener,
-        Arc::clone(&store),
-        Limits::default(),
-        ServeOptions::default(),
-        async {
-            let _ = stop.await;
-        },
-    ));
-    Ok(Contender {
-        name,
-        replica,
-        store,
-        addr,
-        shutdown,
-    })
+    let served = loopback_replica::start(
+        runtime,
+        &args.brokers,
+        &args.topic,
+        properties,
+        Duration::from_secs(120),
+    )
+    .with_context(|| format!("{name}: start"))?;
+    Ok(Contender { name, served })
 }
 
 /// Follows `doc_ids` until `total` timed updates arrived; returns their
