@@ -67,7 +67,7 @@ impl Phase {
 /// Settings of bench 1 that default to the learner's config defaults.
 #[derive(Debug, Clone, Copy)]
 pub struct Knobs {
-    /// Publish interval; `None` = the config default (100 ms).
+    /// Publish interval; `None` = the config default (10 ms in process).
     pub publish_interval_ms: Option<u64>,
     /// Records between two drains of the change tracking (the config's
     /// default checkpoint interval, 100 000).

@@ -8,8 +8,9 @@
 //!   settings (`kafka::consumer_config` and the source's own), assigned
 //!   every partition; per record it only reads the payload length.
 //! - `source+engine`: the learner's `KafkaSource` (decode + validate, on
-//!   its reader thread) and the engine, publishing to a `NullSink` every
-//!   100 ms, like the runner's loop without checkpoints (change tracking
+//!   its reader thread) and the engine, publishing to a `NullSink` at the
+//!   config's interval (10 ms: no `[publish.kafka]`), like the runner's
+//!   loop without checkpoints (change tracking
 //!   is not drained); once with reads aligned across partitions like the
 //!   runner's, once unaligned (as the broker hands the partitions over).
 //! - `runner`: `runner::run_kafka_with` in `UntilEnd` mode, i.e. the

@@ -67,7 +67,7 @@ enum Bench {
         /// Event-time density (samples per ms).
         #[arg(long, default_value_t = 100)]
         samples_per_ms: u64,
-        /// Publish interval (default: the config's, 100 ms).
+        /// Publish interval (default: the config's, 10 ms in process).
         #[arg(long)]
         publish_interval_ms: Option<u64>,
         /// Records between drains of the change tracking.
