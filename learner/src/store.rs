@@ -28,6 +28,23 @@ use crate::engine::{Entries, Write};
 /// flushes after each checkpoint (see [`RocksStore::open`]).
 const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
 
+/// Size at which RocksDB's info log (`LOG` in the state directory) is
+/// rolled over to a new file, and how many rolled-over files (`LOG.old.*`,
+/// also one per open) are kept. RocksDB's defaults never roll the log and
+/// keep 1 000 old ones: with a flush after every checkpoint, a learner
+/// run with `config/learner-embedded.toml` (simulator source) wrote
+/// 12.8 MB of it in 9 minutes (about 2 GB a day), more than its whole
+/// state. Small in tests, so that a test sees the roll-over (but above the
+/// ~100 KB of options that start every file).
+const INFO_LOG_BYTES: usize = if cfg!(test) { 512 << 10 } else { 16 << 20 };
+/// Rolled-over info logs kept (see [`INFO_LOG_BYTES`]).
+const INFO_LOGS_KEPT: usize = 4;
+
+/// Size past which RocksDB starts a new MANIFEST (the log of table-file
+/// changes, one entry per flush and compaction, replayed at every open);
+/// RocksDB's default is 1 GiB. Small in tests, as above.
+const MANIFEST_BYTES: usize = if cfg!(test) { 16 << 10 } else { 64 << 20 };
+
 /// Bytes a `WriteBatch` of `writes` takes, within a few per entry (its
 /// header, and per entry a type byte, a column family id and two length
 /// varints).
@@ -149,6 +166,10 @@ impl RocksStore {
         // not run, past this size RocksDB flushes the tables that pin the
         // oldest WAL.
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+        // Bounded diagnostics: see `INFO_LOG_BYTES` and `MANIFEST_BYTES`.
+        opts.set_max_log_file_size(INFO_LOG_BYTES);
+        opts.set_keep_log_file_num(INFO_LOGS_KEPT);
+        opts.set_max_manifest_file_size(MANIFEST_BYTES);
         let display = path.display().to_string();
         let rocks = |source| StoreError::Rocks {
             path: display.clone(),
@@ -394,6 +415,74 @@ mod tests {
         assert_eq!(reopened.entries(Table::Meta).unwrap(), expected);
         // A flush without waiting is accepted too (it only starts one).
         reopened.flush(false).unwrap();
+    }
+
+    /// Bytes and count of the state directory's files whose names start
+    /// with `prefix`.
+    fn files_named(dir: &Path, prefix: &str) -> (u64, usize) {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .fold((0, 0), |(bytes, n), e| {
+                (bytes + e.metadata().unwrap().len(), n + 1)
+            })
+    }
+
+    /// The name of the state directory's one MANIFEST.
+    fn manifest(dir: &Path) -> String {
+        let mut found = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("MANIFEST-"));
+        let name = found.next().expect("a MANIFEST");
+        assert!(found.next().is_none(), "old MANIFESTs are deleted");
+        name
+    }
+
+    /// A long run's checkpoints (each a write and a flush) and restarts
+    /// leave a bounded info log and MANIFEST behind, not ones that grow
+    /// with every flush and open.
+    #[test]
+    fn the_info_log_and_the_manifest_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        // Without the bounds: one info log per open (~100 KB of options,
+        // then ~37 KB a flush here), and a MANIFEST that grows by ~1 KB a
+        // flush until the next open.
+        let (opens, flushes) = (6, 40_u32);
+        let mut rolled = false;
+        for _ in 0..opens {
+            let store = RocksStore::open(dir.path()).unwrap();
+            let opened = manifest(dir.path());
+            for i in 0..flushes {
+                let writes = Table::ALL
+                    .iter()
+                    .map(|&t| Write::Put(t, i.to_be_bytes().to_vec(), vec![1; 64]))
+                    .collect();
+                store.write(writes).unwrap();
+                store.flush(true).unwrap();
+            }
+            rolled |= manifest(dir.path()) != opened;
+        }
+        let (log_bytes, logs) = files_named(dir.path(), "LOG");
+        assert!(logs <= INFO_LOGS_KEPT + 1, "{logs} info logs kept");
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name().to_string_lossy().starts_with("LOG") {
+                // A rolled-over file may pass the bound by the lines that
+                // crossed it; a new file starts with the options (~100 KB).
+                let bytes = entry.metadata().unwrap().len();
+                assert!(
+                    bytes <= (INFO_LOG_BYTES + (256 << 10)) as u64,
+                    "{:?}: {bytes} bytes ({log_bytes} in {logs} files)",
+                    entry.file_name()
+                );
+            }
+        }
+        assert!(rolled, "the MANIFEST never rolled over within an open");
+        // Still the same store.
+        let store = RocksStore::open(dir.path()).unwrap();
+        assert_eq!(store.entries(Table::Meta).unwrap().len(), flushes as usize);
     }
 
     #[test]
