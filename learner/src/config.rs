@@ -154,6 +154,13 @@ pub struct SavepointConfig {
     /// verified savepoint (default on).
     #[serde(default = "yes")]
     pub restore_when_missing: bool,
+    /// Keep at most this many of this learner's own savepoints (those
+    /// taken on shutdown, by signal or by `learner savepoint`, of its
+    /// partitions): after each one, older ones beyond it are deleted.
+    /// Savepoints asked for by an admin command (named by its id, what
+    /// `RollbackVersion` refers to) and other learners' are never
+    /// deleted. Absent: keep every savepoint.
+    pub keep: Option<usize>,
 }
 
 /// `[publish]`.
@@ -593,6 +600,12 @@ impl Config {
                 }
             }
         }
+        if self.savepoints.as_ref().and_then(|s| s.keep) == Some(0) {
+            return bad(
+                "savepoints.keep",
+                "must be >= 1 (leave it out to keep every savepoint)",
+            );
+        }
         if self.order.out_of_orderness_ms < 0 {
             return bad("order.out_of_orderness_ms", "must be >= 0");
         }
@@ -908,6 +921,10 @@ forgetting_half_life_ms = 3600000
                 "versions[1]",
             ),
             (GOOD.replace("dim = 3", "dim = 0"), "dim"),
+            (
+                format!("{GOOD}\n[savepoints]\ndir = \"sp\"\nkeep = 0\n"),
+                "savepoints.keep",
+            ),
             (
                 GOOD.replace("name = \"ctr-logistic\"", "name = \"ctr-beta\""),
                 "versions[1].name",

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::codec::{CorruptState, Table};
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, SavepointConfig, SourceConfig};
 use crate::control::{Command, Scheduled};
 use crate::deadletter_sink::{self, DeadLetterError, DeadLetterSink};
 use crate::engine::ScheduleResult;
@@ -1045,6 +1045,26 @@ fn export_lag(controls: &Controls, source: &KafkaSource, engine: &Engine) {
     }
 }
 
+/// Applies `[savepoints] keep` after `taken` was written: deletes this
+/// learner's older savepoints beyond it ([`savepoint::prune`]). A failure
+/// is logged, not fatal: the new savepoint stands.
+pub fn prune_savepoints(config: &SavepointConfig, taken: &Savepoint) {
+    let Some(keep) = config.keep else {
+        return;
+    };
+    match savepoint::prune(&config.dir, taken, keep) {
+        Ok(deleted) => {
+            for dir in deleted {
+                tracing::info!(
+                    "savepoint {} deleted ([savepoints] keep = {keep})",
+                    dir.display()
+                );
+            }
+        }
+        Err(err) => tracing::warn!("deleting savepoints beyond [savepoints] keep = {keep}: {err}"),
+    }
+}
+
 /// Does the I/O of the barrier command the engine is held at, if any —
 /// a savepoint of the state at exactly the command's event time, or the
 /// states a rollback restores — and completes it; again while the
@@ -1325,18 +1345,18 @@ impl Checkpointer {
     pub fn savepoint(&mut self, config: &Config, partition_count: u32, records: u64) -> Result<()> {
         self.wait()?;
         let start = Instant::now();
-        let dir = &config
+        let savepoints = config
             .savepoints
             .as_ref()
-            .context("a savepoint needs [savepoints] dir in the config")?
-            .dir;
+            .context("a savepoint needs [savepoints] dir in the config")?;
         let failpoint = &self.failpoint;
-        let taken = savepoint::write_with(dir, &self.store, partition_count, || {
+        let taken = savepoint::write_with(&savepoints.dir, &self.store, partition_count, || {
             failpoint.hit("mid_savepoint", records);
         })
         .context("take savepoint")?;
         self.observe_savepoint(&taken, start);
         tracing::info!("savepoint {}", taken.dir.display());
+        prune_savepoints(savepoints, &taken);
         Ok(())
     }
 

@@ -384,6 +384,63 @@ pub fn list(root: &Path) -> Result<(Vec<Savepoint>, Vec<SavepointError>), Savepo
     Ok((valid, invalid))
 }
 
+/// Prefix under which [`prune`] deletes a savepoint (a `.tmp-` name: never
+/// listed nor restored once the deletion has begun).
+const PRUNED_PREFIX: &str = ".tmp-pruned-";
+
+/// Deletes the oldest savepoints under `root` of the kind `taken` is —
+/// taken without an admin command, of the same partitions of a topic of
+/// the same size, in this format — beyond the newest `keep` (at least 1;
+/// `taken` is never deleted). Savepoints named by an admin command and
+/// other learners' are left alone, as is anything whose manifest cannot
+/// be read. Each is renamed to a `.tmp-` name before it is removed, so a
+/// crash midway never leaves a half-deleted savepoint that could be
+/// listed; such leftovers are removed by the next call. Only manifests
+/// are read. Returns the deleted directories, oldest first.
+pub fn prune(root: &Path, taken: &Savepoint, keep: usize) -> Result<Vec<PathBuf>, SavepointError> {
+    let mut ours = Vec::new();
+    for entry in fs::read_dir(root).map_err(io(root))? {
+        let path = entry.map_err(io(root))?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with(PRUNED_PREFIX) {
+            fs::remove_dir_all(&path).map_err(io(&path))?;
+            continue;
+        }
+        if name.starts_with('.') || !path.is_dir() {
+            continue;
+        }
+        let manifest = fs::read(path.join(MANIFEST))
+            .ok()
+            .and_then(|text| serde_json::from_slice::<Manifest>(&text).ok());
+        if let Some(m) = manifest
+            && m.format_version == FORMAT_VERSION
+            && m.command_id.is_none()
+            && m.partitions == taken.manifest.partitions
+            && m.partition_count == taken.manifest.partition_count
+        {
+            ours.push((m.created_unix_ms, path));
+        }
+    }
+    ours.sort();
+    let excess = ours.len().saturating_sub(keep.max(1));
+    let mut deleted = Vec::new();
+    for (_, dir) in ours.into_iter().take(excess) {
+        if dir == taken.dir {
+            continue;
+        }
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        let doomed = root.join(format!("{PRUNED_PREFIX}{}", name.unwrap_or_default()));
+        fs::rename(&dir, &doomed).map_err(io(&dir))?;
+        sync_dir(root)?;
+        fs::remove_dir_all(&doomed).map_err(io(&doomed))?;
+        deleted.push(dir);
+    }
+    Ok(deleted)
+}
+
 /// A version's spec and every (doc id, state) of it.
 pub type VersionStates = (crate::version::VersionSpec, Vec<(u64, KeyState)>);
 

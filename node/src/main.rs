@@ -350,6 +350,9 @@ fn run_command(command: Command) -> Result<()> {
                 let store = RocksStore::open(&config.state.dir).context("open state store")?;
                 let taken = savepoint::write(savepoint_root(&config)?, &store, partition_count)?;
                 println!("{}", taken.dir.display());
+                if let Some(savepoints) = &config.savepoints {
+                    posterior_learner::runner::prune_savepoints(savepoints, &taken);
+                }
             }
             SavepointAction::List { config } => {
                 let config = load_logged(&config)?;

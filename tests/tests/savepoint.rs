@@ -340,3 +340,115 @@ fn a_savepoint_interrupted_mid_write_is_never_listed_and_the_next_one_completes(
         "the savepoint holds the state the interrupted run had checkpointed"
     );
 }
+
+/// `savepoint::prune` deletes the oldest of a learner's own savepoints
+/// beyond `keep`, and nothing else: not the savepoints admin commands
+/// asked for, not another learner's (other partitions), not a directory
+/// it cannot read; a deletion a crash interrupted is finished.
+#[test]
+fn pruning_keeps_the_newest_own_savepoints_and_every_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (records, _) = generate_records(LogSpec {
+        records: 3_000,
+        docs: 100,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 8,
+    });
+    let placed = placed(&records);
+    let checkpointed = |name: &str, partitions: std::ops::Range<u32>| {
+        let config = kafka_config(dir.path(), name);
+        let mut engine = fresh_engine(&config, partitions.clone()).unwrap();
+        feed(&mut engine, &placed, |p| partitions.contains(&p));
+        let store = RocksStore::open(&config.state.dir).unwrap();
+        store.write(engine.full_checkpoint()).unwrap();
+        store
+    };
+    let (all, half) = (
+        checkpointed("all", 0..PARTITIONS),
+        checkpointed("half", 0..2),
+    );
+    let root = dir.path().join("savepoints");
+    let ours: Vec<Savepoint> = (0..4)
+        .map(|_| savepoint::write(&root, &all, PARTITIONS).unwrap())
+        .collect();
+    let asked = savepoint::Requested {
+        command_id: "before-launch",
+        label: "kept for a rollback",
+    };
+    let (named, _) = savepoint::write_requested(&root, &all, PARTITIONS, asked, || {}).unwrap();
+    let other = savepoint::write(&root, &half, PARTITIONS).unwrap();
+    // Not a savepoint (no manifest), and a deletion cut short by a crash.
+    std::fs::create_dir_all(root.join("notes")).unwrap();
+    copy_dir(&ours[0].dir, &root.join(".tmp-pruned-sp-0000000000001"));
+
+    let newest = &ours[3];
+    let deleted = savepoint::prune(&root, newest, 2).unwrap();
+    assert_eq!(deleted, vec![ours[0].dir.clone(), ours[1].dir.clone()]);
+    let mut left: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    left.sort();
+    let mut want = vec![
+        ours[2].dir.clone(),
+        ours[3].dir.clone(),
+        named.dir.clone(),
+        other.dir.clone(),
+        root.join("notes"),
+    ];
+    want.sort();
+    assert_eq!(left, want);
+    let (valid, invalid) = savepoint::list(&root).unwrap();
+    assert_eq!(valid.len(), 4, "{invalid:?}");
+
+    // Within the bound nothing goes; a bound below 1 keeps the one taken.
+    assert!(savepoint::prune(&root, newest, 2).unwrap().is_empty());
+    assert_eq!(
+        savepoint::prune(&root, newest, 0).unwrap(),
+        vec![ours[2].dir.clone()]
+    );
+    assert!(newest.dir.exists() && named.dir.exists() && other.dir.exists());
+}
+
+/// With `[savepoints] keep`, a learner taking a savepoint at every
+/// shutdown keeps only the newest ones.
+#[test]
+fn a_learner_keeps_as_many_savepoints_as_it_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("samples.jsonl");
+    let (text, _) = generate(LogSpec {
+        records: 2_000,
+        docs: 100,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 13,
+    });
+    std::fs::write(&log, text).unwrap();
+    let root = dir.path().join("savepoints");
+    let toml = format!(
+        "{}\n[savepoints]\ndir = \"{}\"\non_shutdown = true\nkeep = 2\n",
+        learner_toml(dir.path(), "kept", Source::File(&log), 500, None),
+        root.display()
+    );
+    let path = dir.path().join("kept.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..4 {
+        let run = Command::new(binary("learner"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{run:?}");
+        let (valid, _) = savepoint::list(&root).unwrap();
+        taken.push(valid.last().unwrap().dir.clone());
+        assert!(valid.len() <= 2, "{valid:?}");
+    }
+    let (valid, invalid) = savepoint::list(&root).unwrap();
+    assert!(invalid.is_empty(), "{invalid:?}");
+    assert_eq!(
+        valid.into_iter().map(|s| s.dir).collect::<Vec<_>>(),
+        taken[2..].to_vec(),
+        "the two newest of {taken:?}"
+    );
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 2);
+}
