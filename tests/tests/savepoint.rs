@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use posterior_learner::config::Config;
@@ -64,6 +64,35 @@ fn copy_dir(from: &Path, to: &Path) {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
+}
+
+/// A learner `name` reading a generated JSONL log of (records, docs,
+/// seed), checkpointing every quarter of it, with `[savepoints]` under
+/// `dir/savepoints` taken at every shutdown, plus `extra` keys of that
+/// table; returns its config file, the savepoint root and its config.
+fn saving_file_learner(
+    dir: &Path,
+    name: &str,
+    (records, docs, seed): (usize, u64, u64),
+    extra: &str,
+) -> (PathBuf, PathBuf, Config) {
+    let log = dir.join("samples.jsonl");
+    let (text, _) = generate(LogSpec {
+        records,
+        docs,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed,
+    });
+    std::fs::write(&log, text).unwrap();
+    let root = dir.join("savepoints");
+    let toml = format!(
+        "{}\n[savepoints]\ndir = \"{}\"\non_shutdown = true\n{extra}",
+        learner_toml(dir, name, Source::File(&log), records as u64 / 4, None),
+        root.display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, &toml).unwrap();
+    (path, root, Config::from_toml(&toml).unwrap())
 }
 
 /// Restores `savepoint` (all partitions or `only`) into a new store under
@@ -285,23 +314,7 @@ fn a_corrupt_live_state_is_refused_and_a_savepoint_brings_the_learner_back() {
 #[test]
 fn a_savepoint_interrupted_mid_write_is_never_listed_and_the_next_one_completes() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("samples.jsonl");
-    let (text, _) = generate(LogSpec {
-        records: 20_000,
-        docs: 500,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 12,
-    });
-    std::fs::write(&log, text).unwrap();
-    let root = dir.path().join("savepoints");
-    let toml = format!(
-        "{}\n[savepoints]\ndir = \"{}\"\non_shutdown = true\n",
-        learner_toml(dir.path(), "victim", Source::File(&log), 5_000, None),
-        root.display()
-    );
-    let path = dir.path().join("victim.toml");
-    std::fs::write(&path, &toml).unwrap();
-    let config = Config::from_toml(&toml).unwrap();
+    let (path, root, config) = saving_file_learner(dir.path(), "victim", (20_000, 500, 12), "");
     let run = |failpoint: Option<&str>| {
         let mut cmd = Command::new(binary("learner"));
         cmd.args(["run", "--config"]).arg(&path);
@@ -415,22 +428,7 @@ fn pruning_keeps_the_newest_own_savepoints_and_every_other() {
 #[test]
 fn a_learner_keeps_as_many_savepoints_as_it_is_told() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("samples.jsonl");
-    let (text, _) = generate(LogSpec {
-        records: 2_000,
-        docs: 100,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 13,
-    });
-    std::fs::write(&log, text).unwrap();
-    let root = dir.path().join("savepoints");
-    let toml = format!(
-        "{}\n[savepoints]\ndir = \"{}\"\non_shutdown = true\nkeep = 2\n",
-        learner_toml(dir.path(), "kept", Source::File(&log), 500, None),
-        root.display()
-    );
-    let path = dir.path().join("kept.toml");
-    std::fs::write(&path, &toml).unwrap();
+    let (path, root, _) = saving_file_learner(dir.path(), "kept", (2_000, 100, 13), "keep = 2\n");
     let mut taken = Vec::new();
     for _ in 0..4 {
         let run = Command::new(binary("learner"))
