@@ -3,7 +3,8 @@
 //! ahead (in event time) of the slowest one with records left than the
 //! alignment allows — while a source reading as delivered gets whole
 //! partitions one after the other from this broker; a paused partition
-//! holds no other back and resumes exactly where it stopped.
+//! holds no other back and resumes exactly where it stopped. And the
+//! runner's end of a bounded run: one checkpoint, not two back to back.
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
@@ -13,9 +14,12 @@ use std::time::{Duration, Instant};
 use posterior_learner::config::{Config, KafkaConfig, SourceConfig};
 use posterior_learner::engine::Payload;
 use posterior_learner::kafka::{KafkaSource, Polled};
+use posterior_learner::publish::NullSink;
+use posterior_learner::runner::{self, Controls, KafkaRunMode, RunSummary};
 use posterior_proto::v1::JoinedSample;
 use posterior_tests::broker::{Broker, Storage};
 use posterior_tests::config::{Source, learner_toml};
+use posterior_tests::oracle::assert_same_end;
 use prost::Message as _;
 
 const PARTITIONS: u32 = 4;
@@ -242,4 +246,60 @@ fn a_paused_partition_holds_no_one_back_and_resumes_where_it_stopped() {
         take(&mut source, &mut next, &mut at_end);
     }
     eprintln!("partition 0 paused at offset {stopped_at}, resumed and read to {PER}");
+}
+
+/// A bounded run (`--until-end`) whose last record makes a periodic
+/// checkpoint due leaves it to the final checkpoint right after: the state
+/// is written once at the end, not twice back to back (the second waiting
+/// for the first), and ends equal to a run that checkpointed along the way,
+/// from which a restart has nothing left to read.
+#[test]
+fn a_bounded_run_writes_its_end_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = filled_broker(PER_PARTITION);
+    let total = u64::from(PARTITIONS) * PER_PARTITION;
+    let config = |name: &str, every_records: u64| {
+        let text = learner_toml(
+            dir.path(),
+            name,
+            Source::Kafka(&broker.bootstrap()),
+            every_records,
+            None,
+        );
+        let mut config = Config::from_toml(&text).unwrap();
+        // By record count only, so that the counts below are the rule's.
+        config.state.checkpoint_every_ms = 0;
+        config
+    };
+    let run = |config: &Config| -> RunSummary {
+        runner::run_kafka_with(
+            config,
+            KafkaRunMode::UntilEnd,
+            &Controls::default(),
+            Box::new(NullSink::default()),
+        )
+        .unwrap()
+    };
+
+    let at_end = config("at-end", total);
+    let once = run(&at_end);
+    assert_eq!(once.records, total);
+    assert_eq!(
+        once.checkpoints, 1,
+        "the checkpoint due at the last record is the final one"
+    );
+    let along = config("along", total / 3);
+    let several = run(&along);
+    assert_eq!(several.records, total);
+    assert!(
+        several.checkpoints >= 2,
+        "{} checkpoints along the way and at the end",
+        several.checkpoints
+    );
+    assert_same_end(&at_end, &along, "one checkpoint at the end vs several");
+    assert!(once.counters.applied > 0 && once.counters.applied == several.counters.applied);
+
+    let again = run(&at_end);
+    assert!(again.restored);
+    assert_eq!(again.records, 0, "the end's checkpoint holds every offset");
 }
