@@ -1474,6 +1474,18 @@ impl Checkpointer {
     /// writes (so a checkpoint never covers an update that was lost).
     /// Returns what ingestion was blocked for.
     pub fn checkpoint(&mut self, engine: &mut Engine, records: u64) -> Result<CheckpointTiming> {
+        self.checkpoint_as(engine, records, false)
+    }
+
+    /// [`Self::checkpoint`]; `last` when nothing is written after it (the
+    /// end of a run): then written without the log and flushed
+    /// ([`RocksStore::write_last_from`]).
+    fn checkpoint_as(
+        &mut self,
+        engine: &mut Engine,
+        records: u64,
+        last: bool,
+    ) -> Result<CheckpointTiming> {
         let t0 = Instant::now();
         self.publish(engine)?;
         let delivered = self
@@ -1513,6 +1525,7 @@ impl Checkpointer {
         self.failpoint.hit("before_checkpoint", records);
         let store = Arc::clone(&self.store);
         let slow_write = self.slow_write;
+        let failpoint = self.failpoint.clone();
         let handle = std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
@@ -1544,6 +1557,18 @@ impl Checkpointer {
                 // ingesting thread.
                 ahead.lead(&mut writes);
                 sort_puts(&mut writes, puts);
+                if last {
+                    let written = store.write_last_from(&mut writes, || {
+                        failpoint.hit("mid_last_checkpoint", records);
+                    });
+                    let took = start.elapsed();
+                    return (
+                        written
+                            .map(|stats| (stats, took, delivery_wait))
+                            .map_err(anyhow::Error::from),
+                        writes,
+                    );
+                }
                 let written = store.write_from(&mut writes);
                 let took = start.elapsed();
                 if written.is_ok() {
@@ -1633,16 +1658,13 @@ impl Checkpointer {
         }
     }
 
-    /// Takes a last checkpoint, waits until it is written, then until the
-    /// store's memtables are written out, so the next start replays no
-    /// log. A failed flush is only logged: the checkpoint is durable
-    /// without it, and the next open replays it instead.
+    /// Takes a last checkpoint and waits until it is written and flushed
+    /// to table files (unlogged: [`RocksStore::write_last_from`]), so the
+    /// next start replays no log. If that fails, the run fails: the state
+    /// stays at the checkpoint before, from which the next start replays.
     pub fn finish(&mut self, engine: &mut Engine, records: u64) -> Result<()> {
-        self.checkpoint(engine, records)?;
+        self.checkpoint_as(engine, records, true)?;
         self.wait()?;
-        if let Err(err) = self.store.flush(true) {
-            tracing::warn!("flushing the store at the end of the run failed: {err}");
-        }
         Ok(())
     }
 }
@@ -1703,6 +1725,7 @@ fn unix_now_ms() -> i64 {
 
 /// Test hook: `POSTERIOR_FAILPOINT=name:n` aborts the process (as a crash
 /// would) the first time fail point `name` is reached after `n` records.
+#[derive(Debug, Clone)]
 struct Failpoint(Option<(String, u64)>);
 
 impl Failpoint {

@@ -3,7 +3,8 @@
 //!
 //! Delivery guarantee: a checkpoint is one `WriteBatch` holding every
 //! changed key *and* the next offset of every partition, written with
-//! `sync`. After a crash the learner reopens the store, rebuilds the engine
+//! `sync` — or, for the last one of a run, without the log and then
+//! flushed, all tables in one commit, before the run ends. After a crash the learner reopens the store, rebuilds the engine
 //! from it and re-reads each partition from its stored offset. The records
 //! after that offset were either never applied or applied only to state
 //! that was lost with the process; the engine is deterministic in the log,
@@ -141,6 +142,16 @@ fn table_options(table: Table) -> Result<Options, rocksdb::Error> {
     }
 }
 
+/// Whether a checkpoint's batch goes through the write-ahead log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Logging {
+    /// Synced to the log: durable when the write returns.
+    Logged,
+    /// Memtables only: durable once flushed (see
+    /// [`RocksStore::write_last_from`]).
+    Unlogged,
+}
+
 /// The RocksDB-backed state store.
 pub struct RocksStore {
     db: DB,
@@ -166,6 +177,11 @@ impl RocksStore {
         // not run, past this size RocksDB flushes the tables that pin the
         // oldest WAL.
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+        // A run's last checkpoint is written without the log and then
+        // flushed (`write_last_from`): all tables' flushes commit at once,
+        // or a crash in between could leave some tables at it and the
+        // others at the checkpoint before.
+        opts.set_atomic_flush(true);
         // Bounded diagnostics: see `INFO_LOG_BYTES` and `MANIFEST_BYTES`.
         opts.set_max_log_file_size(INFO_LOG_BYTES);
         opts.set_keep_log_file_num(INFO_LOGS_KEPT);
@@ -194,6 +210,37 @@ impl RocksStore {
     /// Like [`Self::write`], leaving `writes` empty with its capacity, for
     /// the next checkpoint to fill (see `Engine::checkpoint_delta_into`).
     pub fn write_from(&self, writes: &mut Vec<Write>) -> Result<CheckpointStats, StoreError> {
+        self.write_batch(writes, Logging::Logged)
+    }
+
+    /// Like [`Self::write_from`], for a checkpoint after which the store
+    /// is not written again (the end of a run, which flushes anyway so
+    /// that the next open replays no log): the batch goes to the memtables
+    /// without the write-ahead log, and the call returns once every table
+    /// is flushed to table files, all in one commit (`atomic_flush`).
+    /// Durable when it returns `Ok`, as a logged write is; a crash or an
+    /// error before that leaves the previous checkpoint, whole. The
+    /// state's bytes are written and synced once instead of twice (log,
+    /// then table files). `before_flush` runs between the two steps (a
+    /// test's fail point).
+    pub fn write_last_from(
+        &self,
+        writes: &mut Vec<Write>,
+        before_flush: impl FnOnce(),
+    ) -> Result<CheckpointStats, StoreError> {
+        let mut stats = self.write_batch(writes, Logging::Unlogged)?;
+        before_flush();
+        let start = Instant::now();
+        self.flush(true)?;
+        stats.write_us += start.elapsed().as_micros() as u64;
+        Ok(stats)
+    }
+
+    fn write_batch(
+        &self,
+        writes: &mut Vec<Write>,
+        logging: Logging,
+    ) -> Result<CheckpointStats, StoreError> {
         let mut stats = CheckpointStats {
             writes: writes.len(),
             ..Default::default()
@@ -228,7 +275,10 @@ impl RocksStore {
             }
         }
         let mut opts = WriteOptions::default();
-        opts.set_sync(true);
+        match logging {
+            Logging::Logged => opts.set_sync(true),
+            Logging::Unlogged => opts.disable_wal(true),
+        }
         let start = Instant::now();
         self.db.write_opt(batch, &opts).map_err(|e| self.rocks(e))?;
         stats.write_us = start.elapsed().as_micros() as u64;
@@ -238,9 +288,10 @@ impl RocksStore {
     /// Writes every table's memtable out to table files, so that an open
     /// no longer replays the log up to here. With `wait` it returns once
     /// they are written; without, it only starts RocksDB's background
-    /// flush. Durability does not depend on it (every checkpoint is a
-    /// synced log write); only the time of the next open does: that open
-    /// replays, and writes out again, everything not yet flushed.
+    /// flush. The durability of a logged checkpoint does not depend on it
+    /// (it is a synced log write); only the time of the next open does:
+    /// that open replays, and writes out again, everything not yet
+    /// flushed. (An unlogged one flushes itself: [`Self::write_last_from`].)
     pub fn flush(&self, wait: bool) -> Result<(), StoreError> {
         let mut opts = rocksdb::FlushOptions::default();
         opts.set_wait(wait);
@@ -325,9 +376,8 @@ impl RocksStore {
 mod tests {
     use super::*;
 
-    /// The column families' sections of the newest `OPTIONS-*` file
-    /// RocksDB wrote in `dir`, by name.
-    fn options_sections(dir: &Path) -> Vec<(String, String)> {
+    /// The newest `OPTIONS-*` file RocksDB wrote in `dir`.
+    fn newest_options(dir: &Path) -> String {
         let newest = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -337,8 +387,14 @@ mod tests {
             })
             .max()
             .unwrap();
-        let text = std::fs::read_to_string(newest).unwrap();
-        text.split("\n[")
+        std::fs::read_to_string(newest).unwrap()
+    }
+
+    /// The column families' sections of the newest `OPTIONS-*` file
+    /// RocksDB wrote in `dir`, by name.
+    fn options_sections(dir: &Path) -> Vec<(String, String)> {
+        newest_options(dir)
+            .split("\n[")
             .filter_map(|section| {
                 let name = section.strip_prefix("CFOptions \"")?.split('"').next()?;
                 Some((name.to_owned(), section.to_owned()))
@@ -500,5 +556,42 @@ mod tests {
             let want = matches!(table, Table::Params | Table::Pending);
             assert_eq!(hinted, want, "{}: {section}", table.name());
         }
+    }
+
+    /// The last checkpoint of a run goes to the tables without the log,
+    /// is readable after a reopen (flushed before the call returns), and
+    /// the store commits flushes of all tables at once, which keeps a
+    /// crash between that write and its flush from leaving some tables
+    /// ahead of the others.
+    #[test]
+    fn the_last_write_is_flushed_without_the_log() {
+        let put = |i: u32| Write::Put(Table::Meta, i.to_be_bytes().to_vec(), vec![7; 1024]);
+        let batch = || (0..2_000).map(put).collect::<Vec<_>>();
+        let (logged, unlogged) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        RocksStore::open(logged.path())
+            .unwrap()
+            .write(batch())
+            .unwrap();
+        let store = RocksStore::open(unlogged.path()).unwrap();
+        store.write(vec![put(u32::MAX)]).unwrap();
+        let mut log_before_flush = None;
+        store
+            .write_last_from(&mut batch(), || {
+                log_before_flush = Some(log_bytes(unlogged.path()));
+            })
+            .unwrap();
+        let (logged_bytes, unlogged_bytes) = (log_bytes(logged.path()), log_before_flush.unwrap());
+        assert!(logged_bytes > 2_000 * 1024, "{logged_bytes}");
+        assert!(unlogged_bytes < 16 << 10, "{unlogged_bytes}");
+        drop(store);
+        let reopened = RocksStore::open(unlogged.path()).unwrap();
+        assert_eq!(reopened.entries(Table::Meta).unwrap().len(), 2_001);
+
+        assert!(
+            newest_options(unlogged.path())
+                .lines()
+                .any(|l| l.trim() == "atomic_flush=true"),
+            "flushes commit all tables at once"
+        );
     }
 }

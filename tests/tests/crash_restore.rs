@@ -2,11 +2,13 @@
 //! log with defects, is killed with SIGKILL at random moments and aborted
 //! at fail points (before and after a checkpoint write), restarted each
 //! time, and must end with exactly the state and the dead letters of an
-//! uninterrupted run — bit for bit.
+//! uninterrupted run — bit for bit. Also: an abort inside a run's last
+//! (unlogged) checkpoint, and a corrupt store.
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use posterior_learner::config::Config;
@@ -15,7 +17,7 @@ use posterior_learner::store::RocksStore;
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
 use posterior_tests::log::{LogSpec, generate};
 use posterior_tests::oracle::assert_same_end;
-use posterior_tests::{KillPlan, kill_then_finish, kill_then_finish_with_env};
+use posterior_tests::{KillPlan, binary, kill_then_finish, kill_then_finish_with_env};
 
 fn config_text(dir: &Path, log: &Path, name: &str) -> String {
     learner_toml(dir, name, Source::File(log), 5_000, None)
@@ -174,6 +176,66 @@ fn keys_stored_ahead_of_put_off_checkpoints_survive_crashes() {
     );
     let victim = Config::from_toml(&std::fs::read_to_string(&victim_path).unwrap()).unwrap();
     assert_same_end(&victim, &reference, &format!("after {crashes:?}"));
+}
+
+/// A run aborted between its last checkpoint's write, which skips the
+/// log, and the flush that makes it durable: the store reopens whole at
+/// the checkpoint before (short of the end of the input), and the next
+/// run replays from there and ends bit-identical to an uninterrupted run.
+#[test]
+fn a_run_aborted_before_its_last_checkpoint_is_flushed_resumes_from_the_one_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("samples.jsonl");
+    // Not a multiple of the checkpoint interval (5 000 records): the last
+    // periodic checkpoint falls short of the end.
+    let (text, _) = generate(LogSpec {
+        records: 18_500,
+        docs: 500,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 5,
+    });
+    std::fs::write(&log, text).unwrap();
+    let reference = Config::from_toml(&config_text(dir.path(), &log, "reference")).unwrap();
+    run_bounded(&reference).unwrap();
+    let victim_path = dir.path().join("victim.toml");
+    let victim_text = config_text(dir.path(), &log, "victim");
+    std::fs::write(&victim_path, &victim_text).unwrap();
+    let victim = Config::from_toml(&victim_text).unwrap();
+    let run = |failpoint: Option<&str>| {
+        let mut cmd = Command::new(binary("learner"));
+        cmd.args(["run", "--config"]).arg(&victim_path);
+        if let Some(fp) = failpoint {
+            cmd.env("POSTERIOR_FAILPOINT", fp);
+        }
+        cmd.output().unwrap()
+    };
+    let next_offsets = |config: &Config| {
+        let store = RocksStore::open(&config.state.dir).unwrap();
+        let (engine, restored, _) = open_engine(config, &store).unwrap();
+        assert!(
+            restored,
+            "{} holds a checkpoint",
+            config.state.dir.display()
+        );
+        engine.next_offsets().clone()
+    };
+
+    let aborted = run(Some("mid_last_checkpoint:0"));
+    assert!(
+        !aborted.status.success(),
+        "the fail point aborts the last checkpoint"
+    );
+    let (at_abort, at_end) = (next_offsets(&victim), next_offsets(&reference));
+    assert!(
+        at_abort.values().sum::<u64>() < at_end.values().sum::<u64>(),
+        "the unflushed last checkpoint is gone: {at_abort:?} vs {at_end:?}"
+    );
+
+    let resumed = run(None);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains("resumed from checkpoint"), "{stderr}");
+    assert_same_end(&victim, &reference, "after an abort before the last flush");
 }
 
 #[test]
