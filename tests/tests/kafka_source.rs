@@ -16,6 +16,7 @@ use posterior_learner::engine::Payload;
 use posterior_learner::kafka::{KafkaSource, Polled};
 use posterior_learner::publish::NullSink;
 use posterior_learner::runner::{self, Controls, KafkaRunMode, RunSummary};
+use posterior_learner::store;
 use posterior_proto::v1::JoinedSample;
 use posterior_tests::broker::{Broker, Storage};
 use posterior_tests::config::{Source, learner_toml};
@@ -288,6 +289,9 @@ fn a_bounded_run_writes_its_end_once() {
         once.checkpoints, 1,
         "the checkpoint due at the last record is the final one"
     );
+    // Flushed to table files: the next open replays no log.
+    let log = store::log_bytes(&at_end.state.dir);
+    assert!(log < 4 << 10, "{log} bytes of log left after the run");
     let along = config("along", total / 3);
     let several = run(&along);
     assert_eq!(several.records, total);
