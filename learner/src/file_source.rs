@@ -101,6 +101,9 @@ pub struct FileSource {
     reader: Box<dyn BufRead + Send>,
     format: Format,
     position: u64,
+    /// Standard input: a read may wait for ever, and its end is only known
+    /// once a read reports it.
+    stdin: bool,
 }
 
 impl FileSource {
@@ -112,6 +115,7 @@ impl FileSource {
             reader: Box::new(BufReader::with_capacity(1 << 16, file)),
             format,
             position: offset,
+            stdin: false,
         })
     }
 
@@ -122,7 +126,19 @@ impl FileSource {
             reader: Box::new(BufReader::new(io::stdin())),
             format,
             position: 0,
+            stdin: true,
         }
+    }
+
+    /// True when a file has no byte left after the last record read, so
+    /// the next read reports its end; always false for standard input
+    /// (asking could block). Looks at the read buffer, reading into it
+    /// when it is empty; consumes nothing.
+    pub fn at_end(&mut self) -> io::Result<bool> {
+        if self.stdin {
+            return Ok(false);
+        }
+        Ok(self.reader.fill_buf()?.is_empty())
     }
 
     /// Byte position after the last record read: where the next starts.

@@ -447,15 +447,20 @@ pub fn run_local_with(
         // A due checkpoint is put off while the previous write runs, to
         // the next record; but the next read of stdin may block for ever
         // (and what stdin gave cannot be read again after a crash), so
-        // there the write in flight is waited for instead.
-        checkpoint_if_due(
-            config,
-            &mut checkpointer,
-            &mut engine,
-            records,
-            &mut since_checkpoint,
-            blocking,
-        )?;
+        // there the write in flight is waited for instead. At the end of
+        // a bounded input the last checkpoint comes next (`finish`): one
+        // due now is left to it, as in a Kafka run.
+        let due = checkpoint_due(&config.state, since_checkpoint, Duration::ZERO, false);
+        if !(due && source.at_end()?) {
+            checkpoint_if_due(
+                config,
+                &mut checkpointer,
+                &mut engine,
+                records,
+                &mut since_checkpoint,
+                blocking,
+            )?;
+        }
         if controls.stop.load(Ordering::Relaxed) {
             stopped = true;
             break;
@@ -596,6 +601,17 @@ impl LocalSource {
                 Err(RecvTimeoutError::Timeout) => Next::Idle,
                 Err(RecvTimeoutError::Disconnected) => Next::End,
             },
+        })
+    }
+
+    /// True when the next read is known to report the end: a file with no
+    /// byte left, a simulator past its `samples`. False when that is not
+    /// known without waiting (stdin, a channel).
+    fn at_end(&mut self) -> Result<bool> {
+        Ok(match self {
+            Self::File(file) => file.at_end().context("read source")?,
+            Self::Simulator(simulator) => simulator.at_end(),
+            Self::Channel { .. } => false,
         })
     }
 }

@@ -238,6 +238,39 @@ fn a_run_aborted_before_its_last_checkpoint_is_flushed_resumes_from_the_one_befo
     assert_same_end(&victim, &reference, "after an abort before the last flush");
 }
 
+/// A file run whose last record makes a checkpoint due leaves it to the
+/// run's last checkpoint (the source knows the file has no byte left):
+/// one write at the end, not two back to back; the state ends as a run's
+/// that checkpointed along the way.
+#[test]
+fn a_file_run_writes_its_end_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("samples.jsonl");
+    let (text, _) = generate(LogSpec {
+        records: 12_000,
+        docs: 300,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 6,
+    });
+    let records = text.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+    std::fs::write(&log, text).unwrap();
+    let config = |name: &str, every: u64| {
+        let text = learner_toml(dir.path(), name, Source::File(&log), every, None);
+        Config::from_toml(&text).unwrap()
+    };
+    let at_end = config("at-end", records);
+    let once = run_bounded(&at_end).unwrap();
+    assert_eq!(once.records, records);
+    assert_eq!(
+        once.checkpoints, 1,
+        "the checkpoint due at the last record is the last one"
+    );
+    let along = config("along", records / 4);
+    let several = run_bounded(&along).unwrap();
+    assert!(several.checkpoints >= 2, "{several:?}");
+    assert_same_end(&at_end, &along, "one checkpoint at the end vs several");
+}
+
 #[test]
 fn a_corrupt_state_store_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -22,6 +22,16 @@ const SEED: u64 = 2027;
 
 /// Writes the config of a simulator learner named `name` into `dir`.
 fn write_config(dir: &Path, name: &str, samples: Option<u64>) -> (std::path::PathBuf, Config) {
+    write_config_every(dir, name, samples, 5_000)
+}
+
+/// [`write_config`], checkpointing every `every` records.
+fn write_config_every(
+    dir: &Path,
+    name: &str,
+    samples: Option<u64>,
+    every: u64,
+) -> (std::path::PathBuf, Config) {
     let path = dir.join(format!("{name}.toml"));
     let text = learner_toml(
         dir,
@@ -30,7 +40,7 @@ fn write_config(dir: &Path, name: &str, samples: Option<u64>) -> (std::path::Pat
             seed: SEED,
             samples,
         },
-        5_000,
+        every,
         None,
     );
     std::fs::write(&path, &text).unwrap();
@@ -158,4 +168,24 @@ fn an_unbounded_simulator_stops_on_sigterm_and_resumes_at_its_offset() {
     let (_, reference) = write_config(dir.path(), "reference", Some(total));
     run_bounded(&reference).unwrap();
     assert_same_end(&resumed, &reference, "resumed after SIGTERM");
+}
+
+/// A simulator run with `samples` whose last sample makes a checkpoint
+/// due leaves it to the run's last checkpoint (one write at the end, not
+/// two back to back), and ends as a run that checkpointed along the way.
+#[test]
+fn a_bounded_simulator_run_writes_its_end_once() {
+    const SAMPLES: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, at_end) = write_config_every(dir.path(), "at-end", Some(SAMPLES), SAMPLES);
+    let once = run_bounded(&at_end).unwrap();
+    assert_eq!(once.records, SAMPLES);
+    assert_eq!(
+        once.checkpoints, 1,
+        "the checkpoint due at the last sample is the last one"
+    );
+    let (_, along) = write_config_every(dir.path(), "along", Some(SAMPLES), SAMPLES / 4);
+    let several = run_bounded(&along).unwrap();
+    assert!(several.checkpoints >= 2, "{several:?}");
+    assert_same_end(&at_end, &along, "one checkpoint at the end vs several");
 }

@@ -274,12 +274,18 @@ impl Simulator {
 
     /// The next record as (offset, payload), `None` after `samples`.
     pub fn next_record(&mut self) -> Option<(u64, Payload)> {
-        if self.end.is_some_and(|end| self.next >= end) {
+        if self.at_end() {
             return None;
         }
         let t = self.next;
         self.next += 1;
         Some((t, Payload::Sample(self.sample(t))))
+    }
+
+    /// True when the configured `samples` have all been read (never
+    /// without `samples`).
+    pub fn at_end(&self) -> bool {
+        self.end.is_some_and(|end| self.next >= end)
     }
 
     /// Offset of the next record.
