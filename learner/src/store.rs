@@ -16,6 +16,7 @@
 //! again when decoded (see `codec`). Corruption is an error, never repaired.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rocksdb::{
@@ -24,6 +25,10 @@ use rocksdb::{
 
 use crate::codec::{self, CorruptState, Table};
 use crate::engine::{Entries, Write};
+
+/// How many writes ahead of the one being encoded a checkpoint's write
+/// asks for the memory of a state (see [`RocksStore::write_from`]).
+const PREFETCH_AHEAD: usize = 8;
 
 /// Bound of the write-ahead log kept for recovery, a backstop to the
 /// flushes after each checkpoint (see [`RocksStore::open`]).
@@ -250,14 +255,28 @@ impl RocksStore {
         // a vector per key.
         let mut batch = WriteBatch::with_capacity_bytes(batch_bytes(writes));
         let mut value = Vec::new();
-        for write in writes.drain(..) {
+        let params = self.cf(Table::Params);
+        let mut drain = writes.drain(..);
+        while let Some(write) = drain.next() {
+            // The states are scattered over the heap and out of the
+            // caches: ask for the state `2 × PREFETCH_AHEAD` writes on,
+            // and for the vectors of the one `PREFETCH_AHEAD` on (its
+            // state fetched by then), so that their misses overlap the
+            // encoding of this one.
+            let ahead = drain.as_slice();
+            if let Some(Write::PutParams(_, state)) = ahead.get(2 * PREFETCH_AHEAD - 1) {
+                crate::prefetch::prefetch(Arc::as_ptr(state));
+            }
+            if let Some(Write::PutParams(_, state)) = ahead.get(PREFETCH_AHEAD - 1) {
+                state.prefetch_parts();
+            }
             match write {
                 Write::PutParams(key, state) => {
                     let k = codec::param_key_bytes(key);
                     value.clear();
                     state.encode_into(&mut value);
                     stats.bytes += k.len() + value.len();
-                    batch.put_cf(self.cf(Table::Params), k, &value);
+                    batch.put_cf(params, k, &value);
                 }
                 write => {
                     let (table, k, v) = write.into_bytes();
