@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,12 +15,27 @@ use posterior_learner::config::Config;
 use posterior_learner::runner::{open_engine, run_bounded};
 use posterior_learner::store::RocksStore;
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
-use posterior_tests::log::{LogSpec, generate};
+use posterior_tests::log::{Injected, LogSpec, generate};
 use posterior_tests::oracle::assert_same_end;
 use posterior_tests::{KillPlan, binary, kill_then_finish, kill_then_finish_with_env};
 
 fn config_text(dir: &Path, log: &Path, name: &str) -> String {
     learner_toml(dir, name, Source::File(log), 5_000, None)
+}
+
+/// Writes a generated log (`records` records over `docs` docs per version,
+/// seed `seed`) to `dir/samples.jsonl`; returns its path and the defects
+/// injected.
+fn write_log(dir: &Path, records: usize, docs: u64, seed: u64) -> (PathBuf, Injected) {
+    let log = dir.join("samples.jsonl");
+    let (text, injected) = generate(LogSpec {
+        records,
+        docs,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed,
+    });
+    std::fs::write(&log, text).unwrap();
+    (log, injected)
 }
 
 fn dump(config: &Config) -> String {
@@ -34,17 +49,10 @@ fn dump(config: &Config) -> String {
 #[test]
 fn killed_and_restarted_learner_ends_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("samples.jsonl");
     // Long enough that the victim is still running at ten or more of its
     // deadlines however fast it gets: at 200 000 records a faster build
     // finished the log early and only 9 SIGKILLs landed.
-    let (text, injected) = generate(LogSpec {
-        records: 300_000,
-        docs: 5_000,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 42,
-    });
-    std::fs::write(&log, text).unwrap();
+    let (log, injected) = write_log(dir.path(), 300_000, 5_000, 42);
 
     // The reference: one uninterrupted run, in process.
     let reference_path = dir.path().join("reference.toml");
@@ -114,18 +122,11 @@ fn killed_and_restarted_learner_ends_bit_identical() {
 #[test]
 fn keys_stored_ahead_of_put_off_checkpoints_survive_crashes() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("samples.jsonl");
     // Long enough that a run outlives its kill: with 80 000 records a
     // fast machine finished the file within a round's life, and the later
     // rounds, with nothing left to read, neither died mid-run nor reached
     // their fail points (2 of 3 runs in a row on 2026-12-03).
-    let (text, _) = generate(LogSpec {
-        records: 160_000,
-        docs: 2_000,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 43,
-    });
-    std::fs::write(&log, text).unwrap();
+    let (log, _) = write_log(dir.path(), 160_000, 2_000, 43);
     let config_text = |name: &str| {
         let text = learner_toml(dir.path(), name, Source::File(&log), 1_000, None);
         let with = text.replace(
@@ -185,16 +186,9 @@ fn keys_stored_ahead_of_put_off_checkpoints_survive_crashes() {
 #[test]
 fn a_run_aborted_before_its_last_checkpoint_is_flushed_resumes_from_the_one_before() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("samples.jsonl");
     // Not a multiple of the checkpoint interval (5 000 records): the last
     // periodic checkpoint falls short of the end.
-    let (text, _) = generate(LogSpec {
-        records: 18_500,
-        docs: 500,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 5,
-    });
-    std::fs::write(&log, text).unwrap();
+    let (log, _) = write_log(dir.path(), 18_500, 500, 5);
     let reference = Config::from_toml(&config_text(dir.path(), &log, "reference")).unwrap();
     run_bounded(&reference).unwrap();
     let victim_path = dir.path().join("victim.toml");
@@ -245,15 +239,12 @@ fn a_run_aborted_before_its_last_checkpoint_is_flushed_resumes_from_the_one_befo
 #[test]
 fn a_file_run_writes_its_end_once() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("samples.jsonl");
-    let (text, _) = generate(LogSpec {
-        records: 12_000,
-        docs: 300,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 6,
-    });
-    let records = text.lines().filter(|l| !l.trim().is_empty()).count() as u64;
-    std::fs::write(&log, text).unwrap();
+    let (log, _) = write_log(dir.path(), 12_000, 300, 6);
+    let records = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count() as u64;
     let config = |name: &str, every: u64| {
         let text = learner_toml(dir.path(), name, Source::File(&log), every, None);
         Config::from_toml(&text).unwrap()
@@ -274,14 +265,7 @@ fn a_file_run_writes_its_end_once() {
 #[test]
 fn a_corrupt_state_store_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("samples.jsonl");
-    let (text, _) = generate(LogSpec {
-        records: 20_000,
-        docs: 100,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 3,
-    });
-    std::fs::write(&log, text).unwrap();
+    let (log, _) = write_log(dir.path(), 20_000, 100, 3);
     let config = Config::from_toml(&config_text(dir.path(), &log, "c")).unwrap();
     run_bounded(&config).unwrap();
     // Damage every table file of the store.
