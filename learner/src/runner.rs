@@ -1573,25 +1573,19 @@ impl Checkpointer {
                 // ingesting thread.
                 ahead.lead(&mut writes);
                 sort_puts(&mut writes, puts);
-                if last {
-                    let written = store.write_last_from(&mut writes, || {
+                let written = if last {
+                    store.write_last_from(&mut writes, || {
                         failpoint.hit("mid_last_checkpoint", records);
-                    });
-                    let took = start.elapsed();
-                    return (
-                        written
-                            .map(|stats| (stats, took, delivery_wait))
-                            .map_err(anyhow::Error::from),
-                        writes,
-                    );
-                }
-                let written = store.write_from(&mut writes);
+                    })
+                } else {
+                    store.write_from(&mut writes)
+                };
                 let took = start.elapsed();
-                if written.is_ok() {
+                if written.is_ok() && !last {
                     // The memtables out to table files in the background,
                     // so a crash replays this checkpoint at most, not the
                     // whole log bound (BENCHMARKS.md, "Flushing after each
-                    // checkpoint").
+                    // checkpoint"). The last checkpoint flushed itself.
                     if let Err(err) = store.flush(false) {
                         tracing::warn!("starting the flush after a checkpoint failed: {err}");
                     }
