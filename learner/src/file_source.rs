@@ -275,6 +275,47 @@ mod tests {
         assert_eq!(source.position(), records[1].0);
     }
 
+    /// `at_end` is true once no byte is left after the last record read
+    /// (for a protobuf file exactly its last record; a JSONL file's
+    /// trailing blank line still counts as a byte left), consumes nothing,
+    /// and is never asked of standard input.
+    #[test]
+    fn a_file_knows_when_no_byte_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("samples.pb");
+        let mut file = File::create(&path).unwrap();
+        for i in 0..2_u64 {
+            let wire = JoinedSample {
+                doc_id: i,
+                version: "v".into(),
+                event_time_ms: 1,
+                ..Default::default()
+            };
+            file.write_all(&wire.encode_length_delimited_to_vec())
+                .unwrap();
+        }
+        drop(file);
+        let mut source = FileSource::open(&path, Format::Protobuf, 0).unwrap();
+        assert!(!source.at_end().unwrap());
+        assert!(source.next_record().unwrap().is_some());
+        assert!(!source.at_end().unwrap());
+        assert!(!source.at_end().unwrap(), "asking consumes nothing");
+        assert!(source.next_record().unwrap().is_some());
+        assert!(source.at_end().unwrap());
+        assert!(source.next_record().unwrap().is_none());
+
+        let path = dir.path().join("samples.jsonl");
+        let line = r#"{"doc_id": 1, "version": "v", "event_time_ms": 5}"#;
+        std::fs::write(&path, format!("{line}\n\n")).unwrap();
+        let mut source = FileSource::open(&path, Format::Jsonl, 0).unwrap();
+        assert!(source.next_record().unwrap().is_some());
+        assert!(!source.at_end().unwrap(), "a blank line is left");
+        assert!(source.next_record().unwrap().is_none());
+        assert!(source.at_end().unwrap());
+
+        assert!(!FileSource::stdin(Format::Jsonl).at_end().unwrap());
+    }
+
     #[test]
     fn length_delimited_protobuf_round_trips() {
         let dir = tempfile::tempdir().unwrap();
