@@ -225,6 +225,7 @@ fn too_long() -> Payload {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::path::PathBuf;
 
     #[test]
     fn jsonl_records_carry_byte_offsets_and_bad_lines_become_dead_letters() {
@@ -275,6 +276,25 @@ mod tests {
         assert_eq!(source.position(), records[1].0);
     }
 
+    /// Writes `dir/samples.pb`: `n` length-delimited samples, doc and event
+    /// time `i`, weight `weight(i)`.
+    fn write_protobuf(dir: &Path, n: u64, weight: impl Fn(u64) -> f32) -> PathBuf {
+        let path = dir.join("samples.pb");
+        let mut file = File::create(&path).unwrap();
+        for i in 0..n {
+            let wire = JoinedSample {
+                doc_id: i,
+                version: "v".into(),
+                event_time_ms: i as i64,
+                weight: weight(i),
+                ..Default::default()
+            };
+            file.write_all(&wire.encode_length_delimited_to_vec())
+                .unwrap();
+        }
+        path
+    }
+
     /// `at_end` is true once no byte is left after the last record read
     /// (for a protobuf file exactly its last record; a JSONL file's
     /// trailing blank line still counts as a byte left), consumes nothing,
@@ -282,19 +302,7 @@ mod tests {
     #[test]
     fn a_file_knows_when_no_byte_is_left() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("samples.pb");
-        let mut file = File::create(&path).unwrap();
-        for i in 0..2_u64 {
-            let wire = JoinedSample {
-                doc_id: i,
-                version: "v".into(),
-                event_time_ms: 1,
-                ..Default::default()
-            };
-            file.write_all(&wire.encode_length_delimited_to_vec())
-                .unwrap();
-        }
-        drop(file);
+        let path = write_protobuf(dir.path(), 2, |_| 1.0);
         let mut source = FileSource::open(&path, Format::Protobuf, 0).unwrap();
         assert!(!source.at_end().unwrap());
         assert!(source.next_record().unwrap().is_some());
@@ -319,20 +327,7 @@ mod tests {
     #[test]
     fn length_delimited_protobuf_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("samples.pb");
-        let mut file = File::create(&path).unwrap();
-        for i in 0..3_u64 {
-            let wire = JoinedSample {
-                doc_id: i,
-                version: "v".into(),
-                event_time_ms: i as i64,
-                weight: if i == 1 { f32::NAN } else { 1.0 },
-                ..Default::default()
-            };
-            file.write_all(&wire.encode_length_delimited_to_vec())
-                .unwrap();
-        }
-        drop(file);
+        let path = write_protobuf(dir.path(), 3, |i| if i == 1 { f32::NAN } else { 1.0 });
         let mut source = FileSource::open(&path, Format::Protobuf, 0).unwrap();
         let mut records = Vec::new();
         while let Some(r) = source.next_record().unwrap() {
