@@ -57,7 +57,8 @@ pub struct BenchConfig<'a> {
     pub dir: &'a Path,
     /// The source.
     pub source: SourceToml<'a>,
-    /// `[state] checkpoint_every_records` (the default is 100 000).
+    /// `[state] checkpoint_every_records` (the learner's default is
+    /// [`posterior_learner::config::DEFAULT_CHECKPOINT_EVERY_RECORDS`]).
     pub checkpoint_every_records: u64,
     /// De-duplication by sample id (window 60 s, 1 M ids) or off.
     pub dedup: bool,

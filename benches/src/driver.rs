@@ -2,7 +2,8 @@
 //! ingest every record, publish the changed keys every
 //! `publish_interval_ms` (the config's: 10 ms in process by default) of
 //! timed pipeline time, and
-//! every `checkpoint_every_records` (default 100 000) records drain the
+//! every `checkpoint_every_records` (the bench's default 100 000; the
+//! learner's is 1 000 000) records drain the
 //! engine's change tracking with `checkpoint_delta_into` (a runner's
 //! ingesting thread's part of a checkpoint) *outside* the timed interval — so the engine's dirty sets stay the size they have in a
 //! checkpointing learner, while the checkpoint's own cost is left to the

@@ -15,7 +15,8 @@
 //!   runner's, once unaligned (as the broker hands the partitions over).
 //! - `runner`: `runner::run_kafka_with` in `UntilEnd` mode, i.e. the
 //!   learner itself with its RocksDB store, synced checkpoints every
-//!   100 000 records or 10 s (the defaults) and its dead-letter file.
+//!   `--checkpoint-every-records` (the config's default, 1 000 000) or
+//!   10 s, and its dead-letter file.
 //!
 //! Every contender's wall time, the CPU time of this process (all its
 //! threads, librdkafka's included) and of the broker process are read
