@@ -5,7 +5,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/posterior/target
 fmt:
 	cargo fmt --all
 lint:
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --profile test --workspace --all-targets -- -D warnings
 test:
 	./scripts/test.sh
 bench:
