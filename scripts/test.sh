@@ -15,6 +15,8 @@ cargo fmt --all -- --check
 python3 scripts/api-doc.py --check
 # Under the test profile, as `cargo test` builds: the profile's name is in
 # every unit's hash, so under `dev` RocksDB's C++ was compiled twice, once
-# for clippy and once for the tests (~20 min each on 2 cores, cold).
+# for clippy and once for the tests (~20 min each on 2 cores, cold). The
+# build dependencies' debug info must match too (Cargo.toml,
+# `[profile.dev.build-override]`; scripts/check-shared-build.py checks it).
 cargo clippy --profile test --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace --all-targets
