@@ -3,7 +3,8 @@
 //!
 //! `GetParams` and `SampleScores` do their work (table lookups, draws) in
 //! one of `limits.work_slots` **work slots** (one per available core by
-//! default), on the runtime's blocking pool — small requests inline — so
+//! default), on the runtime's blocking pool — small requests, and those
+//! whose measured cost predicts at most [`INLINE_MAX_WORK`], inline — so
 //! the runtime's workers stay free to accept streams and decide at once:
 //!
 //! 1. A request whose deadline (its `grpc-timeout`, capped by
@@ -38,7 +39,18 @@ use crate::limits::Limits;
 /// Requests of at most this many docs run inline on the runtime's worker
 /// (once admitted): handing them to another thread would cost more than
 /// their work (tens of µs).
-pub const INLINE_MAX_DOCS: usize = 16;
+pub const INLINE_DOCS: usize = 16;
+
+/// Larger requests also run inline while their predicted work is at most
+/// this long and the runtime is not saturated (see
+/// [`Admission::runs_inline`]). The hand-off to the blocking pool and
+/// back (two wake-ups across threads) cost the server ~60 µs of CPU per
+/// call in BENCHMARKS.md "Larger requests inline while the runtime idles":
+/// a third of a 100-doc `GetParams`, a few percent of a 1000-doc one.
+pub const INLINE_MAX_WORK: Duration = Duration::from_micros(200);
+
+/// ... and at most this many docs, whatever the prediction.
+pub const INLINE_MAX_DOCS: usize = 1024;
 
 /// Least time between two "shedding" warnings in the log.
 const WARN_INTERVAL: Duration = Duration::from_secs(1);
@@ -221,6 +233,9 @@ pub struct Admission {
     counters: Counters,
     started: Instant,
     last_warning_ms: AtomicU64,
+    /// The runtime's workers' park count at the last inline decision that
+    /// looked at it.
+    last_parks: AtomicU64,
 }
 
 impl Admission {
@@ -242,6 +257,7 @@ impl Admission {
             counters: Counters::default(),
             started: Instant::now(),
             last_warning_ms: AtomicU64::new(0),
+            last_parks: AtomicU64::new(0),
         }
     }
 
@@ -272,6 +288,7 @@ impl Admission {
         ticket: Ticket,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Shed> {
+        let inline = self.runs_inline(&ticket);
         let permit = self
             .admit(ticket)
             .await
@@ -285,7 +302,7 @@ impl Admission {
             costs.record(ticket.kind, started.elapsed(), ticket.docs);
             out
         };
-        if ticket.docs <= INLINE_MAX_DOCS {
+        if inline {
             return Ok(timed());
         }
         match tokio::task::spawn_blocking(timed).await {
@@ -293,6 +310,40 @@ impl Admission {
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             Err(_) => Err(Shed::ShuttingDown),
         }
+    }
+
+    /// Whether `ticket`'s work runs on the calling worker rather than the
+    /// blocking pool: tiny requests always; larger ones when their kind's
+    /// measured cost predicts little work *and* a worker of the runtime
+    /// has parked (run out of tasks) since the last such decision. A
+    /// saturated runtime never parks: its requests' work then goes to the
+    /// pool, so the workers stay free to read the connections and shed
+    /// what cannot be served. (Inline work on a saturated worker hid the
+    /// backlog in unread HTTP/2 streams: at twice the capacity nothing was
+    /// shed and the admitted p99 was 2 s instead of ~110 ms, BENCHMARKS.md.)
+    fn runs_inline(&self, ticket: &Ticket) -> bool {
+        if ticket.docs <= INLINE_DOCS {
+            return true;
+        }
+        let cheap = ticket.docs <= INLINE_MAX_DOCS
+            && self
+                .costs
+                .predict_measured(ticket.kind, ticket.docs)
+                .is_some_and(|work| work <= INLINE_MAX_WORK);
+        cheap && self.runtime_parked_since_last_look()
+    }
+
+    /// Whether the current runtime's workers have parked since the last
+    /// call (false outside a runtime).
+    fn runtime_parked_since_last_look(&self) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let metrics = runtime.metrics();
+        let parks = (0..metrics.num_workers())
+            .map(|worker| metrics.worker_park_count(worker))
+            .fold(0_u64, u64::wrapping_add);
+        self.last_parks.swap(parks, Ordering::Relaxed) != parks
     }
 
     /// A slot for `ticket`, at once or after a bounded wait.
@@ -407,6 +458,12 @@ impl Costs {
     fn predict(&self, kind: WorkKind, docs: usize) -> Duration {
         let ns = f64::from_bits(self.0[kind as usize].load(Ordering::Relaxed));
         Duration::from_secs_f64(ns * docs.max(1) as f64 * 1e-9)
+    }
+
+    /// Predicted work, once `kind`'s cost has been measured.
+    fn predict_measured(&self, kind: WorkKind, docs: usize) -> Option<Duration> {
+        let measured = self.0[kind as usize].load(Ordering::Relaxed) != 0.0_f64.to_bits();
+        measured.then(|| self.predict(kind, docs))
     }
 
     /// Folds one measured work time into the average. Concurrent updates
@@ -545,6 +602,49 @@ mod tests {
             Duration::ZERO
         );
         assert_eq!(admission.stats().admitted, 1);
+    }
+
+    #[tokio::test]
+    async fn cheap_work_runs_on_the_calling_thread_and_dear_work_on_the_pool() {
+        let admission = Admission::new(&limits(2, 4, 50));
+        let here = std::thread::current().id();
+        let thread_of = |kind, docs| {
+            let t = Ticket {
+                kind,
+                ..ticket(docs, 60_000)
+            };
+            let a = &admission;
+            async move { a.run(t, || std::thread::current().id()).await.unwrap() }
+        };
+        // Unmeasured: only tiny requests inline.
+        assert_ne!(thread_of(WorkKind::GetParams, 100).await, here);
+        assert_eq!(thread_of(WorkKind::GetParams, INLINE_DOCS).await, here);
+        // Measured cheap (1 µs per doc): 100 docs inline, not past the cap.
+        // (The 100-doc run above folded its own time in; this outweighs it.)
+        let hundred_us = Duration::from_micros(100);
+        for _ in 0..64 {
+            admission.costs.record(WorkKind::GetParams, hundred_us, 100);
+        }
+        // The other kind: 10 µs per doc.
+        admission
+            .costs
+            .record(WorkKind::SampleScores, hundred_us * 10, 100);
+        // ... once the runtime has parked since the last look: not twice
+        // in a row without parking (as when saturated).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(thread_of(WorkKind::GetParams, 100).await, here);
+        assert_ne!(thread_of(WorkKind::GetParams, 100).await, here);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(thread_of(WorkKind::GetParams, 100).await, here);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_ne!(
+            thread_of(WorkKind::GetParams, INLINE_MAX_DOCS + 1).await,
+            here
+        );
+        // The other kind's 10 µs per doc predicts 1 ms: the pool.
+        assert_ne!(thread_of(WorkKind::SampleScores, 100).await, here);
+        assert_eq!(thread_of(WorkKind::SampleScores, 1).await, here);
+        assert_eq!(admission.stats().admitted, 8);
     }
 
     #[tokio::test]
