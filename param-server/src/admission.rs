@@ -168,6 +168,9 @@ pub struct AdmissionStats {
     pub admitted: u64,
     /// Of those, requests that waited for it.
     pub admitted_after_wait: u64,
+    /// Of those, requests whose work ran on the runtime's worker that
+    /// received them, not on the blocking pool.
+    pub admitted_inline: u64,
     /// Shed: [`Shed::QueueFull`] or [`Shed::QueueBytes`].
     pub shed_queue_full: u64,
     /// Shed: [`Shed::Backlog`].
@@ -189,6 +192,7 @@ impl AdmissionStats {
 struct Counters {
     admitted: AtomicU64,
     admitted_after_wait: AtomicU64,
+    admitted_inline: AtomicU64,
     shed_queue_full: AtomicU64,
     shed_backlog: AtomicU64,
     shed_waited: AtomicU64,
@@ -273,6 +277,7 @@ impl Admission {
         AdmissionStats {
             admitted: load(&c.admitted),
             admitted_after_wait: load(&c.admitted_after_wait),
+            admitted_inline: load(&c.admitted_inline),
             shed_queue_full: load(&c.shed_queue_full),
             shed_backlog: load(&c.shed_backlog),
             shed_waited: load(&c.shed_waited),
@@ -303,6 +308,9 @@ impl Admission {
             out
         };
         if inline {
+            self.counters
+                .admitted_inline
+                .fetch_add(1, Ordering::Relaxed);
             return Ok(timed());
         }
         match tokio::task::spawn_blocking(timed).await {
@@ -644,7 +652,8 @@ mod tests {
         // The other kind's 10 µs per doc predicts 1 ms: the pool.
         assert_ne!(thread_of(WorkKind::SampleScores, 100).await, here);
         assert_eq!(thread_of(WorkKind::SampleScores, 1).await, here);
-        assert_eq!(admission.stats().admitted, 8);
+        let stats = admission.stats();
+        assert_eq!((stats.admitted, stats.admitted_inline), (8, 4));
     }
 
     #[tokio::test]

@@ -168,6 +168,13 @@ impl Collector for StoreCollector {
             None,
             admitted.metric_type(),
         )?)?;
+        let inline = ConstCounter::new(stats.admitted_inline);
+        inline.encode(encoder.encode_descriptor(
+            "posterior_param_server_requests_run_inline",
+            "Admitted requests whose work ran on the runtime worker that received them, not on the blocking pool",
+            None,
+            inline.metric_type(),
+        )?)?;
         let mut shed = encoder.encode_descriptor(
             "posterior_param_server_requests_shed",
             "Requests refused by admission control (RESOURCE_EXHAUSTED; deadline: DEADLINE_EXCEEDED), by limit",
@@ -244,6 +251,7 @@ mod tests {
             "posterior_param_server_feed_updates_total{outcome=\"applied\"} 3\n",
             "posterior_param_server_feed_updates_total{outcome=\"rejected\"} 1\n",
             "posterior_param_server_requests_shed_total{limit=\"queue_full\"} 0\n",
+            "posterior_param_server_requests_run_inline_total 0\n",
             "# TYPE posterior_param_server_requests_shed_total counter\n",
         ] {
             assert!(out.contains(line), "missing {line:?} in\n{out}");

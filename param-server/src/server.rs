@@ -215,6 +215,7 @@ where
     tracing::info!(
         admitted = stats.admitted,
         admitted_after_wait = stats.admitted_after_wait,
+        admitted_inline = stats.admitted_inline,
         shed = stats.shed(),
         refused_deadline = stats.refused_deadline,
         "ParamService admission totals"

@@ -113,6 +113,12 @@ async fn calls_are_timed_by_method_and_code_and_the_store_is_read_at_scrape() {
         Some(3.0),
         "{text}"
     );
+    // All of them small enough to run on the worker that received them.
+    assert_eq!(
+        value(&text, "posterior_param_server_requests_run_inline_total"),
+        Some(3.0),
+        "{text}"
+    );
     assert_eq!(
         value(
             &text,
