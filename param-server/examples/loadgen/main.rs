@@ -167,6 +167,11 @@ fn runtime(
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name(name)
+        // Blocking-pool threads live as long as the run: CPU time is read
+        // per thread (`procfs::own_cpu`), and a thread that ended after
+        // tokio's default 10 s idle took its whole CPU time out of its
+        // side's sum (and put it in the load generator's).
+        .thread_keep_alive(std::time::Duration::from_secs(24 * 3600))
         .on_thread_start(move || {
             if let Some(core) = core {
                 core_affinity::set_for_current(core);
