@@ -8,13 +8,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use posterior_proto::codec::SliceCodec;
 use posterior_proto::v1;
 use posterior_proto::v1::param_service_server::ParamServiceServer;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
-use tonic_prost::ProstCodec;
 
 use crate::encoded::Encoded;
 use crate::limits::Limits;
@@ -80,7 +80,7 @@ impl tonic::codegen::Service<http::Request<Body>> for ParamRoutes {
             return self.generated.call(request);
         }
         let method = EncodedGetParams(self.service.clone());
-        let mut grpc = Grpc::new(ProstCodec::<Encoded, v1::GetParamsRequest>::default())
+        let mut grpc = Grpc::new(SliceCodec::<Encoded, v1::GetParamsRequest>::default())
             .apply_max_message_size_config(
                 Some(self.max_request_bytes),
                 Some(self.max_response_bytes),

@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use posterior_param_server::Limits;
+use posterior_param_server::encoded::Encoded;
 use posterior_proto::v1;
 use tonic::Code;
 
@@ -45,8 +46,27 @@ fn expect<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, text
     );
 }
 
+/// Calls `method` of `ParamService` with `body` as the request message's
+/// bytes, whatever they hold.
+async fn raw_call(server: &TestServer, method: &str, body: &[u8]) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!(
+        "/posterior.v1.ParamService/{method}"
+    ))
+    .unwrap();
+    let codec = posterior_proto::codec::SliceCodec::<Encoded, Encoded>::default();
+    let request = tonic::Request::new(Encoded::from_encoding(body.to_vec()));
+    grpc.unary(request, path, codec).await.map(drop)
+}
+
 /// Sends every kind of bad request once and checks each status.
 async fn send_bad_requests(server: &TestServer) {
+    // Bytes that are no message: field 1 (the version) with a cut length.
+    for method in ["GetParams", "SampleScores", "WatchParams"] {
+        let status = raw_call(server, method, &[0x0a, 0xff]).await;
+        expect(status, Code::Internal, "failed to decode Protobuf message");
+    }
     let mut client = server.client().await;
     // 20 000 ids of 10 bytes each: over the 64 KiB request limit.
     let huge: Vec<u64> = (0..20_000).map(|i| u64::MAX - i).collect();

@@ -5,6 +5,7 @@
 //! - `v1`: messages (`JoinedSample`, `Params`, `ParamUpdate`, `VersionSpec`)
 //!   and the `ParamService` / `AdminService` clients and servers.
 //! - `FILE_DESCRIPTOR_SET`: encoded descriptors, for gRPC reflection.
+//! - [`codec`]: the services' codec (prost, decoding from one slice).
 //! - [`conn`]: the connection wrapper of both ends, which sends a small
 //!   gRPC message (a request, a response) in one TCP segment.
 //!
@@ -12,6 +13,7 @@
 //! param-server convert them into domain types with `TryFrom`, which is
 //! where bad input is rejected.
 
+pub mod codec;
 pub mod conn;
 
 /// Generated code of package `posterior.v1`.

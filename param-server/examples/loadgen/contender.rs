@@ -102,7 +102,7 @@ impl LightClient {
             .ready()
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let codec = tonic_prost::ProstCodec::<v1::GetParamsRequest, Encoded>::default();
+        let codec = posterior_proto::codec::SliceCodec::<v1::GetParamsRequest, Encoded>::default();
         let path = tonic::codegen::http::uri::PathAndQuery::from_static(
             "/posterior.v1.ParamService/GetParams",
         );
