@@ -161,20 +161,26 @@ impl Collector for StoreCollector {
             return Ok(());
         };
         let stats = admission.stats();
-        let admitted = ConstCounter::new(stats.admitted);
-        admitted.encode(encoder.encode_descriptor(
-            "posterior_param_server_requests_admitted",
-            "GetParams / SampleScores requests given a work slot",
-            None,
-            admitted.metric_type(),
-        )?)?;
-        let inline = ConstCounter::new(stats.admitted_inline);
-        inline.encode(encoder.encode_descriptor(
-            "posterior_param_server_requests_run_inline",
-            "Admitted requests whose work ran on the runtime worker that received them, not on the blocking pool",
-            None,
-            inline.metric_type(),
-        )?)?;
+        for (name, help, value) in [
+            (
+                "posterior_param_server_requests_admitted",
+                "GetParams / SampleScores requests given a work slot",
+                stats.admitted,
+            ),
+            (
+                "posterior_param_server_requests_run_inline",
+                "Admitted requests whose work ran on the runtime worker that received them, not on the blocking pool",
+                stats.admitted_inline,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
         let mut shed = encoder.encode_descriptor(
             "posterior_param_server_requests_shed",
             "Requests refused by admission control (RESOURCE_EXHAUSTED; deadline: DEADLINE_EXCEEDED), by limit",
