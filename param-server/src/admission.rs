@@ -293,12 +293,14 @@ impl Admission {
         ticket: Ticket,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Shed> {
-        let inline = self.runs_inline(&ticket);
         let permit = self
             .admit(ticket)
             .await
             .inspect_err(|shed| self.count(shed))?;
         self.counters.admitted.fetch_add(1, Ordering::Relaxed);
+        // Decided once admitted: a shed request uses up no park, and one
+        // that waited for its slot sees the runtime as it is now.
+        let inline = self.runs_inline(&ticket);
         let costs = Arc::clone(&self.costs);
         let timed = move || {
             let _slot: OwnedSemaphorePermit = permit;
