@@ -5,7 +5,8 @@
 //! buffer. prost reading through it advances that `BytesMut` once per
 //! field and once per element of a packed field: a 1000-doc
 //! `GetParamsResponse` holds 64 000 doubles, and those advances were 9 %
-//! of a client's CPU (BENCHMARKS.md, "Decoding from one slice"). The
+//! of a client's CPU (BENCHMARKS.md, "The load generator's CPU accounting,
+//! and decoding from one slice"). The
 //! buffer already holds the whole message, so [`SliceDecoder`] splits it
 //! off without a copy (`Buf::copy_to_bytes` on a `BytesMut`) and decodes
 //! from the plain slice. The bytes on the wire and the messages are the
