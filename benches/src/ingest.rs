@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use posterior_learner::engine::Payload;
-use posterior_learner::file_source::{FileSource, Format, decode_protobuf};
+use posterior_learner::file_source::{FileReadAhead, FileSource, Format, decode_protobuf};
 use posterior_learner::prefetch::prefetch_slice;
 use posterior_learner::runner::fresh_engine;
 use posterior_tests::log::{LogSpec, generate_records};
@@ -365,17 +365,24 @@ pub fn decode_in_memory(path: &Path) -> Phase {
     Phase::since(&watch, Duration::ZERO, Duration::ZERO, frames.len() as u64)
 }
 
-/// Bench 2: the file through `FileSource` and the engine (one partition,
-/// as the runner reads files), publishing to a `NullSink`, ending with
-/// `Engine::finish` as the runner does at the end of a file. With `keys`
-/// above 0, phase 1 (timed apart) runs until the file's first `keys`
-/// records are read and the engine's table holds `keys` keys, as in
-/// bench 1's `fill_table`; phase 2 is the rest of the file.
+/// Bench 2: the file through the engine (one partition, as the runner
+/// reads files), publishing to a `NullSink`, ending with
+/// `Engine::finish` as the runner does at the end of a file. The file is
+/// read by a [`FileReadAhead`] (the runner's way: read and decoded on a
+/// second thread) or, with `read_ahead` false, by a [`FileSource`] on the
+/// engine's thread. With `keys` above 0, phase 1 (timed apart) runs until
+/// the file's first `keys` records are read and the engine's table holds
+/// `keys` keys, as in bench 1's `fill_table`; phase 2 is the rest of the
+/// file. The run's CPU figures are the engine thread's; the second value
+/// is the whole process over the whole run (wall time from the start to
+/// the end of the finish, untimed drains included; CPU time of every
+/// thread, the reader's included).
 pub fn from_file(
     path: &Path,
     config: &posterior_learner::config::Config,
     keys: u64,
-) -> PipelineRun {
+    read_ahead: bool,
+) -> (PipelineRun, Phase) {
     let engine = fresh_engine(config, [FILE_PARTITION]).expect("bench versions register");
     let mut driver = Driver::new(
         engine,
@@ -383,12 +390,18 @@ pub fn from_file(
         config.publish_interval_ms(),
         config.state.checkpoint_every_records,
     );
-    let mut source = FileSource::open(path, Format::Protobuf, 0).expect("open sample file");
+    let (start, process0) = (std::time::Instant::now(), crate::machine::process_cpu());
+    let source = FileSource::open(path, Format::Protobuf, 0).expect("open sample file");
+    let mut source = if read_ahead {
+        Source::Ahead(FileReadAhead::start(source).expect("start the file reader"))
+    } else {
+        Source::Direct(source)
+    };
     let mut phase1 = Phase::default();
     let mut filling = keys > 0;
     driver.watch.start();
-    while let Some((offset, payload)) = source.next_record().expect("read sample file") {
-        driver.ingest(FILE_PARTITION, offset, source.position(), payload);
+    while let Some((offset, next_offset, payload)) = source.next_record() {
+        driver.ingest(FILE_PARTITION, offset, next_offset, payload);
         if filling && driver.records >= keys && driver.engine.param_count() as u64 >= keys {
             filling = false;
             driver.publish();
@@ -414,7 +427,32 @@ pub fn from_file(
         cpu: both.cpu.saturating_sub(phase1.cpu),
     };
     let finish = finish(&mut driver);
-    summarize(driver, phase1, phase2, finish)
+    drop(source);
+    let process = Phase {
+        records: driver.records,
+        wall: start.elapsed(),
+        cpu: crate::machine::process_cpu().saturating_sub(process0),
+    };
+    (summarize(driver, phase1, phase2, finish), process)
+}
+
+/// Bench 2's two ways of reading the file.
+enum Source {
+    Ahead(FileReadAhead),
+    Direct(FileSource),
+}
+
+impl Source {
+    /// The next (offset, next offset, payload); `None` at the end.
+    fn next_record(&mut self) -> Option<(u64, u64, Payload)> {
+        match self {
+            Self::Ahead(source) => source.next_record().expect("read sample file"),
+            Self::Direct(source) => source
+                .next_record()
+                .expect("read sample file")
+                .map(|(offset, payload)| (offset, source.position(), payload)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,17 +3,24 @@
 //! position where it starts, so a restart seeks straight to a checkpointed
 //! offset. Bad records become `Payload::Invalid` with the reason
 //! `undecodable` (or the validation reason), never an error of the source.
+//!
+//! [`FileReadAhead`] reads and decodes a file on a second thread, as the
+//! Kafka source does, so that a replay is not bound by decoding on the
+//! engine's thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
 use posterior_proto::v1::JoinedSample;
 use prost::Message;
 use serde::Deserialize;
 
 use crate::engine::Payload;
+use crate::prefetch::prefetch_slice;
 use crate::sample::Sample;
 
 /// Longest record accepted; a longer one is dead-lettered and skipped.
@@ -214,6 +221,148 @@ impl FileSource {
     }
 }
 
+/// A record read ahead: (offset, next offset, payload); `None` is the end
+/// of the file.
+type Ahead = io::Result<Option<(u64, u64, Payload)>>;
+
+/// Records a reader thread hands over at a time.
+const AHEAD_BATCH: usize = 256;
+/// Batches in flight between the reader and the engine: with
+/// [`AHEAD_BATCH`], at most ~2 000 records are decoded ahead.
+const AHEAD_BATCHES: usize = 8;
+/// How many records ahead of the one handed on the engine's thread asks
+/// for a record and its sample's context: the reader decoded them on the
+/// other core (as in the Kafka source's read-ahead).
+const CONTEXT_AHEAD: usize = 4;
+
+/// A [`FileSource`] read and decoded on its own thread, ahead of the
+/// engine: the engine's thread only takes decoded records off a bounded
+/// channel. Offsets, order and the end are the file's, exactly as
+/// [`FileSource::next_record`] gives them; what is read ahead and not yet
+/// taken when the process dies is read again from the checkpointed
+/// offset. For files only: a read of standard input may block for ever,
+/// which the runner handles on its own thread.
+pub struct FileReadAhead {
+    batches: Receiver<Vec<Ahead>>,
+    /// Emptied batches go back to the reader for reuse.
+    spare: SyncSender<Vec<Ahead>>,
+    current: VecDeque<Ahead>,
+    /// The end or an error was taken: nothing more comes.
+    finished: bool,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FileReadAhead {
+    /// Starts reading `source` on a thread named `file-reader`.
+    pub fn start(mut source: FileSource) -> io::Result<Self> {
+        let (batches_tx, batches) = sync_channel::<Vec<Ahead>>(AHEAD_BATCHES);
+        let (spare, spare_rx) = sync_channel::<Vec<Ahead>>(AHEAD_BATCHES + 2);
+        let thread = std::thread::Builder::new()
+            .name("file-reader".into())
+            .spawn(move || {
+                let fresh = |spare: &Receiver<Vec<Ahead>>| {
+                    spare
+                        .try_recv()
+                        .unwrap_or_else(|_| Vec::with_capacity(AHEAD_BATCH))
+                };
+                let mut batch = fresh(&spare_rx);
+                loop {
+                    let item = source
+                        .next_record()
+                        .map(|r| r.map(|(offset, payload)| (offset, source.position(), payload)));
+                    let last = !matches!(item, Ok(Some(_)));
+                    batch.push(item);
+                    if last || batch.len() >= AHEAD_BATCH {
+                        // The engine's side hung up: nobody wants the rest.
+                        if batches_tx.send(batch).is_err() || last {
+                            return;
+                        }
+                        batch = fresh(&spare_rx);
+                    }
+                }
+            })?;
+        Ok(Self {
+            batches,
+            spare,
+            current: VecDeque::new(),
+            finished: false,
+            thread: Some(thread),
+        })
+    }
+
+    /// The next record as (offset, next offset, payload), `None` at the
+    /// end (and after it, or after an error).
+    pub fn next_record(&mut self) -> Ahead {
+        if self.finished {
+            return Ok(None);
+        }
+        if self.current.is_empty() {
+            self.take_batch();
+        }
+        let item = self.current.pop_front().unwrap_or(Ok(None));
+        if !matches!(item, Ok(Some(_))) {
+            self.finished = true;
+        }
+        self.prefetch(CONTEXT_AHEAD - 1);
+        item
+    }
+
+    /// True when the next [`FileReadAhead::next_record`] reports the end;
+    /// waits for the reader when nothing is read ahead (a file read, not
+    /// an input that may never come). False before an error, which the
+    /// next read returns.
+    pub fn at_end(&mut self) -> bool {
+        if self.finished {
+            return true;
+        }
+        if self.current.is_empty() {
+            self.take_batch();
+        }
+        matches!(self.current.front(), Some(Ok(None)))
+    }
+
+    /// Waits for the reader's next batch. The reader hangs up only after
+    /// sending the end or an error, so finding it gone means it panicked:
+    /// an error, never a silent end of the input.
+    fn take_batch(&mut self) {
+        let Ok(batch) = self.batches.recv() else {
+            self.current
+                .push_back(Err(io::Error::other("the file reader thread stopped")));
+            return;
+        };
+        let spent = std::mem::replace(&mut self.current, batch.into());
+        let mut spent: Vec<Ahead> = spent.into();
+        spent.clear();
+        // A full return channel only means the reader has spares.
+        let _ = self.spare.try_send(spent);
+        for ahead in 0..CONTEXT_AHEAD {
+            self.prefetch(ahead);
+        }
+    }
+
+    /// Asks for the `i`-th record waiting and its sample's context.
+    fn prefetch(&self, i: usize) {
+        let Some(item) = self.current.get(i) else {
+            return;
+        };
+        prefetch_slice(std::slice::from_ref(item));
+        if let Ok(Some((_, _, Payload::Sample(sample)))) = item {
+            prefetch_slice(&sample.context);
+        }
+    }
+}
+
+impl Drop for FileReadAhead {
+    fn drop(&mut self) {
+        // Unblocks a reader waiting to send, which then stops.
+        let (_, hung_up) = sync_channel(0);
+        drop(std::mem::replace(&mut self.batches, hung_up));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 fn too_long() -> Payload {
     Payload::Invalid {
         reason: "undecodable",
@@ -343,6 +492,92 @@ mod tests {
         ));
         let mut resumed = FileSource::open(&path, Format::Protobuf, records[2].0).unwrap();
         assert_eq!(resumed.next_record().unwrap().unwrap(), records[2]);
+    }
+
+    /// Every record of `path` through a plain source, as (offset, next
+    /// offset, payload).
+    fn read_plain(path: &Path, format: Format, offset: u64) -> Vec<(u64, u64, Payload)> {
+        let mut source = FileSource::open(path, format, offset).unwrap();
+        let mut out = Vec::new();
+        while let Some((at, payload)) = source.next_record().unwrap() {
+            out.push((at, source.position(), payload));
+        }
+        out
+    }
+
+    /// The read-ahead hands over exactly the plain source's records, with
+    /// their offsets and next offsets, across many of its batches and from
+    /// a resumed offset; bad records stay dead letters in place; its end is
+    /// known before it is read and stays the end.
+    #[test]
+    fn the_read_ahead_gives_the_plain_sources_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 3 * AHEAD_BATCH as u64 * AHEAD_BATCHES as u64 + 7;
+        let path = write_protobuf(dir.path(), n, |i| if i % 97 == 5 { f32::NAN } else { 1.0 });
+        let plain = read_plain(&path, Format::Protobuf, 0);
+        assert_eq!(plain.len() as u64, n);
+        for resume_at in [0, 1, AHEAD_BATCH, plain.len() - 1] {
+            let offset = plain[resume_at].0;
+            let mut ahead =
+                FileReadAhead::start(FileSource::open(&path, Format::Protobuf, offset).unwrap())
+                    .unwrap();
+            let mut got = Vec::new();
+            while !ahead.at_end() {
+                got.push(ahead.next_record().unwrap().expect("not at the end"));
+            }
+            assert_eq!(got, plain[resume_at..], "resumed at record {resume_at}");
+            assert!(ahead.next_record().unwrap().is_none());
+            assert!(ahead.next_record().unwrap().is_none(), "the end stays");
+            assert!(ahead.at_end());
+        }
+        let invalid = plain
+            .iter()
+            .filter(|(_, _, p)| matches!(p, Payload::Invalid { .. }))
+            .count();
+        assert_eq!(
+            invalid as u64,
+            n.div_ceil(97),
+            "NaN weights are dead letters"
+        );
+    }
+
+    /// A corrupt length prefix ends the read-ahead with the plain source's
+    /// error after every record before it; an empty file is at its end at
+    /// once; dropping a read-ahead mid-file stops its thread.
+    #[test]
+    fn the_read_ahead_reports_errors_in_place_and_stops_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_protobuf(dir.path(), 300, |_| 1.0);
+        let good = read_plain(&path, Format::Protobuf, 0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0x7f]);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut ahead =
+            FileReadAhead::start(FileSource::open(&path, Format::Protobuf, 0).unwrap()).unwrap();
+        for expected in &good {
+            assert!(!ahead.at_end());
+            assert_eq!(&ahead.next_record().unwrap().unwrap(), expected);
+        }
+        assert!(!ahead.at_end(), "an error is not the end");
+        let err = ahead.next_record().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(err.to_string().contains("declares"), "{err}");
+        assert!(ahead.next_record().unwrap().is_none());
+
+        let empty = dir.path().join("empty.pb");
+        std::fs::write(&empty, b"").unwrap();
+        let mut ahead =
+            FileReadAhead::start(FileSource::open(&empty, Format::Protobuf, 0).unwrap()).unwrap();
+        assert!(ahead.at_end());
+        assert!(ahead.next_record().unwrap().is_none());
+
+        let long = write_protobuf(dir.path(), 20_000, |_| 1.0);
+        let mut ahead =
+            FileReadAhead::start(FileSource::open(&long, Format::Protobuf, 0).unwrap()).unwrap();
+        assert!(ahead.next_record().unwrap().is_some());
+        // The reader is blocked on the full channel: the drop must free it.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(ahead);
     }
 
     /// Raw fields appended to an encoded sample.

@@ -24,7 +24,7 @@ use crate::deadletter_sink::{self, DeadLetterError, DeadLetterSink};
 use crate::engine::ScheduleResult;
 use crate::engine::{Counters, Engine, Payload, SpareWrites, Write, sort_puts};
 use crate::fallback::ServedParams;
-use crate::file_source::FileSource;
+use crate::file_source::{FileReadAhead, FileSource};
 use crate::kafka::{ControlReader, KafkaSource, ParamsTopic, Polled};
 use crate::metrics::LearnerMetrics;
 use crate::producer::DeliveryBarrier;
@@ -515,8 +515,12 @@ enum Next {
 
 /// A source of one partition read in this process.
 enum LocalSource {
-    /// A file or stdin; offsets are byte positions.
-    File(FileSource),
+    /// A file, read and decoded on a second thread; offsets are byte
+    /// positions.
+    File(FileReadAhead),
+    /// Standard input, read on the engine's thread (a read may block for
+    /// ever, which the run loop handles); offsets are byte positions.
+    Stdin(FileSource),
     /// The simulator; sample t at offset t.
     Simulator(Box<Simulator>),
     /// Records pushed by the hosting process, numbered from `next`.
@@ -542,9 +546,10 @@ impl LocalSource {
         Ok(match &config.source {
             SourceConfig::File { path, format } => Self::File(
                 FileSource::open(path, *format, offset)
+                    .and_then(FileReadAhead::start)
                     .with_context(|| format!("open {}", path.display()))?,
             ),
-            SourceConfig::Stdin { format } => Self::File(FileSource::stdin(*format)),
+            SourceConfig::Stdin { format } => Self::Stdin(FileSource::stdin(*format)),
             SourceConfig::Simulator(simulator) => Self::Simulator(Box::new(
                 Simulator::new(simulator, &config.version_specs(), offset)
                     .context("start the simulator")?,
@@ -567,7 +572,7 @@ impl LocalSource {
     fn poll_every(&self) -> u64 {
         match self {
             Self::Channel { .. } => CHANNEL_POLL_EVERY,
-            Self::File(_) | Self::Simulator(_) => COMMAND_POLL_EVERY,
+            Self::File(_) | Self::Stdin(_) | Self::Simulator(_) => COMMAND_POLL_EVERY,
         }
     }
 
@@ -579,10 +584,12 @@ impl LocalSource {
             })
         };
         Ok(match self {
-            Self::File(file) => record(
-                file.next_record()
+            Self::File(file) => record(file.next_record().context("read source")?),
+            Self::Stdin(stdin) => record(
+                stdin
+                    .next_record()
                     .context("read source")?
-                    .map(|(offset, payload)| (offset, file.position(), payload)),
+                    .map(|(offset, payload)| (offset, stdin.position(), payload)),
             ),
             Self::Simulator(simulator) => record(
                 simulator
@@ -609,7 +616,8 @@ impl LocalSource {
     /// known without waiting (stdin, a channel).
     fn at_end(&mut self) -> Result<bool> {
         Ok(match self {
-            Self::File(file) => file.at_end().context("read source")?,
+            Self::File(file) => file.at_end(),
+            Self::Stdin(stdin) => stdin.at_end().context("read source")?,
             Self::Simulator(simulator) => simulator.at_end(),
             Self::Channel { .. } => false,
         })
