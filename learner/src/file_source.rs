@@ -225,10 +225,15 @@ impl FileSource {
 /// of the file.
 type Ahead = io::Result<Option<(u64, u64, Payload)>>;
 
-/// Records a reader thread hands over at a time.
+/// Most records a reader thread hands over at a time.
 const AHEAD_BATCH: usize = 256;
+/// A batch is handed over once its records took this many bytes of the
+/// file, however few they are, so that large records (up to
+/// [`MAX_RECORD_BYTES`] each) do not pile up hundreds of megabytes ahead.
+const AHEAD_BATCH_BYTES: u64 = 1 << 20;
 /// Batches in flight between the reader and the engine: with
-/// [`AHEAD_BATCH`], at most ~2 000 records are decoded ahead.
+/// [`AHEAD_BATCH`] and [`AHEAD_BATCH_BYTES`], at most ~2 000 records and
+/// about 8 MiB of the file (plus one record per batch) are read ahead.
 const AHEAD_BATCHES: usize = 8;
 /// How many records ahead of the one handed on the engine's thread asks
 /// for a record and its sample's context: the reader decoded them on the
@@ -266,18 +271,23 @@ impl FileReadAhead {
                         .unwrap_or_else(|_| Vec::with_capacity(AHEAD_BATCH))
                 };
                 let mut batch = fresh(&spare_rx);
+                let mut batch_start = source.position();
                 loop {
                     let item = source
                         .next_record()
                         .map(|r| r.map(|(offset, payload)| (offset, source.position(), payload)));
                     let last = !matches!(item, Ok(Some(_)));
                     batch.push(item);
-                    if last || batch.len() >= AHEAD_BATCH {
+                    if last
+                        || batch.len() >= AHEAD_BATCH
+                        || source.position() - batch_start >= AHEAD_BATCH_BYTES
+                    {
                         // The engine's side hung up: nobody wants the rest.
                         if batches_tx.send(batch).is_err() || last {
                             return;
                         }
                         batch = fresh(&spare_rx);
+                        batch_start = source.position();
                     }
                 }
             })?;
@@ -539,6 +549,31 @@ mod tests {
             n.div_ceil(97),
             "NaN weights are dead letters"
         );
+
+        // Records of ~400 kB: batches are cut by bytes, a few records each.
+        let big = dir.path().join("big.pb");
+        let mut file = File::create(&big).unwrap();
+        for i in 0..12_u64 {
+            let wire = JoinedSample {
+                doc_id: i,
+                version: "v".into(),
+                event_time_ms: i as i64,
+                context: vec![0.5; 100_000],
+                ..Default::default()
+            };
+            file.write_all(&wire.encode_length_delimited_to_vec())
+                .unwrap();
+        }
+        drop(file);
+        let plain = read_plain(&big, Format::Protobuf, 0);
+        assert_eq!(plain.len(), 12);
+        let mut ahead =
+            FileReadAhead::start(FileSource::open(&big, Format::Protobuf, 0).unwrap()).unwrap();
+        let mut got = Vec::new();
+        while let Some(record) = ahead.next_record().unwrap() {
+            got.push(record);
+        }
+        assert_eq!(got, plain);
     }
 
     /// A corrupt length prefix ends the read-ahead with the plain source's
