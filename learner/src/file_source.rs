@@ -438,20 +438,30 @@ mod tests {
     /// Writes `dir/samples.pb`: `n` length-delimited samples, doc and event
     /// time `i`, weight `weight(i)`.
     fn write_protobuf(dir: &Path, n: u64, weight: impl Fn(u64) -> f32) -> PathBuf {
-        let path = dir.join("samples.pb");
-        let mut file = File::create(&path).unwrap();
+        write_samples(&dir.join("samples.pb"), n, |i| JoinedSample {
+            weight: weight(i),
+            ..sample_at(i)
+        })
+    }
+
+    /// Sample `i` of a written file: doc and event time `i`, version `v`.
+    fn sample_at(i: u64) -> JoinedSample {
+        JoinedSample {
+            doc_id: i,
+            version: "v".into(),
+            event_time_ms: i as i64,
+            ..Default::default()
+        }
+    }
+
+    /// Writes `n` length-delimited samples `sample(i)` to `path`.
+    fn write_samples(path: &Path, n: u64, sample: impl Fn(u64) -> JoinedSample) -> PathBuf {
+        let mut file = File::create(path).unwrap();
         for i in 0..n {
-            let wire = JoinedSample {
-                doc_id: i,
-                version: "v".into(),
-                event_time_ms: i as i64,
-                weight: weight(i),
-                ..Default::default()
-            };
-            file.write_all(&wire.encode_length_delimited_to_vec())
+            file.write_all(&sample(i).encode_length_delimited_to_vec())
                 .unwrap();
         }
-        path
+        path.to_path_buf()
     }
 
     /// `at_end` is true once no byte is left after the last record read
@@ -551,20 +561,10 @@ mod tests {
         );
 
         // Records of ~400 kB: batches are cut by bytes, a few records each.
-        let big = dir.path().join("big.pb");
-        let mut file = File::create(&big).unwrap();
-        for i in 0..12_u64 {
-            let wire = JoinedSample {
-                doc_id: i,
-                version: "v".into(),
-                event_time_ms: i as i64,
-                context: vec![0.5; 100_000],
-                ..Default::default()
-            };
-            file.write_all(&wire.encode_length_delimited_to_vec())
-                .unwrap();
-        }
-        drop(file);
+        let big = write_samples(&dir.path().join("big.pb"), 12, |i| JoinedSample {
+            context: vec![0.5; 100_000],
+            ..sample_at(i)
+        });
         let plain = read_plain(&big, Format::Protobuf, 0);
         assert_eq!(plain.len(), 12);
         let mut ahead =
