@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use posterior_learner::engine::Payload;
 use posterior_learner::file_source::{FileReadAhead, FileSource, Format, decode_protobuf};
-use posterior_learner::prefetch::prefetch_slice;
+use posterior_learner::prefetch::{RECORDS_AHEAD, prefetch_slice};
 use posterior_learner::runner::fresh_engine;
 use posterior_tests::log::{LogSpec, generate_records};
 use prost::Message as _;
@@ -36,12 +36,6 @@ use crate::workload::{Record, Workload, WorkloadSpec};
 
 /// Records generated per chunk (outside the timed interval).
 const CHUNK: u64 = 1 << 16;
-/// How many records ahead of the one being ingested the feed asks for a
-/// record and its context: what the Kafka source's read-ahead does with
-/// the records it decoded on its own thread (`read_ahead::CONTEXT_AHEAD`).
-/// The records of a chunk were generated before the timed interval and
-/// are out of the engine's caches, as decoded records are.
-const INPUT_AHEAD: usize = 4;
 /// Partition of a file source (the runner's).
 const FILE_PARTITION: u32 = 0;
 
@@ -236,15 +230,17 @@ fn feed_records(driver: &mut Driver, workload: &mut Workload, n: u64) {
         let records = workload.records(left.min(CHUNK) as usize);
         left -= records.len() as u64;
         driver.watch.start();
-        // As the Kafka read-ahead hands its decoded records to the
-        // engine: each record and its context asked for a few records
-        // before the engine's first touch of them.
+        // As the Kafka and file read-aheads hand their decoded records to
+        // the engine: each record and its context asked for a few records
+        // before the engine's first touch of them. The records of a chunk
+        // were generated before the timed interval and are out of the
+        // engine's caches, as decoded records are.
         let mut records = records.into_iter();
-        for ahead in records.as_slice().iter().take(INPUT_AHEAD) {
+        for ahead in records.as_slice().iter().take(RECORDS_AHEAD) {
             prefetch_record(ahead);
         }
         while let Some(r) = records.next() {
-            if let Some(ahead) = records.as_slice().get(INPUT_AHEAD - 1) {
+            if let Some(ahead) = records.as_slice().get(RECORDS_AHEAD - 1) {
                 prefetch_record(ahead);
             }
             driver.ingest(
@@ -259,7 +255,7 @@ fn feed_records(driver: &mut Driver, workload: &mut Workload, n: u64) {
 }
 
 /// Asks for a record and its sample's context (a hint; see
-/// [`INPUT_AHEAD`]).
+/// [`RECORDS_AHEAD`]).
 fn prefetch_record(record: &Record) {
     prefetch_slice(std::slice::from_ref(record));
     prefetch_slice(&record.sample.context);

@@ -20,7 +20,7 @@ use prost::Message;
 use serde::Deserialize;
 
 use crate::engine::Payload;
-use crate::prefetch::prefetch_slice;
+use crate::prefetch::{RECORDS_AHEAD, prefetch_slice};
 use crate::sample::Sample;
 
 /// Longest record accepted; a longer one is dead-lettered and skipped.
@@ -235,18 +235,16 @@ const AHEAD_BATCH_BYTES: u64 = 1 << 20;
 /// [`AHEAD_BATCH`] and [`AHEAD_BATCH_BYTES`], at most ~2 000 records and
 /// about 8 MiB of the file (plus one record per batch) are read ahead.
 const AHEAD_BATCHES: usize = 8;
-/// How many records ahead of the one handed on the engine's thread asks
-/// for a record and its sample's context: the reader decoded them on the
-/// other core (as in the Kafka source's read-ahead).
-const CONTEXT_AHEAD: usize = 4;
 
 /// A [`FileSource`] read and decoded on its own thread, ahead of the
 /// engine: the engine's thread only takes decoded records off a bounded
 /// channel. Offsets, order and the end are the file's, exactly as
 /// [`FileSource::next_record`] gives them; what is read ahead and not yet
 /// taken when the process dies is read again from the checkpointed
-/// offset. For files only: a read of standard input may block for ever,
-/// which the runner handles on its own thread.
+/// offset. Each record and its context are asked for [`RECORDS_AHEAD`]
+/// records before they are handed on. For files only: a read of standard
+/// input may block for ever, which the runner handles by reading stdin on
+/// the engine's thread.
 pub struct FileReadAhead {
     batches: Receiver<Vec<Ahead>>,
     /// Emptied batches go back to the reader for reuse.
@@ -313,7 +311,7 @@ impl FileReadAhead {
         if !matches!(item, Ok(Some(_))) {
             self.finished = true;
         }
-        self.prefetch(CONTEXT_AHEAD - 1);
+        self.prefetch(RECORDS_AHEAD - 1);
         item
     }
 
@@ -345,7 +343,7 @@ impl FileReadAhead {
         spent.clear();
         // A full return channel only means the reader has spares.
         let _ = self.spare.try_send(spent);
-        for ahead in 0..CONTEXT_AHEAD {
+        for ahead in 0..RECORDS_AHEAD {
             self.prefetch(ahead);
         }
     }

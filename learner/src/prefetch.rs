@@ -7,6 +7,15 @@
 //! those misses instead of waiting for each in turn. The param-server's
 //! table reads a request's docs the same way.
 
+/// How many records ahead of the one handed to the engine a source asks
+/// for a record and its sample's context. A reader thread decoded them on
+/// the other core, so the engine's first touch of one (copying it into the
+/// sample log) would wait for its cache lines to come over: ~10 % of the
+/// engine's thread in bench 3 at d = 32. A few records' work (about a
+/// microsecond each at d = 32) is enough time for them to arrive. The
+/// Kafka and file read-aheads use it, and bench 1's feed.
+pub const RECORDS_AHEAD: usize = 4;
+
 /// Asks the CPU to bring the cache line holding `target` into the caches.
 /// A hint with no effect on the program's meaning: nothing is read, and a
 /// pointer to freed or unmapped memory is harmless.

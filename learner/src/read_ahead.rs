@@ -55,18 +55,11 @@ use crate::engine::Payload;
 use crate::file_source::decode_protobuf;
 use crate::kafka::{KafkaSourceError, Polled};
 use crate::kafka_queue::{Entry, LaneQueue};
-use crate::prefetch::prefetch_slice;
+use crate::prefetch::{RECORDS_AHEAD, prefetch_slice};
 
 /// Most records in one batch handed to the engine.
 pub(crate) const BATCH: usize = 256;
 
-/// How many records ahead of the one handed on the engine's thread asks
-/// for a sample's context. The reader decoded it on the other core, so
-/// the engine's first touch of it (copying it into the sample log) waited
-/// for the cache lines to come over: ~10 % of that thread in bench 3 at
-/// d = 32. A few records' work (about a microsecond each at d = 32) is
-/// enough time for them to arrive.
-const CONTEXT_AHEAD: usize = 4;
 /// Most records taken from a lane's queue at once.
 const LANE_TAKE: usize = 64;
 /// Most batches in flight between the reader and the engine.
@@ -197,7 +190,7 @@ impl ReadAhead {
                 let spent = std::mem::replace(&mut self.current, batch);
                 // A full return channel only means the reader has spares.
                 let _ = self.spare.try_send(spent);
-                for ahead in 0..CONTEXT_AHEAD {
+                for ahead in 0..RECORDS_AHEAD {
                     self.prefetch(ahead);
                 }
                 self.current
@@ -209,10 +202,10 @@ impl ReadAhead {
         }
     }
 
-    /// Asks for the context of the record [`CONTEXT_AHEAD`] places after
-    /// the one being handed on (see [`CONTEXT_AHEAD`]).
+    /// Asks for the context of the record [`RECORDS_AHEAD`] places after
+    /// the one being handed on (see [`RECORDS_AHEAD`]).
     fn prefetch_ahead(&self) {
-        self.prefetch(CONTEXT_AHEAD - 1);
+        self.prefetch(RECORDS_AHEAD - 1);
     }
 
     /// Asks for the `i`-th item of the current batch and its sample's
