@@ -281,6 +281,12 @@ impl KafkaSource {
         self.reader.next(timeout)
     }
 
+    /// True when the next [`KafkaSource::poll`] hands on a record already
+    /// read ahead, without waiting.
+    pub fn has_buffered(&self) -> bool {
+        self.reader.has_buffered()
+    }
+
     /// Keeps exactly `partitions` from being fetched (backpressure), from
     /// the reader's next poll on; an empty list resumes all. Records of
     /// theirs already read ahead (at most a few thousand) still arrive.

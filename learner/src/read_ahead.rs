@@ -176,6 +176,11 @@ impl ReadAhead {
         })
     }
 
+    /// True when [`ReadAhead::next`] has an item at hand (no wait).
+    pub(crate) fn has_buffered(&self) -> bool {
+        !self.current.is_empty()
+    }
+
     /// The next record or event, waiting up to `timeout` for one.
     pub(crate) fn next(&mut self, timeout: Duration) -> Item {
         if let Some(item) = self.current.pop_front() {
