@@ -416,11 +416,21 @@ impl Engine {
     /// are shared, not copied: a key's next update copies its state first
     /// while one is held.
     pub fn take_changed(&mut self) -> Vec<(ParamKey, Arc<KeyState>)> {
+        self.take_changed_as(|key, state| (key, Arc::clone(state)))
+    }
+
+    /// [`Engine::take_changed`], each key and state mapped by `f` as it is
+    /// taken: a sink's records are built in one pass, without a vector of
+    /// pairs in between.
+    pub fn take_changed_as<T>(
+        &mut self,
+        mut f: impl FnMut(ParamKey, &Arc<KeyState>) -> T,
+    ) -> Vec<T> {
         let mut keys = std::mem::take(&mut self.changed);
         let mut taken = Vec::with_capacity(keys.len());
         self.for_each_slot(&keys, |key, slot| {
             slot.unpublished = false;
-            taken.push((key, Arc::clone(&slot.state)));
+            taken.push(f(key, &slot.state));
         });
         keys.clear();
         self.changed = keys;

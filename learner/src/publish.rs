@@ -137,15 +137,11 @@ pub fn take_updates(engine: &mut Engine) -> Vec<ParamChange> {
         .iter()
         .map(|e| Arc::from(e.spec.name.as_str()))
         .collect();
-    engine
-        .take_changed()
-        .into_iter()
-        .map(|(key, state)| ParamChange {
-            version: Arc::clone(&names[key.version.0 as usize]),
-            doc_id: key.doc_id,
-            state,
-        })
-        .collect()
+    engine.take_changed_as(|key, state| ParamChange {
+        version: Arc::clone(&names[key.version.0 as usize]),
+        doc_id: key.doc_id,
+        state: Arc::clone(state),
+    })
 }
 
 /// Drops every update: a learner nobody reads from (replays, tests).
