@@ -260,25 +260,47 @@ impl DiagonalGaussian {
         if let [obs] = batch {
             return self.update_single(prior, factor, obs);
         }
-        let mut next = self.clone();
         if factor < 1.0 {
+            // Forgetting first, on a copy: a refused update leaves the
+            // state as it was.
+            let mut next = self.clone();
             next.decay(prior, factor);
+            let stats = next.apply_batch(batch)?;
+            *self = next;
+            return Ok(stats);
         }
-        let step = map_step(next.mean(), &Precision::Diagonal(next.precision()), batch)?;
-        let (mean, precision) = next.parts_mut();
+        self.apply_batch(batch)
+    }
+
+    /// The MAP step of a batch of two or more observations, then each
+    /// one's curvature added to the precisions. Everything is computed and
+    /// checked before the state is written, so an error leaves it as it
+    /// was, without the copy of the state an update once made for that
+    /// (a third of the allocations of a micro-batch's update).
+    fn apply_batch(&mut self, batch: &[Observation<'_>]) -> Result<UpdateStats, PosteriorError> {
+        let step = map_step(self.mean(), &Precision::Diagonal(self.precision()), batch)?;
+        let curvatures: smallvec::SmallVec<[f64; 16]> = batch
+            .iter()
+            .map(|obs| {
+                let p = sigmoid(dot_f32(&step.w, obs.context));
+                obs.weight * p * (1.0 - p)
+            })
+            .collect();
+        // The state is finite and q ≥ 1e-6, the contexts finite f32 and
+        // the weights ≤ 1e6, so the new precisions are finite whenever the
+        // curvatures are (see `update_single`), and the new mean is `w`.
+        if !(step.w.iter().all(|w| w.is_finite()) && curvatures.iter().all(|c| c.is_finite())) {
+            return Err(PosteriorError::Unstable);
+        }
+        let (mean, precision) = self.parts_mut();
         mean.copy_from_slice(&step.w);
-        for obs in batch {
-            let p = sigmoid(dot_f32(mean, obs.context));
-            let curvature = obs.weight * p * (1.0 - p);
+        for (obs, &curvature) in batch.iter().zip(&curvatures) {
             for (qi, &xi) in precision.iter_mut().zip(obs.context) {
                 let xi = f64::from(xi);
                 *qi += curvature * xi * xi;
             }
         }
-        if !next.is_finite() {
-            return Err(PosteriorError::Unstable);
-        }
-        *self = next;
+        debug_assert!(self.is_finite(), "the checks above keep the state finite");
         Ok(UpdateStats {
             newton_iterations: step.iterations,
             converged: step.converged,
