@@ -177,12 +177,16 @@ pub fn reorder_partition(key: &[u8]) -> Result<u32, CorruptState> {
 /// (u64), the length of its bytes (u32), both little-endian, then its
 /// [`sample_bytes`].
 pub fn put_sample_record(out: &mut Vec<u8>, offset: u64, sample: &Sample) {
-    out.extend_from_slice(&offset.to_le_bytes());
-    let len_at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    write_sample(sample, out);
-    let len = (out.len() - len_at - 4) as u32;
-    out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+    let len = sample_len(sample);
+    let start = out.len();
+    // Sized once and written in place: one capacity check per record, not
+    // one per field and byte.
+    out.resize(start + 12 + len, 0);
+    let mut w = Writer::at(&mut out[start..]);
+    w.put(&offset.to_le_bytes());
+    w.put(&(len as u32).to_le_bytes());
+    write_sample_into(sample, &mut w);
+    assert!(w.is_full(), "sample_len and write_sample_into agree");
 }
 
 /// Decodes the records of a blob ([`put_sample_record`]) into
@@ -265,61 +269,176 @@ pub fn sample_bytes(sample: &Sample) -> Vec<u8> {
 /// name), so equal samples give equal bytes; prost writes the same fields,
 /// and a map's entries in whatever order its `HashMap` has.
 pub fn write_sample(sample: &Sample, out: &mut Vec<u8>) {
-    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
-    let label_len = |name: &str, value: f32| {
-        let key = if name.is_empty() {
-            0
-        } else {
-            1 + encoded_len_varint(name.len() as u64) + name.len()
-        };
-        key + if value == 0.0 { 0 } else { 5 }
-    };
-    out.reserve(
-        32 + sample.version.len()
-            + 4 * sample.context.len()
-            + sample
-                .labels
-                .iter()
-                .map(|(n, _)| 8 + n.len())
-                .sum::<usize>()
-            + sample.sample_id.as_ref().map_or(0, |id| 4 + id.len()),
-    );
-    let put_str = |out: &mut Vec<u8>, tag: u32, value: &str| {
-        if !value.is_empty() {
-            encode_key(tag, WireType::LengthDelimited, out);
-            encode_varint(value.len() as u64, out);
-            out.extend_from_slice(value.as_bytes());
-        }
-    };
-    let put_f32 = |out: &mut Vec<u8>, tag: u32, value: f32| {
-        if value != 0.0 {
-            encode_key(tag, WireType::ThirtyTwoBit, out);
-            out.extend_from_slice(&value.to_le_bytes());
-        }
-    };
-    if sample.doc_id != 0 {
-        encode_key(1, WireType::Varint, out);
-        encode_varint(sample.doc_id, out);
+    let start = out.len();
+    out.resize(start + sample_len(sample), 0);
+    let mut w = Writer::at(&mut out[start..]);
+    write_sample_into(sample, &mut w);
+    assert!(w.is_full(), "sample_len and write_sample_into agree");
+}
+
+/// `JoinedSample` field keys: (field number << 3) | wire type, one byte
+/// each (every field number is below 16).
+mod field {
+    pub const DOC_ID: u8 = 1 << 3;
+    pub const VERSION: u8 = (2 << 3) | 2;
+    pub const EVENT_TIME: u8 = 3 << 3;
+    pub const CONTEXT: u8 = (4 << 3) | 2;
+    pub const LABEL: u8 = (5 << 3) | 2;
+    pub const WEIGHT: u8 = (6 << 3) | 5;
+    pub const SAMPLE_ID: u8 = (7 << 3) | 2;
+    /// In a label entry.
+    pub const LABEL_NAME: u8 = (1 << 3) | 2;
+    /// In a label entry.
+    pub const LABEL_VALUE: u8 = (2 << 3) | 5;
+}
+
+/// Bytes of a length-delimited field holding `len` bytes (key included);
+/// an empty one is left out, as proto3 does.
+fn delimited_len(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        1 + prost::encoding::encoded_len_varint(len as u64) + len
     }
-    put_str(out, 2, &sample.version);
+}
+
+/// Bytes of a varint field (key included); 0 is left out.
+fn varint_field_len(value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        1 + prost::encoding::encoded_len_varint(value)
+    }
+}
+
+/// Bytes of a `float` field (key included); 0 is left out.
+fn f32_field_len(value: f32) -> usize {
+    if value == 0.0 { 0 } else { 5 }
+}
+
+/// Bytes of a label entry's body (the map entry message).
+fn label_body_len(name: &str, value: f32) -> usize {
+    delimited_len(name.len()) + f32_field_len(value)
+}
+
+/// Bytes [`write_sample`] writes for `sample`.
+fn sample_len(sample: &Sample) -> usize {
+    varint_field_len(sample.doc_id)
+        + delimited_len(sample.version.len())
+        + varint_field_len(sample.event_time_ms as u64)
+        + delimited_len(4 * sample.context.len())
+        + sample
+            .labels
+            .iter()
+            .map(|(name, value)| {
+                1 + {
+                    let body = label_body_len(name, *value);
+                    prost::encoding::encoded_len_varint(body as u64) + body
+                }
+            })
+            .sum::<usize>()
+        + f32_field_len(sample.weight)
+        + sample
+            .sample_id
+            .as_ref()
+            .map_or(0, |id| delimited_len(id.len()))
+}
+
+/// Writes the fields [`sample_len`] counted, in field order.
+fn write_sample_into(sample: &Sample, w: &mut Writer<'_>) {
+    if sample.doc_id != 0 {
+        w.byte(field::DOC_ID);
+        w.varint(sample.doc_id);
+    }
+    w.str_field(field::VERSION, &sample.version);
     if sample.event_time_ms != 0 {
-        encode_key(3, WireType::Varint, out);
-        encode_varint(sample.event_time_ms as u64, out);
+        w.byte(field::EVENT_TIME);
+        w.varint(sample.event_time_ms as u64);
     }
     if !sample.context.is_empty() {
-        encode_key(4, WireType::LengthDelimited, out);
-        encode_varint(4 * sample.context.len() as u64, out);
-        put_f32s(out, &sample.context);
+        w.byte(field::CONTEXT);
+        w.varint(4 * sample.context.len() as u64);
+        w.f32s(&sample.context);
     }
     for (name, value) in &sample.labels {
-        encode_key(5, WireType::LengthDelimited, out);
-        encode_varint(label_len(name, *value) as u64, out);
-        put_str(out, 1, name);
-        put_f32(out, 2, *value);
+        // A label is a map entry: present even when both of its fields
+        // are defaults (an empty name and 0).
+        w.byte(field::LABEL);
+        w.varint(label_body_len(name, *value) as u64);
+        w.str_field(field::LABEL_NAME, name);
+        w.f32_field(field::LABEL_VALUE, *value);
     }
-    put_f32(out, 6, sample.weight);
+    w.f32_field(field::WEIGHT, sample.weight);
     if let Some(id) = &sample.sample_id {
-        put_str(out, 7, id);
+        w.str_field(field::SAMPLE_ID, id);
+    }
+}
+
+/// Writes into a slice sized beforehand. Writing past its end, or
+/// stopping short of it, is a bug of the sizing: the callers panic rather
+/// than store a record with a wrong length.
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> Writer<'a> {
+    fn at(buf: &'a mut [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    /// Every byte of the slice is written.
+    fn is_full(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    #[inline]
+    fn byte(&mut self, b: u8) {
+        self.buf[self.pos] = b;
+        self.pos += 1;
+    }
+
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf[self.pos..self.pos + bytes.len()].copy_from_slice(bytes);
+        self.pos += bytes.len();
+    }
+
+    #[inline]
+    fn varint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.byte(value as u8 | 0x80);
+            value >>= 7;
+        }
+        self.byte(value as u8);
+    }
+
+    /// A length-delimited string field; an empty one is left out.
+    #[inline]
+    fn str_field(&mut self, key: u8, value: &str) {
+        if !value.is_empty() {
+            self.byte(key);
+            self.varint(value.len() as u64);
+            self.put(value.as_bytes());
+        }
+    }
+
+    /// A `float` field; 0 is left out.
+    #[inline]
+    fn f32_field(&mut self, key: u8, value: f32) {
+        if value != 0.0 {
+            self.byte(key);
+            self.put(&value.to_le_bytes());
+        }
+    }
+
+    /// `values` little-endian, in bulk.
+    fn f32s(&mut self, values: &[f32]) {
+        let dst = &mut self.buf[self.pos..self.pos + 4 * values.len()];
+        for (dst, x) in dst.chunks_exact_mut(4).zip(values) {
+            dst.copy_from_slice(&x.to_le_bytes());
+        }
+        self.pos += 4 * values.len();
     }
 }
 
@@ -522,6 +641,18 @@ mod tests {
             let wire = v1::JoinedSample::decode(bytes.as_slice()).unwrap();
             proptest::prop_assert_eq!(&wire, &v1::JoinedSample::from(&sample));
             proptest::prop_assert_eq!(sample_from(b"k", &bytes).unwrap(), sample.clone());
+            // A log record is offset, length and the same bytes; records
+            // appended one after another decode back in order.
+            let mut log = Vec::new();
+            put_sample_record(&mut log, doc_id, &sample);
+            proptest::prop_assert_eq!(&log[..8], &doc_id.to_le_bytes());
+            proptest::prop_assert_eq!(&log[8..12], &(bytes.len() as u32).to_le_bytes());
+            proptest::prop_assert_eq!(&log[12..], bytes.as_slice());
+            put_sample_record(&mut log, 7, &sample);
+            proptest::prop_assert_eq!(
+                sample_records_from(b"k", &log).unwrap(),
+                vec![(doc_id, sample.clone()), (7, sample.clone())]
+            );
             if sample.labels.len() <= 1 {
                 proptest::prop_assert_eq!(bytes, v1::JoinedSample::from(&sample).encode_to_vec());
             }
