@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Bench 1 for two builds at once, one per core, so that both see the same
+# host. A binary started second reads several percent better (BENCHMARKS.md,
+# "Fewer copies of each sample"), so the rounds alternate which one starts
+# first; each row runs as a pair of its own, so that both binaries time the
+# same row at the same time. Prints each row's phase-2 rate for both and
+# the ratio B / A.
+#
+#   scripts/bench-pair.sh OLD_PIPELINE NEW_PIPELINE [ROUNDS] [ROWS]
+#
+# ROWS: `pipeline engine --only` filters separated by ';' (default
+# "beta, batch 1, NullSink;logistic-d32, batch 1, NullSink").
+# Build a binary with
+#   CARGO_TARGET_DIR=... cargo build --release --locked -p posterior-benches --bin pipeline
+# and copy it out of the target directory before building the other.
+set -euo pipefail
+
+if [[ $# -lt 2 ]]; then
+    sed -n '2,16p' "$0"
+    exit 2
+fi
+a=$1
+b=$2
+rounds=${3:-4}
+rows=${4:-beta, batch 1, NullSink;logistic-d32, batch 1, NullSink}
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+# "| label | rate | ..." → "label<TAB>rate in samples/s"
+rates() {
+    awk -F'|' '/^\| (beta|logistic)/ {
+        label = $2; rate = $3
+        gsub(/^ +| +$/, "", label); gsub(/ /, "", rate)
+        unit = substr(rate, length(rate)); value = substr(rate, 1, length(rate) - 1)
+        if (unit == "M") value *= 1e6; else if (unit == "k") value *= 1e3; else value = rate
+        printf "%s\t%.0f\n", label, value
+    }' "$1"
+}
+
+printf 'A = %s\nB = %s\n\n| round | started first | row | A samples/s | B samples/s | B / A |\n|---|---|---|---:|---:|---:|\n' "$a" "$b"
+IFS=';' read -r -a filters <<<"$rows"
+for round in $(seq 1 "$rounds"); do
+    if (( round % 2 )); then first=A; else first=B; fi
+    for filter in "${filters[@]}"; do
+        if [[ $first == A ]]; then
+            "$a" engine --only "$filter" >"$out/a" 2>&1 &
+            "$b" engine --only "$filter" >"$out/b" 2>&1 &
+        else
+            "$b" engine --only "$filter" >"$out/b" 2>&1 &
+            "$a" engine --only "$filter" >"$out/a" 2>&1 &
+        fi
+        wait
+        join -t $'\t' <(rates "$out/a" | sort) <(rates "$out/b" | sort) |
+            awk -F'\t' -v round="$round" -v first="$first" '{
+                printf "| %d | %s | %s | %.3f M | %.3f M | %.3f |\n", round, first, $1, $2 / 1e6, $3 / 1e6, $3 / $2
+            }'
+    done
+done
