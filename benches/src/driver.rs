@@ -1,6 +1,6 @@
 //! Drives an engine the way the learner's runner does, minus the store:
 //! ingest every record, publish the changed keys every
-//! `publish_interval_ms` (the config's: 10 ms in process by default) of
+//! `publish_interval_ms` (the config's: 2 ms in process by default) of
 //! timed pipeline time, and
 //! every `checkpoint_every_records` (the bench's default 100 000; the
 //! learner's is 1 000 000) records drain the

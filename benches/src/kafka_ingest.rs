@@ -9,7 +9,7 @@
 //!   every partition; per record it only reads the payload length.
 //! - `source+engine`: the learner's `KafkaSource` (decode + validate, on
 //!   its reader thread) and the engine, publishing to a `NullSink` at the
-//!   config's interval (10 ms: no `[publish.kafka]`), like the runner's
+//!   config's interval (2 ms: no `[publish.kafka]`), like the runner's
 //!   loop without checkpoints (change tracking
 //!   is not drained); once with reads aligned across partitions like the
 //!   runner's, once unaligned (as the broker hands the partitions over).

@@ -182,8 +182,12 @@ pub struct PublishConfig {
 /// the interval costs — from a sample entering the learner to its update
 /// on `WatchParams`, p99 14–32 ms at 10 ms and 106–123 ms at 100 ms in a
 /// live stream (BENCHMARKS.md, "Freshness from a sample to
-/// `WatchParams`"), with no measurable cost to bench 1's channel rows.
-pub const DEFAULT_PUBLISH_INTERVAL_MS: u64 = 10;
+/// `WatchParams`"). A short interval is also cheaper for the learner: a
+/// publish reads each changed key's slot and state again, and after 2 ms
+/// they are still in the caches, after 10 ms mostly not (bench 1, Beta,
+/// +2.5 to +6.3 % at 2 ms against 10; 1 ms gains nothing more; BENCHMARKS.md,
+/// "Publishing every 2 ms").
+pub const DEFAULT_PUBLISH_INTERVAL_MS: u64 = 2;
 
 /// The publish interval to the `params` topic, where every publish of a
 /// key is a record that every replica reads: a key updated often is

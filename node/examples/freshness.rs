@@ -97,7 +97,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "0,50")]
     out_of_orderness_ms: Vec<u64>,
     /// The rows' `[publish] interval_ms`.
-    #[arg(long, value_delimiter = ',', default_value = "10,100")]
+    #[arg(long, value_delimiter = ',', default_value = "2,100")]
     publish_interval_ms: Vec<u64>,
     /// Also run every row through Kafka (starts a broker).
     #[arg(long)]
