@@ -158,6 +158,9 @@ pub struct Engine {
     /// Samples being released (empty between releases; kept for its
     /// capacity, see [`ReorderBuffer::release_below_into`]).
     releasing: Vec<(OrderKey, Sample)>,
+    /// The versions `warm` resolved for a release group (kept for its
+    /// room).
+    versions: Vec<Option<VersionId>>,
     /// Batches the age trigger hands over before a sample is processed
     /// (kept for its room: filled for nearly every sample).
     ready: Vec<ReadyBatch>,
@@ -283,6 +286,16 @@ impl Slot {
     }
 }
 
+/// How [`Engine::process`] finds a sample's version.
+#[derive(Debug, Clone, Copy)]
+enum Version {
+    /// Resolved by `warm` for the sample's group, with the registry as it
+    /// still is: the live version's id, or `None` (unknown or retired).
+    Resolved(Option<VersionId>),
+    /// Looked up by name.
+    Lookup,
+}
+
 impl Engine {
     /// A fresh engine over the assigned `partitions`.
     pub fn new(
@@ -303,6 +316,7 @@ impl Engine {
             next_offsets: BTreeMap::new(),
             released_below_ms: i64::MIN,
             releasing: Vec::new(),
+            versions: Vec::new(),
             ready: Vec::new(),
             changed: Vec::new(),
             dead_letters: Vec::new(),
@@ -826,6 +840,7 @@ impl Engine {
         let upto = stop.map_or(watermark_ms, |t| t.max(self.released_below_ms));
         if upto > self.released_below_ms {
             let mut releasing = std::mem::take(&mut self.releasing);
+            let mut versions = std::mem::take(&mut self.versions);
             while self
                 .buffer
                 .release_below_into(upto, RELEASE_PART, &mut releasing)
@@ -836,12 +851,23 @@ impl Engine {
                 // processed where it lies: moving ~170 bytes out per sample
                 // cost the Beta path two copies.
                 for group in releasing.chunks_mut(PREFETCH_GROUP) {
-                    self.warm(group);
-                    for (key, sample) in group {
+                    versions.clear();
+                    self.warm(group, &mut versions);
+                    // Only a command changes the registry: with none
+                    // waiting, the versions `warm` resolved hold for the
+                    // whole group (no name is looked up twice).
+                    let resolved =
+                        self.control.scheduled.is_empty() && versions.len() == group.len();
+                    for (i, (key, sample)) in group.iter_mut().enumerate() {
                         if !self.control.scheduled.is_empty() {
                             self.apply_commands_until(key.event_time_ms);
                         }
-                        self.process(*key, sample);
+                        let version = if resolved {
+                            Version::Resolved(versions[i])
+                        } else {
+                            Version::Lookup
+                        };
+                        self.process(*key, sample, version);
                     }
                 }
                 releasing.clear();
@@ -849,6 +875,7 @@ impl Engine {
             // A millisecond can hold more than a part: that room is not kept.
             releasing.shrink_to(RELEASING_KEPT);
             self.releasing = releasing;
+            self.versions = versions;
             if !self.control.scheduled.is_empty() {
                 self.apply_commands_until(upto - 1);
             }
@@ -868,7 +895,11 @@ impl Engine {
     /// processed one by one, each sample would wait for those misses in
     /// turn. Asked for together, they overlap. A hint only: what a command
     /// changes between two samples is still read afresh by `process`.
-    fn warm(&self, released: &[(OrderKey, Sample)]) {
+    ///
+    /// Appends to `versions` the live version of each of `released`'s
+    /// samples (`None`: unknown or retired), in order — or nothing, for a
+    /// group too small to warm.
+    fn warm(&self, released: &[(OrderKey, Sample)], versions: &mut Vec<Option<VersionId>>) {
         if released.len() < 2 {
             return;
         }
@@ -879,12 +910,17 @@ impl Engine {
         }
         // Resolving versions (string hashing) between the table lookups
         // would keep too few lookups in flight: keys first.
+        versions.extend(
+            released
+                .iter()
+                .map(|(_, sample)| self.registry.live(&sample.version).map(|e| e.id)),
+        );
         let keys: Vec<ParamKey> = released
             .iter()
-            .filter_map(|(_, sample)| {
-                let entry = self.registry.live(&sample.version)?;
+            .zip(versions.iter())
+            .filter_map(|((_, sample), version)| {
                 Some(ParamKey {
-                    version: entry.id,
+                    version: (*version)?,
                     doc_id: sample.doc_id,
                 })
             })
@@ -928,7 +964,7 @@ impl Engine {
 
     /// Applies (or batches, or dead-letters) one released sample. Its
     /// context moves into the batch; the caller drops the rest.
-    fn process(&mut self, origin: OrderKey, sample: &mut Sample) {
+    fn process(&mut self, origin: OrderKey, sample: &mut Sample, version: Version) {
         let mut ready = std::mem::take(&mut self.ready);
         self.batcher.due_into(origin.event_time_ms, &mut ready);
         for (key, batch) in ready.drain(..) {
@@ -949,7 +985,16 @@ impl Engine {
             );
             return;
         }
-        let Some(entry) = self.registry.live(&sample.version) else {
+        let entry = match version {
+            Version::Resolved(id) => id.and_then(|id| self.registry.get(id)),
+            Version::Lookup => self.registry.live(&sample.version),
+        };
+        debug_assert_eq!(
+            entry.map(|e| e.id),
+            self.registry.live(&sample.version).map(|e| e.id),
+            "a resolved version is the one a lookup finds"
+        );
+        let Some(entry) = entry else {
             let detail = format!("version {:?} is not registered or retired", sample.version);
             self.dead(
                 origin.partition,
