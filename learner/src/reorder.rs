@@ -189,8 +189,9 @@ pub struct ReorderBuffer {
     newest_offsets: BTreeMap<u32, u64>,
     spare: Vec<Bucket>,
     /// Scratch of [`ReorderBuffer::release_below_into`], kept for its
-    /// capacity: a bucket's sort keys.
+    /// capacity: a bucket's sort keys, and room to place them in order.
     order: Vec<Slot>,
+    placed: Vec<Slot>,
 }
 
 impl PartialEq for ReorderBuffer {
@@ -336,18 +337,90 @@ impl ReorderBuffer {
                     .enumerate()
                     .map(|(i, e)| (e.partition, e.offset, i)),
             );
-            self.order.sort_unstable();
+            sort_order(&mut self.order, &mut self.placed);
             move_in_order(&mut entries, &self.order, event_time_ms, released);
             if self.spare.len() < SPARE_BUCKETS {
                 self.spare.push(entries);
             }
         }
         self.order.clear();
-        if self.order.capacity() > SCRATCH_ENTRIES {
-            self.order.shrink_to(SCRATCH_ENTRIES);
+        self.placed.clear();
+        for scratch in [&mut self.order, &mut self.placed] {
+            if scratch.capacity() > SCRATCH_ENTRIES {
+                scratch.shrink_to(SCRATCH_ENTRIES);
+            }
         }
         released.len() - before
     }
+}
+
+/// Most partitions [`sort_order`] places by counting; a bucket holding
+/// more is sorted.
+const COUNTED_PARTITIONS: usize = 16;
+
+/// Sorts a bucket's keys, as `sort_unstable` would (the index makes every
+/// key distinct, so there is one order), in linear time for the usual
+/// bucket: one partition's samples arrive in offset order, so a bucket is
+/// a few ascending runs interleaved. The keys are placed partition by
+/// partition (counted, stable), and a partition whose offsets then turn
+/// out not ascending (a replay or a re-delivery inserted out of order) is
+/// sorted on its own. Sorting every bucket was 7.7 % of bench 1's Beta
+/// row. `placed` is scratch.
+fn sort_order(order: &mut Vec<Slot>, placed: &mut Vec<Slot>) {
+    if order.len() < 2 {
+        return;
+    }
+    // (partition, count), in order of first appearance.
+    let mut counts = [(0_u32, 0_usize); COUNTED_PARTITIONS];
+    let mut n = 0;
+    for &(partition, _, _) in order.iter() {
+        match counts[..n].iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, count)) => *count += 1,
+            None if n < COUNTED_PARTITIONS => {
+                counts[n] = (partition, 1);
+                n += 1;
+            }
+            None => {
+                order.sort_unstable();
+                return;
+            }
+        }
+    }
+    if n == 1 {
+        if !order.is_sorted() {
+            order.sort_unstable();
+        }
+        return;
+    }
+    let counts = &mut counts[..n];
+    counts.sort_unstable();
+    // Where each partition's keys start, then where its next one goes.
+    let mut next = [0_usize; COUNTED_PARTITIONS];
+    let mut at = 0;
+    for (slot, &(_, count)) in next.iter_mut().zip(counts.iter()) {
+        *slot = at;
+        at += count;
+    }
+    placed.clear();
+    placed.resize(order.len(), (0, 0, 0));
+    for &key in order.iter() {
+        let i = counts
+            .iter()
+            .position(|&(p, _)| p == key.0)
+            .expect("every partition was counted");
+        placed[next[i]] = key;
+        next[i] += 1;
+    }
+    // `next[i]` now ends partition i's keys.
+    let mut start = 0;
+    for &end in &next[..n] {
+        let run = &mut placed[start..end];
+        if !run.is_sorted() {
+            run.sort_unstable();
+        }
+        start = end;
+    }
+    std::mem::swap(order, placed);
 }
 
 /// Moves every entry out of `entries` to the end of `released`, in the
@@ -585,6 +658,36 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// A bucket's keys come out as a full sort puts them: partitions
+        /// interleaved, each partition's offsets ascending (the usual
+        /// bucket) or not (a replay), and more partitions than are counted.
+        #[test]
+        fn sort_order_sorts(
+            keys in proptest::collection::vec((0..20_u32, 0..1_000_u64), 0..300),
+            ascending in proptest::prelude::any::<bool>(),
+            partitions in 1..20_u32,
+        ) {
+            let mut keys: Vec<(u32, u64)> =
+                keys.into_iter().map(|(p, o)| (p % partitions, o)).collect();
+            if ascending {
+                // Offsets ascending within each partition, as one
+                // partition's records arrive.
+                let mut next = std::collections::HashMap::new();
+                for (p, o) in &mut keys {
+                    let last = next.entry(*p).or_insert(0_u64);
+                    *last += 1 + *o % 3;
+                    *o = *last;
+                }
+            }
+            let mut order: Vec<Slot> =
+                keys.iter().enumerate().map(|(i, &(p, o))| (p, o, i)).collect();
+            let mut want = order.clone();
+            want.sort_unstable();
+            let mut placed = Vec::new();
+            sort_order(&mut order, &mut placed);
+            proptest::prop_assert_eq!(order, want);
+        }
+
         /// The ring and its far map release exactly what a sorted map of
         /// every sample releases.
         #[test]
