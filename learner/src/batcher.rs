@@ -255,6 +255,24 @@ impl Batcher {
         }
     }
 
+    /// Asks for the contexts of the batches [`Batcher::prefetch_due`]
+    /// asked for (reading those batches' observations, which should have
+    /// arrived by then); a hint. A batch applied by age has waited
+    /// `max_age_ms` since its first sample: its contexts are out of the
+    /// caches too, and were the first miss of the update.
+    pub fn prefetch_due_contexts(&self, n: usize) {
+        if self.policy.max_age_ms.is_none() {
+            return;
+        }
+        for (_, key) in self.by_age.iter().take(n) {
+            if let Some(batch) = self.pending.get(key) {
+                for obs in &batch.observations {
+                    prefetch_slice(&obs.context);
+                }
+            }
+        }
+    }
+
     /// Keys of the first `n` entries of the age queue: the batches the next
     /// calls of [`Batcher::due`] may apply (some entries are stale). Empty
     /// without an age trigger.

@@ -959,6 +959,7 @@ impl Engine {
                 self.batcher.prefetch(key);
             }
             self.batcher.prefetch_due(released.len());
+            self.batcher.prefetch_due_contexts(released.len());
         }
     }
 
