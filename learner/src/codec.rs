@@ -178,15 +178,11 @@ pub fn reorder_partition(key: &[u8]) -> Result<u32, CorruptState> {
 /// [`sample_bytes`].
 pub fn put_sample_record(out: &mut Vec<u8>, offset: u64, sample: &Sample) {
     let len = sample_len(sample);
-    let start = out.len();
-    // Sized once and written in place: one capacity check per record, not
-    // one per field and byte.
-    out.resize(start + 12 + len, 0);
-    let mut w = Writer::at(&mut out[start..]);
-    w.put(&offset.to_le_bytes());
-    w.put(&(len as u32).to_le_bytes());
-    write_sample_into(sample, &mut w);
-    assert!(w.is_full(), "sample_len and write_sample_into agree");
+    write_sized(out, 12 + len, |w| {
+        w.put(&offset.to_le_bytes());
+        w.put(&(len as u32).to_le_bytes());
+        write_sample_into(sample, w);
+    });
 }
 
 /// Decodes the records of a blob ([`put_sample_record`]) into
@@ -269,11 +265,19 @@ pub fn sample_bytes(sample: &Sample) -> Vec<u8> {
 /// name), so equal samples give equal bytes; prost writes the same fields,
 /// and a map's entries in whatever order its `HashMap` has.
 pub fn write_sample(sample: &Sample, out: &mut Vec<u8>) {
+    write_sized(out, sample_len(sample), |w| write_sample_into(sample, w));
+}
+
+/// Appends `len` bytes to `out` written by `write`: sized once and written
+/// in place, one capacity check per record rather than one per field and
+/// byte. Panics if `write` writes more or fewer than `len` (a bug of the
+/// sizing), rather than store a record with a wrong length.
+fn write_sized(out: &mut Vec<u8>, len: usize, write: impl FnOnce(&mut Writer<'_>)) {
     let start = out.len();
-    out.resize(start + sample_len(sample), 0);
+    out.resize(start + len, 0);
     let mut w = Writer::at(&mut out[start..]);
-    write_sample_into(sample, &mut w);
-    assert!(w.is_full(), "sample_len and write_sample_into agree");
+    write(&mut w);
+    assert!(w.is_full(), "the sizing and the writing agree");
 }
 
 /// `JoinedSample` field keys: (field number << 3) | wire type, one byte
@@ -374,9 +378,8 @@ fn write_sample_into(sample: &Sample, w: &mut Writer<'_>) {
     }
 }
 
-/// Writes into a slice sized beforehand. Writing past its end, or
-/// stopping short of it, is a bug of the sizing: the callers panic rather
-/// than store a record with a wrong length.
+/// Writes into a slice sized beforehand (see [`write_sized`]); writing
+/// past its end panics.
 struct Writer<'a> {
     buf: &'a mut [u8],
     pos: usize,
@@ -478,11 +481,7 @@ pub fn pending_bytes(batch: &[PendingObservation]) -> Vec<u8> {
 /// Appends `values` little-endian. Sized once and filled in place: a bulk
 /// copy, not one capacity check per float.
 fn put_f32s(out: &mut Vec<u8>, values: &[f32]) {
-    let start = out.len();
-    out.resize(start + 4 * values.len(), 0);
-    for (dst, x) in out[start..].chunks_exact_mut(4).zip(values) {
-        dst.copy_from_slice(&x.to_le_bytes());
-    }
+    write_sized(out, 4 * values.len(), |w| w.f32s(values));
 }
 
 /// Decodes [`pending_bytes`].
