@@ -13,7 +13,7 @@
 //!   Q + Σ ωⱼ pⱼ(1 − pⱼ) xⱼxⱼᵀ.
 
 use super::linalg::{cholesky_in_place, cholesky_solve, dot, dot_f32};
-use super::logistic::{MAX_NEWTON_ITERATIONS, NEWTON_TOLERANCE, sigmoid, softplus};
+use super::logistic::{LOGIT_CLAMP, MAX_NEWTON_ITERATIONS, NEWTON_TOLERANCE, sigmoid, softplus};
 use super::{Observation, PosteriorError};
 
 /// The prior precision Q of the step.
@@ -97,6 +97,26 @@ pub(crate) fn map_step(
     }
 }
 
+/// σ(z) given e = exp(−|z|): the bits of [`sigmoid`], which computes the
+/// same exp for |z| ≤ [`LOGIT_CLAMP`] (beyond, it clamps z first).
+#[inline]
+fn sigmoid_from(z: f64, e: f64) -> f64 {
+    debug_assert!(e.to_bits() == (-z.abs()).exp().to_bits() || e.is_nan());
+    if z.abs() > LOGIT_CLAMP {
+        sigmoid(z)
+    } else if z >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    }
+}
+
+/// [`softplus`]`(t)` given e = exp(−|t|).
+#[inline]
+fn softplus_from(t: f64, e: f64) -> f64 {
+    t.max(0.0) + e.ln_1p()
+}
+
 fn signed(obs: &Observation<'_>) -> f64 {
     if obs.reward { 1.0 } else { -1.0 }
 }
@@ -127,7 +147,7 @@ fn line_search(f0: f64, slope: f64, mut objective: impl FnMut(f64) -> f64) -> (f
 }
 
 /// The `n`-long vectors of [`dual`].
-const DUAL_VECTORS: usize = 13;
+const DUAL_VECTORS: usize = 14;
 
 fn dual(
     mean: &[f64],
@@ -154,6 +174,7 @@ fn dual(
     let (a, s, y, omega) = (next(), next(), next(), next());
     let (c, kc, zeros, residual) = (next(), next(), next(), next());
     let (kr, sqrt_d, dir, kdir, tmp) = (next(), next(), next(), next(), next());
+    let exps = next();
     // v_j = Q⁻¹ x_j, K = X Q⁻¹ Xᵀ, a = X m.
     for (j, obs) in batch.iter().enumerate() {
         precision.solve(obs.context, &mut v[j * d..(j + 1) * d]);
@@ -180,23 +201,31 @@ fn dual(
     };
     // f(c + t·dir) in O(n) from kc = K c and kdir = K dir:
     // ½(c·kc + 2t c·kdir + t² dir·kdir) + Σ ω softplus(−s(a + kc + t kdir)).
-    let objective = |c: &[f64], kc: &[f64], dir: &[f64], kdir: &[f64], t: f64| -> f64 {
-        let mut f = 0.0;
-        for j in 0..n {
-            let (cj, kcj) = (c[j] + t * dir[j], kc[j] + t * kdir[j]);
-            f += 0.5 * cj * kcj + omega[j] * softplus(-s[j] * (a[j] + kcj));
-        }
-        f
-    };
+    // Each softplus's exp(−|zⱼ|), zⱼ = a + kc + t kdir, is kept in `exps`:
+    // once a step is taken, zⱼ is the next iteration's logit, and σ(zⱼ)
+    // needs that same exp (see `sigmoid_from`).
+    let objective =
+        |c: &[f64], kc: &[f64], dir: &[f64], kdir: &[f64], t: f64, exps: &mut [f64]| -> f64 {
+            let mut f = 0.0;
+            for j in 0..n {
+                let (cj, kcj) = (c[j] + t * dir[j], kc[j] + t * kdir[j]);
+                let z = a[j] + kcj;
+                exps[j] = (-z.abs()).exp();
+                f += 0.5 * cj * kcj + omega[j] * softplus_from(-s[j] * z, exps[j]);
+            }
+            f
+        };
 
-    let mut f0 = objective(c, kc, zeros, zeros, 0.0);
+    let mut f0 = objective(c, kc, zeros, zeros, 0.0, exps);
     let mut iterations = 0;
     let mut done = false;
     while iterations < MAX_NEWTON_ITERATIONS && !done {
         iterations += 1;
         // residual r = −F(c) = ω(y − p) − c; D = ω p (1 − p).
+        // `exps` holds exp(−|a + kc|) from the objective's evaluation at
+        // this point (the first, or the step's accepted one).
         for j in 0..n {
-            let p = sigmoid(a[j] + kc[j]);
+            let p = sigmoid_from(a[j] + kc[j], exps[j]);
             residual[j] = omega[j] * (y[j] - p) - c[j];
             sqrt_d[j] = (omega[j] * p * (1.0 - p)).sqrt();
         }
@@ -224,7 +253,9 @@ fn dual(
         // ∇f = K F = −K r.
         let slope = -dot(kr, dir);
         let (t, f_new) = if slope < 0.0 {
-            line_search(f0, slope, |t| objective(c, kc, dir, kdir, t))
+            // The last evaluation is the accepted step's (or none is
+            // accepted, t = 0, and the loop ends).
+            line_search(f0, slope, |t| objective(c, kc, dir, kdir, t, exps))
         } else {
             (0.0, f0)
         };
