@@ -626,4 +626,42 @@ mod tests {
         // The limit saturates instead of overflowing.
         assert_eq!(limit(&[(0, Some(i64::MAX - 10), false)], &[]), i64::MAX);
     }
+
+    /// A full channel: the hand-on waits for room (naps, tries again) and
+    /// delivers in order; it gives up when the receiver goes or when told
+    /// to stop, instead of napping for ever.
+    #[test]
+    fn a_hand_on_to_a_full_channel_waits_for_room_or_gives_up() {
+        let (tx, rx) = sync_channel(1);
+        assert!(hand_on(&tx, 1, || false));
+        let taker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let taken = (rx.recv().unwrap(), rx.recv().unwrap());
+            (taken, rx)
+        });
+        assert!(hand_on(&tx, 2, || false), "room came after the nap");
+        let ((first, second), rx) = taker.join().unwrap();
+        assert_eq!((first, second), (1, 2));
+
+        assert!(hand_on(&tx, 3, || false));
+        let stop = AtomicBool::new(false);
+        let stopper = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                stop.store(true, Ordering::Relaxed);
+            });
+            hand_on(&tx, 4, || stop.load(Ordering::Relaxed))
+        });
+        assert!(!stopper, "told to stop while the channel stayed full");
+        assert_eq!(rx.try_recv(), Ok(3), "the refused item was not sent");
+        assert!(rx.try_recv().is_err());
+
+        assert!(hand_on(&tx, 5, || false));
+        let dropper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            drop(rx);
+        });
+        assert!(!hand_on(&tx, 6, || false), "the receiver went");
+        dropper.join().unwrap();
+    }
 }
