@@ -77,7 +77,7 @@ const FULL_NAP: Duration = Duration::from_micros(200);
 /// Hands `item` on through `tx` without blocking on a full channel.
 /// Blocked in `send`, a reader that is ahead of the engine (the usual
 /// case) made every `recv` of the engine wake it: a futex call on the
-/// engine's thread per batch, ~3 % of that thread in bench 3. Instead, the
+/// engine's thread per batch, 2 % of its samples in bench 3. Instead, the
 /// reader naps [`FULL_NAP`] (or until unparked) and tries again, so the
 /// engine never has a sender to wake. False when the receiver is gone or
 /// `stopped` says so.
