@@ -104,7 +104,8 @@ pub struct Batcher {
     /// does not grow it without bound.
     changed: Vec<ParamKey>,
     /// Keys whose stored batch was taken since the last checkpoint: the
-    /// store's entry must go, unless the key has a new batch by then.
+    /// store's entry must go (a new batch of the key is put after the
+    /// delete).
     gone: Vec<ParamKey>,
     /// [`Batcher::due_into`]'s list, kept for its room.
     due_scratch: Vec<(i64, ParamKey)>,
@@ -397,31 +398,39 @@ impl Batcher {
         self.changed.len() + self.gone.len()
     }
 
-    /// Brings the store's pending table up to date: calls `put` with each
-    /// batch changed since the last call, in the order they first changed
-    /// (not sorted: the checkpoint writer sorts), and returns the keys
-    /// whose stored entry must be deleted (stored batches taken since and
-    /// not started again), ascending. From here on the batches given to
-    /// `put` count as stored. The batches are looked up a group at a time
-    /// (see the body): marking and encoding them would otherwise wait for
-    /// each one's misses in turn.
+    /// Brings the store's pending table up to date: first calls `change`
+    /// with `None` for each key whose stored entry must go (a stored
+    /// batch taken since; a key at most once, in no particular order),
+    /// then with each batch changed since the last call, in the order they
+    /// first changed (not sorted: the checkpoint writer sorts). A key can
+    /// be both deleted and put (its stored batch was taken and a new one
+    /// started): the writes must be applied in the order given. From here
+    /// on the batches given to `change` count as stored.
+    ///
+    /// Nothing here looks up a deleted key: a key is listed for deletion
+    /// when its stored batch is taken, and between two checkpoints no
+    /// batch becomes stored, so it is listed once. The changed batches
+    /// are looked up a group at a time (see the body): marking and
+    /// encoding them would otherwise wait for each one's misses in turn.
     pub fn take_changes(
         &mut self,
-        mut put: impl FnMut(ParamKey, &[PendingObservation]),
-    ) -> Vec<ParamKey> {
-        let mut gone = std::mem::take(&mut self.gone);
-        gone.sort_unstable();
-        gone.dedup();
-        // A key with a batch again is written, not deleted.
-        gone.retain(|key| !self.pending.contains_key(key));
+        mut change: impl FnMut(ParamKey, Option<&[PendingObservation]>),
+    ) {
+        for key in self.gone.drain(..) {
+            change(key, None);
+        }
         // A key taken and started again since is listed twice: its batch is
         // put at the first listing, and then no longer marked.
         let mut changed = std::mem::take(&mut self.changed);
         for group in changed.chunks(CHANGES_GROUP) {
             // The batches are out of the caches: a group's lookups go
-            // first, back to back so that their misses overlap, asking for
-            // the observations; then the observations' contexts; the last
-            // pass finds them all cached.
+            // first, back to back so that their misses overlap — the
+            // places where the lookups start, then the batches, asking
+            // for the observations, then the observations' contexts; the
+            // last pass finds them all cached.
+            for key in group {
+                self.pending.prefetch(key);
+            }
             for key in group {
                 if let Some(batch) = self.pending.get(key) {
                     prefetch(batch.observations.as_ptr());
@@ -442,13 +451,12 @@ impl Batcher {
                 {
                     batch.unstored = false;
                     batch.stored = true;
-                    put(*key, &batch.observations);
+                    change(*key, Some(&batch.observations));
                 }
             }
         }
         changed.clear();
         self.changed = changed;
-        gone
     }
 
     /// Forgets what the store holds, so the next [`Self::take_changes`]
@@ -521,7 +529,7 @@ mod tests {
     use super::*;
     use crate::registry::VersionId;
 
-    /// What a checkpoint writes, collected.
+    /// What a checkpoint writes, collected: the deletes go first.
     #[derive(Debug, Default, PartialEq)]
     struct Changes {
         deletes: Vec<ParamKey>,
@@ -529,8 +537,11 @@ mod tests {
     }
 
     fn changes(b: &mut Batcher) -> Changes {
-        let mut puts = Vec::new();
-        let deletes = b.take_changes(|key, batch| puts.push((key, batch.to_vec())));
+        let (mut deletes, mut puts) = (Vec::new(), Vec::new());
+        b.take_changes(|key, batch| match batch {
+            None => deletes.push(key),
+            Some(batch) => puts.push((key, batch.to_vec())),
+        });
         Changes { deletes, puts }
     }
 
@@ -678,7 +689,7 @@ mod tests {
         assert_eq!(changes(&mut b), Changes::default(), "nothing changed");
         // Key 1 is applied (stored: delete); key 3 is pushed and applied
         // in between (never stored: nothing); key 2 is applied and starts
-        // again (stored: the new batch overwrites it, no delete).
+        // again (stored: deleted, then the new batch is put).
         assert!(b.push(key(1), obs(3, false)).is_some());
         b.push(key(3), obs(4, false));
         assert!(b.push(key(3), obs(5, false)).is_some());
@@ -687,7 +698,7 @@ mod tests {
         let bound = b.changes_bound();
         let second = changes(&mut b);
         assert!(second.deletes.len() + second.puts.len() <= bound);
-        assert_eq!(second.deletes, [key(1)]);
+        assert_eq!(second.deletes, [key(1), key(2)]);
         assert_eq!(
             second
                 .puts

@@ -82,20 +82,23 @@ impl Ahead {
     }
 }
 
-/// The puts [`Engine::checkpoint_delta_into`] leaves unsorted at the front
-/// of the write list.
+/// The puts and deletes [`Engine::checkpoint_delta_into`] leaves unsorted
+/// at the front of the write list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DeltaPuts {
     /// Parameter puts, first.
     pub params: usize,
-    /// Pending-batch puts, right after them.
+    /// Pending-batch deletes, right after them.
+    pub deletes: usize,
+    /// Pending-batch puts, right after the deletes.
     pub pending: usize,
 }
 
-/// Sorts each run of puts at the front of `writes` by key (see
+/// Sorts each run of puts and deletes at the front of `writes` by key (see
 /// [`Engine::checkpoint_delta_into`]): RocksDB inserts a batch's keys into
 /// its memtable faster in order. Off the ingesting thread, on the
-/// checkpoint writer.
+/// checkpoint writer. The runs stay in their order, so a pending batch's
+/// delete still precedes the put of the key's next batch.
 ///
 /// A key whose state was taken ahead ([`Engine::store_ahead`]) and changed
 /// again is put twice: the parameter puts are sorted stably (the later
@@ -107,7 +110,9 @@ pub fn sort_puts(writes: &mut Vec<Write>, puts: DeltaPuts) {
     };
     let (params, rest) = writes.split_at_mut(puts.params);
     params.sort_by_key(param_key);
-    rest[..puts.pending].sort_unstable_by(|a, b| put_key(a).cmp(put_key(b)));
+    let (deletes, rest) = rest.split_at_mut(puts.deletes);
+    deletes.sort_unstable_by(|a, b| byte_key(a).cmp(byte_key(b)));
+    rest[..puts.pending].sort_unstable_by(|a, b| byte_key(a).cmp(byte_key(b)));
     // Keep the last of each run of equal keys, in place.
     let mut kept = 0;
     for i in 0..params.len() {
@@ -122,11 +127,11 @@ pub fn sort_puts(writes: &mut Vec<Write>, puts: DeltaPuts) {
     }
 }
 
-/// The key of a byte put (empty for the other writes).
-fn put_key(write: &Write) -> &[u8] {
+/// The key of a byte put or a delete (empty for a parameter put).
+fn byte_key(write: &Write) -> &[u8] {
     match write {
-        Write::Put(_, key, _) => key,
-        _ => &[],
+        Write::Put(_, key, _) | Write::Delete(_, key) => key,
+        Write::PutParams(..) => &[],
     }
 }
 
@@ -204,9 +209,9 @@ impl Engine {
     /// caller can keep from one checkpoint to the next: a checkpoint of
     /// 10⁵ keys otherwise fills megabytes of freshly mapped memory, and
     /// the page faults were most of its cost. `writes` comes empty. The
-    /// parameter puts come first, then the pending batches' puts, each in
-    /// no particular order (sorting them is left to the writer thread:
-    /// [`sort_puts`]); returns their numbers.
+    /// parameter puts come first, then the pending batches' deletes, then
+    /// their puts, each in no particular order (sorting them is left to the
+    /// writer thread: [`sort_puts`]); returns their numbers.
     pub fn checkpoint_delta_into(&mut self, writes: &mut Vec<Write>) -> DeltaPuts {
         // The puts taken ahead lead (their keys' later puts follow).
         let (puts, ahead) = self.checkpoint_delta_apart(writes);
@@ -236,21 +241,22 @@ impl Engine {
         dirty_params.clear();
         self.dirty.params = dirty_params;
         // A batch applied without ever being stored (every batch of one)
-        // leaves nothing to delete.
-        let mut pending = 0;
-        let pending_deletes = self.batcher.take_changes(|key, batch| {
-            pending += 1;
-            writes.push(Write::Put(
-                Table::Pending,
-                codec::param_key(key),
-                codec::pending_bytes(batch),
-            ));
+        // leaves nothing to delete. A key's delete goes before its new
+        // batch's put (see `Batcher::take_changes`).
+        let (mut deletes, mut pending) = (0, 0);
+        self.batcher.take_changes(|key, batch| {
+            let key_bytes = codec::param_key(key);
+            writes.push(match batch {
+                None => {
+                    deletes += 1;
+                    Write::Delete(Table::Pending, key_bytes)
+                }
+                Some(batch) => {
+                    pending += 1;
+                    Write::Put(Table::Pending, key_bytes, codec::pending_bytes(batch))
+                }
+            });
         });
-        writes.extend(
-            pending_deletes
-                .into_iter()
-                .map(|key| Write::Delete(Table::Pending, codec::param_key(key))),
-        );
         writes.extend(
             log.deletes
                 .into_iter()
@@ -310,7 +316,11 @@ impl Engine {
                 ),
             ),
         ]);
-        DeltaPuts { params, pending }
+        DeltaPuts {
+            params,
+            deletes,
+            pending,
+        }
     }
 
     /// Takes the states of up to `max_keys` changed parameters ahead of

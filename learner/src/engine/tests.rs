@@ -573,27 +573,38 @@ fn every_checkpoint_restores_the_live_state_exactly() {
             };
             assert_eq!(puts(&writes[..params]), params, "puts first at {steps}");
             assert_eq!(puts(&writes), params, "no put after them at {steps}");
-            let pending = &writes[params..params + delta.pending];
+            let deletes = &writes[params..params + delta.deletes];
+            assert!(
+                deletes
+                    .iter()
+                    .all(|w| matches!(w, Write::Delete(Table::Pending, _))),
+                "the pending batches' deletes next at {steps}"
+            );
+            let pending_end = params + delta.deletes + delta.pending;
+            let pending = &writes[params + delta.deletes..pending_end];
             assert!(
                 pending
                     .iter()
                     .all(|w| matches!(w, Write::Put(Table::Pending, ..))),
                 "the pending batches' puts next at {steps}"
             );
-            // The writer's sort orders both runs by key.
+            // The writer's sort orders the three runs by key and keeps
+            // them in order: the store gets the sorted list.
             let mut sorted = writes.clone();
             sort_puts(&mut sorted, delta);
-            let keys: Vec<Vec<u8>> = sorted[..params + delta.pending]
+            let keys: Vec<Vec<u8>> = sorted[..pending_end]
                 .iter()
                 .cloned()
                 .map(|w| w.into_bytes().1)
                 .collect();
             assert!(
-                keys[..params].is_sorted() && keys[params..].is_sorted(),
+                keys[..params].is_sorted()
+                    && keys[params..params + delta.deletes].is_sorted()
+                    && keys[params + delta.deletes..].is_sorted(),
                 "sorted puts at {steps}"
             );
             // Cleared, not taken: the next delta fills the same capacity.
-            store.apply(writes.clone());
+            store.apply(sorted);
             writes.clear();
             let restored = Engine::restore(config(), |t| store.entries(t))
                 .unwrap()
@@ -1354,6 +1365,7 @@ fn sort_puts_keeps_the_later_put_of_a_key() {
         &mut writes,
         DeltaPuts {
             params: 6,
+            deletes: 0,
             pending: 0,
         },
     );
