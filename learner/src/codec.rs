@@ -455,33 +455,40 @@ pub fn sample_from(key: &[u8], bytes: &[u8]) -> Result<Sample, CorruptState> {
 /// A pending micro-batch: u32 count, then per observation event time,
 /// partition, offset, reward, weight, dimension and context.
 pub fn pending_bytes(batch: &[PendingObservation]) -> Vec<u8> {
-    /// Event time, partition, offset, reward, weight, context length.
-    const HEADER: usize = 8 + 4 + 8 + 1 + 8 + 4;
-    let len = 4 + batch
+    let mut out = vec![0; pending_len(batch)];
+    write_pending(batch, &mut out);
+    out
+}
+
+/// Event time, partition, offset, reward, weight, context length: an
+/// observation's fixed part in [`pending_bytes`].
+const PENDING_HEADER: usize = 8 + 4 + 8 + 1 + 8 + 4;
+
+/// Length of [`pending_bytes`]`(batch)`.
+pub fn pending_len(batch: &[PendingObservation]) -> usize {
+    4 + batch
         .iter()
-        .map(|obs| HEADER + 4 * obs.context.len())
-        .sum::<usize>();
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&(batch.len() as u32).to_le_bytes());
+        .map(|obs| PENDING_HEADER + 4 * obs.context.len())
+        .sum::<usize>()
+}
+
+/// Writes [`pending_bytes`]`(batch)` into `out`, which is
+/// [`pending_len`]`(batch)` long (panics otherwise).
+pub fn write_pending(batch: &[PendingObservation], out: &mut [u8]) {
+    let mut w = Writer::at(out);
+    w.put(&(batch.len() as u32).to_le_bytes());
     for obs in batch {
-        let mut header = [0; HEADER];
+        let mut header = [0; PENDING_HEADER];
         header[..8].copy_from_slice(&obs.origin.event_time_ms.to_le_bytes());
         header[8..12].copy_from_slice(&obs.origin.partition.to_le_bytes());
         header[12..20].copy_from_slice(&obs.origin.offset.to_le_bytes());
         header[20] = u8::from(obs.reward);
         header[21..29].copy_from_slice(&obs.weight.to_le_bytes());
         header[29..].copy_from_slice(&(obs.context.len() as u32).to_le_bytes());
-        out.extend_from_slice(&header);
-        put_f32s(&mut out, &obs.context);
+        w.put(&header);
+        w.f32s(&obs.context);
     }
-    debug_assert_eq!(out.len(), len);
-    out
-}
-
-/// Appends `values` little-endian. Sized once and filled in place: a bulk
-/// copy, not one capacity check per float.
-fn put_f32s(out: &mut Vec<u8>, values: &[f32]) {
-    write_sized(out, 4 * values.len(), |w| w.f32s(values));
+    assert!(w.is_full(), "the sizing and the writing agree");
 }
 
 /// Decodes [`pending_bytes`].

@@ -171,6 +171,8 @@ pub struct Engine {
     counters: Counters,
     stats: EngineStats,
     dirty: Dirty,
+    /// The checkpoints' pending-batch values are cut from these.
+    values: persist::ValueChunks,
     control: ControlState,
 }
 
@@ -323,6 +325,7 @@ impl Engine {
             counters: Counters::default(),
             stats: EngineStats::default(),
             dirty: Dirty::default(),
+            values: persist::ValueChunks::default(),
             control: ControlState::default(),
         }
     }

@@ -64,6 +64,8 @@ fn batch_bytes(writes: &[Write]) -> usize {
                     Write::Put(_, k, v) => k.len() + v.len(),
                     Write::Delete(_, k) => k.len(),
                     Write::PutParams(_, state) => 12 + state.encoded_len(),
+                    Write::PutPending(_, v) => 12 + v.len(),
+                    Write::DeletePending(_) => 12,
                 }
         })
         .sum::<usize>()
@@ -277,6 +279,17 @@ impl RocksStore {
                     state.encode_into(&mut value);
                     stats.bytes += k.len() + value.len();
                     batch.put_cf(params, k, &value);
+                }
+                // Pending batches' keys without an allocation each.
+                Write::PutPending(key, v) => {
+                    let k = codec::param_key_bytes(key);
+                    stats.bytes += k.len() + v.len();
+                    batch.put_cf(self.cf(Table::Pending), k, &v);
+                }
+                Write::DeletePending(key) => {
+                    let k = codec::param_key_bytes(key);
+                    stats.bytes += k.len();
+                    batch.delete_cf(self.cf(Table::Pending), k);
                 }
                 write => {
                     let (table, k, v) = write.into_bytes();

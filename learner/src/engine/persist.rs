@@ -2,8 +2,10 @@
 //! back (restore). Which bytes go where is `codec` and `meta`; this file
 //! only decides what changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 
 use super::{ControlState, Dirty, Engine, EngineConfig, EngineStats, Slot};
 use crate::batcher::Batcher;
@@ -28,6 +30,12 @@ pub enum Write {
     /// the engine (copy on write) and encoded by whoever applies the write
     /// — the checkpoint's writer thread, not the ingesting one.
     PutParams(ParamKey, Arc<KeyState>),
+    /// Set a key of [`Table::Pending`] to an encoded batch
+    /// ([`codec::pending_bytes`]), cut from the engine's reused value
+    /// chunks ([`ValueChunks`]).
+    PutPending(ParamKey, Bytes),
+    /// Remove a key of [`Table::Pending`].
+    DeletePending(ParamKey),
 }
 
 impl Write {
@@ -39,6 +47,10 @@ impl Write {
             Write::PutParams(key, state) => {
                 (Table::Params, codec::param_key(key), Some(state.encode()))
             }
+            Write::PutPending(key, value) => {
+                (Table::Pending, codec::param_key(key), Some(value.to_vec()))
+            }
+            Write::DeletePending(key) => (Table::Pending, codec::param_key(key), None),
         }
     }
 }
@@ -111,8 +123,8 @@ pub fn sort_puts(writes: &mut Vec<Write>, puts: DeltaPuts) {
     let (params, rest) = writes.split_at_mut(puts.params);
     params.sort_by_key(param_key);
     let (deletes, rest) = rest.split_at_mut(puts.deletes);
-    deletes.sort_unstable_by(|a, b| byte_key(a).cmp(byte_key(b)));
-    rest[..puts.pending].sort_unstable_by(|a, b| byte_key(a).cmp(byte_key(b)));
+    deletes.sort_unstable_by_key(pending_key);
+    rest[..puts.pending].sort_unstable_by_key(pending_key);
     // Keep the last of each run of equal keys, in place.
     let mut kept = 0;
     for i in 0..params.len() {
@@ -127,11 +139,106 @@ pub fn sort_puts(writes: &mut Vec<Write>, puts: DeltaPuts) {
     }
 }
 
-/// The key of a byte put or a delete (empty for a parameter put).
-fn byte_key(write: &Write) -> &[u8] {
+/// The key of a pending batch's put or delete (`None` for the other
+/// writes). Keys sort as their bytes do ([`codec::param_key`]).
+fn pending_key(write: &Write) -> Option<ParamKey> {
     match write {
-        Write::Put(_, key, _) | Write::Delete(_, key) => key,
-        Write::PutParams(..) => &[],
+        Write::PutPending(key, _) | Write::DeletePending(key) => Some(*key),
+        _ => None,
+    }
+}
+
+/// Size of the chunks [`ValueChunks`] cuts values from.
+const VALUE_CHUNK: usize = 1 << 20;
+
+/// Most chunks [`ValueChunks`] keeps for reuse.
+const MAX_KEPT_CHUNKS: usize = 64;
+
+/// The memory a checkpoint's pending-batch values are encoded into,
+/// reused from one checkpoint to the next.
+///
+/// A value per changed batch, each its own allocation, freed on the writer
+/// thread once written: the allocator handed that memory back to the
+/// system between checkpoints, and faulting it in afresh on the
+/// ingesting thread was about half the cost of encoding the values. Here
+/// the values are cut from 1 MiB chunks ([`Bytes`] sharing the chunk); a
+/// chunk whose values have all been written and dropped is reused, so a
+/// steady stream of checkpoints writes into memory that stays mapped.
+/// Chunks still held by a write in progress are left alone; at most
+/// [`MAX_KEPT_CHUNKS`] are kept, and those beyond what the recent
+/// checkpoints used are let go after [`SPARE_IDLE_CHECKPOINTS`]
+/// checkpoints in a row that used less than a quarter of them.
+#[derive(Debug, Default)]
+pub(super) struct ValueChunks {
+    /// Where the next value goes.
+    open: BytesMut,
+    /// Chunks filled before `open`, oldest first.
+    filled: VecDeque<BytesMut>,
+    /// `open` is a chunk (not the empty buffer of a new engine).
+    opened_any: bool,
+    /// Chunks opened since the last [`Self::checkpoint_done`].
+    opened: usize,
+    /// Checkpoints in a row that opened less than a quarter of the kept
+    /// chunks.
+    idle: u32,
+}
+
+impl ValueChunks {
+    /// A value of `len` bytes written by `write`.
+    pub(super) fn value(&mut self, len: usize, write: impl FnOnce(&mut [u8])) -> Bytes {
+        if self.open.capacity() < len {
+            self.open_chunk(len);
+        }
+        self.open.resize(len, 0);
+        write(&mut self.open);
+        self.open.split().freeze()
+    }
+
+    /// Replaces the open chunk with the oldest filled one if every value
+    /// cut from that has been dropped, else with a new chunk.
+    fn open_chunk(&mut self, len: usize) {
+        let size = VALUE_CHUNK.max(len);
+        let reusable = self
+            .filled
+            .front_mut()
+            .is_some_and(|chunk| chunk.try_reclaim(size));
+        let next = match reusable {
+            true => self.filled.pop_front().expect("a front chunk"),
+            false => BytesMut::with_capacity(size),
+        };
+        let full = std::mem::replace(&mut self.open, next);
+        if self.opened_any {
+            self.filled.push_back(full);
+        }
+        self.opened_any = true;
+        if self.filled.len() > MAX_KEPT_CHUNKS {
+            // Freed once the values cut from it are.
+            self.filled.pop_front();
+        }
+        self.opened += 1;
+    }
+
+    /// Ends a checkpoint's values: lets go of chunks the recent
+    /// checkpoints have not needed (keeping about twice what the last one
+    /// opened).
+    pub(super) fn checkpoint_done(&mut self) {
+        let kept = self.filled.len() + 1;
+        if 4 * self.opened < kept {
+            self.idle += 1;
+        } else {
+            self.idle = 0;
+        }
+        if self.idle >= SPARE_IDLE_CHECKPOINTS {
+            self.filled.truncate(2 * self.opened);
+            self.idle = 0;
+        }
+        self.opened = 0;
+    }
+
+    /// Chunks kept (the open one included), for tests.
+    #[cfg(test)]
+    pub(super) fn kept(&self) -> usize {
+        self.filled.len() + usize::from(self.opened_any)
     }
 }
 
@@ -244,19 +351,23 @@ impl Engine {
         // leaves nothing to delete. A key's delete goes before its new
         // batch's put (see `Batcher::take_changes`).
         let (mut deletes, mut pending) = (0, 0);
+        let values = &mut self.values;
         self.batcher.take_changes(|key, batch| {
-            let key_bytes = codec::param_key(key);
             writes.push(match batch {
                 None => {
                     deletes += 1;
-                    Write::Delete(Table::Pending, key_bytes)
+                    Write::DeletePending(key)
                 }
                 Some(batch) => {
                     pending += 1;
-                    Write::Put(Table::Pending, key_bytes, codec::pending_bytes(batch))
+                    let value = values.value(codec::pending_len(batch), |out| {
+                        codec::write_pending(batch, out)
+                    });
+                    Write::PutPending(key, value)
                 }
             });
         });
+        values.checkpoint_done();
         writes.extend(
             log.deletes
                 .into_iter()
@@ -502,6 +613,7 @@ impl Engine {
             counters,
             stats: EngineStats::default(),
             dirty: Dirty::default(),
+            values: ValueChunks::default(),
             control: ControlState::restore(backlog),
         };
         for key in engine.params.keys() {
@@ -594,5 +706,91 @@ mod spare_tests {
             spare.give_back(list, used);
             assert_eq!(spare.capacity(), burst, "checkpoint {i}");
         }
+    }
+}
+
+#[cfg(test)]
+mod value_tests {
+    use super::*;
+
+    /// A value of `len` bytes, each `seed` plus its index.
+    fn cut(chunks: &mut ValueChunks, len: usize, seed: u8) -> Bytes {
+        chunks.value(len, |out| {
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = seed.wrapping_add(i as u8);
+            }
+        })
+    }
+
+    fn intact(value: &Bytes, seed: u8) -> bool {
+        value
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == seed.wrapping_add(i as u8))
+    }
+
+    #[test]
+    fn values_held_stay_intact_while_chunks_turn_over() {
+        let mut chunks = ValueChunks::default();
+        // Round 1 is held throughout (a write in progress); round 2 is
+        // dropped, so its chunks come back for round 3.
+        let lens = [1, 37, 3000, VALUE_CHUNK / 3, VALUE_CHUNK + 5, 0, 200];
+        let held: Vec<(Bytes, u8)> = (0..40)
+            .map(|i| {
+                let seed = i as u8;
+                (cut(&mut chunks, lens[i % lens.len()], seed), seed)
+            })
+            .collect();
+        chunks.checkpoint_done();
+        for round in 2..=3 {
+            let dropped: Vec<Bytes> = (0..40)
+                .map(|i| cut(&mut chunks, lens[i % lens.len()], 100 + round))
+                .collect();
+            assert!(dropped.iter().all(|v| intact(v, 100 + round)));
+            chunks.checkpoint_done();
+        }
+        for (i, (value, seed)) in held.iter().enumerate() {
+            assert_eq!(value.len(), lens[i % lens.len()]);
+            assert!(intact(value, *seed), "value {i} overwritten");
+        }
+    }
+
+    #[test]
+    fn chunks_are_reused_once_their_values_are_dropped() {
+        let mut chunks = ValueChunks::default();
+        for round in 0..50_u8 {
+            // About 3.5 chunks of values, written and dropped before the
+            // next checkpoint.
+            let values: Vec<Bytes> = (0..700).map(|_| cut(&mut chunks, 5000, round)).collect();
+            assert!(values.iter().all(|v| intact(v, round)));
+            drop(values);
+            chunks.checkpoint_done();
+            assert!(
+                chunks.kept() <= 6,
+                "round {round}: {} chunks",
+                chunks.kept()
+            );
+        }
+    }
+
+    #[test]
+    fn a_burst_of_chunks_is_let_go_after_small_checkpoints() {
+        let mut chunks = ValueChunks::default();
+        let burst: Vec<Bytes> = (0..40)
+            .map(|_| cut(&mut chunks, VALUE_CHUNK / 2, 1))
+            .collect();
+        drop(burst);
+        chunks.checkpoint_done();
+        let big = chunks.kept();
+        assert!(big >= 20);
+        for round in 1..=SPARE_IDLE_CHECKPOINTS {
+            let small: Vec<Bytes> = (0..600).map(|_| cut(&mut chunks, 5000, 2)).collect();
+            drop(small);
+            chunks.checkpoint_done();
+            if round < SPARE_IDLE_CHECKPOINTS {
+                assert_eq!(chunks.kept(), big, "kept after {round} small checkpoints");
+            }
+        }
+        assert!(chunks.kept() <= 8, "let go: {} chunks kept", chunks.kept());
     }
 }

@@ -575,17 +575,13 @@ fn every_checkpoint_restores_the_live_state_exactly() {
             assert_eq!(puts(&writes), params, "no put after them at {steps}");
             let deletes = &writes[params..params + delta.deletes];
             assert!(
-                deletes
-                    .iter()
-                    .all(|w| matches!(w, Write::Delete(Table::Pending, _))),
+                deletes.iter().all(|w| matches!(w, Write::DeletePending(_))),
                 "the pending batches' deletes next at {steps}"
             );
             let pending_end = params + delta.deletes + delta.pending;
             let pending = &writes[params + delta.deletes..pending_end];
             assert!(
-                pending
-                    .iter()
-                    .all(|w| matches!(w, Write::Put(Table::Pending, ..))),
+                pending.iter().all(|w| matches!(w, Write::PutPending(..))),
                 "the pending batches' puts next at {steps}"
             );
             // The writer's sort orders the three runs by key and keeps
