@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: sets up what is missing (including the tests'
-# broker), checks formatting, clippy (-D warnings) and that docs/API.md
-# matches the protos' comments, then runs every test of the workspace.
+# broker), checks formatting, clippy (-D warnings), that the learner builds
+# without its `io` feature and that docs/API.md matches the protos'
+# comments, then runs every test of the workspace.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup.sh"
@@ -19,4 +20,9 @@ python3 scripts/api-doc.py --check
 # build dependencies' debug info must match too (Cargo.toml,
 # `[profile.dev.build-override]`; scripts/check-shared-build.py checks it).
 cargo clippy --profile test --locked --workspace --all-targets -- -D warnings
+# The param-server, the client and the experiments use the learner without
+# its `io` feature (no RocksDB, no Kafka): in the workspace build the
+# feature is on, so only a build of the learner alone shows what it left
+# gated in.
+cargo check --locked -p posterior-learner --no-default-features --lib
 cargo test --locked --workspace --all-targets

@@ -281,7 +281,7 @@ impl FileReadAhead {
                         || source.position() - batch_start >= AHEAD_BATCH_BYTES
                     {
                         // The engine's side hung up: nobody wants the rest.
-                        if !crate::read_ahead::hand_on(&batches_tx, batch, || false) || last {
+                        if !crate::hand_on::hand_on(&batches_tx, batch, || false) || last {
                             return;
                         }
                         batch = fresh(&spare_rx);

@@ -60,6 +60,7 @@ pub mod dump;
 pub mod engine;
 pub mod fallback;
 pub mod file_source;
+mod hand_on;
 #[cfg(feature = "io")]
 pub mod kafka;
 #[cfg(feature = "io")]
