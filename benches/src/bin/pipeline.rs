@@ -122,6 +122,11 @@ enum Bench {
         /// runner does) instead of waiting for it.
         #[arg(long)]
         defer: bool,
+        /// Micro-batches (8 samples / 1 positive / 2 s, as bench 1's rows)
+        /// instead of batch 1: the checkpoints also write the pending
+        /// batches.
+        #[arg(long)]
+        micro: bool,
     },
     /// All four, in order.
     All,
@@ -176,7 +181,11 @@ fn main() -> Result<()> {
             if beta { Model::Beta } else { LOGISTIC },
             checkpoint_every_records,
         ),
-        Bench::Checkpoint { checkpoints, defer } => checkpoint(checkpoints, defer),
+        Bench::Checkpoint {
+            checkpoints,
+            defer,
+            micro,
+        } => checkpoint(checkpoints, defer, micro),
         Bench::All => {
             engine(4_000_000, 10_000_000, None, &EngineKnobs::default())?;
             file(2_000_000, 5_000_000, 1_000_000)?;
@@ -187,7 +196,7 @@ fn main() -> Result<()> {
                 LOGISTIC,
                 DEFAULT_CHECKPOINT_EVERY_RECORDS,
             )?;
-            checkpoint(10, false)
+            checkpoint(10, false, false)
         }
     }?;
     println!("\nload average after: {}", load_average());
@@ -528,9 +537,15 @@ fn met(yes: bool) -> &'static str {
     if yes { "met" } else { "missed" }
 }
 
-fn checkpoint(checkpoints: u64, defer: bool) -> Result<()> {
+fn checkpoint(checkpoints: u64, defer: bool, micro: bool) -> Result<()> {
+    let batching = if micro {
+        Batching::Micro
+    } else {
+        Batching::Single
+    };
     println!(
-        "\n### Bench 4: checkpoints of ~100 k changed keys (d = 32) and restore of 1 M keys\n"
+        "\n### Bench 4: checkpoints of ~100 k changed keys (d = 32, {}) and restore of 1 M keys\n",
+        batching.name()
     );
     let dir = tempfile::tempdir_in(std::env::temp_dir())?;
     let spec = WorkloadSpec {
@@ -539,7 +554,7 @@ fn checkpoint(checkpoints: u64, defer: bool) -> Result<()> {
     };
     let config = BenchConfig {
         model: LOGISTIC,
-        batching: Batching::Single,
+        batching,
         dir: dir.path(),
         source: SourceToml::File(&dir.path().join("unused.pb")),
         checkpoint_every_records: EVERY_FOR_100K_KEYS,
