@@ -770,7 +770,7 @@ pub fn run_kafka(config: &Config, mode: KafkaRunMode, controls: &Controls) -> Re
 
 /// How far (event time) the Kafka source reads ahead of its slowest
 /// partition, and the slack of the throttle (see `ahead_partitions`): the
-/// out-of-orderness, at least [`MIN_THROTTLE_SLACK_MS`]. Reads aligned
+/// out-of-orderness, at least `MIN_THROTTLE_SLACK_MS`. Reads aligned
 /// this way keep a catch-up from filling the reorder buffer with one
 /// partition.
 pub fn throttle_slack_ms(config: &Config) -> i64 {
@@ -1708,7 +1708,7 @@ impl Checkpointer {
     }
 }
 
-/// Keys [`store_ahead`] takes at a time: ~1.3 ms of the ingesting thread
+/// Keys [`Engine::store_ahead`] takes at a time: ~1.3 ms of the ingesting thread
 /// at d = 32 on this project's 2-core machine (bench 4: 318 ns per key).
 pub const AHEAD_KEYS: usize = 4_096;
 

@@ -43,7 +43,7 @@ pub const INLINE_DOCS: usize = 16;
 
 /// Larger requests also run inline while their predicted work is at most
 /// this long and the runtime is not saturated (see
-/// [`Admission::runs_inline`]). The hand-off to the blocking pool and
+/// `Admission::runs_inline`). The hand-off to the blocking pool and
 /// back (two wake-ups across threads) cost the server ~60 µs of CPU per
 /// call in BENCHMARKS.md "Larger requests inline while the runtime idles":
 /// a third of a 100-doc `GetParams`, a few percent of a 1000-doc one.

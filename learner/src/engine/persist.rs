@@ -32,7 +32,7 @@ pub enum Write {
     PutParams(ParamKey, Arc<KeyState>),
     /// Set a key of [`Table::Pending`] to an encoded batch
     /// ([`codec::pending_bytes`]), cut from the engine's reused value
-    /// chunks ([`ValueChunks`]).
+    /// chunks, reused from one checkpoint to the next.
     PutPending(ParamKey, Bytes),
     /// Remove a key of [`Table::Pending`].
     DeletePending(ParamKey),
