@@ -148,6 +148,11 @@ impl Batcher {
         }
     }
 
+    /// The policy (with `max_samples` at least 1).
+    pub fn policy(&self) -> BatchPolicy {
+        self.policy
+    }
+
     /// Keys with a pending batch.
     pub fn pending_keys(&self) -> usize {
         self.pending.len()

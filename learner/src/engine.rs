@@ -935,7 +935,34 @@ impl Engine {
         } else {
             self.batcher.due_soon(released.len()).copied().collect()
         };
-        for key in keys.iter().chain(&soon) {
+        // The states read now are those of the samples applied as they
+        // are released — every one at batch 1 — and of the due batches.
+        // With micro-batches most samples wait in a batch instead; of
+        // those released, the positives are asked for where positives fill
+        // a batch (a hint: a positive may still wait, a count may fill).
+        let policy = self.batcher.policy();
+        let positives: Vec<ParamKey>;
+        let applied: &[ParamKey] = if policy.max_samples <= 1 {
+            &keys
+        } else {
+            positives = if policy.max_positives == 0 {
+                Vec::new()
+            } else {
+                released
+                    .iter()
+                    .zip(versions.iter())
+                    .filter_map(|((_, sample), version)| {
+                        let entry = self.registry.get((*version)?)?;
+                        entry.spec.rewards(sample).then_some(ParamKey {
+                            version: entry.id,
+                            doc_id: sample.doc_id,
+                        })
+                    })
+                    .collect()
+            };
+            &positives
+        };
+        for key in applied.iter().chain(&soon) {
             self.params.prefetch(key);
         }
         // Their pending batches' lookups likewise (a due batch's key is
@@ -945,7 +972,7 @@ impl Engine {
                 self.batcher.prefetch_lookup(key);
             }
         }
-        let states: Vec<&Arc<KeyState>> = keys
+        let states: Vec<&Arc<KeyState>> = applied
             .iter()
             .chain(&soon)
             .filter_map(|key| {

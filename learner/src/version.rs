@@ -43,6 +43,15 @@ pub struct VersionSpec {
 }
 
 impl VersionSpec {
+    /// Whether `sample` is a positive by this version's reward rule, as a
+    /// hint: nothing else is checked, and a sample without the label is
+    /// not. [`VersionSpec::observation`] decides.
+    pub fn rewards(&self, sample: &Sample) -> bool {
+        sample
+            .label(&self.reward.label)
+            .is_some_and(|value| f64::from(value) >= self.reward.threshold)
+    }
+
     /// Reduces a sample to the observation this version learns from:
     /// checks the version name and context dimension, reads the reward
     /// label and the weight.
@@ -224,6 +233,19 @@ mod tests {
             ..spec.clone()
         };
         assert_eq!(unweighted.observation(&long).unwrap().weight, 1.0);
+        // The hint agrees with the observation, at the threshold too, and
+        // a sample without the label is no positive.
+        assert!(spec.rewards(&long));
+        assert!(!spec.rewards(&short));
+        assert!(spec.rewards(&sample(30.0, vec![1.0, 0.0])));
+        assert!(
+            spec.observation(&sample(30.0, vec![1.0, 0.0]))
+                .unwrap()
+                .reward
+        );
+        let mut no_label = long.clone();
+        no_label.labels.retain(|(n, _)| n != "dwell_s");
+        assert!(!spec.rewards(&no_label));
     }
 
     #[test]
