@@ -972,13 +972,19 @@ impl Engine {
                 self.batcher.prefetch_lookup(key);
             }
         }
+        // A state's heap parts are asked for once the state has arrived,
+        // which reading it waits for: only where there are parts (not for
+        // Beta states, which are all inline).
         let states: Vec<&Arc<KeyState>> = applied
             .iter()
             .chain(&soon)
             .filter_map(|key| {
                 let slot = self.params.get(key)?;
                 prefetch(Arc::as_ptr(&slot.state));
-                Some(&slot.state)
+                self.registry
+                    .get(key.version)
+                    .is_some_and(|e| e.spec.model.kind.has_prefetched_parts())
+                    .then_some(&slot.state)
             })
             .collect();
         for state in states {

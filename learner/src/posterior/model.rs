@@ -23,6 +23,13 @@ impl ModelKind {
         }
     }
 
+    /// Whether a state of this model keeps heap parts that an update
+    /// reads and `KeyState::prefetch_parts` asks for (a diagonal
+    /// posterior's vectors); a Beta state is all inline.
+    pub fn has_prefetched_parts(&self) -> bool {
+        matches!(self, ModelKind::Logistic(p) if p.form() == super::CovarianceForm::Diagonal)
+    }
+
     /// Context dimension: 0 for Beta, d for logistic.
     pub fn dim(&self) -> usize {
         match self {
