@@ -590,3 +590,24 @@ fn a_key_state_and_its_arc_counters_fit_a_cache_line() {
     );
     assert!(size_of::<Posterior>() <= 24, "{}", size_of::<Posterior>());
 }
+
+/// `ModelKind::has_prefetched_parts` says which states `warm` asks for
+/// parts: exactly those whose posterior `KeyState::prefetch_parts` reads
+/// further (a diagonal one's vectors).
+#[test]
+fn only_diagonal_states_have_parts_to_prefetch() {
+    let kinds = [
+        ModelKind::Beta(BetaPrior::new(1.0, 1.0).unwrap()),
+        ModelKind::Logistic(LogisticPrior::isotropic(CovarianceForm::Diagonal, 4, 1.0).unwrap()),
+        ModelKind::Logistic(LogisticPrior::isotropic(CovarianceForm::Full, 4, 1.0).unwrap()),
+    ];
+    for kind in kinds {
+        let state = KeyState::prior(&ModelSpec::new(kind.clone()));
+        assert_eq!(
+            kind.has_prefetched_parts(),
+            matches!(state.posterior, Posterior::Diagonal(_)),
+            "{}",
+            kind.name()
+        );
+    }
+}
