@@ -995,7 +995,16 @@ impl Engine {
                 self.batcher.prefetch(key);
             }
             self.batcher.prefetch_due(released.len());
-            self.batcher.prefetch_due_contexts(released.len());
+            // Reading a due batch's observations for their contexts waits
+            // for them: not where no version has a context.
+            if self
+                .registry
+                .entries()
+                .iter()
+                .any(|e| e.spec.model.kind.dim() > 0)
+            {
+                self.batcher.prefetch_due_contexts(released.len());
+            }
         }
     }
 
