@@ -49,7 +49,12 @@ impl VersionSpec {
     pub fn rewards(&self, sample: &Sample) -> bool {
         sample
             .label(&self.reward.label)
-            .is_some_and(|value| f64::from(value) >= self.reward.threshold)
+            .is_some_and(|value| self.is_positive(value))
+    }
+
+    /// The reward rule: a label value at or above the threshold.
+    fn is_positive(&self, value: f32) -> bool {
+        f64::from(value) >= self.reward.threshold
     }
 
     /// Reduces a sample to the observation this version learns from:
@@ -76,7 +81,7 @@ impl VersionSpec {
             })?;
         Ok(Observation {
             context: &sample.context,
-            reward: f64::from(value) >= self.reward.threshold,
+            reward: self.is_positive(value),
             weight: if self.use_sample_weight {
                 f64::from(sample.weight)
             } else {
