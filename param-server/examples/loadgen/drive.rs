@@ -139,6 +139,12 @@ impl Tally {
     pub fn loadgen_cores(&self) -> f64 {
         self.loadgen_cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
     }
+
+    /// Load generator CPU time per request, µs: what the client side
+    /// (request, transport, response decoding) costs per call.
+    pub fn loadgen_cpu_us_per_request(&self) -> f64 {
+        self.loadgen_cpu.as_secs_f64() * 1e6 / (self.requests as f64).max(1.0)
+    }
 }
 
 /// The shape of one window.

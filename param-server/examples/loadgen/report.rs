@@ -36,7 +36,7 @@ const MIB: f64 = (1 << 20) as f64;
 pub fn print(setting: &Setting, results: &Results) {
     print_setting(setting, results);
     print_table(results);
-    print_goals(results);
+    print_goals(results, setting.client_threads);
     print_freshness(results);
     print_overload(results);
 }
@@ -84,9 +84,9 @@ fn print_table(results: &Results) {
     println!(
         "| request | docs | clients | contender | docs/s | req/s | p50 ms | p99 ms | p99.9 ms \
          | docs/s vs Redis | p99 vs Redis | server cores | server CPU µs/req | docs per server CPU-s \
-         | … vs Redis | loadgen cores | errors | load |"
+         | … vs Redis | loadgen cores | loadgen CPU µs/req | errors | load |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for ((op, batch, clients, side), t) in &results.rows {
         let redis = results.rows.get(&(*op, *batch, *clients, Side::Redis));
         let (vs_docs, vs_p99, vs_cpu) = match (side, redis) {
@@ -99,7 +99,7 @@ fn print_table(results: &Results) {
         };
         println!(
             "| {} | {batch} | {clients} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {vs_docs} \
-             | {vs_p99} | {:.2} | {:.0} | {:.0} | {vs_cpu} | {:.2} | {} | {:.1} |",
+             | {vs_p99} | {:.2} | {:.0} | {:.0} | {vs_cpu} | {:.2} | {:.1} | {} | {:.1} |",
             op.name(),
             side.name(),
             t.docs_per_s(),
@@ -111,6 +111,7 @@ fn print_table(results: &Results) {
             t.server_cpu_us_per_request(),
             t.docs_per_server_cpu_s(),
             t.loadgen_cores(),
+            t.loadgen_cpu_us_per_request(),
             errors(t),
             t.load_avg
         );
@@ -129,7 +130,7 @@ fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
 
-fn print_goals(results: &Results) {
+fn print_goals(results: &Results, client_threads: usize) {
     println!("Against the issue's goals:\n");
     for ((op, batch, clients, side), t) in &results.rows {
         if *side != Side::ParamServer {
@@ -145,6 +146,12 @@ fn print_goals(results: &Results) {
                  {per_cpu:.2}× its docs per server CPU-second",
                 met(x >= 1.0)
             );
+            if let Some(line) = client_ceiling(t, r, client_threads) {
+                println!("{line}");
+            }
+            if *clients == 1 {
+                println!("{}", one_client_budget(t, r));
+            }
         }
         if *batch == 1000 {
             let p99 = t.quantile_ms(0.99);
@@ -156,6 +163,45 @@ fn print_goals(results: &Results) {
         }
     }
     println!();
+}
+
+/// Share of a worker thread's core above which it counts as full.
+const FULL_CORE: f64 = 0.95;
+
+/// When the load generator's workers were full in the param-server's
+/// window, the rate its client side alone allows, as a multiple of Redis's
+/// measured rate: its workers' cores over the client's CPU per call. No
+/// server, however fast, gets past it with the same client and cores.
+fn client_ceiling(t: &Tally, redis: &Tally, client_threads: usize) -> Option<String> {
+    let workers = client_threads.max(1) as f64;
+    if t.loadgen_cores() < FULL_CORE * workers {
+        return None;
+    }
+    let per_call_us = t.loadgen_cpu_us_per_request();
+    let ceiling = workers * 1e6 / per_call_us.max(1e-9);
+    Some(format!(
+        "  - the load generator was full ({:.2} cores): {per_call_us:.1} µs of its CPU \
+         per gRPC call ({:.1} per `MGET`), so its client side alone allows at most {ceiling:.0} \
+         requests/s, {:.2}× Redis's measured rate, whatever the server costs",
+        t.loadgen_cores(),
+        redis.loadgen_cpu_us_per_request(),
+        ceiling / redis.requests_per_s().max(1e-9),
+    ))
+}
+
+/// With one closed-loop client, the client's work, the server's and the
+/// wake-ups follow each other in every round trip: how much of Redis's
+/// round trip the gRPC client's CPU alone takes.
+fn one_client_budget(t: &Tally, redis: &Tally) -> String {
+    let client_us = t.loadgen_cpu_us_per_request();
+    let redis_round_trip_us = 1e6 / redis.requests_per_s().max(1e-9);
+    format!(
+        "  - one client: {client_us:.1} µs of the load generator's CPU in each gRPC round trip; \
+         Redis's whole round trip took {redis_round_trip_us:.1} µs (its server {:.1} µs of CPU), \
+         which leaves {:.1} µs for the server and both ends' wake-ups to match it",
+        redis.server_cpu_us_per_request(),
+        redis_round_trip_us - client_us,
+    )
 }
 
 fn ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
