@@ -624,7 +624,7 @@ mod tests {
         fn sample_bytes_are_a_joined_sample(
             doc_id in proptest::prelude::any::<u64>(),
             version in "[a-z-]{1,12}",
-            event_time_ms in proptest::prelude::any::<i64>(),
+            event_time_ms in -crate::sample::MAX_EVENT_TIME_MS..=crate::sample::MAX_EVENT_TIME_MS,
             context in proptest::collection::vec(-1e6_f32..1e6, 0..40),
             labels in proptest::collection::btree_map("[a-z_]{0,10}", proptest::prop_oneof![
                 proptest::prelude::Just(0.0_f32),

@@ -5,10 +5,12 @@
 use serde::Serialize;
 
 /// Every dead-letter reason this build emits.
-pub const REASONS: [&str; 11] = [
+pub const REASONS: [&str; 13] = [
     "undecodable",
     "non_finite",
     "negative_weight",
+    "weight_too_large",
+    "bad_event_time",
     "empty_version",
     "wrong_dimension",
     "missing_label",
@@ -27,7 +29,7 @@ pub struct DeadLetter {
     /// Offset within the partition.
     pub offset: u64,
     /// Stable reason: `undecodable`, `non_finite`, `negative_weight`,
-    /// `empty_version`, `wrong_dimension`, `missing_label`,
+    /// `weight_too_large`, `bad_event_time`, `empty_version`, `wrong_dimension`, `missing_label`,
     /// `unknown_version`, `late`, `duplicate`, `rejected_update`.
     pub reason: &'static str,
     /// Human-readable detail.

@@ -1,6 +1,7 @@
 //! The domain sample, converted from the wire `JoinedSample` and validated
 //! at that boundary: nothing non-finite gets past it.
 
+use crate::posterior::MAX_WEIGHT;
 use posterior_proto::v1::JoinedSample;
 
 /// A version or label name, or a sample id. Names of up to 24 bytes
@@ -31,6 +32,14 @@ pub enum SampleError {
     /// The weight was negative.
     #[error("weight {0} is negative")]
     NegativeWeight(f32),
+    /// The weight was above [`MAX_WEIGHT`] (where the posterior maths
+    /// would refuse it, and with it every sample of its micro-batch).
+    #[error("weight {0} is above the largest allowed, 1e6")]
+    WeightTooLarge(f32),
+    /// The event time is outside ±[`MAX_EVENT_TIME_MS`] (a timestamp in
+    /// micro- or nanoseconds, or a sentinel such as `i64::MIN`).
+    #[error("event_time_ms {0} is outside ±{MAX_EVENT_TIME_MS} (year 9999 in Unix milliseconds)")]
+    EventTimeOutOfRange(i64),
     /// The context length does not match the version's dimension.
     #[error("context has dimension {got}, expected {expected}")]
     WrongDimension {
@@ -62,11 +71,26 @@ impl SampleError {
             SampleError::EmptyVersion => "empty_version",
             SampleError::NonFinite { .. } => "non_finite",
             SampleError::NegativeWeight(_) => "negative_weight",
+            SampleError::WeightTooLarge(_) => "weight_too_large",
+            SampleError::EventTimeOutOfRange(_) => "bad_event_time",
             SampleError::WrongDimension { .. } => "wrong_dimension",
             SampleError::MissingLabel { .. } => "missing_label",
             SampleError::VersionMismatch { .. } => "version_mismatch",
         }
     }
+}
+
+/// Largest event time, in absolute value, a sample may carry:
+/// 9999-12-31T23:59:59.999Z in Unix milliseconds. Beyond it lie
+/// timestamps sent in micro- or nanoseconds (now ~1.8e15 µs), which would
+/// push their partition's watermark so far ahead that every later sample
+/// of it were late, and the sentinels `i64::MIN` / `i64::MAX`, which the
+/// reorder buffer and the sample log reserve.
+pub const MAX_EVENT_TIME_MS: i64 = 253_402_300_799_999;
+
+/// Whether `event_time_ms` is within ±[`MAX_EVENT_TIME_MS`].
+pub fn event_time_in_range(event_time_ms: i64) -> bool {
+    (-MAX_EVENT_TIME_MS..=MAX_EVENT_TIME_MS).contains(&event_time_ms)
 }
 
 /// Labels from `(name, value)` pairs, sorted by name as a [`Sample`] keeps
@@ -180,10 +204,12 @@ impl Sample {
             sample.labels.dedup_by(|later, first| later.0 == first.0);
         }
         let valid = !sample.version.is_empty()
+            && event_time_in_range(sample.event_time_ms)
             && sample.context.iter().all(|x| x.is_finite())
             && sample.labels.iter().all(|(_, v)| v.is_finite())
             && sample.weight.is_finite()
-            && sample.weight >= 0.0;
+            && sample.weight >= 0.0
+            && f64::from(sample.weight) <= MAX_WEIGHT;
         if !valid {
             return None;
         }
@@ -222,6 +248,9 @@ impl TryFrom<JoinedSample> for Sample {
         if wire.version.is_empty() {
             return Err(SampleError::EmptyVersion);
         }
+        if !event_time_in_range(wire.event_time_ms) {
+            return Err(SampleError::EventTimeOutOfRange(wire.event_time_ms));
+        }
         if let Some(i) = wire.context.iter().position(|x| !x.is_finite()) {
             return Err(SampleError::NonFinite {
                 field: format!("context[{i}]"),
@@ -248,6 +277,9 @@ impl TryFrom<JoinedSample> for Sample {
         }
         if wire.weight < 0.0 {
             return Err(SampleError::NegativeWeight(wire.weight));
+        }
+        if f64::from(wire.weight) > MAX_WEIGHT {
+            return Err(SampleError::WeightTooLarge(wire.weight));
         }
         Ok(Self {
             doc_id: wire.doc_id,
@@ -383,6 +415,39 @@ mod tests {
             ),
             (
                 JoinedSample {
+                    weight: 2.0e6,
+                    ..wire()
+                },
+                "2000000",
+                "weight_too_large",
+            ),
+            (
+                JoinedSample {
+                    event_time_ms: i64::MIN,
+                    ..wire()
+                },
+                "-9223372036854775808",
+                "bad_event_time",
+            ),
+            (
+                JoinedSample {
+                    event_time_ms: i64::MAX,
+                    ..wire()
+                },
+                "event_time_ms",
+                "bad_event_time",
+            ),
+            (
+                JoinedSample {
+                    // Microseconds sent as milliseconds.
+                    event_time_ms: 1_764_892_800_000_000,
+                    ..wire()
+                },
+                "event_time_ms",
+                "bad_event_time",
+            ),
+            (
+                JoinedSample {
                     version: String::new(),
                     ..wire()
                 },
@@ -391,6 +456,12 @@ mod tests {
             ),
         ];
         for (input, needle, reason) in cases {
+            use prost::Message;
+            assert_eq!(
+                Sample::from_wire_fast(&input.encode_to_vec()),
+                None,
+                "the fast path refuses {reason} too"
+            );
             let err = Sample::try_from(input).unwrap_err();
             assert!(err.to_string().contains(needle), "{err} lacks {needle}");
             assert_eq!(err.reason(), reason);

@@ -4,8 +4,8 @@
 use posterior_proto::v1;
 
 use crate::posterior::{
-    BetaPrior, CovarianceForm, Forgetting, LogisticPrior, ModelKind, ModelSpec, Observation,
-    PosteriorError,
+    BetaPrior, CovarianceForm, Forgetting, LogisticPrior, MAX_DIM_DIAGONAL, MAX_DIM_FULL,
+    ModelKind, ModelSpec, Observation, PosteriorError,
 };
 use crate::sample::{Sample, SampleError};
 
@@ -159,6 +159,19 @@ impl TryFrom<v1::VersionSpec> for VersionSpec {
                     Err(_) => return Err(invalid("form", "unknown covariance form")),
                 };
                 let dim = l.dim as usize;
+                // Checked before the prior mean is made: a command naming
+                // dim 4294967295 must not allocate 34 GB first.
+                let max_dim = match form {
+                    CovarianceForm::Diagonal => MAX_DIM_DIAGONAL,
+                    CovarianceForm::Full => MAX_DIM_FULL,
+                };
+                if dim > max_dim {
+                    return Err(PosteriorError::OutOfRange {
+                        field: "dim",
+                        value: f64::from(l.dim),
+                        reason: "must be in 1..=4096 (diagonal) or 1..=64 (full)",
+                    });
+                }
                 let mean = if l.prior_mean.is_empty() {
                     vec![0.0; dim]
                 } else if l.prior_mean.len() == dim {
@@ -296,6 +309,9 @@ mod tests {
                 "model",
             ),
             (logistic_spec(0), "dim"),
+            // Refused before a prior mean of that size is made.
+            (logistic_spec(u32::MAX), "dim"),
+            (logistic_spec(4097), "dim"),
             (
                 v1::VersionSpec {
                     reward_label: String::new(),

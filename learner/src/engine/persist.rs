@@ -576,6 +576,15 @@ impl Engine {
         let mut batcher = Batcher::new(config.batch);
         for (k, v) in read(Table::Pending) {
             let key = codec::param_key_from(Table::Pending, &k)?;
+            // Checked as the params are: a batch of an unregistered version
+            // would be applied against no spec later.
+            if registry.get(key.version).is_none() {
+                return Err(CorruptState::new(
+                    Table::Pending,
+                    &k,
+                    "unregistered version id",
+                ));
+            }
             batcher.restore(key, codec::pending_from(&k, &v)?);
         }
         let mut buffer = ReorderBuffer::new(config.reorder_capacity);

@@ -1380,3 +1380,34 @@ fn sort_puts_keeps_the_later_put_of_a_key() {
     ];
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_pending_batch_of_an_unregistered_version_is_refused_at_restore() {
+    // A click waits in its batch (config(): up to 2 positives), released by
+    // a later sample past the out-of-orderness.
+    let mut engine = Engine::new(config(), registry(), [0]);
+    engine.ingest(0, 0, click(1, "beta", 1_000));
+    engine.ingest(0, 1, click(2, "beta", 1_000 + OUT_OF_ORDERNESS_MS + 100));
+    let mut store = MemoryStore::default();
+    store.apply(engine.checkpoint_delta());
+    let pending = store.entries(Table::Pending);
+    let (key, value) = pending.first().expect("the first click waits in its batch");
+    assert!(Engine::restore(config(), |t| store.entries(t)).is_ok());
+    // The same batch under a version id the registry never gave.
+    let stray = ParamKey {
+        version: VersionId(99),
+        doc_id: crate::codec::param_key_from(Table::Pending, key)
+            .unwrap()
+            .doc_id,
+    };
+    store.apply(vec![Write::Put(
+        Table::Pending,
+        crate::codec::param_key(stray),
+        value.clone(),
+    )]);
+    let error = Engine::restore(config(), |t| store.entries(t)).unwrap_err();
+    assert!(
+        error.to_string().contains("unregistered version id"),
+        "{error}"
+    );
+}
