@@ -15,8 +15,11 @@ use std::fmt::Debug;
 use posterior_proto::v1;
 use tokio::sync::mpsc;
 
-/// Why a command could not be handed to the learners. Both variants map
-/// to `UNAVAILABLE`: the caller may retry the same admin call later.
+/// Why a command could not be handed to the learners. `Busy` and
+/// `Unavailable` map to `UNAVAILABLE`: the command did not go out, and
+/// the caller may retry the same admin call later. `Unconfirmed` maps to
+/// `DEADLINE_EXCEEDED`: the command may still reach the learners, and a
+/// retry would send it again under a new id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlPlaneError {
     /// The path is full (bounded queue, broker back-pressure): retry later.
@@ -25,6 +28,10 @@ pub enum ControlPlaneError {
     /// No learner is reachable: the path is closed or not configured.
     #[error("control path unavailable: {0}")]
     Unavailable(String),
+    /// The command went out, but its delivery was not confirmed: it may
+    /// still be applied.
+    #[error("control path did not confirm the command, which may still be applied: {0}")]
+    Unconfirmed(String),
 }
 
 /// Delivers admin commands to the learner(s). Implementations must not

@@ -102,6 +102,24 @@ pub enum ServeError {
     /// is too short for its work.
     #[error(transparent)]
     Shed(#[from] Shed),
+    /// The response would be larger than the server sends in one message
+    /// (known from the doc count before it is built).
+    #[error(
+        "the response for {docs} docs of version {version:?} would be at least {at_least} bytes, \
+         above the limit of {max} bytes: ask for at most {max_docs} docs per request"
+    )]
+    ResponseTooLarge {
+        /// The version.
+        version: String,
+        /// Doc ids in the request.
+        docs: usize,
+        /// A lower bound of the response's size.
+        at_least: usize,
+        /// The configured `max_response_bytes`.
+        max: usize,
+        /// The most docs of this version that can fit.
+        max_docs: usize,
+    },
     /// Too many watchers of one version at once.
     #[error("{max} watchers already follow version {version:?}")]
     TooManyWatchers {
@@ -127,6 +145,7 @@ impl ServeError {
             | ServeError::WrongDimension { .. }
             | ServeError::Posterior(_) => Code::InvalidArgument,
             ServeError::TooManyWatchers { .. } => Code::ResourceExhausted,
+            ServeError::ResponseTooLarge { .. } => Code::OutOfRange,
             ServeError::Shed(Shed::Deadline { .. }) => Code::DeadlineExceeded,
             ServeError::Shed(Shed::ShuttingDown) => Code::Unavailable,
             ServeError::Shed(
@@ -204,7 +223,10 @@ impl AdminError {
                 Code::InvalidArgument
             }
             AdminError::Retired(_) => Code::FailedPrecondition,
-            AdminError::Control(_) => Code::Unavailable,
+            AdminError::Control(ControlPlaneError::Unconfirmed(_)) => Code::DeadlineExceeded,
+            AdminError::Control(ControlPlaneError::Busy(_) | ControlPlaneError::Unavailable(_)) => {
+                Code::Unavailable
+            }
         }
     }
 }
@@ -212,5 +234,35 @@ impl AdminError {
 impl From<AdminError> for Status {
     fn from(error: AdminError) -> Self {
         Status::new(error.code(), error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command that did not go out may be sent again (UNAVAILABLE, which
+    /// clients retry); one that may still arrive may not (DEADLINE_EXCEEDED,
+    /// which clients retry only for idempotent calls, and no admin call
+    /// that sends a command is).
+    #[test]
+    fn an_unconfirmed_command_is_not_reported_as_unavailable() {
+        let code = |e: ControlPlaneError| AdminError::Control(e).code();
+        assert_eq!(code(ControlPlaneError::Busy("q".into())), Code::Unavailable);
+        assert_eq!(
+            code(ControlPlaneError::Unavailable("down".into())),
+            Code::Unavailable
+        );
+        assert_eq!(
+            code(ControlPlaneError::Unconfirmed("no ack".into())),
+            Code::DeadlineExceeded
+        );
+        let status = Status::from(AdminError::Control(ControlPlaneError::Unconfirmed(
+            "no acknowledgement from topic \"control\" within 5000 ms".into(),
+        )));
+        assert!(
+            status.message().contains("may still be applied"),
+            "{status:?}"
+        );
     }
 }

@@ -4,11 +4,14 @@
 //! `ControlReader` reads whole — and returns once the broker acknowledged
 //! it (`acks=all`), or fails within the configured delivery timeout.
 //!
-//! A full producer queue is `Busy`; no acknowledgement in time, a failed
-//! delivery or a closed producer is `Unavailable`; both map to
-//! `UNAVAILABLE` with a message naming the topic. Delivery is at least
-//! once (a timed-out command may still arrive): the learners apply each
-//! command id at most once.
+//! A full producer queue is `Busy` and a delivery that librdkafka reports
+//! failed and not persisted is `Unavailable`: both map to `UNAVAILABLE`
+//! with a message naming the topic, and the command did not go out. No
+//! acknowledgement in time, a failure after which the record may have been
+//! written, or a closed producer is `Unconfirmed` (`DEADLINE_EXCEEDED`):
+//! the command may still arrive, so a client must not resend it blindly
+//! (a resend gets a new command id). The learners apply each command id at
+//! most once.
 
 use std::time::Duration;
 
@@ -27,8 +30,16 @@ use crate::control::{ControlPlane, ControlPlaneError};
 /// Commands the producer holds unacknowledged before it refuses more.
 const QUEUE_MESSAGES_MAX: &str = "1024";
 
+/// A failed delivery: librdkafka's error, and whether the record may
+/// have been written all the same (sent, but not acknowledged).
+#[derive(Debug)]
+struct Failed {
+    error: String,
+    maybe_written: bool,
+}
+
 /// Where a delivery report goes: the admin call waiting for it.
-type Waiter = Box<oneshot::Sender<Result<i64, String>>>;
+type Waiter = Box<oneshot::Sender<Result<i64, Failed>>>;
 
 /// Hands each delivery report to the call that produced the record.
 struct Reports;
@@ -41,7 +52,17 @@ impl ProducerContext for Reports {
     fn delivery(&self, result: &DeliveryResult<'_>, waiter: Waiter) {
         let outcome = match result {
             Ok(message) => Ok(message.offset()),
-            Err((error, _)) => Err(error.to_string()),
+            Err((error, message)) => {
+                // SAFETY: the message is librdkafka's, valid for the whole
+                // callback; `rd_kafka_message_status` only reads it.
+                #[allow(unsafe_code)]
+                let status = unsafe { rdkafka::bindings::rd_kafka_message_status(message.ptr()) };
+                Err(Failed {
+                    error: error.to_string(),
+                    maybe_written: status
+                        != rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_NOT_PERSISTED,
+                })
+            }
         };
         // The call may have timed out and gone: nobody to tell.
         let _ = waiter.send(outcome);
@@ -122,13 +143,22 @@ impl ControlPlane for KafkaControlPlane {
                 );
                 Ok(())
             }
-            Ok(Ok(Err(error))) => Err(ControlPlaneError::Unavailable(format!(
+            Ok(Ok(Err(Failed {
+                error,
+                maybe_written: false,
+            }))) => Err(ControlPlaneError::Unavailable(format!(
                 "topic {topic:?} did not take the command: {error}"
             ))),
-            Ok(Err(_)) => Err(ControlPlaneError::Unavailable(format!(
-                "the producer to topic {topic:?} stopped"
+            Ok(Ok(Err(Failed {
+                error,
+                maybe_written: true,
+            }))) => Err(ControlPlaneError::Unconfirmed(format!(
+                "topic {topic:?} may have written the command without acknowledging it: {error}"
             ))),
-            Err(_) => Err(ControlPlaneError::Unavailable(format!(
+            Ok(Err(_)) => Err(ControlPlaneError::Unconfirmed(format!(
+                "the producer to topic {topic:?} stopped before reporting the delivery"
+            ))),
+            Err(_) => Err(ControlPlaneError::Unconfirmed(format!(
                 "no acknowledgement from topic {topic:?} within {} ms",
                 self.delivery_timeout.as_millis()
             ))),
@@ -161,8 +191,10 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+        // Never sent: librdkafka reports it not persisted (UNAVAILABLE, a
+        // retry is safe), unless its report comes after the wait.
         match error {
-            ControlPlaneError::Unavailable(message) => {
+            ControlPlaneError::Unavailable(message) | ControlPlaneError::Unconfirmed(message) => {
                 assert!(message.contains("\"control-x\""), "{message}");
             }
             other => panic!("{other:?}"),

@@ -18,6 +18,7 @@ use crate::limits::Limits;
 use crate::request::{DocsRequest, SampleRequest, WatchRequest};
 use crate::sampler::sample_scores;
 use crate::store::{ParamStore, encode_get_params};
+use crate::version::ServedVersion;
 use crate::watch::{WatchStream, watch};
 
 /// The read side for predictors.
@@ -58,6 +59,7 @@ impl ParamServiceImpl {
     /// `GetParams` without the transport.
     pub fn get_params(&self, request: DocsRequest) -> Result<v1::GetParamsResponse, ServeError> {
         let version = self.store.version(&request.version)?;
+        check_response_size(&version, request.doc_ids.len(), &self.limits)?;
         let table = version.table();
         let mut params = Vec::with_capacity(request.doc_ids.len());
         table.read_each(&request.doc_ids, |doc_id, stored| {
@@ -74,6 +76,7 @@ impl ParamServiceImpl {
     /// the table.
     pub fn get_params_bytes(&self, request: DocsRequest) -> Result<Encoded, ServeError> {
         let version = self.store.version(&request.version)?;
+        check_response_size(&version, request.doc_ids.len(), &self.limits)?;
         let bytes = encode_get_params(&version, &version.table(), &request.doc_ids);
         Ok(Encoded::from_encoding(bytes))
     }
@@ -90,6 +93,29 @@ impl ParamServiceImpl {
             mean: scores.mean,
         })
     }
+}
+
+/// Refuses a `GetParams` of `docs` docs of `version` whose response would
+/// be over `limits.max_response_bytes` before it is built: with large
+/// states (full covariance, high dimensions) the limit would otherwise be
+/// checked only after hundreds of MB were encoded.
+fn check_response_size(
+    version: &ServedVersion,
+    docs: usize,
+    limits: &Limits,
+) -> Result<(), ServeError> {
+    let per_doc = version.min_doc_response_bytes().max(1);
+    let at_least = docs.saturating_mul(per_doc);
+    if at_least > limits.max_response_bytes {
+        return Err(ServeError::ResponseTooLarge {
+            version: version.name().to_owned(),
+            docs,
+            at_least,
+            max: limits.max_response_bytes,
+            max_docs: limits.max_response_bytes / per_doc,
+        });
+    }
+    Ok(())
 }
 
 impl ParamServiceImpl {

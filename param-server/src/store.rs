@@ -164,7 +164,7 @@ impl ParamStore {
         // sees the state there. The state is read back (a newer one may
         // be read, which its own writer also publishes: a harmless repeat).
         if outcome == ApplyOutcome::Applied
-            && served.watchers() > 0
+            && served.has_followers()
             && let Some(state) = table.get(doc_id)
         {
             served.publish(doc_id, Arc::new(state));

@@ -251,3 +251,122 @@ fn retiring_keeps_the_parameters_served_and_is_idempotent() {
         StoreError::UnknownVersion("nope".into())
     );
 }
+
+/// Runs the test's other tasks until `done` holds (at most ~5 s).
+async fn until(mut done: impl FnMut() -> bool) {
+    for _ in 0..5_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("condition not reached in 5 s");
+}
+
+/// A watcher told to resync has left the update channel, but its stream
+/// still holds the events its client has not read: it keeps its slot of
+/// the version until the stream is dropped, so the watcher limit bounds
+/// that memory too.
+#[tokio::test]
+async fn a_watcher_told_to_resync_keeps_its_slot_until_its_stream_is_dropped() {
+    use tokio_stream::StreamExt;
+
+    use crate::error::ServeError;
+    use crate::limits::Limits;
+    use crate::request::WatchRequest;
+    use crate::watch::watch;
+
+    let store = ParamStore::new(8);
+    store.register(beta_spec("ctr")).unwrap();
+    let version = store.version("ctr").unwrap();
+    let limits = Limits {
+        max_watchers_per_version: 1,
+        watch_stream_events: 4,
+        ..Limits::default()
+    };
+    let request = WatchRequest {
+        version: "ctr".into(),
+        doc_ids: None,
+        from_seq: 0,
+    };
+    let mut stream = watch(Arc::clone(&version), request.clone(), &limits).unwrap();
+    let first = stream.next().await.unwrap().unwrap().event;
+    assert_eq!(
+        first,
+        Some(v1::watch_params_event::Event::SnapshotDone(true))
+    );
+    // Three updates reach the stream, then 100 more overflow the buffer of
+    // 8 while the client reads nothing.
+    for seq in 1..=3 {
+        store.apply("ctr", seq, beta_state(seq)).unwrap();
+    }
+    // The test's runtime has one thread: the watcher's task forwards them
+    // while this one sleeps.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    for seq in 4..=103 {
+        store.apply("ctr", seq % 16, beta_state(seq)).unwrap();
+    }
+    until(|| !version.has_followers()).await;
+    assert_eq!(version.watchers(), 1, "the unread stream keeps its slot");
+    assert!(matches!(
+        watch(Arc::clone(&version), request.clone(), &limits),
+        Err(ServeError::TooManyWatchers { max: 1, .. })
+    ));
+    // What the stream holds: the three updates, then the resync.
+    let mut updates = 0;
+    let resync = loop {
+        match stream.next().await.unwrap().unwrap().event.unwrap() {
+            v1::watch_params_event::Event::Update(_) => updates += 1,
+            v1::watch_params_event::Event::Resync(reason) => break reason,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(updates, 3);
+    assert!(resync.contains("buffer of 8"), "{resync}");
+    assert_eq!(version.watchers(), 1, "still held until dropped");
+    drop(stream);
+    assert_eq!(version.watchers(), 0);
+    assert!(watch(Arc::clone(&version), request, &limits).is_ok());
+}
+
+/// A version's per-doc lower bound of a `GetParams` response is one: no
+/// doc's parameters, prior or stored, encode smaller, and a doc whose
+/// scalars are at their defaults encodes to exactly it.
+#[test]
+fn the_per_doc_response_bound_is_below_every_doc_and_tight() {
+    use prost::Message;
+
+    let store = ParamStore::new(8);
+    store.register(beta_spec("ctr")).unwrap();
+    store.register(diagonal_spec("dwell", 32)).unwrap();
+    store
+        .apply("ctr", u64::MAX, beta_state(u64::MAX >> 1))
+        .unwrap();
+    store.apply("dwell", 7, diagonal_state(3, 32)).unwrap();
+    for (name, docs) in [("ctr", [u64::MAX, 1]), ("dwell", [7, 1])] {
+        let version = store.version(name).unwrap();
+        let bound = version.min_doc_response_bytes();
+        for doc in docs {
+            let response = v1::GetParamsResponse {
+                params: vec![store.params(name, doc).unwrap()],
+            };
+            let size = response.encoded_len();
+            assert!(bound <= size, "{name}/{doc}: bound {bound} > {size}");
+            assert!(
+                size - bound <= 40,
+                "{name}/{doc}: bound {bound}, size {size}"
+            );
+        }
+        let plain = v1::GetParamsResponse {
+            params: vec![v1::Params {
+                doc_id: 0,
+                seq: 0,
+                sample_count: 0.0,
+                updated_event_time_ms: 0,
+                is_prior: false,
+                ..store.params(name, 1).unwrap()
+            }],
+        };
+        assert_eq!(bound, plain.encoded_len(), "{name}");
+    }
+}

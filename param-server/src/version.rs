@@ -2,11 +2,13 @@
 //! parameter table and the stream of its applied updates.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
+use posterior_learner::params::params_to_wire;
 use posterior_learner::posterior::ModelKind;
 use posterior_learner::{KeyState, Posterior, VersionSpec};
+use prost::Message;
 use tokio::sync::broadcast;
 
 use crate::table::ParamTable;
@@ -29,9 +31,43 @@ pub struct ServedVersion {
     table: ArcSwap<ParamTable>,
     updates: broadcast::Sender<AppliedUpdate>,
     watch_buffer: usize,
+    /// [`ServedVersion::min_doc_response_bytes`].
+    min_doc_response_bytes: usize,
+    /// Open `WatchParams` streams, each counted by its [`WatchSlot`]
+    /// until the stream is dropped.
+    open_watches: AtomicUsize,
     /// Set once the learners retired the version; its parameters stay
     /// served.
     retired: AtomicBool,
+}
+
+/// [`ServedVersion::min_doc_response_bytes`] of a version: the prior's
+/// `Params` with doc 0 and every scalar that a stored state may set (seq,
+/// sample count, event time, the prior flag) at its default, which the
+/// encoding leaves out; plus the response field's tag and length.
+fn min_doc_response_bytes(spec: &VersionSpec, prior: &KeyState) -> usize {
+    let params = posterior_proto::v1::Params {
+        seq: 0,
+        sample_count: 0.0,
+        updated_event_time_ms: 0,
+        is_prior: false,
+        ..params_to_wire(&spec.name, 0, prior)
+    };
+    let len = params.encoded_len();
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// One open `WatchParams` stream of a version: counted against the
+/// version's limit from [`ServedVersion::reserve_watch`] until dropped.
+#[derive(Debug)]
+pub struct WatchSlot {
+    version: Arc<ServedVersion>,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.version.open_watches.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ServedVersion {
@@ -42,6 +78,7 @@ impl ServedVersion {
         let table = ParamTable::new(&spec.model.kind, 0);
         let watch_buffer = watch_buffer.max(1);
         let (updates, _) = broadcast::channel(watch_buffer);
+        let min_doc_response_bytes = min_doc_response_bytes(&spec, &prior);
         Self {
             id,
             spec,
@@ -49,6 +86,8 @@ impl ServedVersion {
             table: ArcSwap::from_pointee(table),
             updates,
             watch_buffer,
+            min_doc_response_bytes,
+            open_watches: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
         }
     }
@@ -106,9 +145,40 @@ impl ServedVersion {
         self.updates.subscribe()
     }
 
-    /// Watchers following this version now.
+    /// Open `WatchParams` streams of this version: followers, and
+    /// streams told to resync whose client has not yet read or dropped
+    /// what they hold.
     pub fn watchers(&self) -> usize {
-        self.updates.receiver_count()
+        self.open_watches.load(Ordering::Acquire)
+    }
+
+    /// Reserves a watch stream if fewer than `max` are open; the slot is
+    /// held until the returned guard drops. Concurrent reservations never
+    /// overshoot `max`.
+    pub fn reserve_watch(self: &Arc<Self>, max: usize) -> Option<WatchSlot> {
+        self.open_watches
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()?;
+        Some(WatchSlot {
+            version: Arc::clone(self),
+        })
+    }
+
+    /// Whether any watcher follows the updates now (publishing to none
+    /// is skipped).
+    pub fn has_followers(&self) -> bool {
+        self.updates.receiver_count() > 0
+    }
+
+    /// The fewest bytes one doc of this version adds to a `GetParams`
+    /// response: every doc's parameters have the prior's number of values,
+    /// and a doc's other scalars only add bytes. A request's doc count
+    /// times this is a lower bound of its response, checked against the
+    /// size limit before the response is built.
+    pub fn min_doc_response_bytes(&self) -> usize {
+        self.min_doc_response_bytes
     }
 
     /// Updates a watcher may fall behind by before it must resync.

@@ -6,7 +6,10 @@
 //! and the watcher's outgoing stream (`watch_stream_events` events). A
 //! watcher that reads too slowly falls more than `watch_buffer` updates
 //! behind; it then gets one `resync` event and its stream ends. It never
-//! makes the server buffer more.
+//! makes the server buffer more. A stream counts against
+//! `max_watchers_per_version` until it is dropped, not only while it
+//! follows: one told to resync whose client reads nothing still holds its
+//! outgoing events, so the limit bounds those too.
 //!
 //! Ordering: the watcher subscribes before it reads the snapshot, so no
 //! update is missed; a live update may therefore repeat (same seq) or
@@ -18,12 +21,15 @@
 //! replaced value alive).
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use posterior_learner::params::params_to_wire;
 use posterior_proto::v1;
 use posterior_proto::v1::watch_params_event::Event;
 use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -31,13 +37,30 @@ use crate::error::ServeError;
 use crate::limits::Limits;
 use crate::request::WatchRequest;
 use crate::store::wire_params_each;
-use crate::version::{AppliedUpdate, ServedVersion};
+use crate::version::{AppliedUpdate, ServedVersion, WatchSlot};
 
 /// Docs whose states are read under one guard, between two sends.
 const SNAPSHOT_CHUNK: usize = 256;
 
-/// The event stream of one watcher.
-pub type WatchStream = ReceiverStream<Result<v1::WatchParamsEvent, Status>>;
+/// The event stream of one watcher. It holds the watcher's slot of its
+/// version until it is dropped (the client went away or read the end).
+#[derive(Debug)]
+pub struct WatchStream {
+    events: ReceiverStream<Result<v1::WatchParamsEvent, Status>>,
+    _slot: WatchSlot,
+}
+
+impl Stream for WatchStream {
+    type Item = Result<v1::WatchParamsEvent, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.events).poll_next(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.events.size_hint()
+    }
+}
 
 /// Starts a watcher of `version` and returns its stream; the work runs in
 /// a task that ends when the client goes away, falls behind or the
@@ -47,16 +70,19 @@ pub fn watch(
     request: WatchRequest,
     limits: &Limits,
 ) -> Result<WatchStream, ServeError> {
-    if version.watchers() >= limits.max_watchers_per_version {
+    let Some(slot) = version.reserve_watch(limits.max_watchers_per_version) else {
         return Err(ServeError::TooManyWatchers {
             version: version.name().to_owned(),
             max: limits.max_watchers_per_version,
         });
-    }
+    };
     let (tx, rx) = mpsc::channel(limits.watch_stream_events.max(1));
     let updates = version.subscribe();
     tokio::spawn(run(version, request, updates, tx));
-    Ok(ReceiverStream::new(rx))
+    Ok(WatchStream {
+        events: ReceiverStream::new(rx),
+        _slot: slot,
+    })
 }
 
 type Sender = mpsc::Sender<Result<v1::WatchParamsEvent, Status>>;
@@ -127,8 +153,8 @@ async fn follow(
                     version.watch_buffer()
                 );
                 tracing::info!(version = version.name(), missed, "watcher told to resync");
-                // Leave the update channel now: a client that never reads
-                // the resync must not hold a watcher slot.
+                // Leave the update channel now (the stream keeps its slot
+                // until the client reads the resync or goes away).
                 drop(updates);
                 let _ = tx.send(event(Event::Resync(reason))).await;
                 return;

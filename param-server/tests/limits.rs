@@ -65,7 +65,11 @@ async fn send_bad_requests(server: &TestServer) {
     // Bytes that are no message: field 1 (the version) with a cut length.
     for method in ["GetParams", "SampleScores", "WatchParams"] {
         let status = raw_call(server, method, &[0x0a, 0xff]).await;
-        expect(status, Code::Internal, "failed to decode Protobuf message");
+        expect(
+            status,
+            Code::InvalidArgument,
+            &format!("undecodable {method}Request: failed to decode Protobuf message"),
+        );
     }
     let mut client = server.client().await;
     // 20 000 ids of 10 bytes each: over the 64 KiB request limit.
@@ -206,6 +210,35 @@ async fn watchers_beyond_the_limit_are_refused_as_exhausted() {
     server.stop().await;
 }
 
+/// Concurrent watches never take more slots than the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_watches_never_exceed_the_limit() {
+    let server = TestServer::start(
+        Limits {
+            max_watchers_per_version: 3,
+            ..Limits::default()
+        },
+        64,
+    )
+    .await;
+    let client = server.client().await;
+    let calls = (0..24).map(|_| {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.watch_params(watch("ctr")).await })
+    });
+    let mut open = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        match call.await.unwrap() {
+            Ok(stream) => open.push(stream),
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        }
+    }
+    assert_eq!(open.len(), 3);
+    assert_eq!(server.store.version("ctr").unwrap().watchers(), 3);
+    drop(open);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_concurrency_limit_are_shed_as_exhausted() {
     let server = TestServer::start(
@@ -257,12 +290,19 @@ async fn a_response_over_the_size_limit_is_refused_and_a_smaller_one_served() {
     )
     .await;
     let mut client = server.client().await;
-    // 100 diagonal d = 4 params: about 12 KiB encoded.
+    // 100 diagonal d = 4 params: about 12 KiB encoded, refused from the
+    // doc count before the response is built, naming what would fit.
     let status = client
         .get_params(get("dwell", (0..100).collect()))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("100 docs of version \"dwell\"")
+            && status.message().contains("ask for at most"),
+        "{}",
+        status.message()
+    );
     let params = client
         .get_params(get("dwell", vec![1, 2]))
         .await

@@ -72,8 +72,13 @@ async fn a_slow_watcher_is_told_to_resync_and_memory_stays_bounded() {
         "the stream ends after a resync"
     );
 
-    // The slot is free again and a new watch works.
+    // The slot is free again once the server has dropped the ended
+    // stream, and a new watch works.
     let version = server.store.version("wide").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while version.watchers() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert_eq!(version.watchers(), 0);
     let request = v1::WatchParamsRequest {
         version: "wide".into(),

@@ -10,8 +10,13 @@
 //! buffer already holds the whole message, so [`SliceDecoder`] splits it
 //! off without a copy (`Buf::copy_to_bytes` on a `BytesMut`) and decodes
 //! from the plain slice. The bytes on the wire and the messages are the
-//! same; so is the status of an undecodable message (`INTERNAL`, as
-//! gRPC's status code table says for a message that cannot be parsed).
+//! same.
+//!
+//! An undecodable message gets a status naming its type. A request (a
+//! type named `…Request`, decoded by a server) is the caller's bad
+//! argument: `INVALID_ARGUMENT`. Anything else (a response or a stream
+//! event, decoded by a client) is the server's fault: `INTERNAL`, as
+//! gRPC's status code table has it for a message that cannot be parsed.
 
 use std::marker::PhantomData;
 
@@ -63,6 +68,54 @@ impl<U: Message + Default> Decoder for SliceDecoder<U> {
         let bytes = buf.copy_to_bytes(buf.remaining());
         U::decode(bytes.as_ref())
             .map(Some)
-            .map_err(|error| Status::internal(error.to_string()))
+            .map_err(|error| undecodable::<U>(&error))
+    }
+}
+
+/// The status of a `U` that does not decode (see the module doc).
+pub fn undecodable<U>(error: &prost::DecodeError) -> Status {
+    let name = std::any::type_name::<U>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("message");
+    let message = format!("undecodable {name}: {error}");
+    if name.ends_with("Request") {
+        Status::invalid_argument(message)
+    } else {
+        Status::internal(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::v1;
+
+    #[test]
+    fn an_undecodable_request_is_the_callers_and_a_response_the_servers() {
+        // Field 1 with a length running past the end.
+        let cut: &[u8] = &[0x0a, 0xff];
+        let error = v1::GetParamsRequest::decode(cut).unwrap_err();
+        let status = undecodable::<v1::GetParamsRequest>(&error);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .starts_with("undecodable GetParamsRequest: failed to decode"),
+            "{}",
+            status.message()
+        );
+        let error = v1::GetParamsResponse::decode(cut).unwrap_err();
+        let status = undecodable::<v1::GetParamsResponse>(&error);
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            status.message().contains("GetParamsResponse"),
+            "{}",
+            status.message()
+        );
+        let status = undecodable::<v1::WatchParamsEvent>(&error);
+        assert_eq!(status.code(), Code::Internal);
     }
 }
