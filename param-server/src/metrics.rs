@@ -240,7 +240,7 @@ mod tests {
         );
         // No admission attached yet: no admission series.
         assert!(!out.contains("requests_shed"), "{out}");
-        let _watch = store.version("ctr").unwrap().subscribe();
+        let _watch = store.version("ctr").unwrap().reserve_watch(1).unwrap();
         metrics.count_feed(
             &FeedStats::default(),
             &FeedStats {
