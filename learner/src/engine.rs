@@ -195,12 +195,18 @@ struct ControlState {
 }
 
 impl ControlState {
-    fn restore(backlog: crate::meta::ControlBacklog) -> Self {
+    /// The backlog as stored, in application order, with the release at
+    /// `released_below_ms`. A command there with an earlier time came late
+    /// and was held at the point the release stood at then, which is this
+    /// one (the release does not move past a waiting barrier): it goes back
+    /// at that point, behind what waited there before it, not at its own
+    /// time ahead of them.
+    fn restore(backlog: crate::meta::ControlBacklog, released_below_ms: i64) -> Self {
         let scheduled: BTreeMap<_, _> = backlog
             .scheduled
             .into_iter()
             .zip(0_u64..)
-            .map(|(c, arrival)| ((c.at_ms, arrival), c))
+            .map(|(c, arrival)| ((c.at_ms.max(released_below_ms), arrival), c))
             .collect();
         Self {
             next_arrival: scheduled.len() as u64,

@@ -623,7 +623,7 @@ impl Engine {
             stats: EngineStats::default(),
             dirty: Dirty::default(),
             values: ValueChunks::default(),
-            control: ControlState::restore(backlog),
+            control: ControlState::restore(backlog, released_below_ms),
         };
         for key in engine.params.keys() {
             engine.stats.count_key(key.version);

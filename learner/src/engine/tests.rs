@@ -1165,6 +1165,51 @@ fn a_late_savepoint_command_is_held_at_the_current_point() {
     assert_eq!(outcome.result, Err("disk full".into()));
 }
 
+/// A late barrier held behind another one goes back behind it after a
+/// restore, at the same point, not ahead of it at its own older time.
+#[test]
+fn a_late_barrier_held_behind_another_keeps_its_place_across_a_restore() {
+    let mut engine = Engine::new(one_at_a_time(), registry(), [0]);
+    engine.schedule(savepoint_at("first", 500));
+    for (offset, t) in [10, 600, 1_000].into_iter().enumerate() {
+        engine.ingest(0, offset as u64, click(1, "beta", t));
+    }
+    assert_eq!(engine.barrier().map(|c| c.id.as_str()), Some("first"));
+    assert_eq!(
+        engine.schedule(savepoint_at("late", 5)),
+        ScheduleResult::AppliedLate
+    );
+    let mut store = MemoryStore::default();
+    store.apply(engine.full_checkpoint());
+    let mut restored = Engine::restore(one_at_a_time(), |t| store.entries(t))
+        .unwrap()
+        .unwrap();
+    let mut runs = Vec::new();
+    for engine in [&mut engine, &mut restored] {
+        let mut order = Vec::new();
+        while let Some(held) = engine.barrier().map(|c| c.id.clone()) {
+            engine.complete_barrier(Ok(format!("{held} written")));
+            order.push(held);
+        }
+        let outcomes: Vec<_> = engine
+            .take_control_outcomes()
+            .into_iter()
+            .map(|o| (o.id, o.applied_at_ms))
+            .collect();
+        runs.push((order, outcomes, count_of(engine, "beta", 1)));
+    }
+    assert_eq!(
+        runs[0].0,
+        vec!["first".to_owned(), "late".to_owned()],
+        "live: the late one waits behind"
+    );
+    assert_eq!(
+        runs[0].1,
+        vec![("first".to_owned(), 500), ("late".to_owned(), 500)]
+    );
+    assert_eq!(runs[1], runs[0], "restored as live");
+}
+
 #[test]
 fn a_rollback_restores_one_version_with_newer_sequence_numbers() {
     let config = EngineConfig {
