@@ -47,14 +47,25 @@ pub struct AuditRecord {
     pub message: String,
 }
 
+/// Characters of a method name an audit record keeps. The name comes from
+/// the request's path, which an anonymous caller chooses: a long one must
+/// not make each refused call a large line that rotates the real records
+/// away sooner.
+const MAX_RPC_CHARS: usize = 64;
+
 impl AuditRecord {
-    /// A record stamped now.
+    /// A record stamped now (`rpc` cut to its first 64 characters, with
+    /// `…` where it was cut).
     pub fn now(who: &str, peer: Option<SocketAddr>, rpc: &str) -> Self {
+        let rpc = match rpc.char_indices().nth(MAX_RPC_CHARS) {
+            Some((cut, _)) => format!("{}…", &rpc[..cut]),
+            None => rpc.to_owned(),
+        };
         Self {
             time_ms: crate::admin::system_clock_ms(),
             who: who.to_owned(),
             peer: peer.map(|p| p.to_string()),
-            rpc: rpc.to_owned(),
+            rpc,
             request: String::new(),
             code: code_name(Code::Ok).to_owned(),
             command_id: None,
@@ -193,6 +204,17 @@ impl AuditFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_method_name_is_cut_in_the_record() {
+        let long = "X".repeat(10_000);
+        let record = AuditRecord::now("anonymous", None, &long);
+        assert_eq!(record.rpc, format!("{}…", "X".repeat(64)));
+        let record = AuditRecord::now("anonymous", None, "CreateVersion");
+        assert_eq!(record.rpc, "CreateVersion");
+        let exact = "é".repeat(64);
+        assert_eq!(AuditRecord::now("a", None, &exact).rpc, exact);
+    }
 
     fn lines(path: &Path) -> Vec<AuditRecord> {
         std::fs::read_to_string(path)
