@@ -11,7 +11,8 @@ use crate::batcher::BatchPolicy;
 use crate::engine::EngineConfig;
 use crate::file_source::Format;
 use crate::posterior::{
-    BetaPrior, CovarianceForm, Forgetting, LogisticPrior, ModelKind, ModelSpec, PosteriorError,
+    BetaPrior, CovarianceForm, Forgetting, LogisticPrior, MAX_DIM_DIAGONAL, MAX_DIM_FULL,
+    ModelKind, ModelSpec, PosteriorError,
 };
 use crate::simulation::source::SimulatorConfig;
 use crate::version::{RewardSpec, VersionSpec};
@@ -710,6 +711,19 @@ impl VersionConfig {
         let kind = match self.model {
             ModelName::Beta => ModelKind::Beta(BetaPrior::new(self.alpha0, self.beta0)?),
             ModelName::Logistic => {
+                // Checked before the prior mean is made (a `dim` of 2⁶²
+                // must be an error, not an allocation).
+                let max_dim = match self.covariance {
+                    CovarianceForm::Diagonal => MAX_DIM_DIAGONAL,
+                    CovarianceForm::Full => MAX_DIM_FULL,
+                };
+                if self.dim > max_dim {
+                    return Err(PosteriorError::OutOfRange {
+                        field: "dim",
+                        value: self.dim as f64,
+                        reason: "must be in 1..=4096 (diagonal) or 1..=64 (full)",
+                    });
+                }
                 let mean = if self.prior_mean.is_empty() {
                     vec![0.0; self.dim]
                 } else if self.prior_mean.len() == self.dim {
@@ -728,7 +742,7 @@ impl VersionConfig {
                 )?)
             }
         };
-        Ok(VersionSpec {
+        let spec = VersionSpec {
             name: self.name.clone(),
             model: ModelSpec {
                 kind,
@@ -742,7 +756,13 @@ impl VersionConfig {
                 threshold: self.reward_threshold,
             },
             use_sample_weight: self.use_sample_weight,
-        })
+        };
+        // The checkpoint stores the registry in its wire form and a restore
+        // reads it back with the admin API's checks (an empty name or
+        // label, a NaN threshold): what they refuse must be refused here,
+        // before a first run writes a state that cannot be restored.
+        VersionSpec::try_from(posterior_proto::v1::VersionSpec::from(&spec))?;
+        Ok(spec)
     }
 }
 
@@ -925,6 +945,18 @@ forgetting_half_life_ms = 3600000
                 "versions[1]",
             ),
             (GOOD.replace("dim = 3", "dim = 0"), "dim"),
+            // Refused before a prior mean of that size is made.
+            (GOOD.replace("dim = 3", "dim = 4611686018427387904"), "dim"),
+            // What a restore would refuse in the stored registry is refused
+            // here, before a first run stores it.
+            (
+                GOOD.replace("dim = 3", "dim = 3\nreward_threshold = nan"),
+                "reward_threshold",
+            ),
+            (
+                GOOD.replace("name = \"ctr-beta\"", "name = \"\""),
+                "versions[0]",
+            ),
             (
                 format!("{GOOD}\n[savepoints]\ndir = \"sp\"\nkeep = 0\n"),
                 "savepoints.keep",

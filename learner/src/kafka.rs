@@ -460,7 +460,7 @@ impl ControlReader {
         &self,
         next_offset: Option<u64>,
     ) -> Result<Vec<(u64, Vec<u8>)>, KafkaSourceError> {
-        let (_, high) = self
+        let (low, high) = self
             .consumer
             .fetch_watermarks(&self.topic, 0, self.timeout)
             .map_err(|source| KafkaSourceError::Client {
@@ -468,7 +468,7 @@ impl ControlReader {
                 source,
             })?;
         let high = high.max(0) as u64;
-        let mut next = next_offset.unwrap_or(0);
+        let mut next = control_start(next_offset, low);
         let mut out = Vec::new();
         let deadline = std::time::Instant::now() + self.timeout;
         while next < high {
@@ -500,6 +500,15 @@ impl ControlReader {
         }
         Ok(out)
     }
+}
+
+/// Where [`ControlTopic::read_to_end`] starts: after the last command read,
+/// or, for a learner that has read none, at the oldest the broker still
+/// holds (the consumer starts there too). Not at 0: once retention has
+/// deleted every command, offset 0 never arrives, and waiting for it would
+/// keep the learner from starting.
+fn control_start(next_offset: Option<u64>, low_watermark: i64) -> u64 {
+    next_offset.unwrap_or(low_watermark.max(0) as u64)
 }
 
 /// The `params` topic read to its end: the newest published state of
@@ -659,6 +668,17 @@ pub fn send_control(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_learner_that_read_no_command_starts_at_the_oldest_one_held() {
+        // Every command deleted by retention: nothing before offset 7.
+        assert_eq!(control_start(None, 7), 7);
+        assert_eq!(control_start(None, 0), 0);
+        assert_eq!(control_start(None, -1), 0, "librdkafka's unknown");
+        // A learner that read some resumes after them (a gap below the
+        // broker's oldest fails loudly when it is read).
+        assert_eq!(control_start(Some(3), 7), 3);
+    }
 
     fn kafka_config(properties: &[(&str, &str)]) -> KafkaConfig {
         let toml = format!(
