@@ -427,6 +427,13 @@ impl Engine {
         self.watermarks.clocks()
     }
 
+    /// Where `partition` starts when it has no next offset yet (a source
+    /// resolved its configured start): kept as its next offset, so the
+    /// next checkpoint holds it whether or not a record comes first.
+    pub fn start_partition_at(&mut self, partition: u32, offset: u64) {
+        self.next_offsets.entry(partition).or_insert(offset);
+    }
+
     /// The next offset to read per partition.
     pub fn next_offsets(&self) -> &BTreeMap<u32, u64> {
         &self.next_offsets

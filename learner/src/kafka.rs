@@ -150,6 +150,7 @@ pub struct KafkaSource {
     partitions: Vec<u32>,
     partition_count: u32,
     timeout: Duration,
+    starts: BTreeMap<u32, u64>,
 }
 
 impl KafkaSource {
@@ -214,13 +215,32 @@ impl KafkaSource {
                 });
             }
         }
+        // A partition without one starts at the configured end, resolved
+        // to an offset now: the engine keeps it as the partition's next
+        // offset, so a checkpoint holds it even before the partition
+        // delivers a record (with `latest`, a restart would otherwise
+        // start at the new end and skip what came in between).
+        let mut starts = BTreeMap::new();
+        for &p in &partitions {
+            if next_offsets.contains_key(&p) {
+                continue;
+            }
+            let (low, high) = consumer
+                .fetch_watermarks(&config.topic, p as i32, timeout)
+                .map_err(|source| KafkaSourceError::Client {
+                    what: format!("fetch watermarks of partition {p}"),
+                    source,
+                })?;
+            let start = match config.start {
+                StartPosition::Earliest => low,
+                StartPosition::Latest => high,
+            };
+            starts.insert(p, start.max(0) as u64);
+        }
         let mut assignment = TopicPartitionList::new();
         for &p in &partitions {
-            let offset = match (next_offsets.get(&p), config.start) {
-                (Some(&next), _) => Offset::Offset(next as i64),
-                (None, StartPosition::Earliest) => Offset::Beginning,
-                (None, StartPosition::Latest) => Offset::End,
-            };
+            let next = next_offsets.get(&p).or_else(|| starts.get(&p));
+            let offset = Offset::Offset(next.copied().unwrap_or(0) as i64);
             assignment
                 .add_partition_offset(&config.topic, p as i32, offset)
                 .map_err(|source| KafkaSourceError::Client {
@@ -246,7 +266,16 @@ impl KafkaSource {
             partitions,
             partition_count,
             timeout,
+            starts,
         })
+    }
+
+    /// Where each partition without a checkpointed offset starts: the
+    /// configured start (`earliest`: the oldest record held; `latest`: the
+    /// end) as the offset it was when the source opened. The runner hands
+    /// them to the engine ([`crate::engine::Engine::start_partition_at`]).
+    pub fn start_offsets(&self) -> &BTreeMap<u32, u64> {
+        &self.starts
     }
 
     /// How many partitions the topic has (this source may read fewer).

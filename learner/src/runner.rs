@@ -814,6 +814,9 @@ pub fn run_kafka_with(
             (engine, all)
         }
     };
+    for (&partition, &offset) in source.start_offsets() {
+        engine.start_partition_at(partition, offset);
+    }
     let seeded = seed_stateless(&mut engine, &stateless, config)?;
     let commands = CommandSources::open(config, controls, &mut engine)?;
     let mut checkpointer =

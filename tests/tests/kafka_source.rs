@@ -307,3 +307,64 @@ fn a_bounded_run_writes_its_end_once() {
     assert!(again.restored);
     assert_eq!(again.records, 0, "the end's checkpoint holds every offset");
 }
+
+/// With `start = "latest"`, a partition that delivered nothing before a
+/// restart still resumes where it started, not at the end it has then:
+/// what came in while the learner was down is read. (Its start is kept in
+/// the checkpoint; before, it was not, and those records were skipped.)
+#[test]
+fn a_partition_that_delivered_nothing_resumes_at_its_start_after_a_restart() {
+    use posterior_learner::config::StartPosition;
+
+    let dir = tempfile::tempdir().unwrap();
+    // Partitions 0–2 hold records, partition 3 none.
+    let broker = Broker::start(Storage::Memory);
+    broker.create_topic("samples", PARTITIONS);
+    let produce = |partitions: std::ops::Range<u32>, from: u64, n: u64| {
+        let values: Vec<(u32, Vec<u8>)> = partitions
+            .flat_map(|p| (from..from + n).map(move |i| (p, record(p, i))))
+            .collect();
+        broker.produce(
+            "samples",
+            values
+                .iter()
+                .map(|(p, v)| (*p, p.to_be_bytes().to_vec(), v.as_slice())),
+        );
+    };
+    produce(0..3, 0, 100);
+    let text = learner_toml(
+        dir.path(),
+        "latest",
+        Source::Kafka(&broker.bootstrap()),
+        10_000,
+        None,
+    );
+    let mut config = Config::from_toml(&text).unwrap();
+    let SourceConfig::Kafka(kafka) = &mut config.source else {
+        unreachable!("a kafka source")
+    };
+    kafka.start = StartPosition::Latest;
+    let run = |config: &Config| -> RunSummary {
+        runner::run_kafka_with(
+            config,
+            KafkaRunMode::UntilEnd,
+            &Controls::default(),
+            Box::new(NullSink::default()),
+        )
+        .unwrap()
+    };
+    // Started at the end of every partition: nothing to read, and the run
+    // ends because each partition's start is its end.
+    let first = run(&config);
+    assert_eq!(first.records, 0);
+    // While the learner is down, every partition gets 50 more, partition 3
+    // its first.
+    produce(0..PARTITIONS, 100, 50);
+    let second = run(&config);
+    assert!(second.restored);
+    assert_eq!(
+        second.records,
+        u64::from(PARTITIONS) * 50,
+        "every record produced while it was down, partition 3's included"
+    );
+}
