@@ -869,7 +869,12 @@ pub fn run_kafka_with(
             && controls.savepoint.swap(false, Ordering::Relaxed)
         {
             checkpointer.checkpoint(&mut engine, records)?;
-            checkpointer.savepoint(config, source.partition_count(), records)?;
+            // The state is checkpointed either way: a savepoint that
+            // cannot be taken (no `[savepoints]`, a full disk) is reported,
+            // and the run goes on.
+            if let Err(err) = checkpointer.savepoint(config, source.partition_count(), records) {
+                tracing::error!("savepoint asked for by signal not taken: {err:#}");
+            }
             since_checkpoint = 0;
             checkpoint_at = Instant::now().checked_add(checkpoint_timer);
         }

@@ -265,48 +265,63 @@ fn write_as(
         fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     fs::create_dir(&tmp).map_err(io(&tmp))?;
-    let mut files = Vec::new();
-    for (table, entries) in &tables {
-        let file = table_file(*table);
-        let bytes = frame(entries);
-        write_synced(&tmp.join(&file), &bytes)?;
-        files.push(FileEntry {
-            name: file,
-            bytes: bytes.len() as u64,
-            crc32: crc32fast::hash(&bytes),
-            records: entries.len() as u64,
-        });
-    }
-    mid_write();
-    let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        created_unix_ms,
-        partitions: clocks.keys().copied().collect(),
-        partition_count,
-        next_offsets,
-        max_event_ms: clocks.iter().map(|(&p, c)| (p, c.max_event_ms)).collect(),
-        released_below_ms,
-        versions: registry
-            .entries()
-            .iter()
-            .map(|e| VersionEntry {
-                name: e.spec.name.clone(),
-                model: e.spec.model.kind.name().to_owned(),
-                retired: e.retired,
-            })
-            .collect(),
-        applied: counters.applied,
-        files,
-        command_id: requested.map(|r| r.command_id.to_owned()),
-        label: requested.map(|r| r.label.to_owned()),
+    // A failure (a full disk) leaves no partial files behind to hold the
+    // space: the temporary directory goes. A crash still leaves it, never
+    // listed (see `list`), and a savepoint of the same name replaces it.
+    let written = (|| -> Result<Manifest, SavepointError> {
+        let mut files = Vec::new();
+        for (table, entries) in &tables {
+            let file = table_file(*table);
+            let bytes = frame(entries);
+            write_synced(&tmp.join(&file), &bytes)?;
+            files.push(FileEntry {
+                name: file,
+                bytes: bytes.len() as u64,
+                crc32: crc32fast::hash(&bytes),
+                records: entries.len() as u64,
+            });
+        }
+        mid_write();
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            created_unix_ms,
+            partitions: clocks.keys().copied().collect(),
+            partition_count,
+            next_offsets,
+            max_event_ms: clocks.iter().map(|(&p, c)| (p, c.max_event_ms)).collect(),
+            released_below_ms,
+            versions: registry
+                .entries()
+                .iter()
+                .map(|e| VersionEntry {
+                    name: e.spec.name.clone(),
+                    model: e.spec.model.kind.name().to_owned(),
+                    retired: e.retired,
+                })
+                .collect(),
+            applied: counters.applied,
+            files,
+            command_id: requested.map(|r| r.command_id.to_owned()),
+            label: requested.map(|r| r.label.to_owned()),
+        };
+        let text = serde_json::to_vec_pretty(&manifest).map_err(|e| SavepointError::Invalid {
+            dir: tmp.clone(),
+            file: MANIFEST.into(),
+            reason: e.to_string(),
+        })?;
+        write_synced(&tmp.join(MANIFEST), &text)?;
+        sync_dir(&tmp)?;
+        Ok(manifest)
+    })();
+    let manifest = match written {
+        Ok(manifest) => manifest,
+        Err(error) => {
+            if let Err(cleanup) = fs::remove_dir_all(&tmp) {
+                tracing::warn!(dir = %tmp.display(), %cleanup, "partial savepoint not removed");
+            }
+            return Err(error);
+        }
     };
-    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| SavepointError::Invalid {
-        dir: tmp.clone(),
-        file: MANIFEST.into(),
-        reason: e.to_string(),
-    })?;
-    write_synced(&tmp.join(MANIFEST), &text)?;
-    sync_dir(&tmp)?;
     let dir = root.join(&name);
     fs::rename(&tmp, &dir).map_err(io(&dir))?;
     sync_dir(root)?;

@@ -368,3 +368,38 @@ fn a_partition_that_delivered_nothing_resumes_at_its_start_after_a_restart() {
         "every record produced while it was down, partition 3's included"
     );
 }
+
+/// A savepoint asked for by signal that cannot be taken (this learner has
+/// no `[savepoints]`) is reported and the run goes on to its end, with the
+/// checkpoint taken for it.
+#[test]
+fn a_savepoint_signal_without_savepoints_does_not_end_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = filled_broker(200);
+    let text = learner_toml(
+        dir.path(),
+        "signal",
+        Source::Kafka(&broker.bootstrap()),
+        1_000_000,
+        None,
+    );
+    let config = Config::from_toml(&text).unwrap();
+    assert!(config.savepoints.is_none());
+    let controls = Controls::default();
+    controls
+        .savepoint
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let summary = runner::run_kafka_with(
+        &config,
+        KafkaRunMode::UntilEnd,
+        &controls,
+        Box::new(NullSink::default()),
+    )
+    .unwrap();
+    assert_eq!(summary.records, u64::from(PARTITIONS) * 200);
+    assert!(
+        summary.checkpoints >= 2,
+        "the signal's checkpoint and the end's: {}",
+        summary.checkpoints
+    );
+}

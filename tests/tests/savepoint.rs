@@ -358,6 +358,51 @@ fn a_savepoint_interrupted_mid_write_is_never_listed_and_the_next_one_completes(
 /// beyond `keep`, and nothing else: not the savepoints admin commands
 /// asked for, not another learner's (other partitions), not a directory
 /// it cannot read; a deletion a crash interrupted is finished.
+/// A savepoint whose writing fails (here its manifest cannot be created)
+/// leaves nothing behind: no listed savepoint and no partial files holding
+/// the space; the next one completes.
+#[test]
+fn a_failed_savepoint_removes_its_partial_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = kafka_config(dir.path(), "origin");
+    let (records, _) = generate_records(LogSpec {
+        records: 2_000,
+        docs: 100,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 7,
+    });
+    let mut engine = fresh_engine(&config, 0..PARTITIONS).unwrap();
+    feed(&mut engine, &placed(&records), |_| true);
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    store.write(engine.full_checkpoint()).unwrap();
+    let root = dir.path().join("savepoints");
+    let err = savepoint::write_with(&root, &store, PARTITIONS, || {
+        // The table files are written; a directory where the manifest goes
+        // makes its write fail.
+        let tmp = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".tmp-")
+            })
+            .expect("the temporary directory");
+        assert!(tmp.join("params.tbl").exists());
+        std::fs::create_dir(tmp.join("MANIFEST.json")).unwrap();
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("MANIFEST.json"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let good = savepoint::write(&root, &store, PARTITIONS).unwrap();
+    let (valid, invalid) = savepoint::list(&root).unwrap();
+    assert_eq!(valid.len(), 1);
+    assert!(invalid.is_empty());
+    assert_eq!(valid[0].dir, good.dir);
+}
+
 #[test]
 fn pruning_keeps_the_newest_own_savepoints_and_every_other() {
     let dir = tempfile::tempdir().unwrap();
