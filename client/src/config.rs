@@ -43,15 +43,20 @@ impl Default for ClientConfig {
     }
 }
 
+/// The longest deadline a call is sent with: a day.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl ClientConfig {
     /// `connect_timeout_ms` as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
-    /// `request_timeout_ms` as a duration.
+    /// `request_timeout_ms` as a duration, at most [`MAX_REQUEST_TIMEOUT`]
+    /// (the `grpc-timeout` header cannot carry much more; tonic refuses
+    /// ~11 000 years by panicking).
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
+        Duration::from_millis(self.request_timeout_ms).min(MAX_REQUEST_TIMEOUT)
     }
 }
 
@@ -181,6 +186,11 @@ mod tests {
             toml::from_str("request_timeout_ms = 250\n[retry.backoff]\nmax_backoff_ms = 500\n")
                 .unwrap();
         assert_eq!(config.request_timeout_ms, 250);
+        let forever = ClientConfig {
+            request_timeout_ms: u64::MAX,
+            ..ClientConfig::default()
+        };
+        assert_eq!(forever.request_timeout(), MAX_REQUEST_TIMEOUT);
         assert_eq!(config.retry.backoff.max_backoff_ms, 500);
         assert_eq!(
             config.retry.max_attempts,

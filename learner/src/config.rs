@@ -124,6 +124,10 @@ fn default_fallback_timeout() -> u64 {
     120_000
 }
 
+/// Largest request timeout of the learner's Kafka and param-server
+/// clients, ms (ten minutes, as the param-server's).
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 600_000;
+
 /// `[control]`: the Kafka `control` topic every learner reads whole.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -524,6 +528,19 @@ impl Config {
 
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // Broker and server request timeouts: librdkafka takes them as a
+        // 32-bit count of milliseconds (a larger one wraps to nothing), and
+        // ten minutes is longer than any metadata or fetch should wait.
+        let check_timeout = |key: &str, ms: u64| {
+            if (1..=MAX_REQUEST_TIMEOUT_MS).contains(&ms) {
+                Ok(())
+            } else {
+                Err(ConfigError {
+                    key: key.to_owned(),
+                    reason: format!("must be in 1..={MAX_REQUEST_TIMEOUT_MS}"),
+                })
+            }
+        };
         let bad = |key: &str, reason: &str| {
             Err(ConfigError {
                 key: key.to_owned(),
@@ -549,9 +566,7 @@ impl Config {
                     "must list a partition, or be left out for all",
                 );
             }
-            if kafka.request_timeout_ms == 0 {
-                return bad("source.request_timeout_ms", "must be >= 1");
-            }
+            check_timeout("source.request_timeout_ms", kafka.request_timeout_ms)?;
             // A caught-up partition holds the watermark back until it is
             // idle, so a throttled learner may consume nothing for that
             // long without being stuck.
@@ -600,10 +615,20 @@ impl Config {
                         "must be a URL such as http://host:port",
                     );
                 }
-                if server.request_timeout_ms == 0 {
-                    return bad("fallback.param_server.request_timeout_ms", "must be >= 1");
-                }
+                check_timeout(
+                    "fallback.param_server.request_timeout_ms",
+                    server.request_timeout_ms,
+                )?;
             }
+            if let Some(kafka) = &fallback.kafka {
+                check_timeout(
+                    "fallback.kafka.request_timeout_ms",
+                    kafka.request_timeout_ms,
+                )?;
+            }
+        }
+        if let Some(control) = &self.control {
+            check_timeout("control.request_timeout_ms", control.request_timeout_ms)?;
         }
         if self.savepoints.as_ref().and_then(|s| s.keep) == Some(0) {
             return bad(
@@ -1018,6 +1043,18 @@ forgetting_half_life_ms = 3600000
             (
                 format!("{GOOD}\n[dedup]\nwindow_ms = 1\nmax_ids = 0\n"),
                 "dedup.max_ids",
+            ),
+            // librdkafka would wrap this to 0 ms.
+            (
+                GOOD.replace(
+                    SOURCE,
+                    "kind = \"kafka\"\nbrokers = \"b:9092\"\nrequest_timeout_ms = 4294967296",
+                ),
+                "source.request_timeout_ms: must be in 1..=600000",
+            ),
+            (
+                format!("{GOOD}\n[control]\nbrokers = \"b:9092\"\nrequest_timeout_ms = 0\n"),
+                "control.request_timeout_ms",
             ),
             (
                 GOOD.replace("[state]\ndir = \"/tmp/state\"\n", ""),

@@ -130,6 +130,9 @@ pub struct Config {
 pub const MAX_WORK_SLOTS: usize = 256;
 /// Largest `limits.max_queued_requests`.
 pub const MAX_QUEUED_REQUESTS: usize = 1 << 20;
+/// Largest `limits.watch_stream_events`: each stream's queue is allocated
+/// for up to this many events (and tokio refuses far larger channels).
+pub const MAX_WATCH_STREAM_EVENTS: usize = 1 << 20;
 
 /// Default `admin.command_lead_ms`.
 pub const DEFAULT_COMMAND_LEAD_MS: u64 = 2_000;
@@ -431,6 +434,11 @@ impl Config {
                 u32::MAX as usize,
             ),
             ("work_slots", l.work_slots, MAX_WORK_SLOTS),
+            (
+                "watch_stream_events",
+                l.watch_stream_events,
+                MAX_WATCH_STREAM_EVENTS,
+            ),
             (
                 "max_queued_requests",
                 l.max_queued_requests,
@@ -746,6 +754,12 @@ brokers = "127.0.0.1:9092"
                 "POSTERIOR_PARAM_SERVER__LIMITS__WORK_SLOTS",
                 "257",
                 "limits.work_slots: must be <= 256",
+            ),
+            // tokio would refuse (panic on) a channel that large.
+            (
+                "POSTERIOR_PARAM_SERVER__LIMITS__WATCH_STREAM_EVENTS",
+                "2305843009213693952",
+                "limits.watch_stream_events: must be <= 1048576",
             ),
             (
                 "POSTERIOR_PARAM_SERVER__LIMITS__WORK_SLOTS",
