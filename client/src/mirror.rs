@@ -35,10 +35,14 @@ pub struct MirrorConfig {
     pub doc_ids: Vec<u64>,
     /// Delays between reconnects. The mirror reconnects after any failure
     /// of an open stream, and after a failure to open one with a
-    /// retryable code (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED);
-    /// opening with any other code stops it (e.g. NOT_FOUND for an unknown
-    /// version), as does a response that breaks the contract. Opening each
-    /// stream is itself retried with the client's [`crate::RetryPolicy`].
+    /// retryable code (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED),
+    /// or with NOT_FOUND once the version had been served (a restarted
+    /// server that does not know it yet). Opening with any other code
+    /// stops it (e.g. NOT_FOUND for a version never served), as does a
+    /// response that breaks the contract. The delays grow with each
+    /// reconnect until a stream has followed for 5 s after its snapshot.
+    /// Opening each stream is itself retried with the client's
+    /// [`crate::RetryPolicy`].
     pub reconnect: Backoff,
 }
 
@@ -202,8 +206,20 @@ enum SessionEnd {
 
 async fn run(client: Client, shared: Arc<Shared>, config: MirrorConfig) {
     let mut failures = 0_u32;
+    // Once the version was served, NOT_FOUND is a server that does not
+    // know it yet (restarted, its learner not yet announced): wait for it,
+    // as for an unavailable server. Before, it is a version that does not
+    // exist: stop and say so.
+    let mut caught_up_once = false;
     loop {
-        let end = session(&client, &shared, &config, &mut failures).await;
+        let end = session(
+            &client,
+            &shared,
+            &config,
+            &mut failures,
+            &mut caught_up_once,
+        )
+        .await;
         shared.status.send_modify(|s| s.caught_up = false);
         match end {
             SessionEnd::Resync(reason) => {
@@ -216,7 +232,10 @@ async fn run(client: Client, shared: Arc<Shared>, config: MirrorConfig) {
                     "watch stream closed; reconnecting"
                 );
             }
-            SessionEnd::OpenFailed(error) if is_retryable(error.code(), true) => {
+            SessionEnd::OpenFailed(error)
+                if is_retryable(error.code(), true)
+                    || (caught_up_once && error.code() == tonic::Code::NotFound) =>
+            {
                 tracing::warn!(version = shared.version, %error, "watch failed; reconnecting");
             }
             SessionEnd::StreamFailed(error)
@@ -240,31 +259,47 @@ async fn run(client: Client, shared: Arc<Shared>, config: MirrorConfig) {
     }
 }
 
+/// How long a session must follow after its snapshot to count as a
+/// success, from which the next reconnect starts at the shortest delay.
+/// One that ends sooner (a watcher that falls behind at once, every time)
+/// keeps backing off instead of pulling a snapshot every few ms.
+const STABLE_SESSION: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One stream: snapshot, then updates, until it ends. Resets `failures`
-/// once the snapshot is complete.
+/// when it followed for [`STABLE_SESSION`] after its snapshot; sets
+/// `caught_up_once` at its snapshot's end.
 async fn session(
     client: &Client,
     shared: &Shared,
     config: &MirrorConfig,
     failures: &mut u32,
+    caught_up_once: &mut bool,
 ) -> SessionEnd {
     let mut stream = match client.watch(&shared.version, &config.doc_ids, 0).await {
         Ok(stream) => stream,
         Err(error) => return SessionEnd::OpenFailed(error),
     };
     shared.status.send_modify(|s| s.sessions += 1);
-    while let Some(event) = stream.next().await {
+    let mut caught_up_at = None;
+    let end = loop {
+        let Some(event) = stream.next().await else {
+            break SessionEnd::Closed;
+        };
         match event {
             Ok(WatchEvent::Snapshot(params) | WatchEvent::Update(params)) => shared.apply(params),
             Ok(WatchEvent::SnapshotDone) => {
-                *failures = 0;
+                caught_up_at = Some(std::time::Instant::now());
+                *caught_up_once = true;
                 shared.status.send_modify(|s| s.caught_up = true);
             }
-            Ok(WatchEvent::Resync(reason)) => return SessionEnd::Resync(reason),
-            Err(error) => return SessionEnd::StreamFailed(error),
+            Ok(WatchEvent::Resync(reason)) => break SessionEnd::Resync(reason),
+            Err(error) => break SessionEnd::StreamFailed(error),
         }
+    };
+    if caught_up_at.is_some_and(|t| t.elapsed() >= STABLE_SESSION) {
+        *failures = 0;
     }
-    SessionEnd::Closed
+    end
 }
 
 #[cfg(test)]

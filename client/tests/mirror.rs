@@ -203,6 +203,75 @@ async fn the_mirror_survives_a_server_restart_and_keeps_the_newest_seqs() {
     assert_eq!(watcher.finish(), Vec::<String>::new());
 }
 
+/// A server restarted without the version yet (an embedded learner that
+/// has not announced it) answers NOT_FOUND: a mirror that was caught up
+/// waits for it with backoff and catches up again, instead of stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_waits_for_its_version_to_come_back_after_a_restart() {
+    let first = ParamServer::any_port(1_024);
+    first.store.apply("ctr", 1, beta_state(5)).unwrap();
+    let addr = first.addr;
+    let client = Client::connect(first.endpoint(), fast_config())
+        .await
+        .unwrap();
+    let mirror = Mirror::start(client.clone(), "ctr", MirrorConfig::default());
+    tokio::time::timeout(WAIT, mirror.caught_up())
+        .await
+        .unwrap()
+        .unwrap();
+    first.kill();
+    // The replacement serves no version at first.
+    let store = Arc::new(ParamStore::new(1_024));
+    let second = ParamServer::start(Arc::clone(&store), Limits::default(), addr);
+    // Long enough for several reconnects to be told NOT_FOUND.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(mirror.status().stopped.is_none(), "{:?}", mirror.status());
+    store.register(beta_spec("ctr")).unwrap();
+    store.apply("ctr", 1, beta_state(7)).unwrap();
+    let status = tokio::time::timeout(WAIT, mirror.wait_for(|s| s.sessions >= 2 && s.caught_up))
+        .await
+        .unwrap();
+    assert!(status.stopped.is_none(), "{status:?}");
+    assert_eq!(mirror.get(1).unwrap().seq, 7);
+    drop(second);
+}
+
+/// A watcher that falls behind right after every snapshot is told to
+/// resync each time: its reconnects back off (50, 100, 200, … ms) rather
+/// than pulling a snapshot every 50 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_resyncs_back_off() {
+    // A buffer of one update: a burst of ten overflows it at once.
+    let server = ParamServer::any_port(1);
+    let client = Client::connect(server.endpoint(), fast_config())
+        .await
+        .unwrap();
+    let mirror = Mirror::start(client, "ctr", MirrorConfig::default());
+    tokio::time::timeout(WAIT, mirror.caught_up())
+        .await
+        .unwrap()
+        .unwrap();
+    let store = Arc::clone(&server.store);
+    let bursts = tokio::spawn(async move {
+        let mut seq = 1;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < until {
+            for doc in 0..10 {
+                store.apply("ctr", doc, beta_state(seq)).unwrap();
+            }
+            seq += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    });
+    bursts.await.unwrap();
+    let status = mirror.status();
+    assert!(status.resyncs >= 3, "{status:?}");
+    // Without backing off, a reconnect every ≤ 50 ms: 72 in 2 s here;
+    // backing off, 7–8.
+    assert!(status.sessions <= 12, "{status:?}");
+    assert!(status.stopped.is_none(), "{status:?}");
+}
+
 #[tokio::test]
 async fn a_mirror_of_an_unknown_version_stops_with_not_found() {
     let server = ParamServer::any_port(64);
