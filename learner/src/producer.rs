@@ -1,6 +1,9 @@
 //! A Kafka producer that knows whether its records arrived: librdkafka
 //! reports each delivery on a background thread, and [`CheckedProducer::flush`]
-//! fails when any record since the last flush was not delivered. The
+//! fails when any record it was handed was not delivered. A failure stays:
+//! every later flush and barrier fails too, whichever thread looks first,
+//! so no checkpoint can cover a lost record (the run ends, and replays
+//! from the checkpoint before it). The
 //! `params` sink and the dead-letter topic flush it before every checkpoint,
 //! so what a checkpoint covers has been delivered.
 //!
@@ -95,9 +98,11 @@ impl Deliveries {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The failures since the last call, with the last error.
-    fn take_failures(&self) -> Option<(u64, String)> {
-        let failed = self.failed.swap(0, Ordering::Relaxed);
+    /// The failures so far, with the last error. Not reset by reading:
+    /// the ingesting thread's flush and the checkpoint writer's barrier
+    /// both see a failure, whichever reads first.
+    fn failures(&self) -> Option<(u64, String)> {
+        let failed = self.failed.load(Ordering::Acquire);
         (failed > 0).then(|| {
             let last = self
                 .last_error
@@ -118,7 +123,7 @@ impl ProducerContext for Deliveries {
 
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         if let Err((err, _)) = result {
-            self.failed.fetch_add(1, Ordering::Relaxed);
+            self.failed.fetch_add(1, Ordering::Release);
             if let Ok(mut last) = self.last_error.lock() {
                 *last = Some(err.to_string());
             }
@@ -161,7 +166,7 @@ impl DeliveryBarrier {
             }
             self.producer.poll(BARRIER_POLL);
         }
-        match self.deliveries.take_failures() {
+        match self.deliveries.failures() {
             Some((failed, last)) => Err(ProducerError {
                 topic: self.topic,
                 reason: format!("{failed} records were not delivered (last error: {last})"),
@@ -281,7 +286,7 @@ impl CheckedProducer {
         self.producer
             .flush(self.flush_timeout)
             .map_err(|e| error(format!("flush: {e}")))?;
-        match self.deliveries.take_failures() {
+        match self.deliveries.failures() {
             Some((failed, last)) => Err(error(format!(
                 "{failed} records were not delivered (last error: {last})"
             ))),
@@ -305,6 +310,19 @@ impl CheckedProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_delivery_is_seen_by_every_later_check() {
+        let deliveries = Deliveries::default();
+        assert_eq!(deliveries.failures(), None);
+        deliveries.failed.fetch_add(1, Ordering::Release);
+        *deliveries.last_error.lock().unwrap() = Some("message timed out".into());
+        // The writer's barrier and the ingesting thread's flush each see
+        // it: the first to look does not clear it for the other.
+        let expected = Some((1, "message timed out".to_owned()));
+        assert_eq!(deliveries.clone().failures(), expected);
+        assert_eq!(deliveries.failures(), expected);
+    }
 
     #[test]
     fn a_barrier_passes_once_every_earlier_record_is_reported_in_any_order() {
