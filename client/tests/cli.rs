@@ -271,6 +271,26 @@ fn a_config_file_sets_endpoint_and_token_and_flags_override_it() {
     assert!(stderr(&output).contains("request_timeout"), "{output:?}");
 }
 
+/// What the client refuses before sending anything is bad usage (exit 2),
+/// not a server's INVALID_ARGUMENT (13).
+#[test]
+fn arguments_refused_before_sending_are_bad_usage() {
+    let (server, _) = server();
+    let output = posterior(
+        &server,
+        &["sample", "dwell", "1", "--context", "1,NaN,0,0"],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(stderr(&output).contains("USAGE"), "{output:?}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_posterior"))
+        .args(["--endpoint", "not a uri", "get", "ctr", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(stderr(&output).contains("invalid endpoint"), "{output:?}");
+}
+
 #[test]
 fn the_example_config_is_valid() {
     let (server, _) = server();

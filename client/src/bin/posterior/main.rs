@@ -35,8 +35,16 @@ enum Failure {
 }
 
 impl From<ClientError> for Failure {
+    /// What the client refused before sending anything (an endpoint that
+    /// is no URI, a token or an argument it cannot send) is bad usage,
+    /// exit 2; anything the server or the transport said is 10 + its code.
     fn from(error: ClientError) -> Self {
-        Failure::Client(error)
+        match error {
+            ClientError::InvalidEndpoint { .. }
+            | ClientError::InvalidToken
+            | ClientError::InvalidArgument(_) => Failure::Usage(error.to_string()),
+            other => Failure::Client(other),
+        }
     }
 }
 

@@ -34,7 +34,9 @@ const DEFAULT_ATTEMPTS: u32 = 3;
 struct FileConfig {
     endpoint: Option<String>,
     token_file: Option<PathBuf>,
-    client: Option<ClientConfig>,
+    /// Read as a table first, so that the CLI's own defaults fill only
+    /// the keys it leaves out.
+    client: Option<toml::Table>,
 }
 
 /// Where the admin token comes from.
@@ -72,12 +74,24 @@ impl Settings {
             Some(path) => read(path)?,
             None => FileConfig::default(),
         };
-        let from_file = file.client.is_some();
-        let mut client = file.client.unwrap_or_default();
-        if !from_file {
-            client.request_timeout_ms = DEFAULT_TIMEOUT_MS;
-            client.retry.max_attempts = DEFAULT_ATTEMPTS;
+        // The CLI's defaults where the file's `[client]` table (if any)
+        // does not say: one holding only `[client.tls]` keeps them.
+        let mut table = file.client.unwrap_or_default();
+        table
+            .entry("request_timeout_ms")
+            .or_insert(toml::Value::Integer(DEFAULT_TIMEOUT_MS as i64));
+        if let Some(retry) = table
+            .entry("retry")
+            .or_insert(toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+        {
+            retry
+                .entry("max_attempts")
+                .or_insert(toml::Value::Integer(i64::from(DEFAULT_ATTEMPTS)));
         }
+        let mut client: ClientConfig = table
+            .try_into()
+            .context("parse config: its [client] table")?;
         if let Some(ms) = cli.timeout_ms {
             client.request_timeout_ms = ms;
         }
@@ -105,5 +119,53 @@ impl Settings {
             token,
             client,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn resolved(config: &str) -> ClientConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("posterior.toml");
+        std::fs::write(&path, config).unwrap();
+        let cli = Cli::try_parse_from([
+            "posterior",
+            "--config",
+            path.to_str().unwrap(),
+            "get",
+            "ctr",
+            "1",
+        ])
+        .unwrap();
+        Settings::resolve(&cli).unwrap().client
+    }
+
+    /// The CLI's defaults (5 s, 3 attempts) hold wherever the file's
+    /// `[client]` table does not set them.
+    #[test]
+    fn a_client_table_overrides_only_what_it_sets() {
+        let none = resolved("");
+        assert_eq!(
+            (none.request_timeout_ms, none.retry.max_attempts),
+            (5_000, 3)
+        );
+        let partial =
+            resolved("[client]\nconnect_timeout_ms = 700\n[client.tls]\ndomain = \"x\"\n");
+        assert_eq!(
+            (
+                partial.request_timeout_ms,
+                partial.retry.max_attempts,
+                partial.connect_timeout_ms
+            ),
+            (5_000, 3, 700)
+        );
+        assert_eq!(partial.tls.domain.as_deref(), Some("x"));
+        let set =
+            resolved("[client]\nrequest_timeout_ms = 250\n[client.retry]\nmax_attempts = 7\n");
+        assert_eq!((set.request_timeout_ms, set.retry.max_attempts), (250, 7));
     }
 }
