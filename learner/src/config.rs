@@ -1056,6 +1056,18 @@ forgetting_half_life_ms = 3600000
                 format!("{GOOD}\n[control]\nbrokers = \"b:9092\"\nrequest_timeout_ms = 0\n"),
                 "control.request_timeout_ms",
             ),
+            // The key as this config spells it (the world calls it
+            // `mean_delay_ms`).
+            (
+                GOOD.replace(
+                    SOURCE,
+                    &format!(
+                        "{}\nmean_label_delay_ms = -1.0",
+                        simulator("[\"ctr-beta\"]", 3)
+                    ),
+                ),
+                "source.mean_label_delay_ms",
+            ),
             (
                 GOOD.replace("[state]\ndir = \"/tmp/state\"\n", ""),
                 "config: missing field `state`",

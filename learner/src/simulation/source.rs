@@ -141,7 +141,15 @@ impl SimulatorConfig {
             key: format!("source.{key}"),
             reason,
         };
-        self.world().validate().map_err(|e| bad(e.key, e.reason))?;
+        self.world().validate().map_err(|e| {
+            // The world's names, as this config spells them.
+            let key = match e.key.as_str() {
+                "mean_delay_ms" => "mean_label_delay_ms".to_owned(),
+                "drift_at" => "drift_at_request".to_owned(),
+                _ => e.key,
+            };
+            bad(key, e.reason)
+        })?;
         if self.samples == Some(0) {
             return Err(bad("samples".into(), "must be >= 1, or absent".into()));
         }
