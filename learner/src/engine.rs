@@ -391,11 +391,25 @@ impl Engine {
     /// every pending batch. Returns false, having done neither, when the
     /// release stopped at a barrier command (see [`Engine::barrier`]):
     /// complete it and call `finish` again.
+    ///
+    /// Every scheduled command is applied too. The release frontier then
+    /// stays just past the newest event time delivered, not at the end of
+    /// time: a later run on this state (input appended to the file, an
+    /// unbounded run after `--until-end`) judges its samples against what
+    /// was applied instead of finding every one late.
     pub fn finish(&mut self) -> bool {
+        let before = self.released_below_ms;
         self.release(i64::MAX);
         if self.control.barrier.is_some() {
             return false;
         }
+        let newest = self
+            .watermarks
+            .clocks()
+            .values()
+            .filter_map(|c| c.max_event_ms)
+            .max();
+        self.released_below_ms = newest.map_or(before, |t| t.saturating_add(1).max(before));
         for (key, batch) in self.batcher.drain() {
             self.apply(key, &batch);
         }

@@ -1456,3 +1456,33 @@ fn a_pending_batch_of_an_unregistered_version_is_refused_at_restore() {
         "{error}"
     );
 }
+
+/// A bounded run's end leaves the state resumable: a later run on it (more
+/// input, after a restore) applies its new samples instead of finding all
+/// of them late, and still refuses what is older than what was applied.
+#[test]
+fn a_finished_state_takes_newer_samples_after_a_restore() {
+    let mut engine = Engine::new(one_at_a_time(), registry(), [0]);
+    engine.ingest(0, 0, click(1, "beta", 1_000));
+    engine.ingest(0, 1, click(1, "beta", 2_000));
+    assert!(engine.finish());
+    assert_eq!(count_of(&engine, "beta", 1), Some(2.0));
+    let mut store = MemoryStore::default();
+    store.apply(engine.full_checkpoint());
+    let mut resumed = Engine::restore(one_at_a_time(), |t| store.entries(t))
+        .unwrap()
+        .unwrap();
+    resumed.ingest(0, 2, click(1, "beta", 3_000));
+    resumed.ingest(0, 3, click(1, "beta", 1_500));
+    assert!(resumed.finish());
+    assert_eq!(
+        count_of(&resumed, "beta", 1),
+        Some(3.0),
+        "the newer one applied"
+    );
+    assert_eq!(
+        resumed.counters().dead.get("late"),
+        Some(&1),
+        "the one older than what was applied is late"
+    );
+}
