@@ -142,6 +142,10 @@ pub enum Publication {
     Versions(Vec<VersionEntry>),
     /// Coalesced updates, at most one per key.
     Params(Vec<ParamChange>),
+    /// Sent once per run, after the start's publications: the consumer
+    /// (an embedded param-server that starts empty) now holds every key
+    /// the learner has, and may answer for them.
+    Current,
 }
 
 /// A learner's versions as announced on the `params` topic.

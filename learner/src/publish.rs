@@ -95,6 +95,15 @@ pub trait ParamSink {
         }
     }
 
+    /// Says, once per run, that the start's publications (the versions,
+    /// the keys changed since the restore, every other key) are handed
+    /// over: a consumer that starts empty holds the learner's whole state
+    /// from here on. Nothing to say for a sink whose consumer does not
+    /// start empty.
+    fn started(&mut self) -> Result<(), PublishError> {
+        Ok(())
+    }
+
     /// The sink's counts.
     fn stats(&self) -> PublishStats;
 
@@ -225,6 +234,10 @@ impl ParamSink for ChannelSink {
         true
     }
 
+    fn started(&mut self) -> Result<(), PublishError> {
+        self.send(Publication::Current)
+    }
+
     fn flush(&mut self) -> Result<(), PublishError> {
         // The receiver applies batches in order; nothing is in flight
         // outside the queue.
@@ -293,6 +306,11 @@ impl ParamSink for TeeSink {
     fn publish_every_key(&mut self, updates: Vec<ParamChange>) -> Result<(), PublishError> {
         self.first.publish_every_key(updates.clone())?;
         self.second.publish_every_key(updates)
+    }
+
+    fn started(&mut self) -> Result<(), PublishError> {
+        self.first.started()?;
+        self.second.started()
     }
 
     /// The two sinks' counts added up.

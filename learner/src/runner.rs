@@ -1513,6 +1513,7 @@ impl Checkpointer {
                     .publish_every_key(every_key)
                     .context("publish every key")?;
             }
+            self.sink.started().context("publish the start's end")?;
         }
         if let Some(metrics) = &self.metrics {
             metrics.observe_publish(start.elapsed(), self.sink.queued());

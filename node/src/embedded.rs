@@ -25,6 +25,7 @@ use posterior_learner::runner::{CommandInbox, Controls, open_sink};
 use posterior_param_server::config::Config;
 use posterior_param_server::control::InProcessControlPlane;
 use posterior_param_server::metrics::ServerMetrics;
+use posterior_param_server::readiness::Readiness;
 use posterior_param_server::runner::{build_store, prepare, run};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
@@ -69,6 +70,11 @@ impl EmbeddedServer {
         let mut options = prepare(&config, &store, Arc::new(control))
             .with_context(|| format!("[{CONFIG_KEY}] admin or tls"))?;
         options.metrics = registry.map(|r| ServerMetrics::register(r, &store));
+        // Until the learner has restored its state and handed all of it
+        // over, the store holds priors: health says NOT_SERVING and
+        // `ParamService` answers UNAVAILABLE rather than a prior for a key
+        // the learner has.
+        options.readiness = Some(Readiness::not_ready());
         let addr = config
             .listen_addr()
             .with_context(|| format!("[{CONFIG_KEY}] listen"))?;

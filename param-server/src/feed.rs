@@ -18,6 +18,7 @@ use posterior_learner::params::Publication;
 use tokio::sync::mpsc;
 
 use crate::metrics::ServerMetrics;
+use crate::readiness::Readiness;
 use crate::store::ParamStore;
 use crate::table::ApplyOutcome;
 
@@ -78,14 +79,17 @@ pub fn learn_version(store: &ParamStore, spec: &VersionSpec, retired: bool, stat
 
 /// Applies every batch received until the sender side closes.
 pub async fn feed(store: Arc<ParamStore>, publications: mpsc::Receiver<Publication>) -> FeedStats {
-    feed_metered(store, publications, None).await
+    feed_metered(store, publications, None, None).await
 }
 
-/// [`feed`], adding each publication's outcomes to `metrics`.
+/// [`feed`], adding each publication's outcomes to `metrics`, and setting
+/// `readiness` when the learner says its start is handed over
+/// ([`Publication::Current`]).
 pub async fn feed_metered(
     store: Arc<ParamStore>,
     mut publications: mpsc::Receiver<Publication>,
     metrics: Option<Arc<ServerMetrics>>,
+    readiness: Option<Readiness>,
 ) -> FeedStats {
     let mut stats = FeedStats::default();
     while let Some(publication) = publications.recv().await {
@@ -99,6 +103,14 @@ pub async fn feed_metered(
             Publication::Params(batch) => {
                 for change in &batch {
                     stats.count(store.apply_shared(&change.version, change.doc_id, &change.state));
+                }
+            }
+            Publication::Current => {
+                if let Some(readiness) = &readiness
+                    && !readiness.is_ready()
+                {
+                    tracing::info!("the learner's state is served: ready");
+                    readiness.set_ready();
                 }
             }
         }

@@ -127,7 +127,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let metrics = options.metrics.clone();
-    let feeding = updates.map(|rx| tokio::spawn(feed_metered(Arc::clone(&store), rx, metrics)));
+    let readiness = options.readiness.clone();
+    let feeding =
+        updates.map(|rx| tokio::spawn(feed_metered(Arc::clone(&store), rx, metrics, readiness)));
     let served = serve(listener, store, config.limits.clone(), options, shutdown).await;
     if let Some(task) = feeding {
         // The feed ends when its sender closes; at shutdown it is dropped.
