@@ -409,6 +409,17 @@ pub fn run_local_with(
     let mut stopped = false;
     let mut last_publish = Instant::now();
     loop {
+        if controls.savepoint.load(Ordering::Relaxed)
+            && controls.savepoint.swap(false, Ordering::Relaxed)
+        {
+            // As in a Kafka run: the state is checkpointed either way, and
+            // a savepoint that cannot be taken is reported.
+            checkpointer.checkpoint(&mut engine, records)?;
+            if let Err(err) = checkpointer.savepoint(config, 1, records) {
+                tracing::error!("savepoint asked for by signal not taken: {err:#}");
+            }
+            since_checkpoint = 0;
+        }
         let next = source.next_record()?;
         if records.is_multiple_of(poll_every) || matches!(next, Next::Idle) {
             commands.poll(&mut engine)?;

@@ -199,6 +199,16 @@ fn run(
         !matches!(config.source, SourceConfig::Channel),
         "[source] kind = \"channel\" is pushed by `learner quickstart`; `learner run` has nothing to push"
     );
+    let mut controls = Controls::default();
+    for signal in [SIGTERM, SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&controls.stop))
+            .context("install signal handler")?;
+    }
+    // Every source takes a savepoint on SIGUSR1. One that arrives during
+    // the restore below waits for the run's loop (the signal's default
+    // action would end the process).
+    signal_hook::flag::register(SIGUSR1, Arc::clone(&controls.savepoint))
+        .context("install signal handler")?;
     if let Some(choice) = from_savepoint {
         let choice = match choice.as_str() {
             "latest" => SavepointChoice::Latest,
@@ -212,12 +222,7 @@ fn run(
             restored.dir.display()
         );
     }
-    let mut controls = Controls::default();
     let mut registry = metrics::learner_registry(config, &mut controls);
-    for signal in [SIGTERM, SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&controls.stop))
-            .context("install signal handler")?;
-    }
     let (sink, serving) = embedded::attach(config, server, &controls, registry.as_mut())?;
     let endpoint = match registry {
         Some(registry) => metrics::MetricsEndpoint::start(config, registry)?,
@@ -228,8 +233,6 @@ fn run(
     }
     let summary = match &config.source {
         SourceConfig::Kafka(_) => {
-            signal_hook::flag::register(SIGUSR1, Arc::clone(&controls.savepoint))
-                .context("install signal handler")?;
             let mode = if until_end {
                 KafkaRunMode::UntilEnd
             } else {

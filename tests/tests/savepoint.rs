@@ -403,6 +403,33 @@ fn a_failed_savepoint_removes_its_partial_files() {
     assert_eq!(valid[0].dir, good.dir);
 }
 
+/// SIGUSR1 (the `savepoint` control) takes a savepoint in a file run too,
+/// besides the one at shutdown.
+#[test]
+fn a_file_run_takes_a_savepoint_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, root, config) = saving_file_learner(dir.path(), "asked", (2_000, 100, 9), "");
+    let controls = posterior_learner::runner::Controls::default();
+    controls
+        .savepoint
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let summary = posterior_learner::runner::run_local(
+        &config,
+        &controls,
+        posterior_learner::runner::open_sink(&config).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary.records, 2_000);
+    assert!(
+        !controls
+            .savepoint
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let (valid, invalid) = savepoint::list(&root).unwrap();
+    assert!(invalid.is_empty(), "{invalid:?}");
+    assert_eq!(valid.len(), 2, "the one asked for and the shutdown's");
+}
+
 #[test]
 fn pruning_keeps_the_newest_own_savepoints_and_every_other() {
     let dir = tempfile::tempdir().unwrap();
