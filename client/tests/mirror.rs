@@ -62,12 +62,8 @@ impl SeqWatcher {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_mirror_equals_get_params_once_updates_quiesce() {
-    let server = ParamServer::any_port(4_096);
-    for doc in 0..20 {
-        server.store.apply("ctr", doc, beta_state(doc + 1)).unwrap();
-    }
+/// A client of `server` and a mirror of its `ctr`, caught up.
+async fn caught_up_mirror(server: &ParamServer) -> (Client, Mirror) {
     let client = Client::connect(server.endpoint(), fast_config())
         .await
         .unwrap();
@@ -76,6 +72,16 @@ async fn the_mirror_equals_get_params_once_updates_quiesce() {
         .await
         .unwrap()
         .unwrap();
+    (client, mirror)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_equals_get_params_once_updates_quiesce() {
+    let server = ParamServer::any_port(4_096);
+    for doc in 0..20 {
+        server.store.apply("ctr", doc, beta_state(doc + 1)).unwrap();
+    }
+    let (client, mirror) = caught_up_mirror(&server).await;
     assert_eq!(mirror.len(), 20, "the snapshot");
     assert_eq!(mirror.last_seq(), 20);
 
@@ -159,14 +165,7 @@ async fn the_mirror_survives_a_server_restart_and_keeps_the_newest_seqs() {
         first.store.apply("ctr", doc, beta_state(5)).unwrap();
     }
     let addr = first.addr;
-    let client = Client::connect(first.endpoint(), fast_config())
-        .await
-        .unwrap();
-    let mirror = Mirror::start(client.clone(), "ctr", MirrorConfig::default());
-    tokio::time::timeout(WAIT, mirror.caught_up())
-        .await
-        .unwrap()
-        .unwrap();
+    let (client, mirror) = caught_up_mirror(&first).await;
     let docs: Vec<u64> = (0..10).chain([20]).collect();
     let watcher = SeqWatcher::start(mirror.clone(), docs.clone());
 
@@ -211,14 +210,7 @@ async fn a_mirror_waits_for_its_version_to_come_back_after_a_restart() {
     let first = ParamServer::any_port(1_024);
     first.store.apply("ctr", 1, beta_state(5)).unwrap();
     let addr = first.addr;
-    let client = Client::connect(first.endpoint(), fast_config())
-        .await
-        .unwrap();
-    let mirror = Mirror::start(client.clone(), "ctr", MirrorConfig::default());
-    tokio::time::timeout(WAIT, mirror.caught_up())
-        .await
-        .unwrap()
-        .unwrap();
+    let (_client, mirror) = caught_up_mirror(&first).await;
     first.kill();
     // The replacement serves no version at first.
     let store = Arc::new(ParamStore::new(1_024));
@@ -243,14 +235,7 @@ async fn a_mirror_waits_for_its_version_to_come_back_after_a_restart() {
 async fn repeated_resyncs_back_off() {
     // A buffer of one update: a burst of ten overflows it at once.
     let server = ParamServer::any_port(1);
-    let client = Client::connect(server.endpoint(), fast_config())
-        .await
-        .unwrap();
-    let mirror = Mirror::start(client, "ctr", MirrorConfig::default());
-    tokio::time::timeout(WAIT, mirror.caught_up())
-        .await
-        .unwrap()
-        .unwrap();
+    let (_client, mirror) = caught_up_mirror(&server).await;
     let store = Arc::clone(&server.store);
     let bursts = tokio::spawn(async move {
         let mut seq = 1;

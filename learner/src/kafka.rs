@@ -196,25 +196,6 @@ impl KafkaSource {
         };
         // A checkpointed offset outside what the broker holds means records
         // were lost (retention) or the broker lost data: refuse to start.
-        for &p in &partitions {
-            let Some(&next) = next_offsets.get(&p) else {
-                continue;
-            };
-            let (low, high) = consumer
-                .fetch_watermarks(&config.topic, p as i32, timeout)
-                .map_err(|source| KafkaSourceError::Client {
-                    what: format!("fetch watermarks of partition {p}"),
-                    source,
-                })?;
-            if (next as i64) < low || (next as i64) > high {
-                return Err(KafkaSourceError::OffsetOutsideBroker {
-                    partition: p,
-                    next,
-                    low,
-                    high,
-                });
-            }
-        }
         // A partition without one starts at the configured end, resolved
         // to an offset now: the engine keeps it as the partition's next
         // offset, so a checkpoint holds it even before the partition
@@ -222,20 +203,30 @@ impl KafkaSource {
         // start at the new end and skip what came in between).
         let mut starts = BTreeMap::new();
         for &p in &partitions {
-            if next_offsets.contains_key(&p) {
-                continue;
-            }
             let (low, high) = consumer
                 .fetch_watermarks(&config.topic, p as i32, timeout)
                 .map_err(|source| KafkaSourceError::Client {
                     what: format!("fetch watermarks of partition {p}"),
                     source,
                 })?;
-            let start = match config.start {
-                StartPosition::Earliest => low,
-                StartPosition::Latest => high,
-            };
-            starts.insert(p, start.max(0) as u64);
+            match next_offsets.get(&p) {
+                Some(&next) if (next as i64) < low || (next as i64) > high => {
+                    return Err(KafkaSourceError::OffsetOutsideBroker {
+                        partition: p,
+                        next,
+                        low,
+                        high,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    let start = match config.start {
+                        StartPosition::Earliest => low,
+                        StartPosition::Latest => high,
+                    };
+                    starts.insert(p, start.max(0) as u64);
+                }
+            }
         }
         let mut assignment = TopicPartitionList::new();
         for &p in &partitions {

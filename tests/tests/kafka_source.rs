@@ -53,8 +53,18 @@ fn record(p: u32, i: u64) -> Vec<u8> {
 fn filled_broker(per_partition: u64) -> Broker {
     let broker = Broker::start(Storage::Memory);
     broker.create_topic("samples", PARTITIONS);
-    let values: Vec<(u32, Vec<u8>)> = (0..PARTITIONS)
-        .flat_map(|p| (0..per_partition).map(move |i| (p, record(p, i))))
+    produce_records(&broker, 0..PARTITIONS, 0..per_partition);
+    broker
+}
+
+/// Produces records `indices` of [`record`] to each of `partitions`.
+fn produce_records(
+    broker: &Broker,
+    partitions: std::ops::Range<u32>,
+    indices: std::ops::Range<u64>,
+) {
+    let values: Vec<(u32, Vec<u8>)> = partitions
+        .flat_map(|p| indices.clone().map(move |i| (p, record(p, i))))
         .collect();
     broker.produce(
         "samples",
@@ -62,7 +72,6 @@ fn filled_broker(per_partition: u64) -> Broker {
             .iter()
             .map(|(p, v)| (*p, p.to_be_bytes().to_vec(), v.as_slice())),
     );
-    broker
 }
 
 fn kafka_config(dir: &std::path::Path, bootstrap: &str) -> KafkaConfig {
@@ -150,6 +159,17 @@ fn read_all(kafka: &KafkaConfig, align_ms: Option<i64>) -> Read {
         }
     }
     read
+}
+
+/// A bounded Kafka run of `config` to the topic's end, publishing nowhere.
+fn run_until_end(config: &Config, controls: &Controls) -> RunSummary {
+    runner::run_kafka_with(
+        config,
+        KafkaRunMode::UntilEnd,
+        controls,
+        Box::new(NullSink::default()),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -272,15 +292,7 @@ fn a_bounded_run_writes_its_end_once() {
         config.state.checkpoint_every_ms = 0;
         config
     };
-    let run = |config: &Config| -> RunSummary {
-        runner::run_kafka_with(
-            config,
-            KafkaRunMode::UntilEnd,
-            &Controls::default(),
-            Box::new(NullSink::default()),
-        )
-        .unwrap()
-    };
+    let run = |config: &Config| run_until_end(config, &Controls::default());
 
     let at_end = config("at-end", total);
     let once = run(&at_end);
@@ -320,18 +332,7 @@ fn a_partition_that_delivered_nothing_resumes_at_its_start_after_a_restart() {
     // Partitions 0–2 hold records, partition 3 none.
     let broker = Broker::start(Storage::Memory);
     broker.create_topic("samples", PARTITIONS);
-    let produce = |partitions: std::ops::Range<u32>, from: u64, n: u64| {
-        let values: Vec<(u32, Vec<u8>)> = partitions
-            .flat_map(|p| (from..from + n).map(move |i| (p, record(p, i))))
-            .collect();
-        broker.produce(
-            "samples",
-            values
-                .iter()
-                .map(|(p, v)| (*p, p.to_be_bytes().to_vec(), v.as_slice())),
-        );
-    };
-    produce(0..3, 0, 100);
+    produce_records(&broker, 0..3, 0..100);
     let text = learner_toml(
         dir.path(),
         "latest",
@@ -344,22 +345,14 @@ fn a_partition_that_delivered_nothing_resumes_at_its_start_after_a_restart() {
         unreachable!("a kafka source")
     };
     kafka.start = StartPosition::Latest;
-    let run = |config: &Config| -> RunSummary {
-        runner::run_kafka_with(
-            config,
-            KafkaRunMode::UntilEnd,
-            &Controls::default(),
-            Box::new(NullSink::default()),
-        )
-        .unwrap()
-    };
+    let run = |config: &Config| run_until_end(config, &Controls::default());
     // Started at the end of every partition: nothing to read, and the run
     // ends because each partition's start is its end.
     let first = run(&config);
     assert_eq!(first.records, 0);
     // While the learner is down, every partition gets 50 more, partition 3
     // its first.
-    produce(0..PARTITIONS, 100, 50);
+    produce_records(&broker, 0..PARTITIONS, 100..150);
     let second = run(&config);
     assert!(second.restored);
     assert_eq!(
@@ -389,13 +382,7 @@ fn a_savepoint_signal_without_savepoints_does_not_end_the_run() {
     controls
         .savepoint
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let summary = runner::run_kafka_with(
-        &config,
-        KafkaRunMode::UntilEnd,
-        &controls,
-        Box::new(NullSink::default()),
-    )
-    .unwrap();
+    let summary = run_until_end(&config, &controls);
     assert_eq!(summary.records, u64::from(PARTITIONS) * 200);
     assert!(
         summary.checkpoints >= 2,
