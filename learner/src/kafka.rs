@@ -522,7 +522,7 @@ impl ControlReader {
     }
 }
 
-/// Where [`ControlTopic::read_to_end`] starts: after the last command read,
+/// Where [`ControlReader::read_to_end`] starts: after the last command read,
 /// or, for a learner that has read none, at the oldest the broker still
 /// holds (the consumer starts there too). Not at 0: once retention has
 /// deleted every command, offset 0 never arrives, and waiting for it would
