@@ -364,6 +364,19 @@ impl Batcher {
         drained
     }
 
+    /// Removes and returns every batch of `version`, in key order (the
+    /// version is retired: its open batches close at that point).
+    pub fn take_version(&mut self, version: VersionId) -> Vec<ReadyBatch> {
+        let mut keys: Vec<ParamKey> = self
+            .pending
+            .keys()
+            .filter(|k| k.version == version)
+            .copied()
+            .collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|k| (k, self.take(k))).collect()
+    }
+
     /// A key's pending observations, if any.
     pub fn get(&self, key: ParamKey) -> Option<&[PendingObservation]> {
         self.pending.get(&key).map(|b| b.observations.as_slice())

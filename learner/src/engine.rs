@@ -790,7 +790,17 @@ impl Engine {
             Command::Retire(name) => self
                 .registry
                 .retire(name)
-                .map(|_| format!("retired {name:?}"))
+                .map(|id| {
+                    // Its open micro-batches close here: what it took
+                    // before the retirement is applied now, and nothing
+                    // changes its parameters after it (a batch without an
+                    // age trigger would otherwise wait for the input's end).
+                    for (key, batch) in self.batcher.take_version(id) {
+                        self.apply(key, &batch);
+                        self.batcher.recycle(batch);
+                    }
+                    format!("retired {name:?}")
+                })
                 .map_err(|e| e.to_string()),
             Command::Savepoint { .. } | Command::Rollback { .. } => {
                 unreachable!("barrier commands are held, not applied here")

@@ -1486,3 +1486,52 @@ fn a_finished_state_takes_newer_samples_after_a_restore() {
         "the one older than what was applied is late"
     );
 }
+
+/// Micro-batches of up to 8 samples or 8 positives, without an age.
+fn engine_config_micro() -> EngineConfig {
+    EngineConfig {
+        batch: BatchPolicy {
+            max_samples: 8,
+            max_positives: 8,
+            max_age_ms: None,
+        },
+        ..one_at_a_time()
+    }
+}
+
+/// Retiring a version closes its open micro-batches at that point: what it
+/// took before is applied then, not at the input's end, and nothing
+/// changes its parameters after it.
+#[test]
+fn a_retirement_applies_the_versions_open_batches() {
+    let mut engine = Engine::new(engine_config_micro(), registry(), [0]);
+    let beta = engine.registry().live("beta").unwrap().id;
+    let count = |engine: &Engine, doc_id| {
+        engine
+            .param(&ParamKey {
+                version: beta,
+                doc_id,
+            })
+            .map(|s| s.sample_count)
+    };
+    engine.schedule(retire("r", 100, "beta"));
+    engine.ingest(0, 0, click(1, "beta", 10));
+    engine.ingest(0, 1, click(1, "beta", 20));
+    engine.ingest(0, 2, click(2, "beta", 30));
+    engine.ingest(0, 3, click(2, "beta", 60));
+    assert_eq!(count(&engine, 1), None, "waiting in its batch");
+    // Past the retirement (and the out-of-orderness): both batches are
+    // applied there.
+    engine.ingest(0, 4, click(3, "beta", 1_000));
+    assert!(engine.registry().live("beta").is_none());
+    assert_eq!(count(&engine, 1), Some(2.0));
+    assert_eq!(count(&engine, 2), Some(2.0));
+    assert_eq!(engine.batcher.iter().count(), 0);
+    // A checkpoint says so: a restore has no batch of it either.
+    let mut store = MemoryStore::default();
+    store.apply(engine.full_checkpoint());
+    let restored = Engine::restore(engine_config_micro(), |t| store.entries(t))
+        .unwrap()
+        .unwrap();
+    assert_eq!(restored.batcher.iter().count(), 0);
+}
