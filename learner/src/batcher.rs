@@ -513,18 +513,13 @@ impl Batcher {
 
     /// Drops every pending batch of `version`; returns their keys.
     pub fn remove_version(&mut self, version: VersionId) -> Vec<ParamKey> {
-        let mut keys: Vec<ParamKey> = self
-            .pending
-            .keys()
-            .filter(|k| k.version == version)
-            .copied()
-            .collect();
-        keys.sort_unstable();
-        for &key in &keys {
-            let dropped = self.take(key);
-            self.recycle(dropped);
-        }
-        keys
+        self.take_version(version)
+            .into_iter()
+            .map(|(key, dropped)| {
+                self.recycle(dropped);
+                key
+            })
+            .collect()
     }
 
     /// Removes a key's batch (its entry in the age queue goes stale; a
