@@ -156,20 +156,28 @@ fn a_savepoint_moves_and_splits_between_instances_bit_for_bit() {
     );
 }
 
-#[test]
-fn partial_and_damaged_savepoints_are_never_listed_or_restored() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = kafka_config(dir.path(), "origin");
+/// The live store of a learner (`origin` under `dir`) that took
+/// `(records, docs, seed)` of a generated log on every partition and
+/// checkpointed all of it.
+fn checkpointed_store(dir: &Path, (records, docs, seed): (usize, u64, u64)) -> RocksStore {
+    let config = kafka_config(dir, "origin");
     let (records, _) = generate_records(LogSpec {
-        records: 5_000,
-        docs: 200,
+        records,
+        docs,
         out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 4,
+        seed,
     });
     let mut engine = fresh_engine(&config, 0..PARTITIONS).unwrap();
     feed(&mut engine, &placed(&records), |_| true);
     let store = RocksStore::open(&config.state.dir).unwrap();
     store.write(engine.full_checkpoint()).unwrap();
+    store
+}
+
+#[test]
+fn partial_and_damaged_savepoints_are_never_listed_or_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = checkpointed_store(dir.path(), (5_000, 200, 4));
     let root = dir.path().join("savepoints");
     let good = savepoint::write(&root, &store, PARTITIONS).unwrap();
 
@@ -354,27 +362,13 @@ fn a_savepoint_interrupted_mid_write_is_never_listed_and_the_next_one_completes(
     );
 }
 
-/// `savepoint::prune` deletes the oldest of a learner's own savepoints
-/// beyond `keep`, and nothing else: not the savepoints admin commands
-/// asked for, not another learner's (other partitions), not a directory
-/// it cannot read; a deletion a crash interrupted is finished.
 /// A savepoint whose writing fails (here its manifest cannot be created)
 /// leaves nothing behind: no listed savepoint and no partial files holding
 /// the space; the next one completes.
 #[test]
 fn a_failed_savepoint_removes_its_partial_files() {
     let dir = tempfile::tempdir().unwrap();
-    let config = kafka_config(dir.path(), "origin");
-    let (records, _) = generate_records(LogSpec {
-        records: 2_000,
-        docs: 100,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 7,
-    });
-    let mut engine = fresh_engine(&config, 0..PARTITIONS).unwrap();
-    feed(&mut engine, &placed(&records), |_| true);
-    let store = RocksStore::open(&config.state.dir).unwrap();
-    store.write(engine.full_checkpoint()).unwrap();
+    let store = checkpointed_store(dir.path(), (2_000, 100, 7));
     let root = dir.path().join("savepoints");
     let err = savepoint::write_with(&root, &store, PARTITIONS, || {
         // The table files are written; a directory where the manifest goes
@@ -430,6 +424,10 @@ fn a_file_run_takes_a_savepoint_when_asked() {
     assert_eq!(valid.len(), 2, "the one asked for and the shutdown's");
 }
 
+/// `savepoint::prune` deletes the oldest of a learner's own savepoints
+/// beyond `keep`, and nothing else: not the savepoints admin commands
+/// asked for, not another learner's (other partitions), not a directory
+/// it cannot read; a deletion a crash interrupted is finished.
 #[test]
 fn pruning_keeps_the_newest_own_savepoints_and_every_other() {
     let dir = tempfile::tempdir().unwrap();
