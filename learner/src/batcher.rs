@@ -367,13 +367,7 @@ impl Batcher {
     /// Removes and returns every batch of `version`, in key order (the
     /// version is retired: its open batches close at that point).
     pub fn take_version(&mut self, version: VersionId) -> Vec<ReadyBatch> {
-        let mut keys: Vec<ParamKey> = self
-            .pending
-            .keys()
-            .filter(|k| k.version == version)
-            .copied()
-            .collect();
-        keys.sort_unstable();
+        let keys = self.pending.sorted_keys_of(version);
         keys.into_iter().map(|k| (k, self.take(k))).collect()
     }
 

@@ -687,13 +687,7 @@ impl Engine {
         let (id, model) = (entry.id, entry.spec.model.clone());
         crate::fallback::check_model(&entry.spec, &states).map_err(|e| e.to_string())?;
         let mut saved: std::collections::HashMap<u64, KeyState> = states.into_iter().collect();
-        let mut keys: Vec<ParamKey> = self
-            .params
-            .keys()
-            .filter(|k| k.version == id)
-            .copied()
-            .collect();
-        keys.sort_unstable();
+        let keys = self.params.sorted_keys_of(id);
         let (mut restored, mut reset) = (0_usize, 0_usize);
         for key in keys {
             let slot = self.params.get_mut(&key).expect("listed keys exist");

@@ -18,7 +18,7 @@ use std::hash::BuildHasher;
 
 use super::SHARDS;
 use crate::prefetch::prefetch;
-use crate::registry::{KeyHasher, ParamKey};
+use crate::registry::{KeyHasher, ParamKey, VersionId};
 
 /// Slots of a shard before its first growth.
 const MIN_SLOTS: usize = 8;
@@ -262,6 +262,18 @@ impl<V, const N: usize> FlatKeyMap<V, N> {
     /// Every key.
     pub fn keys(&self) -> impl Iterator<Item = &ParamKey> {
         self.iter().map(|(k, _)| k)
+    }
+
+    /// The keys of `version`, sorted (an order that does not depend on the
+    /// table's layout, for work on a whole version).
+    pub fn sorted_keys_of(&self, version: VersionId) -> Vec<ParamKey> {
+        let mut keys: Vec<ParamKey> = self
+            .keys()
+            .filter(|k| k.version == version)
+            .copied()
+            .collect();
+        keys.sort_unstable();
+        keys
     }
 }
 
