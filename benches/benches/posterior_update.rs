@@ -1,7 +1,7 @@
 //! Per-sample update throughput of the posterior maths, one core, state in
 //! hand.
 //!
-//! Timed: one `update` call on a micro-batch of 1, 16 or 64 observations,
+//! Timed: one `update` call on a micro-batch of 1, 2, 16 or 64 observations,
 //! for Beta (`beta_update`, plus the bare per-sample `observe` in
 //! `beta_observe`), diagonal logistic at d = 16, 32, 64, 128
 //! (`diagonal_update`) and full logistic at d = 16, 32 (`full_update`).
@@ -29,7 +29,7 @@ use posterior_benches::{
     warm_full,
 };
 
-const BATCH_SIZES: [usize; 3] = [1, 16, 64];
+const BATCH_SIZES: [usize; 4] = [1, 2, 16, 64];
 const DIAGONAL_DIMS: [usize; 4] = [16, 32, 64, 128];
 const FULL_DIMS: [usize; 2] = [16, 32];
 const FRESH_DIM: usize = 32;

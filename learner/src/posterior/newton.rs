@@ -5,7 +5,11 @@
 //! f(w) = ½ (w − m)ᵀ Q (w − m) + Σⱼ ωⱼ log(1 + exp(−sⱼ w·xⱼ)),  sⱼ = 2yⱼ − 1,
 //!
 //! by Newton's method with a backtracking line search (f is strictly
-//! convex). Two equivalent parameterisations, chosen by size:
+//! convex). In the dual form the search reads f's change, summed as such,
+//! and a step whose decrease is below that sum's rounding is taken whole;
+//! the solve also stops once the last two whole steps predict a next step
+//! below [`NEWTON_TOLERANCE`]. Two equivalent parameterisations, chosen by
+//! size:
 //! - **dual** (n ≤ d): the minimiser lies in m + Q⁻¹Xᵀc; with K = XQ⁻¹Xᵀ
 //!   the optimality condition is c = ω∘(y − σ(Xm + Kc)), an n-dimensional
 //!   Newton problem. One sample costs O(d) per iteration.
@@ -111,12 +115,6 @@ fn sigmoid_from(z: f64, e: f64) -> f64 {
     }
 }
 
-/// [`softplus`]`(t)` given e = exp(−|t|).
-#[inline]
-fn softplus_from(t: f64, e: f64) -> f64 {
-    t.max(0.0) + e.ln_1p()
-}
-
 fn signed(obs: &Observation<'_>) -> f64 {
     if obs.reward { 1.0 } else { -1.0 }
 }
@@ -125,29 +123,36 @@ fn target(obs: &Observation<'_>) -> f64 {
     if obs.reward { 1.0 } else { 0.0 }
 }
 
-fn converged(step: &[f64], point: &[f64]) -> bool {
-    let step_max = step.iter().fold(0.0_f64, |a, s| a.max(s.abs()));
-    let point_max = point.iter().fold(0.0_f64, |a, s| a.max(s.abs()));
-    step_max <= NEWTON_TOLERANCE * (1.0 + point_max)
+fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0_f64, |a, x| a.max(x.abs()))
 }
 
-/// Backtracking (Armijo) along a direction with `slope` = ∇f·dir < 0 from
-/// f(0) = `f0`. Returns the accepted step length and f there (0 and `f0`
-/// if no decrease was found).
-fn line_search(f0: f64, slope: f64, mut objective: impl FnMut(f64) -> f64) -> (f64, f64) {
+fn converged(step: &[f64], point: &[f64]) -> bool {
+    max_abs(step) <= NEWTON_TOLERANCE * (1.0 + max_abs(point))
+}
+
+/// Backtracking (Armijo) along a direction with `slope` = ∇f·dir < 0:
+/// `change(t)` is f(t) − f(0). Returns the accepted step length, 0 if no
+/// decrease was found.
+fn line_search(slope: f64, mut change: impl FnMut(f64) -> f64) -> f64 {
     let mut t = 1.0;
     for _ in 0..40 {
-        let ft = objective(t);
-        if ft.is_finite() && ft <= f0 + 1e-4 * t * slope {
-            return (t, ft);
+        let delta = change(t);
+        if delta.is_finite() && delta <= 1e-4 * t * slope {
+            return t;
         }
         t *= 0.5;
     }
-    (0.0, f0)
+    0.0
 }
 
 /// The `n`-long vectors of [`dual`].
 const DUAL_VECTORS: usize = 14;
+
+/// Samples whose softplus ratios [`dual`]'s line search multiplies before
+/// one logarithm: each ratio is in [½, 2], so 64 of them stay far inside
+/// f64's range.
+const RATIOS_PER_LOG: usize = 64;
 
 fn dual(
     mean: &[f64],
@@ -172,9 +177,9 @@ fn dual(
     let mut vectors = rest.chunks_exact_mut(n);
     let mut next = || vectors.next().expect("DUAL_VECTORS slices of n");
     let (a, s, y, omega) = (next(), next(), next(), next());
-    let (c, kc, zeros, residual) = (next(), next(), next(), next());
-    let (kr, sqrt_d, dir, kdir, tmp) = (next(), next(), next(), next(), next());
-    let exps = next();
+    let (c, kc, residual, kr) = (next(), next(), next(), next());
+    let (sqrt_d, dir, kdir, tmp) = (next(), next(), next(), next());
+    let (exps, trial_exps) = (next(), next());
     // v_j = Q⁻¹ x_j, K = X Q⁻¹ Xᵀ, a = X m.
     for (j, obs) in batch.iter().enumerate() {
         precision.solve(obs.context, &mut v[j * d..(j + 1) * d]);
@@ -191,7 +196,14 @@ fn dual(
         s[j] = signed(obs);
         y[j] = target(obs);
         omega[j] = obs.weight;
+        // At c = 0 the logits are a.
+        exps[j] = (-a[j].abs()).exp();
     }
+    // One weight for the whole batch (the usual case) lets the line
+    // search sum the softplus changes with one logarithm per
+    // `RATIOS_PER_LOG` samples instead of one per sample.
+    let common_weight = omega.iter().all(|&w| w == omega[0]).then_some(omega[0]);
+    let weight_sum: f64 = omega.iter().sum();
     // Read only from here on.
     let (k, a, s, y, omega) = (&*k, &*a, &*s, &*y, &*omega);
     let k_times = |x: &[f64], out: &mut [f64]| {
@@ -199,31 +211,65 @@ fn dual(
             *o = dot(&k[j * n..(j + 1) * n], x);
         }
     };
-    // f(c + t·dir) in O(n) from kc = K c and kdir = K dir:
-    // ½(c·kc + 2t c·kdir + t² dir·kdir) + Σ ω softplus(−s(a + kc + t kdir)).
-    // Each softplus's exp(−|zⱼ|), zⱼ = a + kc + t kdir, is kept in `exps`:
-    // once a step is taken, zⱼ is the next iteration's logit, and σ(zⱼ)
-    // needs that same exp (see `sigmoid_from`).
-    let objective =
-        |c: &[f64], kc: &[f64], dir: &[f64], kdir: &[f64], t: f64, exps: &mut [f64]| -> f64 {
-            let mut f = 0.0;
+    // f(c + t·dir) − f(c), from kc = K c, kdir = K dir and the exps
+    // e⁰ⱼ = exp(−|zⱼ|) at c, zⱼ = aⱼ + (Kc)ⱼ:
+    //   t dir·kc + ½t² dir·kdir + Σ ωⱼ (softplus(uᵗⱼ) − softplus(u⁰ⱼ)),
+    // uⱼ = −sⱼzⱼ, softplus(u) = max(u, 0) + ln(1 + exp(−|u|)). The change
+    // itself is summed, not two values of f: near the optimum it is far
+    // below f's rounding. Each eᵗⱼ is kept in `trial`: once the step is
+    // taken, zᵗⱼ is the next iteration's logit, and σ(zᵗⱼ) needs that
+    // same exp (see `sigmoid_from`).
+    let change =
+        |kc: &[f64], dir: &[f64], kdir: &[f64], t: f64, exps: &[f64], trial: &mut [f64]| {
+            let mut quadratic = 0.0;
+            let mut hinge = 0.0;
             for j in 0..n {
-                let (cj, kcj) = (c[j] + t * dir[j], kc[j] + t * kdir[j]);
-                let z = a[j] + kcj;
-                exps[j] = (-z.abs()).exp();
-                f += 0.5 * cj * kcj + omega[j] * softplus_from(-s[j] * z, exps[j]);
+                quadratic += t * dir[j] * kc[j] + 0.5 * t * t * dir[j] * kdir[j];
+                let z0 = a[j] + kc[j];
+                let zt = a[j] + (kc[j] + t * kdir[j]);
+                trial[j] = (-zt.abs()).exp();
+                let (u0, ut) = (-s[j] * z0, -s[j] * zt);
+                let max_change = if u0 > 0.0 && ut > 0.0 {
+                    -s[j] * t * kdir[j]
+                } else {
+                    ut.max(0.0) - u0.max(0.0)
+                };
+                hinge += omega[j] * max_change;
             }
-            f
+            let mut logs = 0.0;
+            match common_weight {
+                Some(weight) => {
+                    for (now, then) in trial
+                        .chunks(RATIOS_PER_LOG)
+                        .zip(exps.chunks(RATIOS_PER_LOG))
+                    {
+                        let ratio: f64 = now
+                            .iter()
+                            .zip(then)
+                            .map(|(et, e0)| (1.0 + et) / (1.0 + e0))
+                            .product();
+                        logs += ratio.ln();
+                    }
+                    logs *= weight;
+                }
+                None => {
+                    for j in 0..n {
+                        logs += omega[j] * ((1.0 + trial[j]) / (1.0 + exps[j])).ln();
+                    }
+                }
+            }
+            quadratic + hinge + logs
         };
 
-    let mut f0 = objective(c, kc, zeros, zeros, 0.0, exps);
     let mut iterations = 0;
     let mut done = false;
+    // The largest coordinate of the previous step, while every step so far
+    // was whole (t = 1); infinite otherwise.
+    let mut last_whole_step = f64::INFINITY;
     while iterations < MAX_NEWTON_ITERATIONS && !done {
         iterations += 1;
         // residual r = −F(c) = ω(y − p) − c; D = ω p (1 − p).
-        // `exps` holds exp(−|a + kc|) from the objective's evaluation at
-        // this point (the first, or the step's accepted one).
+        // `exps` holds exp(−|a + kc|) at this point.
         for j in 0..n {
             let p = sigmoid_from(a[j] + kc[j], exps[j]);
             residual[j] = omega[j] * (y[j] - p) - c[j];
@@ -249,23 +295,68 @@ fn dual(
         for j in 0..n {
             dir[j] = residual[j] - sqrt_d[j] * tmp[j];
         }
+        let step = max_abs(dir);
+        if step <= NEWTON_TOLERANCE * (1.0 + max_abs(c)) {
+            // A step below the tolerance is taken whole and ends the
+            // solve: f's change over it is rounding noise, which a line
+            // search would misread as no decrease.
+            for (cj, dj) in c.iter_mut().zip(dir.iter()) {
+                *cj += dj;
+            }
+            done = true;
+            break;
+        }
         k_times(dir, kdir);
-        // ∇f = K F = −K r.
+        // ∇f = K F = −K r; −slope is the squared Newton decrement.
         let slope = -dot(kr, dir);
-        let (t, f_new) = if slope < 0.0 {
-            // The last evaluation is the accepted step's (or none is
-            // accepted, t = 0, and the loop ends).
-            line_search(f0, slope, |t| objective(c, kc, dir, kdir, t, exps))
+        // What `change` can resolve: its logarithms round at about ε per
+        // sample and weight, its quadratic terms at ε·|c·Kc|.
+        let resolution = 64.0 * f64::EPSILON * (weight_sum + dot(c, kc).abs());
+        let unresolved = slope < 0.0 && -slope <= resolution;
+        let t = if unresolved {
+            // The decrease f would show is below its rounding, so a search
+            // would only read noise; a Newton step this small lies where
+            // whole steps converge.
+            1.0
+        } else if slope < 0.0 {
+            let t = line_search(slope, |t| change(kc, dir, kdir, t, exps, trial_exps));
+            if t > 0.0 {
+                // The last evaluation was at the accepted t.
+                exps.copy_from_slice(trial_exps);
+            }
+            t
         } else {
-            (0.0, f0)
+            0.0
         };
+        if t == 0.0 {
+            // No decrease along a descent direction: the iterate is as
+            // good as f's rounding can tell.
+            done = true;
+            break;
+        }
         for j in 0..n {
-            dir[j] *= t;
-            c[j] += dir[j];
+            c[j] += t * dir[j];
             kc[j] += t * kdir[j];
         }
-        f0 = f_new;
-        done = t == 0.0 || converged(dir, c);
+        if unresolved {
+            for j in 0..n {
+                exps[j] = (-(a[j] + kc[j]).abs()).exp();
+            }
+        }
+        let point = max_abs(c);
+        // Newton converges quadratically here: after whole steps δₖ₋₁, δₖ
+        // the next is about δₖ³/δₖ₋₁² (|δₖ₊₁| ≈ C δₖ², C ≈ |δₖ|/δₖ₋₁²). When
+        // that is below the tolerance, the iterate is already within it and
+        // the iteration that would only confirm so is skipped.
+        done = if t == 1.0 {
+            let previous = std::mem::replace(&mut last_whole_step, step);
+            let ratio = step / previous;
+            let predicted = step * ratio * ratio;
+            previous.is_finite() && ratio < 1.0 && predicted <= NEWTON_TOLERANCE * (1.0 + point)
+        } else {
+            last_whole_step = f64::INFINITY;
+            t * step <= NEWTON_TOLERANCE * (1.0 + point)
+        };
     }
     let mut w = mean.to_vec();
     for j in 0..n {
@@ -357,12 +448,12 @@ fn primal(
             *xj = dot(row(j), &dir);
         }
         let f0 = objective(&diff, &q_diff, dir_q_dir, dir_q_diff, &z, &xdir, 0.0);
-        let (t, _) = if slope < 0.0 {
-            line_search(f0, slope, |t| {
-                objective(&diff, &q_diff, dir_q_dir, dir_q_diff, &z, &xdir, t)
+        let t = if slope < 0.0 {
+            line_search(slope, |t| {
+                objective(&diff, &q_diff, dir_q_dir, dir_q_diff, &z, &xdir, t) - f0
             })
         } else {
-            (0.0, f0)
+            0.0
         };
         for i in 0..d {
             dir[i] *= t;
@@ -434,6 +525,59 @@ mod tests {
             .expect("nothing to refuse");
         assert_eq!(step.w, mean);
         assert!(step.converged);
+    }
+
+    /// Batches of two on young d = 32 states, as bench 1's micro-batches
+    /// make them: every solve ends at the mode (the gradient of f vanishes
+    /// to rounding), and the stop predicted from the last two whole steps
+    /// saves about one iteration in five. Without the prediction these
+    /// solves took 5.2 iterations on average (measured when it came in).
+    #[test]
+    fn small_dual_solves_reach_the_mode_without_a_confirming_iteration() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(3);
+        let d = 32;
+        let (mut iterations, solves) = (0, 500);
+        for _ in 0..solves {
+            let mean: Vec<f64> = (0..d).map(|_| rng.random_range(-0.3..0.3)).collect();
+            let q: Vec<f64> = (0..d).map(|_| rng.random_range(1.0..1.5)).collect();
+            let contexts: Vec<Vec<f32>> = (0..2)
+                .map(|_| {
+                    (0..d)
+                        .map(|i| {
+                            if i == 0 {
+                                1.0
+                            } else {
+                                rng.random_range(-1.0..1.0)
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            let batch: Vec<Observation<'_>> = contexts
+                .iter()
+                .map(|x| Observation::new(x, rng.random_bool(0.2)))
+                .collect();
+            let step = map_step(&mean, &Precision::Diagonal(&q), &batch).expect("a valid batch");
+            assert!(step.converged);
+            iterations += step.iterations;
+            // ∇f(w) = Q(w − m) − Σ ω(y − σ(w·x))x.
+            let mut gradient: Vec<f64> = (0..d).map(|i| q[i] * (step.w[i] - mean[i])).collect();
+            for obs in &batch {
+                let p = sigmoid(dot_f32(&step.w, obs.context));
+                let y = if obs.reward { 1.0 } else { 0.0 };
+                for (g, &x) in gradient.iter_mut().zip(obs.context) {
+                    *g -= obs.weight * (y - p) * f64::from(x);
+                }
+            }
+            let largest = gradient.iter().fold(0.0_f64, |a, g| a.max(g.abs()));
+            assert!(largest < 1e-9, "gradient {largest:e} at the returned mode");
+        }
+        let mean_iterations = f64::from(iterations) / f64::from(solves);
+        assert!(
+            mean_iterations < 4.6,
+            "{mean_iterations} iterations per solve"
+        );
     }
 
     /// A case where Newton lands on the root with ~5e-17 of rounding noise

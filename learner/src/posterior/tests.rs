@@ -10,9 +10,10 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use super::*;
 
 /// Reference Laplace step written from the formula, independently of
-/// `newton.rs`: minimise ½(w−m)ᵀQ(w−m) + Σ ω log(1+exp(−s w·x)) with plain
-/// Newton and Gaussian elimination until the gradient vanishes; return the
-/// mode and the Laplace precision Q + Σ ω p(1−p) x xᵀ at the mode.
+/// `newton.rs`: minimise ½(w−m)ᵀQ(w−m) + Σ ω log(1+exp(−s w·x)) with
+/// Newton (each step halved while it would raise the objective) and
+/// Gaussian elimination until the gradient vanishes; return the mode and
+/// the Laplace precision Q + Σ ω p(1−p) x xᵀ at the mode.
 fn reference_laplace(
     m: &[f64],
     q: &Array2<f64>,
@@ -21,6 +22,22 @@ fn reference_laplace(
     let d = m.len();
     let mut w = m.to_vec();
     let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let objective = |w: &[f64]| -> f64 {
+        let prior: f64 = (0..d)
+            .flat_map(|i| (0..d).map(move |j| (i, j)))
+            .map(|(i, j)| 0.5 * (w[i] - m[i]) * q[(i, j)] * (w[j] - m[j]))
+            .sum();
+        let loss: f64 = batch
+            .iter()
+            .map(|(x, y, weight)| {
+                let s = if *y { 1.0 } else { -1.0 };
+                let z: f64 = x.iter().zip(w).map(|(a, b)| f64::from(*a) * b).sum();
+                weight * (-s * z).exp().ln_1p()
+            })
+            .sum();
+        prior + loss
+    };
+    let mut converged = false;
     for _ in 0..200 {
         let mut grad: Vec<f64> = (0..d)
             .map(|i| (0..d).map(|j| q[(i, j)] * (w[j] - m[j])).sum())
@@ -40,13 +57,28 @@ fn reference_laplace(
             }
         }
         let step = gauss_solve(hess, grad.clone());
-        for i in 0..d {
-            w[i] -= step[i];
-        }
-        if grad.iter().all(|g| g.abs() < 1e-13) {
+        // The gradient's rounding floor grows with the contexts' scale;
+        // a step this small is below any difference the tests look at.
+        let largest = |v: &[f64]| v.iter().fold(0.0_f64, |a, x| a.max(x.abs()));
+        if largest(&grad) < 1e-12 || largest(&step) < 1e-13 * (1.0 + largest(&w)) {
+            converged = true;
             break;
         }
+        // Small steps are taken whole: their change of the objective is
+        // below its rounding.
+        let small = largest(&step) < 1e-8 * (1.0 + largest(&w));
+        let before = objective(&w);
+        let mut t = 1.0;
+        loop {
+            let trial: Vec<f64> = (0..d).map(|i| w[i] - t * step[i]).collect();
+            if small || objective(&trial) <= before || t < 1e-6 {
+                w = trial;
+                break;
+            }
+            t *= 0.5;
+        }
     }
+    assert!(converged, "the reference did not converge: {w:?}");
     let mut laplace = q.clone();
     for (x, _, weight) in batch {
         let z: f64 = x.iter().zip(&w).map(|(a, b)| f64::from(*a) * b).sum();
@@ -146,6 +178,57 @@ fn diagonal_update_matches_reference_laplace() {
             assert_close(post.mean()[i], w_ref[i], 1e-9, "mean");
             // The diagonal form keeps only the diagonal of the curvature.
             assert_close(post.precision()[i], q_ref[(i, i)], 1e-9, "precision");
+        }
+    }
+}
+
+/// The dual solve's line search sums the softplus changes with one
+/// logarithm per 64 samples when the batch shares one weight, and one per
+/// sample otherwise. Both land on the reference mode: with small batches,
+/// with contexts scaled up so that whole Newton steps overshoot and the
+/// search shortens them, and with more than 64 samples in the dual form.
+#[test]
+fn dual_solves_match_reference_laplace_with_one_weight_or_many() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(13);
+    for (d, n, scale, one_weight) in [
+        (8, 2, 1.0, true),
+        (8, 2, 1.0, false),
+        (8, 7, 6.0, true),
+        (8, 7, 6.0, false),
+        (80, 70, 1.0, true),
+        (80, 70, 3.0, false),
+    ] {
+        let prior = LogisticPrior::isotropic(CovarianceForm::Diagonal, d, 1.0).unwrap();
+        let mut post = DiagonalGaussian::prior(&prior);
+        post.update(
+            &prior,
+            None,
+            0,
+            &observations(&random_batch(&mut rng, 3, d)),
+        )
+        .unwrap();
+        let mut batch = random_batch(&mut rng, n, d);
+        for (x, _, weight) in &mut batch {
+            x.iter_mut().for_each(|v| *v *= scale);
+            if one_weight {
+                *weight = 1.25;
+            }
+        }
+        let case = format!("d {d}, n {n}, scale {scale}, one weight {one_weight}");
+        let q = Array2::from_diag(&ndarray::ArrayView1::from(post.precision()));
+        let (w_ref, q_ref) = reference_laplace(post.mean(), &q, &batch);
+        let stats = post.update(&prior, None, 0, &observations(&batch)).unwrap();
+        assert!(stats.converged, "{case}: {stats:?}");
+        for i in 0..d {
+            assert_close(post.mean()[i], w_ref[i], 1e-9, &format!("{case}: mean"));
+            // The curvature p(1 − p)x² carries the mode's tolerance
+            // into the precision times the contexts' scale squared.
+            assert_close(
+                post.precision()[i],
+                q_ref[(i, i)],
+                1e-9 * f64::from(scale * scale),
+                &format!("{case}: precision"),
+            );
         }
     }
 }
