@@ -28,9 +28,7 @@ pub const LOGIT_CLAMP: f64 = 35.0;
 /// Smallest precision any coordinate may have (and the smallest prior).
 pub const PRECISION_FLOOR: f64 = 1.0e-6;
 /// Newton stops when no coordinate moves by more than this, relative to
-/// `1 + max |coordinate|`, or, in the batch solve's dual form, when the
-/// next step predicted from the last two whole ones (|δₖ|³/|δₖ₋₁|², as
-/// Newton converges quadratically) would not.
+/// `1 + max |coordinate|`.
 pub const NEWTON_TOLERANCE: f64 = 1.0e-10;
 /// Newton's iteration cap; the last iterate is kept if it is reached.
 pub const MAX_NEWTON_ITERATIONS: u32 = 50;

@@ -6,10 +6,8 @@
 //!
 //! by Newton's method with a backtracking line search (f is strictly
 //! convex). In the dual form the search reads f's change, summed as such,
-//! and a step whose decrease is below that sum's rounding is taken whole;
-//! the solve also stops once the last two whole steps predict a next step
-//! below [`NEWTON_TOLERANCE`]. Two equivalent parameterisations, chosen by
-//! size:
+//! and a step whose decrease is below that sum's rounding is taken whole.
+//! Two equivalent parameterisations, chosen by size:
 //! - **dual** (n ≤ d): the minimiser lies in m + Q⁻¹Xᵀc; with K = XQ⁻¹Xᵀ
 //!   the optimality condition is c = ω∘(y − σ(Xm + Kc)), an n-dimensional
 //!   Newton problem. One sample costs O(d) per iteration.
@@ -263,9 +261,6 @@ fn dual(
 
     let mut iterations = 0;
     let mut done = false;
-    // The largest coordinate of the previous step, while every step so far
-    // was whole (t = 1); infinite otherwise.
-    let mut last_whole_step = f64::INFINITY;
     while iterations < MAX_NEWTON_ITERATIONS && !done {
         iterations += 1;
         // residual r = −F(c) = ω(y − p) − c; D = ω p (1 − p).
@@ -343,20 +338,7 @@ fn dual(
                 exps[j] = (-(a[j] + kc[j]).abs()).exp();
             }
         }
-        let point = max_abs(c);
-        // Newton converges quadratically here: after whole steps δₖ₋₁, δₖ
-        // the next is about δₖ³/δₖ₋₁² (|δₖ₊₁| ≈ C δₖ², C ≈ |δₖ|/δₖ₋₁²). When
-        // that is below the tolerance, the iterate is already within it and
-        // the iteration that would only confirm so is skipped.
-        done = if t == 1.0 {
-            let previous = std::mem::replace(&mut last_whole_step, step);
-            let ratio = step / previous;
-            let predicted = step * ratio * ratio;
-            previous.is_finite() && ratio < 1.0 && predicted <= NEWTON_TOLERANCE * (1.0 + point)
-        } else {
-            last_whole_step = f64::INFINITY;
-            t * step <= NEWTON_TOLERANCE * (1.0 + point)
-        };
+        done = t * step <= NEWTON_TOLERANCE * (1.0 + max_abs(c));
     }
     let mut w = mean.to_vec();
     for j in 0..n {
@@ -527,57 +509,61 @@ mod tests {
         assert!(step.converged);
     }
 
-    /// Batches of two on young d = 32 states, as bench 1's micro-batches
-    /// make them: every solve ends at the mode (the gradient of f vanishes
-    /// to rounding), and the stop predicted from the last two whole steps
-    /// saves about one iteration in five. Without the prediction these
-    /// solves took 5.2 iterations on average (measured when it came in).
+    /// Small batches on young d = 32 states, as bench 1's micro-batches
+    /// make them, with contexts drawn apart and with one context repeated
+    /// (K of rank one): every solve ends at the mode, where the gradient
+    /// of f vanishes to rounding. The line search reads f's change near
+    /// the mode far below f's own rounding, and takes steps it cannot
+    /// resolve whole.
     #[test]
-    fn small_dual_solves_reach_the_mode_without_a_confirming_iteration() {
+    fn small_dual_solves_reach_the_mode() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(3);
         let d = 32;
-        let (mut iterations, solves) = (0, 500);
-        for _ in 0..solves {
-            let mean: Vec<f64> = (0..d).map(|_| rng.random_range(-0.3..0.3)).collect();
-            let q: Vec<f64> = (0..d).map(|_| rng.random_range(1.0..1.5)).collect();
-            let contexts: Vec<Vec<f32>> = (0..2)
-                .map(|_| {
-                    (0..d)
-                        .map(|i| {
-                            if i == 0 {
-                                1.0
-                            } else {
-                                rng.random_range(-1.0..1.0)
-                            }
-                        })
-                        .collect()
-                })
-                .collect();
-            let batch: Vec<Observation<'_>> = contexts
-                .iter()
-                .map(|x| Observation::new(x, rng.random_bool(0.2)))
-                .collect();
-            let step = map_step(&mean, &Precision::Diagonal(&q), &batch).expect("a valid batch");
-            assert!(step.converged);
-            iterations += step.iterations;
-            // ∇f(w) = Q(w − m) − Σ ω(y − σ(w·x))x.
-            let mut gradient: Vec<f64> = (0..d).map(|i| q[i] * (step.w[i] - mean[i])).collect();
-            for obs in &batch {
-                let p = sigmoid(dot_f32(&step.w, obs.context));
-                let y = if obs.reward { 1.0 } else { 0.0 };
-                for (g, &x) in gradient.iter_mut().zip(obs.context) {
-                    *g -= obs.weight * (y - p) * f64::from(x);
+        for (n, repeated) in [(2, false), (2, true), (8, false), (8, true)] {
+            for _ in 0..200 {
+                let mean: Vec<f64> = (0..d).map(|_| rng.random_range(-0.3..0.3)).collect();
+                let q: Vec<f64> = (0..d).map(|_| rng.random_range(1.0..1.5)).collect();
+                let mut contexts: Vec<Vec<f32>> = (0..n)
+                    .map(|_| {
+                        (0..d)
+                            .map(|i| {
+                                if i == 0 {
+                                    1.0
+                                } else {
+                                    rng.random_range(-1.0..1.0)
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect();
+                if repeated {
+                    let first = contexts[0].clone();
+                    contexts.iter_mut().for_each(|x| x.clone_from(&first));
                 }
+                let batch: Vec<Observation<'_>> = contexts
+                    .iter()
+                    .map(|x| Observation::new(x, rng.random_bool(0.2)))
+                    .collect();
+                let step =
+                    map_step(&mean, &Precision::Diagonal(&q), &batch).expect("a valid batch");
+                assert!(step.converged);
+                // ∇f(w) = Q(w − m) − Σ ω(y − σ(w·x))x.
+                let mut gradient: Vec<f64> = (0..d).map(|i| q[i] * (step.w[i] - mean[i])).collect();
+                for obs in &batch {
+                    let p = sigmoid(dot_f32(&step.w, obs.context));
+                    let y = if obs.reward { 1.0 } else { 0.0 };
+                    for (g, &x) in gradient.iter_mut().zip(obs.context) {
+                        *g -= obs.weight * (y - p) * f64::from(x);
+                    }
+                }
+                let largest = gradient.iter().fold(0.0_f64, |a, g| a.max(g.abs()));
+                assert!(
+                    largest < 1e-9,
+                    "n {n}, repeated {repeated}: gradient {largest:e} at the returned mode"
+                );
             }
-            let largest = gradient.iter().fold(0.0_f64, |a, g| a.max(g.abs()));
-            assert!(largest < 1e-9, "gradient {largest:e} at the returned mode");
         }
-        let mean_iterations = f64::from(iterations) / f64::from(solves);
-        assert!(
-            mean_iterations < 4.6,
-            "{mean_iterations} iterations per solve"
-        );
     }
 
     /// A case where Newton lands on the root with ~5e-17 of rounding noise
