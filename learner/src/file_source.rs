@@ -12,8 +12,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use posterior_proto::v1::JoinedSample;
 use prost::Message;
@@ -243,8 +244,8 @@ const AHEAD_BATCHES: usize = 8;
 /// taken when the process dies is read again from the checkpointed
 /// offset. Each record and its context are asked for [`RECORDS_AHEAD`]
 /// records before they are handed on. For files only: a read of standard
-/// input may block for ever, which the runner handles by reading stdin on
-/// the engine's thread.
+/// input may block for ever, and a batch of it could wait for records
+/// that never come; [`StdinReader`] hands stdin on a record at a time.
 pub struct FileReadAhead {
     batches: Receiver<Vec<Ahead>>,
     /// Emptied batches go back to the reader for reuse.
@@ -371,6 +372,71 @@ impl Drop for FileReadAhead {
     }
 }
 
+/// Records of standard input a [`StdinReader`] holds read ahead at most.
+const STDIN_AHEAD: usize = 1024;
+
+/// Standard input (or any [`FileSource`] whose reads may wait for ever)
+/// read on its own thread and handed on a record at a time, so that the
+/// engine's thread waits for the next record with a timeout: while the
+/// pipe is quiet it still publishes, checkpoints and sees a stop.
+///
+/// The thread is not joined. A run that ends with the pipe open leaves it
+/// blocked in a read until the process exits, or until a record comes,
+/// which it cannot hand on, and it ends. Records it read and the engine
+/// did not take are lost with the process, as unread pipe contents are
+/// (stdin cannot be read again; use a file for exactly-once).
+pub struct StdinReader {
+    records: Receiver<Ahead>,
+    /// The end or an error was taken: nothing more comes.
+    finished: bool,
+}
+
+impl StdinReader {
+    /// Starts reading `source` on a thread named `stdin-reader`.
+    pub fn start(mut source: FileSource) -> io::Result<Self> {
+        let (sender, records) = sync_channel::<Ahead>(STDIN_AHEAD);
+        std::thread::Builder::new()
+            .name("stdin-reader".into())
+            .spawn(move || {
+                loop {
+                    let item = source
+                        .next_record()
+                        .map(|r| r.map(|(offset, payload)| (offset, source.position(), payload)));
+                    let last = !matches!(item, Ok(Some(_)));
+                    if sender.send(item).is_err() || last {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            records,
+            finished: false,
+        })
+    }
+
+    /// The next record as (offset, next offset, payload), `Ok(None)` at
+    /// the end (and after it, or after an error); `None` when nothing came
+    /// within `wait`.
+    pub fn next_record(&mut self, wait: Duration) -> Option<Ahead> {
+        if self.finished {
+            return Some(Ok(None));
+        }
+        let item = match self.records.recv_timeout(wait) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => return None,
+            // The reader hangs up only after sending the end or an error:
+            // finding it gone means it panicked.
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(io::Error::other("the stdin reader thread stopped"))
+            }
+        };
+        if !matches!(item, Ok(Some(_))) {
+            self.finished = true;
+        }
+        Some(item)
+    }
+}
+
 fn too_long() -> Payload {
     Payload::Invalid {
         reason: "undecodable",
@@ -431,6 +497,35 @@ mod tests {
         let mut source = FileSource::open(&path, Format::Jsonl, 0).unwrap();
         source.next_record().unwrap();
         assert_eq!(source.position(), records[1].0);
+    }
+
+    /// A pipe's records come through as they are written; while the pipe
+    /// is open and quiet the reader reports nothing within the wait instead
+    /// of blocking, and the writer's close is the end.
+    #[test]
+    fn a_stdin_reader_waits_with_a_timeout_and_ends_with_the_pipe() {
+        let (pipe, mut writer) = io::pipe().unwrap();
+        let source = FileSource {
+            reader: Box::new(BufReader::new(pipe)),
+            format: Format::Jsonl,
+            position: 0,
+            stdin: true,
+        };
+        let mut reader = StdinReader::start(source).unwrap();
+        let quiet = Duration::from_millis(50);
+        assert!(reader.next_record(quiet).is_none(), "nothing written yet");
+        let line = "{\"doc_id\": 7, \"version\": \"v\", \"event_time_ms\": 5, \"labels\": {\"click\": 1}}\n";
+        io::Write::write_all(&mut writer, line.repeat(2).as_bytes()).unwrap();
+        let wait = Duration::from_secs(10);
+        for offset in [0, line.len() as u64] {
+            let (at, next, payload) = reader.next_record(wait).unwrap().unwrap().unwrap();
+            assert_eq!((at, next), (offset, offset + line.len() as u64));
+            assert!(matches!(payload, Payload::Sample(_)), "{payload:?}");
+        }
+        assert!(reader.next_record(quiet).is_none(), "the pipe is open");
+        drop(writer);
+        assert!(reader.next_record(wait).unwrap().unwrap().is_none());
+        assert!(reader.next_record(quiet).unwrap().unwrap().is_none());
     }
 
     /// Writes `dir/samples.pb`: `n` length-delimited samples, doc and event

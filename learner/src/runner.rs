@@ -24,7 +24,7 @@ use crate::deadletter_sink::{self, DeadLetterError, DeadLetterSink};
 use crate::engine::ScheduleResult;
 use crate::engine::{Counters, Engine, Payload, SpareWrites, Write, sort_puts};
 use crate::fallback::ServedParams;
-use crate::file_source::{FileReadAhead, FileSource};
+use crate::file_source::{FileReadAhead, FileSource, StdinReader};
 use crate::kafka::{ControlReader, KafkaSource, ParamsTopic, Polled};
 use crate::metrics::LearnerMetrics;
 use crate::producer::DeliveryBarrier;
@@ -404,8 +404,6 @@ pub fn run_local_with(
     let publish_every = Duration::from_millis(config.publish_interval_ms());
     let mut source = LocalSource::open(config, offset, pushed, publish_every)?;
     let poll_every = source.poll_every();
-    // A read of stdin may block for ever: see the checkpoint below.
-    let blocking = matches!(config.source, SourceConfig::Stdin { .. });
     let mut stopped = false;
     let mut last_publish = Instant::now();
     loop {
@@ -424,8 +422,8 @@ pub fn run_local_with(
         if records.is_multiple_of(poll_every) || matches!(next, Next::Idle) {
             commands.poll(&mut engine)?;
             run_barriers(&mut engine, &mut checkpointer, config, 1, records)?;
-            // A blocked read (stdin) delays this; a file, the simulator or
-            // a channel publishes every interval, as the Kafka driver does.
+            // Every source publishes every interval, as the Kafka driver
+            // does; a quiet one (stdin, a channel) from `Next::Idle`.
             if last_publish.elapsed() >= publish_every {
                 checkpointer.publish(&mut engine)?;
                 last_publish = Instant::now();
@@ -446,7 +444,6 @@ pub fn run_local_with(
                     &mut engine,
                     records,
                     &mut since_checkpoint,
-                    false,
                 )?;
                 continue;
             }
@@ -460,11 +457,9 @@ pub fn run_local_with(
         checkpointer.failpoint.hit("after_ingest", records);
         since_checkpoint += 1;
         // A due checkpoint is put off while the previous write runs, to
-        // the next record; but the next read of stdin may block for ever
-        // (and what stdin gave cannot be read again after a crash), so
-        // there the write in flight is waited for instead. At the end of
-        // a bounded input the last checkpoint comes next (`finish`): one
-        // due now is left to it, as in a Kafka run.
+        // the next record or the next `Next::Idle` (stdin, a channel). At
+        // the end of a bounded input the last checkpoint comes next
+        // (`finish`): one due now is left to it, as in a Kafka run.
         let due = checkpoint_due(&config.state, since_checkpoint, Duration::ZERO, false);
         if !(due && source.at_end()?) {
             checkpoint_if_due(
@@ -473,7 +468,6 @@ pub fn run_local_with(
                 &mut engine,
                 records,
                 &mut since_checkpoint,
-                blocking,
             )?;
         }
         if controls.stop.load(Ordering::Relaxed) {
@@ -533,9 +527,15 @@ enum LocalSource {
     /// A file, read and decoded on a second thread; offsets are byte
     /// positions.
     File(FileReadAhead),
-    /// Standard input, read on the engine's thread (a read may block for
-    /// ever, which the run loop handles); offsets are byte positions.
-    Stdin(FileSource),
+    /// Standard input, read on a thread of its own and taken with a
+    /// timeout, so a quiet pipe leaves the run loop idle, not blocked;
+    /// offsets are byte positions.
+    Stdin {
+        /// The reader.
+        reader: StdinReader,
+        /// How long a read waits before reporting [`Next::Idle`].
+        idle_after: Duration,
+    },
     /// The simulator; sample t at offset t.
     Simulator(Box<Simulator>),
     /// Records pushed by the hosting process, numbered from `next`.
@@ -564,7 +564,11 @@ impl LocalSource {
                     .and_then(FileReadAhead::start)
                     .with_context(|| format!("open {}", path.display()))?,
             ),
-            SourceConfig::Stdin { format } => Self::Stdin(FileSource::stdin(*format)),
+            SourceConfig::Stdin { format } => Self::Stdin {
+                reader: StdinReader::start(FileSource::stdin(*format))
+                    .context("start reading stdin")?,
+                idle_after,
+            },
             SourceConfig::Simulator(simulator) => Self::Simulator(Box::new(
                 Simulator::new(simulator, &config.version_specs(), offset)
                     .context("start the simulator")?,
@@ -586,8 +590,8 @@ impl LocalSource {
     /// Records between two looks at commands and the publish clock.
     fn poll_every(&self) -> u64 {
         match self {
-            Self::Channel { .. } => CHANNEL_POLL_EVERY,
-            Self::File(_) | Self::Stdin(_) | Self::Simulator(_) => COMMAND_POLL_EVERY,
+            Self::Channel { .. } | Self::Stdin { .. } => CHANNEL_POLL_EVERY,
+            Self::File(_) | Self::Simulator(_) => COMMAND_POLL_EVERY,
         }
     }
 
@@ -600,12 +604,10 @@ impl LocalSource {
         };
         Ok(match self {
             Self::File(file) => record(file.next_record().context("read source")?),
-            Self::Stdin(stdin) => record(
-                stdin
-                    .next_record()
-                    .context("read source")?
-                    .map(|(offset, payload)| (offset, stdin.position(), payload)),
-            ),
+            Self::Stdin { reader, idle_after } => match reader.next_record(*idle_after) {
+                Some(item) => record(item.context("read source")?),
+                None => Next::Idle,
+            },
             Self::Simulator(simulator) => record(
                 simulator
                     .next_record()
@@ -632,9 +634,8 @@ impl LocalSource {
     fn at_end(&mut self) -> Result<bool> {
         Ok(match self {
             Self::File(file) => file.at_end(),
-            Self::Stdin(stdin) => stdin.at_end().context("read source")?,
             Self::Simulator(simulator) => simulator.at_end(),
-            Self::Channel { .. } => false,
+            Self::Stdin { .. } | Self::Channel { .. } => false,
         })
     }
 }
@@ -1769,12 +1770,8 @@ fn checkpoint_if_due(
     engine: &mut Engine,
     records: u64,
     since_checkpoint: &mut u64,
-    wait_for_write: bool,
 ) -> Result<()> {
     let due = |busy| checkpoint_due(&config.state, *since_checkpoint, Duration::ZERO, busy);
-    if wait_for_write && checkpointer.busy() && due(false) {
-        checkpointer.wait()?;
-    }
     let busy = checkpointer.busy();
     if due(busy) {
         checkpointer.checkpoint(engine, records)?;

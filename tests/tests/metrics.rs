@@ -247,3 +247,47 @@ fn a_stdin_learner_takes_a_checkpoint_put_off_by_a_running_write() {
         std::fs::read_to_string(&learner_log).unwrap()
     );
 }
+
+/// SIGTERM reaches a stdin learner whose pipe is open and quiet: stdin is
+/// read on a thread of its own, so the run loop idles instead of blocking
+/// in a read, sees the stop, writes its last checkpoint and exits 0 with
+/// every record it read counted, while the pipe is still open.
+#[test]
+fn a_stdin_learner_with_a_quiet_pipe_stops_on_sigterm() {
+    const EVERY: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = generate(LogSpec {
+        records: 2 * EVERY,
+        docs: 50,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 5,
+    });
+    let log_path = dir.path().join("samples.jsonl");
+    std::fs::write(&log_path, &log).unwrap();
+    let text = stdin_config(dir.path(), &log_path, EVERY);
+    let (mut child, learner_log, addr) = spawn_live(dir.path(), &text, &[]);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(log.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    // Both periodic checkpoints: every record was read.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = scrape(addr);
+        let taken = series(&page, "posterior_learner_checkpoint_blocked_seconds_count");
+        if taken.get("").copied() == Some(2.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never read the log:\n{page}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    let signalled = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(signalled.success(), "SIGTERM to {pid}");
+    let status = finish_within(&mut child, Duration::from_secs(30), &learner_log);
+    let text = std::fs::read_to_string(&learner_log).unwrap();
+    assert!(status.success(), "{status:?}\n{text}");
+    let summary = format!("{} records (fresh state), 3 checkpoints", 2 * EVERY);
+    assert!(text.contains(&summary), "no `{summary}` in\n{text}");
+    // The pipe was open all along.
+    drop(stdin);
+}
