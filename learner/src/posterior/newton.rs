@@ -6,8 +6,10 @@
 //!
 //! by Newton's method with a backtracking line search (f is strictly
 //! convex). In the dual form the search reads f's change, summed as such,
-//! and a step whose decrease is below that sum's rounding is taken whole.
-//! Two equivalent parameterisations, chosen by size:
+//! a step whose decrease is below that sum's rounding is taken whole, and
+//! the solve ends as soon as a bound on the next step (from the residual,
+//! before factorising) is below the tolerance. Two equivalent
+//! parameterisations, chosen by size:
 //! - **dual** (n ≤ d): the minimiser lies in m + Q⁻¹Xᵀc; with K = XQ⁻¹Xᵀ
 //!   the optimality condition is c = ω∘(y − σ(Xm + Kc)), an n-dimensional
 //!   Newton problem. One sample costs O(d) per iteration.
