@@ -200,28 +200,28 @@ fn applied_and_dead_letters_by_reason_match_an_uninterrupted_run() {
     assert!(status.success(), "{status:?}");
 }
 
-/// A checkpoint that falls due while the previous one is still being
-/// written is put off to a later record, but stdin may give no later
-/// record: the learner must take it anyway. Each write is slowed down
-/// (`POSTERIOR_SLOW_WRITE_MS`) so the second checkpoint always finds the
-/// first one in flight.
-#[test]
-fn a_stdin_learner_takes_a_checkpoint_put_off_by_a_running_write() {
-    const EVERY: usize = 100;
-    let dir = tempfile::tempdir().unwrap();
+/// Records between checkpoints of the two quiet-pipe tests below.
+const QUIET_EVERY: usize = 100;
+
+/// Starts a stdin learner (`env` set) that checkpoints every
+/// [`QUIET_EVERY`] records, writes it a log of two checkpoints' worth and
+/// waits until it has taken both, with stdin left open and quiet; returns
+/// the child, its log and its stdin.
+fn two_checkpoints_then_quiet(
+    dir: &Path,
+    seed: u64,
+    env: &[(&str, &str)],
+) -> (Child, PathBuf, std::process::ChildStdin) {
     let (log, _) = generate(LogSpec {
-        records: 2 * EVERY,
+        records: 2 * QUIET_EVERY,
         docs: 50,
         out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 3,
+        seed,
     });
-    let log_path = dir.path().join("samples.jsonl");
+    let log_path = dir.join("samples.jsonl");
     std::fs::write(&log_path, &log).unwrap();
-    let text = stdin_config(dir.path(), &log_path, EVERY);
-    let (mut child, learner_log, addr) =
-        spawn_live(dir.path(), &text, &[("POSTERIOR_SLOW_WRITE_MS", "500")]);
-    // Both checkpoints' records at once; stdin stays open, with nothing
-    // more to read.
+    let text = stdin_config(dir, &log_path, QUIET_EVERY);
+    let (mut child, learner_log, addr) = spawn_live(dir, &text, env);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(log.as_bytes()).unwrap();
     stdin.flush().unwrap();
@@ -239,6 +239,19 @@ fn a_stdin_learner_takes_a_checkpoint_put_off_by_a_running_write() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    (child, learner_log, stdin)
+}
+
+/// A checkpoint that falls due while the previous one is still being
+/// written is put off to a later record, but stdin may give no later
+/// record: the learner must take it anyway. Each write is slowed down
+/// (`POSTERIOR_SLOW_WRITE_MS`) so the second checkpoint always finds the
+/// first one in flight.
+#[test]
+fn a_stdin_learner_takes_a_checkpoint_put_off_by_a_running_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, learner_log, stdin) =
+        two_checkpoints_then_quiet(dir.path(), 3, &[("POSTERIOR_SLOW_WRITE_MS", "500")]);
     drop(stdin);
     let status = finish_within(&mut child, Duration::from_secs(60), &learner_log);
     assert!(
@@ -254,39 +267,15 @@ fn a_stdin_learner_takes_a_checkpoint_put_off_by_a_running_write() {
 /// every record it read counted, while the pipe is still open.
 #[test]
 fn a_stdin_learner_with_a_quiet_pipe_stops_on_sigterm() {
-    const EVERY: usize = 100;
     let dir = tempfile::tempdir().unwrap();
-    let (log, _) = generate(LogSpec {
-        records: 2 * EVERY,
-        docs: 50,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 5,
-    });
-    let log_path = dir.path().join("samples.jsonl");
-    std::fs::write(&log_path, &log).unwrap();
-    let text = stdin_config(dir.path(), &log_path, EVERY);
-    let (mut child, learner_log, addr) = spawn_live(dir.path(), &text, &[]);
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(log.as_bytes()).unwrap();
-    stdin.flush().unwrap();
-    // Both periodic checkpoints: every record was read.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let page = scrape(addr);
-        let taken = series(&page, "posterior_learner_checkpoint_blocked_seconds_count");
-        if taken.get("").copied() == Some(2.0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never read the log:\n{page}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut child, learner_log, stdin) = two_checkpoints_then_quiet(dir.path(), 5, &[]);
     let pid = child.id().to_string();
     let signalled = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(signalled.success(), "SIGTERM to {pid}");
     let status = finish_within(&mut child, Duration::from_secs(30), &learner_log);
     let text = std::fs::read_to_string(&learner_log).unwrap();
     assert!(status.success(), "{status:?}\n{text}");
-    let summary = format!("{} records (fresh state), 3 checkpoints", 2 * EVERY);
+    let summary = format!("{} records (fresh state), 3 checkpoints", 2 * QUIET_EVERY);
     assert!(text.contains(&summary), "no `{summary}` in\n{text}");
     // The pipe was open all along.
     drop(stdin);
