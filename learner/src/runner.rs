@@ -402,7 +402,10 @@ pub fn run_local_with(
         .copied()
         .unwrap_or(0);
     let publish_every = Duration::from_millis(config.publish_interval_ms());
-    let mut source = LocalSource::open(config, offset, pushed, publish_every)?;
+    // A quiet stdin or channel wakes the loop every publish interval, at
+    // least a millisecond apart (`interval_ms = 0` would spin).
+    let idle_after = publish_every.max(Duration::from_millis(1));
+    let mut source = LocalSource::open(config, offset, pushed, idle_after)?;
     let poll_every = source.poll_every();
     let mut stopped = false;
     let mut last_publish = Instant::now();
@@ -516,7 +519,7 @@ const CHANNEL_POLL_EVERY: u64 = 32;
 enum Next {
     /// (offset, next offset, payload).
     Record(u64, u64, Payload),
-    /// Nothing arrived within a publish interval (a channel only).
+    /// Nothing arrived within a publish interval (stdin, a channel).
     Idle,
     /// The end of the input.
     End,
@@ -595,7 +598,8 @@ impl LocalSource {
         }
     }
 
-    /// The next record, or the end of the input, or (a channel) idleness.
+    /// The next record, or the end of the input, or (stdin, a channel)
+    /// idleness.
     fn next_record(&mut self) -> Result<Next> {
         let record = |r: Option<(u64, u64, Payload)>| {
             r.map_or(Next::End, |(offset, next, payload)| {
@@ -1762,8 +1766,8 @@ fn checkpoint_due_by(
 }
 
 /// A local run's record-counted checkpoint: taken when due and no write is
-/// running (it is put off otherwise), or, with `wait_for_write`, after
-/// waiting for the running write. Resets `since_checkpoint` when taken.
+/// running (it is put off otherwise, to a later record or `Next::Idle`).
+/// Resets `since_checkpoint` when taken.
 fn checkpoint_if_due(
     config: &Config,
     checkpointer: &mut Checkpointer,

@@ -287,8 +287,12 @@ fn dual(
             sqrt_d[j] = (omega[j] * p * (1.0 - p)).sqrt();
         }
         // When the step that would be taken is below the tolerance, the
-        // iterate is kept without solving for it.
-        if newton_step_bound(residual, sqrt_d) <= NEWTON_TOLERANCE * (1.0 + max_abs(c)) {
+        // iterate is kept without solving for it. Not at c = 0: there the
+        // step is the whole update (tiny weights make it tiny), and it is
+        // taken below.
+        if iterations > 1
+            && newton_step_bound(residual, sqrt_d) <= NEWTON_TOLERANCE * (1.0 + max_abs(c))
+        {
             done = true;
             break;
         }
@@ -327,8 +331,11 @@ fn dual(
         // ∇f = K F = −K r; −slope is the squared Newton decrement.
         let slope = -dot(kr, dir);
         // What `change` can resolve: its logarithms round at about ε per
-        // sample and weight, its quadratic terms at ε·|c·Kc|.
-        let resolution = 64.0 * f64::EPSILON * (weight_sum + dot(c, kc).abs());
+        // sample and weight, its quadratic terms at ε times their size.
+        let quadratic_size: f64 = (0..n)
+            .map(|j| (dir[j] * kc[j]).abs() + (dir[j] * kdir[j]).abs())
+            .sum();
+        let resolution = 64.0 * f64::EPSILON * (weight_sum + quadratic_size);
         let unresolved = slope < 0.0 && -slope <= resolution;
         let t = if unresolved {
             // The decrease f would show is below its rounding, so a search
@@ -661,6 +668,39 @@ mod tests {
         }
         // Not vacuous: some steps come close to it.
         assert!(tightest < 1.5, "the bound was never tight: {tightest}");
+    }
+
+    /// Tiny weights make the first step, from c = 0, smaller than the
+    /// tolerance, but it is the whole update, and a small precision turns it
+    /// into a visible move of the mean (w = m + Q⁻¹Xᵀc): it is taken, not
+    /// skipped by the bound on the next step.
+    #[test]
+    fn a_first_step_below_the_tolerance_still_moves_the_mean() {
+        let (d, q, weight) = (4, 1e-6, 1e-10);
+        let mean = vec![0.0; d];
+        let precision = vec![q; d];
+        let contexts = [[1.0_f32, 0.5, -0.5, 0.25], [1.0, -0.25, 0.5, 0.5]];
+        let batch: Vec<Observation<'_>> = contexts
+            .iter()
+            .map(|x| Observation {
+                weight,
+                ..Observation::new(x, true)
+            })
+            .collect();
+        let step = map_step(&mean, &Precision::Diagonal(&precision), &batch).expect("valid");
+        assert!(step.converged);
+        // With m = 0 each c starts at ω(1 − σ(0)) = ω/2, and K·c is ~1e-4,
+        // so c stays within 1e-3 of ω/2: w ≈ (ω/2) Σ x / q.
+        for (i, wi) in step.w.iter().enumerate() {
+            let expected: f64 = contexts
+                .iter()
+                .map(|x| 0.5 * weight * f64::from(x[i]) / q)
+                .sum();
+            assert!(
+                (wi - expected).abs() <= 1e-3 * expected.abs(),
+                "w[{i}] = {wi}, expected about {expected}"
+            );
+        }
     }
 
     /// A case where Newton lands on the root with ~5e-17 of rounding noise
