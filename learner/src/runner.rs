@@ -413,9 +413,10 @@ pub fn run_local_with(
         if controls.savepoint.load(Ordering::Relaxed)
             && controls.savepoint.swap(false, Ordering::Relaxed)
         {
-            // As in a Kafka run: the state is checkpointed either way, and
-            // a savepoint that cannot be taken is reported.
+            // As in a Kafka run: a failed checkpoint write ends the run,
+            // and a savepoint that cannot be taken is reported.
             checkpointer.checkpoint(&mut engine, records)?;
+            checkpointer.wait()?;
             if let Err(err) = checkpointer.savepoint(config, 1, records) {
                 tracing::error!("savepoint asked for by signal not taken: {err:#}");
             }
@@ -885,9 +886,11 @@ pub fn run_kafka_with(
             && controls.savepoint.swap(false, Ordering::Relaxed)
         {
             checkpointer.checkpoint(&mut engine, records)?;
-            // The state is checkpointed either way: a savepoint that
-            // cannot be taken (no `[savepoints]`, a full disk) is reported,
-            // and the run goes on.
+            // A failed checkpoint write ends the run, as at any other
+            // checkpoint: its changes are marked stored. Then a savepoint
+            // that cannot be taken (no `[savepoints]`, a full disk) is
+            // reported, and the run goes on.
+            checkpointer.wait()?;
             if let Err(err) = checkpointer.savepoint(config, source.partition_count(), records) {
                 tracing::error!("savepoint asked for by signal not taken: {err:#}");
             }
@@ -1276,6 +1279,11 @@ pub struct Checkpointer {
     /// take n ms longer, so tests can catch a checkpoint while the previous
     /// one is still being written.
     slow_write: Option<Duration>,
+    /// Test hook: `POSTERIOR_FAIL_WRITE=n` makes the n-th checkpoint write
+    /// of this process (from 1) fail, as a disk or a broker error would.
+    fail_write: Option<u64>,
+    /// Checkpoint writes started by this process.
+    started: u64,
     count: u64,
     in_flight: Option<InFlight>,
     last_write: Option<WriteDone>,
@@ -1360,6 +1368,10 @@ impl Checkpointer {
                 .ok()
                 .and_then(|ms| ms.parse().ok())
                 .map(Duration::from_millis),
+            fail_write: std::env::var("POSTERIOR_FAIL_WRITE")
+                .ok()
+                .and_then(|n| n.parse().ok()),
+            started: 0,
             count: 0,
             in_flight: None,
             last_write: None,
@@ -1595,6 +1607,8 @@ impl Checkpointer {
         self.failpoint.hit("before_checkpoint", records);
         let store = Arc::clone(&self.store);
         let slow_write = self.slow_write;
+        self.started += 1;
+        let fail_write = self.fail_write == Some(self.started);
         let failpoint = self.failpoint.clone();
         let handle = std::thread::Builder::new()
             .name("checkpoint-writer".into())
@@ -1622,6 +1636,10 @@ impl Checkpointer {
                 let start = Instant::now();
                 if let Some(delay) = slow_write {
                     std::thread::sleep(delay);
+                }
+                if fail_write {
+                    let err = anyhow::anyhow!("injected write failure (POSTERIOR_FAIL_WRITE)");
+                    return (Err(err), writes);
                 }
                 // The keys stored ahead join the delta here, off the
                 // ingesting thread.

@@ -280,3 +280,37 @@ fn a_stdin_learner_with_a_quiet_pipe_stops_on_sigterm() {
     // The pipe was open all along.
     drop(stdin);
 }
+
+/// A checkpoint write that fails at a SIGUSR1 savepoint ends the run, as
+/// a failed write does at any other checkpoint: its changes are marked
+/// stored, so going on would lose them from every later checkpoint. Only
+/// the savepoint itself (here: no `[savepoints]` dir) may fail and leave
+/// the run going.
+#[test]
+fn a_failed_checkpoint_write_at_a_signal_savepoint_ends_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = generate(LogSpec {
+        records: 50,
+        docs: 10,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 7,
+    });
+    let log_path = dir.path().join("samples.jsonl");
+    std::fs::write(&log_path, &log).unwrap();
+    // No record-counted checkpoint comes first: the signal's is write 1.
+    let text = stdin_config(dir.path(), &log_path, 1_000_000);
+    let (mut child, learner_log, _) =
+        spawn_live(dir.path(), &text, &[("POSTERIOR_FAIL_WRITE", "1")]);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(log.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let pid = child.id().to_string();
+    let signalled = Command::new("kill").args(["-USR1", &pid]).status().unwrap();
+    assert!(signalled.success(), "SIGUSR1 to {pid}");
+    // The pipe stays open: only the failure can end the run.
+    let status = finish_within(&mut child, Duration::from_secs(30), &learner_log);
+    let text = std::fs::read_to_string(&learner_log).unwrap();
+    assert!(!status.success(), "{status:?}\n{text}");
+    assert!(text.contains("injected write failure"), "{text}");
+    drop(stdin);
+}
