@@ -328,8 +328,9 @@ fn write_as(
     Ok(Savepoint { dir, manifest })
 }
 
-/// Reads and checks a savepoint: manifest, format version, and the size
-/// and CRC of every file. The error names the file at fault.
+/// Reads and checks a savepoint: manifest, format version, partitions
+/// within the partition count, and the size and CRC of every file. The
+/// error names the file at fault.
 pub fn verify(dir: &Path) -> Result<Savepoint, SavepointError> {
     let invalid = |file: &str, reason: String| SavepointError::Invalid {
         dir: dir.to_owned(),
@@ -345,6 +346,24 @@ pub fn verify(dir: &Path) -> Result<Savepoint, SavepointError> {
             format!(
                 "format version {} (this learner reads {FORMAT_VERSION})",
                 manifest.format_version
+            ),
+        ));
+    }
+    // The manifest has no checksum of its own; what keys are placed by
+    // must at least be possible (a count of 0 would divide by zero).
+    if manifest.partition_count == 0 {
+        return Err(invalid(MANIFEST, "partition_count is 0".into()));
+    }
+    if let Some(p) = manifest
+        .partitions
+        .iter()
+        .find(|&&p| p >= manifest.partition_count)
+    {
+        return Err(invalid(
+            MANIFEST,
+            format!(
+                "partition {p} is outside partition_count {}",
+                manifest.partition_count
             ),
         ));
     }

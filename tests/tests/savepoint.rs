@@ -174,6 +174,15 @@ fn checkpointed_store(dir: &Path, (records, docs, seed): (usize, u64, u64)) -> R
     store
 }
 
+/// Rewrites `dir`'s manifest through `edit`.
+fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("MANIFEST.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+}
+
 #[test]
 fn partial_and_damaged_savepoints_are_never_listed_or_restored() {
     let dir = tempfile::tempdir().unwrap();
@@ -183,8 +192,9 @@ fn partial_and_damaged_savepoints_are_never_listed_or_restored() {
 
     // A crash mid-write leaves a temporary directory.
     copy_dir(&good.dir, &root.join(".tmp-sp-9999999999999"));
-    // Damaged copies: a flipped byte, a truncated file, no manifest.
-    let damage: [(&str, Damage); 3] = [
+    // Damaged copies: a flipped byte, a truncated file, no manifest, and
+    // two impossible manifests.
+    let damage: [(&str, Damage); 5] = [
         ("sp-9000000000001", |d| {
             let path = d.join("params.tbl");
             let mut bytes = std::fs::read(&path).unwrap();
@@ -199,6 +209,15 @@ fn partial_and_damaged_savepoints_are_never_listed_or_restored() {
         ("sp-9000000000003", |d| {
             std::fs::remove_file(d.join("MANIFEST.json")).unwrap();
         }),
+        // A manifest edited into impossible partitioning (it has no
+        // checksum): keys cannot be placed by a count of 0, nor into a
+        // partition beyond the count.
+        ("sp-9000000000004", |d| {
+            edit_manifest(d, |m| m["partition_count"] = 0.into());
+        }),
+        ("sp-9000000000005", |d| {
+            edit_manifest(d, |m| m["partitions"] = serde_json::json!([0, 1, 2, 7]));
+        }),
     ];
     for (name, break_it) in damage {
         copy_dir(&good.dir, &root.join(name));
@@ -210,10 +229,12 @@ fn partial_and_damaged_savepoints_are_never_listed_or_restored() {
         vec![good.dir.clone()]
     );
     let reasons: Vec<String> = invalid.iter().map(ToString::to_string).collect();
-    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
     assert!(reasons[0].contains("params.tbl") && reasons[0].contains("checksum"));
     assert!(reasons[1].contains("reorder.tbl") && reasons[1].contains("bytes"));
     assert!(reasons[2].contains("MANIFEST.json"));
+    assert!(reasons[3].contains("MANIFEST.json") && reasons[3].contains("partition_count is 0"));
+    assert!(reasons[4].contains("MANIFEST.json") && reasons[4].contains("partition 7"));
     assert!(matches!(
         savepoint::verify(&root.join("sp-9000000000001")),
         Err(SavepointError::Invalid { .. })
