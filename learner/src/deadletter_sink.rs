@@ -110,9 +110,25 @@ pub struct DeadLetterFile {
 }
 
 impl DeadLetterFile {
-    /// Opens `path`, truncated to `truncate_to` (a checkpointed length),
-    /// or emptied when there is none.
+    /// Opens `path`, truncated to `truncate_to` (a checkpointed length).
+    /// Without one (a fresh state, or one restored from a savepoint, which
+    /// holds no dead letters) a new file is started, and a non-empty file
+    /// found at `path` is kept beside it as `NAME.<unix ms>.prev`: its
+    /// letters are of records before the state began.
     pub fn open(path: &Path, truncate_to: Option<u64>) -> Result<Self, DeadLetterError> {
+        if truncate_to.is_none() && std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+            let mut aside = path.as_os_str().to_owned();
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            aside.push(format!(".{ms}.prev"));
+            std::fs::rename(path, &aside)
+                .map_err(file_error(path, "move the earlier letters aside"))?;
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            File::open(parent.unwrap_or(Path::new(".")))
+                .and_then(|dir| dir.sync_all())
+                .map_err(file_error(path, "sync its directory"))?;
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -230,9 +246,20 @@ mod tests {
             })
             .collect();
         assert_eq!(offsets, [1, 2, 3]);
-        // A fresh state starts an empty file.
+        // A fresh state (or one from a savepoint) starts an empty file,
+        // and the letters before it are kept beside it.
         DeadLetterFile::open(&path, None).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "prev"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(std::fs::read_to_string(&kept[0]).unwrap(), text);
+        // An empty file is not kept.
+        DeadLetterFile::open(&path, None).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //! other partitions are never looked up); counters are kept for a full
 //! restore and start from zero for a split (they are not per partition).
 //! Dead letters are not part of a savepoint: a restored learner starts a
-//! new dead-letter file (a dead-letter topic just goes on).
+//! new dead-letter file, keeping the earlier one beside it (a dead-letter
+//! topic just goes on).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
