@@ -154,7 +154,8 @@ fn restore_engine_adding(config: &Config, store: &RocksStore) -> Result<Option<R
 /// Which savepoint to restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SavepointChoice {
-    /// The newest valid one under the config's `[savepoints] dir`.
+    /// The newest valid one under the config's `[savepoints] dir` that
+    /// holds this instance's partitions (another instance's may be newer).
     Latest,
     /// This directory.
     Dir(PathBuf),
@@ -164,6 +165,7 @@ pub enum SavepointChoice {
 /// partitions this instance owns: the Kafka source's configured ones, or
 /// all. Run the learner afterwards as usual; it resumes from it.
 pub fn restore_savepoint(config: &Config, choice: &SavepointChoice) -> Result<Savepoint> {
+    let partitions = owned_partitions(config);
     let chosen = match choice {
         SavepointChoice::Dir(dir) => savepoint::verify(dir)?,
         SavepointChoice::Latest => {
@@ -176,23 +178,52 @@ pub fn restore_savepoint(config: &Config, choice: &SavepointChoice) -> Result<Sa
             for err in invalid {
                 tracing::warn!("skipping invalid savepoint: {err}");
             }
-            valid
-                .into_iter()
-                .next_back()
-                .with_context(|| format!("no valid savepoint under {}", root.display()))?
+            newest_covering(valid, partitions.as_ref()).with_context(|| {
+                format!(
+                    "no valid savepoint under {} holds {}",
+                    root.display(),
+                    describe_partitions(partitions.as_ref())
+                )
+            })?
         }
-    };
-    let partitions: Option<BTreeSet<u32>> = match &config.source {
-        SourceConfig::Kafka(kafka) => kafka
-            .partitions
-            .as_ref()
-            .map(|p| p.iter().copied().collect()),
-        _ => None,
     };
     let store = RocksStore::open(&config.state.dir).context("open state store")?;
     savepoint::restore_into(&chosen, partitions.as_ref(), &store)
         .with_context(|| format!("restore savepoint {}", chosen.dir.display()))?;
     Ok(chosen)
+}
+
+/// The partitions this instance owns: the Kafka source's configured ones,
+/// or (`None`) every partition of its input.
+fn owned_partitions(config: &Config) -> Option<BTreeSet<u32>> {
+    match &config.source {
+        SourceConfig::Kafka(kafka) => kafka
+            .partitions
+            .as_ref()
+            .map(|p| p.iter().copied().collect()),
+        _ => None,
+    }
+}
+
+fn describe_partitions(partitions: Option<&BTreeSet<u32>>) -> String {
+    partitions.map_or_else(
+        || "every partition".to_owned(),
+        |p| format!("partitions {p:?}"),
+    )
+}
+
+/// The newest of `valid` (oldest first) that holds `partitions`, or (for
+/// `None`) every partition of its partition count. Learners that share a
+/// savepoint root each save their own partitions, so the newest one may be
+/// another instance's.
+fn newest_covering(valid: Vec<Savepoint>, partitions: Option<&BTreeSet<u32>>) -> Option<Savepoint> {
+    valid.into_iter().rev().find(|s| {
+        let held: BTreeSet<u32> = s.manifest.partitions.iter().copied().collect();
+        match partitions {
+            Some(wanted) => wanted.is_subset(&held),
+            None => (0..s.manifest.partition_count).all(|p| held.contains(&p)),
+        }
+    })
 }
 
 /// The second step of the restore order: when the live store is empty and
@@ -220,6 +251,15 @@ pub fn restore_savepoint_if_missing(config: &Config) -> Result<Option<Savepoint>
         tracing::warn!("skipping invalid savepoint: {err}");
     }
     if valid.is_empty() {
+        return Ok(None);
+    }
+    let partitions = owned_partitions(config);
+    if newest_covering(valid, partitions.as_ref()).is_none() {
+        tracing::warn!(
+            "no valid savepoint under {} holds {}: none restored",
+            savepoints.dir.display(),
+            describe_partitions(partitions.as_ref())
+        );
         return Ok(None);
     }
     restore_savepoint(config, &SavepointChoice::Latest).map(Some)

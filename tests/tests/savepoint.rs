@@ -12,7 +12,9 @@ use posterior_learner::config::Config;
 use posterior_learner::engine::Engine;
 use posterior_learner::file_source::decode_protobuf;
 use posterior_learner::partitioning::partition_of;
-use posterior_learner::runner::{fresh_engine, restore_engine, run_bounded};
+use posterior_learner::runner::{
+    SavepointChoice, fresh_engine, restore_engine, restore_savepoint, run_bounded,
+};
 use posterior_learner::savepoint::{self, Savepoint, SavepointError};
 use posterior_learner::store::RocksStore;
 use posterior_tests::binary;
@@ -540,4 +542,49 @@ fn a_learner_keeps_as_many_savepoints_as_it_is_told() {
         "the two newest of {taken:?}"
     );
     assert_eq!(std::fs::read_dir(&root).unwrap().count(), 2);
+}
+
+/// Learners sharing a savepoint root each save their own partitions. A
+/// restore of the latest savepoint takes the newest one that holds the
+/// restoring instance's partitions, not the newest of any instance.
+#[test]
+fn the_latest_savepoint_is_the_newest_that_holds_the_partitions_wanted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("savepoints");
+    // Older: one instance held every partition.
+    let whole = checkpointed_store(dir.path(), (2_000, 100, 8));
+    let all = savepoint::write(&root, &whole, PARTITIONS).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    // Newer: an instance of partitions 0 and 1.
+    let config = kafka_config(dir.path(), "left");
+    let (records, _) = generate_records(LogSpec {
+        records: 2_000,
+        docs: 100,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 8,
+    });
+    let mut engine = fresh_engine(&config, [0, 1]).unwrap();
+    feed(&mut engine, &placed(&records), |p| p < 2);
+    let left_store = RocksStore::open(&config.state.dir).unwrap();
+    left_store.write(engine.full_checkpoint()).unwrap();
+    let left = savepoint::write(&root, &left_store, PARTITIONS).unwrap();
+    assert_eq!(left.manifest.partitions, vec![0, 1]);
+
+    let restoring = |name: &str, partitions: Option<&str>| {
+        let mut text = learner_toml(dir.path(), name, Source::Kafka("127.0.0.1:9"), 10_000, None);
+        if let Some(list) = partitions {
+            text = text.replace(
+                "topic = \"samples\"",
+                &format!("topic = \"samples\"\npartitions = {list}"),
+            );
+        }
+        text += &format!("\n[savepoints]\ndir = \"{}\"\n", root.display());
+        let config = Config::from_toml(&text).unwrap();
+        restore_savepoint(&config, &SavepointChoice::Latest)
+            .unwrap()
+            .dir
+    };
+    assert_eq!(restoring("right", Some("[2, 3]")), all.dir);
+    assert_eq!(restoring("again-left", Some("[0, 1]")), left.dir);
+    assert_eq!(restoring("whole", None), all.dir);
 }
