@@ -1243,18 +1243,20 @@ fn rollback_states(
         .dir;
     crate::control::check_plain_id(savepoint_id)
         .map_err(|why| format!("savepoint id {savepoint_id:?} {why}"))?;
-    let dir = root.join(savepoint_id);
-    if !dir.is_dir() {
-        return Err(format!(
-            "no savepoint {savepoint_id:?} under {}",
-            root.display()
-        ));
-    }
-    let chosen = savepoint::verify(&dir).map_err(|e| e.to_string())?;
+    let owned: BTreeSet<u32> = engine.clocks().keys().copied().collect();
+    // This learner's own share of the command's savepoint (or a whole
+    // one): learners sharing the root each wrote theirs.
+    let chosen = savepoint::find_requested(root, savepoint_id, &owned)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "no savepoint {savepoint_id:?} of partitions {owned:?} under {}",
+                root.display()
+            )
+        })?;
     let (_, mut states) = savepoint::version_states(&chosen, version)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("savepoint {savepoint_id:?} has no version {version:?}"))?;
-    let owned: BTreeSet<u32> = engine.clocks().keys().copied().collect();
     let count = chosen.manifest.partition_count;
     states.retain(|(doc_id, _)| owned.contains(&crate::partitioning::partition_of(*doc_id, count)));
     Ok(states)

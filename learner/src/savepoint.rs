@@ -184,7 +184,7 @@ pub fn write_with(
     partition_count: u32,
     mid_write: impl FnOnce(),
 ) -> Result<Savepoint, SavepointError> {
-    write_as(root, store, partition_count, None, mid_write)
+    write_as(root, store, partition_count, None, mid_write).map(|(s, _)| s)
 }
 
 /// Writes the savepoint an admin command asked for, named by its id —
@@ -202,20 +202,71 @@ pub fn write_requested(
     crate::control::check_plain_id(requested.command_id).map_err(|why| {
         SavepointError::Refused(format!("savepoint id {:?} {why}", requested.command_id))
     })?;
-    let dir = root.join(requested.command_id);
-    if dir.exists() {
-        return verify(&dir).map(|s| (s, false));
-    }
-    write_as(root, store, partition_count, Some(requested), mid_write).map(|s| (s, true))
+    write_as(root, store, partition_count, Some(requested), mid_write)
 }
 
+/// The directory name of a savepoint named `base` holding `partitions` of
+/// `partition_count`: `base` when it holds them all, else
+/// `base.p<first>-<second>-…`. Learners sharing a savepoint root (each
+/// with its own partitions) so never write, nor find as already written,
+/// another's savepoint of the same command or millisecond.
+pub fn instance_name(base: &str, partitions: &[u32], partition_count: u32) -> String {
+    let whole = partitions.len() == partition_count as usize
+        && partitions.iter().enumerate().all(|(i, &p)| p as usize == i);
+    if whole {
+        return base.to_owned();
+    }
+    let list: Vec<String> = partitions.iter().map(u32::to_string).collect();
+    format!("{base}.p{}", list.join("-"))
+}
+
+/// The savepoint an admin command `command_id` asked for that holds
+/// `partitions`: the one of that name, or one of an instance's share
+/// ([`instance_name`]) that holds them all.
+pub fn find_requested(
+    root: &Path,
+    command_id: &str,
+    partitions: &BTreeSet<u32>,
+) -> Result<Option<Savepoint>, SavepointError> {
+    if !root.is_dir() {
+        return Ok(None);
+    }
+    let share = format!("{command_id}.p");
+    let mut dirs: Vec<PathBuf> = fs::read_dir(root)
+        .map_err(io(root))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n == command_id || n.starts_with(&share)
+                })
+        })
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let savepoint = verify(&dir)?;
+        if partitions
+            .iter()
+            .all(|p| savepoint.manifest.partitions.contains(p))
+        {
+            return Ok(Some(savepoint));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes a savepoint, or, asked for by a command and already written
+/// under its name (before a crash), returns that one; with whether it was
+/// written now.
 fn write_as(
     root: &Path,
     store: &RocksStore,
     partition_count: u32,
     requested: Option<Requested<'_>>,
     mid_write: impl FnOnce(),
-) -> Result<Savepoint, SavepointError> {
+) -> Result<(Savepoint, bool), SavepointError> {
     let mut tables = BTreeMap::new();
     for table in Table::ALL {
         let mut entries = store.entries(table)?;
@@ -249,14 +300,23 @@ fn write_as(
     let created_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    let partitions: Vec<u32> = clocks.keys().copied().collect();
+    let named = |base: &str| instance_name(base, &partitions, partition_count);
     let name = match requested {
-        Some(requested) => requested.command_id.to_owned(),
+        Some(requested) => {
+            let name = named(requested.command_id);
+            let dir = root.join(&name);
+            if dir.exists() {
+                return verify(&dir).map(|s| (s, false));
+            }
+            name
+        }
         None => {
-            let mut name = format!("sp-{created_unix_ms:013}");
+            let mut name = named(&format!("sp-{created_unix_ms:013}"));
             let mut n = 1;
             while root.join(&name).exists() {
                 n += 1;
-                name = format!("sp-{created_unix_ms:013}-{n}");
+                name = named(&format!("sp-{created_unix_ms:013}-{n}"));
             }
             name
         }
@@ -286,7 +346,7 @@ fn write_as(
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             created_unix_ms,
-            partitions: clocks.keys().copied().collect(),
+            partitions: partitions.clone(),
             partition_count,
             next_offsets,
             max_event_ms: clocks.iter().map(|(&p, c)| (p, c.max_event_ms)).collect(),
@@ -326,7 +386,7 @@ fn write_as(
     let dir = root.join(&name);
     fs::rename(&tmp, &dir).map_err(io(&dir))?;
     sync_dir(root)?;
-    Ok(Savepoint { dir, manifest })
+    Ok((Savepoint { dir, manifest }, true))
 }
 
 /// Reads and checks a savepoint: manifest, format version, partitions

@@ -588,3 +588,62 @@ fn the_latest_savepoint_is_the_newest_that_holds_the_partitions_wanted() {
     assert_eq!(restoring("again-left", Some("[0, 1]")), left.dir);
     assert_eq!(restoring("whole", None), all.dir);
 }
+
+/// Two learners of one topic, partitions {0, 1} and {2, 3}, sharing a
+/// savepoint root, both take the savepoint one admin command asked for:
+/// each writes its own share under its own name (before, the second found
+/// the first's and reported it as its own), a replay of the command finds
+/// its own share written, and a rollback's lookup finds each learner's.
+#[test]
+fn learners_sharing_a_root_each_write_their_share_of_a_commands_savepoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("savepoints");
+    let (records, _) = generate_records(LogSpec {
+        records: 2_000,
+        docs: 100,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 9,
+    });
+    let share = |name: &str, partitions: [u32; 2]| {
+        let config = kafka_config(dir.path(), name);
+        let mut engine = fresh_engine(&config, partitions).unwrap();
+        feed(&mut engine, &placed(&records), |p| partitions.contains(&p));
+        let store = RocksStore::open(&config.state.dir).unwrap();
+        store.write(engine.full_checkpoint()).unwrap();
+        store
+    };
+    let (left, right) = (share("left", [0, 1]), share("right", [2, 3]));
+    let asked = savepoint::Requested {
+        command_id: "snap",
+        label: "before the test",
+    };
+    let write = |store: &RocksStore| {
+        savepoint::write_requested(&root, store, PARTITIONS, asked, || {}).unwrap()
+    };
+    let (left_saved, written) = write(&left);
+    assert!(written);
+    assert_eq!(left_saved.dir, root.join("snap.p0-1"));
+    let (right_saved, written) = write(&right);
+    assert!(written, "the right learner's share is its own");
+    assert_eq!(right_saved.dir, root.join("snap.p2-3"));
+    assert_eq!(right_saved.manifest.partitions, vec![2, 3]);
+    // The command replayed after a crash: each finds its own share.
+    let (again, written) = write(&right);
+    assert!(!written);
+    assert_eq!(again.dir, right_saved.dir);
+
+    let find = |wanted: &[u32]| {
+        let wanted: BTreeSet<u32> = wanted.iter().copied().collect();
+        savepoint::find_requested(&root, "snap", &wanted)
+            .unwrap()
+            .map(|s| s.dir)
+    };
+    assert_eq!(find(&[2, 3]), Some(right_saved.dir.clone()));
+    assert_eq!(find(&[0]), Some(left_saved.dir.clone()));
+    assert_eq!(find(&[1, 2]), None, "no share holds both");
+    // A learner of every partition names it by the id alone.
+    let whole = checkpointed_store(dir.path(), (2_000, 100, 9));
+    let (saved, _) =
+        savepoint::write_requested(&root.join("whole"), &whole, PARTITIONS, asked, || {}).unwrap();
+    assert_eq!(saved.dir, root.join("whole").join("snap"));
+}
