@@ -296,7 +296,14 @@ fn write_as(
         .map(i64::from_le_bytes)
         .map_err(|_| CorruptState::new(Table::Meta, meta::RELEASED, "not 8 bytes"))?;
 
-    fs::create_dir_all(root).map_err(io(root))?;
+    if !root.is_dir() {
+        fs::create_dir_all(root).map_err(io(root))?;
+        // The root's own entry, so the first savepoint under a new root
+        // survives a crash as the rename's sync makes it look.
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
     let created_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -546,15 +553,7 @@ pub fn version_states(
     savepoint: &Savepoint,
     version: &str,
 ) -> Result<Option<VersionStates>, SavepointError> {
-    let read = |table: Table| -> Result<Entries, SavepointError> {
-        let path = savepoint.dir.join(table_file(table));
-        let bytes = read_all(&path).map_err(io(&path))?;
-        unframe(&bytes).ok_or_else(|| SavepointError::Invalid {
-            dir: savepoint.dir.clone(),
-            file: table_file(table),
-            reason: "truncated record".into(),
-        })
-    };
+    let read = |table: Table| read_checked(savepoint, table);
     let meta = read(Table::Meta)?;
     let registry = meta
         .iter()
@@ -575,6 +574,30 @@ pub fn version_states(
     }
     states.sort_unstable_by_key(|(doc, _)| *doc);
     Ok(Some((entry.spec.clone(), states)))
+}
+
+/// A table file of a verified savepoint, read again and checked again
+/// against the manifest's size and CRC: what is restored is what was
+/// verified, even if the file changed since.
+fn read_checked(savepoint: &Savepoint, table: Table) -> Result<Entries, SavepointError> {
+    let name = table_file(table);
+    let invalid = |reason: String| SavepointError::Invalid {
+        dir: savepoint.dir.clone(),
+        file: name.clone(),
+        reason,
+    };
+    let entry = savepoint
+        .manifest
+        .files
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| invalid("not in the manifest".into()))?;
+    let path = savepoint.dir.join(&name);
+    let bytes = read_all(&path).map_err(io(&path))?;
+    if bytes.len() as u64 != entry.bytes || crc32fast::hash(&bytes) != entry.crc32 {
+        return Err(invalid("changed since it was verified".into()));
+    }
+    unframe(&bytes).ok_or_else(|| invalid("truncated record".into()))
 }
 
 /// Restores a verified savepoint into an empty live store: everything, or
@@ -602,13 +625,7 @@ pub fn restore_into(
     let keep = |p: u32| partitions.is_none_or(|w| w.contains(&p));
     let mut writes = Vec::new();
     for table in Table::ALL {
-        let path = savepoint.dir.join(table_file(table));
-        let bytes = read_all(&path).map_err(io(&path))?;
-        let entries = unframe(&bytes).ok_or_else(|| SavepointError::Invalid {
-            dir: savepoint.dir.clone(),
-            file: table_file(table),
-            reason: "truncated record".into(),
-        })?;
+        let entries = read_checked(savepoint, table)?;
         for (k, v) in entries {
             let wanted = match table {
                 Table::Params | Table::Pending => keep(partition_of(

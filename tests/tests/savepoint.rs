@@ -242,6 +242,23 @@ fn partial_and_damaged_savepoints_are_never_listed_or_restored() {
         Err(SavepointError::Invalid { .. })
     ));
 
+    // A file changed after its savepoint was verified is refused when the
+    // restore reads it.
+    let later = root.join("sp-9000000000010");
+    copy_dir(&good.dir, &later);
+    let verified = savepoint::verify(&later).unwrap();
+    let path = later.join("params.tbl");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+    let fresh = RocksStore::open(&dir.path().join("fresh-state")).unwrap();
+    let err = savepoint::restore_into(&verified, None, &fresh).unwrap_err();
+    assert!(
+        err.to_string().contains("changed since it was verified"),
+        "{err}"
+    );
+    assert!(fresh.is_empty().unwrap(), "nothing restored");
+
     // Restoring over a live state is refused.
     let err = savepoint::restore_into(&good, None, &store).unwrap_err();
     assert!(err.to_string().contains("already holds a state"), "{err}");
