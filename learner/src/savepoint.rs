@@ -232,20 +232,7 @@ pub fn find_requested(
         return Ok(None);
     }
     let share = format!("{command_id}.p");
-    let mut dirs: Vec<PathBuf> = fs::read_dir(root)
-        .map_err(io(root))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.is_dir()
-                && p.file_name().is_some_and(|n| {
-                    let n = n.to_string_lossy();
-                    n == command_id || n.starts_with(&share)
-                })
-        })
-        .collect();
-    dirs.sort();
-    for dir in dirs {
+    for dir in dirs_named(root, |n| n == command_id || n.starts_with(&share))? {
         let savepoint = verify(&dir)?;
         if partitions
             .iter()
@@ -457,6 +444,22 @@ pub fn verify(dir: &Path) -> Result<Savepoint, SavepointError> {
     })
 }
 
+/// The directories under `root` whose names `keep` accepts, in name order.
+fn dirs_named(root: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>, SavepointError> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(root)
+        .map_err(io(root))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| keep(n.to_string_lossy().as_ref()))
+        })
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
 /// The savepoints under `root`: the valid ones oldest first, and the
 /// invalid ones with why. Directories being written are neither.
 pub fn list(root: &Path) -> Result<(Vec<Savepoint>, Vec<SavepointError>), SavepointError> {
@@ -465,18 +468,7 @@ pub fn list(root: &Path) -> Result<(Vec<Savepoint>, Vec<SavepointError>), Savepo
     if !root.exists() {
         return Ok((valid, invalid));
     }
-    let mut dirs: Vec<PathBuf> = fs::read_dir(root)
-        .map_err(io(root))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.is_dir()
-                && p.file_name()
-                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
-    dirs.sort();
-    for dir in dirs {
+    for dir in dirs_named(root, |n| !n.starts_with('.'))? {
         match verify(&dir) {
             Ok(savepoint) => valid.push(savepoint),
             Err(err) => invalid.push(err),

@@ -185,6 +185,28 @@ fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(path, serde_json::to_vec(&manifest).unwrap()).unwrap();
 }
 
+/// The live store of a learner `name` (under `dir`) of `partitions` only,
+/// that took their share of `(records, docs, seed)` and checkpointed it.
+fn share_store(
+    dir: &Path,
+    name: &str,
+    partitions: [u32; 2],
+    (records, docs, seed): (usize, u64, u64),
+) -> RocksStore {
+    let config = kafka_config(dir, name);
+    let (records, _) = generate_records(LogSpec {
+        records,
+        docs,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed,
+    });
+    let mut engine = fresh_engine(&config, partitions).unwrap();
+    feed(&mut engine, &placed(&records), |p| partitions.contains(&p));
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    store.write(engine.full_checkpoint()).unwrap();
+    store
+}
+
 #[test]
 fn partial_and_damaged_savepoints_are_never_listed_or_restored() {
     let dir = tempfile::tempdir().unwrap();
@@ -573,17 +595,7 @@ fn the_latest_savepoint_is_the_newest_that_holds_the_partitions_wanted() {
     let all = savepoint::write(&root, &whole, PARTITIONS).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
     // Newer: an instance of partitions 0 and 1.
-    let config = kafka_config(dir.path(), "left");
-    let (records, _) = generate_records(LogSpec {
-        records: 2_000,
-        docs: 100,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 8,
-    });
-    let mut engine = fresh_engine(&config, [0, 1]).unwrap();
-    feed(&mut engine, &placed(&records), |p| p < 2);
-    let left_store = RocksStore::open(&config.state.dir).unwrap();
-    left_store.write(engine.full_checkpoint()).unwrap();
+    let left_store = share_store(dir.path(), "left", [0, 1], (2_000, 100, 8));
     let left = savepoint::write(&root, &left_store, PARTITIONS).unwrap();
     assert_eq!(left.manifest.partitions, vec![0, 1]);
 
@@ -615,19 +627,8 @@ fn the_latest_savepoint_is_the_newest_that_holds_the_partitions_wanted() {
 fn learners_sharing_a_root_each_write_their_share_of_a_commands_savepoint() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("savepoints");
-    let (records, _) = generate_records(LogSpec {
-        records: 2_000,
-        docs: 100,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 9,
-    });
     let share = |name: &str, partitions: [u32; 2]| {
-        let config = kafka_config(dir.path(), name);
-        let mut engine = fresh_engine(&config, partitions).unwrap();
-        feed(&mut engine, &placed(&records), |p| partitions.contains(&p));
-        let store = RocksStore::open(&config.state.dir).unwrap();
-        store.write(engine.full_checkpoint()).unwrap();
-        store
+        share_store(dir.path(), name, partitions, (2_000, 100, 9))
     };
     let (left, right) = (share("left", [0, 1]), share("right", [2, 3]));
     let asked = savepoint::Requested {
