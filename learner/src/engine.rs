@@ -86,6 +86,17 @@ pub struct Counters {
     pub dead: BTreeMap<&'static str, u64>,
 }
 
+impl Counters {
+    /// Adds `other`'s counts (of another learner's partitions) to these.
+    pub fn add(&mut self, other: &Counters) {
+        self.applied += other.applied;
+        self.updates += other.updates;
+        for (reason, n) in &other.dead {
+            *self.dead.entry(reason).or_default() += n;
+        }
+    }
+}
+
 /// Buckets of [`EngineStats::batch_sizes`].
 pub const BATCH_SIZE_BUCKETS: usize = 12;
 

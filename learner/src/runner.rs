@@ -155,19 +155,27 @@ fn restore_engine_adding(config: &Config, store: &RocksStore) -> Result<Option<R
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SavepointChoice {
     /// The newest valid one under the config's `[savepoints] dir` that
-    /// holds this instance's partitions (another instance's may be newer).
+    /// holds this instance's partitions (another instance's may be newer),
+    /// or the newest shares of one savepoint that hold them between them
+    /// and merge ([`savepoint::covering`], [`savepoint::check_mergeable`]).
     Latest,
-    /// This directory.
-    Dir(PathBuf),
+    /// These directories: one savepoint, or shares of one that learners of
+    /// different partitions wrote, each partition taken from the one that
+    /// holds it ([`savepoint::restore_shares_into`]).
+    Dirs(Vec<PathBuf>),
 }
 
 /// Restores a verified savepoint into the (empty) live store, taking the
 /// partitions this instance owns: the Kafka source's configured ones, or
-/// all. Run the learner afterwards as usual; it resumes from it.
-pub fn restore_savepoint(config: &Config, choice: &SavepointChoice) -> Result<Savepoint> {
+/// all. Run the learner afterwards as usual; it resumes from it. Returns
+/// the savepoints (shares) it was given or chose.
+pub fn restore_savepoint(config: &Config, choice: &SavepointChoice) -> Result<Vec<Savepoint>> {
     let partitions = owned_partitions(config);
     let chosen = match choice {
-        SavepointChoice::Dir(dir) => savepoint::verify(dir)?,
+        SavepointChoice::Dirs(dirs) => dirs
+            .iter()
+            .map(|dir| savepoint::verify(dir))
+            .collect::<Result<Vec<_>, _>>()?,
         SavepointChoice::Latest => {
             let root = &config
                 .savepoints
@@ -178,19 +186,42 @@ pub fn restore_savepoint(config: &Config, choice: &SavepointChoice) -> Result<Sa
             for err in invalid {
                 tracing::warn!("skipping invalid savepoint: {err}");
             }
-            newest_covering(valid, partitions.as_ref()).with_context(|| {
-                format!(
-                    "no valid savepoint under {} holds {}",
-                    root.display(),
-                    describe_partitions(partitions.as_ref())
-                )
-            })?
+            let (chosen, refused) = newest_covering(valid, partitions.as_ref());
+            let mut context = format!(
+                "no valid savepoint under {} holds {}",
+                root.display(),
+                describe_partitions(partitions.as_ref())
+            );
+            for why in &refused {
+                context.push_str("; ");
+                context.push_str(why);
+            }
+            chosen.with_context(|| context)?
         }
     };
+    restore_chosen(config, chosen, partitions.as_ref())
+}
+
+/// Restores `chosen` (one savepoint or the shares of one) into the live
+/// store.
+fn restore_chosen(
+    config: &Config,
+    chosen: Vec<Savepoint>,
+    partitions: Option<&BTreeSet<u32>>,
+) -> Result<Vec<Savepoint>> {
     let store = RocksStore::open(&config.state.dir).context("open state store")?;
-    savepoint::restore_into(&chosen, partitions.as_ref(), &store)
-        .with_context(|| format!("restore savepoint {}", chosen.dir.display()))?;
+    savepoint::restore_shares_into(&chosen, partitions, &store)
+        .with_context(|| format!("restore savepoint {}", describe_savepoints(&chosen)))?;
     Ok(chosen)
+}
+
+/// The directories of `savepoints`, for messages.
+pub fn describe_savepoints(savepoints: &[Savepoint]) -> String {
+    let dirs: Vec<String> = savepoints
+        .iter()
+        .map(|s| s.dir.display().to_string())
+        .collect();
+    dirs.join(" + ")
 }
 
 /// The partitions this instance owns: the Kafka source's configured ones,
@@ -212,24 +243,59 @@ fn describe_partitions(partitions: Option<&BTreeSet<u32>>) -> String {
     )
 }
 
-/// The newest of `valid` (oldest first) that holds `partitions`, or (for
-/// `None`) every partition of its partition count. Learners that share a
-/// savepoint root each save their own partitions, so the newest one may be
-/// another instance's.
-fn newest_covering(valid: Vec<Savepoint>, partitions: Option<&BTreeSet<u32>>) -> Option<Savepoint> {
-    valid.into_iter().rev().find(|s| {
-        let held: BTreeSet<u32> = s.manifest.partitions.iter().copied().collect();
-        match partitions {
+/// Of `valid`, the newest savepoint that holds `partitions` (`None`:
+/// every partition of its topic), or the newest shares of one savepoint
+/// (one command's, or one name's, see [`savepoint::base_name`]) that hold
+/// them between them and merge. Learners that share a savepoint root each
+/// save their own partitions, so the newest one may be another
+/// instance's. Also returns why newer shares that held the partitions
+/// between them were passed over.
+fn newest_covering(
+    valid: Vec<Savepoint>,
+    partitions: Option<&BTreeSet<u32>>,
+) -> (Option<Vec<Savepoint>>, Vec<String>) {
+    let mut groups: BTreeMap<String, Vec<Savepoint>> = BTreeMap::new();
+    for s in valid {
+        groups.entry(savepoint::base_name(&s)).or_default().push(s);
+    }
+    let mut groups: Vec<Vec<Savepoint>> = groups.into_values().collect();
+    groups.sort_by_cached_key(|g| {
+        std::cmp::Reverse(
+            g.iter()
+                .map(|s| (s.manifest.created_unix_ms, s.dir.clone()))
+                .max(),
+        )
+    });
+    let mut refused = Vec::new();
+    for group in groups {
+        let held: BTreeSet<u32> = group
+            .iter()
+            .flat_map(|s| s.manifest.partitions.iter().copied())
+            .collect();
+        let held_between = match partitions {
             Some(wanted) => wanted.is_subset(&held),
-            None => (0..s.manifest.partition_count).all(|p| held.contains(&p)),
+            None => group
+                .first()
+                .is_some_and(|s| (0..s.manifest.partition_count).all(|p| held.contains(&p))),
+        };
+        let chosen = savepoint::covering(group, partitions).and_then(|chosen| {
+            savepoint::check_mergeable(&savepoint::plan_shares(&chosen, partitions)?)?;
+            Ok(chosen)
+        });
+        match chosen {
+            Ok(chosen) => return (Some(chosen), refused),
+            Err(why) if held_between => refused.push(why.to_string()),
+            Err(_) => {}
         }
-    })
+    }
+    (None, refused)
 }
 
 /// The second step of the restore order: when the live store is empty and
 /// `[savepoints] restore_when_missing` is on (the default), restores the
-/// newest verified savepoint into it. Returns the one restored, if any.
-pub fn restore_savepoint_if_missing(config: &Config) -> Result<Option<Savepoint>> {
+/// newest verified savepoint (or shares of one) into it. Returns the ones
+/// restored, if any.
+pub fn restore_savepoint_if_missing(config: &Config) -> Result<Option<Vec<Savepoint>>> {
     let Some(savepoints) = config
         .savepoints
         .as_ref()
@@ -254,15 +320,19 @@ pub fn restore_savepoint_if_missing(config: &Config) -> Result<Option<Savepoint>
         return Ok(None);
     }
     let partitions = owned_partitions(config);
-    if newest_covering(valid, partitions.as_ref()).is_none() {
+    let (chosen, refused) = newest_covering(valid, partitions.as_ref());
+    for why in refused {
+        tracing::warn!("passing over savepoints that do not merge: {why}");
+    }
+    let Some(chosen) = chosen else {
         tracing::warn!(
             "no valid savepoint under {} holds {}: none restored",
             savepoints.dir.display(),
             describe_partitions(partitions.as_ref())
         );
         return Ok(None);
-    }
-    restore_savepoint(config, &SavepointChoice::Latest).map(Some)
+    };
+    restore_chosen(config, chosen, partitions.as_ref()).map(Some)
 }
 
 /// A fresh engine over `partitions` with the config's versions.
@@ -1244,8 +1314,8 @@ fn rollback_states(
     crate::control::check_plain_id(savepoint_id)
         .map_err(|why| format!("savepoint id {savepoint_id:?} {why}"))?;
     let owned: BTreeSet<u32> = engine.clocks().keys().copied().collect();
-    // This learner's own share of the command's savepoint (or a whole
-    // one): learners sharing the root each wrote theirs.
+    // This learner's own share of the command's savepoint, a whole one, or
+    // the shares of learners that held its partitions then.
     let chosen = savepoint::find_requested(root, savepoint_id, &owned)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| {
@@ -1254,11 +1324,9 @@ fn rollback_states(
                 root.display()
             )
         })?;
-    let (_, mut states) = savepoint::version_states(&chosen, version)
+    let (_, states) = savepoint::shares_version_states(&chosen, version, &owned)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("savepoint {savepoint_id:?} has no version {version:?}"))?;
-    let count = chosen.manifest.partition_count;
-    states.retain(|(doc_id, _)| owned.contains(&crate::partitioning::partition_of(*doc_id, count)));
     Ok(states)
 }
 

@@ -13,12 +13,27 @@
 //! do not match its manifest.
 //!
 //! Restoring may take a subset of the partitions, so a savepoint of one
-//! learner can be split between several (and several merged into one, by
-//! restoring each in turn into one store — not offered yet). Keys follow
-//! `partitioning::partition_of`; the dedup window is copied whole (a
-//! sample id's duplicates share its doc, hence its partition, so ids of
-//! other partitions are never looked up); counters are kept for a full
-//! restore and start from zero for a split (they are not per partition).
+//! learner can be split between several; and the shares that learners of
+//! different partitions wrote of one savepoint (one admin command's,
+//! `ID.p0-1` and `ID.p2-3`) merge into one store, each partition taken
+//! from the share that holds it ([`restore_shares_into`]), so learners
+//! regroup in any number. Keys follow `partitioning::partition_of`; the
+//! dedup window is copied whole (a sample id's duplicates share its doc,
+//! hence its partition, so ids of other partitions are never looked up)
+//! and the shares' windows are joined; counters are kept for a full
+//! restore (summed over merged shares) and start from zero for a split
+//! (they are not per partition).
+//!
+//! Shares merge only when they were taken at one point of the event-time
+//! order: the same release frontier, versions and admin-command backlog
+//! ([`check_mergeable`] refuses others, naming what differs). A share's
+//! stored reorder blobs may still hold samples its learner had released
+//! (a restore keeps those at or above the frontier, see
+//! `sample_log`), and a learner judges lateness against its own frontier:
+//! joining shares of different frontiers would apply some samples twice
+//! or accept some its learner had refused. One admin command's savepoint
+//! is taken at the command's event time by every learner that reaches it
+//! in order, which gives that point.
 //! Dead letters are not part of a savepoint: a restored learner starts a
 //! new dead-letter file, keeping the earlier one beside it (a dead-letter
 //! topic just goes on).
@@ -221,27 +236,193 @@ pub fn instance_name(base: &str, partitions: &[u32], partition_count: u32) -> St
 }
 
 /// The savepoint an admin command `command_id` asked for that holds
-/// `partitions`: the one of that name, or one of an instance's share
-/// ([`instance_name`]) that holds them all.
+/// `partitions`: the one of that name, or the shares of it that learners
+/// of different partitions wrote ([`instance_name`]), as many as hold
+/// them between them ([`covering`]). `None` when they do not.
 pub fn find_requested(
     root: &Path,
     command_id: &str,
     partitions: &BTreeSet<u32>,
-) -> Result<Option<Savepoint>, SavepointError> {
+) -> Result<Option<Vec<Savepoint>>, SavepointError> {
     if !root.is_dir() {
         return Ok(None);
     }
     let share = format!("{command_id}.p");
+    let mut found = Vec::new();
     for dir in dirs_named(root, |n| n == command_id || n.starts_with(&share))? {
         let savepoint = verify(&dir)?;
-        if partitions
-            .iter()
-            .all(|p| savepoint.manifest.partitions.contains(p))
-        {
-            return Ok(Some(savepoint));
+        // A name alone could be another command's (ids may hold dots).
+        if savepoint.manifest.command_id.as_deref() == Some(command_id) {
+            found.push(savepoint);
         }
     }
-    Ok(None)
+    Ok(covering(found, Some(partitions)).ok())
+}
+
+/// Of `candidates` (savepoints of one name or one command), the ones that
+/// make up `partitions` (`None`: every partition of their topic): the
+/// newest that holds them all, else the shares that hold them between
+/// them, one per partition ([`plan_shares`]'s rule). The error says why
+/// they do not.
+pub fn covering(
+    mut candidates: Vec<Savepoint>,
+    partitions: Option<&BTreeSet<u32>>,
+) -> Result<Vec<Savepoint>, SavepointError> {
+    candidates.sort_by_key(|s| (s.manifest.created_unix_ms, s.dir.clone()));
+    if let Some(i) = candidates.iter().rposition(|s| holds_all(s, partitions)) {
+        return Ok(vec![candidates.swap_remove(i)]);
+    }
+    let contributing: Vec<PathBuf> = plan_shares(&candidates, partitions)?
+        .into_iter()
+        .map(|(s, _)| s.dir.clone())
+        .collect();
+    candidates.retain(|s| contributing.contains(&s.dir));
+    Ok(candidates)
+}
+
+/// Whether `savepoint` holds `partitions` (`None`: every partition of its
+/// topic).
+pub fn holds_all(savepoint: &Savepoint, partitions: Option<&BTreeSet<u32>>) -> bool {
+    let held = &savepoint.manifest.partitions;
+    match partitions {
+        Some(wanted) => wanted.iter().all(|p| held.contains(p)),
+        None => (0..savepoint.manifest.partition_count).all(|p| held.contains(&p)),
+    }
+}
+
+/// What the shares of one savepoint have in common: the admin command's
+/// id, or else the directory's name without its share suffix
+/// ([`instance_name`]'s `.p0-1`).
+pub fn base_name(savepoint: &Savepoint) -> String {
+    if let Some(id) = &savepoint.manifest.command_id {
+        return format!("command {id}");
+    }
+    let name = savepoint
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let base = match name.rsplit_once(".p") {
+        Some((base, list))
+            if list
+                .split('-')
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            base
+        }
+        _ => name.as_str(),
+    };
+    format!("name {base}")
+}
+
+/// A share of a merge: the savepoint and the partitions taken from it.
+pub type Supply<'a> = (&'a Savepoint, BTreeSet<u32>);
+
+/// How `shares` make up the state of `partitions` (`None`: every
+/// partition of their topic): each share that holds some of them, with
+/// those, in the order given. Refused when the shares are of topics of
+/// different sizes, or a partition is in none or in two of them. Whether
+/// they may be merged is [`check_mergeable`]'s question.
+pub fn plan_shares<'a>(
+    shares: &'a [Savepoint],
+    partitions: Option<&BTreeSet<u32>>,
+) -> Result<Vec<Supply<'a>>, SavepointError> {
+    let refused = |why: String| Err(SavepointError::Refused(why));
+    let Some(first) = shares.first() else {
+        return refused("no savepoint given".into());
+    };
+    let count = first.manifest.partition_count;
+    if let Some(other) = shares.iter().find(|s| s.manifest.partition_count != count) {
+        return refused(format!(
+            "{} and {} partition topics of different sizes ({count} and {} partitions)",
+            first.dir.display(),
+            other.dir.display(),
+            other.manifest.partition_count
+        ));
+    }
+    let wanted: BTreeSet<u32> = partitions.cloned().unwrap_or_else(|| (0..count).collect());
+    let mut supplies: Vec<Supply<'a>> = Vec::new();
+    for p in wanted {
+        let mut holders = shares.iter().filter(|s| s.manifest.partitions.contains(&p));
+        let Some(holder) = holders.next() else {
+            let held: Vec<String> = shares
+                .iter()
+                .map(|s| format!("{} {:?}", s.dir.display(), s.manifest.partitions))
+                .collect();
+            return refused(format!(
+                "no savepoint holds partition {p} (given: {})",
+                held.join(", ")
+            ));
+        };
+        if let Some(second) = holders.next() {
+            return refused(format!(
+                "partition {p} is in both {} and {}: give one share of each partition",
+                holder.dir.display(),
+                second.dir.display()
+            ));
+        }
+        match supplies.iter_mut().find(|(s, _)| std::ptr::eq(*s, holder)) {
+            Some((_, taken)) => {
+                taken.insert(p);
+            }
+            None => supplies.push((holder, BTreeSet::from([p]))),
+        }
+    }
+    // In the order given.
+    supplies.sort_by_key(|(s, _)| shares.iter().position(|x| std::ptr::eq(x, *s)));
+    Ok(supplies)
+}
+
+/// Refuses shares that were not taken at one point of the event-time
+/// order (see the module doc): their release frontiers, versions,
+/// admin-command backlogs or state formats differ. The error names two
+/// such shares and what differs.
+pub fn check_mergeable(supplies: &[Supply<'_>]) -> Result<(), SavepointError> {
+    let [(base, _), rest @ ..] = supplies else {
+        return Ok(());
+    };
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let base_meta = read_checked(base, Table::Meta)?;
+    let frontier = |m: &Entries| {
+        field_of(m, meta::RELEASED)
+            .and_then(|v| v.try_into().ok())
+            .map_or_else(|| "?".into(), |b| i64::from_le_bytes(b).to_string())
+    };
+    for (share, _) in rest {
+        let meta = read_checked(share, Table::Meta)?;
+        for (name, what) in [
+            (meta::FORMAT, "state formats"),
+            (meta::RELEASED, "release frontiers"),
+            (meta::REGISTRY, "versions"),
+            (meta::CONTROL, "admin-command backlogs"),
+        ] {
+            if field_of(&base_meta, name) == field_of(&meta, name) {
+                continue;
+            }
+            let detail = if name == meta::RELEASED {
+                format!(" ({} and {})", frontier(&base_meta), frontier(&meta))
+            } else {
+                String::new()
+            };
+            return Err(SavepointError::Refused(format!(
+                "{} and {} were not taken at one point of the event-time order: their {what} \
+                 differ{detail}; shares merge when one admin command's savepoint took them",
+                base.dir.display(),
+                share.dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The value of meta entry `name` in a savepoint's meta table.
+fn field_of<'e>(entries: &'e Entries, name: &[u8]) -> Option<&'e [u8]> {
+    entries
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
 }
 
 /// Writes a savepoint, or, asked for by a command and already written
@@ -568,6 +749,36 @@ pub fn version_states(
     Ok(Some((entry.spec.clone(), states)))
 }
 
+/// One version's keys of `partitions` as the shares of a savepoint hold
+/// them between them (each partition from the share that holds it, see
+/// [`plan_shares`]): its spec and every (doc id, state), in doc order.
+/// `None` when a contributing share has no version of that name; an error
+/// when two hold different specs of it.
+pub fn shares_version_states(
+    shares: &[Savepoint],
+    version: &str,
+    partitions: &BTreeSet<u32>,
+) -> Result<Option<VersionStates>, SavepointError> {
+    let mut spec = None;
+    let mut states = Vec::new();
+    for (share, taken) in plan_shares(shares, Some(partitions))? {
+        let Some((share_spec, mut share_states)) = version_states(share, version)? else {
+            return Ok(None);
+        };
+        if spec.get_or_insert_with(|| share_spec.clone()) != &share_spec {
+            return Err(SavepointError::Refused(format!(
+                "{} holds another spec of version {version:?} than the other shares",
+                share.dir.display()
+            )));
+        }
+        let count = share.manifest.partition_count;
+        share_states.retain(|(doc_id, _)| taken.contains(&partition_of(*doc_id, count)));
+        states.append(&mut share_states);
+    }
+    states.sort_unstable_by_key(|(doc_id, _)| *doc_id);
+    Ok(spec.map(|spec| (spec, states)))
+}
+
 /// A table file of a verified savepoint, read again and checked again
 /// against the manifest's size and CRC: what is restored is what was
 /// verified, even if the file changed since.
@@ -599,58 +810,78 @@ pub fn restore_into(
     partitions: Option<&BTreeSet<u32>>,
     store: &RocksStore,
 ) -> Result<(), SavepointError> {
+    restore_shares_into(std::slice::from_ref(savepoint), partitions, store)
+}
+
+/// Restores `partitions` (`None`: every partition of their topic) from
+/// the verified shares of one savepoint into an empty live store, in one
+/// write: each partition from the share that holds it ([`plan_shares`]),
+/// the shares' dedup windows joined, their counters summed (zero when a
+/// share is split, see the module doc). One share is a plain restore.
+pub fn restore_shares_into(
+    shares: &[Savepoint],
+    partitions: Option<&BTreeSet<u32>>,
+    store: &RocksStore,
+) -> Result<(), SavepointError> {
     if !store.entries(Table::Meta)?.is_empty() {
         return Err(SavepointError::Refused(
             "the live store already holds a state; move it away to restore a savepoint".into(),
         ));
     }
-    let manifest = &savepoint.manifest;
-    if let Some(wanted) = partitions
-        && let Some(missing) = wanted.iter().find(|p| !manifest.partitions.contains(p))
-    {
-        return Err(SavepointError::Refused(format!(
-            "the savepoint has no partition {missing} (it has {:?})",
-            manifest.partitions
-        )));
-    }
-    let split = partitions.is_some_and(|w| w.len() < manifest.partitions.len());
-    let keep = |p: u32| partitions.is_none_or(|w| w.contains(&p));
+    let supplies = plan_shares(shares, partitions)?;
+    check_mergeable(&supplies)?;
+    let split = supplies
+        .iter()
+        .any(|(s, taken)| taken.len() < s.manifest.partitions.len());
     let mut writes = Vec::new();
-    for table in Table::ALL {
-        let entries = read_checked(savepoint, table)?;
-        for (k, v) in entries {
-            let wanted = match table {
-                Table::Params | Table::Pending => keep(partition_of(
-                    codec::param_key_from(table, &k)?.doc_id,
-                    manifest.partition_count,
-                )),
-                Table::Reorder => keep(codec::reorder_partition(&k)?),
-                Table::Dedup => true,
-                Table::Meta => {
-                    let v = match k.as_slice() {
-                        meta::OFFSETS => meta::offsets_bytes(
-                            &meta::offsets_from(&v)?
-                                .into_iter()
-                                .filter(|(p, _)| keep(*p))
-                                .collect(),
-                        ),
-                        meta::CLOCKS => meta::clocks_bytes(
-                            &meta::clocks_from(&v)?
-                                .into_iter()
-                                .filter(|(p, _)| keep(*p))
-                                .collect(),
-                        ),
-                        meta::COUNTERS if split => meta::counters_bytes(&Counters::default()),
-                        _ => v,
-                    };
+    let mut offsets = BTreeMap::new();
+    let mut clocks = BTreeMap::new();
+    let mut counters = Counters::default();
+    for (i, (share, taken)) in supplies.iter().enumerate() {
+        let keep = |p: u32| taken.contains(&p);
+        let count = share.manifest.partition_count;
+        for table in Table::ALL {
+            for (k, v) in read_checked(share, table)? {
+                let wanted = match table {
+                    Table::Params | Table::Pending => keep(partition_of(
+                        codec::param_key_from(table, &k)?.doc_id,
+                        count,
+                    )),
+                    Table::Reorder => keep(codec::reorder_partition(&k)?),
+                    Table::Dedup => true,
+                    Table::Meta => {
+                        match k.as_slice() {
+                            meta::OFFSETS => offsets.extend(
+                                meta::offsets_from(&v)?
+                                    .into_iter()
+                                    .filter(|(p, _)| keep(*p)),
+                            ),
+                            meta::CLOCKS => clocks.extend(
+                                meta::clocks_from(&v)?.into_iter().filter(|(p, _)| keep(*p)),
+                            ),
+                            meta::COUNTERS => counters.add(&meta::counters_from(&v)?),
+                            // Equal in every share (`plan_shares`).
+                            _ if i == 0 => writes.push(Write::Put(table, k, v)),
+                            _ => {}
+                        }
+                        continue;
+                    }
+                };
+                if wanted {
                     writes.push(Write::Put(table, k, v));
-                    continue;
                 }
-            };
-            if wanted {
-                writes.push(Write::Put(table, k, v));
             }
         }
+    }
+    if split {
+        counters = Counters::default();
+    }
+    for (name, value) in [
+        (meta::OFFSETS, meta::offsets_bytes(&offsets)),
+        (meta::CLOCKS, meta::clocks_bytes(&clocks)),
+        (meta::COUNTERS, meta::counters_bytes(&counters)),
+    ] {
+        writes.push(Write::Put(Table::Meta, name.to_vec(), value));
     }
     store.write(writes)?;
     Ok(())

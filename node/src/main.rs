@@ -1,6 +1,6 @@
 //! `learner`: the online Thompson-sampling job.
 //!
-//! - `learner run --config FILE [--until-end] [--from-savepoint latest|DIR]
+//! - `learner run --config FILE [--until-end] [--from-savepoint latest|DIR...]
 //!   [--state-dir DIR] [--listen HOST:PORT]`:
 //!   consume the configured source, checkpoint into the state directory,
 //!   resume exactly where a previous run stopped. Every run checkpoints and
@@ -21,6 +21,7 @@
 //! by `POSTERIOR_LEARNER__*` environment variables, overridden by `run`'s
 //! flags, checked before anything is opened or bound.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -40,7 +41,7 @@ use posterior_learner::config::{Config, LogFormat, SourceConfig};
 use posterior_learner::control::Scheduled;
 use posterior_learner::kafka::send_control;
 use posterior_learner::runner::{
-    Controls, KafkaRunMode, SavepointChoice, open_engine, restore_savepoint,
+    Controls, KafkaRunMode, SavepointChoice, describe_savepoints, open_engine, restore_savepoint,
     restore_savepoint_if_missing, run_kafka_with, run_local,
 };
 use posterior_learner::savepoint;
@@ -68,10 +69,13 @@ enum Command {
         /// input there (release and apply everything), as for a file.
         #[arg(long)]
         until_end: bool,
-        /// Start from a savepoint (`latest` under `[savepoints] dir`, or a
-        /// directory) instead of the live state, which must be absent.
-        #[arg(long)]
-        from_savepoint: Option<String>,
+        /// Start from a savepoint instead of the live state, which must be
+        /// absent: `latest` under `[savepoints] dir`, or a directory, or the
+        /// directories of the shares of one savepoint that learners of
+        /// different partitions wrote (each partition is taken from the
+        /// share that holds it).
+        #[arg(long, num_args = 1.., value_name = "latest|DIR")]
+        from_savepoint: Vec<String>,
         #[command(flatten)]
         flags: load::RunFlags,
     },
@@ -91,9 +95,10 @@ enum Command {
         /// The learner's TOML config (for the state directory).
         #[arg(long, required_unless_present = "savepoint")]
         config: Option<PathBuf>,
-        /// Dump a savepoint instead of the live state.
-        #[arg(long, conflicts_with = "config")]
-        savepoint: Option<PathBuf>,
+        /// Dump a savepoint instead of the live state (several
+        /// directories: the shares of one, merged).
+        #[arg(long, num_args = 1.., conflicts_with = "config")]
+        savepoint: Vec<PathBuf>,
     },
     /// Savepoints of the live state.
     Savepoint {
@@ -193,7 +198,7 @@ fn run(
     config: &Config,
     server: Option<posterior_param_server::config::Config>,
     until_end: bool,
-    from_savepoint: Option<String>,
+    from_savepoint: Vec<String>,
 ) -> Result<()> {
     anyhow::ensure!(
         !matches!(config.source, SourceConfig::Channel),
@@ -209,17 +214,22 @@ fn run(
     // action would end the process).
     signal_hook::flag::register(SIGUSR1, Arc::clone(&controls.savepoint))
         .context("install signal handler")?;
-    if let Some(choice) = from_savepoint {
-        let choice = match choice.as_str() {
-            "latest" => SavepointChoice::Latest,
-            dir => SavepointChoice::Dir(dir.into()),
+    if !from_savepoint.is_empty() {
+        let choice = if from_savepoint.iter().any(|c| c == "latest") {
+            anyhow::ensure!(
+                from_savepoint.len() == 1,
+                "--from-savepoint latest takes no directories beside it"
+            );
+            SavepointChoice::Latest
+        } else {
+            SavepointChoice::Dirs(from_savepoint.iter().map(PathBuf::from).collect())
         };
         let restored = restore_savepoint(config, &choice)?;
-        tracing::info!("restored savepoint {}", restored.dir.display());
+        tracing::info!("restored savepoint {}", describe_savepoints(&restored));
     } else if let Some(restored) = restore_savepoint_if_missing(config)? {
         tracing::info!(
             "no live state: restored the newest savepoint {}",
-            restored.dir.display()
+            describe_savepoints(&restored)
         );
     }
     let mut registry = metrics::learner_registry(config, &mut controls);
@@ -327,14 +337,24 @@ fn run_command(command: Command) -> Result<()> {
             quickstart::run(&config, &overrides)?;
         }
         Command::Dump { config, savepoint } => {
-            let (config, _scratch) = match (config, savepoint) {
+            let (config, _scratch) = match (config, savepoint.first()) {
                 (Some(config), _) => (load_logged(&config)?, None),
                 (None, Some(dir)) => {
                     init_logging(LogFormat::Text);
-                    // Restore the savepoint into a scratch store and dump it.
+                    // Restore every partition the savepoint (or its shares)
+                    // holds into a scratch store and dump it.
                     let scratch = tempfile::tempdir().context("scratch directory")?;
-                    let config = scratch_config(&dir, scratch.path())?;
-                    restore_savepoint(&config, &SavepointChoice::Dir(dir))?;
+                    let config = scratch_config(dir, scratch.path())?;
+                    let shares = savepoint
+                        .iter()
+                        .map(|dir| savepoint::verify(dir))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let held: BTreeSet<u32> = shares
+                        .iter()
+                        .flat_map(|s| s.manifest.partitions.iter().copied())
+                        .collect();
+                    let store = RocksStore::open(&config.state.dir).context("open state store")?;
+                    savepoint::restore_shares_into(&shares, Some(&held), &store)?;
                     (config, Some(scratch))
                 }
                 (None, None) => anyhow::bail!("give --config or --savepoint"),

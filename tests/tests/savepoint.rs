@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use posterior_learner::config::Config;
-use posterior_learner::engine::Engine;
+use posterior_learner::control::Scheduled;
+use posterior_learner::engine::{Counters, Engine};
 use posterior_learner::file_source::decode_protobuf;
 use posterior_learner::partitioning::partition_of;
 use posterior_learner::runner::{
@@ -17,6 +18,7 @@ use posterior_learner::runner::{
 };
 use posterior_learner::savepoint::{self, Savepoint, SavepointError};
 use posterior_learner::store::RocksStore;
+use posterior_proto::v1::{self, ControlCommand, control_command};
 use posterior_tests::binary;
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
 use posterior_tests::log::{LogRecord, LogSpec, generate, generate_records};
@@ -51,6 +53,31 @@ fn feed(engine: &mut Engine, records: &[(u32, u64, &LogRecord)], keep: impl Fn(u
         if keep(p) {
             engine.ingest(p, offset, decode_protobuf(&r.protobuf));
         }
+    }
+}
+
+/// Completes the savepoint commands `engine` holds at, as a runner does
+/// once it has written them (or found them written).
+fn pass_barriers(engine: &mut Engine) {
+    while engine.barrier().is_some() {
+        engine.complete_barrier(Ok("saved".into()));
+    }
+}
+
+/// [`feed`] and then the end of the input, passing every barrier.
+fn feed_to_end(
+    engine: &mut Engine,
+    records: &[(u32, u64, &LogRecord)],
+    keep: impl Fn(u32) -> bool,
+) {
+    for &(p, offset, r) in records {
+        if keep(p) {
+            engine.ingest(p, offset, decode_protobuf(&r.protobuf));
+            pass_barriers(engine);
+        }
+    }
+    while !engine.finish() {
+        pass_barriers(engine);
     }
 }
 
@@ -100,10 +127,16 @@ fn saving_file_learner(
 /// Restores `savepoint` (all partitions or `only`) into a new store under
 /// `dir` and rebuilds its engine.
 fn restored(dir: &Path, name: &str, savepoint: &Savepoint, only: Option<&[u32]>) -> Engine {
+    merged(dir, name, std::slice::from_ref(savepoint), only)
+}
+
+/// Restores `only` (or every partition) from `shares` into a new store
+/// under `dir` and rebuilds its engine.
+fn merged(dir: &Path, name: &str, shares: &[Savepoint], only: Option<&[u32]>) -> Engine {
     let config = kafka_config(dir, name);
     let store = RocksStore::open(&config.state.dir).unwrap();
     let only: Option<BTreeSet<u32>> = only.map(|p| p.iter().copied().collect());
-    savepoint::restore_into(savepoint, only.as_ref(), &store).unwrap();
+    savepoint::restore_shares_into(shares, only.as_ref(), &store).unwrap();
     restore_engine(&config, &store).unwrap().unwrap().0
 }
 
@@ -611,18 +644,21 @@ fn the_latest_savepoint_is_the_newest_that_holds_the_partitions_wanted() {
         let config = Config::from_toml(&text).unwrap();
         restore_savepoint(&config, &SavepointChoice::Latest)
             .unwrap()
-            .dir
+            .into_iter()
+            .map(|s| s.dir)
+            .collect::<Vec<_>>()
     };
-    assert_eq!(restoring("right", Some("[2, 3]")), all.dir);
-    assert_eq!(restoring("again-left", Some("[0, 1]")), left.dir);
-    assert_eq!(restoring("whole", None), all.dir);
+    assert_eq!(restoring("right", Some("[2, 3]")), vec![all.dir.clone()]);
+    assert_eq!(restoring("again-left", Some("[0, 1]")), vec![left.dir]);
+    assert_eq!(restoring("whole", None), vec![all.dir]);
 }
 
 /// Two learners of one topic, partitions {0, 1} and {2, 3}, sharing a
 /// savepoint root, both take the savepoint one admin command asked for:
 /// each writes its own share under its own name (before, the second found
 /// the first's and reported it as its own), a replay of the command finds
-/// its own share written, and a rollback's lookup finds each learner's.
+/// its own share written, and a rollback's lookup finds each learner's,
+/// or both shares for a learner that holds partitions of each.
 #[test]
 fn learners_sharing_a_root_each_write_their_share_of_a_commands_savepoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -654,14 +690,269 @@ fn learners_sharing_a_root_each_write_their_share_of_a_commands_savepoint() {
         let wanted: BTreeSet<u32> = wanted.iter().copied().collect();
         savepoint::find_requested(&root, "snap", &wanted)
             .unwrap()
-            .map(|s| s.dir)
+            .map(|found| found.into_iter().map(|s| s.dir).collect::<Vec<_>>())
     };
-    assert_eq!(find(&[2, 3]), Some(right_saved.dir.clone()));
-    assert_eq!(find(&[0]), Some(left_saved.dir.clone()));
-    assert_eq!(find(&[1, 2]), None, "no share holds both");
+    assert_eq!(find(&[2, 3]), Some(vec![right_saved.dir.clone()]));
+    assert_eq!(find(&[0]), Some(vec![left_saved.dir.clone()]));
+    assert_eq!(
+        find(&[1, 2]),
+        Some(vec![left_saved.dir.clone(), right_saved.dir.clone()]),
+        "each share supplies its partition"
+    );
+    // Another command's savepoint whose id starts like a share's name.
+    let other = savepoint::Requested {
+        command_id: "snap.p9",
+        label: "",
+    };
+    savepoint::write_requested(&root, &left, PARTITIONS, other, || {}).unwrap();
+    assert_eq!(find(&[0]), Some(vec![left_saved.dir.clone()]));
     // A learner of every partition names it by the id alone.
     let whole = checkpointed_store(dir.path(), (2_000, 100, 9));
     let (saved, _) =
         savepoint::write_requested(&root.join("whole"), &whole, PARTITIONS, asked, || {}).unwrap();
     assert_eq!(saved.dir, root.join("whole").join("snap"));
+}
+
+/// An admin command `id` to take a savepoint at `at_ms` past the
+/// generated log's first event time.
+fn savepoint_command(id: &str, at_ms: i64) -> Scheduled {
+    Scheduled::try_from(ControlCommand {
+        command_id: id.into(),
+        effective_event_time_ms: 1_700_000_000_000 + at_ms,
+        issued_by: "savepoint-test".into(),
+        command: Some(control_command::Command::TriggerSavepoint(
+            v1::TriggerSavepointRequest { label: id.into() },
+        )),
+    })
+    .unwrap()
+}
+
+/// Two learners, of partitions {0, 1} and {2, 3} (named `<id>-low` and
+/// `<id>-high`), read `records` with a savepoint command `id` at
+/// `at_ms` past the log's first event time; each holds at it and writes
+/// its share under `root`. Returns the shares and the learners' counters
+/// summed.
+fn command_shares(
+    dir: &Path,
+    root: &Path,
+    records: &[(u32, u64, &LogRecord)],
+    id: &str,
+    at_ms: i64,
+) -> (Vec<Savepoint>, Counters) {
+    let command = savepoint_command(id, at_ms);
+    let mut shares = Vec::new();
+    let mut counters = Counters::default();
+    for (half, partitions) in [("low", [0, 1]), ("high", [2, 3])] {
+        let config = kafka_config(dir, &format!("{id}-{half}"));
+        let mut engine = fresh_engine(&config, partitions).unwrap();
+        engine.schedule(command.clone());
+        feed(&mut engine, records, |p| partitions.contains(&p));
+        assert!(engine.barrier().is_some(), "{half} holds at the command");
+        counters.add(engine.counters());
+        let store = RocksStore::open(&config.state.dir).unwrap();
+        store.write(engine.full_checkpoint()).unwrap();
+        let asked = savepoint::Requested {
+            command_id: id,
+            label: id,
+        };
+        let (share, _) =
+            savepoint::write_requested(root, &store, PARTITIONS, asked, || {}).unwrap();
+        shares.push(share);
+    }
+    (shares, counters)
+}
+
+/// Two learners, of partitions {0, 1} and {2, 3}, take their shares of
+/// one admin command's savepoint at its event time. The shares merge into
+/// one learner of every partition (also through `learner dump
+/// --savepoint A B`), or regroup into three ({0}, {1, 2}, {3}); fed the
+/// rest of the log, each ends equal to the oracle, bit for bit.
+#[test]
+fn the_shares_of_one_savepoint_merge_and_regroup_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (records, _) = generate_records(LogSpec {
+        records: 30_000,
+        docs: 2_000,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 37,
+    });
+    let config = kafka_config(dir.path(), "origin");
+    let (expected, _) = oracle(&config, &records, PARTITIONS);
+    let placed = placed(&records);
+    let (first, rest) = placed.split_at(placed.len() / 2);
+    let root = dir.path().join("savepoints");
+    // About a third into the log: the first half's watermark is past it.
+    let (shares, counters) = command_shares(dir.path(), &root, first, "snap", 10_000);
+    assert!(counters.applied > 0);
+
+    let mut whole = merged(dir.path(), "whole", &shares, None);
+    assert_eq!(whole.counters(), &counters, "the shares' counters summed");
+    let dumped = Command::new(binary("learner"))
+        .args(["dump", "--savepoint"])
+        .args(shares.iter().map(|s| &s.dir))
+        .output()
+        .unwrap();
+    assert!(
+        dumped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dumped.stderr)
+    );
+    assert_eq!(String::from_utf8(dumped.stdout).unwrap(), dump(&whole));
+    // One share alone dumps its own partitions.
+    let dumped = Command::new(binary("learner"))
+        .args(["dump", "--savepoint"])
+        .arg(&shares[1].dir)
+        .output()
+        .unwrap();
+    assert!(
+        dumped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dumped.stderr)
+    );
+    let high = merged(dir.path(), "high-only", &shares, Some(&[2, 3]));
+    assert_eq!(String::from_utf8(dumped.stdout).unwrap(), dump(&high));
+    feed_to_end(&mut whole, rest, |_| true);
+    let got = dump(&whole);
+    assert!(got == expected, "{}", first_difference(&got, &expected));
+
+    let mut regrouped = String::new();
+    for (name, only) in [("p0", &[0][..]), ("p12", &[1, 2]), ("p3", &[3])] {
+        let mut part = merged(dir.path(), name, &shares, Some(only));
+        assert_eq!(
+            part.next_offsets().keys().copied().collect::<Vec<_>>(),
+            only.to_vec()
+        );
+        feed_to_end(&mut part, rest, |p| only.contains(&p));
+        regrouped.push_str(&dump(&part));
+    }
+    assert!(
+        sorted_lines(&regrouped) == sorted_lines(&expected),
+        "three instances regrouping the shares differ from one"
+    );
+
+    // A rollback's states for a learner of partitions {1, 2}: those a
+    // learner of every partition saved at the same command.
+    let config = kafka_config(dir.path(), "all");
+    let mut all = fresh_engine(&config, 0..PARTITIONS).unwrap();
+    all.schedule(savepoint_command("snap", 10_000));
+    feed(&mut all, first, |_| true);
+    assert!(all.barrier().is_some());
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    store.write(all.full_checkpoint()).unwrap();
+    let saved = savepoint::write(&dir.path().join("all"), &store, PARTITIONS).unwrap();
+    let wanted = BTreeSet::from([1, 2]);
+    for version in ["beta", "logistic"] {
+        let (spec, mut states) = savepoint::version_states(&saved, version).unwrap().unwrap();
+        states.retain(|(doc, _)| wanted.contains(&partition_of(*doc, PARTITIONS)));
+        assert!(!states.is_empty());
+        let from_shares = savepoint::shares_version_states(&shares, version, &wanted)
+            .unwrap()
+            .unwrap();
+        assert!(from_shares == (spec, states), "{version} differs");
+    }
+    assert!(
+        savepoint::shares_version_states(&shares, "nobody", &wanted)
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Shares that do not make one state are refused, naming why, and leave
+/// the live store empty: shares of different points of the event-time
+/// order, two holders of one partition, a partition in none.
+#[test]
+fn shares_that_do_not_make_one_state_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("savepoints");
+    // The learners read different lengths of the log: their release
+    // frontiers differ.
+    let left = share_store(dir.path(), "left", [0, 1], (2_000, 100, 10));
+    let right = share_store(dir.path(), "right", [2, 3], (4_000, 100, 10));
+    let left = savepoint::write(&root, &left, PARTITIONS).unwrap();
+    let right = savepoint::write(&root, &right, PARTITIONS).unwrap();
+    let whole = checkpointed_store(dir.path(), (2_000, 100, 10));
+    let whole = savepoint::write(&root, &whole, PARTITIONS).unwrap();
+
+    let config = kafka_config(dir.path(), "target");
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    let refusal = |shares: &[Savepoint], only: Option<&[u32]>| {
+        let only: Option<BTreeSet<u32>> = only.map(|p| p.iter().copied().collect());
+        let err = savepoint::restore_shares_into(shares, only.as_ref(), &store).unwrap_err();
+        assert!(matches!(err, SavepointError::Refused(_)), "{err}");
+        assert!(store.is_empty().unwrap(), "nothing restored");
+        err.to_string()
+    };
+    let apart = refusal(&[left.clone(), right.clone()], None);
+    assert!(apart.contains("release frontiers"), "{apart}");
+    let twice = refusal(&[whole.clone(), left.clone()], None);
+    assert!(twice.contains("partition 0 is in both"), "{twice}");
+    let missing = refusal(std::slice::from_ref(&left), None);
+    assert!(
+        missing.contains("no savepoint holds partition 2"),
+        "{missing}"
+    );
+    let none = refusal(&[], None);
+    assert!(none.contains("no savepoint given"), "{none}");
+
+    // Each share alone restores its own partitions; a share that supplies
+    // none of them is passed over.
+    savepoint::restore_shares_into(
+        &[left.clone(), right],
+        Some(&BTreeSet::from([0, 1])),
+        &store,
+    )
+    .unwrap();
+    let (engine, _) = restore_engine(&config, &store).unwrap().unwrap();
+    assert_eq!(
+        engine.next_offsets().keys().copied().collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+}
+
+/// A whole learner restoring the latest savepoint takes the newest
+/// shares of one command together, over an older savepoint of its own;
+/// shares that do not merge are passed over.
+#[test]
+fn the_latest_savepoint_may_be_the_shares_of_one_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("savepoints");
+    let whole = checkpointed_store(dir.path(), (2_000, 100, 11));
+    let older = savepoint::write(&root, &whole, PARTITIONS).unwrap();
+    let mut text = learner_toml(
+        dir.path(),
+        "merged",
+        Source::Kafka("127.0.0.1:9"),
+        10_000,
+        None,
+    );
+    text += &format!("\n[savepoints]\ndir = \"{}\"\n", root.display());
+    let config = Config::from_toml(&text).unwrap();
+    let latest = || -> Vec<PathBuf> {
+        let chosen = restore_savepoint(&config, &SavepointChoice::Latest).unwrap();
+        std::fs::remove_dir_all(&config.state.dir).unwrap();
+        chosen.into_iter().map(|s| s.dir).collect()
+    };
+    // Newer, but written by learners at different release frontiers
+    // (each at its own end of the log), as if a command had asked.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let asked = savepoint::Requested {
+        command_id: "apart",
+        label: "",
+    };
+    for (name, partitions) in [("left", [0, 1]), ("right", [2, 3])] {
+        let store = share_store(dir.path(), name, partitions, (2_000, 100, 11));
+        savepoint::write_requested(&root, &store, PARTITIONS, asked, || {}).unwrap();
+    }
+    assert_eq!(latest(), vec![older.dir.clone()], "the shares do not merge");
+    // Newer still: one command's shares, at its event time.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let (records, _) = generate_records(LogSpec {
+        records: 4_000,
+        docs: 100,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 11,
+    });
+    let (shares, _) = command_shares(dir.path(), &root, &placed(&records), "regroup", 2_000);
+    let newer: Vec<PathBuf> = shares.into_iter().map(|s| s.dir).collect();
+    assert_eq!(latest(), newer, "not the older {}", older.dir.display());
 }
