@@ -670,8 +670,10 @@ const PRUNED_PREFIX: &str = ".tmp-pruned-";
 /// other learners' are left alone, as is anything whose manifest cannot
 /// be read. Each is renamed to a `.tmp-` name before it is removed, so a
 /// crash midway never leaves a half-deleted savepoint that could be
-/// listed; such leftovers are removed by the next call. Only manifests
-/// are read. Returns the deleted directories, oldest first.
+/// listed; such leftovers are removed by the next call. The kept ones are
+/// verified: a damaged savepoint does not count toward `keep` (it is left
+/// alone while it is among the newest). Returns the deleted directories,
+/// oldest first.
 pub fn prune(root: &Path, taken: &Savepoint, keep: usize) -> Result<Vec<PathBuf>, SavepointError> {
     let mut ours = Vec::new();
     for entry in fs::read_dir(root).map_err(io(root))? {
@@ -700,12 +702,24 @@ pub fn prune(root: &Path, taken: &Savepoint, keep: usize) -> Result<Vec<PathBuf>
         }
     }
     ours.sort();
-    let excess = ours.len().saturating_sub(keep.max(1));
-    let mut deleted = Vec::new();
-    for (_, dir) in ours.into_iter().take(excess) {
+    // Newest first: `taken` and the good ones count toward `keep`, verified
+    // (a damaged one whose manifest still reads would stand in for a good
+    // one); once `keep` are counted, every older one goes. A damaged one
+    // among the newest is left alone, for `list` to report.
+    let keep = keep.max(1);
+    let mut kept = 0;
+    let mut doomed = Vec::new();
+    for (_, dir) in ours.into_iter().rev() {
         if dir == taken.dir {
-            continue;
+            kept += 1;
+        } else if kept >= keep {
+            doomed.push(dir);
+        } else if verify(&dir).is_ok() {
+            kept += 1;
         }
+    }
+    let mut deleted = Vec::new();
+    for dir in doomed.into_iter().rev() {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
         let doomed = root.join(format!("{PRUNED_PREFIX}{}", name.unwrap_or_default()));
         fs::rename(&dir, &doomed).map_err(io(&dir))?;

@@ -522,7 +522,8 @@ fn a_file_run_takes_a_savepoint_when_asked() {
 /// `savepoint::prune` deletes the oldest of a learner's own savepoints
 /// beyond `keep`, and nothing else: not the savepoints admin commands
 /// asked for, not another learner's (other partitions), not a directory
-/// it cannot read; a deletion a crash interrupted is finished.
+/// it cannot read; a deletion a crash interrupted is finished; a damaged
+/// savepoint does not count toward `keep`.
 #[test]
 fn pruning_keeps_the_newest_own_savepoints_and_every_other() {
     let dir = tempfile::tempdir().unwrap();
@@ -586,6 +587,18 @@ fn pruning_keeps_the_newest_own_savepoints_and_every_other() {
         vec![ours[2].dir.clone()]
     );
     assert!(newest.dir.exists() && named.dir.exists() && other.dir.exists());
+
+    // A damaged savepoint whose manifest still reads does not count toward
+    // `keep`: the good one before it is kept instead, and it stays.
+    let more: Vec<Savepoint> = (0..3)
+        .map(|_| savepoint::write(&root, &all, PARTITIONS).unwrap())
+        .collect();
+    std::fs::write(more[1].dir.join("params.tbl"), b"damaged").unwrap();
+    assert_eq!(
+        savepoint::prune(&root, &more[2], 2).unwrap(),
+        vec![newest.dir.clone()]
+    );
+    assert!(more.iter().all(|s| s.dir.exists()));
 }
 
 /// With `[savepoints] keep`, a learner taking a savepoint at every
