@@ -2,7 +2,8 @@
 //!
 //! Checked in release order, so it is deterministic: a sample is a
 //! duplicate when a released sample with the same id had an event time at
-//! most `window_ms` earlier. Ids older than the window are forgotten; if
+//! most `window_ms` earlier and was applied (a sample refused for its
+//! version or content holds no id: sent again corrected, it is applied). Ids older than the window are forgotten; if
 //! more than `max_ids` ids fall inside the window, the oldest are forgotten
 //! early, in release order (a duplicate of a forgotten id would be applied
 //! again: size the bound above ids-per-window). Samples without an id are

@@ -1060,19 +1060,6 @@ impl Engine {
             self.batcher.recycle(batch);
         }
         self.ready = ready;
-        if let (Some(dedup), Some(id)) = (self.dedup.as_mut(), sample.sample_id.as_deref())
-            && dedup.check(id, origin.event_time_ms)
-        {
-            let detail = format!("sample_id {id:?} already applied");
-            self.dead(
-                origin.partition,
-                origin.offset,
-                "duplicate",
-                detail,
-                Some(sample),
-            );
-            return;
-        }
         let entry = match version {
             Version::Resolved(id) => id.and_then(|id| self.registry.get(id)),
             Version::Lookup => self.registry.live(&sample.version),
@@ -1110,6 +1097,22 @@ impl Engine {
                 return;
             }
         };
+        // Only a sample that will be applied holds its id: one refused
+        // above (a missing label, say) and sent again corrected is not a
+        // duplicate.
+        if let (Some(dedup), Some(id)) = (self.dedup.as_mut(), sample.sample_id.as_deref())
+            && dedup.check(id, origin.event_time_ms)
+        {
+            let detail = format!("sample_id {id:?} already applied");
+            self.dead(
+                origin.partition,
+                origin.offset,
+                "duplicate",
+                detail,
+                Some(sample),
+            );
+            return;
+        }
         let obs = PendingObservation {
             origin,
             context: std::mem::take(&mut sample.context),

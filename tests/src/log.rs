@@ -31,9 +31,10 @@ pub struct Injected {
     pub poison: u64,
     /// Samples far behind the watermark.
     pub late: u64,
-    /// Repeats of a recent sample id.
+    /// Repeats of a recent sample id (not counting repeats of samples of
+    /// an unknown version, which are dead letters of that reason again).
     pub duplicates: u64,
-    /// Samples of a version nobody registered.
+    /// Samples of a version nobody registered, repeats included.
     pub unknown_version: u64,
 }
 
@@ -62,7 +63,8 @@ pub fn generate_records(spec: LogSpec) -> (Vec<LogRecord>, Injected) {
     let mut out = Vec::with_capacity(spec.records);
     let mut injected = Injected::default();
     let mut clock: i64 = 1_700_000_000_000;
-    let mut recent: Vec<LogRecord> = Vec::new();
+    // Recent records, with whether their version is unknown.
+    let mut recent: Vec<(LogRecord, bool)> = Vec::new();
     for i in 0..spec.records {
         clock += rng.random_range(0..3);
         let roll: f64 = rng.random();
@@ -77,8 +79,13 @@ pub fn generate_records(spec: LogSpec) -> (Vec<LogRecord>, Injected) {
         }
         if roll < 0.02 && !recent.is_empty() {
             // A duplicate: the same record again, shortly after.
-            injected.duplicates += 1;
-            out.push(recent[rng.random_range(0..recent.len())].clone());
+            let (record, unknown) = recent[rng.random_range(0..recent.len())].clone();
+            if unknown {
+                injected.unknown_version += 1;
+            } else {
+                injected.duplicates += 1;
+            }
+            out.push(record);
             continue;
         }
         let t = if roll < 0.03 {
@@ -130,7 +137,7 @@ pub fn generate_records(spec: LogSpec) -> (Vec<LogRecord>, Injected) {
             protobuf: wire.encode_to_vec(),
         };
         out.push(record.clone());
-        recent.push(record);
+        recent.push((record, version == "nobody"));
         if recent.len() > 32 {
             recent.remove(0);
         }

@@ -206,15 +206,6 @@ fn oracle(logs: &Log) -> (HashMap<ParamKey, KeyState>, BTreeMap<&'static str, u6
             let batch = pending.remove(&key).unwrap();
             apply(&mut params, key, batch);
         }
-        let id = s.sample_id.as_deref().unwrap().to_owned();
-        if last_accepted
-            .get(&id)
-            .is_some_and(|&prev| prev >= t - DEDUP_WINDOW_MS)
-        {
-            *dead.entry("duplicate").or_default() += 1;
-            continue;
-        }
-        last_accepted.insert(id, t);
         let Some(entry) = registry.live(&s.version) else {
             *dead.entry("unknown_version").or_default() += 1;
             continue;
@@ -232,6 +223,16 @@ fn oracle(logs: &Log) -> (HashMap<ParamKey, KeyState>, BTreeMap<&'static str, u6
             *dead.entry("wrong_dimension").or_default() += 1;
             continue;
         }
+        // Only samples that are applied hold their ids.
+        let id = s.sample_id.as_deref().unwrap().to_owned();
+        if last_accepted
+            .get(&id)
+            .is_some_and(|&prev| prev >= t - DEDUP_WINDOW_MS)
+        {
+            *dead.entry("duplicate").or_default() += 1;
+            continue;
+        }
+        last_accepted.insert(id, t);
         let key = ParamKey {
             version: entry.id,
             doc_id: s.doc_id,
@@ -1534,4 +1535,42 @@ fn a_retirement_applies_the_versions_open_batches() {
         .unwrap()
         .unwrap();
     assert_eq!(restored.batcher.iter().count(), 0);
+}
+
+/// Only an applied sample holds its id: one refused for its content
+/// (here a missing label) and sent again corrected is applied, and a
+/// repeat of that one is the duplicate.
+#[test]
+fn a_refused_sample_sent_again_corrected_is_not_a_duplicate() {
+    let mut engine = Engine::new(
+        EngineConfig {
+            batch: BatchPolicy::default(),
+            ..config()
+        },
+        registry(),
+        [0],
+    );
+    let sample = |t, labelled: bool| {
+        Payload::Sample(Sample {
+            doc_id: 1,
+            version: "beta".into(),
+            event_time_ms: t,
+            context: vec![],
+            labels: if labelled {
+                crate::sample::labels([("click", 1.0)])
+            } else {
+                crate::sample::labels([])
+            },
+            weight: 1.0,
+            sample_id: Some("s-1".into()),
+        })
+    };
+    engine.ingest(0, 0, sample(1_000, false));
+    engine.ingest(0, 1, sample(1_001, true));
+    engine.ingest(0, 2, sample(1_002, true));
+    engine.finish();
+    let dead = &engine.counters().dead;
+    assert_eq!(dead.get("missing_label"), Some(&1), "{dead:?}");
+    assert_eq!(dead.get("duplicate"), Some(&1), "{dead:?}");
+    assert_eq!(engine.counters().applied, 1);
 }
