@@ -161,6 +161,13 @@ impl Dedup {
                 self.held.push_back(h);
             }
         }
+        // The windows of several learners' savepoints, joined, may hold
+        // more than the bound: the oldest go (the next checkpoint deletes
+        // them), as one learner of all those partitions would have
+        // forgotten them.
+        while self.held.len() > self.max_ids {
+            self.forget_front();
+        }
     }
 
     /// Number of changes [`Dedup::take_changes`] would hand over.
@@ -209,6 +216,23 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// A restored window over the bound (joined from several savepoints)
+    /// keeps the newest ids and reports the others forgotten.
+    #[test]
+    fn a_restored_window_over_the_bound_forgets_its_oldest() {
+        let mut dedup = Dedup::new(10_000, 3);
+        dedup.restore((0..5).map(|i| (100 + i, format!("id-{i}"), 7 - i as u64)));
+        assert_eq!(dedup.len(), 3);
+        let mut forgotten = Vec::new();
+        dedup.take_changes(|c| {
+            assert!(!c.added);
+            forgotten.push(c.id.to_owned());
+        });
+        assert_eq!(forgotten, ["id-0", "id-1"]);
+        assert!(dedup.check("id-4", 110), "a kept id is a duplicate");
+        assert!(!dedup.check("id-0", 110), "a forgotten id is new again");
+    }
 
     #[test]
     fn duplicates_within_the_window_only() {

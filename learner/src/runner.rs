@@ -187,6 +187,11 @@ pub fn restore_savepoint(config: &Config, choice: &SavepointChoice) -> Result<Ve
                 tracing::warn!("skipping invalid savepoint: {err}");
             }
             let (chosen, refused) = newest_covering(valid, partitions.as_ref());
+            if chosen.is_some() {
+                for why in &refused {
+                    tracing::warn!("passing over newer savepoints that do not merge: {why}");
+                }
+            }
             let mut context = format!(
                 "no valid savepoint under {} holds {}",
                 root.display(),
@@ -246,10 +251,10 @@ fn describe_partitions(partitions: Option<&BTreeSet<u32>>) -> String {
 /// Of `valid`, the newest savepoint that holds `partitions` (`None`:
 /// every partition of its topic), or the newest shares of one savepoint
 /// (one command's, or one name's, see [`savepoint::base_name`]) that hold
-/// them between them and merge. Learners that share a savepoint root each
-/// save their own partitions, so the newest one may be another
-/// instance's. Also returns why newer shares that held the partitions
-/// between them were passed over.
+/// them between them and merge; shares rank by the newest of those picked.
+/// Learners that share a savepoint root each save their own partitions,
+/// so the newest one may be another instance's. Also returns why newer
+/// shares that held the partitions between them were passed over.
 fn newest_covering(
     valid: Vec<Savepoint>,
     partitions: Option<&BTreeSet<u32>>,
@@ -258,16 +263,15 @@ fn newest_covering(
     for s in valid {
         groups.entry(savepoint::base_name(&s)).or_default().push(s);
     }
-    let mut groups: Vec<Vec<Savepoint>> = groups.into_values().collect();
-    groups.sort_by_cached_key(|g| {
-        std::cmp::Reverse(
-            g.iter()
-                .map(|s| (s.manifest.created_unix_ms, s.dir.clone()))
-                .max(),
-        )
-    });
+    let newest = |shares: &[Savepoint]| {
+        shares
+            .iter()
+            .map(|s| (s.manifest.created_unix_ms, s.dir.clone()))
+            .max()
+    };
+    let mut best: Option<Vec<Savepoint>> = None;
     let mut refused = Vec::new();
-    for group in groups {
+    for group in groups.into_values() {
         let held: BTreeSet<u32> = group
             .iter()
             .flat_map(|s| s.manifest.partitions.iter().copied())
@@ -278,17 +282,28 @@ fn newest_covering(
                 .first()
                 .is_some_and(|s| (0..s.manifest.partition_count).all(|p| held.contains(&p))),
         };
+        let group_newest = newest(&group);
         let chosen = savepoint::covering(group, partitions).and_then(|chosen| {
             savepoint::check_mergeable(&savepoint::plan_shares(&chosen, partitions)?)?;
             Ok(chosen)
         });
         match chosen {
-            Ok(chosen) => return (Some(chosen), refused),
-            Err(why) if held_between => refused.push(why.to_string()),
+            Ok(chosen) => {
+                if best.as_ref().is_none_or(|b| newest(&chosen) > newest(b)) {
+                    best = Some(chosen);
+                }
+            }
+            Err(why) if held_between => refused.push((group_newest, why.to_string())),
             Err(_) => {}
         }
     }
-    (None, refused)
+    let chosen_at = best.as_deref().and_then(newest);
+    let refused = refused
+        .into_iter()
+        .filter(|(at, _)| *at > chosen_at)
+        .map(|(_, why)| why)
+        .collect();
+    (best, refused)
 }
 
 /// The second step of the restore order: when the live store is empty and
@@ -322,7 +337,7 @@ pub fn restore_savepoint_if_missing(config: &Config) -> Result<Option<Vec<Savepo
     let partitions = owned_partitions(config);
     let (chosen, refused) = newest_covering(valid, partitions.as_ref());
     for why in refused {
-        tracing::warn!("passing over savepoints that do not merge: {why}");
+        tracing::warn!("passing over newer savepoints that do not merge: {why}");
     }
     let Some(chosen) = chosen else {
         tracing::warn!(
@@ -1316,14 +1331,8 @@ fn rollback_states(
     let owned: BTreeSet<u32> = engine.clocks().keys().copied().collect();
     // This learner's own share of the command's savepoint, a whole one, or
     // the shares of learners that held its partitions then.
-    let chosen = savepoint::find_requested(root, savepoint_id, &owned)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| {
-            format!(
-                "no savepoint {savepoint_id:?} of partitions {owned:?} under {}",
-                root.display()
-            )
-        })?;
+    let chosen =
+        savepoint::find_requested(root, savepoint_id, &owned).map_err(|e| e.to_string())?;
     let (_, states) = savepoint::shares_version_states(&chosen, version, &owned)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("savepoint {savepoint_id:?} has no version {version:?}"))?;

@@ -25,8 +25,10 @@
 //! (they are not per partition).
 //!
 //! Shares merge only when they were taken at one point of the event-time
-//! order: the same release frontier, versions and admin-command backlog
-//! ([`check_mergeable`] refuses others, naming what differs). A share's
+//! order: the same release frontier, versions and applied admin commands
+//! ([`check_mergeable`] refuses others, naming what differs; the merged
+//! state waits for the commands of the share that has read the `control`
+//! topic furthest). A share's
 //! stored reorder blobs may still hold samples its learner had released
 //! (a restore keeps those at or above the frontier, see
 //! `sample_log`), and a learner judges lateness against its own frontier:
@@ -237,47 +239,127 @@ pub fn instance_name(base: &str, partitions: &[u32], partition_count: u32) -> St
 
 /// The savepoint an admin command `command_id` asked for that holds
 /// `partitions`: the one of that name, or the shares of it that learners
-/// of different partitions wrote ([`instance_name`]), as many as hold
-/// them between them ([`covering`]). `None` when they do not.
+/// of different partitions wrote ([`instance_name`]) that hold them
+/// between them ([`covering`]). Damaged ones are passed over. The error
+/// says why there is none.
 pub fn find_requested(
     root: &Path,
     command_id: &str,
     partitions: &BTreeSet<u32>,
-) -> Result<Option<Vec<Savepoint>>, SavepointError> {
+) -> Result<Vec<Savepoint>, SavepointError> {
+    let none = |why: String| {
+        SavepointError::Refused(format!(
+            "no savepoint {command_id:?} of partitions {partitions:?} under {}: {why}",
+            root.display()
+        ))
+    };
     if !root.is_dir() {
-        return Ok(None);
+        return Err(none("no such directory".into()));
     }
     let share = format!("{command_id}.p");
     let mut found = Vec::new();
+    let mut damaged = Vec::new();
     for dir in dirs_named(root, |n| n == command_id || n.starts_with(&share))? {
-        let savepoint = verify(&dir)?;
-        // A name alone could be another command's (ids may hold dots).
-        if savepoint.manifest.command_id.as_deref() == Some(command_id) {
-            found.push(savepoint);
+        match verify(&dir) {
+            // A name alone could be another command's (ids may hold dots).
+            Ok(savepoint) if savepoint.manifest.command_id.as_deref() == Some(command_id) => {
+                found.push(savepoint);
+            }
+            Ok(_) => {}
+            Err(err) => damaged.push(err.to_string()),
         }
     }
-    Ok(covering(found, Some(partitions)).ok())
+    let skipped = if damaged.is_empty() {
+        String::new()
+    } else {
+        format!(" (passed over: {})", damaged.join("; "))
+    };
+    if found.is_empty() {
+        return Err(none(format!("none was written{skipped}")));
+    }
+    covering(found, Some(partitions)).map_err(|err| none(format!("{err}{skipped}")))
 }
 
-/// Of `candidates` (savepoints of one name or one command), the ones that
-/// make up `partitions` (`None`: every partition of their topic): the
-/// newest that holds them all, else the shares that hold them between
-/// them, one per partition ([`plan_shares`]'s rule). The error says why
-/// they do not.
+/// Of `candidates` (savepoints of one name or one command, taken at one
+/// point), the ones that make up `partitions` (`None`: every partition of
+/// their topic): the newest that holds them all, else the fewest shares
+/// that hold them between them, one per partition (the newest first among
+/// equals): shares of one command rewritten by learners grouped otherwise
+/// (`ID.p0-1` beside `ID.p1-2`) overlap. In name order. The error says
+/// why there are none.
 pub fn covering(
     mut candidates: Vec<Savepoint>,
     partitions: Option<&BTreeSet<u32>>,
 ) -> Result<Vec<Savepoint>, SavepointError> {
-    candidates.sort_by_key(|s| (s.manifest.created_unix_ms, s.dir.clone()));
-    if let Some(i) = candidates.iter().rposition(|s| holds_all(s, partitions)) {
+    // Newest first.
+    candidates.sort_by_key(|s| std::cmp::Reverse((s.manifest.created_unix_ms, s.dir.clone())));
+    if let Some(i) = candidates.iter().position(|s| holds_all(s, partitions)) {
         return Ok(vec![candidates.swap_remove(i)]);
     }
-    let contributing: Vec<PathBuf> = plan_shares(&candidates, partitions)?
+    let Some(first) = candidates.first() else {
+        return Err(SavepointError::Refused("no savepoint given".into()));
+    };
+    let count = first.manifest.partition_count;
+    candidates.retain(|s| s.manifest.partition_count == count);
+    let wanted: BTreeSet<u32> = partitions.cloned().unwrap_or_else(|| (0..count).collect());
+    let mut best = None;
+    fewest_disjoint(&candidates, &wanted, &wanted, &mut Vec::new(), &mut best);
+    let Some(picked) = best else {
+        let held: Vec<String> = candidates
+            .iter()
+            .map(|s| format!("{} {:?}", s.dir.display(), s.manifest.partitions))
+            .collect();
+        return Err(SavepointError::Refused(format!(
+            "no shares hold partitions {wanted:?} between them, one per partition (given: {})",
+            held.join(", ")
+        )));
+    };
+    let mut chosen: Vec<Savepoint> = candidates
         .into_iter()
-        .map(|(s, _)| s.dir.clone())
+        .enumerate()
+        .filter(|(i, _)| picked.contains(i))
+        .map(|(_, s)| s)
         .collect();
-    candidates.retain(|s| contributing.contains(&s.dir));
-    Ok(candidates)
+    chosen.sort_by(|a, b| a.dir.cmp(&b.dir));
+    Ok(chosen)
+}
+
+/// Depth-first search for the fewest of `candidates` that hold `missing`
+/// without holding any other of `wanted` twice: each step takes a holder
+/// of the lowest missing partition, in the candidates' order. `picked`
+/// is the path so far; `best` the fewest found.
+fn fewest_disjoint(
+    candidates: &[Savepoint],
+    wanted: &BTreeSet<u32>,
+    missing: &BTreeSet<u32>,
+    picked: &mut Vec<usize>,
+    best: &mut Option<Vec<usize>>,
+) {
+    if best.as_ref().is_some_and(|b| picked.len() >= b.len()) {
+        return;
+    }
+    let Some(lowest) = missing.first() else {
+        *best = Some(picked.clone());
+        return;
+    };
+    for (i, share) in candidates.iter().enumerate() {
+        let held = &share.manifest.partitions;
+        if !held.contains(lowest)
+            || held
+                .iter()
+                .any(|p| wanted.contains(p) && !missing.contains(p))
+        {
+            continue;
+        }
+        let rest: BTreeSet<u32> = missing
+            .iter()
+            .copied()
+            .filter(|p| !held.contains(p))
+            .collect();
+        picked.push(i);
+        fewest_disjoint(candidates, wanted, &rest, picked, best);
+        picked.pop();
+    }
 }
 
 /// Whether `savepoint` holds `partitions` (`None`: every partition of its
@@ -374,47 +456,92 @@ pub fn plan_shares<'a>(
 }
 
 /// Refuses shares that were not taken at one point of the event-time
-/// order (see the module doc): their release frontiers, versions,
-/// admin-command backlogs or state formats differ. The error names two
-/// such shares and what differs.
+/// order (see the module doc): their release frontiers, versions, state
+/// formats or applied admin commands differ, or none of them has read
+/// every command another waits for. The error names two such shares and
+/// what differs.
 pub fn check_mergeable(supplies: &[Supply<'_>]) -> Result<(), SavepointError> {
-    let [(base, _), rest @ ..] = supplies else {
-        return Ok(());
+    merged_control(supplies).map(|_| ())
+}
+
+/// [`check_mergeable`], returning the admin-command backlog of the merged
+/// state: that of the share that has read the `control` topic furthest.
+/// Learners read that topic at their own pace, so the backlogs of one
+/// command's shares may differ in the commands read ahead; the commands
+/// applied must be the same, and the furthest one must wait for every
+/// command another waits for (a command read again is dropped by its
+/// id).
+fn merged_control(supplies: &[Supply<'_>]) -> Result<Option<Vec<u8>>, SavepointError> {
+    let metas = supplies
+        .iter()
+        .map(|(s, _)| read_checked(s, Table::Meta))
+        .collect::<Result<Vec<_>, _>>()?;
+    let [base_meta, rest @ ..] = metas.as_slice() else {
+        return Ok(None);
     };
-    if rest.is_empty() {
-        return Ok(());
-    }
-    let base_meta = read_checked(base, Table::Meta)?;
+    let refused = |a: usize, b: usize, what: &str| {
+        SavepointError::Refused(format!(
+            "{} and {} were not taken at one point of the event-time order: {what}; \
+             shares merge when one admin command's savepoint took them",
+            supplies[a].0.dir.display(),
+            supplies[b].0.dir.display()
+        ))
+    };
     let frontier = |m: &Entries| {
         field_of(m, meta::RELEASED)
             .and_then(|v| v.try_into().ok())
             .map_or_else(|| "?".into(), |b| i64::from_le_bytes(b).to_string())
     };
-    for (share, _) in rest {
-        let meta = read_checked(share, Table::Meta)?;
+    for (i, meta) in rest.iter().enumerate() {
         for (name, what) in [
-            (meta::FORMAT, "state formats"),
-            (meta::RELEASED, "release frontiers"),
-            (meta::REGISTRY, "versions"),
-            (meta::CONTROL, "admin-command backlogs"),
+            (meta::FORMAT, "their state formats differ"),
+            (meta::RELEASED, "their release frontiers differ"),
+            (meta::REGISTRY, "their versions differ"),
         ] {
-            if field_of(&base_meta, name) == field_of(&meta, name) {
-                continue;
+            if field_of(base_meta, name) != field_of(meta, name) {
+                let mut what = what.to_owned();
+                if name == meta::RELEASED {
+                    what += &format!(" ({} and {})", frontier(base_meta), frontier(meta));
+                }
+                return Err(refused(0, i + 1, &what));
             }
-            let detail = if name == meta::RELEASED {
-                format!(" ({} and {})", frontier(&base_meta), frontier(&meta))
-            } else {
-                String::new()
-            };
-            return Err(SavepointError::Refused(format!(
-                "{} and {} were not taken at one point of the event-time order: their {what} \
-                 differ{detail}; shares merge when one admin command's savepoint took them",
-                base.dir.display(),
-                share.dir.display()
-            )));
         }
     }
-    Ok(())
+    let backlogs = metas
+        .iter()
+        .map(|m| {
+            field_of(m, meta::CONTROL)
+                .map_or(Ok(meta::ControlBacklog::default()), meta::control_from)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let applied =
+        |b: &meta::ControlBacklog| -> BTreeSet<String> { b.applied_ids.iter().cloned().collect() };
+    let waiting = |b: &meta::ControlBacklog| -> BTreeSet<String> {
+        b.scheduled.iter().map(|c| c.id.clone()).collect()
+    };
+    for (i, backlog) in backlogs.iter().enumerate().skip(1) {
+        if applied(backlog) != applied(&backlogs[0]) {
+            return Err(refused(0, i, "they applied different admin commands"));
+        }
+    }
+    let furthest = (0..backlogs.len())
+        .max_by_key(|&i| {
+            (
+                backlogs[i].next_offset,
+                backlogs[i].scheduled.len(),
+                std::cmp::Reverse(i),
+            )
+        })
+        .expect("at least two shares");
+    let known = waiting(&backlogs[furthest]);
+    if let Some(i) = (0..backlogs.len()).find(|&i| !waiting(&backlogs[i]).is_subset(&known)) {
+        return Err(refused(
+            furthest,
+            i,
+            "each waits for an admin command the other has not read",
+        ));
+    }
+    Ok(field_of(&metas[furthest], meta::CONTROL).map(<[u8]>::to_vec))
 }
 
 /// The value of meta entry `name` in a savepoint's meta table.
@@ -843,7 +970,8 @@ pub fn restore_shares_into(
         ));
     }
     let supplies = plan_shares(shares, partitions)?;
-    check_mergeable(&supplies)?;
+    let control = merged_control(&supplies)?;
+    let merging = supplies.len() > 1;
     let split = supplies
         .iter()
         .any(|(s, taken)| taken.len() < s.manifest.partitions.len());
@@ -874,7 +1002,8 @@ pub fn restore_shares_into(
                                 meta::clocks_from(&v)?.into_iter().filter(|(p, _)| keep(*p)),
                             ),
                             meta::COUNTERS => counters.add(&meta::counters_from(&v)?),
-                            // Equal in every share (`plan_shares`).
+                            meta::CONTROL if merging => {}
+                            // Equal in every share (`merged_control`).
                             _ if i == 0 => writes.push(Write::Put(table, k, v)),
                             _ => {}
                         }
@@ -896,6 +1025,9 @@ pub fn restore_shares_into(
         (meta::COUNTERS, meta::counters_bytes(&counters)),
     ] {
         writes.push(Write::Put(Table::Meta, name.to_vec(), value));
+    }
+    if let Some(control) = control.filter(|_| merging) {
+        writes.push(Write::Put(Table::Meta, meta::CONTROL.to_vec(), control));
     }
     store.write(writes)?;
     Ok(())

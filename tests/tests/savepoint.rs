@@ -702,7 +702,7 @@ fn learners_sharing_a_root_each_write_their_share_of_a_commands_savepoint() {
     let find = |wanted: &[u32]| {
         let wanted: BTreeSet<u32> = wanted.iter().copied().collect();
         savepoint::find_requested(&root, "snap", &wanted)
-            .unwrap()
+            .ok()
             .map(|found| found.into_iter().map(|s| s.dir).collect::<Vec<_>>())
     };
     assert_eq!(find(&[2, 3]), Some(vec![right_saved.dir.clone()]));
@@ -742,15 +742,16 @@ fn savepoint_command(id: &str, at_ms: i64) -> Scheduled {
 
 /// Two learners, of partitions {0, 1} and {2, 3} (named `<id>-low` and
 /// `<id>-high`), read `records` with a savepoint command `id` at
-/// `at_ms` past the log's first event time; each holds at it and writes
-/// its share under `root`. Returns the shares and the learners' counters
-/// summed.
+/// `at_ms` past the log's first event time, and the `extra` commands of
+/// each (by `low` or `high`), passing the barriers of those; each holds
+/// at `id` and writes its share under `root`. Returns the shares and the
+/// learners' counters summed.
 fn command_shares(
     dir: &Path,
     root: &Path,
     records: &[(u32, u64, &LogRecord)],
-    id: &str,
-    at_ms: i64,
+    (id, at_ms): (&str, i64),
+    extra: &[(&str, Scheduled)],
 ) -> (Vec<Savepoint>, Counters) {
     let command = savepoint_command(id, at_ms);
     let mut shares = Vec::new();
@@ -759,20 +760,35 @@ fn command_shares(
         let config = kafka_config(dir, &format!("{id}-{half}"));
         let mut engine = fresh_engine(&config, partitions).unwrap();
         engine.schedule(command.clone());
-        feed(&mut engine, records, |p| partitions.contains(&p));
+        for (_, other) in extra.iter().filter(|(who, _)| *who == half) {
+            engine.schedule(other.clone());
+        }
+        for &(p, offset, r) in records {
+            if partitions.contains(&p) {
+                engine.ingest(p, offset, decode_protobuf(&r.protobuf));
+                while engine.barrier().is_some_and(|b| b.id != id) {
+                    engine.complete_barrier(Ok("saved".into()));
+                }
+            }
+        }
         assert!(engine.barrier().is_some(), "{half} holds at the command");
         counters.add(engine.counters());
         let store = RocksStore::open(&config.state.dir).unwrap();
         store.write(engine.full_checkpoint()).unwrap();
-        let asked = savepoint::Requested {
-            command_id: id,
-            label: id,
-        };
-        let (share, _) =
-            savepoint::write_requested(root, &store, PARTITIONS, asked, || {}).unwrap();
-        shares.push(share);
+        shares.push(write_share(root, &store, id));
     }
     (shares, counters)
+}
+
+/// Writes the savepoint command `id` asked for of `store` under `root`.
+fn write_share(root: &Path, store: &RocksStore, id: &str) -> Savepoint {
+    let asked = savepoint::Requested {
+        command_id: id,
+        label: id,
+    };
+    savepoint::write_requested(root, store, PARTITIONS, asked, || {})
+        .unwrap()
+        .0
 }
 
 /// Two learners, of partitions {0, 1} and {2, 3}, take their shares of
@@ -795,7 +811,7 @@ fn the_shares_of_one_savepoint_merge_and_regroup_bit_for_bit() {
     let (first, rest) = placed.split_at(placed.len() / 2);
     let root = dir.path().join("savepoints");
     // About a third into the log: the first half's watermark is past it.
-    let (shares, counters) = command_shares(dir.path(), &root, first, "snap", 10_000);
+    let (shares, counters) = command_shares(dir.path(), &root, first, ("snap", 10_000), &[]);
     assert!(counters.applied > 0);
 
     let mut whole = merged(dir.path(), "whole", &shares, None);
@@ -830,11 +846,23 @@ fn the_shares_of_one_savepoint_merge_and_regroup_bit_for_bit() {
 
     let mut regrouped = String::new();
     for (name, only) in [("p0", &[0][..]), ("p12", &[1, 2]), ("p3", &[3])] {
-        let mut part = merged(dir.path(), name, &shares, Some(only));
+        let config = kafka_config(dir.path(), name);
+        let store = RocksStore::open(&config.state.dir).unwrap();
+        let wanted: BTreeSet<u32> = only.iter().copied().collect();
+        savepoint::restore_shares_into(&shares, Some(&wanted), &store).unwrap();
+        let mut part = restore_engine(&config, &store).unwrap().unwrap().0;
         assert_eq!(
             part.next_offsets().keys().copied().collect::<Vec<_>>(),
             only.to_vec()
         );
+        assert_eq!(
+            part.counters(),
+            &Counters::default(),
+            "a split's start from 0"
+        );
+        // Restored at the command, the learner writes its own share of it
+        // when it holds there again: shares of one command now overlap.
+        write_share(&root, &store, "snap");
         feed_to_end(&mut part, rest, |p| only.contains(&p));
         regrouped.push_str(&dump(&part));
     }
@@ -842,6 +870,19 @@ fn the_shares_of_one_savepoint_merge_and_regroup_bit_for_bit() {
         sorted_lines(&regrouped) == sorted_lines(&expected),
         "three instances regrouping the shares differ from one"
     );
+    // Overlapping shares: the fewest that hold the partitions wanted once
+    // each are picked.
+    let find = |wanted: &[u32]| -> Vec<String> {
+        let wanted: BTreeSet<u32> = wanted.iter().copied().collect();
+        savepoint::find_requested(&root, "snap", &wanted)
+            .unwrap()
+            .iter()
+            .map(|s| s.dir.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(find(&[0, 1, 2, 3]), ["snap.p0-1", "snap.p2-3"]);
+    assert_eq!(find(&[1, 2]), ["snap.p1-2"]);
+    assert_eq!(find(&[0, 3]), ["snap.p0", "snap.p3"]);
 
     // A rollback's states for a learner of partitions {1, 2}: those a
     // learner of every partition saved at the same command.
@@ -965,7 +1006,97 @@ fn the_latest_savepoint_may_be_the_shares_of_one_command() {
         out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
         seed: 11,
     });
-    let (shares, _) = command_shares(dir.path(), &root, &placed(&records), "regroup", 2_000);
+    let (shares, _) = command_shares(
+        dir.path(),
+        &root,
+        &placed(&records),
+        ("regroup", 2_000),
+        &[],
+    );
     let newer: Vec<PathBuf> = shares.into_iter().map(|s| s.dir).collect();
     assert_eq!(latest(), newer, "not the older {}", older.dir.display());
+}
+
+/// The admin-command backlogs of one command's shares may differ in the
+/// commands a learner read ahead: the merged state waits for those of the
+/// share that read furthest. Shares whose learners applied different
+/// commands are refused.
+#[test]
+fn shares_merge_the_commands_read_ahead_and_refuse_different_applied_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (records, _) = generate_records(LogSpec {
+        records: 4_000,
+        docs: 100,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed: 12,
+    });
+    let placed = placed(&records);
+    let root = dir.path().join("savepoints");
+    // Read ahead by the high learner only: a savepoint far in the future.
+    let ahead = savepoint_command("tomorrow", 86_400_000);
+    let (shares, _) = command_shares(
+        dir.path(),
+        &root,
+        &placed,
+        ("snap", 2_000),
+        &[("high", ahead)],
+    );
+    let whole = merged(dir.path(), "whole", &shares, None);
+    let waiting: Vec<&str> = whole.scheduled_commands().map(|c| c.id.as_str()).collect();
+    assert_eq!(waiting, ["snap", "tomorrow"]);
+
+    // Applied by the low learner only: a savepoint before the command's.
+    let earlier = savepoint_command("earlier", 1_000);
+    let (shares, _) = command_shares(
+        dir.path(),
+        &root.join("apart"),
+        &placed,
+        ("snap", 2_000),
+        &[("low", earlier)],
+    );
+    let config = kafka_config(dir.path(), "refused");
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    let err = savepoint::restore_shares_into(&shares, None, &store).unwrap_err();
+    assert!(
+        err.to_string().contains("applied different admin commands"),
+        "{err}"
+    );
+    assert!(store.is_empty().unwrap());
+}
+
+/// A learner of some partitions restoring the latest savepoint ranks a
+/// command's shares by the share it would take, not by another learner's
+/// newer share of that command.
+#[test]
+fn the_latest_savepoint_ranks_a_commands_shares_by_the_one_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("savepoints");
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(5));
+    let left = share_store(dir.path(), "left", [0, 1], (2_000, 100, 14));
+    let right = share_store(dir.path(), "right", [2, 3], (2_000, 100, 14));
+    let old_left = write_share(&root, &left, "old");
+    pause();
+    let own = savepoint::write(&root, &left, PARTITIONS).unwrap();
+    pause();
+    // The right learner reached the command later.
+    write_share(&root, &right, "old");
+    let mut text = learner_toml(
+        dir.path(),
+        "again",
+        Source::Kafka("127.0.0.1:9"),
+        10_000,
+        None,
+    );
+    text = text.replace(
+        "topic = \"samples\"",
+        "topic = \"samples\"\npartitions = [0, 1]",
+    );
+    text += &format!("\n[savepoints]\ndir = \"{}\"\n", root.display());
+    let config = Config::from_toml(&text).unwrap();
+    let chosen: Vec<PathBuf> = restore_savepoint(&config, &SavepointChoice::Latest)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.dir)
+        .collect();
+    assert_eq!(chosen, vec![own.dir], "not {}", old_left.dir.display());
 }
