@@ -870,6 +870,28 @@ fn the_shares_of_one_savepoint_merge_and_regroup_bit_for_bit() {
         sorted_lines(&regrouped) == sorted_lines(&expected),
         "three instances regrouping the shares differ from one"
     );
+    // The runner's restore of given directories (`--from-savepoint A B`)
+    // takes the configured partitions from them.
+    let mut text = learner_toml(
+        dir.path(),
+        "runner",
+        Source::Kafka("127.0.0.1:9"),
+        10_000,
+        None,
+    );
+    text = text.replace(
+        "topic = \"samples\"",
+        "topic = \"samples\"\npartitions = [1, 2]",
+    );
+    let config = Config::from_toml(&text).unwrap();
+    let dirs = shares.iter().map(|s| s.dir.clone()).collect();
+    restore_savepoint(&config, &SavepointChoice::Dirs(dirs)).unwrap();
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    let (engine, _) = restore_engine(&config, &store).unwrap().unwrap();
+    assert_eq!(
+        engine.next_offsets().keys().copied().collect::<Vec<_>>(),
+        [1, 2]
+    );
     // Overlapping shares: the fewest that hold the partitions wanted once
     // each are picked.
     let find = |wanted: &[u32]| -> Vec<String> {
@@ -947,6 +969,17 @@ fn shares_that_do_not_make_one_state_are_refused() {
     );
     let none = refusal(&[], None);
     assert!(none.contains("no savepoint given"), "{none}");
+    let (path, _, _) = saving_file_learner(dir.path(), "cli", (100, 10, 10), "");
+    let run = Command::new(binary("learner"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .args(["--from-savepoint", "latest"])
+        .arg(&left.dir)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("latest takes no directories"), "{stderr}");
 
     // Each share alone restores its own partitions; a share that supplies
     // none of them is passed over.
