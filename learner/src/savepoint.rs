@@ -4,7 +4,11 @@
 //! key/value bytes as the live store, framed as length-prefixed records)
 //! and `MANIFEST.json`: format version, creation time, the partitions and
 //! the topic's partition count, next offsets, watermarks, versions,
-//! counters, and the size and CRC-32 of every file.
+//! counters, and the size and CRC-32 of every file. `MANIFEST.crc32`
+//! holds the CRC-32 of the manifest itself (format 2 on; format-1
+//! savepoints, which lack it, are still read), so a manifest changed in a
+//! way that still parses — a partition count, a partition list — is
+//! refused instead of misplacing keys.
 //!
 //! Writing is atomic: everything goes into `<root>/.tmp-<name>`, every file
 //! and the directory are synced, the directory is renamed to `<root>/<name>`
@@ -55,10 +59,15 @@ use crate::partitioning::partition_of;
 use crate::posterior::KeyState;
 use crate::store::{RocksStore, StoreError};
 
-/// Version of the savepoint layout; restore refuses others.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the savepoint layout written; restore refuses others than
+/// it and [`OLDEST_FORMAT_VERSION`].
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest layout read: 1, without `MANIFEST.crc32`.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// The manifest's file name.
 pub const MANIFEST: &str = "MANIFEST.json";
+/// The file holding the manifest's CRC-32 (8 hex digits).
+pub const MANIFEST_CRC: &str = "MANIFEST.crc32";
 /// Prefix of directories being written.
 const TMP_PREFIX: &str = ".tmp-";
 
@@ -673,6 +682,8 @@ fn write_as(
             reason: e.to_string(),
         })?;
         write_synced(&tmp.join(MANIFEST), &text)?;
+        let crc = format!("{:08x}\n", crc32fast::hash(&text));
+        write_synced(&tmp.join(MANIFEST_CRC), crc.as_bytes())?;
         sync_dir(&tmp)?;
         Ok(manifest)
     })();
@@ -691,9 +702,9 @@ fn write_as(
     Ok((Savepoint { dir, manifest }, true))
 }
 
-/// Reads and checks a savepoint: manifest, format version, partitions
-/// within the partition count, and the size and CRC of every file. The
-/// error names the file at fault.
+/// Reads and checks a savepoint: manifest and its CRC, format version,
+/// partitions within the partition count, and the size and CRC of every
+/// file. The error names the file at fault.
 pub fn verify(dir: &Path) -> Result<Savepoint, SavepointError> {
     let invalid = |file: &str, reason: String| SavepointError::Invalid {
         dir: dir.to_owned(),
@@ -703,17 +714,30 @@ pub fn verify(dir: &Path) -> Result<Savepoint, SavepointError> {
     let text = fs::read(dir.join(MANIFEST)).map_err(|e| invalid(MANIFEST, e.to_string()))?;
     let manifest: Manifest =
         serde_json::from_slice(&text).map_err(|e| invalid(MANIFEST, e.to_string()))?;
-    if manifest.format_version != FORMAT_VERSION {
+    if !readable_format(manifest.format_version) {
         return Err(invalid(
             MANIFEST,
             format!(
-                "format version {} (this learner reads {FORMAT_VERSION})",
+                "format version {} (this learner reads {OLDEST_FORMAT_VERSION} to \
+                 {FORMAT_VERSION})",
                 manifest.format_version
             ),
         ));
     }
-    // The manifest has no checksum of its own; what keys are placed by
-    // must at least be possible (a count of 0 would divide by zero).
+    match fs::read_to_string(dir.join(MANIFEST_CRC)) {
+        Ok(crc) => {
+            let stated = u32::from_str_radix(crc.trim(), 16)
+                .map_err(|e| invalid(MANIFEST_CRC, format!("not a CRC-32 in hex: {e}")))?;
+            if stated != crc32fast::hash(&text) {
+                return Err(invalid(MANIFEST, "checksum mismatch".into()));
+            }
+        }
+        // Format 1 had none.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && manifest.format_version == 1 => {}
+        Err(e) => return Err(invalid(MANIFEST_CRC, e.to_string())),
+    }
+    // Even checksummed, what keys are placed by must be possible (a count
+    // of 0 would divide by zero).
     if manifest.partition_count == 0 {
         return Err(invalid(MANIFEST, "partition_count is 0".into()));
     }
@@ -750,6 +774,11 @@ pub fn verify(dir: &Path) -> Result<Savepoint, SavepointError> {
         dir: dir.to_owned(),
         manifest,
     })
+}
+
+/// Whether this build reads savepoints of layout `version`.
+fn readable_format(version: u32) -> bool {
+    (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version)
 }
 
 /// The directories under `root` whose names `keep` accepts, in name order.
@@ -820,7 +849,7 @@ pub fn prune(root: &Path, taken: &Savepoint, keep: usize) -> Result<Vec<PathBuf>
             .ok()
             .and_then(|text| serde_json::from_slice::<Manifest>(&text).ok());
         if let Some(m) = manifest
-            && m.format_version == FORMAT_VERSION
+            && readable_format(m.format_version)
             && m.command_id.is_none()
             && m.partitions == taken.manifest.partitions
             && m.partition_count == taken.manifest.partition_count

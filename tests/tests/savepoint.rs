@@ -209,13 +209,19 @@ fn checkpointed_store(dir: &Path, (records, docs, seed): (usize, u64, u64)) -> R
     store
 }
 
-/// Rewrites `dir`'s manifest through `edit`.
-fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+/// Rewrites `dir`'s manifest through `edit`, and its checksum to match
+/// when `checksummed`.
+fn edit_manifest(dir: &Path, checksummed: bool, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("MANIFEST.json");
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     edit(&mut manifest);
-    std::fs::write(path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let text = serde_json::to_vec(&manifest).unwrap();
+    std::fs::write(path, &text).unwrap();
+    if checksummed {
+        let crc = format!("{:08x}\n", crc32fast::hash(&text));
+        std::fs::write(dir.join("MANIFEST.crc32"), crc).unwrap();
+    }
 }
 
 /// The live store of a learner `name` (under `dir`) of `partitions` only,
@@ -249,9 +255,10 @@ fn partial_and_damaged_savepoints_are_never_listed_or_restored() {
 
     // A crash mid-write leaves a temporary directory.
     copy_dir(&good.dir, &root.join(".tmp-sp-9999999999999"));
-    // Damaged copies: a flipped byte, a truncated file, no manifest, and
-    // two impossible manifests.
-    let damage: [(&str, Damage); 5] = [
+    // Damaged copies: a flipped byte, a truncated file, no manifest, two
+    // impossible manifests, a manifest changed and one whose checksum is
+    // gone.
+    let damage: [(&str, Damage); 7] = [
         ("sp-9000000000001", |d| {
             let path = d.join("params.tbl");
             let mut bytes = std::fs::read(&path).unwrap();
@@ -266,32 +273,48 @@ fn partial_and_damaged_savepoints_are_never_listed_or_restored() {
         ("sp-9000000000003", |d| {
             std::fs::remove_file(d.join("MANIFEST.json")).unwrap();
         }),
-        // A manifest edited into impossible partitioning (it has no
-        // checksum): keys cannot be placed by a count of 0, nor into a
+        // A manifest edited into impossible partitioning, checksum and
+        // all: keys cannot be placed by a count of 0, nor into a
         // partition beyond the count.
         ("sp-9000000000004", |d| {
-            edit_manifest(d, |m| m["partition_count"] = 0.into());
+            edit_manifest(d, true, |m| m["partition_count"] = 0.into());
         }),
         ("sp-9000000000005", |d| {
-            edit_manifest(d, |m| m["partitions"] = serde_json::json!([0, 1, 2, 7]));
+            edit_manifest(d, true, |m| {
+                m["partitions"] = serde_json::json!([0, 1, 2, 7])
+            });
+        }),
+        // Possible, but not what was written: keys would be misplaced.
+        ("sp-9000000000006", |d| {
+            edit_manifest(d, false, |m| m["partition_count"] = 8.into());
+        }),
+        ("sp-9000000000007", |d| {
+            std::fs::remove_file(d.join("MANIFEST.crc32")).unwrap();
         }),
     ];
     for (name, break_it) in damage {
         copy_dir(&good.dir, &root.join(name));
         break_it(&root.join(name));
     }
+    // A savepoint of format 1 had no manifest checksum: still read.
+    let old = root.join("sp-9000000000008");
+    copy_dir(&good.dir, &old);
+    std::fs::remove_file(old.join("MANIFEST.crc32")).unwrap();
+    edit_manifest(&old, false, |m| m["format_version"] = 1.into());
     let (valid, invalid) = savepoint::list(&root).unwrap();
     assert_eq!(
         valid.iter().map(|s| s.dir.clone()).collect::<Vec<_>>(),
-        vec![good.dir.clone()]
+        vec![good.dir.clone(), old]
     );
     let reasons: Vec<String> = invalid.iter().map(ToString::to_string).collect();
-    assert_eq!(reasons.len(), 5, "{reasons:?}");
+    assert_eq!(reasons.len(), 7, "{reasons:?}");
     assert!(reasons[0].contains("params.tbl") && reasons[0].contains("checksum"));
     assert!(reasons[1].contains("reorder.tbl") && reasons[1].contains("bytes"));
     assert!(reasons[2].contains("MANIFEST.json"));
     assert!(reasons[3].contains("MANIFEST.json") && reasons[3].contains("partition_count is 0"));
     assert!(reasons[4].contains("MANIFEST.json") && reasons[4].contains("partition 7"));
+    assert!(reasons[5].contains("MANIFEST.json") && reasons[5].contains("checksum mismatch"));
+    assert!(reasons[6].contains("MANIFEST.crc32"), "{}", reasons[6]);
     assert!(matches!(
         savepoint::verify(&root.join("sp-9000000000001")),
         Err(SavepointError::Invalid { .. })
