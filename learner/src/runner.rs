@@ -381,7 +381,7 @@ fn open_engine_seeding(
         }
     };
     let seeded = if seed {
-        seed_stateless(&mut engine, &stateless, config)?
+        seed_stateless(&mut engine, &stateless, config, None)?
     } else {
         0
     };
@@ -400,8 +400,16 @@ fn names(engine: &Engine) -> Vec<String> {
 /// Seeds each of `versions` (none of which has state) from the config's
 /// served-parameters source, the restore of last resort; returns the
 /// number of keys seeded. The source is only opened when a version needs
-/// it.
-fn seed_stateless(engine: &mut Engine, versions: &[String], config: &Config) -> Result<usize> {
+/// it. With `owned` (partitions, partition count), only the docs of those
+/// partitions: the served parameters hold every learner's, and a key of
+/// another learner's partition would be this one's from then on (a
+/// rollback would reset it, under sequence numbers its owner also uses).
+fn seed_stateless(
+    engine: &mut Engine,
+    versions: &[String],
+    config: &Config,
+    owned: Option<(&BTreeSet<u32>, u32)>,
+) -> Result<usize> {
     if versions.is_empty() {
         return Ok(0);
     }
@@ -415,9 +423,14 @@ fn seed_stateless(engine: &mut Engine, versions: &[String], config: &Config) -> 
             .live(name)
             .map(|e| e.spec.clone())
             .with_context(|| format!("version {name:?} to seed"))?;
-        let states = served
+        let mut states = served
             .fetch(&spec)
             .with_context(|| format!("fetch served parameters of {name:?}"))?;
+        if let Some((partitions, count)) = owned {
+            states.retain(|(doc_id, _)| {
+                partitions.contains(&crate::partitioning::partition_of(*doc_id, count))
+            });
+        }
         if states.is_empty() {
             continue;
         }
@@ -432,6 +445,23 @@ fn seed_stateless(engine: &mut Engine, versions: &[String], config: &Config) -> 
         seeded += n;
     }
     Ok(seeded)
+}
+
+/// After a seed from served parameters (`seeded` keys), a checkpoint
+/// before anything is read or published: a crash before the first one
+/// would otherwise seed again, from served parameters that have moved on
+/// with what this run published, and replay the same records onto
+/// another base (one sequence number, two values).
+fn checkpoint_seeded(
+    checkpointer: &mut Checkpointer,
+    engine: &mut Engine,
+    seeded: usize,
+) -> Result<()> {
+    if seeded > 0 {
+        checkpointer.checkpoint(engine, 0)?;
+        checkpointer.wait()?;
+    }
+    Ok(())
 }
 
 /// The served-parameters source the config names (`[fallback]`), if any.
@@ -517,6 +547,7 @@ pub fn run_local_with(
     let mut checkpointer =
         Checkpointer::new(config, store, dead_len, sink)?.with_metrics(controls.metrics.clone());
     checkpointer.export(&engine);
+    checkpoint_seeded(&mut checkpointer, &mut engine, seeded)?;
     let mut records = 0_u64;
     let mut since_checkpoint = 0_u64;
     // A restored engine may be held at a savepoint it was taking.
@@ -959,11 +990,17 @@ pub fn run_kafka_with(
     for (&partition, &offset) in source.start_offsets() {
         engine.start_partition_at(partition, offset);
     }
-    let seeded = seed_stateless(&mut engine, &stateless, config)?;
+    let seeded = seed_stateless(
+        &mut engine,
+        &stateless,
+        config,
+        Some((&partitions, source.partition_count())),
+    )?;
     let commands = CommandSources::open(config, controls, &mut engine)?;
     let mut checkpointer =
         Checkpointer::new(config, store, dead_len, sink)?.with_metrics(controls.metrics.clone());
     checkpointer.export(&engine);
+    checkpoint_seeded(&mut checkpointer, &mut engine, seeded)?;
     // Deadlines, not durations since: comparing two instants is cheaper
     // than subtracting them, once per record. `None`: never (an interval
     // past the clock's range).

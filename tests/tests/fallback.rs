@@ -1,13 +1,15 @@
 //! The restore of last resort: a learner with neither live state nor a
 //! savepoint seeds its versions from the `params` topic the param-servers
-//! serve, bit for bit what the last learner published; a learner that has
-//! state never consults it.
+//! serve, bit for bit what the last learner published, and checkpoints
+//! that at once; a learner that has state never consults it; a learner of
+//! some partitions takes only their docs.
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
 use std::process::Command;
 
 use posterior_learner::config::Config;
+use posterior_learner::partitioning::partition_of;
 use posterior_tests::binary;
 use posterior_tests::broker::{Broker, Storage};
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
@@ -17,15 +19,20 @@ use posterior_tests::oracle::{dump_store, first_difference, produce_samples};
 const PARTITIONS: u32 = 2;
 
 fn run(config_path: &std::path::Path, until_end: bool) -> String {
+    let output = learner(config_path, until_end).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    stderr
+}
+
+fn learner(config_path: &std::path::Path, until_end: bool) -> Command {
     let mut cmd = Command::new(binary("learner"));
     cmd.arg("run");
     if until_end {
         cmd.arg("--until-end");
     }
-    let output = cmd.arg("--config").arg(config_path).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "{stderr}");
-    stderr
+    cmd.arg("--config").arg(config_path);
+    cmd
 }
 
 #[test]
@@ -75,4 +82,56 @@ fn a_learner_without_state_or_savepoint_starts_from_the_served_parameters() {
     let again = run(&second_path, false);
     assert!(!again.contains("seeded"), "{again}");
     assert!(again.contains("resumed from checkpoint"), "{again}");
+
+    // A seed is checkpointed before the first record: a learner that
+    // crashes right after it resumes from it instead of seeding again
+    // from served parameters that may have moved on.
+    let one = dir.path().join("one.jsonl");
+    std::fs::write(&one, records_jsonl(&records[..10])).unwrap();
+    let third_text = learner_toml(dir.path(), "third", Source::File(&one), 5_000, None)
+        + &format!("\n[fallback.kafka]\nbrokers = \"{}\"\n", broker.bootstrap());
+    let third_path = dir.path().join("third.toml");
+    std::fs::write(&third_path, &third_text).unwrap();
+    let crashed = learner(&third_path, false)
+        .env("POSTERIOR_FAILPOINT", "after_ingest:1")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success(), "the fail point aborts");
+    let after = run(&third_path, false);
+    assert!(after.contains("resumed from checkpoint"), "{after}");
+    assert!(!after.contains("seeded"), "{after}");
+
+    // A learner of partition 0 only takes partition 0's docs.
+    let fourth_text = learner_toml(
+        dir.path(),
+        "fourth",
+        Source::Kafka(&broker.bootstrap()),
+        5_000,
+        None,
+    )
+    .replace(
+        "topic = \"samples\"",
+        "topic = \"samples\"\npartitions = [0]\nstart = \"latest\"",
+    ) + &format!("\n[fallback.kafka]\nbrokers = \"{}\"\n", broker.bootstrap());
+    let fourth_path = dir.path().join("fourth.toml");
+    std::fs::write(&fourth_path, &fourth_text).unwrap();
+    run(&fourth_path, true);
+    let got = dump_store(&Config::from_toml(&fourth_text).unwrap());
+    let expected: String = published
+        .lines()
+        .filter(|line| {
+            let doc = serde_json::from_str::<serde_json::Value>(line).unwrap()["doc_id"]
+                .as_u64()
+                .unwrap();
+            partition_of(doc, PARTITIONS) == 0
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(!expected.is_empty() && expected.len() < published.len());
+    assert!(got == expected, "{}", first_difference(&got, &expected));
+}
+
+/// The JSONL lines of `records`.
+fn records_jsonl(records: &[posterior_tests::log::LogRecord]) -> String {
+    records.iter().map(|r| r.jsonl.as_str()).collect()
 }
