@@ -885,9 +885,16 @@ pub const CONSUMER_DEFAULTS: [(&str, &str); 2] = [
 
 /// librdkafka properties of the learner's producers (the `params` topic,
 /// dead letters, control commands): every replica acknowledges a record
-/// before it counts as delivered, and a batch waits at most 5 ms for more
-/// records (freshness through Kafka pays it once per publish).
-pub const PRODUCER_SETTINGS: [(&str, &str); 2] = [("acks", "all"), ("linger.ms", "5")];
+/// before it counts as delivered; a batch waits at most 5 ms for more
+/// records (freshness through Kafka pays it once per publish); and the
+/// producer is idempotent, so a retried request never lands after a later
+/// one (a compacted `params` topic keeps a key's last record by offset,
+/// which must be its newest sequence number).
+pub const PRODUCER_SETTINGS: [(&str, &str); 3] = [
+    ("acks", "all"),
+    ("linger.ms", "5"),
+    ("enable.idempotence", "true"),
+];
 
 /// librdkafka properties the source sets itself because the delivery
 /// guarantee depends on them.
