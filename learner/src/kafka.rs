@@ -229,9 +229,12 @@ impl KafkaSource {
             }
         }
         let mut assignment = TopicPartitionList::new();
+        let mut assigned = BTreeMap::new();
         for &p in &partitions {
             let next = next_offsets.get(&p).or_else(|| starts.get(&p));
-            let offset = Offset::Offset(next.copied().unwrap_or(0) as i64);
+            let next = next.copied().unwrap_or(0);
+            assigned.insert(p, next);
+            let offset = Offset::Offset(next as i64);
             assignment
                 .add_partition_offset(&config.topic, p as i32, offset)
                 .map_err(|source| KafkaSourceError::Client {
@@ -249,7 +252,8 @@ impl KafkaSource {
                 what: "assign partitions".into(),
                 source,
             })?;
-        let reader = ReadAhead::start(Arc::clone(&consumer), config.topic.clone(), lanes)?;
+        let reader =
+            ReadAhead::start(Arc::clone(&consumer), config.topic.clone(), lanes, assigned)?;
         Ok(Self {
             consumer,
             reader,

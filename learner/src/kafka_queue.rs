@@ -10,8 +10,11 @@
 //! timeout, no allocation per record. librdkafka serves the queue the
 //! same way for both calls — outdated records after a pause or a seek are
 //! dropped, control records skipped, and the partition's consumed
-//! position advanced past what it returns — so pauses and resumes behave
-//! as with `poll`.
+//! position advanced past what it returns — with one difference: this
+//! call advances that position past the events it returns too (a
+//! partition's end at E moves it to E + 1), which a pause then keeps as
+//! where to go on. The reader therefore seeks a partition to its own
+//! position before resuming it (`read_ahead::Reader::apply_pauses`).
 //!
 //! The only module of the crate that calls librdkafka directly; each
 //! call states what keeps it sound.

@@ -46,10 +46,12 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::engine::Payload;
 use crate::file_source::decode_protobuf;
@@ -63,6 +65,9 @@ pub(crate) const BATCH: usize = 256;
 
 /// Most records taken from a lane's queue at once.
 const LANE_TAKE: usize = 64;
+/// Longest the reader waits for librdkafka to take a seek (a local
+/// operation on the partition, no request to the broker).
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most batches in flight between the reader and the engine.
 pub(crate) const BATCHES: usize = 8;
 /// Longest the reader waits for a record before it looks again at its
@@ -142,12 +147,14 @@ pub(crate) struct ReadAhead {
 }
 
 impl ReadAhead {
-    /// Starts the reader on `consumer`: aligned over `lanes` when given,
+    /// Starts the reader on `consumer`, whose partitions are assigned at
+    /// `assigned` (partition → offset): aligned over `lanes` when given,
     /// otherwise from the consumer's queue as librdkafka delivers.
     pub(crate) fn start(
         consumer: Arc<BaseConsumer>,
         topic: String,
         lanes: Option<Lanes>,
+        assigned: BTreeMap<u32, u64>,
     ) -> Result<Self, KafkaSourceError> {
         let (batches_tx, batches) = sync_channel(BATCHES);
         let (spare, spare_rx) = sync_channel(BATCHES + 2);
@@ -163,6 +170,7 @@ impl ReadAhead {
             batches: batches_tx,
             spare: spare_rx,
             paused: Vec::new(),
+            taken: assigned,
         };
         let thread = std::thread::Builder::new()
             .name("kafka-reader".into())
@@ -267,6 +275,10 @@ struct Reader {
     spare: Receiver<Batch>,
     /// What the reader last paused, ascending.
     paused: Vec<u32>,
+    /// Each partition's offset after the last record taken from
+    /// librdkafka (its assigned offset before any): where a resumed
+    /// partition goes on (see [`Reader::apply_pauses`]).
+    taken: BTreeMap<u32, u64>,
 }
 
 /// One partition's queue and what the reader knows of it.
@@ -284,13 +296,17 @@ struct Lane {
 }
 
 impl Lane {
-    /// The lane's next item: a held one, else the first of a new take;
-    /// `None` when its queue is empty.
-    fn next(&mut self) -> Option<Item> {
+    /// The lane's next item: a held one, else the first of a new take
+    /// (noting the records taken in `taken`); `None` when its queue is
+    /// empty.
+    fn next(&mut self, taken: &mut BTreeMap<u32, u64>) -> Option<Item> {
         if self.held.is_empty() {
             let partition = self.queue.partition();
             let held = &mut self.held;
             self.queue.take(LANE_TAKE, |entry| {
+                if let Ok(record) = &entry {
+                    note_taken(taken, record.partition, record.offset);
+                }
                 held.push_back(convert_entry(entry, partition));
             });
         }
@@ -333,7 +349,7 @@ impl Reader {
                     if let Some(result) = self.consumer.poll(Duration::ZERO) {
                         batch.push_back(convert(result));
                     }
-                    take_aligned(lanes, &self.paused, &mut order, &mut batch)
+                    take_aligned(lanes, &self.paused, &mut order, &mut batch, &mut self.taken)
                 }
                 None => self.take_delivered(&mut batch),
             };
@@ -354,7 +370,7 @@ impl Reader {
     /// Moves records into `batch` in the order librdkafka delivers them,
     /// until it is full or nothing is waiting (waiting up to [`POLL`] for
     /// the first). Returns how many.
-    fn take_delivered(&self, batch: &mut Batch) -> usize {
+    fn take_delivered(&mut self, batch: &mut Batch) -> usize {
         let mut took = 0;
         while batch.len() < BATCH {
             let timeout = if batch.is_empty() {
@@ -365,6 +381,13 @@ impl Reader {
             let Some(result) = self.consumer.poll(timeout) else {
                 break;
             };
+            if let Ok(message) = &result {
+                note_taken(
+                    &mut self.taken,
+                    message.partition() as u32,
+                    message.offset() as u64,
+                );
+            }
             batch.push_back(convert(result));
             took += 1;
         }
@@ -378,6 +401,15 @@ impl Reader {
     }
 
     /// Pauses and resumes so that exactly the wanted partitions are paused.
+    ///
+    /// A resumed partition is first sought to the offset after its last
+    /// record taken. A pause keeps librdkafka's own position of the
+    /// partition as where to go on, and that position counts the events
+    /// taken too: a partition's end, reported at offset E (the next
+    /// record's), moves it to E + 1 (`rd_kafka_q_serve_rkmessages`,
+    /// librdkafka 2.12), so a partition paused after its end would skip
+    /// the record produced at E meanwhile — or, with none, ask for an
+    /// offset past the end and fail as lost.
     fn apply_pauses(&mut self) -> Result<(), KafkaSourceError> {
         let wanted = self
             .shared
@@ -401,6 +433,22 @@ impl Reader {
             .copied()
             .filter(|p| self.paused.binary_search(p).is_err())
             .collect();
+        for &p in &resume {
+            let Some(&next) = self.taken.get(&p) else {
+                continue;
+            };
+            self.consumer
+                .seek(
+                    &self.topic,
+                    p as i32,
+                    Offset::Offset(next as i64),
+                    SEEK_TIMEOUT,
+                )
+                .map_err(|source| KafkaSourceError::Client {
+                    what: format!("seek partition {p} to offset {next} to resume it"),
+                    source,
+                })?;
+        }
         if !resume.is_empty() {
             self.consumer
                 .resume(&self.list(&resume))
@@ -465,6 +513,7 @@ fn take_aligned(
     paused: &[u32],
     order: &mut [usize],
     batch: &mut Batch,
+    taken: &mut BTreeMap<u32, u64>,
 ) -> usize {
     let limit = alignment_limit(&lanes.lanes, paused, lanes.align_ms);
     let lanes = &mut lanes.lanes;
@@ -478,7 +527,7 @@ fn take_aligned(
             break; // so is every later lane
         }
         while batch.len() < BATCH && !beyond(lane.clock) {
-            let Some(item) = lane.next() else {
+            let Some(item) = lane.next(taken) else {
                 break;
             };
             lane.observe(&item);
@@ -490,6 +539,12 @@ fn take_aligned(
         }
     }
     took
+}
+
+/// Notes a record at `offset` of `partition` taken from librdkafka.
+fn note_taken(taken: &mut BTreeMap<u32, u64>, partition: u32, offset: u64) {
+    let next = taken.entry(partition).or_insert(0);
+    *next = (*next).max(offset + 1);
 }
 
 /// One poll's result as the engine takes it: records decoded, end of

@@ -269,6 +269,66 @@ fn a_paused_partition_holds_no_one_back_and_resumes_where_it_stopped() {
     eprintln!("partition 0 paused at offset {stopped_at}, resumed and read to {PER}");
 }
 
+/// A partition paused right after it reported its end, and resumed once
+/// more records were produced, goes on at the first of them, read aligned
+/// or as delivered (librdkafka's own position had moved one past the end
+/// with the end's report, and a resume went on from there: the record
+/// produced at the end was skipped).
+#[test]
+fn a_partition_paused_at_its_end_resumes_at_the_next_record() {
+    const PER: u64 = 100;
+    for align in [Some(ALIGN_MS), None] {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = filled_broker(PER);
+        let kafka = kafka_config(dir.path(), &broker.bootstrap());
+        let mut source = KafkaSource::open(&kafka, &BTreeMap::new(), align).unwrap();
+        let n = PARTITIONS as usize;
+        let mut next = vec![0_u64; n];
+        let mut at_end = vec![false; n];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let poll = |source: &mut KafkaSource, next: &mut [u64], at_end: &mut [bool]| {
+            assert!(Instant::now() < deadline, "{align:?}: stalled at {next:?}");
+            match source.poll(Duration::from_millis(50)).unwrap() {
+                Polled::Record {
+                    partition, offset, ..
+                } => {
+                    let p = partition as usize;
+                    assert_eq!(offset, next[p], "{align:?}: partition {p} in order, once");
+                    next[p] += 1;
+                    at_end[p] = false;
+                    Some(p)
+                }
+                Polled::CaughtUp(p) => {
+                    at_end[p as usize] = true;
+                    None
+                }
+                Polled::Nothing(_) => None,
+            }
+        };
+        while !(0..n).all(|p| next[p] == PER && at_end[p]) {
+            poll(&mut source, &mut next, &mut at_end);
+        }
+        source.set_paused(&[0]);
+        let settle = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < settle {
+            poll(&mut source, &mut next, &mut at_end);
+        }
+        produce_records(&broker, 0..1, PER..PER + 10);
+        let quiet = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < quiet {
+            assert_ne!(
+                poll(&mut source, &mut next, &mut at_end),
+                Some(0),
+                "{align:?}: a record of the paused partition"
+            );
+        }
+        source.set_paused(&[]);
+        while next[0] < PER + 10 {
+            poll(&mut source, &mut next, &mut at_end);
+        }
+    }
+}
+
 /// A bounded run (`--until-end`) whose last record makes a periodic
 /// checkpoint due leaves it to the final checkpoint right after: the state
 /// is written once at the end, not twice back to back (the second waiting
