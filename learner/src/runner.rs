@@ -1100,7 +1100,7 @@ pub fn run_kafka_with(
         }
         throttling = throttled;
         let want_paused = if throttled {
-            ahead_partitions(engine.clocks(), &caught_up, &paused, slack_ms)
+            ahead_partitions(engine.clocks(), &paused, slack_ms)
         } else {
             Vec::new()
         };
@@ -1377,22 +1377,24 @@ fn rollback_states(
 }
 
 /// While throttled, which partitions to pause: those whose clock is more
-/// than `2 × slack_ms` ahead of the slowest partition that can still
-/// deliver, and, once paused, until they are within `slack_ms` of it. The
+/// than `2 × slack_ms` ahead of the slowest partition that is not idle,
+/// and, once paused, until they are within `slack_ms` of it. The
 /// partitions near the watermark keep flowing together, and the gap
 /// between the two thresholds keeps a partition from being paused and
-/// resumed (a fetch round trip each) on every record. Nothing is paused
-/// when no partition can deliver.
+/// resumed (a fetch round trip each) on every record. A caught-up
+/// partition counts: while it holds the watermark back nothing is
+/// released, so the others wait (paused) until it delivers or turns idle
+/// instead of filling the buffer without bound. Nothing is paused when
+/// every partition is idle.
 fn ahead_partitions(
     clocks: &BTreeMap<u32, PartitionClock>,
-    caught_up: &BTreeSet<u32>,
     paused: &[u32],
     slack_ms: i64,
 ) -> Vec<u32> {
     let Some(slowest) = clocks
-        .iter()
-        .filter(|(p, c)| !c.idle && !caught_up.contains(p))
-        .map(|(_, c)| c.max_event_ms.unwrap_or(i64::MIN))
+        .values()
+        .filter(|c| !c.idle)
+        .map(|c| c.max_event_ms.unwrap_or(i64::MIN))
         .min()
     else {
         return Vec::new();
@@ -2111,20 +2113,16 @@ mod tests {
             (3, clock(9_500)),
         ]
         .into();
-        let none = BTreeSet::new();
-        // Slack 1 s: pause beyond 2 s ahead of the slowest (partition 1).
-        assert_eq!(ahead_partitions(&clocks, &none, &[], 1_000), vec![0, 3]);
+        // Slack 1 s: pause beyond 2 s ahead of the slowest (partition 1,
+        // whether it can deliver now or is caught up: it holds the
+        // watermark back either way).
+        assert_eq!(ahead_partitions(&clocks, &[], 1_000), vec![0, 3]);
         // Once paused, a partition stays paused until within 1 s.
-        assert_eq!(
-            ahead_partitions(&clocks, &none, &[0, 2, 3], 1_000),
-            vec![0, 2, 3]
-        );
-        // A caught-up partition cannot deliver: it is not the reference.
-        let caught_up = BTreeSet::from([1]);
-        assert_eq!(
-            ahead_partitions(&clocks, &caught_up, &[], 1_000),
-            Vec::<u32>::new()
-        );
+        assert_eq!(ahead_partitions(&clocks, &[0, 2, 3], 1_000), vec![0, 2, 3]);
+        // An idle partition is not the reference.
+        let mut quiet = clocks.clone();
+        quiet.get_mut(&1).unwrap().idle = true;
+        assert_eq!(ahead_partitions(&quiet, &[], 1_000), Vec::<u32>::new());
         // A partition that delivered nothing yet holds everything back.
         let mut fresh = clocks.clone();
         fresh.insert(
@@ -2134,14 +2132,11 @@ mod tests {
                 idle: false,
             },
         );
-        assert_eq!(
-            ahead_partitions(&fresh, &none, &[], 1_000),
-            vec![0, 1, 2, 3]
-        );
+        assert_eq!(ahead_partitions(&fresh, &[], 1_000), vec![0, 1, 2, 3]);
         let mut idle = clocks;
         for c in idle.values_mut() {
             c.idle = true;
         }
-        assert!(ahead_partitions(&idle, &none, &[0], 1_000).is_empty());
+        assert!(ahead_partitions(&idle, &[0], 1_000).is_empty());
     }
 }
