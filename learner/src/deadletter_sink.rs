@@ -114,9 +114,25 @@ impl DeadLetterFile {
     /// Without one (a fresh state, or one restored from a savepoint, which
     /// holds no dead letters) a new file is started, and a non-empty file
     /// found at `path` is kept beside it as `NAME.<unix ms>.prev`: its
-    /// letters are of records before the state began.
+    /// letters are of records before the state began. So is a file shorter
+    /// than the checkpointed length (truncated or replaced since: padding
+    /// it would write zero bytes into the JSONL), with a warning, and a
+    /// new file is started.
     pub fn open(path: &Path, truncate_to: Option<u64>) -> Result<Self, DeadLetterError> {
-        if truncate_to.is_none() && std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+        let found = std::fs::metadata(path).map_or(0, |m| m.len());
+        let truncate_to = match truncate_to {
+            Some(len) if len > found => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the dead-letter file holds {found} bytes, fewer than the {len} the \
+                     checkpoint recorded (truncated or replaced since): kept aside, and a \
+                     new file started"
+                );
+                None
+            }
+            other => other,
+        };
+        if truncate_to.is_none() && found > 0 {
             let mut aside = path.as_os_str().to_owned();
             let ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -260,6 +276,33 @@ mod tests {
         // An empty file is not kept.
         DeadLetterFile::open(&path, None).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    /// A file shorter than the checkpointed length (cut or replaced since
+    /// the checkpoint) is kept aside, not padded with zero bytes, and a new
+    /// file is started.
+    #[test]
+    fn a_file_shorter_than_the_checkpointed_length_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let mut file = DeadLetterFile::open(&path, None).unwrap();
+        let mark = file.commit(&[letter(1), letter(2)]).unwrap().unwrap();
+        drop(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = &text[..=text.find('\n').unwrap()];
+        std::fs::write(&path, first).unwrap();
+        let mut file = DeadLetterFile::open(&path, Some(mark)).unwrap();
+        file.commit(&[letter(3)]).unwrap();
+        let now = std::fs::read_to_string(&path).unwrap();
+        assert!(!now.contains('\0'), "padded: {now:?}");
+        assert_eq!(now.lines().count(), 1, "{now}");
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "prev"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(std::fs::read_to_string(&kept[0]).unwrap(), first);
     }
 
     #[test]

@@ -230,7 +230,9 @@ impl CheckedProducer {
     }
 
     /// Queues one record for `partition`, waiting while the bounded queue
-    /// is full; returns the time spent waiting.
+    /// is full, at most the flush timeout (a queue that stays full that
+    /// long means the broker is gone: an error, as a checkpoint's wait
+    /// for deliveries fails); returns the time spent waiting.
     pub fn send(
         &mut self,
         partition: u32,
@@ -247,6 +249,18 @@ impl CheckedProducer {
             match self.producer.send(record) {
                 Ok(()) => return Ok(blocked),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    if blocked >= self.flush_timeout {
+                        self.deliveries.outstanding().reported(seq);
+                        return Err(ProducerError {
+                            topic: self.topic.clone(),
+                            reason: format!(
+                                "send {}: the queue stayed full for {} ms (flush_timeout_ms): \
+                                 records are not being delivered",
+                                String::from_utf8_lossy(key),
+                                blocked.as_millis()
+                            ),
+                        });
+                    }
                     // The bounded queue is full: wait for deliveries.
                     let start = Instant::now();
                     self.producer.poll(Duration::from_millis(10));

@@ -3,12 +3,15 @@
 //! the broker's acknowledgements to the checkpoint writer and returns (the
 //! ingesting thread does not wait on the broker), and the writer then
 //! fails without writing — the store keeps the previous checkpoint, so a
-//! restart republishes what was lost.
+//! restart republishes what was lost. A producer whose queue stays full
+//! (the broker gone) fails a send after the flush timeout instead of
+//! blocking the ingesting thread for librdkafka's message timeout.
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
 use posterior_learner::config::Config;
 use posterior_learner::engine::{Engine, Payload};
+use posterior_learner::producer::CheckedProducer;
 use posterior_learner::runner::{Checkpointer, fresh_engine, open_sink, restore_engine};
 use posterior_learner::sample::{Sample, labels};
 use posterior_learner::store::RocksStore;
@@ -107,5 +110,34 @@ fn a_checkpoint_is_written_only_once_its_publications_are_delivered() {
         restored.next_offsets(),
         &first,
         "the store holds the checkpoint whose publications were delivered"
+    );
+}
+
+#[test]
+fn a_send_into_a_queue_that_stays_full_fails_after_the_flush_timeout() {
+    let mut broker = Broker::start(Storage::Memory);
+    broker.create_topic("params", 1);
+    let timeout = std::time::Duration::from_millis(1_500);
+    let mut producer = CheckedProducer::open(&broker.bootstrap(), "params", timeout).unwrap();
+    broker.kill();
+    let started = std::time::Instant::now();
+    let mut sent = 0_u64;
+    let err = loop {
+        match producer.send(0, b"key", &[0_u8; 64]) {
+            Ok(_) => sent += 1,
+            Err(err) => break err,
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "still sending after {sent} records"
+        );
+    };
+    let message = err.to_string();
+    assert!(message.contains("stayed full"), "{message}");
+    assert!(sent > 1_000, "the queue filled after {sent} records");
+    assert!(
+        started.elapsed() >= timeout,
+        "failed before the timeout: {:?}",
+        started.elapsed()
     );
 }
