@@ -526,6 +526,26 @@ impl ControlReader {
     }
 }
 
+/// The `control` topic's high watermark: the offset its next command will
+/// get.
+pub fn control_end(config: &crate::config::ControlConfig) -> Result<u64, KafkaSourceError> {
+    let consumer: BaseConsumer = consumer_config()
+        .set("bootstrap.servers", &config.brokers)
+        .create()
+        .map_err(|source| KafkaSourceError::Client {
+            what: "create control consumer".into(),
+            source,
+        })?;
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let (_, high) = consumer
+        .fetch_watermarks(&config.topic, 0, timeout)
+        .map_err(|source| KafkaSourceError::Client {
+            what: "fetch watermarks of the control topic".into(),
+            source,
+        })?;
+    Ok(high.max(0) as u64)
+}
+
 /// Where [`ControlReader::read_to_end`] starts: after the last command read,
 /// or, for a learner that has read none, at the oldest the broker still
 /// holds (the consumer starts there too). Not at 0: once retention has

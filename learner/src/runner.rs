@@ -543,7 +543,7 @@ pub fn run_local_with(
 ) -> Result<RunSummary> {
     let store = RocksStore::open(&config.state.dir).context("open state store")?;
     let (mut engine, restored, dead_len, seeded) = open_engine_seeding(config, &store, true)?;
-    let commands = CommandSources::open(config, controls, &mut engine)?;
+    let commands = CommandSources::open(config, controls, &mut engine, seeded > 0)?;
     let mut checkpointer =
         Checkpointer::new(config, store, dead_len, sink)?.with_metrics(controls.metrics.clone());
     checkpointer.export(&engine);
@@ -864,10 +864,28 @@ struct CommandSources {
 
 impl CommandSources {
     /// Opens the `control` topic at the engine's checkpointed offset and
-    /// schedules every command already on it.
-    fn open(config: &Config, controls: &Controls, engine: &mut Engine) -> Result<Self> {
+    /// schedules every command already on it. An engine `seeded` from
+    /// served parameters without a control offset starts at the topic's
+    /// end instead: those parameters already hold what the commands did,
+    /// and replaying them (a fork, a rollback) onto them would do it again.
+    fn open(
+        config: &Config,
+        controls: &Controls,
+        engine: &mut Engine,
+        seeded: bool,
+    ) -> Result<Self> {
         let topic = match &config.control {
             Some(control) => {
+                if seeded && engine.control_offset().is_none() {
+                    let end = crate::kafka::control_end(control)
+                        .context("read the end of the control topic")?;
+                    tracing::warn!(
+                        "seeded from served parameters: the {end} earlier records of the \
+                         control topic are not replayed (the served parameters hold what they \
+                         did); versions created at run time come back only from a savepoint"
+                    );
+                    engine.set_control_offset(end);
+                }
                 let reader = ControlReader::open(control, engine.control_offset())
                     .context("open the control topic")?;
                 let backlog = reader
@@ -996,7 +1014,7 @@ pub fn run_kafka_with(
         config,
         Some((&partitions, source.partition_count())),
     )?;
-    let commands = CommandSources::open(config, controls, &mut engine)?;
+    let commands = CommandSources::open(config, controls, &mut engine, seeded > 0)?;
     let mut checkpointer =
         Checkpointer::new(config, store, dead_len, sink)?.with_metrics(controls.metrics.clone());
     checkpointer.export(&engine);

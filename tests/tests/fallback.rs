@@ -2,7 +2,8 @@
 //! savepoint seeds its versions from the `params` topic the param-servers
 //! serve, bit for bit what the last learner published, and checkpoints
 //! that at once; a learner that has state never consults it; a learner of
-//! some partitions takes only their docs.
+//! some partitions takes only their docs, and replays no earlier admin
+//! command onto them.
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
@@ -10,11 +11,13 @@ use std::process::Command;
 
 use posterior_learner::config::Config;
 use posterior_learner::partitioning::partition_of;
+use posterior_proto::v1::{self, ControlCommand, control_command};
 use posterior_tests::binary;
 use posterior_tests::broker::{Broker, Storage};
 use posterior_tests::config::{OUT_OF_ORDERNESS_MS, Source, learner_toml};
 use posterior_tests::log::{LogSpec, generate_records};
 use posterior_tests::oracle::{dump_store, first_difference, produce_samples};
+use prost::Message as _;
 
 const PARTITIONS: u32 = 2;
 
@@ -101,7 +104,26 @@ fn a_learner_without_state_or_savepoint_starts_from_the_served_parameters() {
     assert!(after.contains("resumed from checkpoint"), "{after}");
     assert!(!after.contains("seeded"), "{after}");
 
-    // A learner of partition 0 only takes partition 0's docs.
+    // A learner of partition 0 only takes partition 0's docs, and does not
+    // replay the control topic's earlier commands onto them (here a fork,
+    // which would copy the seeded `beta` into a new version).
+    broker.create_topic("control", 1);
+    let fork = ControlCommand {
+        command_id: "fork-before".into(),
+        effective_event_time_ms: 1_700_000_000_000,
+        issued_by: "fallback-test".into(),
+        command: Some(control_command::Command::ForkVersion(
+            v1::ForkVersionRequest {
+                from: "beta".into(),
+                to: "beta-b".into(),
+                overrides: None,
+            },
+        )),
+    };
+    broker.produce(
+        "control",
+        [(0, b"fork-before".to_vec(), fork.encode_to_vec().as_slice())],
+    );
     let fourth_text = learner_toml(
         dir.path(),
         "fourth",
@@ -112,7 +134,10 @@ fn a_learner_without_state_or_savepoint_starts_from_the_served_parameters() {
     .replace(
         "topic = \"samples\"",
         "topic = \"samples\"\npartitions = [0]\nstart = \"latest\"",
-    ) + &format!("\n[fallback.kafka]\nbrokers = \"{}\"\n", broker.bootstrap());
+    ) + &format!(
+        "\n[fallback.kafka]\nbrokers = \"{0}\"\n\n[control]\nbrokers = \"{0}\"\n",
+        broker.bootstrap()
+    );
     let fourth_path = dir.path().join("fourth.toml");
     std::fs::write(&fourth_path, &fourth_text).unwrap();
     run(&fourth_path, true);
