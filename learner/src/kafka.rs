@@ -300,6 +300,19 @@ impl KafkaSource {
         Ok(out)
     }
 
+    /// The high watermark of every assigned partition as the consumer
+    /// last learnt it from a fetch (no request to the broker, never
+    /// blocks); partitions not fetched yet are left out. For metrics.
+    pub fn cached_high_watermarks(&self) -> BTreeMap<u32, u64> {
+        self.partitions
+            .iter()
+            .filter_map(|&p| {
+                crate::kafka_queue::cached_high_watermark(&self.consumer, &self.topic, p)
+                    .map(|high| (p, high))
+            })
+            .collect()
+    }
+
     /// Waits up to `timeout` for the next record or event.
     pub fn poll(&mut self, timeout: Duration) -> Result<Polled, KafkaSourceError> {
         self.reader.next(timeout)

@@ -16,8 +16,8 @@
 //! where to go on. The reader therefore seeks a partition to its own
 //! position before resuming it (`read_ahead::Reader::apply_pauses`).
 //!
-//! The only module of the crate that calls librdkafka directly; each
-//! call states what keeps it sound.
+//! The only module of the crate that calls librdkafka directly (also for
+//! [`cached_high_watermark`]); each call states what keeps it sound.
 
 #![allow(unsafe_code)]
 
@@ -60,6 +60,35 @@ pub(crate) struct LaneQueue {
     /// Keeps the client alive until the queue is destroyed (in `drop`,
     /// which runs before the fields are dropped).
     _consumer: Arc<BaseConsumer>,
+}
+
+/// The high watermark of `partition` of `topic` that the consumer last
+/// learnt from a fetch response, without asking the broker
+/// (`rd_kafka_get_watermark_offsets`): never blocks, so a status pass on
+/// the ingesting thread cannot wait on an unreachable broker. `None`
+/// before the first fetch response of the partition or on an error.
+pub(crate) fn cached_high_watermark(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: u32,
+) -> Option<u64> {
+    let topic = CString::new(topic).ok()?;
+    let index = i32::try_from(partition).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the client pointer is valid while `consumer` lives; `topic`
+    // outlives the call; librdkafka writes the two offsets and keeps no
+    // pointer to them.
+    let err = unsafe {
+        rdsys::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            index,
+            &raw mut low,
+            &raw mut high,
+        )
+    };
+    (err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high as u64)
 }
 
 // SAFETY: librdkafka's queues may be used from any thread (they lock

@@ -1289,17 +1289,16 @@ impl EndOfInput {
     }
 }
 
-/// Kafka, with metrics: each partition's lag behind its high watermark.
-/// The watermarks cost a broker round trip per partition, so this runs at
-/// the status interval; a failed fetch is logged and skipped.
+/// Kafka, with metrics: each partition's lag behind its high watermark,
+/// at the status interval.
 fn export_lag(controls: &Controls, source: &KafkaSource, engine: &Engine) {
     let Some(metrics) = &controls.metrics else {
         return;
     };
-    match source.high_watermarks() {
-        Ok(high) => metrics.export_lag(&high, engine.next_offsets()),
-        Err(err) => tracing::warn!("metrics: high watermarks: {err}"),
-    }
+    // The consumer's cached watermarks: a request per partition here, on
+    // the ingesting thread, waited up to the request timeout each while
+    // the broker was unreachable.
+    metrics.export_lag(&source.cached_high_watermarks(), engine.next_offsets());
 }
 
 /// Applies `[savepoints] keep` after `taken` was written: deletes this

@@ -329,6 +329,37 @@ fn a_partition_paused_at_its_end_resumes_at_the_next_record() {
     }
 }
 
+/// The consumer's cached high watermarks (what the lag metric reads) are
+/// the broker's once the partitions were fetched, and reading them never
+/// waits for the broker, even one that is gone.
+#[test]
+fn cached_high_watermarks_match_the_broker_and_never_wait() {
+    const PER: u64 = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = filled_broker(PER);
+    let kafka = kafka_config(dir.path(), &broker.bootstrap());
+    let mut source = KafkaSource::open(&kafka, &BTreeMap::new(), Some(ALIGN_MS)).unwrap();
+    let mut at_end = vec![false; PARTITIONS as usize];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !at_end.iter().all(|&e| e) {
+        assert!(Instant::now() < deadline, "never caught up");
+        if let Polled::CaughtUp(p) = source.poll(Duration::from_millis(50)).unwrap() {
+            at_end[p as usize] = true;
+        }
+    }
+    let all: BTreeMap<u32, u64> = (0..PARTITIONS).map(|p| (p, PER)).collect();
+    assert_eq!(source.cached_high_watermarks(), all);
+    assert_eq!(source.high_watermarks().unwrap(), all);
+    broker.kill();
+    let asked = Instant::now();
+    assert_eq!(source.cached_high_watermarks(), all);
+    assert!(
+        asked.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
 /// A bounded run (`--until-end`) whose last record makes a periodic
 /// checkpoint due leaves it to the final checkpoint right after: the state
 /// is written once at the end, not twice back to back (the second waiting
