@@ -239,6 +239,17 @@ mod tests {
         }
     }
 
+    /// The content of the one `.prev` file kept under `dir`.
+    fn kept_aside(dir: &Path) -> String {
+        let kept: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "prev"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        std::fs::read_to_string(&kept[0]).unwrap()
+    }
+
     #[test]
     fn a_reopened_file_keeps_exactly_the_checkpointed_letters() {
         let dir = tempfile::tempdir().unwrap();
@@ -266,13 +277,7 @@ mod tests {
         // and the letters before it are kept beside it.
         DeadLetterFile::open(&path, None).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
-        let kept: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "prev"))
-            .collect();
-        assert_eq!(kept.len(), 1, "{kept:?}");
-        assert_eq!(std::fs::read_to_string(&kept[0]).unwrap(), text);
+        assert_eq!(kept_aside(dir.path()), text);
         // An empty file is not kept.
         DeadLetterFile::open(&path, None).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
@@ -296,13 +301,7 @@ mod tests {
         let now = std::fs::read_to_string(&path).unwrap();
         assert!(!now.contains('\0'), "padded: {now:?}");
         assert_eq!(now.lines().count(), 1, "{now}");
-        let kept: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "prev"))
-            .collect();
-        assert_eq!(kept.len(), 1, "{kept:?}");
-        assert_eq!(std::fs::read_to_string(&kept[0]).unwrap(), first);
+        assert_eq!(kept_aside(dir.path()), first);
     }
 
     #[test]

@@ -203,6 +203,49 @@ fn reads_are_aligned_across_partitions_and_each_partition_stays_in_order() {
     );
 }
 
+/// What a test read of each partition: the next offset, and whether the
+/// partition reported its end since its last record.
+struct Reading {
+    next: Vec<u64>,
+    at_end: Vec<bool>,
+}
+
+impl Default for Reading {
+    fn default() -> Self {
+        Self {
+            next: vec![0; PARTITIONS as usize],
+            at_end: vec![false; PARTITIONS as usize],
+        }
+    }
+}
+
+impl Reading {
+    /// One poll of `source`, waiting up to `wait`; checks that each
+    /// partition's records come once and in offset order, and returns the
+    /// partition of a record.
+    fn take(&mut self, source: &mut KafkaSource, wait: Duration) -> Option<usize> {
+        match source.poll(wait).unwrap() {
+            Polled::Record {
+                partition, offset, ..
+            } => {
+                let p = partition as usize;
+                assert_eq!(
+                    offset, self.next[p],
+                    "partition {p}: offsets once, in order"
+                );
+                self.next[p] += 1;
+                self.at_end[p] = false;
+                Some(p)
+            }
+            Polled::CaughtUp(p) => {
+                self.at_end[p as usize] = true;
+                None
+            }
+            Polled::Nothing(_) => None,
+        }
+    }
+}
+
 #[test]
 fn a_paused_partition_holds_no_one_back_and_resumes_where_it_stopped() {
     const PER: u64 = 20_000;
@@ -211,60 +254,43 @@ fn a_paused_partition_holds_no_one_back_and_resumes_where_it_stopped() {
     let kafka = kafka_config(dir.path(), &broker.bootstrap());
     let mut source = KafkaSource::open(&kafka, &BTreeMap::new(), Some(ALIGN_MS)).unwrap();
     let n = PARTITIONS as usize;
-    let mut next = vec![0_u64; n];
-    let mut at_end = vec![false; n];
-    let take = |source: &mut KafkaSource, next: &mut [u64], at_end: &mut [bool]| match source
-        .poll(Duration::from_millis(100))
-        .unwrap()
-    {
-        Polled::Record {
-            partition, offset, ..
-        } => {
-            let p = partition as usize;
-            assert_eq!(offset, next[p], "partition {p}: offsets once, in order");
-            next[p] += 1;
-            at_end[p] = false;
-            Some(p)
-        }
-        Polled::CaughtUp(p) => {
-            at_end[p as usize] = true;
-            None
-        }
-        Polled::Nothing(_) => None,
-    };
+    let mut reading = Reading::default();
+    let wait = Duration::from_millis(100);
     let deadline = Instant::now() + Duration::from_secs(60);
     // Pause partition 0 at its first record; the others run to their end.
-    while next[0] == 0 {
+    while reading.next[0] == 0 {
         assert!(Instant::now() < deadline, "partition 0 never delivered");
-        take(&mut source, &mut next, &mut at_end);
+        reading.take(&mut source, wait);
     }
     source.set_paused(&[0]);
-    while !(1..n).all(|p| next[p] == PER && at_end[p]) {
+    while !(1..n).all(|p| reading.next[p] == PER && reading.at_end[p]) {
         assert!(
             Instant::now() < deadline,
-            "the others stalled behind the paused partition: {next:?}"
+            "the others stalled behind the paused partition: {:?}",
+            reading.next
         );
-        take(&mut source, &mut next, &mut at_end);
+        reading.take(&mut source, wait);
     }
     // What was read ahead of the pause has arrived (the others' last
     // records came after it); partition 0 stopped well before its end.
-    let stopped_at = next[0];
+    let stopped_at = reading.next[0];
     assert!(stopped_at < PER / 2, "partition 0 ran on to {stopped_at}");
     let quiet = Instant::now() + Duration::from_millis(500);
     while Instant::now() < quiet {
         assert_ne!(
-            take(&mut source, &mut next, &mut at_end),
+            reading.take(&mut source, wait),
             Some(0),
             "a record of the paused partition"
         );
     }
     source.set_paused(&[]);
-    while !(next[0] == PER && at_end[0]) {
+    while !(reading.next[0] == PER && reading.at_end[0]) {
         assert!(
             Instant::now() < deadline,
-            "partition 0 did not resume: {next:?}"
+            "partition 0 did not resume: {:?}",
+            reading.next
         );
-        take(&mut source, &mut next, &mut at_end);
+        reading.take(&mut source, wait);
     }
     eprintln!("partition 0 paused at offset {stopped_at}, resumed and read to {PER}");
 }
@@ -282,49 +308,36 @@ fn a_partition_paused_at_its_end_resumes_at_the_next_record() {
         let broker = filled_broker(PER);
         let kafka = kafka_config(dir.path(), &broker.bootstrap());
         let mut source = KafkaSource::open(&kafka, &BTreeMap::new(), align).unwrap();
-        let n = PARTITIONS as usize;
-        let mut next = vec![0_u64; n];
-        let mut at_end = vec![false; n];
+        let mut reading = Reading::default();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let poll = |source: &mut KafkaSource, next: &mut [u64], at_end: &mut [bool]| {
-            assert!(Instant::now() < deadline, "{align:?}: stalled at {next:?}");
-            match source.poll(Duration::from_millis(50)).unwrap() {
-                Polled::Record {
-                    partition, offset, ..
-                } => {
-                    let p = partition as usize;
-                    assert_eq!(offset, next[p], "{align:?}: partition {p} in order, once");
-                    next[p] += 1;
-                    at_end[p] = false;
-                    Some(p)
-                }
-                Polled::CaughtUp(p) => {
-                    at_end[p as usize] = true;
-                    None
-                }
-                Polled::Nothing(_) => None,
-            }
+        let poll = |source: &mut KafkaSource, reading: &mut Reading| {
+            assert!(
+                Instant::now() < deadline,
+                "{align:?}: stalled at {:?}",
+                reading.next
+            );
+            reading.take(source, Duration::from_millis(50))
         };
-        while !(0..n).all(|p| next[p] == PER && at_end[p]) {
-            poll(&mut source, &mut next, &mut at_end);
+        while !(0..PARTITIONS as usize).all(|p| reading.next[p] == PER && reading.at_end[p]) {
+            poll(&mut source, &mut reading);
         }
         source.set_paused(&[0]);
         let settle = Instant::now() + Duration::from_millis(300);
         while Instant::now() < settle {
-            poll(&mut source, &mut next, &mut at_end);
+            poll(&mut source, &mut reading);
         }
         produce_records(&broker, 0..1, PER..PER + 10);
         let quiet = Instant::now() + Duration::from_millis(500);
         while Instant::now() < quiet {
             assert_ne!(
-                poll(&mut source, &mut next, &mut at_end),
+                poll(&mut source, &mut reading),
                 Some(0),
                 "{align:?}: a record of the paused partition"
             );
         }
         source.set_paused(&[]);
-        while next[0] < PER + 10 {
-            poll(&mut source, &mut next, &mut at_end);
+        while reading.next[0] < PER + 10 {
+            poll(&mut source, &mut reading);
         }
     }
 }
