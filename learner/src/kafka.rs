@@ -203,12 +203,7 @@ impl KafkaSource {
         // start at the new end and skip what came in between).
         let mut starts = BTreeMap::new();
         for &p in &partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&config.topic, p as i32, timeout)
-                .map_err(|source| KafkaSourceError::Client {
-                    what: format!("fetch watermarks of partition {p}"),
-                    source,
-                })?;
+            let (low, high) = watermarks(&consumer, &config.topic, p, timeout)?;
             match next_offsets.get(&p) {
                 Some(&next) if (next as i64) < low || (next as i64) > high => {
                     return Err(KafkaSourceError::OffsetOutsideBroker {
@@ -288,13 +283,7 @@ impl KafkaSource {
     pub fn high_watermarks(&self) -> Result<BTreeMap<u32, u64>, KafkaSourceError> {
         let mut out = BTreeMap::new();
         for &p in &self.partitions {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(&self.topic, p as i32, self.timeout)
-                .map_err(|source| KafkaSourceError::Client {
-                    what: format!("fetch watermarks of partition {p}"),
-                    source,
-                })?;
+            let (_, high) = watermarks(&self.consumer, &self.topic, p, self.timeout)?;
             out.insert(p, high.max(0) as u64);
         }
         Ok(out)
@@ -431,12 +420,7 @@ impl ControlReader {
         topic_partitions(&consumer, &config.topic, timeout)?;
         let offset = match next_offset {
             Some(next) => {
-                let (low, high) = consumer
-                    .fetch_watermarks(&config.topic, 0, timeout)
-                    .map_err(|source| KafkaSourceError::Client {
-                        what: "fetch watermarks of the control topic".into(),
-                        source,
-                    })?;
+                let (low, high) = watermarks(&consumer, &config.topic, 0, timeout)?;
                 if (next as i64) < low || (next as i64) > high {
                     return Err(KafkaSourceError::Topic {
                         topic: config.topic.clone(),
@@ -497,13 +481,7 @@ impl ControlReader {
         &self,
         next_offset: Option<u64>,
     ) -> Result<Vec<(u64, Vec<u8>)>, KafkaSourceError> {
-        let (low, high) = self
-            .consumer
-            .fetch_watermarks(&self.topic, 0, self.timeout)
-            .map_err(|source| KafkaSourceError::Client {
-                what: "fetch watermarks of the control topic".into(),
-                source,
-            })?;
+        let (low, high) = watermarks(&self.consumer, &self.topic, 0, self.timeout)?;
         let high = high.max(0) as u64;
         let mut next = control_start(next_offset, low);
         let mut out = Vec::new();
@@ -550,13 +528,24 @@ pub fn control_end(config: &crate::config::ControlConfig) -> Result<u64, KafkaSo
             source,
         })?;
     let timeout = Duration::from_millis(config.request_timeout_ms);
-    let (_, high) = consumer
-        .fetch_watermarks(&config.topic, 0, timeout)
-        .map_err(|source| KafkaSourceError::Client {
-            what: "fetch watermarks of the control topic".into(),
-            source,
-        })?;
+    let (_, high) = watermarks(&consumer, &config.topic, 0, timeout)?;
     Ok(high.max(0) as u64)
+}
+
+/// The (low, high) watermarks of `partition` of `topic`, asked of the
+/// broker (waiting at most `timeout`).
+fn watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: u32,
+    timeout: Duration,
+) -> Result<(i64, i64), KafkaSourceError> {
+    consumer
+        .fetch_watermarks(topic, partition as i32, timeout)
+        .map_err(|source| KafkaSourceError::Client {
+            what: format!("fetch watermarks of partition {partition} of topic {topic:?}"),
+            source,
+        })
 }
 
 /// Where [`ControlReader::read_to_end`] starts: after the last command read,

@@ -140,17 +140,24 @@ fn merged(dir: &Path, name: &str, shares: &[Savepoint], only: Option<&[u32]>) ->
     restore_engine(&config, &store).unwrap().unwrap().0
 }
 
+/// A generated log of `records` over 2 000 docs (seed `seed`) and the
+/// oracle's dump of it, for a learner `origin` under `dir`.
+fn log_and_oracle(dir: &Path, records: usize, seed: u64) -> (Vec<LogRecord>, String) {
+    let (records, _) = generate_records(LogSpec {
+        records,
+        docs: 2_000,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed,
+    });
+    let (expected, _) = oracle(&kafka_config(dir, "origin"), &records, PARTITIONS);
+    (records, expected)
+}
+
 #[test]
 fn a_savepoint_moves_and_splits_between_instances_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
-    let (records, _) = generate_records(LogSpec {
-        records: 60_000,
-        docs: 2_000,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 31,
-    });
+    let (records, expected) = log_and_oracle(dir.path(), 60_000, 31);
     let config = kafka_config(dir.path(), "origin");
-    let (expected, _) = oracle(&config, &records, PARTITIONS);
     let placed = placed(&records);
     let (first, rest) = placed.split_at(placed.len() / 2);
 
@@ -822,14 +829,7 @@ fn write_share(root: &Path, store: &RocksStore, id: &str) -> Savepoint {
 #[test]
 fn the_shares_of_one_savepoint_merge_and_regroup_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
-    let (records, _) = generate_records(LogSpec {
-        records: 30_000,
-        docs: 2_000,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 37,
-    });
-    let config = kafka_config(dir.path(), "origin");
-    let (expected, _) = oracle(&config, &records, PARTITIONS);
+    let (records, expected) = log_and_oracle(dir.path(), 30_000, 37);
     let placed = placed(&records);
     let (first, rest) = placed.split_at(placed.len() / 2);
     let root = dir.path().join("savepoints");
