@@ -140,15 +140,21 @@ fn merged(dir: &Path, name: &str, shares: &[Savepoint], only: Option<&[u32]>) ->
     restore_engine(&config, &store).unwrap().unwrap().0
 }
 
+/// The records of a generated log of (records, docs, seed).
+fn generated((records, docs, seed): (usize, u64, u64)) -> Vec<LogRecord> {
+    generate_records(LogSpec {
+        records,
+        docs,
+        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
+        seed,
+    })
+    .0
+}
+
 /// A generated log of `records` over 2 000 docs (seed `seed`) and the
 /// oracle's dump of it, for a learner `origin` under `dir`.
 fn log_and_oracle(dir: &Path, records: usize, seed: u64) -> (Vec<LogRecord>, String) {
-    let (records, _) = generate_records(LogSpec {
-        records,
-        docs: 2_000,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed,
-    });
+    let records = generated((records, 2_000, seed));
     let (expected, _) = oracle(&kafka_config(dir, "origin"), &records, PARTITIONS);
     (records, expected)
 }
@@ -203,12 +209,7 @@ fn a_savepoint_moves_and_splits_between_instances_bit_for_bit() {
 /// checkpointed all of it.
 fn checkpointed_store(dir: &Path, (records, docs, seed): (usize, u64, u64)) -> RocksStore {
     let config = kafka_config(dir, "origin");
-    let (records, _) = generate_records(LogSpec {
-        records,
-        docs,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed,
-    });
+    let records = generated((records, docs, seed));
     let mut engine = fresh_engine(&config, 0..PARTITIONS).unwrap();
     feed(&mut engine, &placed(&records), |_| true);
     let store = RocksStore::open(&config.state.dir).unwrap();
@@ -240,12 +241,7 @@ fn share_store(
     (records, docs, seed): (usize, u64, u64),
 ) -> RocksStore {
     let config = kafka_config(dir, name);
-    let (records, _) = generate_records(LogSpec {
-        records,
-        docs,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed,
-    });
+    let records = generated((records, docs, seed));
     let mut engine = fresh_engine(&config, partitions).unwrap();
     feed(&mut engine, &placed(&records), |p| partitions.contains(&p));
     let store = RocksStore::open(&config.state.dir).unwrap();
@@ -557,12 +553,7 @@ fn a_file_run_takes_a_savepoint_when_asked() {
 #[test]
 fn pruning_keeps_the_newest_own_savepoints_and_every_other() {
     let dir = tempfile::tempdir().unwrap();
-    let (records, _) = generate_records(LogSpec {
-        records: 3_000,
-        docs: 100,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 8,
-    });
+    let records = generated((3_000, 100, 8));
     let placed = placed(&records);
     let checkpointed = |name: &str, partitions: std::ops::Range<u32>| {
         let config = kafka_config(dir.path(), name);
@@ -1056,12 +1047,7 @@ fn the_latest_savepoint_may_be_the_shares_of_one_command() {
     assert_eq!(latest(), vec![older.dir.clone()], "the shares do not merge");
     // Newer still: one command's shares, at its event time.
     std::thread::sleep(std::time::Duration::from_millis(5));
-    let (records, _) = generate_records(LogSpec {
-        records: 4_000,
-        docs: 100,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 11,
-    });
+    let records = generated((4_000, 100, 11));
     let (shares, _) = command_shares(
         dir.path(),
         &root,
@@ -1080,12 +1066,7 @@ fn the_latest_savepoint_may_be_the_shares_of_one_command() {
 #[test]
 fn shares_merge_the_commands_read_ahead_and_refuse_different_applied_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let (records, _) = generate_records(LogSpec {
-        records: 4_000,
-        docs: 100,
-        out_of_orderness_ms: OUT_OF_ORDERNESS_MS,
-        seed: 12,
-    });
+    let records = generated((4_000, 100, 12));
     let placed = placed(&records);
     let root = dir.path().join("savepoints");
     // Read ahead by the high learner only: a savepoint far in the future.
