@@ -30,8 +30,28 @@ const PARTITIONS: u32 = 4;
 type Damage = fn(&Path);
 
 fn kafka_config(dir: &Path, name: &str) -> Config {
+    restoring_config(dir, name, None, None)
+}
+
+/// [`kafka_config`] owning only `partitions` (a TOML list) when given,
+/// with `[savepoints]` under `root` when given.
+fn restoring_config(
+    dir: &Path,
+    name: &str,
+    partitions: Option<&str>,
+    root: Option<&Path>,
+) -> Config {
     // The source is never contacted: these engines are fed in process.
-    let text = learner_toml(dir, name, Source::Kafka("127.0.0.1:9"), 10_000, None);
+    let mut text = learner_toml(dir, name, Source::Kafka("127.0.0.1:9"), 10_000, None);
+    if let Some(list) = partitions {
+        text = text.replace(
+            "topic = \"samples\"",
+            &format!("topic = \"samples\"\npartitions = {list}"),
+        );
+    }
+    if let Some(root) = root {
+        text += &format!("\n[savepoints]\ndir = \"{}\"\n", root.display());
+    }
     Config::from_toml(&text).unwrap()
 }
 
@@ -667,15 +687,7 @@ fn the_latest_savepoint_is_the_newest_that_holds_the_partitions_wanted() {
     assert_eq!(left.manifest.partitions, vec![0, 1]);
 
     let restoring = |name: &str, partitions: Option<&str>| {
-        let mut text = learner_toml(dir.path(), name, Source::Kafka("127.0.0.1:9"), 10_000, None);
-        if let Some(list) = partitions {
-            text = text.replace(
-                "topic = \"samples\"",
-                &format!("topic = \"samples\"\npartitions = {list}"),
-            );
-        }
-        text += &format!("\n[savepoints]\ndir = \"{}\"\n", root.display());
-        let config = Config::from_toml(&text).unwrap();
+        let config = restoring_config(dir.path(), name, partitions, Some(&root));
         restore_savepoint(&config, &SavepointChoice::Latest)
             .unwrap()
             .into_iter()
@@ -886,18 +898,7 @@ fn the_shares_of_one_savepoint_merge_and_regroup_bit_for_bit() {
     );
     // The runner's restore of given directories (`--from-savepoint A B`)
     // takes the configured partitions from them.
-    let mut text = learner_toml(
-        dir.path(),
-        "runner",
-        Source::Kafka("127.0.0.1:9"),
-        10_000,
-        None,
-    );
-    text = text.replace(
-        "topic = \"samples\"",
-        "topic = \"samples\"\npartitions = [1, 2]",
-    );
-    let config = Config::from_toml(&text).unwrap();
+    let config = restoring_config(dir.path(), "runner", Some("[1, 2]"), None);
     let dirs = shares.iter().map(|s| s.dir.clone()).collect();
     restore_savepoint(&config, &SavepointChoice::Dirs(dirs)).unwrap();
     let store = RocksStore::open(&config.state.dir).unwrap();
@@ -1019,15 +1020,7 @@ fn the_latest_savepoint_may_be_the_shares_of_one_command() {
     let root = dir.path().join("savepoints");
     let whole = checkpointed_store(dir.path(), (2_000, 100, 11));
     let older = savepoint::write(&root, &whole, PARTITIONS).unwrap();
-    let mut text = learner_toml(
-        dir.path(),
-        "merged",
-        Source::Kafka("127.0.0.1:9"),
-        10_000,
-        None,
-    );
-    text += &format!("\n[savepoints]\ndir = \"{}\"\n", root.display());
-    let config = Config::from_toml(&text).unwrap();
+    let config = restoring_config(dir.path(), "merged", None, Some(&root));
     let latest = || -> Vec<PathBuf> {
         let chosen = restore_savepoint(&config, &SavepointChoice::Latest).unwrap();
         std::fs::remove_dir_all(&config.state.dir).unwrap();
@@ -1117,19 +1110,7 @@ fn the_latest_savepoint_ranks_a_commands_shares_by_the_one_taken() {
     pause();
     // The right learner reached the command later.
     write_share(&root, &right, "old");
-    let mut text = learner_toml(
-        dir.path(),
-        "again",
-        Source::Kafka("127.0.0.1:9"),
-        10_000,
-        None,
-    );
-    text = text.replace(
-        "topic = \"samples\"",
-        "topic = \"samples\"\npartitions = [0, 1]",
-    );
-    text += &format!("\n[savepoints]\ndir = \"{}\"\n", root.display());
-    let config = Config::from_toml(&text).unwrap();
+    let config = restoring_config(dir.path(), "again", Some("[0, 1]"), Some(&root));
     let chosen: Vec<PathBuf> = restore_savepoint(&config, &SavepointChoice::Latest)
         .unwrap()
         .into_iter()
