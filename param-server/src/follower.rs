@@ -9,13 +9,27 @@
 //! record's `state` bytes; a seq not above the stored one is ignored), so
 //! a replayed record is harmless. A record that does not decode is
 //! logged, counted as rejected and skipped: it never stops the feed.
+//!
+//! **Updates ahead of their version's announcement.** The learner writes
+//! an announcement (every version, retired ones included) to each
+//! partition before the updates of a version it creates. Compaction keeps
+//! only a partition's newest announcement, so in a compacted topic the
+//! updates of a version created at run time can come before the first
+//! announcement that names it. While a partition catches up, such
+//! updates are held (the newest seq of each key) and applied when the
+//! announcement comes; the offsets a snapshot records stay at the first
+//! held one, so a restart reads it again. A partition that has caught up
+//! has read its newest announcement: what it still holds then names a
+//! version nobody announced and is rejected.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
 use posterior_learner::params::ParamsRecord;
+use posterior_proto::v1;
 
+use crate::StoreError;
 use crate::feed::{FeedStats, learn_version};
 use crate::readiness::Readiness;
 use crate::store::ParamStore;
@@ -38,6 +52,18 @@ pub struct Follower {
     records: u64,
     readiness: Readiness,
     started: Instant,
+    /// Updates of versions not announced yet, read while their partition
+    /// was behind: (version, doc) → (partition, offset, update), the
+    /// newest seq of each key.
+    held: HashMap<(String, u64), Held>,
+}
+
+/// An update waiting for its version's announcement, and where it was read.
+#[derive(Debug)]
+struct Held {
+    partition: u32,
+    offset: u64,
+    update: v1::ParamUpdate,
 }
 
 impl Follower {
@@ -68,6 +94,7 @@ impl Follower {
             records: 0,
             readiness,
             started,
+            held: HashMap::new(),
         };
         follower.check_ready();
         follower
@@ -92,10 +119,18 @@ impl Follower {
                         &mut self.stats,
                     );
                 }
+                if !self.held.is_empty() {
+                    self.apply_announced();
+                }
             }
-            Some(Ok(ParamsRecord::Update(update))) => {
-                self.stats.count(self.store.apply_wire(&update));
-            }
+            Some(Ok(ParamsRecord::Update(update))) => match self.store.apply_wire(&update) {
+                Err(StoreError::UnknownVersion(version))
+                    if self.behind.contains_key(&partition) =>
+                {
+                    self.hold(version, partition, offset, update);
+                }
+                outcome => self.stats.count(outcome),
+            },
             Some(Err(error)) => self.undecodable(partition, offset, &error.to_string()),
             None => self.undecodable(partition, offset, "record without a value"),
         }
@@ -105,23 +140,96 @@ impl Follower {
             .get(&partition)
             .is_some_and(|&high| offset + 1 >= high)
         {
-            self.behind.remove(&partition);
-            self.check_ready();
+            self.caught_up(partition);
         }
     }
 
     /// `partition` has delivered everything the broker holds (its end may
     /// lie past the last record's offset: compaction, transactions).
     pub fn end_of_partition(&mut self, partition: u32) {
-        if self.behind.remove(&partition).is_some() {
-            self.check_ready();
+        if self.behind.contains_key(&partition) {
+            self.caught_up(partition);
         }
     }
 
     /// The next offset to read of every partition: every record below it
-    /// has been applied.
-    pub fn next_offsets(&self) -> &BTreeMap<u32, u64> {
-        &self.next_offsets
+    /// has been applied, none held (a held update's partition stays at its
+    /// offset, so a snapshot's restart reads it again).
+    pub fn next_offsets(&self) -> BTreeMap<u32, u64> {
+        let mut next = self.next_offsets.clone();
+        for held in self.held.values() {
+            if let Some(n) = next.get_mut(&held.partition) {
+                *n = (*n).min(held.offset);
+            }
+        }
+        next
+    }
+
+    /// Updates held for their version's announcement.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Holds `update` of `version`, not announced yet, read at `offset` of
+    /// `partition`, unless a newer update of its key is held.
+    fn hold(&mut self, version: String, partition: u32, offset: u64, update: v1::ParamUpdate) {
+        let Some(doc_id) = update.params.as_ref().map(|p| p.doc_id) else {
+            return; // apply_wire refuses an update without params first
+        };
+        let seq = |u: &v1::ParamUpdate| u.params.as_ref().map_or(0, |p| p.seq);
+        let held = Held {
+            partition,
+            offset,
+            update,
+        };
+        match self.held.entry((version, doc_id)) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                if seq(&held.update) > seq(&e.get().update) {
+                    e.insert(held);
+                }
+                self.stats.stale += 1;
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(held);
+            }
+        }
+    }
+
+    /// Applies (and forgets) the held updates whose versions are served
+    /// now.
+    fn apply_announced(&mut self) {
+        let store = &self.store;
+        let mut released: Vec<Held> = self
+            .held
+            .extract_if(|(version, _), _| store.version(version).is_ok())
+            .map(|(_, held)| held)
+            .collect();
+        // In read order, as they came.
+        released.sort_unstable_by_key(|h| (h.partition, h.offset));
+        for held in released {
+            self.stats.count(self.store.apply_wire(&held.update));
+        }
+    }
+
+    /// `partition` reached its high watermark of the start: it has read
+    /// its newest announcement, so an update it still holds names a
+    /// version that was never announced (rejected).
+    fn caught_up(&mut self, partition: u32) {
+        self.behind.remove(&partition);
+        if !self.held.is_empty() {
+            let before = self.held.len();
+            self.held.retain(|_, held| held.partition != partition);
+            let unannounced = (before - self.held.len()) as u64;
+            if unannounced > 0 {
+                self.stats.rejected += unannounced;
+                tracing::warn!(
+                    partition,
+                    updates = unannounced,
+                    "updates of versions never announced in their partition rejected"
+                );
+            }
+        }
+        self.check_ready();
     }
 
     /// What was applied so far.
@@ -185,6 +293,10 @@ mod tests {
     }
 
     fn update(doc_id: u64, seq: u64) -> (Vec<u8>, Vec<u8>) {
+        update_of("ctr", doc_id, seq)
+    }
+
+    fn update_of(version: &str, doc_id: u64, seq: u64) -> (Vec<u8>, Vec<u8>) {
         let state = KeyState {
             seq,
             sample_count: seq as f64,
@@ -192,8 +304,8 @@ mod tests {
             posterior: Posterior::Beta(BetaPosterior::from_parts(1.0 + seq as f64, 1.0).unwrap()),
         };
         (
-            format!("ctr/{doc_id}").into_bytes(),
-            update_to_wire("ctr", doc_id, &state).encode_to_vec(),
+            format!("{version}/{doc_id}").into_bytes(),
+            update_to_wire(version, doc_id, &state).encode_to_vec(),
         )
     }
 
@@ -241,8 +353,66 @@ mod tests {
             ),
             (1, 1, 1, 2)
         );
-        assert_eq!(f.next_offsets(), &[(0, 4), (1, 1), (2, 0)].into());
+        assert_eq!(f.next_offsets(), BTreeMap::from([(0, 4), (1, 1), (2, 0)]));
         assert_eq!(store.params("ctr", 7).unwrap().seq, 2);
+    }
+
+    /// A compacted topic: updates of a version created at run time come
+    /// before the only announcement left that names it. They are held and
+    /// applied when it comes (the newest seq of each key), and the
+    /// snapshot's offsets stay at the first of them meanwhile. An update
+    /// of a version its partition never announces is rejected once the
+    /// partition has caught up, and at once after that.
+    #[test]
+    fn updates_ahead_of_their_versions_announcement_wait_for_it() {
+        let store = Arc::new(ParamStore::default());
+        let readiness = Readiness::not_ready();
+        let mut f = Follower::new(
+            Arc::clone(&store),
+            [(0, 0), (1, 0)].into(),
+            &[(0, 5), (1, 2)].into(),
+            readiness.clone(),
+            Instant::now(),
+        );
+        for (offset, (doc, seq)) in [(7, 3), (7, 2), (8, 1)].into_iter().enumerate() {
+            let (key, value) = update(doc, seq);
+            f.record(0, offset as u64, Some(&key), Some(&value));
+        }
+        assert_eq!(f.held(), 2, "doc 7's newest and doc 8's");
+        assert!(
+            store.params("ctr", 7).is_err(),
+            "not served before it is announced"
+        );
+        assert_eq!(f.next_offsets(), BTreeMap::from([(0, 0), (1, 0)]));
+
+        f.record(0, 3, Some(ANNOUNCEMENT_KEY), Some(&announcement()));
+        assert_eq!(f.held(), 0);
+        assert_eq!(store.params("ctr", 7).unwrap().seq, 3);
+        assert_eq!(store.params("ctr", 8).unwrap().seq, 1);
+        assert_eq!(f.next_offsets(), BTreeMap::from([(0, 4), (1, 0)]));
+
+        let (key, value) = update_of("other", 9, 1);
+        f.record(1, 0, Some(&key), Some(&value));
+        assert_eq!(f.held(), 1);
+        f.end_of_partition(1);
+        assert_eq!(f.held(), 0, "partition 1 has read its newest announcement");
+        assert_eq!(f.next_offsets(), BTreeMap::from([(0, 4), (1, 1)]));
+        let (key, value) = update(7, 4);
+        f.record(0, 4, Some(&key), Some(&value));
+        assert!(readiness.is_ready());
+        let (key, value) = update_of("other", 9, 2);
+        f.record(1, 1, Some(&key), Some(&value));
+        assert_eq!(f.held(), 0, "caught up: rejected at once");
+        let stats = f.stats();
+        assert_eq!(
+            (
+                stats.versions_added,
+                stats.applied,
+                stats.stale,
+                stats.rejected
+            ),
+            (1, 3, 1, 2)
+        );
     }
 
     #[test]

@@ -202,7 +202,7 @@ impl Replica {
             let written = snapshot::write(
                 &snapshots.config.dir,
                 &self.topic,
-                follower.next_offsets(),
+                &follower.next_offsets(),
                 store,
             )?;
             log_written(&written);
@@ -309,7 +309,7 @@ fn follow(
         if let Some((requests, every)) = &snapshots
             && last_snapshot.elapsed() >= *every
         {
-            match requests.try_send(follower.next_offsets().clone()) {
+            match requests.try_send(follower.next_offsets()) {
                 Ok(()) => last_snapshot = Instant::now(),
                 Err(TrySendError::Full(_)) => {} // still writing the last one
                 Err(TrySendError::Disconnected(_)) => {
