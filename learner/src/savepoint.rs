@@ -923,15 +923,19 @@ pub fn version_states(
 /// them between them (each partition from the share that holds it, see
 /// [`plan_shares`]): its spec and every (doc id, state), in doc order.
 /// `None` when a contributing share has no version of that name; an error
-/// when two hold different specs of it.
+/// when two hold different specs of it, or when the shares were not taken
+/// at one point of the event-time order (see [`check_mergeable`]): the
+/// version's keys would be a mix of two moments.
 pub fn shares_version_states(
     shares: &[Savepoint],
     version: &str,
     partitions: &BTreeSet<u32>,
 ) -> Result<Option<VersionStates>, SavepointError> {
+    let plan = plan_shares(shares, Some(partitions))?;
+    check_mergeable(&plan)?;
     let mut spec = None;
     let mut states = Vec::new();
-    for (share, taken) in plan_shares(shares, Some(partitions))? {
+    for (share, taken) in plan {
         let Some((share_spec, mut share_states)) = version_states(share, version)? else {
             return Ok(None);
         };

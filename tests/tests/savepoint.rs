@@ -975,6 +975,11 @@ fn shares_that_do_not_make_one_state_are_refused() {
     };
     let apart = refusal(&[left.clone(), right.clone()], None);
     assert!(apart.contains("release frontiers"), "{apart}");
+    // Nor does a rollback read a version from them.
+    let all = BTreeSet::from_iter(0..PARTITIONS);
+    let err =
+        savepoint::shares_version_states(&[left.clone(), right.clone()], "beta", &all).unwrap_err();
+    assert!(err.to_string().contains("release frontiers"), "{err}");
     let twice = refusal(&[whole.clone(), left.clone()], None);
     assert!(twice.contains("partition 0 is in both"), "{twice}");
     let missing = refusal(std::slice::from_ref(&left), None);
