@@ -227,7 +227,7 @@ impl Topic {
                         driver.ingest(partition, offset, offset + 1, payload);
                         peak = peak.max(driver.engine.buffered());
                     }
-                    Polled::CaughtUp(p) => {
+                    Polled::CaughtUp { partition: p, .. } => {
                         let next = driver.engine.next_offsets().get(&p).copied().unwrap_or(0);
                         if next >= self.highs[&p] {
                             driver.engine.set_idle(p, true);

@@ -104,6 +104,11 @@ pub struct FallbackParamServerConfig {
     /// How long connecting and reading one version's snapshot may take.
     #[serde(default = "default_fallback_timeout")]
     pub request_timeout_ms: u64,
+    /// A file holding a token of the server's admin service (read role is
+    /// enough): with it, a learner without any state also seeds the
+    /// versions created at run time, which `ListVersions` names; without
+    /// it, only the config's.
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[fallback.kafka]`.
@@ -897,12 +902,14 @@ pub const PRODUCER_SETTINGS: [(&str, &str); 3] = [
 ];
 
 /// librdkafka properties the source sets itself because the delivery
-/// guarantee depends on them.
-pub const RESERVED_PROPERTIES: [&str; 5] = [
+/// guarantee depends on them (`isolation.level`: an aborted transaction's
+/// samples are never applied).
+pub const RESERVED_PROPERTIES: [&str; 6] = [
     "enable.auto.commit",
     "enable.auto.offset.store",
     "auto.offset.reset",
     "enable.partition.eof",
+    "isolation.level",
     "bootstrap.servers",
 ];
 

@@ -459,6 +459,16 @@ impl Engine {
         self.next_offsets.entry(partition).or_insert(offset);
     }
 
+    /// Takes note that `partition` holds no record below `next_offset`
+    /// left to read: its next offset moves up to it, never down. A Kafka
+    /// partition's end comes past a transaction's commit marker, which no
+    /// record stands for; without this the learner's offset stays below
+    /// the high watermark for good.
+    pub fn skip_to(&mut self, partition: u32, next_offset: u64) {
+        let next = self.next_offsets.entry(partition).or_insert(next_offset);
+        *next = (*next).max(next_offset);
+    }
+
     /// The next offset to read per partition.
     pub fn next_offsets(&self) -> &BTreeMap<u32, u64> {
         &self.next_offsets
@@ -606,6 +616,21 @@ impl Engine {
         let old = self.params.insert(key, slot);
         debug_assert!(old.is_none(), "{key:?} was in the table");
         self.stats.count_key(key.version);
+    }
+
+    /// Registers a version the served parameters list (the restore of
+    /// last resort, on an engine without state: a version created at run
+    /// time), retired when listed so.
+    pub fn register_served(
+        &mut self,
+        version: crate::params::AnnouncedVersion,
+    ) -> Result<VersionId, RegistryError> {
+        let name = version.spec.name.clone();
+        let id = self.registry.create(version.spec)?;
+        if version.retired {
+            self.registry.retire(&name)?;
+        }
+        Ok(id)
     }
 
     /// Registers a version; its samples are accepted from the next released

@@ -11,7 +11,13 @@
 //! samples between what the served values had seen and that position may
 //! be missed or counted twice. That is the price of a last line of
 //! defence, and the log says so.
+//!
+//! A learner that starts without any state also registers the versions
+//! created at run time (by admin commands the control topic no longer
+//! replays to it) that the source lists, before seeding: a fork's or a
+//! created version's parameters come back with the config's.
 
+use crate::params::AnnouncedVersion;
 use crate::posterior::{KeyState, Posterior};
 use crate::version::VersionSpec;
 
@@ -21,6 +27,11 @@ pub trait ServedParams {
     /// Every served key of `version` as (doc id, state); empty when the
     /// version was never served.
     fn fetch(&mut self, version: &VersionSpec) -> anyhow::Result<Vec<(u64, KeyState)>>;
+
+    /// The served versions, retired ones included, in the order they
+    /// were registered; empty when the source cannot list them (then
+    /// only the config's versions are seeded).
+    fn versions(&mut self) -> anyhow::Result<Vec<AnnouncedVersion>>;
 }
 
 /// Why served parameters were refused.

@@ -116,7 +116,8 @@ fn source_client(config: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "error")
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed");
     client
 }
 
@@ -133,7 +134,14 @@ pub enum Polled {
         payload: Payload,
     },
     /// `partition` has delivered everything the broker holds.
-    CaughtUp(u32),
+    CaughtUp {
+        /// Partition.
+        partition: u32,
+        /// The offset its next record will have, where the client reports
+        /// it (an aligned read does): past a transaction's trailing commit
+        /// marker, which no record stands for.
+        next_offset: Option<u64>,
+    },
     /// Nothing within the timeout, or a transient client error (the
     /// client retries by itself; the error is kept for logs and metrics).
     Nothing(Option<KafkaError>),
@@ -563,6 +571,9 @@ fn control_start(next_offset: Option<u64>, low_watermark: i64) -> u64 {
 /// of last resort.
 pub struct ParamsTopic {
     by_version: std::collections::HashMap<String, BTreeMap<u64, crate::posterior::KeyState>>,
+    /// Every announced version, in the order first announced; retired
+    /// once any announcement says so.
+    versions: Vec<crate::params::AnnouncedVersion>,
 }
 
 impl ParamsTopic {
@@ -597,6 +608,7 @@ impl ParamsTopic {
             String,
             BTreeMap<u64, crate::posterior::KeyState>,
         > = std::collections::HashMap::new();
+        let mut versions: Vec<crate::params::AnnouncedVersion> = Vec::new();
         let deadline = std::time::Instant::now() + timeout;
         while !remaining.is_empty() {
             anyhow::ensure!(
@@ -616,8 +628,20 @@ impl ParamsTopic {
             }
             let record = ParamsRecord::decode(message.key(), message.payload().unwrap_or_default())
                 .with_context(|| format!("params record {topic}/{p}@{}", message.offset()))?;
-            let ParamsRecord::Update(update) = record else {
-                continue; // a version announcement: the config names the versions
+            let update = match record {
+                ParamsRecord::Update(update) => update,
+                ParamsRecord::Versions(announced) => {
+                    for version in announced {
+                        match versions
+                            .iter_mut()
+                            .find(|v| v.spec.name == version.spec.name)
+                        {
+                            Some(known) => known.retired |= version.retired,
+                            None => versions.push(version),
+                        }
+                    }
+                    continue;
+                }
             };
             let params = update.params.unwrap_or_default();
             let state = crate::posterior::KeyState::decode(&update.state).map_err(|e| {
@@ -631,7 +655,10 @@ impl ParamsTopic {
                 }
             }
         }
-        Ok(Self { by_version })
+        Ok(Self {
+            by_version,
+            versions,
+        })
     }
 }
 
@@ -645,6 +672,10 @@ impl crate::fallback::ServedParams for ParamsTopic {
             .remove(&version.name)
             .map(|keys| keys.into_iter().collect())
             .unwrap_or_default())
+    }
+
+    fn versions(&mut self) -> anyhow::Result<Vec<crate::params::AnnouncedVersion>> {
+        Ok(self.versions.clone())
     }
 }
 

@@ -30,9 +30,25 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 
-/// One entry of a partition queue: a record, or an event of the partition
-/// (its end, an error) as rdkafka reports it.
-pub(crate) type Entry<'a> = Result<RawRecord<'a>, KafkaError>;
+/// One entry of a partition queue: a record, or an event of the partition.
+#[derive(Debug)]
+pub(crate) enum Entry<'a> {
+    /// A record.
+    Record(RawRecord<'a>),
+    /// The partition's end: every record below `next_offset` has been
+    /// delivered, and nothing is at or past it yet. With transactions the
+    /// last record can be below `next_offset - 1` (a commit marker, or
+    /// aborted records, skipped by librdkafka), so the end is the only
+    /// place that offset is known.
+    End {
+        /// Partition.
+        partition: u32,
+        /// The offset the next record will have.
+        next_offset: u64,
+    },
+    /// An error, as rdkafka's own poll would report it.
+    Error(KafkaError),
+}
 
 /// A record as librdkafka holds it, borrowed for the duration of a
 /// [`LaneQueue::take`] callback.
@@ -197,9 +213,11 @@ impl Drop for Taken<'_> {
     }
 }
 
-/// A message as a record, or as the error rdkafka's own poll would report.
+/// A message as a record, the partition's end, or the error rdkafka's
+/// own poll would report.
 fn entry(message: &rdsys::rd_kafka_message_t) -> Entry<'_> {
     let partition = message.partition;
+    let offset = u64::try_from(message.offset).unwrap_or(0);
     match message.err {
         RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR => {
             let payload = (!message.payload.is_null()).then(|| {
@@ -207,16 +225,21 @@ fn entry(message: &rdsys::rd_kafka_message_t) -> Entry<'_> {
                 // `payload`, alive as long as the message.
                 unsafe { std::slice::from_raw_parts(message.payload as *const u8, message.len) }
             });
-            Ok(RawRecord {
+            Entry::Record(RawRecord {
                 partition: u32::try_from(partition).unwrap_or(u32::MAX),
-                offset: u64::try_from(message.offset).unwrap_or(0),
+                offset,
                 payload,
             })
         }
-        RDKafkaRespErr::RD_KAFKA_RESP_ERR__PARTITION_EOF => {
-            Err(KafkaError::PartitionEOF(partition))
-        }
-        code => Err(KafkaError::MessageConsumption(code.into())),
+        // librdkafka reports the end at its fetch position, once that
+        // equals the high watermark (the last stable offset when reading
+        // committed records): `rd_kafka_fetch_reply_handle_partition`,
+        // librdkafka 2.12.
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR__PARTITION_EOF => Entry::End {
+            partition: u32::try_from(partition).unwrap_or(u32::MAX),
+            next_offset: offset,
+        },
+        code => Entry::Error(KafkaError::MessageConsumption(code.into())),
     }
 }
 
@@ -228,5 +251,47 @@ impl Drop for LaneQueue {
             rdsys::rd_kafka_queue_cb_event_enable(self.queue.as_ptr(), None, std::ptr::null_mut());
             rdsys::rd_kafka_queue_destroy(self.queue.as_ptr());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message as librdkafka hands it over, without payload or key.
+    fn message(err: RDKafkaRespErr, partition: i32, offset: i64) -> rdsys::rd_kafka_message_t {
+        // SAFETY: every field is an integer, an enum whose zero is
+        // `NO_ERROR`, or a raw pointer, for which all zero bits are valid.
+        let mut message: rdsys::rd_kafka_message_t = unsafe { std::mem::zeroed() };
+        message.err = err;
+        message.partition = partition;
+        message.offset = offset;
+        message
+    }
+
+    /// The end of a partition keeps the offset librdkafka reports it at:
+    /// past a transaction's commit marker it is above the last record's
+    /// offset + 1, and the only place that offset is known.
+    #[test]
+    fn a_partitions_end_keeps_its_offset() {
+        let end = message(RDKafkaRespErr::RD_KAFKA_RESP_ERR__PARTITION_EOF, 2, 203);
+        assert!(matches!(
+            entry(&end),
+            Entry::End {
+                partition: 2,
+                next_offset: 203
+            }
+        ));
+        let record = message(RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR, 2, 201);
+        assert!(matches!(
+            entry(&record),
+            Entry::Record(RawRecord {
+                partition: 2,
+                offset: 201,
+                payload: None
+            })
+        ));
+        let error = message(RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT, 2, 0);
+        assert!(matches!(entry(&error), Entry::Error(_)));
     }
 }

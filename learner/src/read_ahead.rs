@@ -276,8 +276,9 @@ struct Reader {
     /// What the reader last paused, ascending.
     paused: Vec<u32>,
     /// Each partition's offset after the last record taken from
-    /// librdkafka (its assigned offset before any): where a resumed
-    /// partition goes on (see [`Reader::apply_pauses`]).
+    /// librdkafka, or of its end when reported later (its assigned offset
+    /// before any): where a resumed partition goes on (see
+    /// [`Reader::apply_pauses`]).
     taken: BTreeMap<u32, u64>,
 }
 
@@ -304,8 +305,15 @@ impl Lane {
             let partition = self.queue.partition();
             let held = &mut self.held;
             self.queue.take(LANE_TAKE, |entry| {
-                if let Ok(record) = &entry {
-                    note_taken(taken, record.partition, record.offset);
+                match &entry {
+                    Entry::Record(record) => {
+                        note_taken(taken, record.partition, record.offset + 1);
+                    }
+                    &Entry::End {
+                        partition,
+                        next_offset,
+                    } => note_taken(taken, partition, next_offset),
+                    Entry::Error(_) => {}
                 }
                 held.push_back(convert_entry(entry, partition));
             });
@@ -323,7 +331,7 @@ impl Lane {
                     self.clock = Some(self.clock.map_or(t, |c| c.max(t)));
                 }
             }
-            Ok(Polled::CaughtUp(_)) => self.at_end = true,
+            Ok(Polled::CaughtUp { .. }) => self.at_end = true,
             Ok(Polled::Nothing(_)) | Err(_) => {}
         }
     }
@@ -385,7 +393,7 @@ impl Reader {
                 note_taken(
                     &mut self.taken,
                     message.partition() as u32,
-                    message.offset() as u64,
+                    message.offset() as u64 + 1,
                 );
             }
             batch.push_back(convert(result));
@@ -403,7 +411,7 @@ impl Reader {
     /// Pauses and resumes so that exactly the wanted partitions are paused.
     ///
     /// A resumed partition is first sought to the offset after its last
-    /// record taken. A pause keeps librdkafka's own position of the
+    /// record taken (or to its end's, past a commit marker). A pause keeps librdkafka's own position of the
     /// partition as where to go on, and that position counts the events
     /// taken too: a partition's end, reported at offset E (the next
     /// record's), moves it to E + 1 (`rd_kafka_q_serve_rkmessages`,
@@ -541,10 +549,11 @@ fn take_aligned(
     took
 }
 
-/// Notes a record at `offset` of `partition` taken from librdkafka.
-fn note_taken(taken: &mut BTreeMap<u32, u64>, partition: u32, offset: u64) {
+/// Notes that librdkafka handed over everything of `partition` below
+/// `next_offset` (a record just below it, or the partition's end there).
+fn note_taken(taken: &mut BTreeMap<u32, u64>, partition: u32, next_offset: u64) {
     let next = taken.entry(partition).or_insert(0);
-    *next = (*next).max(offset + 1);
+    *next = (*next).max(next_offset);
 }
 
 /// One poll's result as the engine takes it: records decoded, end of
@@ -563,8 +572,15 @@ fn convert(result: Result<BorrowedMessage<'_>, KafkaError>) -> Item {
 /// [`convert`] for an entry of `partition`'s own queue.
 fn convert_entry(entry: Entry<'_>, partition: u32) -> Item {
     match entry {
-        Ok(r) => Ok(record(r.partition, r.offset, r.payload)),
-        Err(err) => client_error(err, Some(partition)),
+        Entry::Record(r) => Ok(record(r.partition, r.offset, r.payload)),
+        Entry::End {
+            partition,
+            next_offset,
+        } => Ok(Polled::CaughtUp {
+            partition,
+            next_offset: Some(next_offset),
+        }),
+        Entry::Error(err) => client_error(err, Some(partition)),
     }
 }
 
@@ -588,7 +604,11 @@ fn record(partition: u32, offset: u64, payload: Option<&[u8]>) -> Polled {
 /// when the error came from its queue), or a transient error.
 fn client_error(err: KafkaError, partition: Option<u32>) -> Item {
     match err {
-        KafkaError::PartitionEOF(p) => Ok(Polled::CaughtUp(p as u32)),
+        // rdkafka's own poll drops the end's offset.
+        KafkaError::PartitionEOF(p) => Ok(Polled::CaughtUp {
+            partition: p as u32,
+            next_offset: None,
+        }),
         err if crate::kafka::is_offset_lost(&err) => {
             let named = crate::kafka::lost_partition(&err);
             Err(KafkaSourceError::OffsetLost {

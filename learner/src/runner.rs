@@ -381,7 +381,7 @@ fn open_engine_seeding(
         }
     };
     let seeded = if seed {
-        seed_stateless(&mut engine, &stateless, config, None)?
+        seed_stateless(&mut engine, &stateless, !restored, config, None)?
     } else {
         0
     };
@@ -400,13 +400,17 @@ fn names(engine: &Engine) -> Vec<String> {
 /// Seeds each of `versions` (none of which has state) from the config's
 /// served-parameters source, the restore of last resort; returns the
 /// number of keys seeded. The source is only opened when a version needs
-/// it. With `owned` (partitions, partition count), only the docs of those
-/// partitions: the served parameters hold every learner's, and a key of
-/// another learner's partition would be this one's from then on (a
-/// rollback would reset it, under sequence numbers its owner also uses).
+/// it. An engine `fresh` (nothing restored) first registers the served
+/// versions it lacks: those created at run time, whose commands it does
+/// not replay. With `owned` (partitions, partition count), only the docs
+/// of those partitions: the served parameters hold every learner's, and
+/// a key of another learner's partition would be this one's from then on
+/// (a rollback would reset it, under sequence numbers its owner also
+/// uses).
 fn seed_stateless(
     engine: &mut Engine,
     versions: &[String],
+    fresh: bool,
     config: &Config,
     owned: Option<(&BTreeSet<u32>, u32)>,
 ) -> Result<usize> {
@@ -416,11 +420,29 @@ fn seed_stateless(
     let Some(mut served) = open_served(config)? else {
         return Ok(0);
     };
+    let mut versions = versions.to_vec();
+    if fresh {
+        for listed in served.versions().context("list the served versions")? {
+            let name = listed.spec.name.clone();
+            if engine.registry().id(&name).is_some() {
+                continue; // the config's spec stands
+            }
+            engine
+                .register_served(listed)
+                .with_context(|| format!("register the served version {name:?}"))?;
+            tracing::warn!(
+                "version {name:?}, not in the config (created at run time), registered \
+                 as the served parameters list it"
+            );
+            versions.push(name);
+        }
+    }
     let mut seeded = 0;
-    for name in versions {
+    for name in &versions {
         let spec = engine
             .registry()
-            .live(name)
+            .id(name)
+            .and_then(|id| engine.registry().get(id))
             .map(|e| e.spec.clone())
             .with_context(|| format!("version {name:?} to seed"))?;
         let mut states = served
@@ -480,9 +502,19 @@ pub fn open_served(config: &Config) -> Result<Option<Box<dyn ServedParams>>> {
         )));
     }
     if let Some(server) = &fallback.param_server {
+        let token = match &server.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("read fallback.param_server.token_file {path:?}"))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
         return Ok(Some(Box::new(crate::served::ParamServerSource::new(
             &server.endpoint,
             Duration::from_millis(server.request_timeout_ms),
+            token,
         )?)));
     }
     Ok(None)
@@ -1011,6 +1043,7 @@ pub fn run_kafka_with(
     let seeded = seed_stateless(
         &mut engine,
         &stateless,
+        !was_restored,
         config,
         Some((&partitions, source.partition_count())),
     )?;
@@ -1173,8 +1206,19 @@ pub fn run_kafka_with(
                 }
                 checkpointer.failpoint.hit("after_ingest", records);
             }
-            Polled::CaughtUp(partition) => {
+            Polled::CaughtUp {
+                partition,
+                next_offset,
+            } => {
                 caught_up.insert(partition);
+                if let Some(next) = end_past_last_record(&mut engine, partition, next_offset) {
+                    // The end of a bounded run, the watchdog's progress and
+                    // the lag count it.
+                    progress.set(partition, next);
+                    if let Some(end) = &mut end {
+                        end.touched(partition);
+                    }
+                }
             }
             Polled::Nothing(Some(err)) => tracing::warn!("kafka: {err}"),
             Polled::Nothing(None) => {}
@@ -1287,6 +1331,27 @@ impl EndOfInput {
             }
         }
     }
+}
+
+/// A partition's end, reported at `next_offset` (an aligned read reports
+/// it): past a transaction's trailing commit marker, which no record
+/// stands for, it is beyond the last record's offset. Moves the
+/// partition's next offset there and returns it when it is ahead, so
+/// that the learner's offset reaches the high watermark.
+fn end_past_last_record(
+    engine: &mut Engine,
+    partition: u32,
+    next_offset: Option<u64>,
+) -> Option<u64> {
+    let next = next_offset?;
+    let behind = engine
+        .next_offsets()
+        .get(&partition)
+        .is_some_and(|&n| n < next);
+    behind.then(|| {
+        engine.skip_to(partition, next);
+        next
+    })
 }
 
 /// Kafka, with metrics: each partition's lag behind its high watermark,
@@ -2042,8 +2107,8 @@ mod tests {
         assert!(!checkpoint_due(&no_timer, 99, ms(60_000), false));
     }
 
-    #[test]
-    fn an_until_end_run_ends_when_every_partition_reaches_its_target() {
+    /// An engine of one Beta version over `partitions`.
+    fn beta_engine(partitions: impl IntoIterator<Item = u32>) -> Engine {
         use crate::batcher::BatchPolicy;
         use crate::engine::EngineConfig;
         use crate::posterior::{BetaPrior, ModelKind, ModelSpec};
@@ -2060,22 +2125,29 @@ mod tests {
             dedup: None,
             batch: BatchPolicy::default(),
         };
-        let mut engine = Engine::new(
+        Engine::new(
             config,
             Registry::with_versions([version]).unwrap(),
-            [0, 1, 2],
-        );
-        let sample = |t: i64| {
-            Payload::Sample(crate::sample::Sample {
-                doc_id: 7,
-                version: "beta".into(),
-                event_time_ms: t,
-                context: Vec::new(),
-                labels: smallvec::smallvec![("click".into(), 1.0)],
-                weight: 1.0,
-                sample_id: None,
-            })
-        };
+            partitions,
+        )
+    }
+
+    /// A clicked sample of doc 7 at `t`.
+    fn sample(t: i64) -> Payload {
+        Payload::Sample(crate::sample::Sample {
+            doc_id: 7,
+            version: "beta".into(),
+            event_time_ms: t,
+            context: Vec::new(),
+            labels: smallvec::smallvec![("click".into(), 1.0)],
+            weight: 1.0,
+            sample_id: None,
+        })
+    }
+
+    #[test]
+    fn an_until_end_run_ends_when_every_partition_reaches_its_target() {
+        let mut engine = beta_engine([0, 1, 2]);
         let idle = |engine: &Engine, p: u32| engine.clocks()[&p].idle;
         // Partition 2 has nothing to give: at its end from the start.
         let mut end = EndOfInput::new([(0, 2), (1, 1), (2, 0)].into());
@@ -2112,6 +2184,38 @@ mod tests {
         );
         end.touched(0);
         assert!(end.reached(&engine), "a dead letter counts as read");
+    }
+
+    /// A transaction's commit marker takes the last offset of a partition
+    /// (nisshi 0.8.1 refuses transactional producers, so this is tested
+    /// here, below the broker): the partition's end, reported past it,
+    /// brings the learner's next offset to the high watermark, and a
+    /// bounded run ends. An end at or below the next offset, or without
+    /// an offset, changes nothing.
+    #[test]
+    fn a_partitions_end_past_a_commit_marker_completes_a_bounded_run() {
+        let mut engine = beta_engine([0]);
+        engine.start_partition_at(0, 0);
+        // Records at 0 and 1, the commit marker at 2: high watermark 3.
+        let mut end = EndOfInput::new([(0, 3)].into());
+        for offset in 0..2 {
+            engine.ingest(0, offset, sample(100 + offset as i64));
+            end.touched(0);
+        }
+        assert!(!end.reached(&engine), "the marker is not a record");
+        assert_eq!(end_past_last_record(&mut engine, 0, None), None);
+        assert_eq!(end_past_last_record(&mut engine, 0, Some(2)), None);
+        assert_eq!(engine.next_offsets()[&0], 2);
+        assert_eq!(end_past_last_record(&mut engine, 0, Some(3)), Some(3));
+        end.touched(0);
+        assert_eq!(engine.next_offsets()[&0], 3, "checkpointed past the marker");
+        assert!(end.reached(&engine));
+        assert_eq!(
+            end_past_last_record(&mut engine, 0, Some(1)),
+            None,
+            "never back"
+        );
+        assert_eq!(engine.next_offsets()[&0], 3);
     }
 
     fn clock(max_event_ms: i64) -> PartitionClock {

@@ -1,17 +1,19 @@
 //! A param-server as the source of served parameters for the restore of
 //! last resort ([`crate::fallback`]): each version is read from a
 //! `WatchParams` snapshot over gRPC — what the server serves, the last
-//! values the learners published.
+//! values the learners published. With a token of its admin service, the
+//! served versions are listed too (`ListVersions`, read role).
 
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use posterior_proto::v1;
+use posterior_proto::v1::admin_service_client::AdminServiceClient;
 use posterior_proto::v1::param_service_client::ParamServiceClient;
 use posterior_proto::v1::watch_params_event::Event;
 
 use crate::fallback::ServedParams;
-use crate::params::params_from_wire;
+use crate::params::{AnnouncedVersion, params_from_wire};
 use crate::posterior::KeyState;
 use crate::version::VersionSpec;
 
@@ -24,12 +26,16 @@ pub struct ParamServerSource {
     runtime: tokio::runtime::Runtime,
     endpoint: tonic::transport::Endpoint,
     timeout: Duration,
+    /// A bearer token of the server's admin service, to list versions.
+    token: Option<String>,
 }
 
 impl ParamServerSource {
     /// A source reading `endpoint` (e.g. `http://host:port`), each
-    /// version's snapshot within `timeout`. Connects lazily.
-    pub fn new(endpoint: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// version's snapshot within `timeout`; with `token` (of the admin
+    /// service's read role), it lists the served versions too. Connects
+    /// lazily.
+    pub fn new(endpoint: &str, timeout: Duration, token: Option<String>) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -41,6 +47,56 @@ impl ParamServerSource {
             runtime,
             endpoint,
             timeout,
+            token,
+        })
+    }
+
+    async fn list_versions(&self, token: &str) -> anyhow::Result<Vec<AnnouncedVersion>> {
+        let uri = self.endpoint.uri().clone();
+        let channel = self
+            .endpoint
+            .connect()
+            .await
+            .with_context(|| format!("connect to the param-server at {uri}"))?;
+        let mut request = tonic::Request::new(v1::ListVersionsRequest {});
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .context("the admin token is not a valid header value")?,
+        );
+        let listed = AdminServiceClient::new(channel)
+            .list_versions(request)
+            .await
+            .map_err(|status| anyhow::anyhow!("ListVersions at {uri}: {status}"))?
+            .into_inner();
+        listed
+            .versions
+            .into_iter()
+            .map(|info| {
+                let spec = info
+                    .spec
+                    .with_context(|| format!("a version listed by {uri} has no spec"))?;
+                let name = spec.name.clone();
+                Ok(AnnouncedVersion {
+                    spec: VersionSpec::try_from(spec)
+                        .map_err(|e| anyhow::anyhow!("version {name:?} listed by {uri}: {e}"))?,
+                    retired: info.retired,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs `call` on the source's runtime within its timeout.
+    fn block_on<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        self.runtime.block_on(async {
+            tokio::time::timeout(self.timeout, call)
+                .await
+                .with_context(|| format!("{what} took longer than {:?}", self.timeout))?
         })
     }
 
@@ -94,16 +150,14 @@ impl ParamServerSource {
 
 impl ServedParams for ParamServerSource {
     fn fetch(&mut self, version: &VersionSpec) -> anyhow::Result<Vec<(u64, KeyState)>> {
-        let name = version.name.clone();
-        self.runtime.block_on(async {
-            tokio::time::timeout(self.timeout, self.snapshot(&name))
-                .await
-                .with_context(|| {
-                    format!(
-                        "the snapshot of {name:?} took longer than {:?}",
-                        self.timeout
-                    )
-                })?
-        })
+        let name = &version.name;
+        self.block_on(&format!("the snapshot of {name:?}"), self.snapshot(name))
+    }
+
+    fn versions(&mut self) -> anyhow::Result<Vec<AnnouncedVersion>> {
+        match &self.token {
+            Some(token) => self.block_on("listing the versions", self.list_versions(token)),
+            None => Ok(Vec::new()),
+        }
     }
 }

@@ -323,14 +323,15 @@ fn start_with_admin(seed: u64, extra: impl FnOnce(&Path) -> String) -> AdminRun 
 #[test]
 fn an_admin_fork_reaches_the_learner_and_the_fork_is_served_warm() {
     let AdminRun {
-        dir: _dir,
+        dir: tempdir,
         broker,
         log,
         learner,
-        endpoint: _,
+        endpoint,
         runtime,
         mut admin,
     } = start_with_admin(29, |_| String::new());
+    let dir = tempdir.path();
     // Refused without the token: nothing reaches the learner.
     let refused = runtime
         .block_on(admin.fork_version(v1::ForkVersionRequest {
@@ -394,7 +395,54 @@ fn an_admin_fork_reaches_the_learner_and_the_fork_is_served_warm() {
         text.contains(&accepted.command_id) && text.contains("forked \"beta\" into"),
         "the learner logged the applied command:\n{text}"
     );
+
+    // A learner that lost its state and has no savepoint, given a read
+    // token, registers the fork (which the config does not name) from
+    // the server's list and seeds it with the served keys.
+    let token_file = dir.join("fallback-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let (orphan, _) = run_orphan(
+        dir,
+        &endpoint,
+        &format!("token_file = \"{}\"\n", token_file.display()),
+    );
+    let id = orphan
+        .registry()
+        .id("beta-b")
+        .expect("the fork is registered");
+    let keys = orphan.params().filter(|(k, _)| k.version == id).count();
+    assert_eq!(keys as u64, fork.keys, "every served key of the fork");
     learner.terminate(&log);
+}
+
+/// Runs a learner `orphan` without state or savepoint, with an empty
+/// input and `[fallback.param_server]` at `endpoint` (plus `extra` lines
+/// of that table), to its end; returns its engine, restored from its
+/// checkpoint, and its log.
+fn run_orphan(dir: &Path, endpoint: &str, extra: &str) -> (Engine, PathBuf) {
+    let empty = dir.join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let text = format!(
+        "{}\n[fallback.param_server]\nendpoint = \"{endpoint}\"\n{extra}",
+        learner_toml(dir, "orphan", Source::File(&empty), 5_000, None)
+    );
+    let orphan_path = dir.join("orphan.toml");
+    std::fs::write(&orphan_path, &text).unwrap();
+    let orphan_log = dir.join("orphan.log");
+    let mut orphan = Command::new(binary("learner"))
+        .args(["run", "--config"])
+        .arg(&orphan_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file(&orphan_log))
+        .spawn()
+        .unwrap();
+    let status = finish_within(&mut orphan, Duration::from_secs(120), &orphan_log);
+    assert!(status.success(), "{status}");
+    let config = Config::from_toml(&text).unwrap();
+    let store = RocksStore::open(&config.state.dir).unwrap();
+    let (engine, _) = restore_engine(&config, &store).unwrap().unwrap();
+    (engine, orphan_log)
 }
 
 fn unix_ms() -> i64 {
@@ -580,30 +628,9 @@ fn a_learner_without_state_or_savepoint_restores_from_the_param_server() {
 
     // A second learner whose state and savepoints are gone: it seeds both
     // versions from the server, then reads its (empty) input.
-    let empty = dir.path().join("empty.jsonl");
-    std::fs::write(&empty, "").unwrap();
-    let text = format!(
-        "{}\n[fallback.param_server]\nendpoint = \"{endpoint}\"\n",
-        learner_toml(dir.path(), "orphan", Source::File(&empty), 5_000, None)
-    );
-    let orphan_path = dir.path().join("orphan.toml");
-    std::fs::write(&orphan_path, &text).unwrap();
-    let orphan_log = dir.path().join("orphan.log");
-    let mut orphan = Command::new(binary("learner"))
-        .args(["run", "--config"])
-        .arg(&orphan_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file(&orphan_log))
-        .spawn()
-        .unwrap();
-    let status = finish_within(&mut orphan, Duration::from_secs(120), &orphan_log);
-    assert!(status.success(), "{status}");
+    let (engine, orphan_log) = run_orphan(dir.path(), &endpoint, "");
     serving.terminate(&log);
 
-    let config = Config::from_toml(&text).unwrap();
-    let store = RocksStore::open(&config.state.dir).unwrap();
-    let (engine, _) = restore_engine(&config, &store).unwrap().unwrap();
     let learned: Served = served.into_iter().filter(|(_, p)| !p.is_prior).collect();
     assert_eq!(engine.param_count(), learned.len());
     for (key, state) in engine.params() {

@@ -1,9 +1,10 @@
 //! The restore of last resort: a learner with neither live state nor a
 //! savepoint seeds its versions from the `params` topic the param-servers
-//! serve, bit for bit what the last learner published, and checkpoints
-//! that at once; a learner that has state never consults it; a learner of
-//! some partitions takes only their docs, and replays no earlier admin
-//! command onto them.
+//! serve, bit for bit what the last learner published — a version forked
+//! at run time included, registered from the topic's announcements — and
+//! checkpoints that at once; a learner that has state never consults it;
+//! a learner of some partitions takes only their docs, and replays no
+//! earlier admin command onto them.
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
@@ -44,6 +45,7 @@ fn a_learner_without_state_or_savepoint_starts_from_the_served_parameters() {
     let broker = Broker::start(Storage::Memory);
     broker.create_topic("samples", PARTITIONS);
     broker.create_topic("params", PARTITIONS);
+    broker.create_topic("control", 1);
     let (records, _) = generate_records(LogSpec {
         records: 40_000,
         docs: 1_500,
@@ -51,6 +53,9 @@ fn a_learner_without_state_or_savepoint_starts_from_the_served_parameters() {
         seed: 3,
     });
     produce_samples(&broker, &records, PARTITIONS);
+    // Halfway through the log (~40 s of event time), `beta` is forked
+    // into a version the config does not name.
+    produce_command(&broker, fork("fork-runtime", 20_000, "beta-runtime"));
 
     // The learner that published, and whose state is then lost.
     let first_path = dir.path().join("first.toml");
@@ -60,10 +65,14 @@ fn a_learner_without_state_or_savepoint_starts_from_the_served_parameters() {
         Source::Kafka(&broker.bootstrap()),
         5_000,
         Some(&broker.bootstrap()),
-    );
+    ) + &format!("\n[control]\nbrokers = \"{}\"\n", broker.bootstrap());
     std::fs::write(&first_path, &first_text).unwrap();
     run(&first_path, true);
     let published = dump_store(&Config::from_toml(&first_text).unwrap());
+    assert!(
+        published.contains("\"beta-runtime\""),
+        "the fork has keys to seed"
+    );
 
     // Its replacement: no state, no savepoint, an input with nothing new.
     let empty = dir.path().join("empty.jsonl");
@@ -107,23 +116,7 @@ fn a_learner_without_state_or_savepoint_starts_from_the_served_parameters() {
     // A learner of partition 0 only takes partition 0's docs, and does not
     // replay the control topic's earlier commands onto them (here a fork,
     // which would copy the seeded `beta` into a new version).
-    broker.create_topic("control", 1);
-    let fork = ControlCommand {
-        command_id: "fork-before".into(),
-        effective_event_time_ms: 1_700_000_000_000,
-        issued_by: "fallback-test".into(),
-        command: Some(control_command::Command::ForkVersion(
-            v1::ForkVersionRequest {
-                from: "beta".into(),
-                to: "beta-b".into(),
-                overrides: None,
-            },
-        )),
-    };
-    broker.produce(
-        "control",
-        [(0, b"fork-before".to_vec(), fork.encode_to_vec().as_slice())],
-    );
+    produce_command(&broker, fork("fork-before", 0, "beta-b"));
     let fourth_text = learner_toml(
         dir.path(),
         "fourth",
@@ -154,6 +147,34 @@ fn a_learner_without_state_or_savepoint_starts_from_the_served_parameters() {
         .collect();
     assert!(!expected.is_empty() && expected.len() < published.len());
     assert!(got == expected, "{}", first_difference(&got, &expected));
+}
+
+/// A fork of `beta` into `to`, `at_ms` after the log's start.
+fn fork(id: &str, at_ms: i64, to: &str) -> ControlCommand {
+    ControlCommand {
+        command_id: id.into(),
+        effective_event_time_ms: 1_700_000_000_000 + at_ms,
+        issued_by: "fallback-test".into(),
+        command: Some(control_command::Command::ForkVersion(
+            v1::ForkVersionRequest {
+                from: "beta".into(),
+                to: to.into(),
+                overrides: None,
+            },
+        )),
+    }
+}
+
+/// Produces `command` to the `control` topic, keyed by its id.
+fn produce_command(broker: &Broker, command: ControlCommand) {
+    broker.produce(
+        "control",
+        [(
+            0,
+            command.command_id.as_bytes().to_vec(),
+            command.encode_to_vec().as_slice(),
+        )],
+    );
 }
 
 /// The JSONL lines of `records`.

@@ -154,7 +154,7 @@ fn read_all(kafka: &KafkaConfig, align_ms: Option<i64>) -> Read {
                     }
                 }
             }
-            Polled::CaughtUp(p) => at_end[p as usize] = true,
+            Polled::CaughtUp { partition: p, .. } => at_end[p as usize] = true,
             Polled::Nothing(_) => {}
         }
     }
@@ -237,7 +237,7 @@ impl Reading {
                 self.at_end[p] = false;
                 Some(p)
             }
-            Polled::CaughtUp(p) => {
+            Polled::CaughtUp { partition: p, .. } => {
                 self.at_end[p as usize] = true;
                 None
             }
@@ -356,7 +356,9 @@ fn cached_high_watermarks_match_the_broker_and_never_wait() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !at_end.iter().all(|&e| e) {
         assert!(Instant::now() < deadline, "never caught up");
-        if let Polled::CaughtUp(p) = source.poll(Duration::from_millis(50)).unwrap() {
+        if let Polled::CaughtUp { partition: p, .. } =
+            source.poll(Duration::from_millis(50)).unwrap()
+        {
             at_end[p as usize] = true;
         }
     }
