@@ -51,13 +51,19 @@ impl ParamServerSource {
         })
     }
 
-    async fn list_versions(&self, token: &str) -> anyhow::Result<Vec<AnnouncedVersion>> {
+    /// A connection to the server, and its address for messages.
+    async fn connect(&self) -> anyhow::Result<(tonic::transport::Uri, tonic::transport::Channel)> {
         let uri = self.endpoint.uri().clone();
         let channel = self
             .endpoint
             .connect()
             .await
             .with_context(|| format!("connect to the param-server at {uri}"))?;
+        Ok((uri, channel))
+    }
+
+    async fn list_versions(&self, token: &str) -> anyhow::Result<Vec<AnnouncedVersion>> {
+        let (uri, channel) = self.connect().await?;
         let mut request = tonic::Request::new(v1::ListVersionsRequest {});
         request.metadata_mut().insert(
             "authorization",
@@ -101,12 +107,7 @@ impl ParamServerSource {
     }
 
     async fn snapshot(&self, version: &str) -> anyhow::Result<Vec<(u64, KeyState)>> {
-        let uri = self.endpoint.uri().clone();
-        let channel = self
-            .endpoint
-            .connect()
-            .await
-            .with_context(|| format!("connect to the param-server at {uri}"))?;
+        let (uri, channel) = self.connect().await?;
         let mut client =
             ParamServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let request = v1::WatchParamsRequest {

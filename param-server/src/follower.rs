@@ -309,6 +309,12 @@ mod tests {
         )
     }
 
+    /// (versions added, applied, stale, rejected) so far.
+    fn counts(f: &Follower) -> (u64, u64, u64, u64) {
+        let s = f.stats();
+        (s.versions_added, s.applied, s.stale, s.rejected)
+    }
+
     fn announcement() -> Vec<u8> {
         announcement_to_wire(&[VersionEntry {
             id: VersionId(0),
@@ -343,16 +349,7 @@ mod tests {
         // Partition 1 ends early (a compacted tail).
         f.end_of_partition(1);
         assert!(readiness.is_ready());
-        let stats = f.stats();
-        assert_eq!(
-            (
-                stats.versions_added,
-                stats.applied,
-                stats.stale,
-                stats.rejected
-            ),
-            (1, 1, 1, 2)
-        );
+        assert_eq!(counts(&f), (1, 1, 1, 2));
         assert_eq!(f.next_offsets(), BTreeMap::from([(0, 4), (1, 1), (2, 0)]));
         assert_eq!(store.params("ctr", 7).unwrap().seq, 2);
     }
@@ -403,16 +400,7 @@ mod tests {
         let (key, value) = update_of("other", 9, 2);
         f.record(1, 1, Some(&key), Some(&value));
         assert_eq!(f.held(), 0, "caught up: rejected at once");
-        let stats = f.stats();
-        assert_eq!(
-            (
-                stats.versions_added,
-                stats.applied,
-                stats.stale,
-                stats.rejected
-            ),
-            (1, 3, 1, 2)
-        );
+        assert_eq!(counts(&f), (1, 3, 1, 2));
     }
 
     #[test]
