@@ -371,7 +371,7 @@ fn open_engine_seeding(
     config: &Config,
     store: &RocksStore,
     seed: bool,
-) -> Result<(Engine, bool, Option<u64>, usize)> {
+) -> Result<(Engine, bool, Option<u64>, Seeded)> {
     let (mut engine, restored, dead_len, stateless) = match restore_engine_adding(config, store)? {
         Some((engine, dead_len, added)) => (engine, true, dead_len, added),
         None => {
@@ -383,7 +383,7 @@ fn open_engine_seeding(
     let seeded = if seed {
         seed_stateless(&mut engine, &stateless, !restored, config, None)?
     } else {
-        0
+        Seeded::default()
     };
     Ok((engine, restored, dead_len, seeded))
 }
@@ -413,12 +413,13 @@ fn seed_stateless(
     fresh: bool,
     config: &Config,
     owned: Option<(&BTreeSet<u32>, u32)>,
-) -> Result<usize> {
-    if versions.is_empty() {
-        return Ok(0);
+) -> Result<Seeded> {
+    let mut seeded = Seeded::default();
+    if versions.is_empty() && !fresh {
+        return Ok(seeded);
     }
     let Some(mut served) = open_served(config)? else {
-        return Ok(0);
+        return Ok(seeded);
     };
     let mut versions = versions.to_vec();
     if fresh {
@@ -435,9 +436,9 @@ fn seed_stateless(
                  as the served parameters list it"
             );
             versions.push(name);
+            seeded.versions += 1;
         }
     }
-    let mut seeded = 0;
     for name in &versions {
         let spec = engine
             .registry()
@@ -464,22 +465,38 @@ fn seed_stateless(
              from served parameters; samples between those and the start position may be \
              missed or counted twice"
         );
-        seeded += n;
+        seeded.keys += n;
     }
     Ok(seeded)
 }
 
-/// After a seed from served parameters (`seeded` keys), a checkpoint
-/// before anything is read or published: a crash before the first one
-/// would otherwise seed again, from served parameters that have moved on
-/// with what this run published, and replay the same records onto
-/// another base (one sequence number, two values).
+/// What [`seed_stateless`] did: served versions registered, keys seeded.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seeded {
+    versions: usize,
+    keys: usize,
+}
+
+impl Seeded {
+    /// Whether the engine holds anything from the served parameters: then
+    /// it is checkpointed before the first record, and the control
+    /// topic's earlier commands are not replayed onto it.
+    fn any(self) -> bool {
+        self.versions > 0 || self.keys > 0
+    }
+}
+
+/// After a seed from served parameters, a checkpoint before anything is
+/// read or published: a crash before the first one would otherwise seed
+/// again, from served parameters that have moved on with what this run
+/// published, and replay the same records onto another base (one
+/// sequence number, two values).
 fn checkpoint_seeded(
     checkpointer: &mut Checkpointer,
     engine: &mut Engine,
-    seeded: usize,
+    seeded: Seeded,
 ) -> Result<()> {
-    if seeded > 0 {
+    if seeded.any() {
         checkpointer.checkpoint(engine, 0)?;
         checkpointer.wait()?;
     }
@@ -575,7 +592,7 @@ pub fn run_local_with(
 ) -> Result<RunSummary> {
     let store = RocksStore::open(&config.state.dir).context("open state store")?;
     let (mut engine, restored, dead_len, seeded) = open_engine_seeding(config, &store, true)?;
-    let commands = CommandSources::open(config, controls, &mut engine, seeded > 0)?;
+    let commands = CommandSources::open(config, controls, &mut engine, seeded.any())?;
     let mut checkpointer =
         Checkpointer::new(config, store, dead_len, sink)?.with_metrics(controls.metrics.clone());
     checkpointer.export(&engine);
@@ -685,7 +702,7 @@ pub fn run_local_with(
         checkpoints: checkpointer.completed(),
         counters: engine.counters().clone(),
         throttles: 0,
-        seeded,
+        seeded: seeded.keys,
         shutdown: stopping.elapsed(),
     })
 }
@@ -914,7 +931,7 @@ impl CommandSources {
                     tracing::warn!(
                         "seeded from served parameters: the {end} earlier records of the \
                          control topic are not replayed (the served parameters hold what they \
-                         did); versions created at run time come back only from a savepoint"
+                         did)"
                     );
                     engine.set_control_offset(end);
                 }
@@ -1047,7 +1064,7 @@ pub fn run_kafka_with(
         config,
         Some((&partitions, source.partition_count())),
     )?;
-    let commands = CommandSources::open(config, controls, &mut engine, seeded > 0)?;
+    let commands = CommandSources::open(config, controls, &mut engine, seeded.any())?;
     let mut checkpointer =
         Checkpointer::new(config, store, dead_len, sink)?.with_metrics(controls.metrics.clone());
     checkpointer.export(&engine);
@@ -1270,7 +1287,7 @@ pub fn run_kafka_with(
         checkpoints: checkpointer.completed(),
         counters: engine.counters().clone(),
         throttles,
-        seeded,
+        seeded: seeded.keys,
         shutdown: stopping.elapsed(),
     })
 }

@@ -15,12 +15,16 @@
 //! partition before the updates of a version it creates. Compaction keeps
 //! only a partition's newest announcement, so in a compacted topic the
 //! updates of a version created at run time can come before the first
-//! announcement that names it. While a partition catches up, such
-//! updates are held (the newest seq of each key) and applied when the
-//! announcement comes; the offsets a snapshot records stay at the first
-//! held one, so a restart reads it again. A partition that has caught up
-//! has read its newest announcement: what it still holds then names a
-//! version nobody announced and is rejected.
+//! announcement that names it. While the replica catches up, such
+//! updates are held (the newest seq of each key, at most
+//! [`MAX_HELD`]) and applied when the announcement comes; the offsets a
+//! snapshot records stay at the first held one, so a restart reads it
+//! again. What is still held when every partition has caught up names a
+//! version no announcement left in the topic names, and is rejected with
+//! a warning. That happens when learners of different partitions
+//! announce different registries: each announcement goes to every
+//! partition under one key, so a lagging learner's newer one can make
+//! compaction drop the only record of another's new version.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -39,6 +43,10 @@ use crate::store::ParamStore;
 const LOG_FIRST_UNDECODABLE: u64 = 20;
 /// See [`LOG_FIRST_UNDECODABLE`].
 const LOG_EVERY_UNDECODABLE: u64 = 10_000;
+/// Most updates held for their version's announcement (a few hundred
+/// bytes to a few KB each); beyond, such updates are rejected as before
+/// there was a hold.
+pub const MAX_HELD: usize = 1 << 20;
 
 /// The feed's position in the topic and its catch-up.
 #[derive(Debug)]
@@ -56,6 +64,10 @@ pub struct Follower {
     /// was behind: (version, doc) → (partition, offset, update), the
     /// newest seq of each key.
     held: HashMap<(String, u64), Held>,
+    /// Updates rejected because `max_held` were held.
+    held_over: u64,
+    /// [`MAX_HELD`], smaller in tests.
+    max_held: usize,
 }
 
 /// An update waiting for its version's announcement, and where it was read.
@@ -95,6 +107,8 @@ impl Follower {
             readiness,
             started,
             held: HashMap::new(),
+            held_over: 0,
+            max_held: MAX_HELD,
         };
         follower.check_ready();
         follower
@@ -124,9 +138,7 @@ impl Follower {
                 }
             }
             Some(Ok(ParamsRecord::Update(update))) => match self.store.apply_wire(&update) {
-                Err(StoreError::UnknownVersion(version))
-                    if self.behind.contains_key(&partition) =>
-                {
+                Err(StoreError::UnknownVersion(version)) if !self.readiness.is_ready() => {
                     self.hold(version, partition, offset, update);
                 }
                 outcome => self.stats.count(outcome),
@@ -176,6 +188,18 @@ impl Follower {
         let Some(doc_id) = update.params.as_ref().map(|p| p.doc_id) else {
             return; // apply_wire refuses an update without params first
         };
+        if self.held.len() >= self.max_held && !self.held.contains_key(&(version.clone(), doc_id)) {
+            self.stats.rejected += 1;
+            if self.held_over == 0 {
+                tracing::warn!(
+                    held = self.max_held,
+                    %version,
+                    "too many updates wait for their version's announcement: rejecting more"
+                );
+            }
+            self.held_over += 1;
+            return;
+        }
         let seq = |u: &v1::ParamUpdate| u.params.as_ref().map_or(0, |p| p.seq);
         let held = Held {
             partition,
@@ -211,24 +235,9 @@ impl Follower {
         }
     }
 
-    /// `partition` reached its high watermark of the start: it has read
-    /// its newest announcement, so an update it still holds names a
-    /// version that was never announced (rejected).
+    /// `partition` reached its high watermark of the start.
     fn caught_up(&mut self, partition: u32) {
         self.behind.remove(&partition);
-        if !self.held.is_empty() {
-            let before = self.held.len();
-            self.held.retain(|_, held| held.partition != partition);
-            let unannounced = (before - self.held.len()) as u64;
-            if unannounced > 0 {
-                self.stats.rejected += unannounced;
-                tracing::warn!(
-                    partition,
-                    updates = unannounced,
-                    "updates of versions never announced in their partition rejected"
-                );
-            }
-        }
         self.check_ready();
     }
 
@@ -258,6 +267,20 @@ impl Follower {
 
     fn check_ready(&mut self) {
         if self.behind.is_empty() && !self.readiness.is_ready() {
+            if !self.held.is_empty() {
+                // Every partition is read to its start's end: no
+                // announcement left in the topic names these versions.
+                let mut versions: Vec<&str> = self.held.keys().map(|(v, _)| v.as_str()).collect();
+                versions.sort_unstable();
+                versions.dedup();
+                tracing::warn!(
+                    updates = self.held.len(),
+                    ?versions,
+                    "updates of versions that no announcement in the topic names rejected"
+                );
+                self.stats.rejected += self.held.len() as u64;
+                self.held.clear();
+            }
             self.readiness.set_ready();
             let s = self.stats;
             tracing::info!(
@@ -388,19 +411,47 @@ mod tests {
         assert_eq!(store.params("ctr", 8).unwrap().seq, 1);
         assert_eq!(f.next_offsets(), BTreeMap::from([(0, 4), (1, 0)]));
 
+        // Held while any partition is behind, a caught-up one's too.
         let (key, value) = update_of("other", 9, 1);
         f.record(1, 0, Some(&key), Some(&value));
-        assert_eq!(f.held(), 1);
         f.end_of_partition(1);
-        assert_eq!(f.held(), 0, "partition 1 has read its newest announcement");
-        assert_eq!(f.next_offsets(), BTreeMap::from([(0, 4), (1, 1)]));
+        assert_eq!(f.held(), 1);
+        assert_eq!(f.next_offsets(), BTreeMap::from([(0, 4), (1, 0)]));
         let (key, value) = update(7, 4);
         f.record(0, 4, Some(&key), Some(&value));
         assert!(readiness.is_ready());
+        assert_eq!(f.held(), 0, "no announcement left names it: rejected");
+        assert_eq!(f.next_offsets(), BTreeMap::from([(0, 5), (1, 1)]));
         let (key, value) = update_of("other", 9, 2);
         f.record(1, 1, Some(&key), Some(&value));
         assert_eq!(f.held(), 0, "caught up: rejected at once");
         assert_eq!(counts(&f), (1, 3, 1, 2));
+    }
+
+    /// At most `max_held` updates wait; those beyond are rejected, and a
+    /// newer update of a held key still replaces it.
+    #[test]
+    fn the_hold_is_bounded() {
+        let mut f = Follower::new(
+            Arc::new(ParamStore::default()),
+            [(0, 0)].into(),
+            &[(0, 100)].into(),
+            Readiness::not_ready(),
+            Instant::now(),
+        );
+        f.max_held = 2;
+        for (offset, (doc, seq)) in [(1, 1), (2, 1), (3, 1), (1, 2)].into_iter().enumerate() {
+            let (key, value) = update(doc, seq);
+            f.record(0, offset as u64, Some(&key), Some(&value));
+        }
+        assert_eq!(f.held(), 2);
+        assert_eq!(
+            counts(&f),
+            (0, 0, 1, 1),
+            "doc 3 rejected, doc 1's seq 1 stale"
+        );
+        f.record(0, 4, Some(ANNOUNCEMENT_KEY), Some(&announcement()));
+        assert_eq!(counts(&f), (1, 2, 1, 1));
     }
 
     #[test]
