@@ -12,9 +12,33 @@ use crate::posterior::{KeyState, Posterior};
 use crate::registry::VersionEntry;
 use crate::version::VersionSpec;
 
-/// Key of the `params` topic's version announcements. A parameter
-/// record's key is `version/doc_id`, which always holds a `/`.
+/// Key of the `params` topic's version announcements by a learner of
+/// every partition. A parameter record's key is `version/doc_id`, which
+/// always holds a `/`.
 pub const ANNOUNCEMENT_KEY: &[u8] = b"versions";
+
+/// The key of the version announcements of a learner of `partitions`
+/// (`None`: every partition): [`ANNOUNCEMENT_KEY`], or
+/// `versions@p<first>-<second>-…` for a learner of some partitions. Each
+/// learner announces its own registry to every partition; under one
+/// shared key, compaction would keep only the newest learner's, and a
+/// lagging learner's could hide a version another has created (the
+/// replicas would then never learn it).
+pub fn announcement_key(partitions: Option<&std::collections::BTreeSet<u32>>) -> Vec<u8> {
+    match partitions {
+        None => ANNOUNCEMENT_KEY.to_vec(),
+        Some(partitions) => {
+            let list: Vec<String> = partitions.iter().map(u32::to_string).collect();
+            format!("versions@p{}", list.join("-")).into_bytes()
+        }
+    }
+}
+
+/// Whether `key` is an [`announcement_key`]: `versions`, or `versions@…`
+/// without a `/` (a parameter record's key always has one).
+pub fn is_announcement_key(key: &[u8]) -> bool {
+    key == ANNOUNCEMENT_KEY || (key.starts_with(b"versions@") && !key.contains(&b'/'))
+}
 
 /// The wire parameters of key (`version`, `doc_id`).
 pub fn params_to_wire(version: &str, doc_id: u64, state: &KeyState) -> v1::Params {
@@ -173,7 +197,7 @@ pub struct AnnouncedVersion {
 /// A record of the `params` topic, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParamsRecord {
-    /// A learner's versions (key [`ANNOUNCEMENT_KEY`]).
+    /// A learner's versions (an [`announcement_key`]).
     Versions(Vec<AnnouncedVersion>),
     /// One key's update (key `version/doc_id`).
     Update(v1::ParamUpdate),
@@ -210,7 +234,7 @@ impl ParamsRecord {
                 reason: e.to_string(),
             }
         };
-        if key == Some(ANNOUNCEMENT_KEY) {
+        if key.is_some_and(is_announcement_key) {
             let wire = v1::VersionAnnouncement::decode(value)
                 .map_err(undecodable("version announcement"))?;
             let versions = wire
@@ -258,6 +282,36 @@ mod tests {
             state.update(&spec, &[obs]).unwrap();
         }
         state
+    }
+
+    /// Learners of some partitions announce under keys of their own, which
+    /// compaction keeps apart; none is taken for a parameter record's, nor
+    /// a parameter record's (a version may be named `versions@…`) for one.
+    #[test]
+    fn each_learner_announces_under_its_own_key() {
+        use std::collections::BTreeSet;
+        let every = announcement_key(None);
+        let some = announcement_key(Some(&BTreeSet::from([0, 2])));
+        let others = announcement_key(Some(&BTreeSet::from([1, 3])));
+        assert_eq!(every, b"versions");
+        assert_eq!(some, b"versions@p0-2");
+        assert_ne!(some, others);
+        for key in [&every, &some, &others] {
+            assert!(is_announcement_key(key));
+        }
+        for key in [&b"versions/7"[..], b"versions@p0/7", b"ctr/1", b"version"] {
+            assert!(
+                !is_announcement_key(key),
+                "{}",
+                String::from_utf8_lossy(key)
+            );
+        }
+        let announced = announcement_to_wire(&[]);
+        let value = prost::Message::encode_to_vec(&announced);
+        assert_eq!(
+            ParamsRecord::decode(Some(&some), &value).unwrap(),
+            ParamsRecord::Versions(Vec::new())
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use prost::Message as _;
 
 use crate::engine::Engine;
-use crate::params::{ANNOUNCEMENT_KEY, ParamChange, Publication, announcement_to_wire};
+use crate::params::{ParamChange, Publication, announcement_to_wire};
 use crate::partitioning::partition_of;
 use crate::producer::{CheckedProducer, DeliveryBarrier, ProducerError};
 use crate::registry::VersionEntry;
@@ -335,6 +335,7 @@ impl ParamSink for TeeSink {
 pub struct KafkaSink {
     producer: CheckedProducer,
     stats: PublishStats,
+    announcement_key: Vec<u8>,
 }
 
 impl KafkaSink {
@@ -343,7 +344,16 @@ impl KafkaSink {
         Ok(Self {
             producer: CheckedProducer::open(brokers, topic, flush_timeout)?,
             stats: PublishStats::default(),
+            announcement_key: crate::params::ANNOUNCEMENT_KEY.to_vec(),
         })
+    }
+
+    /// Announces versions under `key`, a learner's own
+    /// ([`crate::params::announcement_key`]); a learner of every partition
+    /// keeps the default, [`crate::params::ANNOUNCEMENT_KEY`].
+    pub fn with_announcement_key(mut self, key: Vec<u8>) -> Self {
+        self.announcement_key = key;
+        self
     }
 }
 
@@ -368,7 +378,9 @@ impl ParamSink for KafkaSink {
     fn announce(&mut self, versions: &[VersionEntry]) -> Result<(), PublishError> {
         let value = announcement_to_wire(versions).encode_to_vec();
         for partition in 0..self.producer.partitions() {
-            let blocked = self.producer.send(partition, ANNOUNCEMENT_KEY, &value)?;
+            let blocked = self
+                .producer
+                .send(partition, &self.announcement_key, &value)?;
             self.stats.blocked_us += blocked.as_micros() as u64;
         }
         Ok(self.producer.flush()?)

@@ -547,7 +547,10 @@ pub fn open_sink(config: &Config) -> Result<Box<dyn ParamSink>> {
                     &kafka.topic,
                     Duration::from_millis(kafka.flush_timeout_ms),
                 )
-                .context("open params topic")?,
+                .context("open params topic")?
+                .with_announcement_key(crate::params::announcement_key(
+                    owned_partitions(config).as_ref(),
+                )),
             ),
             None => Box::new(NullSink::default()),
         },

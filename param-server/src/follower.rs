@@ -21,10 +21,9 @@
 //! snapshot records stay at the first held one, so a restart reads it
 //! again. What is still held when every partition has caught up names a
 //! version no announcement left in the topic names, and is rejected with
-//! a warning. That happens when learners of different partitions
-//! announce different registries: each announcement goes to every
-//! partition under one key, so a lagging learner's newer one can make
-//! compaction drop the only record of another's new version.
+//! a warning. (Learners of some partitions each announce under a key of
+//! their own, so a lagging learner's announcement never makes compaction
+//! drop another's newer one.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
