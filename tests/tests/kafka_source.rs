@@ -154,7 +154,21 @@ fn read_all(kafka: &KafkaConfig, align_ms: Option<i64>) -> Read {
                     }
                 }
             }
-            Polled::CaughtUp { partition: p, .. } => at_end[p as usize] = true,
+            Polled::CaughtUp {
+                partition,
+                next_offset,
+            } => {
+                let p = partition as usize;
+                // Where librdkafka reports the end, as an aligned read
+                // hands it on: the next record's offset (past a commit
+                // marker, when there is one).
+                match (align_ms, next_offset) {
+                    (Some(_), Some(n)) => assert_eq!(n, next[p], "partition {p}'s end"),
+                    (Some(_), None) => panic!("partition {p}'s end without its offset"),
+                    (None, _) => {}
+                }
+                at_end[p] = true;
+            }
             Polled::Nothing(_) => {}
         }
     }
