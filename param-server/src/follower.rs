@@ -42,9 +42,10 @@ use crate::store::ParamStore;
 const LOG_FIRST_UNDECODABLE: u64 = 20;
 /// See [`LOG_FIRST_UNDECODABLE`].
 const LOG_EVERY_UNDECODABLE: u64 = 10_000;
-/// Most updates held for their version's announcement (a few hundred
-/// bytes to a few KB each); beyond, such updates are rejected as before
-/// there was a hold.
+/// Most updates held for their version's announcement (each as received:
+/// a few hundred bytes at d = 32, 16 bytes per dimension more for a
+/// diagonal model); beyond, such updates are rejected with a warning, as
+/// before there was a hold, and the replica may turn ready without them.
 pub const MAX_HELD: usize = 1 << 20;
 
 /// The feed's position in the topic and its catch-up.
