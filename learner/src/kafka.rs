@@ -176,13 +176,7 @@ impl KafkaSource {
         next_offsets: &BTreeMap<u32, u64>,
         align_ms: Option<i64>,
     ) -> Result<Self, KafkaSourceError> {
-        let consumer: BaseConsumer =
-            source_client(config)
-                .create()
-                .map_err(|source| KafkaSourceError::Client {
-                    what: "create consumer".into(),
-                    source,
-                })?;
+        let consumer = create_consumer(&source_client(config), "create consumer")?;
         let timeout = Duration::from_millis(config.request_timeout_ms);
         let partitions = topic_partitions(&consumer, &config.topic, timeout)?;
         let partition_count = partitions.len() as u32;
@@ -413,17 +407,15 @@ impl ControlReader {
         config: &crate::config::ControlConfig,
         next_offset: Option<u64>,
     ) -> Result<Self, KafkaSourceError> {
-        let consumer: BaseConsumer = consumer_config()
-            .set("bootstrap.servers", &config.brokers)
-            .set("group.id", "posterior-learner-control")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "error")
-            .create()
-            .map_err(|source| KafkaSourceError::Client {
-                what: "create control consumer".into(),
-                source,
-            })?;
+        let consumer = create_consumer(
+            consumer_config()
+                .set("bootstrap.servers", &config.brokers)
+                .set("group.id", "posterior-learner-control")
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "error"),
+            "create control consumer",
+        )?;
         let timeout = Duration::from_millis(config.request_timeout_ms);
         topic_partitions(&consumer, &config.topic, timeout)?;
         let offset = match next_offset {
@@ -528,16 +520,21 @@ impl ControlReader {
 /// The `control` topic's high watermark: the offset its next command will
 /// get.
 pub fn control_end(config: &crate::config::ControlConfig) -> Result<u64, KafkaSourceError> {
-    let consumer: BaseConsumer = consumer_config()
-        .set("bootstrap.servers", &config.brokers)
-        .create()
-        .map_err(|source| KafkaSourceError::Client {
-            what: "create control consumer".into(),
-            source,
-        })?;
+    let consumer = create_consumer(
+        consumer_config().set("bootstrap.servers", &config.brokers),
+        "create control consumer",
+    )?;
     let timeout = Duration::from_millis(config.request_timeout_ms);
     let (_, high) = watermarks(&consumer, &config.topic, 0, timeout)?;
     Ok(high.max(0) as u64)
+}
+
+/// A consumer of `client`'s settings; `what` names it in the error.
+fn create_consumer(client: &ClientConfig, what: &str) -> Result<BaseConsumer, KafkaSourceError> {
+    client.create().map_err(|source| KafkaSourceError::Client {
+        what: what.into(),
+        source,
+    })
 }
 
 /// The (low, high) watermarks of `partition` of `topic`, asked of the
