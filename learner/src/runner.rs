@@ -398,8 +398,8 @@ fn names(engine: &Engine) -> Vec<String> {
 }
 
 /// Seeds each of `versions` (none of which has state) from the config's
-/// served-parameters source, the restore of last resort; returns the
-/// number of keys seeded. The source is only opened when a version needs
+/// served-parameters source, the restore of last resort; returns what it
+/// registered and seeded. The source is only opened when a version needs
 /// it. An engine `fresh` (nothing restored) first registers the served
 /// versions it lacks: those created at run time, whose commands it does
 /// not replay. With `owned` (partitions, partition count), only the docs
