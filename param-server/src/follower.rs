@@ -46,6 +46,9 @@ const LOG_EVERY_UNDECODABLE: u64 = 10_000;
 /// a few hundred bytes at d = 32, 16 bytes per dimension more for a
 /// diagonal model); beyond, such updates are rejected with a warning, as
 /// before there was a hold, and the replica may turn ready without them.
+/// Its snapshots then keep their partition's offset at the first one
+/// rejected, so a restart reads them again (its snapshot knows their
+/// versions by then).
 pub const MAX_HELD: usize = 1 << 20;
 
 /// The feed's position in the topic and its catch-up.
@@ -66,6 +69,8 @@ pub struct Follower {
     held: HashMap<(String, u64), Held>,
     /// Updates rejected because `max_held` were held.
     held_over: u64,
+    /// The offset of the first of those, per partition.
+    over_from: BTreeMap<u32, u64>,
     /// [`MAX_HELD`], smaller in tests.
     max_held: usize,
 }
@@ -108,6 +113,7 @@ impl Follower {
             started,
             held: HashMap::new(),
             held_over: 0,
+            over_from: BTreeMap::new(),
             max_held: MAX_HELD,
         };
         follower.check_ready();
@@ -165,13 +171,15 @@ impl Follower {
     }
 
     /// The next offset to read of every partition: every record below it
-    /// has been applied, none held (a held update's partition stays at its
-    /// offset, so a snapshot's restart reads it again).
+    /// has been applied, none held nor rejected for want of room to hold
+    /// it (such a partition stays at that offset, so a snapshot's restart
+    /// reads it again).
     pub fn next_offsets(&self) -> BTreeMap<u32, u64> {
         let mut next = self.next_offsets.clone();
-        for held in self.held.values() {
-            if let Some(n) = next.get_mut(&held.partition) {
-                *n = (*n).min(held.offset);
+        let waiting = self.held.values().map(|h| (h.partition, h.offset));
+        for (partition, offset) in waiting.chain(self.over_from.iter().map(|(&p, &o)| (p, o))) {
+            if let Some(n) = next.get_mut(&partition) {
+                *n = (*n).min(offset);
             }
         }
         next
@@ -198,6 +206,7 @@ impl Follower {
                 );
             }
             self.held_over += 1;
+            self.over_from.entry(partition).or_insert(offset);
             return;
         }
         let seq = |u: &v1::ParamUpdate| u.params.as_ref().map_or(0, |p| p.seq);
@@ -429,7 +438,8 @@ mod tests {
     }
 
     /// At most `max_held` updates wait; those beyond are rejected, and a
-    /// newer update of a held key still replaces it.
+    /// newer update of a held key still replaces it. The snapshot's offset
+    /// stays at the first rejected one.
     #[test]
     fn the_hold_is_bounded() {
         let mut f = Follower::new(
@@ -452,6 +462,12 @@ mod tests {
         );
         f.record(0, 4, Some(ANNOUNCEMENT_KEY), Some(&announcement()));
         assert_eq!(counts(&f), (1, 2, 1, 1));
+        assert_eq!(f.held(), 0);
+        assert_eq!(
+            f.next_offsets(),
+            BTreeMap::from([(0, 2)]),
+            "doc 3's update, at offset 2, is read again after a restart"
+        );
     }
 
     #[test]
