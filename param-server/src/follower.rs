@@ -63,9 +63,9 @@ pub struct Follower {
     records: u64,
     readiness: Readiness,
     started: Instant,
-    /// Updates of versions not announced yet, read while their partition
-    /// was behind: (version, doc) → (partition, offset, update), the
-    /// newest seq of each key.
+    /// Updates of versions not announced yet, read before the replica was
+    /// ready: (version, doc) → (partition, offset, update), the newest
+    /// seq of each key.
     held: HashMap<(String, u64), Held>,
     /// Updates rejected because `max_held` were held.
     held_over: u64,
