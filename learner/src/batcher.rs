@@ -107,8 +107,6 @@ pub struct Batcher {
     /// store's entry must go (a new batch of the key is put after the
     /// delete).
     gone: Vec<ParamKey>,
-    /// [`Batcher::due_into`]'s list, kept for its room.
-    due_scratch: Vec<(i64, ParamKey)>,
 }
 
 /// Entries of the change list or the age queue beyond twice the pending
@@ -300,8 +298,11 @@ impl Batcher {
             && !self.pending.contains_key(&key)
     }
 
-    /// Removes and returns, oldest first (then by key), the batches whose
-    /// oldest sample is at least `max_age_ms` older than `now_ms`.
+    /// Removes and returns the batches whose oldest sample is at least
+    /// `max_age_ms` older than `now_ms`, in the release order of their
+    /// first samples: by event time, then partition, then offset — the
+    /// order in which a running engine started them, so a restored one
+    /// applies them in the same order.
     pub fn due(&mut self, now_ms: i64) -> Vec<ReadyBatch> {
         let mut ready = Vec::new();
         self.due_into(now_ms, &mut ready);
@@ -320,10 +321,12 @@ impl Batcher {
             return;
         }
         if self.by_age_unsorted {
-            self.by_age.make_contiguous().sort_unstable();
-            self.by_age_unsorted = false;
+            self.sort_by_age();
         }
-        let mut due = std::mem::take(&mut self.due_scratch);
+        // The queue is in release order: its due batches are taken as they
+        // come, with no sort. Taking each at once also drops the second
+        // entry of a key whose batch was taken and started again at the
+        // same time: it finds no batch.
         while let Some(&(oldest_ms, key)) = self.by_age.front()
             && now_ms.saturating_sub(oldest_ms) >= max_age_ms
         {
@@ -337,20 +340,28 @@ impl Batcher {
                 .and_then(|b| b.observations.first())
                 .is_some_and(|first| first.origin.event_time_ms == oldest_ms);
             if current {
-                due.push((oldest_ms, key));
+                let batch = self.take(key);
+                ready.push((key, batch));
             }
         }
-        // The queue holds a key's entry once per batch, but two batches of
-        // a key started at one time leave two entries for the second.
-        if due.len() > 1 {
-            due.sort_unstable();
-            due.dedup();
-        }
-        for (_, key) in due.drain(..) {
-            let batch = self.take(key);
-            ready.push((key, batch));
-        }
-        self.due_scratch = due;
+    }
+
+    /// Puts the age queue in the release order of the batches' first
+    /// samples (after a restore, or a push older than the newest entry).
+    /// Stale entries go first among those of their time; they are skipped.
+    fn sort_by_age(&mut self) {
+        let pending = &self.pending;
+        self.by_age
+            .make_contiguous()
+            .sort_by_cached_key(|&(t, key)| {
+                let first = pending
+                    .get(&key)
+                    .and_then(|b| b.observations.first())
+                    .filter(|first| first.origin.event_time_ms == t)
+                    .map(|first| (first.origin.partition, first.origin.offset));
+                (t, first, key)
+            });
+        self.by_age_unsorted = false;
     }
 
     /// Removes and returns every batch, in key order (end of a bounded input).
@@ -660,19 +671,41 @@ mod tests {
     }
 
     #[test]
-    fn restored_and_out_of_order_batches_are_due_in_time_then_key_order() {
+    fn restored_and_out_of_order_batches_are_due_in_release_order() {
         let policy = BatchPolicy {
             max_samples: 100,
             max_positives: 0,
             max_age_ms: Some(10),
         };
+        let at = |t: i64, partition: u32, offset: u64| PendingObservation {
+            origin: OrderKey {
+                event_time_ms: t,
+                partition,
+                offset,
+            },
+            ..obs(t, false)
+        };
         let mut b = Batcher::new(policy);
-        b.restore(key(3), vec![obs(9, false)]);
-        b.restore(key(1), vec![obs(9, false), obs(10, false)]);
-        b.restore(key(2), vec![obs(4, false)]);
-        b.push(key(4), obs(2, false)); // older than the newest entry
+        // Restored in key order; released at time 9 as key 3's sample
+        // (partition 0), key 5's (partition 1, offset 7), key 1's
+        // (partition 1, offset 8).
+        b.restore(key(1), vec![at(9, 1, 8), at(10, 1, 9)]);
+        b.restore(key(2), vec![at(4, 0, 4)]);
+        b.restore(key(3), vec![at(9, 0, 20)]);
+        b.restore(key(5), vec![at(9, 1, 7)]);
+        b.push(key(4), at(2, 0, 30)); // older than the newest entry
         let order: Vec<u64> = b.due(19).iter().map(|(k, _)| k.doc_id).collect();
-        assert_eq!(order, vec![4, 2, 1, 3]);
+        assert_eq!(order, vec![4, 2, 3, 5, 1]);
+        // A running batcher started them in that order: the same result.
+        let mut live = Batcher::new(policy);
+        live.push(key(4), at(2, 0, 30));
+        live.push(key(2), at(4, 0, 4));
+        live.push(key(3), at(9, 0, 20));
+        live.push(key(5), at(9, 1, 7));
+        live.push(key(1), at(9, 1, 8));
+        live.push(key(1), at(10, 1, 9));
+        let order: Vec<u64> = live.due(19).iter().map(|(k, _)| k.doc_id).collect();
+        assert_eq!(order, vec![4, 2, 3, 5, 1]);
     }
 
     #[test]
@@ -816,7 +849,8 @@ mod tests {
 
     /// The batcher's rules, written plainly: per key the pending
     /// observations; due = the batches whose first observation is old
-    /// enough, by (its time, key).
+    /// enough, in the order of that observation's origin (event time,
+    /// partition, offset).
     #[derive(Default)]
     struct Model {
         pending: std::collections::BTreeMap<ParamKey, Vec<PendingObservation>>,
@@ -841,11 +875,11 @@ mod tests {
             let Some(max_age) = policy.max_age_ms else {
                 return Vec::new();
             };
-            let mut due: Vec<(i64, ParamKey)> = self
+            let mut due: Vec<(OrderKey, ParamKey)> = self
                 .pending
                 .iter()
-                .map(|(k, b)| (b[0].origin.event_time_ms, *k))
-                .filter(|&(t, _)| now.saturating_sub(t) >= max_age)
+                .map(|(k, b)| (b[0].origin, *k))
+                .filter(|&(origin, _)| now.saturating_sub(origin.event_time_ms) >= max_age)
                 .collect();
             due.sort_unstable();
             due.into_iter()
