@@ -83,14 +83,17 @@ impl PartialEq for PendingBatch {
 pub struct Batcher {
     policy: BatchPolicy,
     pending: FlatKeyMap<PendingBatch, ONE_SHARD>,
-    /// (event time of its first observation, key) of every batch started
-    /// while the age trigger is on, oldest first. Samples are pushed in
-    /// release order, which is event-time order, so appending keeps the
-    /// queue sorted; a batch taken by another trigger leaves its entry
-    /// behind, skipped when it reaches the front (lazy deletion: a push
-    /// and a pop per batch instead of an ordered set's insert and remove,
-    /// which were a tenth of the micro-batching bench's time).
-    by_age: VecDeque<(i64, ParamKey)>,
+    /// (origin of its first observation, key) of every batch started
+    /// while the age trigger is on, in release order. Samples are pushed
+    /// in release order, so appending keeps the queue sorted; a batch
+    /// taken by another trigger leaves its entry behind, skipped when it
+    /// reaches the front (lazy deletion: a push and a pop per batch
+    /// instead of an ordered set's insert and remove, which were a tenth
+    /// of the micro-batching bench's time). An entry is its batch's only
+    /// while the key's batch starts at that very origin: a batch of the
+    /// key started again in the same millisecond has its own entry, and
+    /// its own place in the order.
+    by_age: VecDeque<(OrderKey, ParamKey)>,
     /// The queue may be out of order (after a restore, or a push older
     /// than the newest entry): sorted before it is read.
     by_age_unsorted: bool,
@@ -193,11 +196,15 @@ impl Batcher {
         }
         if batch.observations.is_empty() && self.policy.max_age_ms.is_some() {
             // Only the age trigger reads the queue.
-            let t = obs.origin.event_time_ms;
-            if self.by_age.back().is_some_and(|&(newest, _)| t < newest) {
+            let origin = obs.origin;
+            if self
+                .by_age
+                .back()
+                .is_some_and(|&(newest, _)| origin < newest)
+            {
                 self.by_age_unsorted = true;
             }
-            self.by_age.push_back((t, key));
+            self.by_age.push_back((origin, key));
         }
         batch.positives = batch.positives.saturating_add(u32::from(obs.reward));
         batch.observations.push(obs);
@@ -315,53 +322,38 @@ impl Batcher {
         let Some(max_age_ms) = self.policy.max_age_ms else {
             return;
         };
-        if self.by_age.front().is_none_or(|&(oldest_ms, _)| {
-            !self.by_age_unsorted && now_ms.saturating_sub(oldest_ms) < max_age_ms
+        if self.by_age.front().is_none_or(|&(oldest, _)| {
+            !self.by_age_unsorted && now_ms.saturating_sub(oldest.event_time_ms) < max_age_ms
         }) {
             return;
         }
         if self.by_age_unsorted {
-            self.sort_by_age();
+            self.by_age.make_contiguous().sort_unstable();
+            self.by_age_unsorted = false;
         }
         // The queue is in release order: its due batches are taken as they
-        // come, with no sort. Taking each at once also drops the second
-        // entry of a key whose batch was taken and started again at the
-        // same time: it finds no batch.
-        while let Some(&(oldest_ms, key)) = self.by_age.front()
-            && now_ms.saturating_sub(oldest_ms) >= max_age_ms
+        // come, with no sort.
+        while let Some(&(oldest, key)) = self.by_age.front()
+            && now_ms.saturating_sub(oldest.event_time_ms) >= max_age_ms
         {
             self.by_age.pop_front();
-            // Stale when the batch it was pushed for has been taken: the
-            // key has no batch, or one started later. One started at the
-            // same time is due as well.
-            let current = self
-                .pending
-                .get(&key)
-                .and_then(|b| b.observations.first())
-                .is_some_and(|first| first.origin.event_time_ms == oldest_ms);
-            if current {
+            if self.is_current(oldest, key) {
                 let batch = self.take(key);
                 ready.push((key, batch));
             }
         }
     }
 
-    /// Puts the age queue in the release order of the batches' first
-    /// samples (after a restore, or a push older than the newest entry).
-    /// Stale entries go first among those of their time; they are skipped.
-    fn sort_by_age(&mut self) {
-        let pending = &self.pending;
-        self.by_age
-            .make_contiguous()
-            .sort_by_cached_key(|&(t, key)| {
-                let first = pending
-                    .get(&key)
-                    .and_then(|b| b.observations.first())
-                    .filter(|first| first.origin.event_time_ms == t)
-                    .map(|first| (first.origin.partition, first.origin.offset));
-                (t, first, key)
-            });
-        self.by_age_unsorted = false;
+    /// Whether the age queue's entry (`origin`, `key`) is its batch's:
+    /// the key's batch starts at `origin`. Otherwise the batch it was
+    /// pushed for has been taken (by count, by positives, or by age at an
+    /// entry of the same origin), and the key has no batch or one started
+    /// later, whose entry comes later.
+    fn is_current(&self, origin: OrderKey, key: ParamKey) -> bool {
+        self.pending
+            .get(&key)
+            .and_then(|b| b.observations.first())
+            .is_some_and(|first| first.origin == origin)
     }
 
     /// Removes and returns every batch, in key order (end of a bounded input).
@@ -396,13 +388,9 @@ impl Batcher {
     /// trigger), keeping the order: with a long `max_age_ms` and batches
     /// filled by count they would otherwise pile up for that long.
     fn compact_by_age(&mut self) {
-        let pending = &self.pending;
-        self.by_age.retain(|&(t, key)| {
-            pending
-                .get(&key)
-                .and_then(|b| b.observations.first())
-                .is_some_and(|first| first.origin.event_time_ms == t)
-        });
+        let mut by_age = std::mem::take(&mut self.by_age);
+        by_age.retain(|&(origin, key)| self.is_current(origin, key));
+        self.by_age = by_age;
     }
 
     /// Drops the listed keys that have no batch now and the repeats (a
@@ -499,7 +487,7 @@ impl Batcher {
     pub fn restore(&mut self, key: ParamKey, observations: Vec<PendingObservation>) {
         if let Some(first) = observations.first() {
             if self.policy.max_age_ms.is_some() {
-                self.by_age.push_back((first.origin.event_time_ms, key));
+                self.by_age.push_back((first.origin, key));
                 self.by_age_unsorted = true;
             }
             let positives =
@@ -668,6 +656,35 @@ mod tests {
         assert_eq!(due[0].1.len(), 1);
         assert!(b.due(100).is_empty());
         assert_eq!(b.pending_keys(), 0);
+    }
+
+    #[test]
+    fn a_batch_restarted_in_the_same_millisecond_keeps_its_own_place() {
+        let mut b = Batcher::new(BatchPolicy {
+            max_samples: 2,
+            max_positives: 0,
+            max_age_ms: Some(10),
+        });
+        let at = |offset: u64| PendingObservation {
+            origin: OrderKey {
+                event_time_ms: 0,
+                partition: 0,
+                offset,
+            },
+            ..obs(0, false)
+        };
+        assert!(b.push(key(1), at(0)).is_none());
+        assert!(b.push(key(1), at(1)).is_some(), "filled by count");
+        assert!(b.push(key(2), at(2)).is_none());
+        assert!(b.push(key(1), at(3)).is_none(), "key 1 starts again");
+        // Key 1's first entry (offset 0) is stale: its batch now starts at
+        // offset 3, after key 2's.
+        let due: Vec<(u64, u64)> = b
+            .due(10)
+            .iter()
+            .map(|(k, batch)| (k.doc_id, batch[0].origin.offset))
+            .collect();
+        assert_eq!(due, [(2, 2), (1, 3)]);
     }
 
     #[test]

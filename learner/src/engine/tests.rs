@@ -201,6 +201,8 @@ fn oracle(logs: &Log) -> (HashMap<ParamKey, KeyState>, BTreeMap<&'static str, u6
             .filter(|(_, b)| t - b[0].2 >= policy.max_age_ms.unwrap())
             .map(|(k, b)| (b[0].2, *k))
             .collect();
+        // The engine takes due batches in the release order of their
+        // first samples; each key's state does not depend on the order.
         due.sort();
         for (_, key) in due {
             let batch = pending.remove(&key).unwrap();
