@@ -17,12 +17,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::batcher::{BatchPolicy, Batcher, PendingObservation, ReadyBatch};
 use crate::control::{Command, Outcome, Scheduled, forked_spec};
 use crate::deadletter::DeadLetter;
 use crate::dedup::Dedup;
 use crate::keymap::FlatKeyMap;
-use crate::posterior::KeyState;
+use crate::posterior::{KeyState, Observation};
 use crate::prefetch::{prefetch, prefetch_slice};
 use crate::registry::{ParamKey, Registry, RegistryError, VersionId};
 use crate::reorder::{OrderKey, ReorderBuffer};
@@ -35,6 +37,10 @@ use crate::watermark::{Timeliness, Watermarks};
 /// time: enough misses to overlap, few enough lines to stay cached until
 /// they are used.
 const PREFETCH_GROUP: usize = 64;
+
+/// Samples of a batch whose views [`Engine::apply`] keeps on the stack; a
+/// longer batch puts them on the heap.
+const BATCH_VIEWS: usize = 8;
 
 /// Released samples whose room the engine keeps between releases (a
 /// release is usually one event-time millisecond's samples).
@@ -1161,22 +1167,13 @@ impl Engine {
             .get(key.version)
             .expect("keys are created from registered versions")
             .spec;
-        // A batch of one (the default policy) needs no vector of views.
-        let single;
-        let many: Vec<_>;
-        let observations = match batch {
-            [only] => {
-                single = only.as_observation();
-                std::slice::from_ref(&single)
-            }
-            _ => {
-                many = batch
-                    .iter()
-                    .map(PendingObservation::as_observation)
-                    .collect();
-                &many
-            }
-        };
+        // The views of a batch up to `BATCH_VIEWS` long stay on the stack
+        // (most are: a micro-batch policy caps a batch at a few samples).
+        let views: SmallVec<[Observation<'_>; BATCH_VIEWS]> = batch
+            .iter()
+            .map(PendingObservation::as_observation)
+            .collect();
+        let observations = views.as_slice();
         let (changed, dirty) = (&mut self.changed, &mut self.dirty.params);
         let updated = match self.params.get_mut(&key) {
             Some(slot) => Arc::make_mut(&mut slot.state)
