@@ -348,7 +348,7 @@ impl Batcher {
     /// the key's batch starts at `origin`. Otherwise the batch it was
     /// pushed for has been taken (by count, by positives, or by age at an
     /// entry of the same origin), and the key has no batch or one started
-    /// later, whose entry comes later.
+    /// since, which has an entry of its own.
     fn is_current(&self, origin: OrderKey, key: ParamKey) -> bool {
         self.pending
             .get(&key)
@@ -947,6 +947,14 @@ mod tests {
                             .map(|(k, batch)| (*k, batch.observations.clone()))
                             .collect();
                         proptest::prop_assert_eq!(&store, &pending);
+                        if doc == 1 {
+                            // A restart from that checkpoint: a batcher
+                            // rebuilt from the store goes on as the model.
+                            b = Batcher::new(policy);
+                            for (key, batch) in &store {
+                                b.restore(*key, batch.clone());
+                            }
+                        }
                     }
                     1 => {
                         let version = VersionId(u32::from(doc % 2 == 0));
@@ -963,6 +971,9 @@ mod tests {
                     _ => {
                         let k = ParamKey { version: VersionId(u32::from(doc % 2 == 0)), doc_id: doc };
                         let mut o = obs(now, reward);
+                        // Unique origins, pushed out of (partition, offset)
+                        // order within a millisecond now and then.
+                        o.origin.partition = (doc % 3) as u32;
                         o.origin.offset = i as u64;
                         let got = b.push(k, o.clone());
                         let want = model.push(policy, k, o);
