@@ -37,7 +37,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::driver::{Driver, SinkKind};
-use crate::machine::{cpu_time, process_cpu};
+use crate::machine::{cpu_time, process_cpu, thread_cpu};
 use crate::workload::{Workload, WorkloadSpec};
 
 /// The topic the benches read.
@@ -68,6 +68,11 @@ pub struct Consumed {
     pub wall: Duration,
     /// CPU time of this process meanwhile (every thread).
     pub cpu: Duration,
+    /// CPU time of the thread that ran the contender meanwhile: the one
+    /// that polls (no-op), or that runs the engine (the others; their
+    /// readers are threads of their own). Near the wall time, that thread
+    /// is the bottleneck.
+    pub thread_cpu: Duration,
     /// CPU time of the broker process meanwhile.
     pub broker_cpu: Option<Duration>,
 }
@@ -134,6 +139,7 @@ impl Topic {
         let pid = self.broker_pid.map(|p| p.to_string());
         let broker0 = pid.as_deref().and_then(cpu_time);
         let cpu0 = process_cpu();
+        let thread0 = thread_cpu();
         let start = Instant::now();
         let records = read();
         let wall = start.elapsed();
@@ -141,6 +147,7 @@ impl Topic {
             records,
             wall,
             cpu: process_cpu().saturating_sub(cpu0),
+            thread_cpu: thread_cpu().saturating_sub(thread0),
             broker_cpu: broker0
                 .zip(pid.as_deref().and_then(cpu_time))
                 .map(|(a, b)| b.saturating_sub(a)),

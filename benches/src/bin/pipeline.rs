@@ -421,11 +421,12 @@ fn file(logistic_samples: u64, beta_samples: u64, test_log_records: usize) -> Re
 
 fn consumed_row(label: &str, c: &Consumed, noop: f64) {
     println!(
-        "| {label} | {} | {:.3} s | {:.2} | {:.0} % | {} |",
+        "| {label} | {} | {:.3} s | {:.2} | {:.0} % | {:.0} % | {} |",
         human(c.rate()),
         c.wall.as_secs_f64(),
         c.rate() / noop,
         percent(c.cpu, c.wall),
+        percent(c.thread_cpu, c.wall),
         c.broker_cpu
             .map_or("?".into(), |b| format!("{:.0} %", percent(b, c.wall))),
     );
@@ -468,9 +469,9 @@ fn kafka(
     }
     .build();
     println!(
-        "| round, contender | records/s | wall | ratio to no-op | CPU of this process | CPU of broker |"
+        "| round, contender | records/s | wall | ratio to no-op | CPU of this process | CPU of its engine's (the no-op's polling) thread | CPU of broker |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for round in 1..=rounds {
         let noop = topic.noop();
         consumed_row(&format!("{round}, no-op BaseConsumer"), &noop, noop.rate());
