@@ -571,6 +571,18 @@ mod tests {
         }
     }
 
+    /// An observation from `offset` of `partition` at `t`.
+    fn at(t: i64, partition: u32, offset: u64) -> PendingObservation {
+        PendingObservation {
+            origin: OrderKey {
+                event_time_ms: t,
+                partition,
+                offset,
+            },
+            ..obs(t, false)
+        }
+    }
+
     #[test]
     fn count_and_positive_triggers() {
         let mut b = Batcher::new(BatchPolicy {
@@ -665,18 +677,10 @@ mod tests {
             max_positives: 0,
             max_age_ms: Some(10),
         });
-        let at = |offset: u64| PendingObservation {
-            origin: OrderKey {
-                event_time_ms: 0,
-                partition: 0,
-                offset,
-            },
-            ..obs(0, false)
-        };
-        assert!(b.push(key(1), at(0)).is_none());
-        assert!(b.push(key(1), at(1)).is_some(), "filled by count");
-        assert!(b.push(key(2), at(2)).is_none());
-        assert!(b.push(key(1), at(3)).is_none(), "key 1 starts again");
+        assert!(b.push(key(1), at(0, 0, 0)).is_none());
+        assert!(b.push(key(1), at(0, 0, 1)).is_some(), "filled by count");
+        assert!(b.push(key(2), at(0, 0, 2)).is_none());
+        assert!(b.push(key(1), at(0, 0, 3)).is_none(), "key 1 starts again");
         // Key 1's first entry (offset 0) is stale: its batch now starts at
         // offset 3, after key 2's.
         let due: Vec<(u64, u64)> = b
@@ -693,14 +697,6 @@ mod tests {
             max_samples: 100,
             max_positives: 0,
             max_age_ms: Some(10),
-        };
-        let at = |t: i64, partition: u32, offset: u64| PendingObservation {
-            origin: OrderKey {
-                event_time_ms: t,
-                partition,
-                offset,
-            },
-            ..obs(t, false)
         };
         let mut b = Batcher::new(policy);
         // Restored in key order; released at time 9 as key 3's sample
