@@ -1019,6 +1019,53 @@ fn published_and_checkpointed_states_never_change_after_they_are_taken() {
 }
 
 #[test]
+fn a_slot_updates_its_state_in_place_only_when_no_one_else_holds_it() {
+    let model = ModelSpec::new(ModelKind::Beta(BetaPrior::UNIFORM));
+    let mut slot = Slot::clean(KeyState::prior(&model));
+    let bump = |slot: &mut Slot| {
+        slot.state_mut()
+            .update(&model, &[Observation::new(&[], true)])
+            .unwrap();
+    };
+
+    // Nobody else holds it: updated where it lies.
+    let at = Arc::as_ptr(&slot.state);
+    bump(&mut slot);
+    assert_eq!(Arc::as_ptr(&slot.state), at, "a unique state is not copied");
+    assert_eq!(slot.state.seq, 1);
+
+    // A publish holds it: copied, and the held one stays as it was.
+    let held = Arc::clone(&slot.state);
+    bump(&mut slot);
+    assert_ne!(Arc::as_ptr(&slot.state), Arc::as_ptr(&held));
+    assert_eq!((held.seq, slot.state.seq), (1, 2));
+
+    // A weak pointer counts too (it could be upgraded while the state is
+    // written): the state moves out, and the weak one no longer upgrades.
+    let weak = Arc::downgrade(&slot.state);
+    let at = Arc::as_ptr(&slot.state);
+    bump(&mut slot);
+    assert_ne!(
+        Arc::as_ptr(&slot.state),
+        at,
+        "a state with a weak pointer moves"
+    );
+    assert!(weak.upgrade().is_none());
+    assert_eq!(slot.state.seq, 3);
+    drop(weak);
+
+    // Held by another thread that has let go: unique again.
+    let held = Arc::clone(&slot.state);
+    std::thread::spawn(move || assert_eq!(held.seq, 3))
+        .join()
+        .unwrap();
+    let at = Arc::as_ptr(&slot.state);
+    bump(&mut slot);
+    assert_eq!(Arc::as_ptr(&slot.state), at);
+    assert_eq!(slot.state.seq, 4);
+}
+
+#[test]
 fn a_key_whose_first_batch_is_refused_does_not_enter_the_table() {
     let mut engine = Engine::new(one_at_a_time(), registry(), [0]);
     let heavy = |doc_id, t| {
