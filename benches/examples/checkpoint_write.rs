@@ -9,13 +9,12 @@
 //!
 //! Run: `cargo run --release -p posterior-benches --example checkpoint_write`
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
 use posterior_learner::codec::Table;
 use posterior_learner::engine::Write;
-use posterior_learner::posterior::{DiagonalGaussian, KeyState, Posterior};
+use posterior_learner::posterior::{DiagonalGaussian, KeyState, Posterior, SharedState};
 use posterior_learner::registry::{ParamKey, VersionId};
 use posterior_learner::store::RocksStore;
 
@@ -55,10 +54,10 @@ fn main() {
     // Each state between blocks of other sizes, kept alive, so that
     // consecutive keys' states are not neighbours in memory.
     let mut others = Vec::with_capacity(args.keys);
-    let states: Vec<Arc<KeyState>> = (0..args.keys)
+    let states: Vec<SharedState> = (0..args.keys)
         .map(|i| {
             others.push(vec![0_u8; 700 + (i * 7_919) % 900]);
-            Arc::new(state(i))
+            SharedState::new(state(i))
         })
         .collect();
     let mut evict = vec![0_u8; 256 << 20];
@@ -72,7 +71,7 @@ fn main() {
                     version: VersionId(1),
                     doc_id: i as u64,
                 };
-                Write::PutParams(key, Arc::clone(s))
+                Write::PutParams(key, s.clone())
             })
             .collect();
         writes.push(Write::Put(

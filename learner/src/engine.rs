@@ -15,7 +15,6 @@
 //! `watermark`) — which is what makes replay from a checkpoint harmless.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use smallvec::SmallVec;
 
@@ -24,7 +23,7 @@ use crate::control::{Command, Outcome, Scheduled, forked_spec};
 use crate::deadletter::DeadLetter;
 use crate::dedup::Dedup;
 use crate::keymap::FlatKeyMap;
-use crate::posterior::{KeyState, Observation};
+use crate::posterior::{KeyState, Observation, SharedState};
 use crate::prefetch::{prefetch, prefetch_slice};
 use crate::registry::{ParamKey, Registry, RegistryError, VersionId};
 use crate::reorder::{OrderKey, ReorderBuffer};
@@ -278,10 +277,10 @@ struct Dirty {
 /// large as the interval's changes.
 #[derive(Debug, Clone)]
 struct Slot {
-    /// The state. A publish or a checkpoint takes a pointer to it, not a
+    /// The state. A publish or a checkpoint takes a handle to it, not a
     /// copy; the key's next update copies it first if one is still held
     /// (copy on write), so what was taken never changes.
-    state: Arc<KeyState>,
+    state: SharedState,
     /// Listed in `Engine::changed`.
     unpublished: bool,
     /// Listed in `Dirty::params`.
@@ -292,37 +291,10 @@ impl Slot {
     /// A slot whose state the store and the publications already hold.
     fn clean(state: KeyState) -> Self {
         Self {
-            state: Arc::new(state),
+            state: SharedState::new(state),
             unpublished: false,
             unstored: false,
         }
-    }
-
-    /// The state, to update: copied first if a publish or a checkpoint
-    /// still holds it.
-    ///
-    /// `Arc::make_mut` asks whether the pointer is unique with a locked
-    /// compare-and-swap, which waits for every store before it to reach
-    /// the cache, once per update; reading the counts is a plain load
-    /// (BENCHMARKS.md, "Updates without a locked instruction").
-    #[inline]
-    #[allow(unsafe_code)]
-    fn state_mut(&mut self) -> &mut KeyState {
-        if Arc::strong_count(&self.state) == 1 && Arc::weak_count(&self.state) == 0 {
-            // Pairs with the release decrement of whichever thread dropped
-            // the last other pointer: its reads of the state happen before
-            // the writes below.
-            std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
-            // SAFETY: this is the only pointer to the state, strong or
-            // weak, and no other can be made while it is borrowed
-            // mutably here (a new one is cloned or downgraded from an
-            // existing one), so nothing else reads or writes the state
-            // while the returned borrow lives. `as_ptr` keeps the
-            // allocation's write permission (it goes through no shared
-            // reference), as `Arc::get_mut` would.
-            return unsafe { &mut *Arc::as_ptr(&self.state).cast_mut() };
-        }
-        Arc::make_mut(&mut self.state)
     }
 
     /// Marks the key changed for the next publish and checkpoint.
@@ -513,17 +485,14 @@ impl Engine {
     /// a publish's keys was 4 % of bench 1's Beta profile. The states
     /// are shared, not copied: a key's next update copies its state first
     /// while one is held.
-    pub fn take_changed(&mut self) -> Vec<(ParamKey, Arc<KeyState>)> {
-        self.take_changed_as(|key, state| (key, Arc::clone(state)))
+    pub fn take_changed(&mut self) -> Vec<(ParamKey, SharedState)> {
+        self.take_changed_as(|key, state| (key, state.clone()))
     }
 
     /// [`Engine::take_changed`], each key and state mapped by `f` as it is
     /// taken: a sink's records are built in one pass, without a vector of
     /// pairs in between.
-    pub fn take_changed_as<T>(
-        &mut self,
-        mut f: impl FnMut(ParamKey, &Arc<KeyState>) -> T,
-    ) -> Vec<T> {
+    pub fn take_changed_as<T>(&mut self, mut f: impl FnMut(ParamKey, &SharedState) -> T) -> Vec<T> {
         let mut keys = std::mem::take(&mut self.changed);
         let mut taken = Vec::with_capacity(keys.len());
         self.for_each_slot(&keys, |key, slot| {
@@ -546,7 +515,7 @@ impl Engine {
             }
             for key in group {
                 if let Some(slot) = self.params.get(key) {
-                    prefetch(Arc::as_ptr(&slot.state));
+                    prefetch(slot.state.as_ptr());
                 }
             }
             for key in group {
@@ -772,7 +741,7 @@ impl Engine {
                 }
             };
             state.seq = current.max(state.seq) + 1;
-            slot.state = Arc::new(state);
+            slot.state = SharedState::new(state);
             slot.mark(key, &mut self.changed, &mut self.dirty.params);
         }
         let mut added: Vec<(u64, KeyState)> = saved.into_iter().collect();
@@ -1075,12 +1044,12 @@ impl Engine {
         // A state's heap parts are asked for once the state has arrived,
         // which reading it waits for: only where there are parts (not for
         // Beta states, which are all inline).
-        let states: Vec<&Arc<KeyState>> = applied
+        let states: Vec<&SharedState> = applied
             .iter()
             .chain(&soon)
             .filter_map(|key| {
                 let slot = self.params.get(key)?;
-                prefetch(Arc::as_ptr(&slot.state));
+                prefetch(slot.state.as_ptr());
                 self.registry
                     .get(key.version)
                     .is_some_and(|e| e.spec.model.kind.has_prefetched_parts())
@@ -1204,7 +1173,8 @@ impl Engine {
         let (changed, dirty) = (&mut self.changed, &mut self.dirty.params);
         let updated = match self.params.get_mut(&key) {
             Some(slot) => slot
-                .state_mut()
+                .state
+                .make_mut()
                 .update(&spec.model, observations)
                 .map(|_| slot.mark(key, changed, dirty)),
             // A key enters the table with its first successful update: a

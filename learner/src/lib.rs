@@ -98,6 +98,6 @@ pub mod version;
 pub mod watchdog;
 pub mod watermark;
 
-pub use posterior::{KeyState, Observation, Posterior, PosteriorError};
+pub use posterior::{KeyState, Observation, Posterior, PosteriorError, SharedState};
 pub use sample::{Sample, SampleError};
 pub use version::{RewardSpec, VersionSpec};

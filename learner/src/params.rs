@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use posterior_proto::v1;
 
-use crate::posterior::{KeyState, Posterior};
+use crate::posterior::{KeyState, Posterior, SharedState};
 use crate::registry::VersionEntry;
 use crate::version::VersionSpec;
 
@@ -147,7 +147,7 @@ pub struct ParamChange {
     /// Document.
     pub doc_id: u64,
     /// The key's state; `state.seq` is the update's sequence number.
-    pub state: Arc<KeyState>,
+    pub state: SharedState,
 }
 
 impl ParamChange {

@@ -149,7 +149,7 @@ pub fn take_updates(engine: &mut Engine) -> Vec<ParamChange> {
     engine.take_changed_as(|key, state| ParamChange {
         version: Arc::clone(&names[key.version.0 as usize]),
         doc_id: key.doc_id,
-        state: Arc::clone(state),
+        state: state.clone(),
     })
 }
 
@@ -406,14 +406,14 @@ impl ParamSink for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::posterior::{BetaPrior, KeyState, ModelKind, ModelSpec};
+    use crate::posterior::{BetaPrior, KeyState, ModelKind, ModelSpec, SharedState};
 
     fn update(doc_id: u64, seq: u64) -> ParamChange {
         let spec = ModelSpec::new(ModelKind::Beta(BetaPrior::UNIFORM));
         ParamChange {
             version: "v".into(),
             doc_id,
-            state: Arc::new(KeyState {
+            state: SharedState::new(KeyState {
                 seq,
                 ..KeyState::prior(&spec)
             }),

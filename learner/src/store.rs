@@ -16,7 +16,6 @@
 //! again when decoded (see `codec`). Corruption is an error, never repaired.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use rocksdb::{
@@ -267,7 +266,7 @@ impl RocksStore {
             // encoding of this one.
             let ahead = drain.as_slice();
             if let Some(Write::PutParams(_, state)) = ahead.get(2 * PREFETCH_AHEAD - 1) {
-                crate::prefetch::prefetch(Arc::as_ptr(state));
+                crate::prefetch::prefetch(state.as_ptr());
             }
             if let Some(Write::PutParams(_, state)) = ahead.get(PREFETCH_AHEAD - 1) {
                 state.prefetch_parts();

@@ -158,7 +158,7 @@ mod tests {
         let change = |version: &str, doc_id, state: KeyState| ParamChange {
             version: version.into(),
             doc_id,
-            state: Arc::new(state),
+            state: state.into(),
         };
         let mut wrong_model = state(1);
         let prior = LogisticPrior::isotropic(CovarianceForm::Diagonal, 2, 1.0).unwrap();
@@ -218,7 +218,7 @@ mod tests {
         tx.send(Publication::Params(vec![ParamChange {
             version: "fork".into(),
             doc_id: 9,
-            state: Arc::new(state(3)),
+            state: state(3).into(),
         }]))
         .await
         .unwrap();

@@ -164,7 +164,7 @@ async fn run_applies_a_channel_feed_visible_over_grpc() {
         .send(Publication::Params(vec![ParamChange {
             version: "ctr".into(),
             doc_id: 7,
-            state: Arc::new(state.clone()),
+            state: state.clone().into(),
         }]))
         .await
         .unwrap();

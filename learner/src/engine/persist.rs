@@ -3,7 +3,6 @@
 //! only decides what changed.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -13,7 +12,7 @@ use crate::codec::{self, CorruptState, Table};
 use crate::dedup::Dedup;
 use crate::keymap::FlatKeyMap;
 use crate::meta;
-use crate::posterior::KeyState;
+use crate::posterior::{KeyState, SharedState};
 use crate::registry::ParamKey;
 use crate::reorder::ReorderBuffer;
 use crate::sample_log::SampleLog;
@@ -29,7 +28,7 @@ pub enum Write {
     /// Set a key of [`Table::Params`] to a state. The state is shared with
     /// the engine (copy on write) and encoded by whoever applies the write
     /// — the checkpoint's writer thread, not the ingesting one.
-    PutParams(ParamKey, Arc<KeyState>),
+    PutParams(ParamKey, SharedState),
     /// Set a key of [`Table::Pending`] to an encoded batch
     /// ([`codec::pending_bytes`]), cut from the engine's reused value
     /// chunks, reused from one checkpoint to the next.
@@ -342,7 +341,7 @@ impl Engine {
         );
         self.for_each_slot(&dirty_params, |key, slot| {
             slot.unstored = false;
-            writes.push(Write::PutParams(key, Arc::clone(&slot.state)));
+            writes.push(Write::PutParams(key, slot.state.clone()));
         });
         let params = dirty_params.len();
         dirty_params.clear();
@@ -450,7 +449,7 @@ impl Engine {
         let mut segment = Vec::with_capacity(dirty.len() - from);
         self.for_each_slot(&dirty[from..], |key, slot| {
             slot.unstored = false;
-            segment.push(Write::PutParams(key, Arc::clone(&slot.state)));
+            segment.push(Write::PutParams(key, slot.state.clone()));
         });
         let taken = segment.len();
         dirty.truncate(from);

@@ -985,10 +985,10 @@ fn published_and_checkpointed_states_never_change_after_they_are_taken() {
     engine.ingest(0, 2, click(3, "beta", 200));
     let published = engine.take_changed();
     let delta = engine.checkpoint_delta();
-    let stored: Vec<(ParamKey, Arc<KeyState>)> = delta
+    let stored: Vec<(ParamKey, SharedState)> = delta
         .iter()
         .filter_map(|w| match w {
-            Write::PutParams(key, state) => Some((*key, Arc::clone(state))),
+            Write::PutParams(key, state) => Some((*key, state.clone())),
             _ => None,
         })
         .collect();
@@ -1016,53 +1016,6 @@ fn published_and_checkpointed_states_never_change_after_they_are_taken() {
         .collect();
     assert_eq!(again, [(3, 1), (1, 3)]);
     assert!(engine.take_changed().is_empty());
-}
-
-#[test]
-fn a_slot_updates_its_state_in_place_only_when_no_one_else_holds_it() {
-    let model = ModelSpec::new(ModelKind::Beta(BetaPrior::UNIFORM));
-    let mut slot = Slot::clean(KeyState::prior(&model));
-    let bump = |slot: &mut Slot| {
-        slot.state_mut()
-            .update(&model, &[Observation::new(&[], true)])
-            .unwrap();
-    };
-
-    // Nobody else holds it: updated where it lies.
-    let at = Arc::as_ptr(&slot.state);
-    bump(&mut slot);
-    assert_eq!(Arc::as_ptr(&slot.state), at, "a unique state is not copied");
-    assert_eq!(slot.state.seq, 1);
-
-    // A publish holds it: copied, and the held one stays as it was.
-    let held = Arc::clone(&slot.state);
-    bump(&mut slot);
-    assert_ne!(Arc::as_ptr(&slot.state), Arc::as_ptr(&held));
-    assert_eq!((held.seq, slot.state.seq), (1, 2));
-
-    // A weak pointer counts too (it could be upgraded while the state is
-    // written): the state moves out, and the weak one no longer upgrades.
-    let weak = Arc::downgrade(&slot.state);
-    let at = Arc::as_ptr(&slot.state);
-    bump(&mut slot);
-    assert_ne!(
-        Arc::as_ptr(&slot.state),
-        at,
-        "a state with a weak pointer moves"
-    );
-    assert!(weak.upgrade().is_none());
-    assert_eq!(slot.state.seq, 3);
-    drop(weak);
-
-    // Held by another thread that has let go: unique again.
-    let held = Arc::clone(&slot.state);
-    std::thread::spawn(move || assert_eq!(held.seq, 3))
-        .join()
-        .unwrap();
-    let at = Arc::as_ptr(&slot.state);
-    bump(&mut slot);
-    assert_eq!(Arc::as_ptr(&slot.state), at);
-    assert_eq!(slot.state.seq, 4);
 }
 
 #[test]
@@ -1441,7 +1394,7 @@ fn sort_puts_keeps_the_later_put_of_a_key() {
     };
     let state = |alpha: f64| {
         let prior = BetaPrior::new(alpha, 1.0).unwrap();
-        Arc::new(KeyState::prior(&ModelSpec::new(ModelKind::Beta(prior))))
+        SharedState::new(KeyState::prior(&ModelSpec::new(ModelKind::Beta(prior))))
     };
     let mut writes = vec![
         Write::PutParams(key(5), state(1.0)),

@@ -26,6 +26,7 @@ pub mod logistic;
 mod model;
 mod newton;
 mod observation;
+mod shared;
 
 pub use beta::{BetaPosterior, BetaPrior};
 pub use encoding::{DecodeError, FORMAT_VERSION};
@@ -39,6 +40,7 @@ pub use logistic::{
 };
 pub use model::{ModelKind, ModelSpec};
 pub use observation::{MAX_WEIGHT, Observation};
+pub use shared::SharedState;
 
 #[cfg(test)]
 mod tests;

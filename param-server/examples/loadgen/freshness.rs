@@ -116,7 +116,7 @@ async fn send_updates(
                 ParamChange {
                     version: Arc::clone(&version),
                     doc_id,
-                    state: Arc::new(state(doc_id, plan.first_seq + k, plan.dim)),
+                    state: state(doc_id, plan.first_seq + k, plan.dim).into(),
                 }
             })
             .collect();
