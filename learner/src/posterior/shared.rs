@@ -14,9 +14,9 @@ use super::KeyState;
 /// never changes.
 ///
 /// Unlike an `Arc`, it cannot be weakly referenced: no handle to it can
-/// appear except by cloning an existing one. That is what lets
-/// [`SharedState::make_mut`] tell that it holds the only handle from the
-/// count alone, with a plain load, where `Arc::make_mut` needs a locked
+/// appear except by cloning an existing one. That is what lets the
+/// engine's copy on write tell from the count alone, with a plain load,
+/// that its handle is the only one, where `Arc::make_mut` needs a locked
 /// compare-and-swap (which waits for every earlier store to reach the
 /// cache) to rule out a weak pointer being upgraded meanwhile.
 #[derive(Clone)]
