@@ -51,8 +51,24 @@ for round in $(seq 1 "$rounds"); do
         fi
         wait
         join -t $'\t' <(rates "$out/a" | sort) <(rates "$out/b" | sort) |
-            awk -F'\t' -v round="$round" -v first="$first" '{
+            awk -F'\t' -v round="$round" -v first="$first" -v ratios="$out/ratios" '{
                 printf "| %d | %s | %s | %.3f M | %.3f M | %.3f |\n", round, first, $1, $2 / 1e6, $3 / 1e6, $3 / $2
+                printf "%s\t%.3f\n", $1, $3 / $2 >> ratios
             }'
     done
 done
+
+# Per row: every round's B / A, sorted, and their median (a single round
+# swings by ±15 % on a shared host; the median of several is the figure).
+printf '\n| row | rounds | B / A, sorted | median |\n|---|---:|---|---:|\n'
+sort -t $'\t' -k1,1 -k2,2n "$out/ratios" |
+    awk -F'\t' '
+        function flush() {
+            if (n == 0) return
+            median = n % 2 ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+            list = r[1]; for (i = 2; i <= n; i++) list = list ", " r[i]
+            printf "| %s | %d | %s | %.3f |\n", row, n, list, median
+        }
+        $1 != row { flush(); row = $1; n = 0 }
+        { r[++n] = $2 }
+        END { flush() }'
