@@ -389,7 +389,9 @@ pub fn from_file(
     let (start, process0) = (std::time::Instant::now(), crate::machine::process_cpu());
     let source = FileSource::open(path, Format::Protobuf, 0).expect("open sample file");
     let mut source = if read_ahead {
-        Source::Ahead(FileReadAhead::start(source).expect("start the file reader"))
+        let ahead = FileReadAhead::start(source).expect("start the file reader");
+        driver.engine.return_contexts_to(ahead.context_return());
+        Source::Ahead(ahead)
     } else {
         Source::Direct(source)
     };

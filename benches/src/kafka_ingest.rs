@@ -208,8 +208,9 @@ impl Topic {
             let align_ms = aligned.then(|| runner::throttle_slack_ms(config));
             let mut source =
                 KafkaSource::open(kafka, &BTreeMap::new(), align_ms).expect("open source");
-            let engine = fresh_engine(config, source.partitions().iter().copied())
+            let mut engine = fresh_engine(config, source.partitions().iter().copied())
                 .expect("bench versions register");
+            engine.return_contexts_to(source.context_return());
             let mut driver = Driver::new(
                 engine,
                 SinkKind::Null,

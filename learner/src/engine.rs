@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use smallvec::SmallVec;
 
 use crate::batcher::{BatchPolicy, Batcher, PendingObservation, ReadyBatch};
+use crate::contexts::ContextReturn;
 use crate::control::{Command, Outcome, Scheduled, forked_spec};
 use crate::deadletter::DeadLetter;
 use crate::dedup::Dedup;
@@ -190,6 +191,9 @@ pub struct Engine {
     /// The checkpoints' pending-batch values are cut from these.
     values: persist::ValueChunks,
     control: ControlState,
+    /// Where applied samples' contexts go back to the reader that decoded
+    /// them (see [`Engine::return_contexts_to`]); freed here without one.
+    contexts: Option<ContextReturn>,
 }
 
 /// Admin commands waiting for their event time, and what was applied.
@@ -349,6 +353,7 @@ impl Engine {
             dirty: Dirty::default(),
             values: persist::ValueChunks::default(),
             control: ControlState::default(),
+            contexts: None,
         }
     }
 
@@ -1084,7 +1089,7 @@ impl Engine {
         self.batcher.due_into(origin.event_time_ms, &mut ready);
         for (key, batch) in ready.drain(..) {
             self.apply(key, &batch);
-            self.batcher.recycle(batch);
+            self.recycle(batch);
         }
         self.ready = ready;
         let entry = match version {
@@ -1149,12 +1154,34 @@ impl Engine {
         if self.batcher.fills_alone(key, &obs) {
             // Nothing was pending for the key and nothing will be.
             self.apply(key, std::slice::from_ref(&obs));
+            if let Some(contexts) = &mut self.contexts {
+                contexts.give(obs.context);
+            }
         } else {
             if let Some(batch) = self.batcher.push_pending(key, obs) {
                 self.apply(key, &batch);
-                self.batcher.recycle(batch);
+                self.recycle(batch);
             }
         }
+    }
+
+    /// Gives an applied batch's vector back to the batcher, and its
+    /// contexts to the reader that decoded them.
+    fn recycle(&mut self, mut batch: Vec<PendingObservation>) {
+        if let Some(contexts) = &mut self.contexts {
+            for obs in &mut batch {
+                contexts.give(std::mem::take(&mut obs.context));
+            }
+        }
+        self.batcher.recycle(batch);
+    }
+
+    /// Hands the contexts of applied samples back through `contexts`, to
+    /// the reader thread that decoded them, which reuses their vectors
+    /// ([`crate::contexts`]; a Kafka source's
+    /// [`crate::kafka::KafkaSource::context_return`]). Changes no result.
+    pub fn return_contexts_to(&mut self, contexts: ContextReturn) {
+        self.contexts = Some(contexts);
     }
 
     fn apply(&mut self, key: ParamKey, batch: &[PendingObservation]) {

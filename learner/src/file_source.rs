@@ -20,6 +20,7 @@ use posterior_proto::v1::JoinedSample;
 use prost::Message;
 use serde::Deserialize;
 
+use crate::contexts::{ContextReturn, ContextSupply};
 use crate::engine::Payload;
 use crate::prefetch::{RECORDS_AHEAD, prefetch_slice};
 use crate::sample::Sample;
@@ -77,7 +78,13 @@ pub fn decode_json(line: &[u8]) -> Payload {
 /// can, prost and [`Sample::try_from`] otherwise (the same sample, or the
 /// error naming what is wrong).
 pub fn decode_protobuf(bytes: &[u8]) -> Payload {
-    if let Some(sample) = Sample::from_wire_fast(bytes) {
+    decode_protobuf_with(bytes, Vec::new)
+}
+
+/// [`decode_protobuf`] with the context decoded into a vector from
+/// `fresh` (see [`Sample::from_wire_fast_with`]).
+pub fn decode_protobuf_with(bytes: &[u8], fresh: impl FnMut() -> Vec<f32>) -> Payload {
+    if let Some(sample) = Sample::from_wire_fast_with(bytes, fresh) {
         return Payload::Sample(sample);
     }
     decode_protobuf_general(bytes)
@@ -112,6 +119,10 @@ pub struct FileSource {
     /// Standard input: a read may wait for ever, and its end is only known
     /// once a read reports it.
     stdin: bool,
+    /// A length-delimited record's bytes (kept for its room).
+    record: Vec<u8>,
+    /// Vectors for the contexts, when an engine hands them back.
+    contexts: ContextSupply,
 }
 
 impl FileSource {
@@ -124,6 +135,8 @@ impl FileSource {
             format,
             position: offset,
             stdin: false,
+            record: Vec::new(),
+            contexts: ContextSupply::none(),
         })
     }
 
@@ -135,6 +148,8 @@ impl FileSource {
             format,
             position: 0,
             stdin: true,
+            record: Vec::new(),
+            contexts: ContextSupply::none(),
         }
     }
 
@@ -215,10 +230,14 @@ impl FileSource {
                 format!("record at byte {offset} declares {len} bytes (max {MAX_RECORD_BYTES})"),
             ));
         }
-        let mut bytes = vec![0; len];
-        self.reader.read_exact(&mut bytes)?;
+        let bytes = &mut self.record;
+        bytes.resize(len, 0);
+        self.reader.read_exact(bytes)?;
         self.position += len as u64;
-        Ok(Some((offset, decode_protobuf(&bytes))))
+        Ok(Some((
+            offset,
+            decode_protobuf_with(bytes, self.contexts.fresh()),
+        )))
     }
 }
 
@@ -248,6 +267,8 @@ const AHEAD_BATCHES: usize = 8;
 /// that never come; [`StdinReader`] hands stdin on a record at a time.
 pub struct FileReadAhead {
     batches: Receiver<Vec<Ahead>>,
+    /// Where the engine hands the records' contexts back to the reader.
+    contexts: ContextReturn,
     /// Emptied batches go back to the reader for reuse.
     spare: SyncSender<Vec<Ahead>>,
     current: VecDeque<Ahead>,
@@ -259,6 +280,8 @@ pub struct FileReadAhead {
 impl FileReadAhead {
     /// Starts reading `source` on a thread named `file-reader`.
     pub fn start(mut source: FileSource) -> io::Result<Self> {
+        let (contexts, supply) = crate::contexts::channel();
+        source.contexts = supply;
         let (batches_tx, batches) = sync_channel::<Vec<Ahead>>(AHEAD_BATCHES);
         let (spare, spare_rx) = sync_channel::<Vec<Ahead>>(AHEAD_BATCHES + 2);
         let thread = std::thread::Builder::new()
@@ -292,11 +315,19 @@ impl FileReadAhead {
             })?;
         Ok(Self {
             batches,
+            contexts,
             spare,
             current: VecDeque::new(),
             finished: false,
             thread: Some(thread),
         })
+    }
+
+    /// The end through which an engine hands the contexts of these
+    /// records back to the reader thread for reuse
+    /// ([`crate::engine::Engine::return_contexts_to`]); optional.
+    pub fn context_return(&self) -> ContextReturn {
+        self.contexts.clone()
     }
 
     /// The next record as (offset, next offset, payload), `None` at the
@@ -510,6 +541,8 @@ mod tests {
             format: Format::Jsonl,
             position: 0,
             stdin: true,
+            record: Vec::new(),
+            contexts: ContextSupply::none(),
         };
         let mut reader = StdinReader::start(source).unwrap();
         let quiet = Duration::from_millis(50);
@@ -807,7 +840,10 @@ mod tests {
                     "a plain valid sample missed the fast path: {general:?}"
                 ),
             }
-            proptest::prop_assert_eq!(decode_protobuf(&bytes), general);
+            proptest::prop_assert_eq!(decode_protobuf(&bytes), general.clone());
+            // Into a vector that came back (emptied, with room): the same.
+            let recycled = || Vec::with_capacity(3);
+            proptest::prop_assert_eq!(decode_protobuf_with(&bytes, recycled), general);
         }
     }
 }

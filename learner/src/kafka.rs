@@ -29,6 +29,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::{CONSUMER_DEFAULTS, KafkaConfig, StartPosition};
+use crate::contexts::ContextReturn;
 use crate::engine::Payload;
 use crate::params::ParamsRecord;
 use crate::read_ahead::{Lanes, ReadAhead};
@@ -154,6 +155,8 @@ pub enum Polled {
 pub struct KafkaSource {
     consumer: Arc<BaseConsumer>,
     reader: ReadAhead,
+    /// Where the engine hands the records' contexts back to the reader.
+    contexts: ContextReturn,
     topic: String,
     partitions: Vec<u32>,
     partition_count: u32,
@@ -249,11 +252,18 @@ impl KafkaSource {
                 what: "assign partitions".into(),
                 source,
             })?;
-        let reader =
-            ReadAhead::start(Arc::clone(&consumer), config.topic.clone(), lanes, assigned)?;
+        let (contexts, supply) = crate::contexts::channel();
+        let reader = ReadAhead::start(
+            Arc::clone(&consumer),
+            config.topic.clone(),
+            lanes,
+            assigned,
+            supply,
+        )?;
         Ok(Self {
             consumer,
             reader,
+            contexts,
             topic: config.topic.clone(),
             partitions,
             partition_count,
@@ -307,6 +317,13 @@ impl KafkaSource {
     /// Waits up to `timeout` for the next record or event.
     pub fn poll(&mut self, timeout: Duration) -> Result<Polled, KafkaSourceError> {
         self.reader.next(timeout)
+    }
+
+    /// The end through which an engine hands the contexts of this
+    /// source's records back to its reader thread for reuse
+    /// ([`crate::engine::Engine::return_contexts_to`]); optional.
+    pub fn context_return(&self) -> ContextReturn {
+        self.contexts.clone()
     }
 
     /// True when the next [`KafkaSource::poll`] hands on a record already

@@ -14,6 +14,8 @@
 //!   the simulator source (sample t at offset t).
 //! - [`kafka`]: the Kafka source: self-assigned partitions, offsets in the
 //!   learner's own checkpoint.
+//! - [`contexts`]: context vectors handed back from the engine to the
+//!   reader thread that decodes, for reuse.
 //! - [`publish`]: coalesced parameter updates to a channel or the `params`
 //!   topic.
 //! - [`producer`]: a Kafka producer with checked deliveries, for both topics
@@ -51,6 +53,7 @@
 pub mod batcher;
 pub mod codec;
 pub mod config;
+pub mod contexts;
 pub mod control;
 pub mod deadletter;
 #[cfg(feature = "io")]

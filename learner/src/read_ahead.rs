@@ -53,8 +53,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use crate::contexts::ContextSupply;
 use crate::engine::Payload;
-use crate::file_source::decode_protobuf;
+use crate::file_source::decode_protobuf_with;
 use crate::hand_on::hand_on;
 use crate::kafka::{KafkaSourceError, Polled};
 use crate::kafka_queue::{Entry, LaneQueue};
@@ -155,6 +156,7 @@ impl ReadAhead {
         topic: String,
         lanes: Option<Lanes>,
         assigned: BTreeMap<u32, u64>,
+        contexts: ContextSupply,
     ) -> Result<Self, KafkaSourceError> {
         let (batches_tx, batches) = sync_channel(BATCHES);
         let (spare, spare_rx) = sync_channel(BATCHES + 2);
@@ -171,6 +173,7 @@ impl ReadAhead {
             spare: spare_rx,
             paused: Vec::new(),
             taken: assigned,
+            contexts,
         };
         let thread = std::thread::Builder::new()
             .name("kafka-reader".into())
@@ -280,6 +283,8 @@ struct Reader {
     /// before any): where a resumed partition goes on (see
     /// [`Reader::apply_pauses`]).
     taken: BTreeMap<u32, u64>,
+    /// Vectors for the records' contexts, handed back by the engine.
+    contexts: ContextSupply,
 }
 
 /// One partition's queue and what the reader knows of it.
@@ -300,7 +305,11 @@ impl Lane {
     /// The lane's next item: a held one, else the first of a new take
     /// (noting the records taken in `taken`); `None` when its queue is
     /// empty.
-    fn next(&mut self, taken: &mut BTreeMap<u32, u64>) -> Option<Item> {
+    fn next(
+        &mut self,
+        taken: &mut BTreeMap<u32, u64>,
+        contexts: &mut ContextSupply,
+    ) -> Option<Item> {
         if self.held.is_empty() {
             let partition = self.queue.partition();
             let held = &mut self.held;
@@ -315,7 +324,7 @@ impl Lane {
                     } => note_taken(taken, partition, next_offset),
                     Entry::Error(_) => {}
                 }
-                held.push_back(convert_entry(entry, partition));
+                held.push_back(convert_entry(entry, partition, contexts));
             });
         }
         self.held.pop_front()
@@ -355,9 +364,16 @@ impl Reader {
                     // The consumer's own queue: client errors; polling it
                     // also serves librdkafka's callbacks.
                     if let Some(result) = self.consumer.poll(Duration::ZERO) {
-                        batch.push_back(convert(result));
+                        batch.push_back(convert(result, &mut self.contexts));
                     }
-                    take_aligned(lanes, &self.paused, &mut order, &mut batch, &mut self.taken)
+                    take_aligned(
+                        lanes,
+                        &self.paused,
+                        &mut order,
+                        &mut batch,
+                        &mut self.taken,
+                        &mut self.contexts,
+                    )
                 }
                 None => self.take_delivered(&mut batch),
             };
@@ -396,7 +412,7 @@ impl Reader {
                     message.offset() as u64 + 1,
                 );
             }
-            batch.push_back(convert(result));
+            batch.push_back(convert(result, &mut self.contexts));
             took += 1;
         }
         took
@@ -522,6 +538,7 @@ fn take_aligned(
     order: &mut [usize],
     batch: &mut Batch,
     taken: &mut BTreeMap<u32, u64>,
+    contexts: &mut ContextSupply,
 ) -> usize {
     let limit = alignment_limit(&lanes.lanes, paused, lanes.align_ms);
     let lanes = &mut lanes.lanes;
@@ -535,7 +552,7 @@ fn take_aligned(
             break; // so is every later lane
         }
         while batch.len() < BATCH && !beyond(lane.clock) {
-            let Some(item) = lane.next(taken) else {
+            let Some(item) = lane.next(taken, contexts) else {
                 break;
             };
             lane.observe(&item);
@@ -558,21 +575,22 @@ fn note_taken(taken: &mut BTreeMap<u32, u64>, partition: u32, next_offset: u64) 
 
 /// One poll's result as the engine takes it: records decoded, end of
 /// partition, a lost offset as an error, other client errors as transient.
-fn convert(result: Result<BorrowedMessage<'_>, KafkaError>) -> Item {
+fn convert(result: Result<BorrowedMessage<'_>, KafkaError>, contexts: &mut ContextSupply) -> Item {
     match result {
         Ok(message) => Ok(record(
             message.partition() as u32,
             message.offset() as u64,
             message.payload(),
+            contexts,
         )),
         Err(err) => client_error(err, None),
     }
 }
 
 /// [`convert`] for an entry of `partition`'s own queue.
-fn convert_entry(entry: Entry<'_>, partition: u32) -> Item {
+fn convert_entry(entry: Entry<'_>, partition: u32, contexts: &mut ContextSupply) -> Item {
     match entry {
-        Entry::Record(r) => Ok(record(r.partition, r.offset, r.payload)),
+        Entry::Record(r) => Ok(record(r.partition, r.offset, r.payload, contexts)),
         Entry::End {
             partition,
             next_offset,
@@ -585,9 +603,14 @@ fn convert_entry(entry: Entry<'_>, partition: u32) -> Item {
 }
 
 /// A record, decoded.
-fn record(partition: u32, offset: u64, payload: Option<&[u8]>) -> Polled {
+fn record(
+    partition: u32,
+    offset: u64,
+    payload: Option<&[u8]>,
+    contexts: &mut ContextSupply,
+) -> Polled {
     let payload = match payload {
-        Some(bytes) => decode_protobuf(bytes),
+        Some(bytes) => decode_protobuf_with(bytes, contexts.fresh()),
         None => Payload::Invalid {
             reason: "undecodable",
             detail: "record without a value".into(),

@@ -614,6 +614,9 @@ pub fn run_local_with(
     // least a millisecond apart (`interval_ms = 0` would spin).
     let idle_after = publish_every.max(Duration::from_millis(1));
     let mut source = LocalSource::open(config, offset, pushed, idle_after)?;
+    if let LocalSource::File(file) = &source {
+        engine.return_contexts_to(file.context_return());
+    }
     let poll_every = source.poll_every();
     let mut stopped = false;
     let mut last_publish = Instant::now();
@@ -1057,6 +1060,7 @@ pub fn run_kafka_with(
             (engine, all)
         }
     };
+    engine.return_contexts_to(source.context_return());
     for (&partition, &offset) in source.start_offsets() {
         engine.start_partition_at(partition, offset);
     }

@@ -623,6 +623,7 @@ impl Engine {
             dirty: Dirty::default(),
             values: ValueChunks::default(),
             control: ControlState::restore(backlog, released_below_ms),
+            contexts: None,
         };
         for key in engine.params.keys() {
             engine.stats.count_key(key.version);

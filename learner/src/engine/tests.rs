@@ -128,8 +128,18 @@ fn generate(seed: u64, partitions: usize, per_partition: usize) -> Log {
 
 /// Feeds the partitions to the engine in a random interleaving.
 fn run_engine(logs: &Log, interleave_seed: u64) -> Engine {
+    let engine = Engine::new(config(), registry(), 0..logs.len() as u32);
+    run_engine_on(engine, logs, interleave_seed, |_| {})
+}
+
+/// [`run_engine`] on a given engine, calling `between` after every burst.
+fn run_engine_on(
+    mut engine: Engine,
+    logs: &Log,
+    interleave_seed: u64,
+    mut between: impl FnMut(&mut Engine),
+) -> Engine {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(interleave_seed);
-    let mut engine = Engine::new(config(), registry(), 0..logs.len() as u32);
     let mut cursor = vec![0_usize; logs.len()];
     loop {
         let open: Vec<usize> = (0..logs.len())
@@ -146,6 +156,7 @@ fn run_engine(logs: &Log, interleave_seed: u64) -> Engine {
             engine.ingest(p as u32, cursor[p] as u64, logs[p][cursor[p]].clone());
             cursor[p] += 1;
         }
+        between(&mut engine);
     }
     engine.finish();
     engine
@@ -1575,4 +1586,38 @@ fn a_refused_sample_sent_again_corrected_is_not_a_duplicate() {
     assert_eq!(dead.get("missing_label"), Some(&1), "{dead:?}");
     assert_eq!(dead.get("duplicate"), Some(&1), "{dead:?}");
     assert_eq!(engine.counters().applied, 1);
+}
+
+/// An engine that hands the contexts of applied samples back to a reader
+/// ([`Engine::return_contexts_to`]) gives back emptied vectors — from
+/// single samples applied at once and from micro-batches — and ends in
+/// the state of one that frees them.
+#[test]
+fn contexts_handed_back_come_back_empty_and_change_no_state() {
+    let logs = generate(17, 3, 4_000);
+    for config in [config(), one_at_a_time()] {
+        let plain = run_engine_on(Engine::new(config, registry(), 0..3), &logs, 5, |_| {});
+        let (back, mut supply) = crate::contexts::channel();
+        let mut engine = Engine::new(config, registry(), 0..3);
+        engine.return_contexts_to(back);
+        let mut came_back = 0;
+        let recycling = run_engine_on(engine, &logs, 5, |_| {
+            while let Some(context) = supply.take() {
+                assert!(context.is_empty() && context.capacity() >= DIM);
+                came_back += 1;
+            }
+        });
+        let logistic = recycling.registry().live("logistic").unwrap().id;
+        let logistic_updates = recycling.stats().applied_by_version[logistic.0 as usize];
+        assert!(
+            came_back >= 1_000 && came_back as u64 <= logistic_updates,
+            "{came_back} of {logistic_updates} contexts came back ({:?})",
+            config.batch
+        );
+        assert_eq!(recycling.param_count(), plain.param_count());
+        for (key, state) in plain.params() {
+            assert_eq!(recycling.param(key), Some(state), "{key:?}");
+        }
+        assert_eq!(recycling.counters(), plain.counters());
+    }
 }
