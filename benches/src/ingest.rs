@@ -390,7 +390,9 @@ pub fn from_file(
     let source = FileSource::open(path, Format::Protobuf, 0).expect("open sample file");
     let mut source = if read_ahead {
         let ahead = FileReadAhead::start(source).expect("start the file reader");
-        driver.engine.return_contexts_to(ahead.context_return());
+        if let Some(contexts) = ahead.context_return() {
+            driver.engine.return_contexts_to(contexts);
+        }
         Source::Ahead(ahead)
     } else {
         Source::Direct(source)

@@ -103,7 +103,8 @@ impl ContextSupply {
         Self::default()
     }
 
-    /// An empty vector with room, when one has come back.
+    /// An empty vector with room, when one has come back (of any
+    /// capacity).
     pub fn take(&mut self) -> Option<Vec<f32>> {
         if self.at_hand.is_empty() {
             let rx = self.rx.as_ref()?;
@@ -123,10 +124,38 @@ impl ContextSupply {
         Some(context)
     }
 
-    /// A fresh-context function for [`crate::sample::Sample::from_wire_fast_with`]:
-    /// a vector that came back, else a new empty one.
-    pub fn fresh(&mut self) -> impl FnMut() -> Vec<f32> + '_ {
-        move || self.take().unwrap_or_default()
+    /// An empty vector for `len` values: one that came back if its room
+    /// fits (at least `len`, at most twice that), else a new one. One that
+    /// does not fit is freed: with versions of different dimensions, a
+    /// large vector would otherwise hold a small context, and a buffered
+    /// sample much more memory than its values.
+    pub fn take_for(&mut self, len: usize) -> Vec<f32> {
+        match self.take() {
+            Some(context) if fits(context.capacity(), len) => context,
+            _ => Vec::with_capacity(len),
+        }
+    }
+
+    /// A fresh-context function for
+    /// [`crate::sample::Sample::from_wire_fast_with`]: [`Self::take_for`].
+    pub fn fresh(&mut self) -> impl FnMut(usize) -> Vec<f32> + '_ {
+        move |len| self.take_for(len)
+    }
+}
+
+/// Whether a vector with room for `capacity` values is reused for `len`.
+fn fits(capacity: usize, len: usize) -> bool {
+    capacity >= len && capacity <= len.saturating_mul(2).max(MIN_FIT)
+}
+
+/// Room up to which a vector fits any shorter context.
+const MIN_FIT: usize = 16;
+
+impl ContextSupply {
+    /// Vectors at hand (for tests).
+    #[cfg(test)]
+    fn at_hand(&self) -> usize {
+        self.at_hand.len()
     }
 }
 
@@ -160,6 +189,34 @@ mod tests {
         }
         came_back.reverse();
         assert_eq!(came_back, pointers, "the same allocations, every one once");
+    }
+
+    /// A vector is reused only for a context it fits: not one too small
+    /// (it would grow), not one far too large (it would hold a small
+    /// context in much more memory); a misfit is freed and a new vector
+    /// of the right room is given.
+    #[test]
+    fn a_vector_is_reused_only_for_a_context_it_fits() {
+        let (mut back, mut supply) = channel();
+        for i in 0..RETURN_BATCH {
+            back.give(Vec::with_capacity(if i % 2 == 0 { 800 } else { 8 }));
+        }
+        // Taken last first: capacities 8, 800, 8, 800, ...
+        let small = supply.take_for(8);
+        assert_eq!(small.capacity(), 8, "a fitting vector is reused");
+        let large = supply.take_for(8);
+        assert_eq!(large.capacity(), 8, "an 800-room vector is not given for 8");
+        let grown = supply.take_for(800);
+        assert!(
+            grown.capacity() >= 800,
+            "an 8-room vector is not given for 800"
+        );
+        assert_eq!(supply.take_for(800).capacity(), 800, "a fitting one is");
+        assert_eq!(supply.at_hand(), RETURN_BATCH - 4);
+        assert!(fits(16, 1) && fits(16, 16) && fits(32, 16) && !fits(33, 16) && !fits(7, 8));
+        let mut none = ContextSupply::none();
+        assert_eq!(none.take(), None);
+        assert_eq!(none.take_for(5).capacity(), 5);
     }
 
     /// Past the sends in flight the engine's end frees what it would send,

@@ -834,7 +834,7 @@ impl Engine {
                     // age trigger would otherwise wait for the input's end).
                     for (key, batch) in self.batcher.take_version(id) {
                         self.apply(key, &batch);
-                        self.batcher.recycle(batch);
+                        self.recycle(batch);
                     }
                     format!("retired {name:?}")
                 })
@@ -1178,8 +1178,10 @@ impl Engine {
 
     /// Hands the contexts of applied samples back through `contexts`, to
     /// the reader thread that decoded them, which reuses their vectors
-    /// ([`crate::contexts`]; a Kafka source's
-    /// [`crate::kafka::KafkaSource::context_return`]). Changes no result.
+    /// ([`crate::contexts`]; from
+    /// [`crate::kafka::KafkaSource::context_return`] or
+    /// [`crate::file_source::FileReadAhead::context_return`]). Changes no
+    /// result.
     pub fn return_contexts_to(&mut self, contexts: ContextReturn) {
         self.contexts = Some(contexts);
     }

@@ -78,12 +78,12 @@ pub fn decode_json(line: &[u8]) -> Payload {
 /// can, prost and [`Sample::try_from`] otherwise (the same sample, or the
 /// error naming what is wrong).
 pub fn decode_protobuf(bytes: &[u8]) -> Payload {
-    decode_protobuf_with(bytes, Vec::new)
+    decode_protobuf_with(bytes, Vec::with_capacity)
 }
 
 /// [`decode_protobuf`] with the context decoded into a vector from
 /// `fresh` (see [`Sample::from_wire_fast_with`]).
-pub fn decode_protobuf_with(bytes: &[u8], fresh: impl FnMut() -> Vec<f32>) -> Payload {
+pub fn decode_protobuf_with(bytes: &[u8], fresh: impl FnMut(usize) -> Vec<f32>) -> Payload {
     if let Some(sample) = Sample::from_wire_fast_with(bytes, fresh) {
         return Payload::Sample(sample);
     }
@@ -267,8 +267,9 @@ const AHEAD_BATCHES: usize = 8;
 /// that never come; [`StdinReader`] hands stdin on a record at a time.
 pub struct FileReadAhead {
     batches: Receiver<Vec<Ahead>>,
-    /// Where the engine hands the records' contexts back to the reader.
-    contexts: ContextReturn,
+    /// Where the engine hands the records' contexts back to the reader
+    /// (protobuf files: a JSONL line's context is not decoded into one).
+    contexts: Option<ContextReturn>,
     /// Emptied batches go back to the reader for reuse.
     spare: SyncSender<Vec<Ahead>>,
     current: VecDeque<Ahead>,
@@ -280,8 +281,11 @@ pub struct FileReadAhead {
 impl FileReadAhead {
     /// Starts reading `source` on a thread named `file-reader`.
     pub fn start(mut source: FileSource) -> io::Result<Self> {
-        let (contexts, supply) = crate::contexts::channel();
-        source.contexts = supply;
+        let contexts = (source.format == Format::Protobuf).then(|| {
+            let (contexts, supply) = crate::contexts::channel();
+            source.contexts = supply;
+            contexts
+        });
         let (batches_tx, batches) = sync_channel::<Vec<Ahead>>(AHEAD_BATCHES);
         let (spare, spare_rx) = sync_channel::<Vec<Ahead>>(AHEAD_BATCHES + 2);
         let thread = std::thread::Builder::new()
@@ -325,8 +329,9 @@ impl FileReadAhead {
 
     /// The end through which an engine hands the contexts of these
     /// records back to the reader thread for reuse
-    /// ([`crate::engine::Engine::return_contexts_to`]); optional.
-    pub fn context_return(&self) -> ContextReturn {
+    /// ([`crate::engine::Engine::return_contexts_to`]; optional). None for
+    /// a JSONL file, whose decoder does not reuse vectors.
+    pub fn context_return(&self) -> Option<ContextReturn> {
         self.contexts.clone()
     }
 
@@ -651,6 +656,52 @@ mod tests {
         out
     }
 
+    /// Contexts handed back while reading (as an engine does once it has
+    /// applied them) are decoded into again: the records stay exactly the
+    /// plain source's, with contexts of three lengths mixed, and the
+    /// reader reuses the vectors instead of allocating new ones.
+    #[test]
+    fn contexts_handed_back_are_reused_and_change_no_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 20 * AHEAD_BATCH as u64;
+        let path = write_samples(&dir.path().join("mixed.pb"), n, |i| JoinedSample {
+            context: (0..[4, 32, 7][(i % 3) as usize])
+                .map(|j| (i * 7 + j) as f32 / 3.0)
+                .collect(),
+            ..sample_at(i)
+        });
+        let plain = read_plain(&path, Format::Protobuf, 0);
+        let mut ahead =
+            FileReadAhead::start(FileSource::open(&path, Format::Protobuf, 0).unwrap()).unwrap();
+        let mut back = ahead.context_return().expect("a protobuf file");
+        let (mut got, mut reused) = (Vec::new(), 0);
+        while let Some((at, next, payload)) = ahead.next_record().unwrap() {
+            let Payload::Sample(mut sample) = payload else {
+                panic!("every record is a sample");
+            };
+            // A new vector has exactly the context's room; the ones given
+            // back below have one more than their last context's.
+            let mut context = std::mem::take(&mut sample.context);
+            reused += usize::from(context.capacity() != context.len());
+            sample.context.clone_from(&context);
+            got.push((at, next, Payload::Sample(sample)));
+            context.reserve_exact(1);
+            back.give(context);
+        }
+        assert_eq!(got, plain);
+        assert!(
+            reused as u64 >= n / 4,
+            "{reused} of {n} contexts decoded into a vector handed back"
+        );
+        assert!(
+            FileReadAhead::start(FileSource::open(&path, Format::Jsonl, 0).unwrap())
+                .unwrap()
+                .context_return()
+                .is_none(),
+            "a JSONL file's decoder takes no vector"
+        );
+    }
+
     /// The read-ahead hands over exactly the plain source's records, with
     /// their offsets and next offsets, across many of its batches and from
     /// a resumed offset; bad records stay dead letters in place; its end is
@@ -842,7 +893,7 @@ mod tests {
             }
             proptest::prop_assert_eq!(decode_protobuf(&bytes), general.clone());
             // Into a vector that came back (emptied, with room): the same.
-            let recycled = || Vec::with_capacity(3);
+            let recycled = |_| vec![9.0; 3];
             proptest::prop_assert_eq!(decode_protobuf_with(&bytes, recycled), general);
         }
     }

@@ -614,8 +614,10 @@ pub fn run_local_with(
     // least a millisecond apart (`interval_ms = 0` would spin).
     let idle_after = publish_every.max(Duration::from_millis(1));
     let mut source = LocalSource::open(config, offset, pushed, idle_after)?;
-    if let LocalSource::File(file) = &source {
-        engine.return_contexts_to(file.context_return());
+    if let LocalSource::File(file) = &source
+        && let Some(contexts) = file.context_return()
+    {
+        engine.return_contexts_to(contexts);
     }
     let poll_every = source.poll_every();
     let mut stopped = false;

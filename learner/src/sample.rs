@@ -146,17 +146,18 @@ impl Sample {
     /// path (prost and `try_from`), which gives the same sample for every
     /// input this accepts, and the canonical error for the rest.
     pub fn from_wire_fast(bytes: &[u8]) -> Option<Sample> {
-        Self::from_wire_fast_with(bytes, Vec::new)
+        Self::from_wire_fast_with(bytes, Vec::with_capacity)
     }
 
     /// [`Sample::from_wire_fast`] with the context decoded into a vector
-    /// from `fresh` (called once, for a record that has a context; it
-    /// must return an empty vector): a reader reuses the vectors the
-    /// engine hands back (see [`crate::contexts`]). The same sample
-    /// whatever `fresh` gives.
+    /// from `fresh`, asked for the context's length: a reader reuses the
+    /// vectors the engine hands back (see [`crate::contexts`]). Called at
+    /// most once per record, when a packed context field is not empty (a
+    /// record the fast path then refuses drops the vector). The vector is
+    /// cleared first: the same sample whatever `fresh` gives.
     pub fn from_wire_fast_with(
         bytes: &[u8],
-        mut fresh: impl FnMut() -> Vec<f32>,
+        mut fresh: impl FnMut(usize) -> Vec<f32>,
     ) -> Option<Sample> {
         use prost::encoding::{WireType, decode_key, decode_varint};
         let mut buf = bytes;
@@ -184,8 +185,8 @@ impl Sample {
                         return None;
                     }
                     if sample.context.capacity() == 0 && !packed.is_empty() {
-                        sample.context = fresh();
-                        debug_assert!(sample.context.is_empty(), "a fresh context is empty");
+                        sample.context = fresh(packed.len() / 4);
+                        sample.context.clear();
                     }
                     sample.context.extend(
                         packed
