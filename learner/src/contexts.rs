@@ -45,7 +45,7 @@ pub fn channel() -> (ContextReturn, ContextSupply) {
 }
 
 /// The engine's end: collects the contexts of applied samples and sends
-/// them back [`RETURN_BATCH`] at a time. A clone starts with nothing
+/// them back 256 at a time. A clone starts with nothing
 /// collected and sends to the same reader.
 pub struct ContextReturn {
     spent: Vec<Vec<f32>>,
