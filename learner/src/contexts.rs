@@ -125,7 +125,8 @@ impl ContextSupply {
     }
 
     /// An empty vector for `len` values: one that came back if its room
-    /// fits (at least `len`, at most twice that), else a new one. One that
+    /// fits (at least `len`, at most twice that or 16 values), else a new
+    /// one. One that
     /// does not fit is freed: with versions of different dimensions, a
     /// large vector would otherwise hold a small context, and a buffered
     /// sample much more memory than its values.
