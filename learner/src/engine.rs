@@ -1116,7 +1116,8 @@ impl Engine {
             version: entry.id,
             doc_id: sample.doc_id,
         };
-        let (reward, weight) = match entry.spec.observation(sample) {
+        // The entry is the one the sample's version names (above).
+        let (reward, weight) = match entry.spec.observation_of_own(sample) {
             Ok(obs) => (obs.reward, obs.weight),
             Err(err) => {
                 self.dead(

@@ -67,6 +67,17 @@ impl VersionSpec {
                 got: sample.version.to_string(),
             });
         }
+        self.observation_of_own(sample)
+    }
+
+    /// [`Self::observation`] of a sample already found to name this
+    /// version (the engine looks its version up by the sample's name):
+    /// the name is not compared again, once per sample.
+    pub(crate) fn observation_of_own<'a>(
+        &self,
+        sample: &'a Sample,
+    ) -> Result<Observation<'a>, SampleError> {
+        debug_assert_eq!(sample.version, self.name, "the sample names this version");
         let dim = self.model.kind.dim();
         if sample.context.len() != dim {
             return Err(SampleError::WrongDimension {
