@@ -1195,11 +1195,19 @@ impl Engine {
             .spec;
         // The views of a batch up to `BATCH_VIEWS` long stay on the stack
         // (most are: a micro-batch policy caps a batch at a few samples).
-        let views: SmallVec<[Observation<'_>; BATCH_VIEWS]> = batch
-            .iter()
-            .map(PendingObservation::as_observation)
-            .collect();
-        let observations = views.as_slice();
+        // Built in place: a collected `SmallVec` is returned by value, a
+        // copy of all its room (a tenth of a micro-batch update's copies),
+        // and a batch of one — nearly every update — needs no vector.
+        let one: [Observation<'_>; 1];
+        let mut many: SmallVec<[Observation<'_>; BATCH_VIEWS]>;
+        let observations: &[Observation<'_>] = if let [obs] = batch {
+            one = [obs.as_observation()];
+            &one
+        } else {
+            many = SmallVec::new();
+            many.extend(batch.iter().map(PendingObservation::as_observation));
+            &many
+        };
         let (changed, dirty) = (&mut self.changed, &mut self.dirty.params);
         let updated = match self.params.get_mut(&key) {
             Some(slot) => slot
