@@ -472,6 +472,13 @@ fn kafka(
         "| round, contender | records/s | wall | ratio to no-op | CPU of this process | CPU of its engine's (the no-op's polling) thread | CPU of broker |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
+    // Each contender's ratio to the no-op of its round, for the summary.
+    let mut ratios: [(&str, Vec<f64>); 4] = [
+        ("KafkaSource as delivered + engine", Vec::new()),
+        ("KafkaSource aligned + engine", Vec::new()),
+        ("runner::run_kafka_with", Vec::new()),
+        ("the runner until its last sample", Vec::new()),
+    ];
     for round in 1..=rounds {
         let noop = topic.noop();
         consumed_row(&format!("{round}, no-op BaseConsumer"), &noop, noop.rate());
@@ -522,6 +529,13 @@ fn kafka(
             applied, runner_applied,
             "both learners applied the same samples"
         );
+        for ((_, list), ratio) in
+            ratios
+                .iter_mut()
+                .zip([unaligned.rate(), engine.rate(), runner.rate(), ingest_rate])
+        {
+            list.push(ratio / noop.rate());
+        }
         println!(
             "| {round}, goal | ≥ {:.0} % of no-op: source + engine {}, runner {} (until its last \
              sample {}) | | | | |",
@@ -531,7 +545,35 @@ fn kafka(
             met(ingest_rate / noop.rate() >= KAFKA_GOAL),
         );
     }
+    if rounds > 1 {
+        // One round's ratio swings by ±10 % on a shared host; the median
+        // of several is the figure the goal is judged by.
+        println!(
+            "\n| contender | ratio to the no-op of its round, sorted | median | goal ≥ {KAFKA_GOAL} |"
+        );
+        println!("|---|---|---:|---|");
+        for (name, mut list) in ratios {
+            list.sort_by(f64::total_cmp);
+            let median = median_of_sorted(&list);
+            let sorted: Vec<String> = list.iter().map(|r| format!("{r:.2}")).collect();
+            println!(
+                "| {name} | {} | {median:.2} | {} |",
+                sorted.join(", "),
+                met(median >= KAFKA_GOAL)
+            );
+        }
+    }
     Ok(())
+}
+
+/// The median of a sorted, non-empty list.
+fn median_of_sorted(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
 }
 
 fn met(yes: bool) -> &'static str {
@@ -691,4 +733,16 @@ fn checkpoint(checkpoints: u64, defer: bool, micro: bool) -> Result<()> {
         met(took < RESTORE_GOAL),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_of_sorted;
+
+    #[test]
+    fn the_median_of_an_even_list_is_the_mean_of_its_middle_two() {
+        assert_eq!(median_of_sorted(&[0.7]), 0.7);
+        assert_eq!(median_of_sorted(&[0.6, 0.7, 0.9]), 0.7);
+        assert_eq!(median_of_sorted(&[0.6, 0.7, 0.9, 1.0]), 0.8);
+    }
 }
