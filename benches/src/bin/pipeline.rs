@@ -480,10 +480,36 @@ fn kafka(
         ("the runner until its last sample", Vec::new()),
     ];
     for round in 1..=rounds {
-        let noop = topic.noop();
-        consumed_row(&format!("{round}, no-op BaseConsumer"), &noop, noop.rate());
-        let (unaligned, unaligned_applied, unaligned_peak) =
-            topic.source_and_engine(&config, false);
+        // Run in the reverse order every other round: the host's speed
+        // drifts within a round, and always running the no-op first would
+        // lean every ratio the same way.
+        let forward = round % 2 == 1;
+        let mut noop = None;
+        let mut runs = None;
+        for step in 0..2 {
+            if (step == 0) == forward {
+                noop = Some(topic.noop());
+            } else {
+                let unaligned = topic.source_and_engine(&config, false);
+                let aligned = topic.source_and_engine(&config, true);
+                let runner = topic.runner(&config);
+                runs = Some((unaligned, aligned, runner));
+            }
+        }
+        let noop = noop.expect("measured");
+        let (
+            (unaligned, unaligned_applied, unaligned_peak),
+            (engine, applied, peak),
+            (runner, runner_applied, checkpoints, throttles, shutdown),
+        ) = runs.expect("measured");
+        consumed_row(
+            &format!(
+                "{round}, no-op BaseConsumer ({})",
+                if forward { "first" } else { "last" }
+            ),
+            &noop,
+            noop.rate(),
+        );
         consumed_row(
             &format!(
                 "{round}, KafkaSource as delivered + engine (buffer peak {})",
@@ -492,7 +518,6 @@ fn kafka(
             &unaligned,
             noop.rate(),
         );
-        let (engine, applied, peak) = topic.source_and_engine(&config, true);
         consumed_row(
             &format!(
                 "{round}, KafkaSource aligned + engine (buffer peak {})",
@@ -505,7 +530,6 @@ fn kafka(
             applied, unaligned_applied,
             "aligned or not, the engine applied the same samples"
         );
-        let (runner, runner_applied, checkpoints, throttles, shutdown) = topic.runner(&config);
         consumed_row(
             &format!(
                 "{round}, runner::run_kafka_with ({checkpoints} checkpoints, {throttles} throttles)"
