@@ -218,12 +218,16 @@ fn commands_on_the_control_topic_apply_at_their_event_times_through_crashes() {
             failpoint_life: Duration::from_secs(20),
         },
     );
-    // Six of the eight runs have a fail point: on a fast machine they
-    // reach it (and abort) before their SIGKILL. Either way the run
-    // crashed mid-way.
+    // Six of the eight runs have a fail point, and five of them reach it
+    // and abort: the savepoint command's savepoint is written once (in
+    // round 2), so round 6's `mid_savepoint` is never reached and that
+    // run ends the input. Round 3's SIGKILL (after 0.4 s, seed 5) lands
+    // with most of the input left. Round 7 starts with nothing left to
+    // read: on a fast host it ends by itself before its SIGKILL (seen on
+    // 2026-12-05), so it is not counted on.
     eprintln!("of 8 runs: {crashes:?}");
     assert!(
-        crashes.killed >= 2 && crashes.killed + crashes.aborted >= 6,
+        crashes.killed >= 1 && crashes.aborted >= 5,
         "too few crashes landed mid-run: {crashes:?}"
     );
     let mut last = run().spawn().unwrap();
