@@ -320,13 +320,10 @@ fn engine(
             "\n| median of {rounds} rounds: row | phase 2 samples/s, sorted | median | median / goal |"
         );
         println!("|---|---|---:|---:|");
-        for (label, goal, mut list) in rates {
-            list.sort_by(f64::total_cmp);
-            let median = median_of_sorted(&list);
-            let sorted: Vec<String> = list.iter().map(|&r| human(r)).collect();
+        for (label, goal, list) in rates {
+            let (sorted, median) = sorted_and_median(list, human);
             println!(
-                "| {label} | {} | {} | {:.2} |",
-                sorted.join(", "),
+                "| {label} | {sorted} | {} | {:.2} |",
                 human(median),
                 median / goal
             );
@@ -610,18 +607,23 @@ fn kafka(
             "\n| contender | ratio to the no-op of its round, sorted | median | goal ≥ {KAFKA_GOAL} |"
         );
         println!("|---|---|---:|---|");
-        for (name, mut list) in ratios {
-            list.sort_by(f64::total_cmp);
-            let median = median_of_sorted(&list);
-            let sorted: Vec<String> = list.iter().map(|r| format!("{r:.2}")).collect();
+        for (name, list) in ratios {
+            let (sorted, median) = sorted_and_median(list, |r| format!("{r:.2}"));
             println!(
-                "| {name} | {} | {median:.2} | {} |",
-                sorted.join(", "),
+                "| {name} | {sorted} | {median:.2} | {} |",
                 met(median >= KAFKA_GOAL)
             );
         }
     }
     Ok(())
+}
+
+/// The figures of several rounds, sorted and shown with `show`, and their
+/// median (`list` is not empty).
+fn sorted_and_median(mut list: Vec<f64>, show: impl Fn(f64) -> String) -> (String, f64) {
+    list.sort_by(f64::total_cmp);
+    let shown: Vec<String> = list.iter().map(|&x| show(x)).collect();
+    (shown.join(", "), median_of_sorted(&list))
 }
 
 /// The median of a sorted, non-empty list.
@@ -795,12 +797,19 @@ fn checkpoint(checkpoints: u64, defer: bool, micro: bool) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::median_of_sorted;
+    use super::{median_of_sorted, sorted_and_median};
 
     #[test]
     fn the_median_of_an_even_list_is_the_mean_of_its_middle_two() {
         assert_eq!(median_of_sorted(&[0.7]), 0.7);
         assert_eq!(median_of_sorted(&[0.6, 0.7, 0.9]), 0.7);
         assert_eq!(median_of_sorted(&[0.6, 0.7, 0.9, 1.0]), 0.8);
+    }
+
+    #[test]
+    fn rounds_are_shown_sorted_with_their_median() {
+        let (shown, median) = sorted_and_median(vec![0.9, 0.6, 1.0, 0.7], |r| format!("{r:.1}"));
+        assert_eq!(shown, "0.6, 0.7, 0.9, 1.0");
+        assert_eq!(median, 0.8);
     }
 }
