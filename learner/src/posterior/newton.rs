@@ -485,13 +485,33 @@ fn primal(
 /// The MAP step for a single observation in the dual form, without
 /// allocation: given a = x·m, k = xᵀQ⁻¹x ≥ 0 and the observation's target
 /// y and weight ω, returns the root c of g(c) = c − ω(y − σ(a + kc)), so
-/// that w = m + c·Q⁻¹x. g is strictly increasing and its root lies in
-/// [ω(y − 1), ωy], so Newton safeguarded by bisection on that bracket always
-/// converges. Returns (c, iterations, converged).
+/// that w = m + c·Q⁻¹x. Returns (c, evaluations of σ, converged).
+///
+/// g is strictly increasing and its root lies in [ω(y − 1), ωy]. It is
+/// convex below its inflection point a + kc = 0 and concave above it, so
+/// the solve starts there (clamped to the bracket): Newton steps from that
+/// point move toward the root without passing it. (From c = 0, on a click
+/// on a young state, they went from one flat end of the bracket to the
+/// other, closing in by ~1e-4 a step: up to 50 iterations, and an
+/// unconverged root.) Each step is Halley's, which uses g″ — free once σ
+/// is known — and triples the digits per step; bisection on the bracket
+/// stays as the safeguard. The solve ends when the step is below the
+/// tolerance or, after a Halley step, when the step's cube times Halley's
+/// error constant |g″²/(4g′²) − g‴/(6g′)| puts the remaining error two
+/// orders of magnitude below the tolerance: one evaluation of σ fewer
+/// than confirming a small step. On bench 1's young states that is about
+/// 2.2 evaluations per solve, against about 4 (and a tail up to 50) for
+/// Newton from c = 0.
 pub(crate) fn single_step(a: f64, k: f64, reward: bool, weight: f64) -> (f64, u32, bool) {
     let y = if reward { 1.0 } else { 0.0 };
     let (mut lo, mut hi) = (weight * (y - 1.0), weight * y);
-    let mut c = 0.0;
+    // `max`/`min`, not `clamp`: a NaN bound must not panic (the caller
+    // refuses a non-finite result).
+    let mut c = if k > 0.0 {
+        (-a / k).max(lo).min(hi)
+    } else {
+        0.0
+    };
     for iteration in 1..=MAX_NEWTON_ITERATIONS {
         let p = sigmoid(a + k * c);
         let g = c - weight * (y - p);
@@ -502,24 +522,41 @@ pub(crate) fn single_step(a: f64, k: f64, reward: bool, weight: f64) -> (f64, u3
         } else {
             return (c, iteration, true);
         }
-        let slope = 1.0 + weight * k * p * (1.0 - p);
-        let mut next = c - g / slope;
+        // g′, g″ and g‴ from σ′ = v, σ″ = v(1 − 2p), σ‴ = v(1 − 6v).
+        let v = p * (1.0 - p);
+        let slope = 1.0 + weight * k * v;
+        let bend = weight * k * k * v * (1.0 - 2.0 * p);
+        // Halley's step g/g′ · 1/(1 − g·g″/(2g′²)), as one division, when
+        // its correction factor stays below 2; else Newton's.
+        let (mut next, mut halley) = if slope * slope > g * bend {
+            (c - 2.0 * g * slope / (2.0 * slope * slope - g * bend), true)
+        } else {
+            (c - g / slope, false)
+        };
         if !(next > lo && next < hi) {
             // At the root, g is rounding noise and the step below c's
             // resolution: `next` is c, which the lines above just made an
-            // end of the bracket. Bisecting from there walked the whole
-            // bracket down again (~30 more iterations for ~3 % of updates).
+            // end of the bracket.
             if (next - c).abs() <= NEWTON_TOLERANCE * (1.0 + c.abs()) {
                 return (c, iteration, true);
             }
             next = 0.5 * (lo + hi);
+            halley = false;
         }
         let step = next - c;
         c = next;
-        if step.abs() <= NEWTON_TOLERANCE * (1.0 + c.abs())
-            || hi - lo <= NEWTON_TOLERANCE * (1.0 + c.abs())
-        {
+        let tolerance = NEWTON_TOLERANCE * (1.0 + c.abs());
+        if step.abs() <= tolerance || hi - lo <= tolerance {
             return (c, iteration, true);
+        }
+        if halley {
+            // The error constant times 12g′², without dividing; NaN (an
+            // infinite k³ times v = 0) compares false: go on.
+            let third = weight * k * k * k * v * (1.0 - 6.0 * v);
+            let constant = (3.0 * bend * bend - 2.0 * third * slope).abs();
+            if constant * step.abs().powi(3) <= 0.12 * tolerance * slope * slope {
+                return (c, iteration, true);
+            }
         }
     }
     (c, MAX_NEWTON_ITERATIONS, false)
@@ -715,6 +752,80 @@ mod tests {
             "c {c}, residual {residual}"
         );
         assert!(iterations <= 8, "{iterations} iterations");
+    }
+
+    /// g(c) − its root's scale: |g| relative to 1 + ω, which bounds c.
+    fn single_step_residual(a: f64, k: f64, y: bool, w: f64, c: f64) -> f64 {
+        let target = if y { 1.0 } else { 0.0 };
+        (c - w * (target - sigmoid(a + k * c))).abs() / (1.0 + w)
+    }
+
+    /// A click on a young state (k ≈ 13–14, the prior's logit −4 to −5):
+    /// from c = 0, Newton steps went from one end of the bracket to the
+    /// other, where g is flat, and back, closing in by ~1e-4 a step. The
+    /// first case took 41 iterations; the second stopped at 50, unconverged,
+    /// at c ≈ 0.015 where the root is ≈ 0.31 (a wrong update, applied).
+    #[test]
+    fn single_step_does_not_swing_between_the_ends_of_its_bracket() {
+        for (a, k) in [
+            (-4.993_455_823_610_324, 13.211_660_111_054_712),
+            (-3.910_833_814_942_55, 14.423_705_940_182_323),
+        ] {
+            let (c, iterations, converged) = single_step(a, k, true, 1.0);
+            let residual = single_step_residual(a, k, true, 1.0, c);
+            assert!(
+                converged && residual < 1e-12 && iterations <= 5,
+                "a {a}, k {k}: c {c}, residual {residual}, {iterations} iterations, converged {converged}"
+            );
+        }
+    }
+
+    /// A sweep over the ranges the update allows (weights up to 1e6, k from
+    /// 0 to 1e8, logits past the clamp) and over the states bench 1 makes:
+    /// every solve converges to its root, within a bounded number of
+    /// evaluations of σ.
+    #[test]
+    fn single_step_converges_over_a_sweep() {
+        use rand::{Rng, SeedableRng};
+        let mut grid = Vec::new();
+        for a in [
+            -40.0, -30.0, -10.0, -3.0, -1.0, 0.0, 0.5, 2.0, 5.0, 12.0, 34.0, 40.0,
+        ] {
+            for k in [0.0, 1e-6, 0.01, 1.0, 10.0, 100.0, 1e4, 1e8] {
+                for w in [1e-3, 0.5, 1.0, 10.0, 1e3, 1e6] {
+                    grid.push((a, k, w));
+                }
+            }
+        }
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(11);
+        let young: Vec<_> = (0..20_000)
+            .map(|_| {
+                let updates = [0.0, 1.0, 3.0, 10.0, 30.0, 100.0][rng.random_range(0..6)];
+                let k = 32.0 / 3.0 / (1.0 + 0.1 * updates) * rng.random_range(0.6..1.4);
+                (rng.random_range(-7.0..1.0), k, 1.0)
+            })
+            .collect();
+        let (mut most, mut young_evaluations) = (0, 0);
+        for (i, &(a, k, w)) in grid.iter().chain(&young).enumerate() {
+            for y in [false, true] {
+                let (c, iterations, converged) = single_step(a, k, y, w);
+                let residual = single_step_residual(a, k, y, w, c);
+                assert!(
+                    converged && residual < 1e-10,
+                    "a {a}, k {k}, y {y}, w {w}: c {c}, residual {residual}, {iterations} iterations"
+                );
+                most = most.max(iterations);
+                if i >= grid.len() {
+                    young_evaluations += iterations;
+                }
+            }
+        }
+        let young_mean = f64::from(young_evaluations) / (2.0 * young.len() as f64);
+        assert!(most <= 20, "{most} iterations at most");
+        assert!(
+            young_mean < 3.0,
+            "{young_mean} iterations on average on young states"
+        );
     }
 
     #[test]
