@@ -309,8 +309,8 @@ impl DiagonalGaussian {
 
     /// The update for one observation, the common case of a fresh click,
     /// without allocation: the dual step reduces to a scalar root (see
-    /// `newton::single_step`). The new state is computed twice — once to
-    /// check that it is finite, once to write it — so a rejected update
+    /// `newton::single_step`). The scalars the new state is made of are
+    /// checked before any coordinate is written, so a rejected update
     /// changes nothing.
     fn update_single(
         &mut self,

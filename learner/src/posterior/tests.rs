@@ -182,6 +182,42 @@ fn diagonal_update_matches_reference_laplace() {
     }
 }
 
+/// One click on a young d = 32 state whose score is low — the regime where
+/// the scalar solve's Newton steps used to swing between the ends of its
+/// bracket and could stop unconverged, applying a wrong mean (see
+/// `newton::single_step`). Bench 1's contexts, `[1, u₁ … u₃₁]`; every
+/// update lands on the reference mode and its Laplace precision.
+#[test]
+fn single_clicks_on_young_states_match_reference_laplace() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(23);
+    let d = 32;
+    for _ in 0..100 {
+        let mut mean = vec![0.0; d];
+        mean[0] = rng.random_range(-8.0..-2.0);
+        let prior =
+            LogisticPrior::new(CovarianceForm::Diagonal, mean, rng.random_range(0.6..1.2)).unwrap();
+        let mut post = DiagonalGaussian::prior(&prior);
+        let x: Vec<f32> = (0..d)
+            .map(|i| {
+                if i == 0 {
+                    1.0
+                } else {
+                    rng.random_range(-1.0..1.0)
+                }
+            })
+            .collect();
+        let batch = vec![(x, true, 1.0)];
+        let q = Array2::from_diag(&ndarray::ArrayView1::from(post.precision()));
+        let (w_ref, q_ref) = reference_laplace(post.mean(), &q, &batch);
+        let stats = post.update(&prior, None, 0, &observations(&batch)).unwrap();
+        assert!(stats.converged, "{stats:?}");
+        for i in 0..d {
+            assert_close(post.mean()[i], w_ref[i], 1e-9, "mean");
+            assert_close(post.precision()[i], q_ref[(i, i)], 1e-9, "precision");
+        }
+    }
+}
+
 /// The dual solve's line search sums the softplus changes with one
 /// logarithm per 64 samples when the batch shares one weight, and one per
 /// sample otherwise. Both land on the reference mode: with small batches,
