@@ -210,34 +210,8 @@ fn dual(
         s[j] = signed(obs);
         y[j] = target(obs);
         omega[j] = obs.weight;
-    }
-    // The start: each sample's coordinate at its own inflection point,
-    // aⱼ + Kⱼⱼcⱼ = 0, clamped to its bracket [ωⱼ(yⱼ − 1), ωⱼyⱼ], as for a
-    // single observation (see `single_step`). A negative with a low score
-    // starts at 0, as before; a click on a low score starts near its
-    // root instead of where σ is flat, from which Newton's step
-    // overshoots and the line search halves it back (5.9 iterations on
-    // average on click-ended batches of young states, 4.4–4.9 from here).
-    // Costs n divisions and Kc, which c = 0 did not need.
-    for j in 0..n {
-        let kjj = k[j * n + j];
-        let (lo, hi) = (omega[j] * (y[j] - 1.0), omega[j] * y[j]);
-        c[j] = if kjj > 0.0 {
-            (-a[j] / kjj).max(lo).min(hi)
-        } else {
-            0.0
-        };
-    }
-    if c.iter().all(|cj| cj.is_finite()) {
-        for j in 0..n {
-            kc[j] = dot(&k[j * n..(j + 1) * n], c);
-        }
-    } else {
-        // Non-finite inputs: start at 0 and let the checks below refuse.
-        c.fill(0.0);
-    }
-    for j in 0..n {
-        exps[j] = (-(a[j] + kc[j]).abs()).exp();
+        // At c = 0 the logits are a.
+        exps[j] = (-a[j].abs()).exp();
     }
     // One weight for the whole batch (the usual case) lets the line
     // search sum the softplus changes with one logarithm per
@@ -313,9 +287,9 @@ fn dual(
             sqrt_d[j] = (omega[j] * p * (1.0 - p)).sqrt();
         }
         // When the step that would be taken is below the tolerance, the
-        // iterate is kept without solving for it. Not at the start (c = 0
-        // for most batches): there the step is the whole update (tiny
-        // weights make it tiny), and it is taken below.
+        // iterate is kept without solving for it. Not at c = 0: there the
+        // step is the whole update (tiny weights make it tiny), and it is
+        // taken below.
         if iterations > 1
             && newton_step_bound(residual, sqrt_d) <= NEWTON_TOLERANCE * (1.0 + max_abs(c))
         {
@@ -762,72 +736,6 @@ mod tests {
             assert!(
                 (wi - expected).abs() <= 1e-3 * expected.abs(),
                 "w[{i}] = {wi}, expected about {expected}"
-            );
-        }
-    }
-
-    /// Micro-batches ended by a click on young d = 32 states with low
-    /// scores, as bench 1's policy (8 samples / 1 positive) cuts them:
-    /// from c = 0 the solve took 5.9 iterations on average and up to 21
-    /// (the click's coordinate overshoots where σ is flat, and the line
-    /// search halves back); from each sample's inflection point, clamped
-    /// to its bracket, under 5 and at most 8. Every solve ends at the mode.
-    #[test]
-    fn click_ended_batches_start_at_the_inflection_points() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(5);
-        let d = 32;
-        for n in [2usize, 3, 4, 8] {
-            let (mut total, mut most) = (0, 0);
-            let draws = 500;
-            for _ in 0..draws {
-                let updates = [0.0, 1.0, 3.0, 10.0, 30.0][rng.random_range(0..5)];
-                let mut mean: Vec<f64> = (0..d).map(|_| rng.random_range(-0.3..0.3)).collect();
-                mean[0] = -3.0 + rng.random_range(-1.0..1.0);
-                let q: Vec<f64> = (0..d)
-                    .map(|_| (1.0 + 0.02 * updates) * rng.random_range(1.0..1.5))
-                    .collect();
-                let contexts: Vec<Vec<f32>> = (0..n)
-                    .map(|_| {
-                        (0..d)
-                            .map(|i| {
-                                if i == 0 {
-                                    1.0
-                                } else {
-                                    rng.random_range(-1.0..1.0)
-                                }
-                            })
-                            .collect()
-                    })
-                    .collect();
-                let batch: Vec<Observation<'_>> = contexts
-                    .iter()
-                    .enumerate()
-                    .map(|(j, x)| Observation::new(x, j + 1 == n))
-                    .collect();
-                let step =
-                    map_step(&mean, &Precision::Diagonal(&q), &batch).expect("a valid batch");
-                assert!(step.converged);
-                let mut gradient: Vec<f64> = (0..d).map(|i| q[i] * (step.w[i] - mean[i])).collect();
-                for obs in &batch {
-                    let p = sigmoid(dot_f32(&step.w, obs.context));
-                    let y = if obs.reward { 1.0 } else { 0.0 };
-                    for (g, &x) in gradient.iter_mut().zip(obs.context) {
-                        *g -= obs.weight * (y - p) * f64::from(x);
-                    }
-                }
-                let largest = gradient.iter().fold(0.0_f64, |a, g| a.max(g.abs()));
-                assert!(
-                    largest < 1e-9,
-                    "n {n}: gradient {largest:e} at the returned mode"
-                );
-                total += step.iterations;
-                most = most.max(step.iterations);
-            }
-            let average = f64::from(total) / f64::from(draws);
-            assert!(
-                average < 5.0 && most <= 8,
-                "n {n}: {average} iterations on average, {most} at most"
             );
         }
     }
