@@ -149,6 +149,25 @@ fn assert_close(a: f64, b: f64, tol: f64, what: &str) {
     );
 }
 
+/// Updates the diagonal `post` with `batch` and checks it against the
+/// reference Laplace step from the same state: converged, the same mean,
+/// and the diagonal of the reference precision (the diagonal form keeps
+/// only the diagonal of the curvature).
+fn assert_update_matches_reference_laplace(
+    post: &mut DiagonalGaussian,
+    prior: &LogisticPrior,
+    batch: &[(Vec<f32>, bool, f64)],
+) {
+    let q = Array2::from_diag(&ndarray::ArrayView1::from(post.precision()));
+    let (w_ref, q_ref) = reference_laplace(post.mean(), &q, batch);
+    let stats = post.update(prior, None, 0, &observations(batch)).unwrap();
+    assert!(stats.converged, "n = {}: {stats:?}", batch.len());
+    for i in 0..post.mean().len() {
+        assert_close(post.mean()[i], w_ref[i], 1e-9, "mean");
+        assert_close(post.precision()[i], q_ref[(i, i)], 1e-9, "precision");
+    }
+}
+
 #[test]
 fn diagonal_update_matches_reference_laplace() {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
@@ -170,15 +189,7 @@ fn diagonal_update_matches_reference_laplace() {
         )
         .unwrap();
         let batch = random_batch(&mut rng, n, d);
-        let q = Array2::from_diag(&ndarray::ArrayView1::from(post.precision()));
-        let (w_ref, q_ref) = reference_laplace(post.mean(), &q, &batch);
-        let stats = post.update(&prior, None, 0, &observations(&batch)).unwrap();
-        assert!(stats.converged, "n = {n}: {stats:?}");
-        for i in 0..d {
-            assert_close(post.mean()[i], w_ref[i], 1e-9, "mean");
-            // The diagonal form keeps only the diagonal of the curvature.
-            assert_close(post.precision()[i], q_ref[(i, i)], 1e-9, "precision");
-        }
+        assert_update_matches_reference_laplace(&mut post, &prior, &batch);
     }
 }
 
@@ -206,15 +217,7 @@ fn single_clicks_on_young_states_match_reference_laplace() {
                 }
             })
             .collect();
-        let batch = vec![(x, true, 1.0)];
-        let q = Array2::from_diag(&ndarray::ArrayView1::from(post.precision()));
-        let (w_ref, q_ref) = reference_laplace(post.mean(), &q, &batch);
-        let stats = post.update(&prior, None, 0, &observations(&batch)).unwrap();
-        assert!(stats.converged, "{stats:?}");
-        for i in 0..d {
-            assert_close(post.mean()[i], w_ref[i], 1e-9, "mean");
-            assert_close(post.precision()[i], q_ref[(i, i)], 1e-9, "precision");
-        }
+        assert_update_matches_reference_laplace(&mut post, &prior, &[(x, true, 1.0)]);
     }
 }
 
