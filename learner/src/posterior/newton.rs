@@ -490,7 +490,8 @@ fn primal(
 /// g is strictly increasing and its root lies in [ω(y − 1), ωy]. It is
 /// convex below its inflection point a + kc = 0 and concave above it, so
 /// the solve starts there (clamped to the bracket): Newton steps from that
-/// point move toward the root without passing it. (From c = 0, on a click
+/// point move toward the root without passing it, and the bracket catches
+/// a Halley step that would. (From c = 0, on a click
 /// on a young state, they went from one flat end of the bracket to the
 /// other, closing in by ~1e-4 a step: up to 50 iterations, and an
 /// unconverged root.) Each step is Halley's, which uses g″ — free once σ
@@ -499,9 +500,9 @@ fn primal(
 /// tolerance or, after a Halley step, when the step's cube times Halley's
 /// error constant |g″²/(4g′²) − g‴/(6g′)| puts the remaining error two
 /// orders of magnitude below the tolerance: one evaluation of σ fewer
-/// than confirming a small step. On bench 1's young states that is about
-/// 2.2 evaluations per solve, against about 4 (and a tail up to 50) for
-/// Newton from c = 0.
+/// than confirming a small step. On models of bench 1's young states that
+/// is 2.2–2.5 evaluations per solve, against about 4 (and a tail up to 50)
+/// for Newton from c = 0.
 pub(crate) fn single_step(a: f64, k: f64, reward: bool, weight: f64) -> (f64, u32, bool) {
     let y = if reward { 1.0 } else { 0.0 };
     let (mut lo, mut hi) = (weight * (y - 1.0), weight * y);
@@ -754,17 +755,17 @@ mod tests {
         assert!(iterations <= 8, "{iterations} iterations");
     }
 
-    /// g(c) − its root's scale: |g| relative to 1 + ω, which bounds c.
+    /// |g(c)| relative to 1 + ω, which bounds |c|.
     fn single_step_residual(a: f64, k: f64, y: bool, w: f64, c: f64) -> f64 {
         let target = if y { 1.0 } else { 0.0 };
         (c - w * (target - sigmoid(a + k * c))).abs() / (1.0 + w)
     }
 
-    /// A click on a young state (k ≈ 13–14, the prior's logit −4 to −5):
+    /// A click on a young state (k ≈ 13–14, logit −3.9 to −5):
     /// from c = 0, Newton steps went from one end of the bracket to the
     /// other, where g is flat, and back, closing in by ~1e-4 a step. The
     /// first case took 41 iterations; the second stopped at 50, unconverged,
-    /// at c ≈ 0.015 where the root is ≈ 0.31 (a wrong update, applied).
+    /// at c ≈ 0.015 where the root is ≈ 0.32 (a wrong update, applied).
     #[test]
     fn single_step_does_not_swing_between_the_ends_of_its_bracket() {
         for (a, k) in [
