@@ -747,9 +747,10 @@ mod tests {
     fn single_step_stops_at_the_root_instead_of_bisecting() {
         let (a, k) = (2.996_947_837_060_564_4, 10.418_423_564_356_08);
         let (c, iterations, converged) = single_step(a, k, false, 1.0);
-        let residual = c + sigmoid(a + k * c);
+        // |g| / 2 for ω = 1.
+        let residual = single_step_residual(a, k, false, 1.0, c);
         assert!(
-            converged && residual.abs() < 1e-15,
+            converged && residual < 0.5e-15,
             "c {c}, residual {residual}"
         );
         assert!(iterations <= 8, "{iterations} iterations");
@@ -838,10 +839,9 @@ mod tests {
             (30.0, 1e4, false, 1e3),
         ] {
             let (c, _, converged) = single_step(a, k, y, w);
-            let target = if y { 1.0 } else { 0.0 };
-            let residual = c - w * (target - sigmoid(a + k * c));
+            let residual = single_step_residual(a, k, y, w, c);
             assert!(
-                converged && residual.abs() < 1e-8 * (1.0 + w),
+                converged && residual < 1e-8,
                 "{a} {k} {y} {w}: c {c}, residual {residual}"
             );
         }
