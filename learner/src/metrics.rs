@@ -228,7 +228,7 @@ impl LearnerMetrics {
         );
         r.register(
             "posterior_learner_checkpoint_write_seconds",
-            "Time of a checkpoint's synced RocksDB write (on the writer thread)",
+            "Time of a checkpoint's RocksDB write and flush (on the writer thread)",
             m.checkpoint_write.clone(),
         );
         r.register(

@@ -1525,11 +1525,11 @@ fn ahead_partitions(
 }
 
 /// Writes checkpoints: the engine's delta and the dead-letter sink's mark,
-/// in one synced store write, in the background.
+/// in one store write, flushed, in the background.
 ///
 /// A checkpoint blocks ingestion only while it publishes and flushes the
 /// changed keys, makes the dead letters durable and encodes the delta; the
-/// synced RocksDB write then runs on a writer thread while ingestion goes
+/// RocksDB write and its flush then run on a writer thread while ingestion goes
 /// on. At most one write is in flight: the next checkpoint, a savepoint and
 /// the end of a run first wait for it, so writes land in order and a crash
 /// at any moment leaves the last completed one (the order of publish,
@@ -1826,8 +1826,8 @@ impl Checkpointer {
     }
 
     /// [`Self::checkpoint`]; `last` when nothing is written after it (the
-    /// end of a run): then written without the log and flushed
-    /// ([`RocksStore::write_last_from`]).
+    /// end of a run; only the fail point between the write and its flush
+    /// differs: `mid_last_checkpoint` instead of `mid_checkpoint`).
     fn checkpoint_as(
         &mut self,
         engine: &mut Engine,
@@ -1911,23 +1911,19 @@ impl Checkpointer {
                 // ingesting thread.
                 ahead.lead(&mut writes);
                 sort_puts(&mut writes, puts);
-                let written = if last {
-                    store.write_last_from(&mut writes, || {
-                        failpoint.hit("mid_last_checkpoint", records);
-                    })
-                } else {
-                    store.write_from(&mut writes)
-                };
+                // Without the log, then flushed: the state's bytes are
+                // written once, not to the log and again to table files
+                // (BENCHMARKS.md, "Checkpoints without the write-ahead
+                // log").
+                let written = store.write_flushed_from(&mut writes, || {
+                    let point = if last {
+                        "mid_last_checkpoint"
+                    } else {
+                        "mid_checkpoint"
+                    };
+                    failpoint.hit(point, records);
+                });
                 let took = start.elapsed();
-                if written.is_ok() && !last {
-                    // The memtables out to table files in the background,
-                    // so a crash replays this checkpoint at most, not the
-                    // whole log bound (BENCHMARKS.md, "Flushing after each
-                    // checkpoint"). The last checkpoint flushed itself.
-                    if let Err(err) = store.flush(false) {
-                        tracing::warn!("starting the flush after a checkpoint failed: {err}");
-                    }
-                }
                 (
                     written
                         .map(|stats| (stats, took, delivery_wait))
@@ -2007,9 +2003,9 @@ impl Checkpointer {
     }
 
     /// Takes a last checkpoint and waits until it is written and flushed
-    /// to table files (unlogged: [`RocksStore::write_last_from`]), so the
-    /// next start replays no log. If that fails, the run fails: the state
-    /// stays at the checkpoint before, from which the next start replays.
+    /// to table files ([`RocksStore::write_flushed_from`], as every
+    /// checkpoint). If that fails, the run fails: the state stays at the
+    /// checkpoint before, from which the next start replays.
     pub fn finish(&mut self, engine: &mut Engine, records: u64) -> Result<()> {
         self.checkpoint_as(engine, records, true)?;
         self.wait()?;

@@ -2,9 +2,12 @@
 //! [`Table`].
 //!
 //! Delivery guarantee: a checkpoint is one `WriteBatch` holding every
-//! changed key *and* the next offset of every partition, written with
-//! `sync` — or, for the last one of a run, without the log and then
-//! flushed, all tables in one commit, before the run ends. After a crash the learner reopens the store, rebuilds the engine
+//! changed key *and* the next offset of every partition, written to the
+//! memtables without the write-ahead log and then flushed to table files,
+//! all tables in one commit ([`RocksStore::write_flushed_from`]); it counts
+//! once that flush returns, and a crash before leaves the checkpoint
+//! before it, whole. (Other writes, such as a savepoint's restore into an
+//! empty store, are synced log writes.) After a crash the learner reopens the store, rebuilds the engine
 //! from it and re-reads each partition from its stored offset. The records
 //! after that offset were either never applied or applied only to state
 //! that was lost with the process; the engine is deterministic in the log,
@@ -29,8 +32,8 @@ use crate::engine::{Entries, Write};
 /// asks for the memory of a state (see [`RocksStore::write_from`]).
 const PREFETCH_AHEAD: usize = 8;
 
-/// Bound of the write-ahead log kept for recovery, a backstop to the
-/// flushes after each checkpoint (see [`RocksStore::open`]).
+/// Bound of the write-ahead log kept for recovery, a backstop for logged
+/// writes (checkpoints skip the log; see [`RocksStore::open`]).
 const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
 
 /// Size at which RocksDB's info log (`LOG` in the state directory) is
@@ -164,7 +167,7 @@ enum Logging {
     /// Synced to the log: durable when the write returns.
     Logged,
     /// Memtables only: durable once flushed (see
-    /// [`RocksStore::write_last_from`]).
+    /// [`RocksStore::write_flushed_from`]).
     Unlogged,
 }
 
@@ -186,17 +189,15 @@ impl RocksStore {
         // corruption anywhere else is an error, never a silent rewind.
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        // Every checkpoint writes the small meta table, whose memtable
-        // would never fill: its WAL files could not be deleted and an
-        // open would replay gigabytes of old checkpoints. The runner
-        // flushes every table after each checkpoint; should those flushes
-        // not run, past this size RocksDB flushes the tables that pin the
-        // oldest WAL.
+        // A logged write to a small table whose memtable never fills
+        // would pin its WAL files: past this size RocksDB flushes the
+        // tables that pin the oldest WAL. (Checkpoints skip the log and
+        // flush every table.)
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
-        // A run's last checkpoint is written without the log and then
-        // flushed (`write_last_from`): all tables' flushes commit at once,
-        // or a crash in between could leave some tables at it and the
-        // others at the checkpoint before.
+        // Checkpoints are written without the log and then flushed
+        // (`write_flushed_from`): all tables' flushes commit at once, or a
+        // crash in between could leave some tables at it and the others
+        // at the checkpoint before.
         opts.set_atomic_flush(true);
         // Bounded diagnostics: see `INFO_LOG_BYTES` and `MANIFEST_BYTES`.
         opts.set_max_log_file_size(INFO_LOG_BYTES);
@@ -229,17 +230,19 @@ impl RocksStore {
         self.write_batch(writes, Logging::Logged)
     }
 
-    /// Like [`Self::write_from`], for a checkpoint after which the store
-    /// is not written again (the end of a run, which flushes anyway so
-    /// that the next open replays no log): the batch goes to the memtables
-    /// without the write-ahead log, and the call returns once every table
-    /// is flushed to table files, all in one commit (`atomic_flush`).
+    /// A checkpoint's write as the runner makes it. Like
+    /// [`Self::write_from`], but the batch goes to the memtables without
+    /// the write-ahead log, and the call returns once every table is
+    /// flushed to table files, all in one commit (`atomic_flush`).
     /// Durable when it returns `Ok`, as a logged write is; a crash or an
     /// error before that leaves the previous checkpoint, whole. The
     /// state's bytes are written and synced once instead of twice (log,
-    /// then table files). `before_flush` runs between the two steps (a
-    /// test's fail point).
-    pub fn write_last_from(
+    /// then table files: a flush followed every logged checkpoint anyway,
+    /// so that an open would not replay the log), and an open after a
+    /// crash has no log to replay. `before_flush` runs between the two
+    /// steps (a test's fail point). Leaves `writes` empty with its
+    /// capacity, as [`Self::write_from`] does.
+    pub fn write_flushed_from(
         &self,
         writes: &mut Vec<Write>,
         before_flush: impl FnOnce(),
@@ -329,10 +332,10 @@ impl RocksStore {
     /// Writes every table's memtable out to table files, so that an open
     /// no longer replays the log up to here. With `wait` it returns once
     /// they are written; without, it only starts RocksDB's background
-    /// flush. The durability of a logged checkpoint does not depend on it
-    /// (it is a synced log write); only the time of the next open does:
-    /// that open replays, and writes out again, everything not yet
-    /// flushed. (An unlogged one flushes itself: [`Self::write_last_from`].)
+    /// flush. The durability of a logged write does not depend on it (it
+    /// is a synced log write); only the time of the next open does: that
+    /// open replays, and writes out again, everything not yet flushed. (A
+    /// checkpoint flushes itself: [`Self::write_flushed_from`].)
     pub fn flush(&self, wait: bool) -> Result<(), StoreError> {
         let mut opts = rocksdb::FlushOptions::default();
         opts.set_wait(wait);
@@ -639,13 +642,13 @@ mod tests {
         }
     }
 
-    /// The last checkpoint of a run goes to the tables without the log,
-    /// is readable after a reopen (flushed before the call returns), and
+    /// A checkpoint goes to the tables without the log, is readable
+    /// after a reopen (flushed before the call returns), and
     /// the store commits flushes of all tables at once, which keeps a
     /// crash between that write and its flush from leaving some tables
     /// ahead of the others.
     #[test]
-    fn the_last_write_is_flushed_without_the_log() {
+    fn a_checkpoint_is_flushed_without_the_log() {
         let put = |i: u32| Write::Put(Table::Meta, i.to_be_bytes().to_vec(), vec![7; 1024]);
         let batch = || (0..2_000).map(put).collect::<Vec<_>>();
         let (logged, unlogged) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -657,7 +660,7 @@ mod tests {
         store.write(vec![put(u32::MAX)]).unwrap();
         let mut log_before_flush = None;
         store
-            .write_last_from(&mut batch(), || {
+            .write_flushed_from(&mut batch(), || {
                 log_before_flush = Some(log_bytes(unlogged.path()));
             })
             .unwrap();

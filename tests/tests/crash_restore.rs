@@ -1,9 +1,9 @@
 //! The central test: the learner runs as a child process over a generated
 //! log with defects, is killed with SIGKILL at random moments and aborted
-//! at fail points (before and after a checkpoint write), restarted each
-//! time, and must end with exactly the state and the dead letters of an
-//! uninterrupted run — bit for bit. Also: an abort inside a run's last
-//! (unlogged) checkpoint, and a corrupt store.
+//! at fail points (before a checkpoint's write, between its write and its
+//! flush, after it), restarted each time, and must end with exactly the
+//! state and the dead letters of an uninterrupted run — bit for bit. Also:
+//! an abort inside a run's last checkpoint, and a corrupt store.
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
@@ -95,8 +95,9 @@ fn killed_and_restarted_learner_ends_bit_identical() {
                 "before_checkpoint:10000",
                 "after_checkpoint:20000",
                 "after_ingest:30000",
+                "mid_checkpoint:15000",
             ],
-            every: 5,
+            every: 6,
             min_life: Duration::from_millis(100),
             max_life: Duration::from_millis(1_200),
             seed: 7,

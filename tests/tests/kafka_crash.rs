@@ -72,11 +72,12 @@ fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
         true,
         &dir.path().join("learner.log"),
         &KillPlan {
-            rounds: 16,
+            rounds: 17,
             failpoints: &[
                 "before_checkpoint:40000",
                 "after_checkpoint:40000",
                 "after_ingest:30000",
+                "mid_checkpoint:40000",
             ],
             every: 6,
             min_life: Duration::from_millis(300),
@@ -86,7 +87,7 @@ fn learner_killed_again_and_again_on_a_broker_ends_equal_to_the_oracle() {
         },
         Duration::from_secs(900),
     );
-    eprintln!("of 16 runs: {crashes:?}");
+    eprintln!("of 17 runs: {crashes:?}");
     assert!(
         crashes.mid_run() >= 10 && crashes.killed >= 4 && crashes.aborted >= 6,
         "too few crashes landed mid-run: {crashes:?}"
