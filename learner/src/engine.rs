@@ -127,6 +127,9 @@ pub struct EngineStats {
     /// Dead letters by reason and the registered version their sample
     /// names (none: undecodable, or a name the registry never had).
     pub dead_by_version: BTreeMap<(&'static str, Option<VersionId>), u64>,
+    /// Applied updates whose MAP solve stopped at the iteration cap
+    /// (applied from its last iterate), indexed by version id.
+    pub unconverged_by_version: Vec<u64>,
 }
 
 impl EngineStats {
@@ -146,6 +149,16 @@ impl EngineStats {
             self.last_applied_event_ms
                 .map_or(event_time_ms, |t| t.max(event_time_ms)),
         );
+    }
+
+    /// Counts an applied update whose solve did not converge.
+    #[cold]
+    pub fn count_unconverged(&mut self, version: VersionId) {
+        let i = version.0 as usize;
+        if i >= self.unconverged_by_version.len() {
+            self.unconverged_by_version.resize(i + 1, 0);
+        }
+        self.unconverged_by_version[i] += 1;
     }
 
     /// Counts a key entering the parameter table.
@@ -1215,22 +1228,29 @@ impl Engine {
                 .state
                 .make_mut()
                 .update(&spec.model, observations)
-                .map(|_| slot.mark(key, changed, dirty)),
+                .map(|stats| {
+                    slot.mark(key, changed, dirty);
+                    stats.converged
+                }),
             // A key enters the table with its first successful update: a
             // refused first batch leaves no prior behind (which a restore
             // would not have).
             None => {
                 let mut state = KeyState::prior(&spec.model);
-                state.update(&spec.model, observations).map(|_| {
+                state.update(&spec.model, observations).map(|stats| {
                     let mut slot = Slot::clean(state);
                     slot.mark(key, changed, dirty);
                     self.params.insert(key, slot);
                     self.stats.count_key(key.version);
+                    stats.converged
                 })
             }
         };
         match updated {
-            Ok(()) => {
+            Ok(converged) => {
+                if !converged {
+                    self.stats.count_unconverged(key.version);
+                }
                 self.counters.applied += batch.len() as u64;
                 self.counters.updates += 1;
                 let newest = batch.last().map_or(i64::MIN, |o| o.origin.event_time_ms);

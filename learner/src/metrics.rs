@@ -83,6 +83,7 @@ pub struct LearnerMetrics {
     applied: Family<VersionLabel, Counter>,
     dead_letters: Family<DeadLetterLabels, Counter>,
     updates: Counter,
+    unconverged: Family<VersionLabel, Counter>,
     update_latency: UpdateLatency,
     batch_sizes: BatchSizes,
     keys: Family<VersionLabel, Gauge>,
@@ -111,6 +112,7 @@ struct Exported {
     counters: Counters,
     applied_by_version: Vec<u64>,
     dead_by_version: BTreeMap<(&'static str, Option<VersionId>), u64>,
+    unconverged_by_version: Vec<u64>,
 }
 
 /// Buckets of durations in seconds: 100 µs to ~100 s.
@@ -130,6 +132,7 @@ impl LearnerMetrics {
             applied: Family::default(),
             dead_letters: Family::default(),
             updates: Counter::default(),
+            unconverged: Family::default(),
             update_latency: UpdateLatency::default(),
             batch_sizes: BatchSizes::default(),
             keys: Family::default(),
@@ -165,6 +168,11 @@ impl LearnerMetrics {
             "posterior_learner_updates",
             "Posterior updates (micro-batches) applied",
             m.updates.clone(),
+        );
+        r.register(
+            "posterior_learner_unconverged_updates",
+            "Logistic updates whose MAP solve stopped at the Newton iteration cap (applied from its last iterate), by version",
+            m.unconverged.clone(),
         );
         r.register(
             "posterior_learner_update_latency_seconds",
@@ -275,6 +283,7 @@ impl LearnerMetrics {
             counters: engine.counters().clone(),
             applied_by_version: stats.applied_by_version.clone(),
             dead_by_version: stats.dead_by_version.clone(),
+            unconverged_by_version: stats.unconverged_by_version.clone(),
         };
         let last = exported.get_or_insert_with(now);
         self.export_counts(engine.counters(), stats, &names, last);
@@ -324,6 +333,22 @@ impl LearnerMetrics {
                 self.applied
                     .get_or_create(&version(name))
                     .inc_by(n.saturating_sub(before));
+            }
+        }
+        for (id, &n) in stats.unconverged_by_version.iter().enumerate() {
+            let before = last.unconverged_by_version.get(id).copied().unwrap_or(0);
+            let new = n.saturating_sub(before);
+            if let (Some(name), true) = (names.get(id), new > 0) {
+                self.unconverged.get_or_create(&version(name)).inc_by(new);
+                // Once per export at most: a solve at the cap is applied
+                // from its last iterate, which may be off the MAP. (Logged
+                // by the process side; without it, the counter alone.)
+                #[cfg(feature = "io")]
+                tracing::warn!(
+                    "{new} updates of version {name} stopped at the Newton iteration cap ({}) \
+                     since the last export; each was applied from its last iterate",
+                    crate::posterior::MAX_NEWTON_ITERATIONS
+                );
             }
         }
     }
@@ -641,6 +666,65 @@ mod tests {
             weight: 1.0,
             sample_id: None,
         })
+    }
+
+    /// Updates stopped at the iteration cap (forced: one iteration on this
+    /// thread) are exported by version, counted from the baseline.
+    #[test]
+    fn updates_at_the_iteration_cap_are_exported_by_version() {
+        use crate::posterior::{CovarianceForm, LogisticPrior, ModelKind, ModelSpec};
+        let logistic = crate::version::VersionSpec {
+            name: "l".into(),
+            model: ModelSpec::new(ModelKind::Logistic(
+                LogisticPrior::isotropic(CovarianceForm::Diagonal, 2, 1.0).unwrap(),
+            )),
+            reward: crate::version::RewardSpec::binary("click"),
+            use_sample_weight: false,
+        };
+        let config = EngineConfig {
+            out_of_orderness_ms: 0,
+            reorder_capacity: 1_000,
+            dedup: None,
+            batch: crate::batcher::BatchPolicy {
+                max_samples: 4,
+                max_positives: 0,
+                max_age_ms: None,
+            },
+        };
+        let mut engine = Engine::new(config, Versions::with_versions([logistic]).unwrap(), [0]);
+        let mut registry = Registry::default();
+        let metrics = LearnerMetrics::register(&mut registry);
+        metrics.export(&engine, 0);
+        crate::posterior::newton::with_iteration_cap(1, || {
+            for i in 0..16_u64 {
+                let x = i as f32 / 4.0 - 2.0;
+                engine.ingest(
+                    0,
+                    i,
+                    Payload::Sample(Sample {
+                        doc_id: 1 + i % 2,
+                        version: "l".into(),
+                        event_time_ms: 1_000 + i as i64,
+                        context: vec![1.0, x],
+                        labels: crate::sample::labels([("click", f32::from(i % 3 == 0))]),
+                        weight: 1.0,
+                        sample_id: None,
+                    }),
+                );
+            }
+            engine.finish();
+        });
+        let stopped = engine.stats().unconverged_by_version[0];
+        assert!(
+            stopped >= 2,
+            "{stopped} of {} updates",
+            engine.counters().updates
+        );
+        metrics.export(&engine, 10_000);
+        let line =
+            format!("posterior_learner_unconverged_updates_total{{version=\"l\"}} {stopped}\n");
+        let out = text(&registry);
+        assert!(out.contains(&line), "missing {line:?} in\n{out}");
     }
 
     #[test]

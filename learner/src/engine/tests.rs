@@ -1621,3 +1621,50 @@ fn contexts_handed_back_come_back_empty_and_change_no_state() {
         assert_eq!(recycling.counters(), plain.counters());
     }
 }
+
+/// An update whose MAP solve stops at the iteration cap is counted by
+/// version (the metric and the warning read the count), and is still
+/// applied, from its last iterate. No input found reaches the real cap, so
+/// the test lowers it to one iteration on its thread.
+#[test]
+fn updates_at_the_iteration_cap_are_counted_by_version() {
+    let logs = generate(23, 2, 2_000);
+    let run = |cap: Option<u32>| {
+        let engine = || run_engine_on(Engine::new(config(), registry(), 0..2), &logs, 3, |_| {});
+        match cap {
+            Some(cap) => crate::posterior::newton::with_iteration_cap(cap, engine),
+            None => engine(),
+        }
+    };
+    let (converged, capped) = (run(None), run(Some(1)));
+    let id = |engine: &Engine, name: &str| engine.registry().live(name).unwrap().id.0 as usize;
+    let unconverged = |engine: &Engine, name: &str| {
+        engine
+            .stats()
+            .unconverged_by_version
+            .get(id(engine, name))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(unconverged(&converged, "logistic"), 0);
+    assert_eq!(unconverged(&converged, "beta"), 0);
+    let logistic_updates = capped.counters().updates;
+    let stopped = unconverged(&capped, "logistic");
+    assert!(
+        stopped > 10 && stopped < logistic_updates,
+        "{stopped} of {logistic_updates} updates at a cap of one iteration"
+    );
+    assert_eq!(
+        unconverged(&capped, "beta"),
+        0,
+        "Beta updates have no solve"
+    );
+    // Applied all the same: the same samples and updates, other values.
+    assert_eq!(capped.counters(), converged.counters());
+    assert!(
+        converged
+            .params()
+            .any(|(key, state)| capped.param(key) != Some(state)),
+        "one iteration lands elsewhere than the converged solve"
+    );
+}

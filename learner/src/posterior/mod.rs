@@ -24,7 +24,7 @@ mod key;
 mod linalg;
 pub mod logistic;
 mod model;
-mod newton;
+pub(crate) mod newton;
 mod observation;
 mod shared;
 

@@ -127,6 +127,38 @@ fn max_abs(v: &[f64]) -> f64 {
     v.iter().fold(0.0_f64, |a, x| a.max(x.abs()))
 }
 
+/// The solvers' iteration cap: [`MAX_NEWTON_ITERATIONS`]. A test of this
+/// crate may lower it on its own thread ([`with_iteration_cap`]) to see
+/// what an unconverged solve does downstream; no input found so far
+/// reaches the real cap.
+#[inline]
+fn iteration_cap() -> u32 {
+    #[cfg(test)]
+    {
+        TEST_ITERATION_CAP
+            .with(std::cell::Cell::get)
+            .unwrap_or(MAX_NEWTON_ITERATIONS)
+    }
+    #[cfg(not(test))]
+    {
+        MAX_NEWTON_ITERATIONS
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    static TEST_ITERATION_CAP: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the solvers' iteration cap at `cap` on this thread.
+#[cfg(test)]
+pub(crate) fn with_iteration_cap<T>(cap: u32, f: impl FnOnce() -> T) -> T {
+    let before = TEST_ITERATION_CAP.with(|c| c.replace(Some(cap)));
+    let out = f();
+    TEST_ITERATION_CAP.with(|c| c.set(before));
+    out
+}
+
 fn converged(step: &[f64], point: &[f64]) -> bool {
     max_abs(step) <= NEWTON_TOLERANCE * (1.0 + max_abs(point))
 }
@@ -277,7 +309,8 @@ fn dual(
 
     let mut iterations = 0;
     let mut done = false;
-    while iterations < MAX_NEWTON_ITERATIONS && !done {
+    let cap = iteration_cap();
+    while iterations < cap && !done {
         iterations += 1;
         // residual r = −F(c) = ω(y − p) − c; D = ω p (1 − p).
         // `exps` holds exp(−|a + kc|) at this point.
@@ -425,7 +458,8 @@ fn primal(
     };
     let mut iterations = 0;
     let mut done = false;
-    while iterations < MAX_NEWTON_ITERATIONS && !done {
+    let cap = iteration_cap();
+    while iterations < cap && !done {
         iterations += 1;
         // g = Q (w − m) − Σ ω (y − p) x; H = Q + Σ ω p (1 − p) x xᵀ (lower
         // triangle: the factorisation reads nothing else).
@@ -513,7 +547,8 @@ pub(crate) fn single_step(a: f64, k: f64, reward: bool, weight: f64) -> (f64, u3
     } else {
         0.0
     };
-    for iteration in 1..=MAX_NEWTON_ITERATIONS {
+    let cap = iteration_cap();
+    for iteration in 1..=cap {
         let p = sigmoid(a + k * c);
         let g = c - weight * (y - p);
         if g > 0.0 {
@@ -560,7 +595,7 @@ pub(crate) fn single_step(a: f64, k: f64, reward: bool, weight: f64) -> (f64, u3
             }
         }
     }
-    (c, MAX_NEWTON_ITERATIONS, false)
+    (c, cap, false)
 }
 
 #[cfg(test)]
