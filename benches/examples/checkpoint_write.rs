@@ -1,11 +1,17 @@
 //! The checkpoint writer's work for 100 k changed diagonal d = 32 states
-//! that are out of the caches, as a checkpoint finds them:
-//! `RocksStore::write_from` (encode every state into one `WriteBatch`,
-//! synced write, memtable inserts) into a store on `/dev/shm`, so that the
-//! disk does not time it. The states are allocated among other blocks,
-//! as a long-running engine's are scattered, and 256 MB are walked
-//! before each write to push them out of the caches. The flush after each
-//! write is not timed. Prints min / median / max of `--writes` writes.
+//! that are out of the caches, as a checkpoint finds them, in the two ways
+//! a checkpoint has been written, alternated in one run: `logged`, a
+//! synced write to the log and the memtables
+//! ([`RocksStore::write_from`]) followed by a waited flush, as before
+//! 3c0a748 (which started the flush and did not wait); and `flushed`, the
+//! memtables without the log and then the waited flush
+//! ([`RocksStore::write_flushed_from`], every checkpoint since). Each
+//! timed as one whole: write and flush. The store lives on `/dev/shm`, so
+//! that the disk does not time it (this measures CPU and copies, not
+//! syncs). The states are allocated among other blocks, as a long-running
+//! engine's are scattered, and 256 MB are walked before each write to push
+//! them out of the caches. Prints min / median / max of `--writes` writes
+//! of each, and the ratio of the medians.
 //!
 //! Run: `cargo run --release -p posterior-benches --example checkpoint_write`
 
@@ -61,8 +67,8 @@ fn main() {
         })
         .collect();
     let mut evict = vec![0_u8; 256 << 20];
-    let mut millis = Vec::with_capacity(args.writes);
-    for round in 0..args.writes {
+    let (mut logged, mut flushed) = (Vec::new(), Vec::new());
+    for round in 0..2 * args.writes {
         let mut writes: Vec<Write> = states
             .iter()
             .enumerate()
@@ -83,19 +89,34 @@ fn main() {
             *line = line.wrapping_add(1);
         }
         let start = Instant::now();
-        store.write_from(&mut writes).expect("write the checkpoint");
-        millis.push(start.elapsed().as_secs_f64() * 1e3);
-        store.flush(true).expect("flush");
+        if round % 2 == 0 {
+            store.write_from(&mut writes).expect("write the checkpoint");
+            store.flush(true).expect("flush");
+            logged.push(start.elapsed().as_secs_f64() * 1e3);
+        } else {
+            store
+                .write_flushed_from(&mut writes, || {})
+                .expect("write the checkpoint");
+            flushed.push(start.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    millis.sort_by(f64::total_cmp);
-    println!(
-        "write_from of {} cold d = {DIM} states ({} other blocks among them), {} writes: \
-         min {:.1} ms, median {:.1} ms, max {:.1} ms",
-        args.keys,
-        others.len(),
-        millis.len(),
-        millis[0],
-        millis[millis.len() / 2],
-        millis[millis.len() - 1],
+    let median = |millis: &mut Vec<f64>, what: &str| {
+        millis.sort_by(f64::total_cmp);
+        println!(
+            "{what}: {} cold d = {DIM} states ({} other blocks among them), {} writes, \
+             write + flush min {:.1} ms, median {:.1} ms, max {:.1} ms",
+            args.keys,
+            others.len(),
+            millis.len(),
+            millis[0],
+            millis[millis.len() / 2],
+            millis[millis.len() - 1],
+        );
+        millis[millis.len() / 2]
+    };
+    let (a, b) = (
+        median(&mut logged, "logged"),
+        median(&mut flushed, "flushed"),
     );
+    println!("flushed / logged, medians: {:.2}", b / a);
 }
