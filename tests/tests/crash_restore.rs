@@ -180,12 +180,13 @@ fn keys_stored_ahead_of_put_off_checkpoints_survive_crashes() {
     assert_same_end(&victim, &reference, &format!("after {crashes:?}"));
 }
 
-/// A run aborted between its last checkpoint's write, which skips the
-/// log, and the flush that makes it durable: the store reopens whole at
-/// the checkpoint before (short of the end of the input), and the next
-/// run replays from there and ends bit-identical to an uninterrupted run.
+/// A run aborted between a checkpoint's write, which skips the log, and
+/// the flush that makes it durable — a periodic checkpoint, then a run's
+/// last: each time the store reopens whole at the checkpoint before, and
+/// the next run replays from there and ends bit-identical to an
+/// uninterrupted run.
 #[test]
-fn a_run_aborted_before_its_last_checkpoint_is_flushed_resumes_from_the_one_before() {
+fn a_run_aborted_before_a_checkpoint_is_flushed_resumes_from_the_one_before() {
     let dir = tempfile::tempdir().unwrap();
     // Not a multiple of the checkpoint interval (5 000 records): the last
     // periodic checkpoint falls short of the end.
@@ -214,6 +215,30 @@ fn a_run_aborted_before_its_last_checkpoint_is_flushed_resumes_from_the_one_befo
         );
         engine.next_offsets().clone()
     };
+
+    // The first checkpoint at 7 000 records or later (due at 10 000, or
+    // later when put off behind a write in flight, or the run's last) is
+    // aborted before its flush: the store has the one before (due at
+    // 5 000), not the aborted one.
+    let aborted = run(Some("mid_checkpoint:7000"));
+    assert!(
+        !aborted.status.success(),
+        "the fail point aborts a periodic checkpoint"
+    );
+    // A file's offsets are byte positions: record 7 000 starts after the
+    // first 7 000 lines.
+    let record_7000: u64 = std::fs::read_to_string(&log)
+        .unwrap()
+        .split_inclusive('\n')
+        .take(7_000)
+        .map(|line| line.len() as u64)
+        .sum();
+    let at_abort: u64 = next_offsets(&victim).values().sum();
+    assert!(
+        at_abort > 0 && at_abort < record_7000,
+        "the store is at the checkpoint before the aborted one: offset {at_abort}, \
+         record 7 000 at {record_7000}"
+    );
 
     let aborted = run(Some("mid_last_checkpoint:0"));
     assert!(
