@@ -137,11 +137,7 @@ impl EngineStats {
     /// newest at `event_time_ms`.
     #[inline]
     pub fn count_batch(&mut self, version: VersionId, len: usize, event_time_ms: i64) {
-        let i = version.0 as usize;
-        if i >= self.applied_by_version.len() {
-            self.applied_by_version.resize(i + 1, 0);
-        }
-        self.applied_by_version[i] += len as u64;
+        add_by_version(&mut self.applied_by_version, version, len as u64);
         let bucket = (usize::BITS - len.saturating_sub(1).leading_zeros()) as usize;
         self.batch_sizes[bucket.min(BATCH_SIZE_BUCKETS - 1)] += 1;
         self.batch_sizes_sum += len as u64;
@@ -154,22 +150,25 @@ impl EngineStats {
     /// Counts an applied update whose solve did not converge.
     #[cold]
     pub fn count_unconverged(&mut self, version: VersionId) {
-        let i = version.0 as usize;
-        if i >= self.unconverged_by_version.len() {
-            self.unconverged_by_version.resize(i + 1, 0);
-        }
-        self.unconverged_by_version[i] += 1;
+        add_by_version(&mut self.unconverged_by_version, version, 1);
     }
 
     /// Counts a key entering the parameter table.
     #[inline]
     pub fn count_key(&mut self, version: VersionId) {
-        let i = version.0 as usize;
-        if i >= self.keys_by_version.len() {
-            self.keys_by_version.resize(i + 1, 0);
-        }
-        self.keys_by_version[i] += 1;
+        add_by_version(&mut self.keys_by_version, version, 1);
     }
+}
+
+/// Adds `n` to `version`'s count in `counts` (indexed by version id),
+/// growing it for a version it has not seen.
+#[inline]
+fn add_by_version(counts: &mut Vec<u64>, version: VersionId, n: u64) {
+    let i = version.0 as usize;
+    if i >= counts.len() {
+        counts.resize(i + 1, 0);
+    }
+    counts[i] += n;
 }
 
 /// The learner's state and logic, without I/O.
