@@ -7,12 +7,13 @@
 //! all tables in one commit ([`RocksStore::write_flushed_from`]); it counts
 //! once that flush returns, and a crash before leaves the checkpoint
 //! before it, whole. (Other writes, such as a savepoint's restore into an
-//! empty store, are synced log writes.) After a crash the learner reopens the store, rebuilds the engine
-//! from it and re-reads each partition from its stored offset. The records
-//! after that offset were either never applied or applied only to state
-//! that was lost with the process; the engine is deterministic in the log,
-//! so re-applying them reproduces the same state, sequence numbers and dead
-//! letters. Nothing is lost, nothing counts twice.
+//! empty store, are synced log writes.) After a crash the learner reopens
+//! the store, rebuilds the engine from it and re-reads each partition from
+//! its stored offset. The records after that offset were either never
+//! applied or applied only to state that was lost with the process; the
+//! engine is deterministic in the log, so re-applying them reproduces the
+//! same state, sequence numbers and dead letters. Nothing is lost, nothing
+//! counts twice.
 //!
 //! RocksDB runs with paranoid checks and verified block checksums, so a
 //! damaged file is reported at open or read, and every value is validated
