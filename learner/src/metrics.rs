@@ -335,11 +335,14 @@ impl LearnerMetrics {
                     .inc_by(n.saturating_sub(before));
             }
         }
-        for (id, &n) in stats.unconverged_by_version.iter().enumerate() {
-            let before = last.unconverged_by_version.get(id).copied().unwrap_or(0);
-            let new = n.saturating_sub(before);
-            if let (Some(name), true) = (names.get(id), new > 0) {
-                self.unconverged.get_or_create(&version(name)).inc_by(new);
+        // Every version's series, at 0 too, so that an alert on it sees a
+        // value rather than an absent series.
+        for (id, name) in names.iter().enumerate() {
+            let count = |counts: &[u64]| counts.get(id).copied().unwrap_or(0);
+            let new = count(&stats.unconverged_by_version)
+                .saturating_sub(count(&last.unconverged_by_version));
+            self.unconverged.get_or_create(&version(name)).inc_by(new);
+            if new > 0 {
                 // Once per export at most: a solve at the cap is applied
                 // from its last iterate, which may be off the MAP. (Logged
                 // by the process side; without it, the counter alone.)
@@ -774,6 +777,8 @@ mod tests {
             "posterior_learner_dead_letters_total{version=\"\",reason=\"unknown_version\"} 1\n",
             "posterior_learner_dead_letters_total{version=\"a\",reason=\"late\"} 1\n",
             "posterior_learner_updates_total 2\n",
+            // Beta updates have no solve: present, at 0.
+            "posterior_learner_unconverged_updates_total{version=\"a\"} 0\n",
             "posterior_learner_keys{version=\"a\"} 2\n",
             "posterior_learner_keys{version=\"b\"} 1\n",
             // The newest applied sample is b's at 3 s.
