@@ -4,6 +4,8 @@
 //! the release order. Every decoder validates and returns
 //! [`CorruptState`] instead of panicking.
 
+use std::mem::MaybeUninit;
+
 use posterior_proto::v1;
 use prost::Message;
 
@@ -175,15 +177,24 @@ pub fn reorder_partition(key: &[u8]) -> Result<u32, CorruptState> {
 
 /// Appends one record of the sample log to `out`: the sample's offset
 /// (u64), the length of its bytes (u32), both little-endian, then its
-/// [`sample_bytes`].
+/// [`sample_bytes`]. Written into room reserved for a bound on the
+/// record's size, the length filled in once the sample is written: no
+/// sizing pass and no zeroing (every sample that enters the reorder
+/// buffer is appended here, on the engine's thread).
 pub fn put_sample_record(out: &mut Vec<u8>, offset: u64, sample: &Sample) {
-    let len = sample_len(sample);
-    write_sized(out, 12 + len, |w| {
+    let bound = RECORD_HEADER + sample_len_bound(sample);
+    write_bounded(out, bound, |w| {
         w.put(&offset.to_le_bytes());
-        w.put(&(len as u32).to_le_bytes());
+        let len_at = w.pos;
+        w.put(&[0; 4]);
         write_sample_into(sample, w);
+        let len = (w.pos - RECORD_HEADER) as u32;
+        w.put_at(len_at, &len.to_le_bytes());
     });
 }
+
+/// A sample log record's offset and length.
+const RECORD_HEADER: usize = 12;
 
 /// Decodes the records of a blob ([`put_sample_record`]) into
 /// (offset, sample), in the order they were appended.
@@ -273,11 +284,30 @@ pub fn write_sample(sample: &Sample, out: &mut Vec<u8>) {
 /// byte. Panics if `write` writes more or fewer than `len` (a bug of the
 /// sizing), rather than store a record with a wrong length.
 fn write_sized(out: &mut Vec<u8>, len: usize, write: impl FnOnce(&mut Writer<'_>)) {
+    let written = write_bounded(out, len, write);
+    assert_eq!(written, len, "the sizing and the writing agree");
+}
+
+/// Appends what `write` writes, at most `bound` bytes, to `out`, into its
+/// spare capacity (reserved here; never zeroed first). Returns how many
+/// bytes were written. Writing past `bound` panics before anything is
+/// appended.
+#[allow(unsafe_code)]
+fn write_bounded(out: &mut Vec<u8>, bound: usize, write: impl FnOnce(&mut Writer<'_>)) -> usize {
+    out.reserve(bound);
     let start = out.len();
-    out.resize(start + len, 0);
-    let mut w = Writer::at(&mut out[start..]);
+    let mut w = Writer {
+        buf: &mut out.spare_capacity_mut()[..bound],
+        pos: 0,
+    };
     write(&mut w);
-    assert!(w.is_full(), "the sizing and the writing agree");
+    let written = w.pos;
+    // SAFETY: the writer initialises every byte below `pos` of the spare
+    // capacity (`byte`, `put` and `f32s` write each byte they step over;
+    // `put_at` rewrites bytes below `pos`), and `pos ≤ bound` fits the
+    // reservation.
+    unsafe { out.set_len(start + written) };
+    written
 }
 
 /// `JoinedSample` field keys: (field number << 3) | wire type, one byte
@@ -348,6 +378,27 @@ fn sample_len(sample: &Sample) -> usize {
             .map_or(0, |id| delimited_len(id.len()))
 }
 
+/// At least [`sample_len`]`(sample)`, cheaper to compute: every varint
+/// counted at its longest.
+fn sample_len_bound(sample: &Sample) -> usize {
+    const VARINT: usize = 10;
+    let delimited = |len: usize| 1 + VARINT + len;
+    (1 + VARINT)
+        + delimited(sample.version.len())
+        + (1 + VARINT)
+        + delimited(4 * sample.context.len())
+        + sample
+            .labels
+            .iter()
+            .map(|(name, _)| 1 + VARINT + delimited(name.len()) + 5)
+            .sum::<usize>()
+        + 5
+        + sample
+            .sample_id
+            .as_ref()
+            .map_or(0, |id| delimited(id.len()))
+}
+
 /// Writes the fields [`sample_len`] counted, in field order.
 fn write_sample_into(sample: &Sample, w: &mut Writer<'_>) {
     if sample.doc_id != 0 {
@@ -378,33 +429,34 @@ fn write_sample_into(sample: &Sample, w: &mut Writer<'_>) {
     }
 }
 
-/// Writes into a slice sized beforehand (see [`write_sized`]); writing
-/// past its end panics.
+/// Writes into room of `out`'s spare capacity (see [`write_bounded`]);
+/// writing past its end panics.
 struct Writer<'a> {
-    buf: &'a mut [u8],
+    buf: &'a mut [MaybeUninit<u8>],
     pos: usize,
 }
 
-impl<'a> Writer<'a> {
-    fn at(buf: &'a mut [u8]) -> Self {
-        Self { buf, pos: 0 }
-    }
-
-    /// Every byte of the slice is written.
-    fn is_full(&self) -> bool {
-        self.pos == self.buf.len()
-    }
-
+impl Writer<'_> {
     #[inline]
     fn byte(&mut self, b: u8) {
-        self.buf[self.pos] = b;
+        self.buf[self.pos].write(b);
         self.pos += 1;
     }
 
     #[inline]
     fn put(&mut self, bytes: &[u8]) {
-        self.buf[self.pos..self.pos + bytes.len()].copy_from_slice(bytes);
+        self.buf[self.pos..self.pos + bytes.len()].write_copy_of_slice(bytes);
         self.pos += bytes.len();
+    }
+
+    /// Rewrites bytes already written, at `at`.
+    #[inline]
+    fn put_at(&mut self, at: usize, bytes: &[u8]) {
+        assert!(
+            at + bytes.len() <= self.pos,
+            "only written bytes are rewritten"
+        );
+        self.buf[at..at + bytes.len()].write_copy_of_slice(bytes);
     }
 
     #[inline]
@@ -439,7 +491,7 @@ impl<'a> Writer<'a> {
     fn f32s(&mut self, values: &[f32]) {
         let dst = &mut self.buf[self.pos..self.pos + 4 * values.len()];
         for (dst, x) in dst.chunks_exact_mut(4).zip(values) {
-            dst.copy_from_slice(&x.to_le_bytes());
+            dst.write_copy_of_slice(&x.to_le_bytes());
         }
         self.pos += 4 * values.len();
     }
@@ -475,20 +527,27 @@ pub fn pending_len(batch: &[PendingObservation]) -> usize {
 /// Writes [`pending_bytes`]`(batch)` into `out`, which is
 /// [`pending_len`]`(batch)` long (panics otherwise).
 pub fn write_pending(batch: &[PendingObservation], out: &mut [u8]) {
-    let mut w = Writer::at(out);
-    w.put(&(batch.len() as u32).to_le_bytes());
+    assert_eq!(
+        out.len(),
+        pending_len(batch),
+        "the sizing and the writing agree"
+    );
+    let (count, mut rest) = out.split_at_mut(4);
+    count.copy_from_slice(&(batch.len() as u32).to_le_bytes());
     for obs in batch {
-        let mut header = [0; PENDING_HEADER];
+        let (header, tail) = std::mem::take(&mut rest).split_at_mut(PENDING_HEADER);
         header[..8].copy_from_slice(&obs.origin.event_time_ms.to_le_bytes());
         header[8..12].copy_from_slice(&obs.origin.partition.to_le_bytes());
         header[12..20].copy_from_slice(&obs.origin.offset.to_le_bytes());
         header[20] = u8::from(obs.reward);
         header[21..29].copy_from_slice(&obs.weight.to_le_bytes());
         header[29..].copy_from_slice(&(obs.context.len() as u32).to_le_bytes());
-        w.put(&header);
-        w.f32s(&obs.context);
+        let (context, tail) = tail.split_at_mut(4 * obs.context.len());
+        for (dst, x) in context.chunks_exact_mut(4).zip(&obs.context) {
+            dst.copy_from_slice(&x.to_le_bytes());
+        }
+        rest = tail;
     }
-    assert!(w.is_full(), "the sizing and the writing agree");
 }
 
 /// Decodes [`pending_bytes`].
@@ -623,7 +682,8 @@ mod tests {
         #[test]
         fn sample_bytes_are_a_joined_sample(
             doc_id in proptest::prelude::any::<u64>(),
-            version in "[a-z-]{1,12}",
+            // Names past 127 bytes take a two-byte length.
+            version in "[a-z-]{1,12}|[a-z]{120,140}",
             event_time_ms in -crate::sample::MAX_EVENT_TIME_MS..=crate::sample::MAX_EVENT_TIME_MS,
             context in proptest::collection::vec(-1e6_f32..1e6, 0..40),
             labels in proptest::collection::btree_map("[a-z_]{0,10}", proptest::prop_oneof![
