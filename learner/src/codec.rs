@@ -15,13 +15,16 @@ use crate::reorder::OrderKey;
 use crate::sample::Sample;
 
 /// Format version of the engine state as a whole (meta `format`).
-pub const STATE_FORMAT_VERSION: u16 = 2;
+pub const STATE_FORMAT_VERSION: u16 = 3;
 
 /// The oldest state format this build reads. Format 1 kept one reorder
 /// entry per buffered sample (keyed by [`order_key`]); format 2 keeps the
-/// sample log's blobs (keyed by [`log_key`]). A format-1 store restores,
-/// and its next checkpoint rewrites the buffered samples as blobs and
-/// deletes the old entries in the same write.
+/// sample log's blobs, whose records hold `JoinedSample` bytes (12-byte
+/// [`log_key`]s); format 3 writes new blobs in [`RecordLayout::Fixed`]
+/// (13-byte keys). A format-1 store restores, and its next checkpoint
+/// rewrites the buffered samples as blobs and deletes the old entries in
+/// the same write; a format-2 store's blobs are read as written and
+/// deleted, like any blob, once their samples have all been released.
 pub const OLDEST_STATE_FORMAT_VERSION: u16 = 1;
 
 /// The tables (RocksDB column families) of the engine state.
@@ -139,82 +142,228 @@ pub fn order_key_from(bytes: &[u8]) -> Result<OrderKey, CorruptState> {
     })
 }
 
+/// How the records of a sample log blob lay out their samples, told by
+/// the blob's key ([`log_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordLayout {
+    /// `JoinedSample` bytes (state format 2; 12-byte keys), read only.
+    Protobuf,
+    /// The fields at fixed places, lengths as varints ([`put_sample_record`];
+    /// 13-byte keys ending in [`FIXED_LAYOUT_TAG`]).
+    Fixed,
+}
+
+/// The last byte of a [`RecordLayout::Fixed`] blob's key.
+pub const FIXED_LAYOUT_TAG: u8 = 1;
+
 /// Key of a blob of the sample log ([`crate::sample_log`]): partition,
 /// then the blob's number, big-endian, so a partition's blobs sort in
-/// the order they were cut.
+/// the order they were cut, then [`FIXED_LAYOUT_TAG`].
 pub fn log_key(partition: u32, blob: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12);
+    let mut out = Vec::with_capacity(13);
     out.extend_from_slice(&partition.to_be_bytes());
     out.extend_from_slice(&blob.to_be_bytes());
+    out.push(FIXED_LAYOUT_TAG);
     out
 }
 
-/// Decodes [`log_key`] into (partition, blob number).
-pub fn log_key_from(bytes: &[u8]) -> Result<(u32, u64), CorruptState> {
-    let arr: [u8; 12] = bytes
-        .try_into()
-        .map_err(|_| CorruptState::new(Table::Reorder, bytes, "key is not 12 bytes"))?;
+/// Decodes a blob's key — [`log_key`], or the 12 bytes format 2 wrote —
+/// into (partition, blob number, layout of its records).
+pub fn log_key_from(bytes: &[u8]) -> Result<(u32, u64, RecordLayout), CorruptState> {
+    let layout = match bytes.len() {
+        12 => RecordLayout::Protobuf,
+        13 if bytes[12] == FIXED_LAYOUT_TAG => RecordLayout::Fixed,
+        13 => {
+            return Err(CorruptState::new(
+                Table::Reorder,
+                bytes,
+                format!("unknown record layout {}", bytes[12]),
+            ));
+        }
+        _ => {
+            return Err(CorruptState::new(
+                Table::Reorder,
+                bytes,
+                "key is neither 12 nor 13 bytes",
+            ));
+        }
+    };
     Ok((
-        u32::from_be_bytes(arr[..4].try_into().expect("4 bytes")),
-        u64::from_be_bytes(arr[4..].try_into().expect("8 bytes")),
+        u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes")),
+        u64::from_be_bytes(bytes[4..12].try_into().expect("8 bytes")),
+        layout,
     ))
 }
 
-/// The partition of a reorder-table key of either format: a sample log
-/// blob's ([`log_key`], 12 bytes) or a format-1 sample's ([`order_key`],
-/// 20 bytes).
+/// The partition of a reorder-table key of any format: a sample log
+/// blob's ([`log_key`], 13 bytes, or 12 as format 2 wrote them) or a
+/// format-1 sample's ([`order_key`], 20 bytes).
 pub fn reorder_partition(key: &[u8]) -> Result<u32, CorruptState> {
     match key.len() {
-        12 => log_key_from(key).map(|(partition, _)| partition),
+        12 | 13 => log_key_from(key).map(|(partition, _, _)| partition),
         20 => order_key_from(key).map(|k| k.partition),
         _ => Err(CorruptState::new(
             Table::Reorder,
             key,
-            "key is neither 12 bytes (a blob) nor 20 (a format-1 sample)",
+            "key is neither 12 or 13 bytes (a blob) nor 20 (a format-1 sample)",
         )),
     }
 }
 
 /// Appends one record of the sample log to `out`: the sample's offset
-/// (u64), the length of its bytes (u32), both little-endian, then its
-/// [`sample_bytes`]. Written into room reserved for a bound on the
-/// record's size, the length filled in once the sample is written: no
-/// sizing pass and no zeroing (every sample that enters the reorder
-/// buffer is appended here, on the engine's thread).
+/// (u64) and the length of the rest (u32), then the sample in
+/// [`RecordLayout::Fixed`]:
+///
+/// | field | bytes |
+/// |---|---|
+/// | event time, doc id, weight | i64, u64, f32 |
+/// | context | varint n, then n × f32 |
+/// | version | varint length, UTF-8 |
+/// | labels, in the sample's (sorted) order | varint count, then per label varint length, UTF-8, f32 |
+/// | sample id | varint 0 (none) or length + 1, then UTF-8 |
+///
+/// Little-endian throughout. Written into room reserved for a bound on
+/// the record's size (every varint at ten bytes), the length filled in
+/// once the sample is written: every sample that enters the reorder
+/// buffer is appended here, on the engine's thread, and a protobuf
+/// encoding of it (varint fields, presence checks, a sizing pass) took
+/// about four times the instructions.
 pub fn put_sample_record(out: &mut Vec<u8>, offset: u64, sample: &Sample) {
-    let bound = RECORD_HEADER + sample_len_bound(sample);
-    write_bounded(out, bound, |w| {
+    write_bounded(out, fixed_record_bound(sample), |w| {
         w.put(&offset.to_le_bytes());
-        let len_at = w.pos;
         w.put(&[0; 4]);
-        write_sample_into(sample, w);
+        w.put(&sample.event_time_ms.to_le_bytes());
+        w.put(&sample.doc_id.to_le_bytes());
+        w.put(&sample.weight.to_le_bytes());
+        w.varint(sample.context.len() as u64);
+        w.f32s(&sample.context);
+        w.str(&sample.version);
+        w.varint(sample.labels.len() as u64);
+        for (name, value) in &sample.labels {
+            w.str(name);
+            w.put(&value.to_le_bytes());
+        }
+        match &sample.sample_id {
+            None => w.byte(0),
+            Some(id) => {
+                w.varint(id.len() as u64 + 1);
+                w.put(id.as_bytes());
+            }
+        }
         let len = (w.pos - RECORD_HEADER) as u32;
-        w.put_at(len_at, &len.to_le_bytes());
+        w.put_at(8, &len.to_le_bytes());
     });
 }
 
 /// A sample log record's offset and length.
 const RECORD_HEADER: usize = 12;
 
-/// Decodes the records of a blob ([`put_sample_record`]) into
-/// (offset, sample), in the order they were appended.
-pub fn sample_records_from(key: &[u8], bytes: &[u8]) -> Result<Vec<(u64, Sample)>, CorruptState> {
+/// At least the bytes [`put_sample_record`] writes for `sample`.
+fn fixed_record_bound(sample: &Sample) -> usize {
+    const VARINT: usize = 10;
+    RECORD_HEADER
+        + 8
+        + 8
+        + 4
+        + (VARINT + 4 * sample.context.len())
+        + (VARINT + sample.version.len())
+        + VARINT
+        + sample
+            .labels
+            .iter()
+            .map(|(name, _)| VARINT + name.len() + 4)
+            .sum::<usize>()
+        + VARINT
+        + sample.sample_id.as_ref().map_or(0, |id| id.len())
+}
+
+/// Decodes the records of a blob ([`put_sample_record`], or `JoinedSample`
+/// bodies as format 2 wrote them) into (offset, sample), in the order
+/// they were appended.
+pub fn sample_records_from(
+    key: &[u8],
+    bytes: &[u8],
+    layout: RecordLayout,
+) -> Result<Vec<(u64, Sample)>, CorruptState> {
     let mut records = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
         let truncated = || CorruptState::new(Table::Reorder, key, "truncated sample record");
-        let header: [u8; 12] = rest
-            .get(..12)
+        let header: [u8; RECORD_HEADER] = rest
+            .get(..RECORD_HEADER)
             .ok_or_else(truncated)?
             .try_into()
             .expect("12");
         let offset = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
         let len = u32::from_le_bytes(header[8..].try_into().expect("4 bytes")) as usize;
-        let body = rest.get(12..12 + len).ok_or_else(truncated)?;
-        records.push((offset, sample_from(key, body)?));
-        rest = &rest[12 + len..];
+        let body = rest
+            .get(RECORD_HEADER..RECORD_HEADER + len)
+            .ok_or_else(truncated)?;
+        let sample = match layout {
+            RecordLayout::Fixed => fixed_sample_from(body)
+                .ok_or_else(|| CorruptState::new(Table::Reorder, key, "invalid sample record"))?,
+            RecordLayout::Protobuf => sample_from(key, body)?,
+        };
+        records.push((offset, sample));
+        rest = &rest[RECORD_HEADER + len..];
     }
     Ok(records)
+}
+
+/// Decodes a [`RecordLayout::Fixed`] sample, checked as a decoded
+/// `JoinedSample` is (and written only from such samples): `None` if it
+/// is truncated, has bytes left over, or is not a valid sample.
+fn fixed_sample_from(body: &[u8]) -> Option<Sample> {
+    let mut r = Cursor {
+        bytes: body,
+        pos: 0,
+    };
+    let event_time_ms = r.i64()?;
+    let doc_id = r.u64()?;
+    let weight = r.f32()?;
+    let dim = usize::try_from(r.varint()?).ok()?;
+    let context: Vec<f32> = r
+        .slice(dim.checked_mul(4)?)?
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .collect();
+    let version = r.str()?;
+    let count = usize::try_from(r.varint()?).ok()?;
+    // Each label takes at least five bytes: a count beyond that is damage,
+    // not a reason to reserve room.
+    if count > (body.len() - r.pos) / 5 {
+        return None;
+    }
+    let mut labels = crate::sample::Labels::with_capacity(count);
+    for _ in 0..count {
+        let name = r.str()?;
+        labels.push((name.into(), r.f32()?));
+    }
+    let sample_id = match usize::try_from(r.varint()?).ok()? {
+        0 => None,
+        n => Some(std::str::from_utf8(r.slice(n - 1)?).ok()?.into()),
+    };
+    let valid = r.pos == body.len()
+        && !version.is_empty()
+        && crate::sample::event_time_in_range(event_time_ms)
+        && context.iter().all(|x| x.is_finite())
+        && labels.iter().all(|(_, v)| v.is_finite())
+        && labels.windows(2).all(|w| w[0].0 < w[1].0)
+        && weight.is_finite()
+        && weight > 0.0
+        && f64::from(weight) <= crate::posterior::MAX_WEIGHT
+        && sample_id
+            .as_ref()
+            .is_none_or(|id: &crate::sample::Name| !id.is_empty());
+    valid.then(|| Sample {
+        doc_id,
+        version: version.into(),
+        event_time_ms,
+        context,
+        labels,
+        weight,
+        sample_id,
+    })
 }
 
 /// Key of a de-duplication entry.
@@ -261,33 +410,6 @@ pub fn dedup_key_from(bytes: &[u8]) -> Result<(i64, String), CorruptState> {
     ))
 }
 
-/// A sample as stored in the reorder table: its wire form, a
-/// `JoinedSample`.
-pub fn sample_bytes(sample: &Sample) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_sample(sample, &mut out);
-    out
-}
-
-/// Appends [`sample_bytes`] to `out`: the `JoinedSample` fields written
-/// straight from the sample (no message with its own copies of the strings
-/// and a label map built first; every sample that enters the reorder
-/// buffer is written once). Labels go out in the sample's order (sorted by
-/// name), so equal samples give equal bytes; prost writes the same fields,
-/// and a map's entries in whatever order its `HashMap` has.
-pub fn write_sample(sample: &Sample, out: &mut Vec<u8>) {
-    write_sized(out, sample_len(sample), |w| write_sample_into(sample, w));
-}
-
-/// Appends `len` bytes to `out` written by `write`: sized once and written
-/// in place, one capacity check per record rather than one per field and
-/// byte. Panics if `write` writes more or fewer than `len` (a bug of the
-/// sizing), rather than store a record with a wrong length.
-fn write_sized(out: &mut Vec<u8>, len: usize, write: impl FnOnce(&mut Writer<'_>)) {
-    let written = write_bounded(out, len, write);
-    assert_eq!(written, len, "the sizing and the writing agree");
-}
-
 /// Appends what `write` writes, at most `bound` bytes, to `out`, into its
 /// spare capacity (reserved here; never zeroed first). Returns how many
 /// bytes were written. Writing past `bound` panics before anything is
@@ -308,125 +430,6 @@ fn write_bounded(out: &mut Vec<u8>, bound: usize, write: impl FnOnce(&mut Writer
     // reservation.
     unsafe { out.set_len(start + written) };
     written
-}
-
-/// `JoinedSample` field keys: (field number << 3) | wire type, one byte
-/// each (every field number is below 16).
-mod field {
-    pub const DOC_ID: u8 = 1 << 3;
-    pub const VERSION: u8 = (2 << 3) | 2;
-    pub const EVENT_TIME: u8 = 3 << 3;
-    pub const CONTEXT: u8 = (4 << 3) | 2;
-    pub const LABEL: u8 = (5 << 3) | 2;
-    pub const WEIGHT: u8 = (6 << 3) | 5;
-    pub const SAMPLE_ID: u8 = (7 << 3) | 2;
-    /// In a label entry.
-    pub const LABEL_NAME: u8 = (1 << 3) | 2;
-    /// In a label entry.
-    pub const LABEL_VALUE: u8 = (2 << 3) | 5;
-}
-
-/// Bytes of a length-delimited field holding `len` bytes (key included);
-/// an empty one is left out, as proto3 does.
-fn delimited_len(len: usize) -> usize {
-    if len == 0 {
-        0
-    } else {
-        1 + prost::encoding::encoded_len_varint(len as u64) + len
-    }
-}
-
-/// Bytes of a varint field (key included); 0 is left out.
-fn varint_field_len(value: u64) -> usize {
-    if value == 0 {
-        0
-    } else {
-        1 + prost::encoding::encoded_len_varint(value)
-    }
-}
-
-/// Bytes of a `float` field (key included); 0 is left out.
-fn f32_field_len(value: f32) -> usize {
-    if value == 0.0 { 0 } else { 5 }
-}
-
-/// Bytes of a label entry's body (the map entry message).
-fn label_body_len(name: &str, value: f32) -> usize {
-    delimited_len(name.len()) + f32_field_len(value)
-}
-
-/// Bytes [`write_sample`] writes for `sample`.
-fn sample_len(sample: &Sample) -> usize {
-    varint_field_len(sample.doc_id)
-        + delimited_len(sample.version.len())
-        + varint_field_len(sample.event_time_ms as u64)
-        + delimited_len(4 * sample.context.len())
-        + sample
-            .labels
-            .iter()
-            .map(|(name, value)| {
-                1 + {
-                    let body = label_body_len(name, *value);
-                    prost::encoding::encoded_len_varint(body as u64) + body
-                }
-            })
-            .sum::<usize>()
-        + f32_field_len(sample.weight)
-        + sample
-            .sample_id
-            .as_ref()
-            .map_or(0, |id| delimited_len(id.len()))
-}
-
-/// At least [`sample_len`]`(sample)`, cheaper to compute: every varint
-/// counted at its longest.
-fn sample_len_bound(sample: &Sample) -> usize {
-    const VARINT: usize = 10;
-    let delimited = |len: usize| 1 + VARINT + len;
-    (1 + VARINT)
-        + delimited(sample.version.len())
-        + (1 + VARINT)
-        + delimited(4 * sample.context.len())
-        + sample
-            .labels
-            .iter()
-            .map(|(name, _)| 1 + VARINT + delimited(name.len()) + 5)
-            .sum::<usize>()
-        + 5
-        + sample
-            .sample_id
-            .as_ref()
-            .map_or(0, |id| delimited(id.len()))
-}
-
-/// Writes the fields [`sample_len`] counted, in field order.
-fn write_sample_into(sample: &Sample, w: &mut Writer<'_>) {
-    if sample.doc_id != 0 {
-        w.byte(field::DOC_ID);
-        w.varint(sample.doc_id);
-    }
-    w.str_field(field::VERSION, &sample.version);
-    if sample.event_time_ms != 0 {
-        w.byte(field::EVENT_TIME);
-        w.varint(sample.event_time_ms as u64);
-    }
-    if !sample.context.is_empty() {
-        w.byte(field::CONTEXT);
-        w.varint(4 * sample.context.len() as u64);
-        w.f32s(&sample.context);
-    }
-    for (name, value) in &sample.labels {
-        // A label is a map entry: present even when both of its fields
-        // are defaults (an empty name and 0).
-        w.byte(field::LABEL);
-        w.varint(label_body_len(name, *value) as u64);
-        w.str_field(field::LABEL_NAME, name);
-        w.f32_field(field::LABEL_VALUE, *value);
-    }
-    w.f32_field(field::WEIGHT, sample.weight);
-    if let Some(id) = &sample.sample_id {
-        w.str_field(field::SAMPLE_ID, id);
-    }
 }
 
 /// Writes into room of `out`'s spare capacity (see [`write_bounded`]);
@@ -468,23 +471,11 @@ impl Writer<'_> {
         self.byte(value as u8);
     }
 
-    /// A length-delimited string field; an empty one is left out.
+    /// A string: its length as a varint, then its bytes.
     #[inline]
-    fn str_field(&mut self, key: u8, value: &str) {
-        if !value.is_empty() {
-            self.byte(key);
-            self.varint(value.len() as u64);
-            self.put(value.as_bytes());
-        }
-    }
-
-    /// A `float` field; 0 is left out.
-    #[inline]
-    fn f32_field(&mut self, key: u8, value: f32) {
-        if value != 0.0 {
-            self.byte(key);
-            self.put(&value.to_le_bytes());
-        }
+    fn str(&mut self, value: &str) {
+        self.varint(value.len() as u64);
+        self.put(value.as_bytes());
     }
 
     /// `values` little-endian, in bulk.
@@ -497,7 +488,8 @@ impl Writer<'_> {
     }
 }
 
-/// Decodes [`sample_bytes`].
+/// Decodes a sample from `JoinedSample` bytes: a format-1 reorder entry,
+/// or a record of a state format 2 blob ([`RecordLayout::Protobuf`]).
 pub fn sample_from(key: &[u8], bytes: &[u8]) -> Result<Sample, CorruptState> {
     let wire =
         v1::JoinedSample::decode(bytes).map_err(|e| CorruptState::new(Table::Reorder, key, e))?;
@@ -595,7 +587,7 @@ pub(crate) struct Cursor<'a> {
     pub(crate) pos: usize,
 }
 
-impl Cursor<'_> {
+impl<'a> Cursor<'a> {
     fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
         let out = self.bytes.get(self.pos..self.pos + N)?.try_into().ok()?;
         self.pos += N;
@@ -618,6 +610,25 @@ impl Cursor<'_> {
     }
     pub(crate) fn f32(&mut self) -> Option<f32> {
         self.take().map(f32::from_le_bytes)
+    }
+    /// The next `n` bytes.
+    fn slice(&mut self, n: usize) -> Option<&'a [u8]> {
+        let out = self.bytes.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(out)
+    }
+    /// A varint as protobuf writes one.
+    fn varint(&mut self) -> Option<u64> {
+        let mut rest = self.bytes.get(self.pos..)?;
+        let before = rest.len();
+        let value = prost::encoding::decode_varint(&mut rest).ok()?;
+        self.pos += before - rest.len();
+        Some(value)
+    }
+    /// A string written by `Writer::str`.
+    fn str(&mut self) -> Option<&'a str> {
+        let len = usize::try_from(self.varint()?).ok()?;
+        std::str::from_utf8(self.slice(len)?).ok()
     }
 }
 
@@ -675,54 +686,157 @@ mod tests {
         assert!(err.contains("3 bytes"), "{err}");
     }
 
+    /// Any valid sample: long names (two-byte lengths), labels of value 0
+    /// and −0, contexts of every length up to 40, with and without an id.
+    fn any_sample() -> impl proptest::strategy::Strategy<Value = Sample> {
+        use proptest::prelude::*;
+        (
+            any::<u64>(),
+            "[a-z-]{1,12}|[a-z]{120,140}",
+            -crate::sample::MAX_EVENT_TIME_MS..=crate::sample::MAX_EVENT_TIME_MS,
+            proptest::collection::vec(-1e6_f32..1e6, 0..40),
+            proptest::collection::btree_map(
+                "[a-z_]{0,10}|[a-z]{130}",
+                prop_oneof![Just(0.0_f32), Just(-0.0_f32), -1e3_f32..1e3],
+                0..4,
+            ),
+            prop_oneof![Just(1.0_f32), 0.001_f32..100.0],
+            proptest::option::of("[a-z0-9]{1,8}|[a-z]{200}"),
+        )
+            .prop_map(
+                |(doc_id, version, event_time_ms, context, labels, weight, sample_id)| Sample {
+                    doc_id,
+                    version: version.into(),
+                    event_time_ms,
+                    context,
+                    labels: labels
+                        .into_iter()
+                        .map(|(name, value)| (name.into(), value))
+                        .collect(),
+                    weight,
+                    sample_id: sample_id.map(Into::into),
+                },
+            )
+    }
+
+    /// A record as state format 2 wrote it: offset, length, `JoinedSample`.
+    fn protobuf_record(offset: u64, sample: &Sample) -> Vec<u8> {
+        let body = v1::JoinedSample::from(sample).encode_to_vec();
+        let mut out = offset.to_le_bytes().to_vec();
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
     proptest::proptest! {
-        /// `sample_bytes` decodes, by prost, to the message prost would have
-        /// written, and back to the sample; with at most one label (no map
-        /// order to differ) the bytes are prost's own.
+        /// Records appended one after another decode back to the same
+        /// samples, in order, each behind its offset and its length; the
+        /// bound the writer reserves is never exceeded (it panics).
         #[test]
-        fn sample_bytes_are_a_joined_sample(
-            doc_id in proptest::prelude::any::<u64>(),
-            // Names past 127 bytes take a two-byte length.
-            version in "[a-z-]{1,12}|[a-z]{120,140}",
-            event_time_ms in -crate::sample::MAX_EVENT_TIME_MS..=crate::sample::MAX_EVENT_TIME_MS,
-            context in proptest::collection::vec(-1e6_f32..1e6, 0..40),
-            labels in proptest::collection::btree_map("[a-z_]{0,10}", proptest::prop_oneof![
-                proptest::prelude::Just(0.0_f32),
-                proptest::prelude::Just(-0.0_f32),
-                -1e3_f32..1e3,
-            ], 0..4),
-            weight in proptest::prop_oneof![proptest::prelude::Just(1.0_f32), 0.001_f32..100.0],
-            sample_id in proptest::option::of("[a-z0-9]{0,8}"),
-        ) {
-            let sample = Sample {
-                doc_id,
-                version: version.into(),
-                event_time_ms,
-                context,
-                labels: labels.into_iter().map(|(name, value)| (name.into(), value)).collect(),
-                weight,
-                sample_id: sample_id.filter(|id| !id.is_empty()).map(Into::into),
-            };
-            let bytes = sample_bytes(&sample);
-            let wire = v1::JoinedSample::decode(bytes.as_slice()).unwrap();
-            proptest::prop_assert_eq!(&wire, &v1::JoinedSample::from(&sample));
-            proptest::prop_assert_eq!(sample_from(b"k", &bytes).unwrap(), sample.clone());
-            // A log record is offset, length and the same bytes; records
-            // appended one after another decode back in order.
+        fn sample_records_round_trip(samples in proptest::collection::vec(any_sample(), 1..4)) {
             let mut log = Vec::new();
-            put_sample_record(&mut log, doc_id, &sample);
-            proptest::prop_assert_eq!(&log[..8], &doc_id.to_le_bytes());
-            proptest::prop_assert_eq!(&log[8..12], &(bytes.len() as u32).to_le_bytes());
-            proptest::prop_assert_eq!(&log[12..], bytes.as_slice());
-            put_sample_record(&mut log, 7, &sample);
-            proptest::prop_assert_eq!(
-                sample_records_from(b"k", &log).unwrap(),
-                vec![(doc_id, sample.clone()), (7, sample.clone())]
-            );
-            if sample.labels.len() <= 1 {
-                proptest::prop_assert_eq!(bytes, v1::JoinedSample::from(&sample).encode_to_vec());
+            let mut expected = Vec::new();
+            for (i, sample) in samples.iter().enumerate() {
+                let start = log.len();
+                put_sample_record(&mut log, 1_000 + i as u64, sample);
+                proptest::prop_assert_eq!(&log[start..start + 8], &(1_000 + i as u64).to_le_bytes());
+                let len = u32::from_le_bytes(log[start + 8..start + 12].try_into().unwrap());
+                proptest::prop_assert_eq!(len as usize, log.len() - start - RECORD_HEADER);
+                proptest::prop_assert!(log.len() - start <= fixed_record_bound(sample));
+                expected.push((1_000 + i as u64, sample.clone()));
             }
+            proptest::prop_assert_eq!(
+                sample_records_from(b"k", &log, RecordLayout::Fixed).unwrap(),
+                expected.clone()
+            );
+            // Format 2's blobs still read.
+            let old: Vec<u8> = expected.iter().flat_map(|(o, s)| protobuf_record(*o, s)).collect();
+            proptest::prop_assert_eq!(
+                sample_records_from(b"k", &old, RecordLayout::Protobuf).unwrap(),
+                expected
+            );
         }
+
+        /// A damaged record is refused, never decoded into another sample
+        /// or a panic: every cut of a record, and any bytes at all.
+        #[test]
+        fn damaged_records_are_refused(sample in any_sample(), noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let mut log = Vec::new();
+            put_sample_record(&mut log, 5, &sample);
+            for cut in 0..log.len() {
+                proptest::prop_assert!(sample_records_from(b"k", &log[..cut], RecordLayout::Fixed).is_err() || cut == 0);
+            }
+            // A record whose length covers one more byte than its sample.
+            let mut longer = log.clone();
+            let len = u32::from_le_bytes(longer[8..12].try_into().unwrap()) + 1;
+            longer[8..12].copy_from_slice(&len.to_le_bytes());
+            longer.push(0);
+            proptest::prop_assert!(sample_records_from(b"k", &longer, RecordLayout::Fixed).is_err());
+            let _ = sample_records_from(b"k", &noise, RecordLayout::Fixed);
+        }
+    }
+
+    #[test]
+    fn fixed_records_refuse_invalid_samples() {
+        let valid = Sample {
+            doc_id: 3,
+            version: "v".into(),
+            event_time_ms: 10,
+            context: vec![0.5],
+            labels: crate::sample::labels([("a", 1.0), ("b", 0.0)]),
+            weight: 1.0,
+            sample_id: Some("id".into()),
+        };
+        let decodes = |sample: &Sample| {
+            let mut log = Vec::new();
+            put_sample_record(&mut log, 0, sample);
+            sample_records_from(b"k", &log, RecordLayout::Fixed).is_ok()
+        };
+        assert!(decodes(&valid));
+        let mut bad = Vec::new();
+        for change in [
+            (|s: &mut Sample| s.version = "".into()) as fn(&mut Sample),
+            |s| s.event_time_ms = crate::sample::MAX_EVENT_TIME_MS + 1,
+            |s| s.context[0] = f32::NAN,
+            |s| s.labels[0].1 = f32::INFINITY,
+            |s| s.labels.swap(0, 1),
+            |s| s.weight = 0.0,
+            |s| s.weight = -1.0,
+            |s| s.weight = f32::MAX,
+            |s| s.sample_id = Some("".into()),
+        ] {
+            let mut sample = valid.clone();
+            change(&mut sample);
+            bad.push(decodes(&sample));
+        }
+        assert_eq!(bad, vec![false; 9], "each invalid sample refused");
+    }
+
+    #[test]
+    fn blob_keys_tell_their_layout() {
+        let key = log_key(7, 9);
+        assert_eq!(key.len(), 13);
+        assert_eq!(log_key_from(&key).unwrap(), (7, 9, RecordLayout::Fixed));
+        assert_eq!(
+            log_key_from(&key[..12]).unwrap(),
+            (7, 9, RecordLayout::Protobuf)
+        );
+        let mut unknown = key.clone();
+        unknown[12] = 2;
+        let err = log_key_from(&unknown).unwrap_err().to_string();
+        assert!(err.contains("unknown record layout 2"), "{err}");
+        assert!(log_key_from(&key[..11]).is_err());
+        for k in [key.clone(), key[..12].to_vec()] {
+            assert_eq!(reorder_partition(&k).unwrap(), 7);
+        }
+        let sample_key = order_key(OrderKey {
+            event_time_ms: 1,
+            partition: 4,
+            offset: 2,
+        });
+        assert_eq!(reorder_partition(&sample_key).unwrap(), 4);
+        // A partition's blobs sort in the order they were cut.
+        assert!(log_key(7, 9) < log_key(7, 10) && log_key(7, 300) < log_key(8, 0));
     }
 
     #[test]

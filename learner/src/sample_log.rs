@@ -3,7 +3,9 @@
 //!
 //! Every sample that enters the reorder buffer is encoded once, as it
 //! arrives (its fields are still in the caches), and appended to its
-//! partition's open blob. A checkpoint cuts the open blobs and writes each
+//! partition's open blob ([`codec::put_sample_record`]: a fixed layout,
+//! not protobuf; blobs of state format 2 held `JoinedSample` records, and
+//! their 12-byte keys tell them apart). A checkpoint cuts the open blobs and writes each
 //! blob not yet stored as one entry ([`codec::log_key`]: partition, blob
 //! number), and deletes the stored blobs whose samples have all been
 //! released. A stored blob may hold samples released since it was written;
@@ -210,9 +212,9 @@ impl SampleLog {
                 log.legacy.push(k);
                 continue;
             }
-            let (partition, number) = codec::log_key_from(&k)?;
+            let (partition, number, layout) = codec::log_key_from(&k)?;
             let mut max_event_ms = i64::MIN;
-            for (offset, sample) in codec::sample_records_from(&k, &v)? {
+            for (offset, sample) in codec::sample_records_from(&k, &v, layout)? {
                 let key = OrderKey {
                     event_time_ms: sample.event_time_ms,
                     partition,
@@ -241,6 +243,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use proptest::prelude::*;
+    use prost::Message;
 
     use super::*;
 
@@ -428,17 +431,70 @@ mod tests {
                 offset,
             };
             let sample = sample(t, offset);
-            table
-                .0
-                .insert(codec::order_key(key), codec::sample_bytes(&sample));
+            table.0.insert(
+                codec::order_key(key),
+                posterior_proto::v1::JoinedSample::from(&sample).encode_to_vec(),
+            );
             expected.insert(key, sample);
         }
         let (mut log, buffer) = table.restore(0);
         assert_eq!(buffer, expected);
         table.apply(log.take_changes(0));
-        assert!(table.0.keys().all(|k| k.len() == 12), "only blobs left");
+        assert!(table.0.keys().all(|k| k.len() == 13), "only blobs left");
         assert_eq!(table.0.len(), 2, "one blob per partition");
         assert_eq!(table.restore(0).1, expected);
+    }
+
+    /// Blobs as state format 2 wrote them (12-byte keys, `JoinedSample`
+    /// records) restore beside new ones, and go once their samples have all
+    /// been released, as any blob.
+    #[test]
+    fn format_2_blobs_restore_and_go_once_released() {
+        let mut table = Table::default();
+        let mut expected = ReorderBuffer::new(usize::MAX);
+        for (partition, number, times) in [(0_u32, 0_u64, [5_i64, 6, 7]), (1, 1, [6, 8, 30])] {
+            let mut records = Vec::new();
+            for (offset, t) in times.into_iter().enumerate() {
+                let sample = sample(t, offset as u64 + 10);
+                let body = posterior_proto::v1::JoinedSample::from(&sample).encode_to_vec();
+                records.extend_from_slice(&(offset as u64).to_le_bytes());
+                records.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                records.extend_from_slice(&body);
+                let key = OrderKey {
+                    event_time_ms: t,
+                    partition,
+                    offset: offset as u64,
+                };
+                if t >= 6 {
+                    expected.insert(key, sample);
+                }
+            }
+            table
+                .0
+                .insert(codec::log_key(partition, number)[..12].to_vec(), records);
+        }
+        let (mut log, mut buffer) = table.restore(6);
+        assert_eq!(buffer, expected, "the samples at or above the frontier");
+        // New samples go to new blobs, numbered after the old ones.
+        let key = OrderKey {
+            event_time_ms: 20,
+            partition: 0,
+            offset: 3,
+        };
+        log.append(key, &sample(20, 1), 6);
+        buffer.insert(key, sample(20, 1));
+        table.apply(log.take_changes(6));
+        assert_eq!(table.0.len(), 3);
+        assert!(table.0.contains_key(&codec::log_key(0, 2)));
+        assert_eq!(table.restore(6).1, buffer);
+        // Partition 0's old blob is released first, partition 1's last.
+        buffer.release_below(10);
+        table.apply(log.take_changes(10));
+        assert!(!table.0.keys().any(|k| k.len() == 12 && k[..4] == [0; 4]));
+        assert!(table.0.keys().any(|k| k.len() == 12));
+        buffer.release_below(100);
+        table.apply(log.take_changes(100));
+        assert!(table.0.is_empty(), "every blob released and deleted");
     }
 
     #[test]

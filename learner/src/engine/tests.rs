@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use posterior_proto::v1;
+use prost::Message;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -481,6 +483,47 @@ fn a_restored_store_equals_a_full_rewrite() {
 /// entries and stamps the current format.
 #[test]
 fn a_format_1_store_restores_and_migrates_at_its_next_checkpoint() {
+    an_old_store_restores_and_goes_on(1, |buffer, writes| {
+        buffer.for_each(|key, sample| {
+            writes.push(Write::Put(
+                Table::Reorder,
+                crate::codec::order_key(key),
+                v1::JoinedSample::from(sample).encode_to_vec(),
+            ));
+        });
+    });
+}
+
+/// A store of state format 2 (sample log blobs of `JoinedSample` records,
+/// 12-byte keys) restores and goes on equal to the engine that wrote it;
+/// its blobs go once released, as any blob.
+#[test]
+fn a_format_2_store_restores_and_its_blobs_go_once_released() {
+    an_old_store_restores_and_goes_on(2, |buffer, writes| {
+        let mut blobs: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+        buffer.for_each(|key, sample| {
+            let body = v1::JoinedSample::from(sample).encode_to_vec();
+            let blob = blobs.entry(key.partition).or_default();
+            blob.extend_from_slice(&key.offset.to_le_bytes());
+            blob.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            blob.extend_from_slice(&body);
+        });
+        for (partition, blob) in blobs {
+            let key = crate::codec::log_key(partition, u64::from(partition))[..12].to_vec();
+            writes.push(Write::Put(Table::Reorder, key, blob));
+        }
+    });
+}
+
+/// Runs an engine, writes its checkpoint as state format `format` did
+/// (`reorder` writes the buffered samples), restores that store, and
+/// checks that the restored engine goes on equal to the live one, that
+/// its checkpoints leave only current blobs once the old samples are
+/// released, and that they stamp the current format.
+fn an_old_store_restores_and_goes_on(
+    format: u16,
+    reorder: impl FnOnce(&ReorderBuffer, &mut Vec<Write>),
+) {
     let logs = generate(29, 2, 1_500);
     let mut engine = Engine::new(config(), registry(), [0, 1]);
     let mut store = MemoryStore::default();
@@ -491,7 +534,7 @@ fn a_format_1_store_restores_and_migrates_at_its_next_checkpoint() {
     }
     store.apply(engine.checkpoint_delta());
     assert!(engine.buffered() > 0, "the test needs buffered samples");
-    // The same checkpoint as format 1 wrote it.
+    // The same checkpoint as the old format wrote it.
     let mut old = MemoryStore::default();
     let mut writes = Vec::new();
     for table in Table::ALL {
@@ -499,19 +542,13 @@ fn a_format_1_store_restores_and_migrates_at_its_next_checkpoint() {
             match table {
                 Table::Reorder => {}
                 Table::Meta if k == crate::meta::FORMAT => {
-                    writes.push(Write::Put(table, k, 1_u16.to_le_bytes().to_vec()));
+                    writes.push(Write::Put(table, k, format.to_le_bytes().to_vec()));
                 }
                 _ => writes.push(Write::Put(table, k, v)),
             }
         }
     }
-    engine.buffer.for_each(|key, sample| {
-        writes.push(Write::Put(
-            Table::Reorder,
-            crate::codec::order_key(key),
-            crate::codec::sample_bytes(sample),
-        ));
-    });
+    reorder(&engine.buffer, &mut writes);
     old.apply(writes);
     let mut restored = Engine::restore(config(), |t| old.entries(t))
         .unwrap()
@@ -533,8 +570,8 @@ fn a_format_1_store_restores_and_migrates_at_its_next_checkpoint() {
     assert!(
         old.entries(Table::Reorder)
             .iter()
-            .all(|(k, _)| k.len() == 12),
-        "only blobs left"
+            .all(|(k, _)| k.len() == 13),
+        "only current blobs left"
     );
     assert_eq!(
         old.entries(Table::Meta)
