@@ -28,7 +28,7 @@ use crate::posterior::{KeyState, Observation, SharedState};
 use crate::prefetch::{prefetch, prefetch_slice};
 use crate::registry::{ParamKey, Registry, RegistryError, VersionId};
 use crate::reorder::{OrderKey, ReorderBuffer};
-use crate::sample::Sample;
+use crate::sample::{Sample, names_equal};
 use crate::sample_log::SampleLog;
 use crate::version::VersionSpec;
 use crate::watermark::{Timeliness, Watermarks};
@@ -37,6 +37,9 @@ use crate::watermark::{Timeliness, Watermarks};
 /// time: enough misses to overlap, few enough lines to stay cached until
 /// they are used.
 const PREFETCH_GROUP: usize = 64;
+
+/// Versions a group's warm-up remembers by name (see `Engine::warm`).
+const SEEN_VERSIONS: usize = 4;
 
 /// Samples of a batch whose views [`Engine::apply`] keeps on the stack; a
 /// longer batch puts them on the heap.
@@ -999,11 +1002,20 @@ impl Engine {
         }
         // Resolving versions (string hashing) between the table lookups
         // would keep too few lookups in flight: keys first.
-        versions.extend(
-            released
-                .iter()
-                .map(|(_, sample)| self.registry.live(&sample.version).map(|e| e.id)),
-        );
+        // A group's samples share a handful of versions: each name is
+        // hashed and looked up once, then compared with those seen.
+        let mut seen: [(&str, Option<VersionId>); SEEN_VERSIONS] = [("", None); SEEN_VERSIONS];
+        let mut filled = 0;
+        versions.extend(released.iter().map(|(_, sample)| {
+            let name = sample.version.as_str();
+            if let Some(&(_, id)) = seen[..filled].iter().find(|(n, _)| names_equal(n, name)) {
+                return id;
+            }
+            let id = self.registry.live(name).map(|e| e.id);
+            seen[filled % SEEN_VERSIONS] = (name, id);
+            filled = (filled + 1).min(SEEN_VERSIONS);
+            id
+        }));
         let keys: Vec<ParamKey> = released
             .iter()
             .zip(versions.iter())
