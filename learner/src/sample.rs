@@ -137,6 +137,18 @@ impl Sample {
     }
 }
 
+/// Sorts `labels` by name as a [`Sample`] keeps them, keeping the last
+/// of a repeated name as a `JoinedSample`'s map does: reversed, a stable
+/// sort puts it first among its equals, and `dedup_by` keeps the first of
+/// each run.
+pub(crate) fn sort_labels(labels: &mut Labels) {
+    if labels.len() > 1 && !labels.windows(2).all(|w| w[0].0 < w[1].0) {
+        labels.reverse();
+        labels.sort_by(|a, b| a.0.cmp(&b.0));
+        labels.dedup_by(|later, first| later.0 == first.0);
+    }
+}
+
 /// `a == b` for the short names samples carry (versions, labels): up to
 /// 16 bytes compared as two overlapping words each, without a call to
 /// `memcmp` (which two comparisons per sample paid for, about a twentieth
@@ -235,14 +247,7 @@ impl Sample {
                 _ => return None,
             }
         }
-        // A map keeps the last entry of a repeated name: reversed, a
-        // stable sort puts it first among its equals, and `dedup_by` keeps
-        // the first of each run.
-        if sample.labels.len() > 1 {
-            sample.labels.reverse();
-            sample.labels.sort_by(|a, b| a.0.cmp(&b.0));
-            sample.labels.dedup_by(|later, first| later.0 == first.0);
-        }
+        sort_labels(&mut sample.labels);
         let valid = !sample.version.is_empty()
             && event_time_in_range(sample.event_time_ms)
             && sample.context.iter().all(|x| x.is_finite())

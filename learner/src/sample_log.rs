@@ -5,10 +5,10 @@
 //! arrives (its fields are still in the caches), and appended to its
 //! partition's open blob ([`codec::put_sample_record`]: a fixed layout,
 //! not protobuf; blobs of state format 2 held `JoinedSample` records, and
-//! their 12-byte keys tell them apart). A checkpoint cuts the open blobs and writes each
-//! blob not yet stored as one entry ([`codec::log_key`]: partition, blob
-//! number), and deletes the stored blobs whose samples have all been
-//! released. A stored blob may hold samples released since it was written;
+//! their 12-byte keys tell them apart). A checkpoint cuts the open blobs
+//! and writes each blob not yet stored as one entry ([`codec::log_key`]:
+//! partition, blob number), and deletes the stored blobs whose samples
+//! have all been released. A stored blob may hold samples released since it was written;
 //! a restore keeps the samples at or above the release frontier
 //! (`released_below_ms`), which are exactly the buffered ones: the engine
 //! releases every buffered sample below the frontier, and sends a sample
