@@ -1012,8 +1012,11 @@ impl Engine {
                 return id;
             }
             let id = self.registry.live(name).map(|e| e.id);
-            seen[filled % SEEN_VERSIONS] = (name, id);
-            filled = (filled + 1).min(SEEN_VERSIONS);
+            // Past `SEEN_VERSIONS` names, the others are looked up each time.
+            if filled < SEEN_VERSIONS {
+                seen[filled] = (name, id);
+                filled += 1;
+            }
             id
         }));
         let keys: Vec<ParamKey> = released
