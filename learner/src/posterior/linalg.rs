@@ -65,15 +65,61 @@ pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// `Σ aᵢ bᵢ` with `b` in single precision, in index order.
+/// `Σ aᵢ bᵢ` with `b` in single precision (a context against a mean or a
+/// solved vector, d long), as four partial sums by index mod 4 added
+/// ((s₀ + s₁) + (s₂ + s₃)): a fixed order, so the same bits everywhere,
+/// which the compiler keeps in vector registers instead of one chain of d
+/// dependent additions.
 #[inline]
 pub(crate) fn dot_f32(a: &[f64], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, &y)| x * f64::from(y)).sum()
+    const LANES: usize = 4;
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut sums = [0.0; LANES];
+    for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for lane in 0..LANES {
+            sums[lane] += x[lane] * f64::from(y[lane]);
+        }
+    }
+    let tail = n - n % LANES;
+    for (lane, (x, &y)) in a[tail..].iter().zip(&b[tail..]).enumerate() {
+        sums[lane] += x * f64::from(y);
+    }
+    (sums[0] + sums[1]) + (sums[2] + sums[3])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The four lanes' sums, bit for bit, at every length (tails of
+        /// every size), and within rounding of the index-order sum.
+        #[test]
+        fn dot_f32_sums_by_lane(
+            pairs in prop::collection::vec((-1.0e3_f64..1.0e3, -1.0e3_f32..1.0e3), 0..80),
+        ) {
+            let a: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+            let b: Vec<f32> = pairs.iter().map(|p| p.1).collect();
+            let mut lanes = [0.0_f64; 4];
+            let (mut in_order, mut size) = (0.0_f64, 0.0_f64);
+            for (i, (&x, &y)) in a.iter().zip(&b).enumerate() {
+                let product = x * f64::from(y);
+                lanes[i % 4] += product;
+                in_order += product;
+                size += product.abs();
+            }
+            let expected = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+            let got = dot_f32(&a, &b);
+            prop_assert_eq!(got.to_bits(), expected.to_bits());
+            prop_assert!((got - in_order).abs() <= 1e-13 * pairs.len() as f64 * size);
+            // A longer second operand is cut to the first's length, as zip does.
+            let mut longer = b.clone();
+            longer.push(7.0);
+            prop_assert_eq!(dot_f32(&a, &longer).to_bits(), got.to_bits());
+        }
+    }
 
     #[test]
     fn cholesky_solves_a_known_system() {
