@@ -658,6 +658,34 @@ mod tests {
         assert!(step.converged);
     }
 
+    /// `n` contexts of bench 1's shape: `[1, u₁ … u_{d−1}]`, uᵢ ~ U(−1, 1).
+    fn bench_contexts(rng: &mut impl rand::Rng, n: usize, d: usize) -> Vec<Vec<f32>> {
+        (0..n)
+            .map(|_| {
+                (0..d)
+                    .map(|i| {
+                        if i == 0 {
+                            1.0
+                        } else {
+                            rng.random_range(-1.0..1.0)
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Observations of `contexts`, each a click with probability 0.2.
+    fn one_click_in_five<'a>(
+        rng: &mut impl rand::Rng,
+        contexts: &'a [Vec<f32>],
+    ) -> Vec<Observation<'a>> {
+        contexts
+            .iter()
+            .map(|x| Observation::new(x, rng.random_bool(0.2)))
+            .collect()
+    }
+
     /// Small batches on young d = 32 states, as bench 1's micro-batches
     /// make them, with contexts drawn apart and with one context repeated
     /// (K of rank one): every solve ends at the mode, where the gradient
@@ -673,27 +701,12 @@ mod tests {
             for _ in 0..200 {
                 let mean: Vec<f64> = (0..d).map(|_| rng.random_range(-0.3..0.3)).collect();
                 let q: Vec<f64> = (0..d).map(|_| rng.random_range(1.0..1.5)).collect();
-                let mut contexts: Vec<Vec<f32>> = (0..n)
-                    .map(|_| {
-                        (0..d)
-                            .map(|i| {
-                                if i == 0 {
-                                    1.0
-                                } else {
-                                    rng.random_range(-1.0..1.0)
-                                }
-                            })
-                            .collect()
-                    })
-                    .collect();
+                let mut contexts = bench_contexts(&mut rng, n, d);
                 if repeated {
                     let first = contexts[0].clone();
                     contexts.iter_mut().for_each(|x| x.clone_from(&first));
                 }
-                let batch: Vec<Observation<'_>> = contexts
-                    .iter()
-                    .map(|x| Observation::new(x, rng.random_bool(0.2)))
-                    .collect();
+                let batch = one_click_in_five(&mut rng, &contexts);
                 let step =
                     map_step(&mean, &Precision::Diagonal(&q), &batch).expect("a valid batch");
                 assert!(step.converged);
@@ -733,23 +746,8 @@ mod tests {
                 let mut mean: Vec<f64> = (0..d).map(|_| rng.random_range(-0.2..0.2)).collect();
                 mean[0] = rng.random_range(-3.0..-1.0);
                 let q: Vec<f64> = (0..d).map(|_| rng.random_range(1.0..3.0)).collect();
-                let contexts: Vec<Vec<f32>> = (0..n)
-                    .map(|_| {
-                        (0..d)
-                            .map(|i| {
-                                if i == 0 {
-                                    1.0
-                                } else {
-                                    rng.random_range(-1.0..1.0)
-                                }
-                            })
-                            .collect()
-                    })
-                    .collect();
-                let batch: Vec<Observation<'_>> = contexts
-                    .iter()
-                    .map(|x| Observation::new(x, rng.random_bool(0.2)))
-                    .collect();
+                let contexts = bench_contexts(&mut rng, n, d);
+                let batch = one_click_in_five(&mut rng, &contexts);
                 let step =
                     map_step(&mean, &Precision::Diagonal(&q), &batch).expect("a valid batch");
                 assert!(step.converged);
