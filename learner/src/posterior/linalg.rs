@@ -65,6 +65,12 @@ pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// Partial sums of the d-long sums ([`dot_f32`], the single update's
+/// logit and spread): element i goes to sum i mod `SUM_LANES`, and the
+/// sums are added ((s₀ + s₁) + (s₂ + s₃)).
+pub(crate) const SUM_LANES: usize = 4;
+const _: () = assert!(SUM_LANES == 4, "the sums are added as four, by hand");
+
 /// `Σ aᵢ bᵢ` with `b` in single precision (a context against a mean or a
 /// solved vector, d long), as four partial sums by index mod 4 added
 /// ((s₀ + s₁) + (s₂ + s₃)): a fixed order, so the same bits everywhere,
@@ -72,16 +78,15 @@ pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
 /// dependent additions.
 #[inline]
 pub(crate) fn dot_f32(a: &[f64], b: &[f32]) -> f64 {
-    const LANES: usize = 4;
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut sums = [0.0; LANES];
-    for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
-        for lane in 0..LANES {
+    let mut sums = [0.0; SUM_LANES];
+    for (x, y) in a.chunks_exact(SUM_LANES).zip(b.chunks_exact(SUM_LANES)) {
+        for lane in 0..SUM_LANES {
             sums[lane] += x[lane] * f64::from(y[lane]);
         }
     }
-    let tail = n - n % LANES;
+    let tail = n - n % SUM_LANES;
     for (lane, (x, &y)) in a[tail..].iter().zip(&b[tail..]).enumerate() {
         sums[lane] += x * f64::from(y);
     }

@@ -17,7 +17,7 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 
 use super::forgetting::decay;
-use super::linalg::dot_f32;
+use super::linalg::{SUM_LANES, dot_f32};
 use super::newton::{Precision, map_step, single_step};
 use super::observation::validate_context;
 use super::{Forgetting, Observation, PosteriorError};
@@ -417,29 +417,27 @@ impl DiagonalGaussian {
     }
 }
 
-/// Lanes of the partial sums of [`logit_and_spread`].
-const LANES: usize = 4;
-
-/// a = Σ mᵢxᵢ and k = Σ xᵢ²/qᵢ, each as [`LANES`] partial sums (lane
-/// i mod 4 takes coordinate i) added ((l₀ + l₁) + (l₂ + l₃)) at the end:
-/// a fixed order, so the same bits on every run and machine, which the
-/// compiler keeps in vector registers. Summed in index order, each sum was
-/// one chain of 32 dependent additions per update at d = 32.
+/// a = Σ mᵢxᵢ and k = Σ xᵢ²/qᵢ in one pass, each as [`SUM_LANES`] partial
+/// sums (lane i mod 4 takes coordinate i) added ((l₀ + l₁) + (l₂ + l₃)) at
+/// the end: a fixed order, so the same bits on every run and machine (a is
+/// [`dot_f32`]`(mean, context)` to the bit), which the compiler keeps in
+/// vector registers. Summed in index order, each sum was one chain of 32
+/// dependent additions per update at d = 32.
 #[inline]
 fn logit_and_spread(mean: &[f64], precision: &[f64], context: &[f32]) -> (f64, f64) {
-    let (mut a, mut k) = ([0.0; LANES], [0.0; LANES]);
+    let (mut a, mut k) = ([0.0; SUM_LANES], [0.0; SUM_LANES]);
     let mut chunks = mean
-        .chunks_exact(LANES)
-        .zip(precision.chunks_exact(LANES))
-        .zip(context.chunks_exact(LANES));
+        .chunks_exact(SUM_LANES)
+        .zip(precision.chunks_exact(SUM_LANES))
+        .zip(context.chunks_exact(SUM_LANES));
     for ((m, q), x) in &mut chunks {
-        for lane in 0..LANES {
+        for lane in 0..SUM_LANES {
             let x = f64::from(x[lane]);
             a[lane] += m[lane] * x;
             k[lane] += x * x / q[lane];
         }
     }
-    let tail = mean.len() - mean.len() % LANES;
+    let tail = mean.len() - mean.len() % SUM_LANES;
     for (lane, ((&m, &q), &x)) in mean[tail..]
         .iter()
         .zip(&precision[tail..])
@@ -521,6 +519,7 @@ mod tests {
             let (lane_a, lane_k) = logit_and_spread(&mean, &precision, &context);
             prop_assert_eq!(lane_a.to_bits(), a.to_bits());
             prop_assert_eq!(lane_k.to_bits(), k.to_bits());
+            prop_assert_eq!(lane_a.to_bits(), dot_f32(&mean, &context).to_bits());
             let tolerance = 1e-13 * coordinates.len() as f64;
             prop_assert!((lane_a - a_in_order).abs() <= tolerance * a_size);
             prop_assert!((lane_k - k_in_order).abs() <= tolerance * k_size);
