@@ -337,9 +337,11 @@ impl Batcher {
             && now_ms.saturating_sub(oldest.event_time_ms) >= max_age_ms
         {
             self.by_age.pop_front();
-            if self.is_current(oldest, key) {
-                let batch = self.take(key);
-                ready.push((key, batch));
+            // The entry's batch, if it is still the key's (see `is_current`),
+            // found and removed in one lookup.
+            if let Some(batch) = self.pending.remove_if(&key, |b| starts_at(b, oldest)) {
+                let observations = self.taken(key, batch);
+                ready.push((key, observations));
             }
         }
     }
@@ -350,10 +352,7 @@ impl Batcher {
     /// entry of the same origin), and the key has no batch or one started
     /// since, which has an entry of its own.
     fn is_current(&self, origin: OrderKey, key: ParamKey) -> bool {
-        self.pending
-            .get(&key)
-            .and_then(|b| b.observations.first())
-            .is_some_and(|first| first.origin == origin)
+        self.pending.get(&key).is_some_and(|b| starts_at(b, origin))
     }
 
     /// Removes and returns every batch, in key order (end of a bounded input).
@@ -519,15 +518,28 @@ impl Batcher {
     /// stored one is listed for deletion).
     fn take(&mut self, key: ParamKey) -> Vec<PendingObservation> {
         match self.pending.remove(&key) {
-            Some(batch) => {
-                if batch.stored {
-                    self.gone.push(key);
-                }
-                batch.observations
-            }
+            Some(batch) => self.taken(key, batch),
             None => Vec::new(),
         }
     }
+
+    /// The observations of `key`'s batch, just removed from the table; a
+    /// stored batch's entry is listed for deletion from the store.
+    fn taken(&mut self, key: ParamKey, batch: PendingBatch) -> Vec<PendingObservation> {
+        if batch.stored {
+            self.gone.push(key);
+        }
+        batch.observations
+    }
+}
+
+/// Whether `batch` starts at `origin`.
+#[inline]
+fn starts_at(batch: &PendingBatch, origin: OrderKey) -> bool {
+    batch
+        .observations
+        .first()
+        .is_some_and(|first| first.origin == origin)
 }
 
 #[cfg(test)]

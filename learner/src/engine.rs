@@ -529,17 +529,22 @@ impl Engine {
     /// group's slots are asked for together, then its states (see
     /// `warm`).
     fn for_each_slot(&mut self, keys: &[ParamKey], mut f: impl FnMut(ParamKey, &mut Slot)) {
+        let mut located = Vec::with_capacity(PREFETCH_GROUP.min(keys.len()));
         for group in keys.chunks(PREFETCH_GROUP) {
-            for key in group {
-                self.params.prefetch(key);
+            // Each key hashed once for its three lookups.
+            located.clear();
+            located.extend(group.iter().map(|key| self.params.located(key)));
+            for at in &located {
+                self.params.prefetch_located(at);
             }
-            for key in group {
-                if let Some(slot) = self.params.get(key) {
+            for at in &located {
+                if let Some(slot) = self.params.get_located(at) {
                     prefetch(slot.state.as_ptr());
                 }
             }
-            for key in group {
-                f(*key, self.params.get_mut(key).expect("listed keys exist"));
+            for at in &located {
+                let slot = self.params.get_mut_located(at);
+                f(at.key, slot.expect("listed keys exist"));
             }
         }
     }

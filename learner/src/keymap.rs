@@ -22,7 +22,7 @@ use crate::registry::{KeyHasher, ParamKey};
 
 mod flat;
 
-pub use flat::FlatKeyMap;
+pub use flat::{FlatKeyMap, Located};
 
 /// Number of shards: a power of two, large enough that a shard of a
 /// 10⁸-key table grows by moving ~400 k entries.

@@ -164,13 +164,32 @@ impl<V, const N: usize> FlatKeyMap<V, N> {
         self.len == 0
     }
 
+    /// `key` with its hash and shard in this map, for several lookups of
+    /// it that hash it once ([`FlatKeyMap::prefetch_located`],
+    /// [`FlatKeyMap::get_located`], [`FlatKeyMap::get_mut_located`]).
+    /// Valid for this map only (another map hashes with other seeds).
+    #[inline]
+    pub fn located(&self, key: &ParamKey) -> Located {
+        let (hash, shard) = self.locate(key);
+        Located {
+            key: *key,
+            hash,
+            shard,
+        }
+    }
+
     /// Asks for the cache line where a lookup of `key` starts (see
     /// `crate::prefetch`); a hint only.
     #[inline]
     pub fn prefetch(&self, key: &ParamKey) {
-        let (hash, shard) = self.locate(key);
-        let shard = &self.shards[shard];
-        let entry: *const Entry<V> = &shard.slots[shard.home(hash)];
+        self.prefetch_located(&self.located(key));
+    }
+
+    /// [`FlatKeyMap::prefetch`] of a key located in this map.
+    #[inline]
+    pub fn prefetch_located(&self, at: &Located) {
+        let shard = &self.shards[at.shard];
+        let entry: *const Entry<V> = &shard.slots[shard.home(at.hash)];
         prefetch(entry);
         // An entry that does not divide a cache line may end in the next.
         let last = entry.cast::<u8>().wrapping_add(size_of::<Entry<V>>() - 1);
@@ -182,17 +201,29 @@ impl<V, const N: usize> FlatKeyMap<V, N> {
     /// The value of `key`.
     #[inline]
     pub fn get(&self, key: &ParamKey) -> Option<&V> {
-        let (hash, shard) = self.locate(key);
-        let shard = &self.shards[shard];
-        shard.slots[shard.probe(hash, key)].as_ref().map(|(_, v)| v)
+        self.get_located(&self.located(key))
+    }
+
+    /// [`FlatKeyMap::get`] of a key located in this map.
+    #[inline]
+    pub fn get_located(&self, at: &Located) -> Option<&V> {
+        let shard = &self.shards[at.shard];
+        shard.slots[shard.probe(at.hash, &at.key)]
+            .as_ref()
+            .map(|(_, v)| v)
     }
 
     /// The value of `key`, mutably.
     #[inline]
     pub fn get_mut(&mut self, key: &ParamKey) -> Option<&mut V> {
-        let (hash, shard) = self.locate(key);
-        let shard = &mut self.shards[shard];
-        let i = shard.probe(hash, key);
+        self.get_mut_located(&self.located(key))
+    }
+
+    /// [`FlatKeyMap::get_mut`] of a key located in this map.
+    #[inline]
+    pub fn get_mut_located(&mut self, at: &Located) -> Option<&mut V> {
+        let shard = &mut self.shards[at.shard];
+        let i = shard.probe(at.hash, &at.key);
         shard.slots[i].as_mut().map(|(_, v)| v)
     }
 
@@ -242,6 +273,23 @@ impl<V, const N: usize> FlatKeyMap<V, N> {
         Some(shard.remove_at(i, &hasher).1)
     }
 
+    /// Removes `key` if `take` says so of its value; returns that value.
+    /// One lookup where [`FlatKeyMap::get`] and then
+    /// [`FlatKeyMap::remove`] take two.
+    #[inline]
+    pub fn remove_if(&mut self, key: &ParamKey, take: impl FnOnce(&V) -> bool) -> Option<V> {
+        let (hash, shard) = self.locate(key);
+        let hasher = self.hasher;
+        let shard = &mut self.shards[shard];
+        let i = shard.probe(hash, key);
+        let (_, value) = shard.slots[i].as_ref()?;
+        if !take(value) {
+            return None;
+        }
+        self.len -= 1;
+        Some(shard.remove_at(i, &hasher).1)
+    }
+
     /// Every entry.
     pub fn iter(&self) -> Iter<'_, V> {
         Iter {
@@ -281,6 +329,16 @@ impl<V: PartialEq, const N: usize> PartialEq for FlatKeyMap<V, N> {
     fn eq(&self, other: &Self) -> bool {
         self.len == other.len && self.iter().all(|(k, v)| other.get(k) == Some(v))
     }
+}
+
+/// A key, its hash and its shard in one [`FlatKeyMap`] (see
+/// [`FlatKeyMap::located`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Located {
+    /// The key.
+    pub key: ParamKey,
+    hash: u64,
+    shard: usize,
 }
 
 /// The entries of a [`FlatKeyMap`] (see [`FlatKeyMap::iter`]).
@@ -325,6 +383,8 @@ mod tests {
         Insert(u32, u64, i32),
         GetOrInsert(u32, u64, i32),
         Remove(u32, u64),
+        /// Removes the key if its value is even.
+        RemoveIfEven(u32, u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -334,7 +394,8 @@ mod tests {
         prop_oneof![
             (v.clone(), d.clone(), any::<i32>()).prop_map(|(v, d, x)| Op::Insert(v, d, x)),
             (v.clone(), d.clone(), any::<i32>()).prop_map(|(v, d, x)| Op::GetOrInsert(v, d, x)),
-            (v, d).prop_map(|(v, d)| Op::Remove(v, d)),
+            (v.clone(), d.clone()).prop_map(|(v, d)| Op::Remove(v, d)),
+            (v, d).prop_map(|(v, d)| Op::RemoveIfEven(v, d)),
         ]
     }
 
@@ -355,6 +416,15 @@ mod tests {
                 }
                 Op::Remove(v, d) => {
                     prop_assert_eq!(map.remove(&key(v, d)), model.remove(&key(v, d)));
+                }
+                Op::RemoveIfEven(v, d) => {
+                    let even = |x: &i32| x % 2 == 0;
+                    let expected = if model.get(&key(v, d)).is_some_and(even) {
+                        model.remove(&key(v, d))
+                    } else {
+                        None
+                    };
+                    prop_assert_eq!(map.remove_if(&key(v, d), even), expected);
                 }
             }
             prop_assert_eq!(map.len(), model.len());
