@@ -302,7 +302,7 @@ impl Batcher {
     /// common case of `max_samples = 1`).
     pub fn fills_alone(&self, key: ParamKey, obs: &PendingObservation) -> bool {
         (self.policy.max_samples <= 1 || (self.policy.max_positives == 1 && obs.reward))
-            && !self.pending.contains_key(&key)
+            && (self.pending.is_empty() || !self.pending.contains_key(&key))
     }
 
     /// Removes and returns the batches whose oldest sample is at least

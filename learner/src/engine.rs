@@ -23,7 +23,7 @@ use crate::contexts::ContextReturn;
 use crate::control::{Command, Outcome, Scheduled, forked_spec};
 use crate::deadletter::DeadLetter;
 use crate::dedup::Dedup;
-use crate::keymap::FlatKeyMap;
+use crate::keymap::{FlatKeyMap, Located};
 use crate::posterior::{KeyState, Observation, SharedState};
 use crate::prefetch::{prefetch, prefetch_slice};
 use crate::registry::{ParamKey, Registry, RegistryError, VersionId};
@@ -190,9 +190,9 @@ pub struct Engine {
     /// Samples being released (empty between releases; kept for its
     /// capacity, see [`ReorderBuffer::release_below_into`]).
     releasing: Vec<(OrderKey, Sample)>,
-    /// The versions `warm` resolved for a release group (kept for its
-    /// room).
-    versions: Vec<Option<VersionId>>,
+    /// The keys `warm` resolved for a release group, located in the
+    /// parameter table (kept for its room).
+    resolved: Vec<Option<Located>>,
     /// Batches the age trigger hands over before a sample is processed
     /// (kept for its room: filled for nearly every sample).
     ready: Vec<ReadyBatch>,
@@ -333,8 +333,9 @@ impl Slot {
 #[derive(Debug, Clone, Copy)]
 enum Version {
     /// Resolved by `warm` for the sample's group, with the registry as it
-    /// still is: the live version's id, or `None` (unknown or retired).
-    Resolved(Option<VersionId>),
+    /// still is: the key of the live version, located in the parameter
+    /// table, or `None` (unknown or retired).
+    Resolved(Option<Located>),
     /// Looked up by name.
     Lookup,
 }
@@ -359,7 +360,7 @@ impl Engine {
             next_offsets: BTreeMap::new(),
             released_below_ms: i64::MIN,
             releasing: Vec::new(),
-            versions: Vec::new(),
+            resolved: Vec::new(),
             ready: Vec::new(),
             changed: Vec::new(),
             dead_letters: Vec::new(),
@@ -937,7 +938,7 @@ impl Engine {
         let upto = stop.map_or(watermark_ms, |t| t.max(self.released_below_ms));
         if upto > self.released_below_ms {
             let mut releasing = std::mem::take(&mut self.releasing);
-            let mut versions = std::mem::take(&mut self.versions);
+            let mut resolved = std::mem::take(&mut self.resolved);
             while self
                 .buffer
                 .release_below_into(upto, RELEASE_PART, &mut releasing)
@@ -948,19 +949,18 @@ impl Engine {
                 // processed where it lies: moving ~170 bytes out per sample
                 // cost the Beta path two copies.
                 for group in releasing.chunks_mut(PREFETCH_GROUP) {
-                    versions.clear();
-                    self.warm(group, &mut versions);
+                    resolved.clear();
+                    self.warm(group, &mut resolved);
                     // Only a command changes the registry: with none
                     // waiting, the versions `warm` resolved hold for the
                     // whole group (no name is looked up twice).
-                    let resolved =
-                        self.control.scheduled.is_empty() && versions.len() == group.len();
+                    let whole = self.control.scheduled.is_empty() && resolved.len() == group.len();
                     for (i, (key, sample)) in group.iter_mut().enumerate() {
                         if !self.control.scheduled.is_empty() {
                             self.apply_commands_until(key.event_time_ms);
                         }
-                        let version = if resolved {
-                            Version::Resolved(versions[i])
+                        let version = if whole {
+                            Version::Resolved(resolved[i])
                         } else {
                             Version::Lookup
                         };
@@ -972,7 +972,7 @@ impl Engine {
             // A millisecond can hold more than a part: that room is not kept.
             releasing.shrink_to(RELEASING_KEPT);
             self.releasing = releasing;
-            self.versions = versions;
+            self.resolved = resolved;
             if !self.control.scheduled.is_empty() {
                 self.apply_commands_until(upto - 1);
             }
@@ -993,10 +993,11 @@ impl Engine {
     /// turn. Asked for together, they overlap. A hint only: what a command
     /// changes between two samples is still read afresh by `process`.
     ///
-    /// Appends to `versions` the live version of each of `released`'s
-    /// samples (`None`: unknown or retired), in order — or nothing, for a
-    /// group too small to warm.
-    fn warm(&self, released: &[(OrderKey, Sample)], versions: &mut Vec<Option<VersionId>>) {
+    /// Appends to `resolved` the key of each of `released`'s samples in
+    /// its live version, located in the parameter table (`None`: unknown
+    /// or retired version), in order — or nothing, for a group too small
+    /// to warm.
+    fn warm(&self, released: &[(OrderKey, Sample)], resolved: &mut Vec<Option<Located>>) {
         if released.len() < 2 {
             return;
         }
@@ -1008,38 +1009,42 @@ impl Engine {
         // Resolving versions (string hashing) between the table lookups
         // would keep too few lookups in flight: keys first.
         // A group's samples share a handful of versions: each name is
-        // hashed and looked up once, then compared with those seen.
+        // hashed and looked up once, then compared with those seen. Each
+        // key is hashed once, here, for every lookup of it in the
+        // parameter table up to its update.
         let mut seen: [(&str, Option<VersionId>); SEEN_VERSIONS] = [("", None); SEEN_VERSIONS];
         let mut filled = 0;
-        versions.extend(released.iter().map(|(_, sample)| {
+        resolved.extend(released.iter().map(|(_, sample)| {
             let name = sample.version.as_str();
-            if let Some(&(_, id)) = seen[..filled].iter().find(|(n, _)| names_equal(n, name)) {
-                return id;
-            }
-            let id = self.registry.live(name).map(|e| e.id);
-            // Past `SEEN_VERSIONS` names, the others are looked up each time.
-            if filled < SEEN_VERSIONS {
-                seen[filled] = (name, id);
-                filled += 1;
-            }
-            id
-        }));
-        let keys: Vec<ParamKey> = released
-            .iter()
-            .zip(versions.iter())
-            .filter_map(|((_, sample), version)| {
-                Some(ParamKey {
-                    version: (*version)?,
+            let id = match seen[..filled].iter().find(|(n, _)| names_equal(n, name)) {
+                Some(&(_, id)) => id,
+                None => {
+                    let id = self.registry.live(name).map(|e| e.id);
+                    // Past `SEEN_VERSIONS` names, the others are looked up
+                    // each time.
+                    if filled < SEEN_VERSIONS {
+                        seen[filled] = (name, id);
+                        filled += 1;
+                    }
+                    id
+                }
+            };
+            id.map(|version| {
+                self.params.located(&ParamKey {
+                    version,
                     doc_id: sample.doc_id,
                 })
             })
-            .collect();
+        }));
         // The batches the age trigger applies in this group are other keys'
         // (started one `max_age_ms` earlier): their slots and states too.
-        let soon: Vec<ParamKey> = if self.batcher.is_empty() {
+        let soon: Vec<Located> = if self.batcher.is_empty() {
             Vec::new()
         } else {
-            self.batcher.due_soon(released.len()).copied().collect()
+            self.batcher
+                .due_soon(released.len())
+                .map(|key| self.params.located(key))
+                .collect()
         };
         // The states read now are those of the samples applied as they
         // are released — every one at batch 1 — and of the due batches.
@@ -1047,34 +1052,29 @@ impl Engine {
         // those released, the positives are asked for where positives fill
         // a batch (a hint: a positive may still wait, a count may fill).
         let policy = self.batcher.policy();
-        let positives: Vec<ParamKey>;
-        let applied: &[ParamKey] = if policy.max_samples <= 1 {
-            &keys
+        let applied: Vec<Located> = if policy.max_samples <= 1 {
+            resolved.iter().flatten().copied().collect()
+        } else if policy.max_positives == 0 {
+            Vec::new()
         } else {
-            positives = if policy.max_positives == 0 {
-                Vec::new()
-            } else {
-                released
-                    .iter()
-                    .zip(versions.iter())
-                    .filter_map(|((_, sample), version)| {
-                        let entry = self.registry.get((*version)?)?;
-                        entry.spec.rewards(sample).then_some(ParamKey {
-                            version: entry.id,
-                            doc_id: sample.doc_id,
-                        })
-                    })
-                    .collect()
-            };
-            &positives
+            released
+                .iter()
+                .zip(resolved.iter())
+                .filter_map(|((_, sample), at)| {
+                    let at = (*at)?;
+                    let entry = self.registry.get(at.key.version)?;
+                    entry.spec.rewards(sample).then_some(at)
+                })
+                .collect()
         };
-        for key in applied.iter().chain(&soon) {
-            self.params.prefetch(key);
+        for at in applied.iter().chain(&soon) {
+            self.params.prefetch_located(at);
         }
         // Their pending batches' lookups likewise (a due batch's key is
         // looked up in both tables).
+        let keys = || resolved.iter().flatten().map(|at| &at.key);
         if !self.batcher.is_empty() {
-            for key in keys.iter().chain(&soon) {
+            for key in keys().chain(soon.iter().map(|at| &at.key)) {
                 self.batcher.prefetch_lookup(key);
             }
         }
@@ -1084,11 +1084,11 @@ impl Engine {
         let states: Vec<&SharedState> = applied
             .iter()
             .chain(&soon)
-            .filter_map(|key| {
-                let slot = self.params.get(key)?;
+            .filter_map(|at| {
+                let slot = self.params.get_located(at)?;
                 prefetch(slot.state.as_ptr());
                 self.registry
-                    .get(key.version)
+                    .get(at.key.version)
                     .is_some_and(|e| e.spec.model.kind.has_prefetched_parts())
                     .then_some(&slot.state)
             })
@@ -1097,7 +1097,7 @@ impl Engine {
             state.prefetch_parts();
         }
         if !self.batcher.is_empty() {
-            for key in &keys {
+            for key in keys() {
                 self.batcher.prefetch(key);
             }
             self.batcher.prefetch_due(released.len());
@@ -1124,9 +1124,9 @@ impl Engine {
             self.recycle(batch);
         }
         self.ready = ready;
-        let entry = match version {
-            Version::Resolved(id) => id.and_then(|id| self.registry.get(id)),
-            Version::Lookup => self.registry.live(&sample.version),
+        let (entry, located) = match version {
+            Version::Resolved(at) => (at.and_then(|at| self.registry.get(at.key.version)), at),
+            Version::Lookup => (self.registry.live(&sample.version), None),
         };
         debug_assert_eq!(
             entry.map(|e| e.id),
@@ -1148,6 +1148,7 @@ impl Engine {
             version: entry.id,
             doc_id: sample.doc_id,
         };
+        debug_assert!(located.is_none_or(|at| at.key == key));
         // The entry is the one the sample's version names (above).
         let (reward, weight) = match entry.spec.observation_of_own(sample) {
             Ok(obs) => (obs.reward, obs.weight),
@@ -1186,7 +1187,8 @@ impl Engine {
         };
         if self.batcher.fills_alone(key, &obs) {
             // Nothing was pending for the key and nothing will be.
-            self.apply(key, std::slice::from_ref(&obs));
+            let at = located.unwrap_or_else(|| self.params.located(&key));
+            self.apply_located(&at, std::slice::from_ref(&obs));
             if let Some(contexts) = &mut self.contexts {
                 contexts.give(obs.context);
             }
@@ -1220,6 +1222,12 @@ impl Engine {
     }
 
     fn apply(&mut self, key: ParamKey, batch: &[PendingObservation]) {
+        self.apply_located(&self.params.located(&key), batch);
+    }
+
+    /// [`Engine::apply`] to a key located in the parameter table.
+    fn apply_located(&mut self, at: &Located, batch: &[PendingObservation]) {
+        let key = at.key;
         let spec = &self
             .registry
             .get(key.version)
@@ -1242,7 +1250,7 @@ impl Engine {
             &many
         };
         let (changed, dirty) = (&mut self.changed, &mut self.dirty.params);
-        let updated = match self.params.get_mut(&key) {
+        let updated = match self.params.get_mut_located(at) {
             Some(slot) => slot
                 .state
                 .make_mut()

@@ -614,7 +614,7 @@ impl Engine {
             next_offsets,
             released_below_ms,
             releasing: Vec::new(),
-            versions: Vec::new(),
+            resolved: Vec::new(),
             ready: Vec::new(),
             changed: Vec::new(),
             dead_letters: Vec::new(),
