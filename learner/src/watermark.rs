@@ -120,6 +120,21 @@ impl Watermarks {
     /// watermark, then advances the partition's clock and marks it active.
     pub fn observe(&mut self, partition: u32, event_ms: i64) -> Timeliness {
         let out_of_orderness_ms = self.out_of_orderness_ms;
+        // Most samples of an active partition arrive at or below its
+        // newest event time: they change no clock, only the comparison
+        // is made.
+        if let Some(clock) = self.partitions.get(&partition)
+            && !clock.idle
+            && let Some(max_event_ms) = clock.max_event_ms
+            && event_ms <= max_event_ms
+        {
+            let watermark_ms = max_event_ms.saturating_sub(out_of_orderness_ms);
+            return if event_ms < watermark_ms {
+                Timeliness::Late { watermark_ms }
+            } else {
+                Timeliness::OnTime
+            };
+        }
         let clock = self.partitions.entry(partition).or_insert(PartitionClock {
             max_event_ms: None,
             idle: false,
