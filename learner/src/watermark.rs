@@ -223,7 +223,8 @@ mod tests {
 
     proptest::proptest! {
         /// The instance watermark is kept up to date as clocks change; it
-        /// must always equal its definition.
+        /// must always equal its definition. Each sample is judged late by
+        /// its partition's watermark alone.
         #[test]
         fn the_kept_instance_watermark_is_the_definitions(
             ops in proptest::collection::vec(op(), 0..60),
@@ -233,7 +234,26 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Observe(p, t) => {
-                        w.observe(p, t);
+                        // Judged against the partition's watermark before
+                        // it; a sample on time raises its clock, a late one
+                        // leaves it; either way the partition is active.
+                        let watermark_ms = w.partition_watermark(p);
+                        let max_before = w.clocks().get(&p).and_then(|c| c.max_event_ms);
+                        let late = t < watermark_ms;
+                        let expected = if late {
+                            Timeliness::Late { watermark_ms }
+                        } else {
+                            Timeliness::OnTime
+                        };
+                        proptest::prop_assert_eq!(w.observe(p, t), expected);
+                        let clock = w.clocks()[&p];
+                        proptest::prop_assert!(!clock.idle);
+                        let max_after = if late {
+                            max_before
+                        } else {
+                            Some(max_before.map_or(t, |m| m.max(t)))
+                        };
+                        proptest::prop_assert_eq!(clock.max_event_ms, max_after);
                     }
                     Op::Idle(p, idle) => w.set_idle(p, idle),
                     Op::Assign(p) => w.assign(p),
