@@ -17,7 +17,7 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 
 use super::forgetting::decay;
-use super::linalg::{SUM_LANES, dot_f32};
+use super::linalg::{dot_f32, logit_and_spread, step_diagonal};
 use super::newton::{Precision, map_step, single_step};
 use super::observation::validate_context;
 use super::{Forgetting, Observation, PosteriorError};
@@ -343,16 +343,20 @@ impl DiagonalGaussian {
         if !(a.is_finite() && k.is_finite() && c.is_finite() && curvature.is_finite()) {
             return Err(PosteriorError::Unstable);
         }
-        for (((m, q), &m0i), &x) in mean
-            .iter_mut()
-            .zip(precision.iter_mut())
-            .zip(m0)
-            .zip(obs.context)
-        {
-            let (m_old, q_old) = decay_coordinate(*m, *q, m0i, q0, factor);
-            let x = f64::from(x);
-            *m = m_old + c * x / q_old;
-            *q = q_old + curvature * x * x;
+        if factor == 1.0 {
+            step_diagonal(mean, precision, obs.context, c, curvature);
+        } else {
+            for (((m, q), &m0i), &x) in mean
+                .iter_mut()
+                .zip(precision.iter_mut())
+                .zip(m0)
+                .zip(obs.context)
+            {
+                let (m_old, q_old) = decay_coordinate(*m, *q, m0i, q0, factor);
+                let x = f64::from(x);
+                *m = m_old + c * x / q_old;
+                *q = q_old + curvature * x * x;
+            }
         }
         Ok(UpdateStats {
             newton_iterations: iterations,
@@ -417,40 +421,6 @@ impl DiagonalGaussian {
     }
 }
 
-/// a = Σ mᵢxᵢ and k = Σ xᵢ²/qᵢ in one pass, each as [`SUM_LANES`] partial
-/// sums (lane i mod 4 takes coordinate i) added ((l₀ + l₁) + (l₂ + l₃)) at
-/// the end: a fixed order, so the same bits on every run and machine (a is
-/// [`dot_f32`]`(mean, context)` to the bit), which the compiler keeps in
-/// vector registers. Summed in index order, each sum was one chain of 32
-/// dependent additions per update at d = 32.
-#[inline]
-fn logit_and_spread(mean: &[f64], precision: &[f64], context: &[f32]) -> (f64, f64) {
-    let (mut a, mut k) = ([0.0; SUM_LANES], [0.0; SUM_LANES]);
-    let mut chunks = mean
-        .chunks_exact(SUM_LANES)
-        .zip(precision.chunks_exact(SUM_LANES))
-        .zip(context.chunks_exact(SUM_LANES));
-    for ((m, q), x) in &mut chunks {
-        for lane in 0..SUM_LANES {
-            let x = f64::from(x[lane]);
-            a[lane] += m[lane] * x;
-            k[lane] += x * x / q[lane];
-        }
-    }
-    let tail = mean.len() - mean.len() % SUM_LANES;
-    for (lane, ((&m, &q), &x)) in mean[tail..]
-        .iter()
-        .zip(&precision[tail..])
-        .zip(&context[tail..])
-        .enumerate()
-    {
-        let x = f64::from(x);
-        a[lane] += m * x;
-        k[lane] += x * x / q;
-    }
-    ((a[0] + a[1]) + (a[2] + a[3]), (k[0] + k[1]) + (k[2] + k[3]))
-}
-
 /// One coordinate (mean, precision) decayed toward the prior (m₀, q₀) in
 /// natural parameters; `factor` 1 leaves it as is.
 #[inline]
@@ -483,46 +453,4 @@ pub(crate) fn check_prior_dim(prior: &LogisticPrior, dim: usize) -> Result<(), P
         });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// The sums are those of a plain loop into four lanes by index
-        /// mod 4, bit for bit, whatever the dimension (1 to 80: tails of
-        /// every length), and within rounding of the index-order sums.
-        #[test]
-        fn lane_sums_equal_a_plain_loop_by_lane(
-            coordinates in prop::collection::vec(
-                (-1.0e3_f64..1.0e3, PRECISION_FLOOR..1.0e6, -1.0e3_f32..1.0e3),
-                1..80,
-            ),
-        ) {
-            let mean: Vec<f64> = coordinates.iter().map(|c| c.0).collect();
-            let precision: Vec<f64> = coordinates.iter().map(|c| c.1).collect();
-            let context: Vec<f32> = coordinates.iter().map(|c| c.2).collect();
-            let (mut a, mut k) = ([0.0_f64; 4], [0.0_f64; 4]);
-            let (mut a_in_order, mut k_in_order, mut a_size, mut k_size) = (0.0, 0.0, 0.0, 0.0);
-            for (i, ((&m, &q), &x)) in mean.iter().zip(&precision).zip(&context).enumerate() {
-                let x = f64::from(x);
-                a[i % 4] += m * x;
-                k[i % 4] += x * x / q;
-                a_in_order += m * x;
-                k_in_order += x * x / q;
-                a_size += (m * x).abs();
-                k_size += x * x / q;
-            }
-            let (a, k) = ((a[0] + a[1]) + (a[2] + a[3]), (k[0] + k[1]) + (k[2] + k[3]));
-            let (lane_a, lane_k) = logit_and_spread(&mean, &precision, &context);
-            prop_assert_eq!(lane_a.to_bits(), a.to_bits());
-            prop_assert_eq!(lane_k.to_bits(), k.to_bits());
-            prop_assert_eq!(lane_a.to_bits(), dot_f32(&mean, &context).to_bits());
-            let tolerance = 1e-13 * coordinates.len() as f64;
-            prop_assert!((lane_a - a_in_order).abs() <= tolerance * a_size);
-            prop_assert!((lane_k - k_in_order).abs() <= tolerance * k_size);
-        }
-    }
 }
