@@ -389,13 +389,10 @@ impl DiagonalGaussian {
         rng: &mut R,
     ) -> Result<f64, PosteriorError> {
         validate_context(context, self.dim())?;
-        let variance: f64 = context
-            .iter()
-            .zip(self.precision())
-            .map(|(&x, q)| f64::from(x) * f64::from(x) / q)
-            .sum();
+        // The logit's mean and variance in one pass (lane sums).
+        let (logit, variance) = logit_and_spread(self.mean(), self.precision(), context);
         let z: f64 = rng.sample(StandardNormal);
-        Ok(sigmoid(self.mean_logit(context) + variance.sqrt() * z))
+        Ok(sigmoid(logit + variance.sqrt() * z))
     }
 
     /// A full weight draw w̃ ~ N(m, diag(1/q)), for scoring several contexts
