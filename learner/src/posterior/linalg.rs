@@ -81,12 +81,14 @@ const _: () = assert!(SUM_LANES == 4, "the sums are added as four, by hand");
 /// ([`avx`]); the same multiplications and additions in the same order,
 /// so the same bits as the portable loop.
 #[inline]
+#[allow(unsafe_code)]
 pub(crate) fn dot_f32(a: &[f64], b: &[f32]) -> f64 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     #[cfg(target_arch = "x86_64")]
     if avx::available() {
-        return avx::dot_f32(a, b);
+        // SAFETY: the CPU has AVX.
+        return unsafe { avx::dot_f32(a, b) };
     }
     dot_f32_portable(a, b)
 }
@@ -122,12 +124,14 @@ fn add_tail_products(sums: &mut [f64; SUM_LANES], a: &[f64], b: &[f32]) {
 /// sum was one chain of d dependent additions per update. On a CPU with
 /// AVX the four lanes are one register's.
 #[inline]
+#[allow(unsafe_code)]
 pub(crate) fn logit_and_spread(mean: &[f64], precision: &[f64], context: &[f32]) -> (f64, f64) {
     let n = mean.len().min(precision.len()).min(context.len());
     let (mean, precision, context) = (&mean[..n], &precision[..n], &context[..n]);
     #[cfg(target_arch = "x86_64")]
     if avx::available() {
-        return avx::logit_and_spread(mean, precision, context);
+        // SAFETY: the CPU has AVX.
+        return unsafe { avx::logit_and_spread(mean, precision, context) };
     }
     logit_and_spread_portable(mean, precision, context)
 }
@@ -181,6 +185,7 @@ fn add_tail_logit_and_spread(
 /// coordinate's own operations in that order, so the same bits with or
 /// without [`avx`]).
 #[inline]
+#[allow(unsafe_code)]
 pub(crate) fn step_diagonal(
     mean: &mut [f64],
     precision: &mut [f64],
@@ -192,7 +197,8 @@ pub(crate) fn step_diagonal(
     let (mean, precision, context) = (&mut mean[..n], &mut precision[..n], &context[..n]);
     #[cfg(target_arch = "x86_64")]
     if avx::available() {
-        return avx::step_diagonal(mean, precision, context, c, curvature);
+        // SAFETY: the CPU has AVX.
+        return unsafe { avx::step_diagonal(mean, precision, context, c, curvature) };
     }
     step_diagonal_portable(mean, precision, context, c, curvature);
 }
@@ -271,13 +277,8 @@ mod avx {
     }
 
     /// [`super::dot_f32`] for equal lengths.
-    pub(super) fn dot_f32(a: &[f64], b: &[f32]) -> f64 {
-        // SAFETY: `available()` was checked by the caller.
-        unsafe { dot_f32_avx(a, b) }
-    }
-
     #[target_feature(enable = "avx")]
-    fn dot_f32_avx(a: &[f64], b: &[f32]) -> f64 {
+    pub(super) fn dot_f32(a: &[f64], b: &[f32]) -> f64 {
         let body = a.len().min(b.len()) / SUM_LANES * SUM_LANES;
         let mut sums = _mm256_setzero_pd();
         for i in (0..body).step_by(SUM_LANES) {
@@ -291,13 +292,8 @@ mod avx {
     }
 
     /// [`super::logit_and_spread`] for equal lengths.
-    pub(super) fn logit_and_spread(mean: &[f64], precision: &[f64], context: &[f32]) -> (f64, f64) {
-        // SAFETY: `available()` was checked by the caller.
-        unsafe { logit_and_spread_avx(mean, precision, context) }
-    }
-
     #[target_feature(enable = "avx")]
-    fn logit_and_spread_avx(mean: &[f64], precision: &[f64], context: &[f32]) -> (f64, f64) {
+    pub(super) fn logit_and_spread(mean: &[f64], precision: &[f64], context: &[f32]) -> (f64, f64) {
         let n = mean.len().min(precision.len()).min(context.len());
         let body = n / SUM_LANES * SUM_LANES;
         let (mut a, mut k) = (_mm256_setzero_pd(), _mm256_setzero_pd());
@@ -320,19 +316,8 @@ mod avx {
     }
 
     /// [`super::step_diagonal`] for equal lengths.
-    pub(super) fn step_diagonal(
-        mean: &mut [f64],
-        precision: &mut [f64],
-        context: &[f32],
-        c: f64,
-        curvature: f64,
-    ) {
-        // SAFETY: `available()` was checked by the caller.
-        unsafe { step_diagonal_avx(mean, precision, context, c, curvature) }
-    }
-
     #[target_feature(enable = "avx")]
-    fn step_diagonal_avx(
+    pub(super) fn step_diagonal(
         mean: &mut [f64],
         precision: &mut [f64],
         context: &[f32],
