@@ -3,8 +3,15 @@
 # host. A binary started second reads several percent better (BENCHMARKS.md,
 # "Fewer copies of each sample"), so the rounds alternate which one starts
 # first; each row runs as a pair of its own, so that both binaries time the
-# same row at the same time. Prints each row's phase-2 rate for both and
-# the ratio B / A.
+# same row at the same time. Each binary is pinned to a core (`taskset`),
+# and the cores swap every two rounds, so four rounds cover both start
+# orders on both cores (a core slowed for a while, by another tenant or
+# its interrupts, then weighs on both builds). The same binary against
+# itself still spreads by up to 20 % a round (BENCHMARKS.md, "The
+# diagonal model's d-long kernels with AVX"). PIN=0 leaves placement to
+# the scheduler (for rows with a second thread, such as the channel
+# sink's reader, which a pinned process keeps on its one core). Prints
+# each row's phase-2 rate for both and the ratio B / A.
 #
 #   scripts/bench-pair.sh OLD_PIPELINE NEW_PIPELINE [ROUNDS] [ROWS]
 #
@@ -16,7 +23,7 @@
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-    sed -n '2,16p' "$0"
+    sed -n '2,22p' "$0"
     exit 2
 fi
 a=$1
@@ -37,22 +44,37 @@ rates() {
     }' "$1"
 }
 
-printf 'A = %s\nB = %s\n\n| round | started first | row | A samples/s | B samples/s | B / A |\n|---|---|---|---:|---:|---:|\n' "$a" "$b"
+pin=${PIN:-1}
+if [[ $pin == 1 ]] && ! { command -v taskset >/dev/null && (( $(nproc) >= 2 )); }; then
+    echo "not pinned: needs taskset and two cores" >&2
+    pin=0
+fi
+
+printf 'A = %s\nB = %s\n\n| round | started first | A on core | row | A samples/s | B samples/s | B / A |\n|---|---|---|---|---:|---:|---:|\n' "$a" "$b"
 IFS=';' read -r -a filters <<<"$rows"
 for round in $(seq 1 "$rounds"); do
     if (( round % 2 )); then first=A; else first=B; fi
+    if [[ $pin == 1 ]]; then
+        core_a=$(( (round - 1) / 2 % 2 ))
+        run_a=(taskset -c "$core_a" "$a")
+        run_b=(taskset -c "$(( 1 - core_a ))" "$b")
+    else
+        core_a=-
+        run_a=("$a")
+        run_b=("$b")
+    fi
     for filter in "${filters[@]}"; do
         if [[ $first == A ]]; then
-            "$a" engine --only "$filter" >"$out/a" 2>&1 &
-            "$b" engine --only "$filter" >"$out/b" 2>&1 &
+            "${run_a[@]}" engine --only "$filter" >"$out/a" 2>&1 &
+            "${run_b[@]}" engine --only "$filter" >"$out/b" 2>&1 &
         else
-            "$b" engine --only "$filter" >"$out/b" 2>&1 &
-            "$a" engine --only "$filter" >"$out/a" 2>&1 &
+            "${run_b[@]}" engine --only "$filter" >"$out/b" 2>&1 &
+            "${run_a[@]}" engine --only "$filter" >"$out/a" 2>&1 &
         fi
         wait
         join -t $'\t' <(rates "$out/a" | sort) <(rates "$out/b" | sort) |
-            awk -F'\t' -v round="$round" -v first="$first" -v ratios="$out/ratios" '{
-                printf "| %d | %s | %s | %.3f M | %.3f M | %.3f |\n", round, first, $1, $2 / 1e6, $3 / 1e6, $3 / $2
+            awk -F'\t' -v round="$round" -v first="$first" -v core="$core_a" -v ratios="$out/ratios" '{
+                printf "| %d | %s | %s | %s | %.3f M | %.3f M | %.3f |\n", round, first, core, $1, $2 / 1e6, $3 / 1e6, $3 / $2
                 printf "%s\t%.3f\n", $1, $3 / $2 >> ratios
             }'
     done
