@@ -637,7 +637,12 @@ pub fn run_local_with(
         }
         let next = source.next_record()?;
         if records.is_multiple_of(poll_every) || matches!(next, Next::Idle) {
-            commands.poll(&mut engine)?;
+            if commands
+                .poll(&mut engine)?
+                .settle(&mut checkpointer, &mut engine, records)?
+            {
+                since_checkpoint = 0;
+            }
             run_barriers(&mut engine, &mut checkpointer, config, 1, records)?;
             // Every source publishes every interval, as the Kafka driver
             // does; a quiet one (stdin, a channel) from `Next::Idle`.
@@ -692,7 +697,8 @@ pub fn run_local_with(
             break;
         }
     }
-    commands.poll(&mut engine)?;
+    // Confirmed by the last checkpoint.
+    let owed = commands.poll(&mut engine)?;
     run_barriers(&mut engine, &mut checkpointer, config, 1, records)?;
     if !stopped {
         while !engine.finish() {
@@ -701,6 +707,7 @@ pub fn run_local_with(
     }
     let stopping = Instant::now();
     checkpointer.finish(&mut engine, records)?;
+    owed.give();
     if config.savepoints.as_ref().is_some_and(|s| s.on_shutdown) {
         checkpointer.savepoint(config, 1, records)?;
     }
@@ -887,28 +894,106 @@ pub struct Controls {
 /// Admin commands handed to a running learner in process (the embedded
 /// control path; standalone deployments use the `control` topic). The
 /// learner takes them between records (every few hundred records, and
-/// whenever its source is idle) and schedules them at their event time. A command is durable once the next checkpoint is written; one
-/// lost in a crash before that must be sent again (its id makes a resend
-/// harmless).
+/// whenever its source is idle) and schedules them at their event time. A
+/// command sent with [`CommandInbox::send_confirmed`] is confirmed once a
+/// checkpoint holding it is written: the learner takes that checkpoint at
+/// once, so an admin call that waits for the confirmation survives a
+/// crash. One sent with [`CommandInbox::send`] is durable from the next
+/// checkpoint; one lost in a crash before that must be sent again (its id
+/// makes a resend harmless).
 #[derive(Debug, Default, Clone)]
-pub struct CommandInbox(Arc<Mutex<Vec<posterior_proto::v1::ControlCommand>>>);
+pub struct CommandInbox(Arc<Mutex<Vec<Inboxed>>>);
+
+/// Called once a command is durable.
+type Confirm = Box<dyn FnOnce() + Send>;
+
+/// A command waiting in the inbox, with its confirmation if it has one.
+struct Inboxed {
+    command: posterior_proto::v1::ControlCommand,
+    confirm: Option<Confirm>,
+}
+
+impl std::fmt::Debug for Inboxed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inboxed")
+            .field("command", &self.command)
+            .field("confirmed", &self.confirm.is_some())
+            .finish()
+    }
+}
 
 impl CommandInbox {
     /// Hands a command to the learner.
     pub fn send(&self, command: posterior_proto::v1::ControlCommand) {
+        self.push(Inboxed {
+            command,
+            confirm: None,
+        });
+    }
+
+    /// Hands a command to the learner, which calls `durable` once it has
+    /// taken the command and written a checkpoint after that: the command
+    /// is then in the checkpoint's backlog, or applied, or was refused (a
+    /// repeated id, an undecodable command: sending it again changes
+    /// nothing). A learner that stops first (a crash, a failed checkpoint)
+    /// drops `durable` uncalled.
+    pub fn send_confirmed(
+        &self,
+        command: posterior_proto::v1::ControlCommand,
+        durable: impl FnOnce() + Send + 'static,
+    ) {
+        self.push(Inboxed {
+            command,
+            confirm: Some(Box::new(durable)),
+        });
+    }
+
+    fn push(&self, inboxed: Inboxed) {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(command);
+            .push(inboxed);
     }
 
-    fn take(&self) -> Vec<posterior_proto::v1::ControlCommand> {
+    fn take(&self) -> Vec<Inboxed> {
         std::mem::take(
             &mut *self
                 .0
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
+    }
+}
+
+/// Confirmations owed once a checkpoint is written.
+#[derive(Default)]
+#[must_use = "the confirmations are owed after a checkpoint"]
+struct Owed(Vec<Confirm>);
+
+impl Owed {
+    /// Takes a checkpoint now and waits for it when a confirmation is
+    /// owed, then gives them. Returns whether it checkpointed.
+    fn settle(
+        self,
+        checkpointer: &mut Checkpointer,
+        engine: &mut Engine,
+        records: u64,
+    ) -> Result<bool> {
+        if self.0.is_empty() {
+            return Ok(false);
+        }
+        checkpointer.checkpoint(engine, records)?;
+        checkpointer.wait()?;
+        self.give();
+        Ok(true)
+    }
+
+    /// Gives every confirmation (the checkpoint holding the commands is
+    /// written).
+    fn give(self) {
+        for confirm in self.0 {
+            confirm();
+        }
     }
 }
 
@@ -960,10 +1045,13 @@ impl CommandSources {
         Ok(sources)
     }
 
-    /// Schedules the commands that arrived since the last call.
-    fn poll(&self, engine: &mut Engine) -> Result<()> {
-        for wire in self.inbox.take() {
-            schedule_command(engine, Scheduled::try_from(wire), "inbox");
+    /// Schedules the commands that arrived since the last call; returns
+    /// the confirmations owed once a checkpoint holds them.
+    fn poll(&self, engine: &mut Engine) -> Result<Owed> {
+        let mut owed = Owed::default();
+        for Inboxed { command, confirm } in self.inbox.take() {
+            schedule_command(engine, Scheduled::try_from(command), "inbox");
+            owed.0.extend(confirm);
         }
         if let Some(reader) = &self.topic {
             schedule_records(
@@ -971,7 +1059,7 @@ impl CommandSources {
                 reader.poll_ready().context("read the control topic")?,
             );
         }
-        Ok(())
+        Ok(owed)
     }
 }
 
@@ -1137,7 +1225,11 @@ pub fn run_kafka_with(
             checkpoint_at = Instant::now().checked_add(checkpoint_timer);
         }
         if idle_pass || records.is_multiple_of(KAFKA_COMMAND_POLL_EVERY) {
-            commands.poll(&mut engine)?;
+            let owed = commands.poll(&mut engine)?;
+            if owed.settle(&mut checkpointer, &mut engine, records)? {
+                since_checkpoint = 0;
+                checkpoint_at = Instant::now().checked_add(checkpoint_timer);
+            }
         }
         if engine.barrier().is_some() {
             run_barriers(

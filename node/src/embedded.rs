@@ -10,12 +10,13 @@
 //! its own, admin-created ones included). With admin tokens configured,
 //! `AdminService` hands its commands to the learner's command inbox, which
 //! schedules them at their event time like commands from the `control`
-//! topic.
+//! topic; an admin call returns once the learner has checkpointed its
+//! command, so an accepted command survives a crash.
 
 use std::net::SocketAddr;
-use std::thread::JoinHandle;
-
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use posterior_learner::config::VersionConfig;
@@ -66,7 +67,13 @@ impl EmbeddedServer {
         check(&config).map_err(anyhow::Error::msg)?;
         config.versions = versions.to_vec();
         let store = build_store(&config).with_context(|| format!("invalid [{CONFIG_KEY}]"))?;
-        let (control, mut commands) = InProcessControlPlane::channel(config.admin.control_queue);
+        // An admin call returns once the learner has checkpointed its
+        // command, as a call through the `control` topic returns once the
+        // broker has it.
+        let (control, mut commands) = InProcessControlPlane::durable(
+            config.admin.control_queue,
+            Duration::from_millis(config.admin.confirm_timeout_ms),
+        );
         let mut options = prepare(&config, &store, Arc::new(control))
             .with_context(|| format!("[{CONFIG_KEY}] admin or tls"))?;
         options.metrics = registry.map(|r| ServerMetrics::register(r, &store));
@@ -90,8 +97,9 @@ impl EmbeddedServer {
         let addr = listener.local_addr().context("local address")?;
         let (shutdown, stopped) = oneshot::channel::<()>();
         runtime.spawn(async move {
-            while let Some(command) = commands.recv().await {
-                inbox.send(command);
+            while let Some(handover) = commands.recv().await {
+                let (command, durable) = handover.into_parts();
+                inbox.send_confirmed(command, move || durable.confirm());
             }
         });
         let thread = std::thread::Builder::new()

@@ -142,6 +142,10 @@ pub const MAX_COMMAND_LEAD_MS: u64 = 3_600_000;
 pub const DEFAULT_CONTROL_QUEUE: usize = 64;
 /// Largest `admin.control_queue`.
 pub const MAX_CONTROL_QUEUE: usize = 1 << 16;
+/// Default `admin.confirm_timeout_ms`.
+pub const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 30_000;
+/// Largest `admin.confirm_timeout_ms` (ten minutes).
+pub const MAX_CONFIRM_TIMEOUT_MS: u64 = 600_000;
 /// Default `admin.audit_max_bytes` (64 MiB).
 pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 64 << 20;
 /// Smallest `admin.audit_max_bytes`.
@@ -168,6 +172,11 @@ pub struct AdminConfig {
     /// refused with UNAVAILABLE.
     #[serde(default = "default_control_queue")]
     pub control_queue: usize,
+    /// How long an admin call waits for an embedding learner to confirm
+    /// its command checkpointed; past it the call fails
+    /// `DEADLINE_EXCEEDED` (the command may still be applied).
+    #[serde(default = "default_confirm_timeout_ms")]
+    pub confirm_timeout_ms: u64,
     /// JSON-lines audit file; the `posterior::audit` log target only when
     /// absent.
     #[serde(default)]
@@ -184,6 +193,7 @@ impl Default for AdminConfig {
             tokens_env: None,
             command_lead_ms: DEFAULT_COMMAND_LEAD_MS,
             control_queue: DEFAULT_CONTROL_QUEUE,
+            confirm_timeout_ms: DEFAULT_CONFIRM_TIMEOUT_MS,
             audit_file: None,
             audit_max_bytes: DEFAULT_AUDIT_MAX_BYTES,
         }
@@ -196,6 +206,10 @@ fn default_command_lead_ms() -> u64 {
 
 fn default_control_queue() -> usize {
     DEFAULT_CONTROL_QUEUE
+}
+
+fn default_confirm_timeout_ms() -> u64 {
+    DEFAULT_CONFIRM_TIMEOUT_MS
 }
 
 fn default_audit_max_bytes() -> u64 {
@@ -470,6 +484,12 @@ impl Config {
             return Err(bad(
                 "admin.control_queue",
                 format!("must be in 1..={MAX_CONTROL_QUEUE}"),
+            ));
+        }
+        if !(1..=MAX_CONFIRM_TIMEOUT_MS).contains(&a.confirm_timeout_ms) {
+            return Err(bad(
+                "admin.confirm_timeout_ms",
+                format!("must be in 1..={MAX_CONFIRM_TIMEOUT_MS}"),
             ));
         }
         if a.audit_max_bytes < MIN_AUDIT_MAX_BYTES {
@@ -842,6 +862,10 @@ brokers = "127.0.0.1:9092"
             (
                 format!("{GOOD}\n[admin]\ncommand_lead_ms = 3600001\n"),
                 "admin.command_lead_ms",
+            ),
+            (
+                format!("{GOOD}\n[admin]\nconfirm_timeout_ms = 0\n"),
+                "admin.confirm_timeout_ms",
             ),
             (
                 format!("{GOOD}\n[admin]\naudit_max_bytes = 10\n"),

@@ -5,15 +5,17 @@
 //!
 //! Two transports fit behind the trait: [`InProcessControlPlane`] (a
 //! bounded channel the embedding binary forwards to the learner's
-//! `CommandInbox`) and, for standalone deployments, a producer to the
+//! `CommandInbox`, which confirms each command once a checkpoint holds
+//! it) and, for standalone deployments, a producer to the
 //! Kafka `control` topic (one partition, read whole by every learner),
 //! which implements the same trait. Delivery is at least once: the
 //! learner applies each command id at most once, so a resend is harmless.
 
 use std::fmt::Debug;
+use std::time::Duration;
 
 use posterior_proto::v1;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Why a command could not be handed to the learners. `Busy` and
 /// `Unavailable` map to `UNAVAILABLE`: the command did not go out, and
@@ -46,31 +48,118 @@ pub trait ControlPlane: Send + Sync + Debug {
 /// The embedded control path: a bounded channel whose receiver the
 /// embedding binary forwards to the learner's `CommandInbox`. A full
 /// channel refuses at once (`Busy`) rather than blocking the admin call.
+///
+/// Made with [`InProcessControlPlane::durable`], a send returns only once
+/// the learner confirms the command durable (checkpointed with its state),
+/// as the Kafka path returns once the broker has the command: an accepted
+/// admin call then survives a crash of the learner. Made with
+/// [`InProcessControlPlane::channel`], a send returns once queued (for
+/// tests and embeddings without durable state).
 #[derive(Debug, Clone)]
 pub struct InProcessControlPlane {
-    commands: mpsc::Sender<v1::ControlCommand>,
+    commands: mpsc::Sender<Handover>,
+    /// How long a send waits for the learner's confirmation; `None`: it
+    /// does not wait.
+    confirm_within: Option<Duration>,
+}
+
+/// A command on its way to the learner, with the confirmation the sender
+/// waits for (when it does).
+#[derive(Debug)]
+pub struct Handover {
+    /// The command, as the admin service stamped it.
+    pub command: v1::ControlCommand,
+    durable: Durable,
+}
+
+impl Handover {
+    /// The command and its confirmation, to hand on separately.
+    pub fn into_parts(self) -> (v1::ControlCommand, Durable) {
+        (self.command, self.durable)
+    }
+}
+
+/// The confirmation a sender may be waiting for: call
+/// [`Durable::confirm`] once the command is durable. Dropping it
+/// unconfirmed (the learner stopped or failed first) reports the command
+/// to the sender as unconfirmed.
+#[derive(Debug)]
+pub struct Durable(Option<oneshot::Sender<()>>);
+
+impl Durable {
+    /// Tells the sender the command is durable.
+    pub fn confirm(self) {
+        if let Some(waiting) = self.0 {
+            // A sender that stopped waiting (its timeout, a cancelled
+            // call) has nothing left to tell.
+            let _ = waiting.send(());
+        }
+    }
 }
 
 impl InProcessControlPlane {
     /// A control plane holding at most `capacity` undelivered commands,
-    /// and the receiver the learner side drains.
-    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<v1::ControlCommand>) {
+    /// whose sends return once the command is queued, and the receiver
+    /// the learner side drains.
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Handover>) {
+        Self::with_confirmation(capacity, None)
+    }
+
+    /// [`InProcessControlPlane::channel`] whose sends wait up to
+    /// `confirm_within` for the learner to confirm each command durable
+    /// ([`Durable::confirm`]); without that confirmation a send fails
+    /// `Unconfirmed`.
+    pub fn durable(capacity: usize, confirm_within: Duration) -> (Self, mpsc::Receiver<Handover>) {
+        Self::with_confirmation(capacity, Some(confirm_within))
+    }
+
+    fn with_confirmation(
+        capacity: usize,
+        confirm_within: Option<Duration>,
+    ) -> (Self, mpsc::Receiver<Handover>) {
         let (commands, receiver) = mpsc::channel(capacity.max(1));
-        (Self { commands }, receiver)
+        let plane = Self {
+            commands,
+            confirm_within,
+        };
+        (plane, receiver)
     }
 }
 
 #[tonic::async_trait]
 impl ControlPlane for InProcessControlPlane {
     async fn send(&self, command: v1::ControlCommand) -> Result<(), ControlPlaneError> {
-        self.commands.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                ControlPlaneError::Busy("the learner's command queue is full".into())
+        let (durable, confirmed) = match self.confirm_within {
+            Some(within) => {
+                let (tx, rx) = oneshot::channel();
+                (Durable(Some(tx)), Some((within, rx)))
             }
-            mpsc::error::TrySendError::Closed(_) => {
-                ControlPlaneError::Unavailable("the learner stopped reading commands".into())
-            }
-        })
+            None => (Durable(None), None),
+        };
+        let id = command.command_id.clone();
+        self.commands
+            .try_send(Handover { command, durable })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    ControlPlaneError::Busy("the learner's command queue is full".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    ControlPlaneError::Unavailable("the learner stopped reading commands".into())
+                }
+            })?;
+        let Some((within, confirmed)) = confirmed else {
+            return Ok(());
+        };
+        match tokio::time::timeout(within, confirmed).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ControlPlaneError::Unconfirmed(format!(
+                "the learner stopped before command {id:?} was checkpointed"
+            ))),
+            Err(_) => Err(ControlPlaneError::Unconfirmed(format!(
+                "the learner did not confirm command {id:?} checkpointed within {} ms",
+                within.as_millis()
+            ))),
+        }
     }
 }
 
@@ -110,13 +199,56 @@ mod tests {
             plane.send(command("c")).await,
             Err(ControlPlaneError::Busy(_))
         ));
-        assert_eq!(rx.recv().await.unwrap().command_id, "a");
-        assert_eq!(rx.recv().await.unwrap().command_id, "b");
+        assert_eq!(rx.recv().await.unwrap().command.command_id, "a");
+        assert_eq!(rx.recv().await.unwrap().command.command_id, "b");
         drop(rx);
         assert!(matches!(
             plane.send(command("d")).await,
             Err(ControlPlaneError::Unavailable(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_durable_send_returns_only_once_the_learner_confirms() {
+        let (plane, mut rx) = InProcessControlPlane::durable(2, Duration::from_secs(30));
+        let sending = tokio::spawn(async move { plane.send(command("a")).await });
+        let (command, durable) = rx.recv().await.unwrap().into_parts();
+        assert_eq!(command.command_id, "a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!sending.is_finished(), "returned before the confirmation");
+        durable.confirm();
+        sending.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_durable_send_the_learner_drops_or_leaves_unconfirmed_is_unconfirmed() {
+        let (plane, mut rx) = InProcessControlPlane::durable(2, Duration::from_millis(100));
+        let plane = std::sync::Arc::new(plane);
+        let dropping = {
+            let plane = std::sync::Arc::clone(&plane);
+            tokio::spawn(async move { plane.send(command("dropped")).await })
+        };
+        // Taken, then dropped without a confirmation (a learner that
+        // stopped before its checkpoint).
+        drop(rx.recv().await.unwrap());
+        match dropping.await.unwrap() {
+            Err(ControlPlaneError::Unconfirmed(message)) => {
+                assert!(message.contains("\"dropped\""), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Taken and held past the wait.
+        let held = tokio::spawn(async move { plane.send(command("held")).await });
+        let _kept = rx.recv().await.unwrap();
+        match held.await.unwrap() {
+            Err(ControlPlaneError::Unconfirmed(message)) => {
+                assert!(
+                    message.contains("\"held\"") && message.contains("100 ms"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -85,7 +85,7 @@ pub mod watch;
 
 pub use admin::AdminServiceImpl;
 pub use admission::{Admission, AdmissionStats, Shed};
-pub use control::{ControlPlane, ControlPlaneError, InProcessControlPlane};
+pub use control::{ControlPlane, ControlPlaneError, Durable, Handover, InProcessControlPlane};
 pub use error::{AdminError, ServeError, StoreError};
 pub use limits::Limits;
 /// Accepted connections are wrapped in it: a small response leaves in one

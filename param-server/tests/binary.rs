@@ -283,7 +283,7 @@ async fn an_embedded_server_hands_admin_commands_to_its_control_channel() {
     );
     let before_ms = posterior_param_server::admin::system_clock_ms();
     let response = client.retire_version(request).await.unwrap().into_inner();
-    let command = commands.recv().await.unwrap();
+    let command = commands.recv().await.unwrap().command;
     assert_eq!(command.command_id, response.command_id);
     assert_eq!(command.issued_by, "ops");
     assert!(command.effective_event_time_ms >= before_ms + 60_000);

@@ -415,6 +415,92 @@ fn an_admin_fork_reaches_the_learner_and_the_fork_is_served_warm() {
     learner.terminate(&log);
 }
 
+/// The versions `admin` lists, by name, polled until `done` holds them
+/// (a minute at most).
+fn versions_until(
+    runtime: &tokio::runtime::Runtime,
+    admin: &mut AdminServiceClient<tonic::transport::Channel>,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<v1::VersionInfo> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let versions = runtime
+            .block_on(admin.list_versions(bearer(v1::ListVersionsRequest {})))
+            .unwrap()
+            .into_inner()
+            .versions;
+        let names: Vec<String> = versions
+            .iter()
+            .map(|v| v.spec.as_ref().unwrap().name.clone())
+            .collect();
+        if done(&names) {
+            return versions;
+        }
+        assert!(Instant::now() < deadline, "never listed: {names:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_accepted_admin_command_survives_a_crash_of_the_learner() {
+    let AdminRun {
+        dir: tempdir,
+        broker,
+        log,
+        learner,
+        runtime,
+        mut admin,
+        ..
+    } = start_with_admin(31, |_| String::new());
+    let dir = tempdir.path();
+    let accepted = runtime
+        .block_on(admin.fork_version(bearer(v1::ForkVersionRequest {
+            from: "beta".into(),
+            to: "beta-c".into(),
+            overrides: None,
+        })))
+        .unwrap()
+        .into_inner();
+    // At once: the learner checkpoints every second, and the command was
+    // still in its memory only, a checkpoint away, before the call waited
+    // for it to be checkpointed.
+    learner.kill();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!(
+            "control: {:?} from inbox scheduled",
+            accepted.command_id
+        )),
+        "the learner took the command before the call returned:\n{text}"
+    );
+
+    let (learner, endpoint) = start(&dir.join("learner.toml"), &log);
+    let mut admin = runtime
+        .block_on(AdminServiceClient::connect(endpoint))
+        .unwrap();
+    let after = accepted.effective_event_time_ms + OUT_OF_ORDERNESS_MS + 1_000;
+    let beyond: Vec<LogRecord> = (0..u64::from(PARTITIONS))
+        .map(|doc| clicked_beta(doc, after))
+        .collect();
+    produce_samples(&broker, &beyond, PARTITIONS);
+    let listed = versions_until(&runtime, &mut admin, |names| {
+        names.iter().any(|n| n == "beta-c")
+    });
+    let fork = listed
+        .iter()
+        .find(|v| v.spec.as_ref().unwrap().name == "beta-c")
+        .unwrap();
+    assert!(fork.keys > 0, "the fork is warm-started: {fork:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let restarted = text.rfind("param-server listening on ").unwrap();
+    assert!(
+        text[restarted..].contains(&accepted.command_id)
+            && text[restarted..].contains("forked \"beta\" into"),
+        "the restarted learner applied the command:\n{text}"
+    );
+    learner.terminate(&log);
+}
+
 /// Runs a learner `orphan` without state or savepoint, with an empty
 /// input and `[fallback.param_server]` at `endpoint` (plus `extra` lines
 /// of that table), to its end; returns its engine, restored from its

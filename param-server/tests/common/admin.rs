@@ -8,7 +8,9 @@ use std::sync::Arc;
 use posterior_param_server::admin::AdminServiceImpl;
 use posterior_param_server::audit::{AuditLog, AuditRecord};
 use posterior_param_server::auth::TokenSet;
-use posterior_param_server::{AdminSetup, InProcessControlPlane, Limits, ParamStore, ServeOptions};
+use posterior_param_server::{
+    AdminSetup, Handover, InProcessControlPlane, Limits, ParamStore, ServeOptions,
+};
 use posterior_proto::v1;
 use posterior_proto::v1::admin_service_client::AdminServiceClient;
 use tokio::sync::mpsc;
@@ -23,7 +25,7 @@ pub const LEAD_MS: i64 = 5_000;
 
 pub struct AdminServer {
     pub server: TestServer,
-    pub commands: mpsc::Receiver<v1::ControlCommand>,
+    pub commands: mpsc::Receiver<Handover>,
     pub audit_path: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -84,8 +86,8 @@ impl AdminServer {
     /// Commands received by the control plane so far.
     pub fn drain_commands(&mut self) -> Vec<v1::ControlCommand> {
         let mut commands = Vec::new();
-        while let Ok(command) = self.commands.try_recv() {
-            commands.push(command);
+        while let Ok(handover) = self.commands.try_recv() {
+            commands.push(handover.command);
         }
         commands
     }
