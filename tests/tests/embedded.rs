@@ -351,34 +351,11 @@ fn an_admin_fork_reaches_the_learner_and_the_fork_is_served_warm() {
         .into_inner();
     assert!(!accepted.command_id.is_empty());
 
-    // The command waits for its event time (wall clock plus the lead):
-    // one sample per partition beyond it moves the watermark past it.
-    let after = accepted.effective_event_time_ms + OUT_OF_ORDERNESS_MS + 1_000;
-    let beyond: Vec<LogRecord> = (0..u64::from(PARTITIONS))
-        .map(|doc| clicked_beta(doc, after))
-        .collect();
-    produce_samples(&broker, &beyond, PARTITIONS);
-
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let listed = loop {
-        let versions = runtime
-            .block_on(admin.list_versions(bearer(v1::ListVersionsRequest {})))
-            .unwrap()
-            .into_inner()
-            .versions;
-        let names: Vec<String> = versions
-            .iter()
-            .map(|v| v.spec.as_ref().unwrap().name.clone())
-            .collect();
-        if names.contains(&"beta-b".to_owned()) {
-            break versions;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the fork was never served: {names:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    // The command waits for its event time (wall clock plus the lead).
+    push_watermark_past(&broker, accepted.effective_event_time_ms);
+    let listed = versions_until(&runtime, &mut admin, |names| {
+        names.iter().any(|n| n == "beta-b")
+    });
     assert!(
         !listed
             .iter()
@@ -478,11 +455,8 @@ fn an_accepted_admin_command_survives_a_crash_of_the_learner() {
     let mut admin = runtime
         .block_on(AdminServiceClient::connect(endpoint))
         .unwrap();
-    let after = accepted.effective_event_time_ms + OUT_OF_ORDERNESS_MS + 1_000;
-    let beyond: Vec<LogRecord> = (0..u64::from(PARTITIONS))
-        .map(|doc| clicked_beta(doc, after))
-        .collect();
-    produce_samples(&broker, &beyond, PARTITIONS);
+    // The command waits for its event time (wall clock plus the lead).
+    push_watermark_past(&broker, accepted.effective_event_time_ms);
     let listed = versions_until(&runtime, &mut admin, |names| {
         names.iter().any(|n| n == "beta-c")
     });
