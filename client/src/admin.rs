@@ -8,6 +8,7 @@
 //! after it took effect fails with ALREADY_EXISTS, which is reported.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use posterior_learner::VersionSpec;
 use posterior_proto::v1;
@@ -132,9 +133,9 @@ impl AdminClient {
         })
     }
 
-    fn request<T>(&self, message: T) -> Request<T> {
+    fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
         let mut request = Request::new(message);
-        request.set_timeout(self.config.request_timeout());
+        request.set_timeout(timeout);
         request
             .metadata_mut()
             .insert("authorization", self.authorization.clone());
@@ -142,7 +143,9 @@ impl AdminClient {
     }
 
     /// Runs one admin call with retries; `idempotent` as in
-    /// [`crate::error::is_retryable`].
+    /// [`crate::error::is_retryable`]. A call that is not (one that sends
+    /// a command) has the command deadline: the server answers it once the
+    /// command is durable.
     async fn call<M, R, F, Fut>(
         &self,
         message: M,
@@ -154,12 +157,14 @@ impl AdminClient {
         F: Fn(AdminServiceClient<Channel>, Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
-        let response = with_retries(
-            &self.config.retry,
-            self.config.request_timeout(),
-            idempotent,
-            || rpc(self.inner.clone(), self.request(message.clone())),
-        )
+        let timeout = if idempotent {
+            self.config.request_timeout()
+        } else {
+            self.config.command_timeout()
+        };
+        let response = with_retries(&self.config.retry, timeout, idempotent, || {
+            rpc(self.inner.clone(), self.request(message.clone(), timeout))
+        })
         .await?;
         Ok(response.into_inner())
     }

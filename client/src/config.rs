@@ -18,6 +18,13 @@ pub struct ClientConfig {
     /// `grpc-timeout` and enforced locally; an attempt past it fails with
     /// DEADLINE_EXCEEDED. Watch streams have no deadline.
     pub request_timeout_ms: u64,
+    /// Deadline of one attempt of an admin call that sends a command
+    /// (create, fork, retire, savepoint, rollback): the server answers
+    /// once the command is durable — acknowledged by the broker, or
+    /// checkpointed by a learner that embeds the server — which takes
+    /// longer than a read. Past it the call fails with DEADLINE_EXCEEDED
+    /// and the command may still be applied.
+    pub command_timeout_ms: u64,
     /// Largest response message accepted (bytes). The param-server sends
     /// up to 64 MiB by default.
     pub max_response_bytes: usize,
@@ -35,6 +42,7 @@ impl Default for ClientConfig {
         Self {
             connect_timeout_ms: 2_000,
             request_timeout_ms: 1_000,
+            command_timeout_ms: 10_000,
             max_response_bytes: 64 << 20,
             max_request_bytes: 4 << 20,
             retry: RetryPolicy::default(),
@@ -57,6 +65,11 @@ impl ClientConfig {
     /// ~11 000 years by panicking).
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms).min(MAX_REQUEST_TIMEOUT)
+    }
+
+    /// `command_timeout_ms` as a duration, at most [`MAX_REQUEST_TIMEOUT`].
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms).min(MAX_REQUEST_TIMEOUT)
     }
 }
 

@@ -16,6 +16,58 @@ fn double() -> AdminDouble {
     AdminDouble::new(vec![beta_spec("ctr"), diagonal_spec("dwell", 4)])
 }
 
+/// A `grpc-timeout` header's value as a duration (gRPC's units).
+fn grpc_timeout(header: &str) -> std::time::Duration {
+    let (value, unit) = header.split_at(header.len() - 1);
+    let value: u64 = value.parse().unwrap();
+    let nanos = match unit {
+        "H" => value * 3_600_000_000_000,
+        "M" => value * 60_000_000_000,
+        "S" => value * 1_000_000_000,
+        "m" => value * 1_000_000,
+        "u" => value * 1_000,
+        "n" => value,
+        other => panic!("unit {other:?}"),
+    };
+    std::time::Duration::from_nanos(nanos)
+}
+
+#[tokio::test]
+async fn a_call_that_sends_a_command_has_the_command_deadline_a_read_the_request_one() {
+    let admin = double();
+    let server = ParamServer::with_admin(ParamServer::store(16), admin.clone());
+    let config = posterior_client::ClientConfig {
+        request_timeout_ms: 700,
+        command_timeout_ms: 9_000,
+        ..fast_config()
+    };
+    let client = AdminClient::connect(server.endpoint(), TOKEN, config)
+        .await
+        .unwrap();
+    client.list_versions().await.unwrap();
+    client.retire_version("dwell").await.unwrap();
+    client
+        .fork_version("ctr", "ctr-b", ForkOverrides::default())
+        .await
+        .unwrap();
+    let deadlines: Vec<std::time::Duration> = admin
+        .deadlines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|h| grpc_timeout(h.as_deref().expect("every call has a deadline")))
+        .collect();
+    assert_eq!(deadlines.len(), 3);
+    // Sent as what is left of the deadline: a little below it.
+    let near = |got: std::time::Duration, ms: u64| {
+        got <= std::time::Duration::from_millis(ms)
+            && got > std::time::Duration::from_millis(ms * 9 / 10)
+    };
+    assert!(near(deadlines[0], 700), "list: {:?}", deadlines[0]);
+    assert!(near(deadlines[1], 9_000), "retire: {:?}", deadlines[1]);
+    assert!(near(deadlines[2], 9_000), "fork: {:?}", deadlines[2]);
+}
+
 #[tokio::test]
 async fn every_command_sends_its_fields_with_the_token() {
     let admin = double();

@@ -143,7 +143,7 @@ pub const DEFAULT_CONTROL_QUEUE: usize = 64;
 /// Largest `admin.control_queue`.
 pub const MAX_CONTROL_QUEUE: usize = 1 << 16;
 /// Default `admin.confirm_timeout_ms`.
-pub const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 4_000;
 /// Largest `admin.confirm_timeout_ms` (ten minutes).
 pub const MAX_CONFIRM_TIMEOUT_MS: u64 = 600_000;
 /// Default `admin.audit_max_bytes` (64 MiB).
@@ -174,7 +174,9 @@ pub struct AdminConfig {
     pub control_queue: usize,
     /// How long an admin call waits for an embedding learner to confirm
     /// its command checkpointed; past it the call fails
-    /// `DEADLINE_EXCEEDED` (the command may still be applied).
+    /// `DEADLINE_EXCEEDED` (the command may still be applied). The call is
+    /// also bounded by `limits.request_timeout_ms` and the caller's
+    /// deadline: the default stays below the former's.
     #[serde(default = "default_confirm_timeout_ms")]
     pub confirm_timeout_ms: u64,
     /// JSON-lines audit file; the `posterior::audit` log target only when

@@ -29,6 +29,8 @@ pub struct AdminDouble {
     pub received: Arc<Mutex<Vec<Received>>>,
     /// Calls refused for a missing or wrong token.
     pub refused: Arc<Mutex<u32>>,
+    /// The `grpc-timeout` header of each accepted request, in order.
+    pub deadlines: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl AdminDouble {
@@ -38,6 +40,7 @@ impl AdminDouble {
             versions,
             received: Arc::default(),
             refused: Arc::default(),
+            deadlines: Arc::default(),
         }
     }
 
@@ -57,6 +60,12 @@ impl AdminDouble {
             *self.refused.lock().unwrap() += 1;
             return Err(Status::unauthenticated("missing or wrong bearer token"));
         }
+        let deadline = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.deadlines.lock().unwrap().push(deadline);
         self.received
             .lock()
             .unwrap()

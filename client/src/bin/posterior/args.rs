@@ -38,7 +38,8 @@ pub struct Cli {
     /// Print JSON instead of a table.
     #[arg(long, global = true, env = "POSTERIOR_JSON")]
     pub json: bool,
-    /// Deadline of each attempt of a call (ms) [default: 5000].
+    /// Deadline of each attempt of a call (ms) [default: 5000; 10000 for
+    /// an admin command, which the server answers once it is durable].
     #[arg(long, global = true, env = "POSTERIOR_TIMEOUT_MS")]
     pub timeout_ms: Option<u64>,
     /// Most attempts per call (retries on UNAVAILABLE and

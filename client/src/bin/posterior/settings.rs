@@ -94,6 +94,7 @@ impl Settings {
             .context("parse config: its [client] table")?;
         if let Some(ms) = cli.timeout_ms {
             client.request_timeout_ms = ms;
+            client.command_timeout_ms = ms;
         }
         if let Some(attempts) = cli.attempts {
             client.retry.max_attempts = attempts.max(1);
@@ -167,5 +168,22 @@ mod tests {
         let set =
             resolved("[client]\nrequest_timeout_ms = 250\n[client.retry]\nmax_attempts = 7\n");
         assert_eq!((set.request_timeout_ms, set.retry.max_attempts), (250, 7));
+        // An admin command's own deadline, from the library's default.
+        assert_eq!(
+            (none.command_timeout_ms, set.command_timeout_ms),
+            (10_000, 10_000)
+        );
+    }
+
+    /// `--timeout-ms` bounds every call, admin commands included.
+    #[test]
+    fn the_timeout_flag_sets_both_deadlines() {
+        let cli =
+            Cli::try_parse_from(["posterior", "--timeout-ms", "1234", "get", "ctr", "1"]).unwrap();
+        let client = Settings::resolve(&cli).unwrap().client;
+        assert_eq!(
+            (client.request_timeout_ms, client.command_timeout_ms),
+            (1_234, 1_234)
+        );
     }
 }
