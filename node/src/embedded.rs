@@ -240,6 +240,21 @@ pub fn check(config: &Config) -> Result<(), String> {
              remove the table"
         ));
     }
+    // An admin call waits for the learner's checkpoint; past the server's
+    // own timeout it would end as a bare CANCELLED ("Timeout expired"),
+    // saying nothing of the command.
+    let (confirm, request) = (
+        config.admin.confirm_timeout_ms,
+        config.limits.request_timeout_ms,
+    );
+    if confirm >= request {
+        return Err(format!(
+            "{CONFIG_KEY}.admin.confirm_timeout_ms: {confirm} ms must stay below \
+             {CONFIG_KEY}.limits.request_timeout_ms ({request} ms), or an admin call the \
+             learner is slow to confirm ends in the server's generic timeout; lower it or \
+             raise that"
+        ));
+    }
     Ok(())
 }
 
@@ -291,6 +306,33 @@ mod tests {
             err.starts_with("param_server.watch_buffer: invalid type"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_confirmation_wait_past_the_request_timeout_is_refused() {
+        let base = "[param_server]\nlisten = \"127.0.0.1:0\"\n";
+        // The default wait (4 s) fits the default request timeout (5 s)…
+        split(base).unwrap();
+        // … but not one the operator lowered.
+        let err = split(&format!(
+            "{base}[param_server.limits]\nrequest_timeout_ms = 3000\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("param_server.admin.confirm_timeout_ms: 4000 ms"),
+            "{err}"
+        );
+        assert!(err.contains("(3000 ms)"), "{err}");
+        let err = split(&format!(
+            "{base}[param_server.admin]\nconfirm_timeout_ms = 5000\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("confirm_timeout_ms: 5000 ms"), "{err}");
+        split(&format!(
+            "{base}[param_server.admin]\nconfirm_timeout_ms = 2500\n\
+             [param_server.limits]\nrequest_timeout_ms = 3000\n"
+        ))
+        .unwrap();
     }
 
     const WITH_VERSIONS: &str = "[param_server]\nlisten = \"127.0.0.1:0\"\n[[param_server.versions]]\nname = \"b\"\nmodel = \"beta\"\nreward_label = \"click\"\n";

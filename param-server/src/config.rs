@@ -44,7 +44,7 @@
 //! [control.kafka]
 //! brokers = "127.0.0.1:9092"
 //! topic = "control"
-//! delivery_timeout_ms = 5000
+//! delivery_timeout_ms = 3000
 //!
 //! # GET /metrics (Prometheus text format); absent = no endpoint.
 //! [metrics]
@@ -175,8 +175,9 @@ pub struct AdminConfig {
     /// How long an admin call waits for an embedding learner to confirm
     /// its command checkpointed; past it the call fails
     /// `DEADLINE_EXCEEDED` (the command may still be applied). The call is
-    /// also bounded by `limits.request_timeout_ms` and the caller's
-    /// deadline: the default stays below the former's.
+    /// also bounded by the caller's deadline; the embedding node refuses a
+    /// value not below `limits.request_timeout_ms`, whose bare
+    /// `CANCELLED` would otherwise end a slow call first.
     #[serde(default = "default_confirm_timeout_ms")]
     pub confirm_timeout_ms: u64,
     /// JSON-lines audit file; the `posterior::audit` log target only when
@@ -259,8 +260,14 @@ pub const MIN_SNAPSHOT_EVERY_MS: u64 = 100;
 pub const MAX_SNAPSHOT_EVERY_MS: u64 = 86_400_000;
 /// Default `control.kafka.topic`.
 pub const DEFAULT_CONTROL_TOPIC: &str = "control";
-/// Default `control.kafka.delivery_timeout_ms`.
-pub const DEFAULT_DELIVERY_TIMEOUT_MS: u64 = 5_000;
+/// Default `control.kafka.delivery_timeout_ms`: with
+/// [`DELIVERY_REPORT_MARGIN_MS`], below the default
+/// `limits.request_timeout_ms`.
+pub const DEFAULT_DELIVERY_TIMEOUT_MS: u64 = 3_000;
+/// How long past `control.kafka.delivery_timeout_ms` an admin call still
+/// waits for librdkafka's delivery report (it fails expired messages on a
+/// timer that runs about once a second).
+pub const DELIVERY_REPORT_MARGIN_MS: u64 = 1_000;
 
 /// The `[feed.kafka]` table: the learner's `params` topic. The replica
 /// assigns itself every partition (no consumer group: each replica reads
@@ -313,8 +320,12 @@ pub struct KafkaControlConfig {
     /// The control topic.
     #[serde(default = "default_control_topic")]
     pub topic: String,
-    /// How long an admin call waits for the broker to acknowledge its
-    /// command before it fails with UNAVAILABLE.
+    /// How long the broker has to acknowledge a command
+    /// (`message.timeout.ms`); the admin call waits for the report up to
+    /// [`DELIVERY_REPORT_MARGIN_MS`] longer, which must end before
+    /// `limits.request_timeout_ms` (checked), so that a command the broker
+    /// did not take is answered with its own status rather than the
+    /// server's generic timeout.
     #[serde(default = "default_delivery_timeout_ms")]
     pub delivery_timeout_ms: u64,
 }
@@ -560,6 +571,20 @@ impl Config {
                 "control.kafka.delivery_timeout_ms",
                 kafka.delivery_timeout_ms,
             )?;
+            // Past the server's own timeout the call would end as a bare
+            // CANCELLED ("Timeout expired"), saying nothing of whether the
+            // broker has the command.
+            let waited = kafka.delivery_timeout_ms + DELIVERY_REPORT_MARGIN_MS;
+            if waited >= self.limits.request_timeout_ms {
+                return Err(bad(
+                    "control.kafka.delivery_timeout_ms",
+                    format!(
+                        "{} ms plus {DELIVERY_REPORT_MARGIN_MS} ms for the delivery report must \
+                         stay below limits.request_timeout_ms ({} ms): lower it or raise that",
+                        kafka.delivery_timeout_ms, self.limits.request_timeout_ms
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -700,6 +725,30 @@ brokers = "127.0.0.1:9092"
         let control = config.control.kafka.unwrap();
         assert_eq!(control.topic, DEFAULT_CONTROL_TOPIC);
         assert_eq!(control.delivery_timeout_ms, DEFAULT_DELIVERY_TIMEOUT_MS);
+    }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn a_delivery_wait_past_the_request_timeout_is_refused() {
+        // The default request timeout is 5 s: a 4 s delivery timeout plus
+        // the report's margin reaches it.
+        let err = Config::from_toml(&format!("{REPLICA}delivery_timeout_ms = 4000\n")).unwrap_err();
+        assert_eq!(err.key, "control.kafka.delivery_timeout_ms");
+        assert!(
+            err.reason.contains("4000 ms plus 1000 ms")
+                && err.reason.contains("limits.request_timeout_ms (5000 ms)"),
+            "{err}"
+        );
+        let fits = Config::from_toml(&format!(
+            "{REPLICA}delivery_timeout_ms = 5000\n[limits]\nrequest_timeout_ms = 6001\n"
+        ))
+        .unwrap();
+        assert_eq!(fits.control.kafka.unwrap().delivery_timeout_ms, 5000);
+        let err = Config::from_toml(&format!(
+            "{REPLICA}delivery_timeout_ms = 5000\n[limits]\nrequest_timeout_ms = 6000\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key, "control.kafka.delivery_timeout_ms");
     }
 
     #[cfg(not(feature = "kafka"))]

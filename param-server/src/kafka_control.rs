@@ -24,7 +24,7 @@ use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use tokio::sync::oneshot;
 
-use crate::config::KafkaControlConfig;
+use crate::config::{DELIVERY_REPORT_MARGIN_MS, KafkaControlConfig};
 use crate::control::{ControlPlane, ControlPlaneError};
 
 /// Commands the producer holds unacknowledged before it refuses more.
@@ -132,7 +132,8 @@ impl ControlPlane for KafkaControlPlane {
         }
         // librdkafka fails the delivery itself after message.timeout.ms;
         // the margin covers its report arriving.
-        let waited = tokio::time::timeout(self.delivery_timeout + Duration::from_secs(1), rx).await;
+        let margin = Duration::from_millis(DELIVERY_REPORT_MARGIN_MS);
+        let waited = tokio::time::timeout(self.delivery_timeout + margin, rx).await;
         match waited {
             Ok(Ok(Ok(offset))) => {
                 tracing::info!(
