@@ -457,6 +457,12 @@ fn seed_stateless(
         if states.is_empty() {
             continue;
         }
+        let newest = states
+            .iter()
+            .map(|(_, state)| state.updated_event_time_ms)
+            .filter(|&t| t != i64::MIN)
+            .max();
+        seeded.newest_event_ms = seeded.newest_event_ms.max(newest);
         let n = engine
             .seed_version(name, states)
             .with_context(|| format!("seed {name:?} from served parameters"))?;
@@ -475,12 +481,17 @@ fn seed_stateless(
 struct Seeded {
     versions: usize,
     keys: usize,
+    /// The newest event time any seeded key had applied: the learner that
+    /// published them had released past it, so it had applied every
+    /// command stamped at or before it.
+    newest_event_ms: Option<i64>,
 }
 
 impl Seeded {
     /// Whether the engine holds anything from the served parameters: then
     /// it is checkpointed before the first record, and the control
-    /// topic's earlier commands are not replayed onto it.
+    /// topic's commands those parameters hold are not replayed onto it
+    /// (see `CommandSources::open`).
     fn any(self) -> bool {
         self.versions > 0 || self.keys > 0
     }
@@ -595,7 +606,7 @@ pub fn run_local_with(
 ) -> Result<RunSummary> {
     let store = RocksStore::open(&config.state.dir).context("open state store")?;
     let (mut engine, restored, dead_len, seeded) = open_engine_seeding(config, &store, true)?;
-    let commands = CommandSources::open(config, controls, &mut engine, seeded.any())?;
+    let commands = CommandSources::open(config, controls, &mut engine, seeded)?;
     let mut checkpointer =
         Checkpointer::new(config, store, dead_len, sink)?.with_metrics(controls.metrics.clone());
     checkpointer.export(&engine);
@@ -1006,34 +1017,55 @@ struct CommandSources {
 
 impl CommandSources {
     /// Opens the `control` topic at the engine's checkpointed offset and
-    /// schedules every command already on it. An engine `seeded` from
-    /// served parameters without a control offset starts at the topic's
-    /// end instead: those parameters already hold what the commands did,
-    /// and replaying them (a fork, a rollback) onto them would do it again.
+    /// schedules every command already on it.
+    ///
+    /// An engine `seeded` from served parameters has no control offset:
+    /// it reads the topic from its start but skips the commands stamped at
+    /// or before the newest event time the seeded keys had applied. The
+    /// learner that published those had released past them, so the served
+    /// parameters hold what they did, and replaying them (a fork, a
+    /// rollback) onto them would do it again. A command stamped later — an
+    /// admin call the other learners have not applied yet — is scheduled as
+    /// on any learner. Replaying one the publisher had applied after its
+    /// last published update is harmless: a create or fork finds its
+    /// version registered from the served listing, a savepoint finds its
+    /// directory written, a rollback resets keys to the values they hold.
+    /// Without any seeded event time (versions registered, no keys), the
+    /// topic is started at its end, as nothing tells which commands the
+    /// parameters hold.
     fn open(
         config: &Config,
         controls: &Controls,
         engine: &mut Engine,
-        seeded: bool,
+        seeded: Seeded,
     ) -> Result<Self> {
         let topic = match &config.control {
             Some(control) => {
-                if seeded && engine.control_offset().is_none() {
-                    let end = crate::kafka::control_end(control)
-                        .context("read the end of the control topic")?;
-                    tracing::warn!(
-                        "seeded from served parameters: the {end} earlier records of the \
-                         control topic are not replayed (the served parameters hold what they \
-                         did)"
-                    );
-                    engine.set_control_offset(end);
+                let mut skip_through = None;
+                if seeded.any() && engine.control_offset().is_none() {
+                    match seeded.newest_event_ms {
+                        Some(newest) => skip_through = Some(newest),
+                        None => {
+                            let end = crate::kafka::control_end(control)
+                                .context("read the end of the control topic")?;
+                            tracing::warn!(
+                                "seeded from served parameters that hold no applied sample: \
+                                 the {end} earlier records of the control topic are not \
+                                 replayed"
+                            );
+                            engine.set_control_offset(end);
+                        }
+                    }
                 }
                 let reader = ControlReader::open(control, engine.control_offset())
                     .context("open the control topic")?;
                 let backlog = reader
                     .read_to_end(engine.control_offset())
                     .context("read the control topic")?;
-                schedule_records(engine, backlog);
+                match skip_through {
+                    Some(newest) => schedule_records_after(engine, backlog, newest),
+                    None => schedule_records(engine, backlog),
+                }
                 Some(reader)
             }
             None => None,
@@ -1061,6 +1093,29 @@ impl CommandSources {
         }
         Ok(owed)
     }
+}
+
+/// [`schedule_records`] for a learner seeded from served parameters that
+/// had applied samples up to `newest_ms`: the commands stamped at or
+/// before it are skipped (the parameters hold what they did), the others
+/// scheduled.
+fn schedule_records_after(engine: &mut Engine, records: Vec<(u64, Vec<u8>)>, newest_ms: i64) {
+    let (mut skipped, mut kept) = (0_usize, 0_usize);
+    for (offset, bytes) in records {
+        match Scheduled::decode(&bytes) {
+            Ok(command) if command.at_ms <= newest_ms => skipped += 1,
+            decoded => {
+                kept += 1;
+                schedule_command(engine, decoded, &format!("control topic offset {offset}"));
+            }
+        }
+        engine.set_control_offset(offset + 1);
+    }
+    tracing::warn!(
+        "seeded from served parameters that had applied samples up to event time {newest_ms}: \
+         {skipped} control commands stamped at or before it are not replayed (the served \
+         parameters hold what they did); {kept} later ones are scheduled"
+    );
 }
 
 fn schedule_records(engine: &mut Engine, records: Vec<(u64, Vec<u8>)>) {
@@ -1161,7 +1216,7 @@ pub fn run_kafka_with(
         config,
         Some((&partitions, source.partition_count())),
     )?;
-    let commands = CommandSources::open(config, controls, &mut engine, seeded.any())?;
+    let commands = CommandSources::open(config, controls, &mut engine, seeded)?;
     let mut checkpointer =
         Checkpointer::new(config, store, dead_len, sink)?.with_metrics(controls.metrics.clone());
     checkpointer.export(&engine);

@@ -3,8 +3,8 @@
 //! serve, bit for bit what the last learner published — a version forked
 //! at run time included, registered from the topic's announcements — and
 //! checkpoints that at once; a learner that has state never consults it;
-//! a learner of some partitions takes only their docs, and replays no
-//! earlier admin command onto them.
+//! a learner of some partitions takes only their docs, and replays onto
+//! them only the admin commands stamped after what they had applied.
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
@@ -114,9 +114,14 @@ fn a_learner_without_state_or_savepoint_starts_from_the_served_parameters() {
     assert!(!after.contains("seeded"), "{after}");
 
     // A learner of partition 0 only takes partition 0's docs, and does not
-    // replay the control topic's earlier commands onto them (here a fork,
-    // which would copy the seeded `beta` into a new version).
+    // replay the control topic's commands stamped within what the served
+    // parameters had applied (here a fork, which would copy the seeded
+    // `beta` into a new version). A command stamped later — an admin call
+    // not applied yet when the state was lost — it schedules as any
+    // learner would: this fork, stamped past the log's end, is applied
+    // onto the seeded parameters when the bounded run ends.
     produce_command(&broker, fork("fork-before", 0, "beta-b"));
+    produce_command(&broker, fork("fork-ahead", 10_000_000, "beta-ahead"));
     let fourth_text = learner_toml(
         dir.path(),
         "fourth",
@@ -134,19 +139,46 @@ fn a_learner_without_state_or_savepoint_starts_from_the_served_parameters() {
     let fourth_path = dir.path().join("fourth.toml");
     std::fs::write(&fourth_path, &fourth_text).unwrap();
     run(&fourth_path, true);
-    let got = dump_store(&Config::from_toml(&fourth_text).unwrap());
+    let dumped = dump_store(&Config::from_toml(&fourth_text).unwrap());
+    let (ahead, got): (Vec<&str>, Vec<&str>) = dumped
+        .lines()
+        .partition(|line| json(line)["version"] == "beta-ahead");
+    let got: String = got.iter().map(|line| format!("{line}\n")).collect();
     let expected: String = published
         .lines()
         .filter(|line| {
-            let doc = serde_json::from_str::<serde_json::Value>(line).unwrap()["doc_id"]
-                .as_u64()
-                .unwrap();
+            let doc = json(line)["doc_id"].as_u64().unwrap();
             partition_of(doc, PARTITIONS) == 0
         })
         .map(|line| format!("{line}\n"))
         .collect();
     assert!(!expected.is_empty() && expected.len() < published.len());
     assert!(got == expected, "{}", first_difference(&got, &expected));
+    // The fork copied the seeded `beta` keys, state for state.
+    let mut forked: Vec<serde_json::Value> = expected
+        .lines()
+        .map(json)
+        .filter(|line| line["version"] == "beta")
+        .map(|mut line| {
+            line["version"] = "beta-ahead".into();
+            line
+        })
+        .collect();
+    let mut ahead: Vec<serde_json::Value> = ahead.into_iter().map(json).collect();
+    let by_doc = |line: &serde_json::Value| line["doc_id"].as_u64();
+    forked.sort_by_key(by_doc);
+    ahead.sort_by_key(by_doc);
+    assert!(!forked.is_empty());
+    assert_eq!(
+        ahead.len(),
+        forked.len(),
+        "keys of the fork stamped ahead, applied on the seed"
+    );
+    assert!(ahead == forked, "the forked states differ from the seed's");
+}
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap()
 }
 
 /// A fork of `beta` into `to`, `at_ms` after the log's start.
