@@ -132,6 +132,7 @@ fn main() -> Result<()> {
             brokers: args.brokers.clone(),
             topic: args.topic.clone(),
             request_timeout_ms: 30_000,
+            max_held_updates: posterior_param_server::follower::MAX_HELD,
             properties: BTreeMap::new(),
         }),
         snapshot: Some(SnapshotConfig {

@@ -252,6 +252,9 @@ pub const DEFAULT_PARAMS_TOPIC: &str = "params";
 pub const DEFAULT_KAFKA_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Largest `*.request_timeout_ms` and `control.kafka.delivery_timeout_ms` (10 minutes).
 pub const MAX_KAFKA_TIMEOUT_MS: u64 = 600_000;
+/// Largest `feed.kafka.max_held_updates` (each held update is kept
+/// whole: a few hundred bytes at d = 32).
+pub const MAX_HELD_UPDATES: usize = 1 << 24;
 /// Default `feed.snapshot.every_ms` (one minute).
 pub const DEFAULT_SNAPSHOT_EVERY_MS: u64 = 60_000;
 /// Smallest `feed.snapshot.every_ms`.
@@ -283,6 +286,13 @@ pub struct KafkaFeedConfig {
     /// How long the metadata and watermark requests at start may take.
     #[serde(default = "default_kafka_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// Updates held, while the replica catches up, for versions whose
+    /// announcement it has not read yet (a compacted topic can put a
+    /// version's updates before its only announcement left). Updates
+    /// beyond are read again once the replica has caught up, before it
+    /// serves.
+    #[serde(default = "default_max_held_updates")]
+    pub max_held_updates: usize,
     /// Extra librdkafka consumer properties (security settings, fetch
     /// sizes); `bootstrap.servers`, `group.id` and the offset settings are
     /// the replica's own.
@@ -340,6 +350,10 @@ fn default_control_topic() -> String {
 
 fn default_kafka_request_timeout_ms() -> u64 {
     DEFAULT_KAFKA_REQUEST_TIMEOUT_MS
+}
+
+fn default_max_held_updates() -> usize {
+    crate::follower::MAX_HELD
 }
 
 fn default_snapshot_every_ms() -> u64 {
@@ -542,6 +556,12 @@ impl Config {
             kafka_available("feed.kafka")?;
             kafka_endpoint("feed.kafka", &kafka.brokers, &kafka.topic)?;
             timeout_ms("feed.kafka.request_timeout_ms", kafka.request_timeout_ms)?;
+            if !(1..=MAX_HELD_UPDATES).contains(&kafka.max_held_updates) {
+                return Err(bad(
+                    "feed.kafka.max_held_updates",
+                    format!("must be in 1..={MAX_HELD_UPDATES}"),
+                ));
+            }
         }
         if let Some(snapshot) = &self.feed.snapshot {
             if self.feed.kafka.is_none() {
@@ -718,6 +738,7 @@ brokers = "127.0.0.1:9092"
         let kafka = config.feed.kafka.unwrap();
         assert_eq!(kafka.topic, DEFAULT_PARAMS_TOPIC);
         assert_eq!(kafka.request_timeout_ms, DEFAULT_KAFKA_REQUEST_TIMEOUT_MS);
+        assert_eq!(kafka.max_held_updates, crate::follower::MAX_HELD);
         assert_eq!(
             config.feed.snapshot.unwrap().every_ms,
             DEFAULT_SNAPSHOT_EVERY_MS
@@ -773,6 +794,10 @@ brokers = "127.0.0.1:9092"
             (
                 REPLICA.replace("[feed.kafka]\n", "[feed.kafka]\nrequest_timeout_ms = 0\n"),
                 "feed.kafka.request_timeout_ms",
+            ),
+            (
+                REPLICA.replace("[feed.kafka]\n", "[feed.kafka]\nmax_held_updates = 0\n"),
+                "feed.kafka.max_held_updates",
             ),
             (
                 REPLICA.replace("[feed.kafka]\n", "[feed.kafka]\ngroup_id = \"g\"\n"),

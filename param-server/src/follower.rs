@@ -17,11 +17,15 @@
 //! updates of a version created at run time can come before the first
 //! announcement that names it. While the replica catches up, such
 //! updates are held (the newest seq of each key, at most
-//! [`MAX_HELD`]) and applied when the announcement comes; the offsets a
-//! snapshot records stay at the first held one, so a restart reads it
-//! again. What is still held when every partition has caught up names a
-//! version no announcement left in the topic names, and is rejected with
-//! a warning. (Learners of some partitions each announce under a key of
+//! `max_held_updates`, [`MAX_HELD`] by default) and applied when the
+//! announcement comes; the offsets a snapshot records stay at the first
+//! held one, so a restart reads it again. What is still held when every
+//! partition has caught up names a version no announcement left in the
+//! topic names, and is rejected with a warning. Updates beyond the hold
+//! are rejected as they come, and the partitions they came from are read
+//! again from the first of them once every partition has caught up (the
+//! announcements are known by then); the replica turns ready after that
+//! second pass, once. (Learners of some partitions each announce under a key of
 //! their own, so a lagging learner's announcement never makes compaction
 //! drop another's newer one.)
 
@@ -42,13 +46,11 @@ use crate::store::ParamStore;
 const LOG_FIRST_UNDECODABLE: u64 = 20;
 /// See [`LOG_FIRST_UNDECODABLE`].
 const LOG_EVERY_UNDECODABLE: u64 = 10_000;
-/// Most updates held for their version's announcement (each as received:
-/// a few hundred bytes at d = 32, 16 bytes per dimension more for a
-/// diagonal model); beyond, such updates are rejected with a warning, as
-/// before there was a hold, and the replica may turn ready without them.
-/// Its snapshots then keep their partition's offset at the first one
-/// rejected, so a restart reads them again (its snapshot knows their
-/// versions by then).
+/// Default `feed.kafka.max_held_updates`: most updates held for their
+/// version's announcement (each as received: a few hundred bytes at
+/// d = 32, 16 bytes per dimension more for a diagonal model). Beyond,
+/// such updates are rejected with a warning, and their partitions read
+/// again from the first of them once the replica has caught up.
 pub const MAX_HELD: usize = 1 << 20;
 
 /// The feed's position in the topic and its catch-up.
@@ -71,8 +73,14 @@ pub struct Follower {
     held_over: u64,
     /// The offset of the first of those, per partition.
     over_from: BTreeMap<u32, u64>,
-    /// [`MAX_HELD`], smaller in tests.
+    /// Most updates held.
     max_held: usize,
+    /// Partitions to read again, from these offsets, once caught up: for
+    /// the feed to seek to ([`Follower::take_rewind`]).
+    rewind: BTreeMap<u32, u64>,
+    /// Whether the partitions were read again already (once only: updates
+    /// beyond the hold on that pass are rejected for good).
+    rewound: bool,
 }
 
 /// An update waiting for its version's announcement, and where it was read.
@@ -95,6 +103,26 @@ impl Follower {
         readiness: Readiness,
         started: Instant,
     ) -> Self {
+        Self::with_hold(
+            store,
+            start_offsets,
+            high_watermarks,
+            readiness,
+            started,
+            MAX_HELD,
+        )
+    }
+
+    /// [`Follower::new`] holding at most `max_held` updates for their
+    /// versions' announcements.
+    pub fn with_hold(
+        store: Arc<ParamStore>,
+        start_offsets: BTreeMap<u32, u64>,
+        high_watermarks: &BTreeMap<u32, u64>,
+        readiness: Readiness,
+        started: Instant,
+        max_held: usize,
+    ) -> Self {
         let behind = start_offsets
             .iter()
             .filter_map(|(&p, &next)| {
@@ -114,7 +142,9 @@ impl Follower {
             held: HashMap::new(),
             held_over: 0,
             over_from: BTreeMap::new(),
-            max_held: MAX_HELD,
+            max_held,
+            rewind: BTreeMap::new(),
+            rewound: false,
         };
         follower.check_ready();
         follower
@@ -274,7 +304,48 @@ impl Follower {
         }
     }
 
+    /// The partitions to read again, and from where: once every partition
+    /// has caught up, those whose updates were rejected for want of room
+    /// to hold them, from the first of those. The feed seeks there; the
+    /// replica turns ready when they are read back to where they were.
+    /// Empty most of the time; each entry is returned once.
+    pub fn take_rewind(&mut self) -> BTreeMap<u32, u64> {
+        std::mem::take(&mut self.rewind)
+    }
+
+    /// The feed could not seek `partition` back: it is taken as caught up,
+    /// the updates rejected there stay missing until a restart reads them
+    /// (the snapshots keep its offset at the first of them).
+    pub fn rewind_failed(&mut self, partition: u32, from: u64) {
+        self.over_from.entry(partition).or_insert(from);
+        if self.behind.contains_key(&partition) {
+            self.caught_up(partition);
+        }
+    }
+
     fn check_ready(&mut self) {
+        if self.behind.is_empty() && !self.readiness.is_ready() && !self.rewound {
+            let over = std::mem::take(&mut self.over_from);
+            if !over.is_empty() {
+                // The announcements read since are known now: the
+                // rejected updates find their versions on a second pass.
+                self.rewound = true;
+                tracing::warn!(
+                    rejected = self.held_over,
+                    held = self.max_held,
+                    from = ?over,
+                    "more updates waited for their versions' announcements than the hold \
+                     takes: reading those partitions again before serving"
+                );
+                for (partition, from) in over {
+                    let at = self.next_offsets.insert(partition, from).unwrap_or(from);
+                    self.behind.insert(partition, at);
+                    self.rewind.insert(partition, from);
+                }
+                self.held_over = 0;
+                return;
+            }
+        }
         if self.behind.is_empty() && !self.readiness.is_ready() {
             if !self.held.is_empty() {
                 // Every partition is read to its start's end: no
@@ -468,6 +539,82 @@ mod tests {
             BTreeMap::from([(0, 2)]),
             "doc 3's update, at offset 2, is read again after a restart"
         );
+    }
+
+    /// Once every partition has caught up, a partition whose updates did
+    /// not fit the hold is read again from the first of them (its
+    /// version is known by then), and the follower turns ready only after
+    /// that pass.
+    #[test]
+    fn updates_beyond_the_hold_are_read_again_before_ready() {
+        let store = Arc::new(ParamStore::default());
+        let readiness = Readiness::not_ready();
+        let mut f = Follower::with_hold(
+            Arc::clone(&store),
+            [(0, 0), (1, 0)].into(),
+            &[(0, 6), (1, 1)].into(),
+            readiness.clone(),
+            Instant::now(),
+            2,
+        );
+        let records: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            update(1, 1),
+            update(2, 1),
+            update(3, 1), // beyond the hold: rejected
+            update(1, 2),
+            (ANNOUNCEMENT_KEY.to_vec(), announcement()),
+            update(4, 1),
+        ];
+        let read = |f: &mut Follower, from: usize| {
+            for (offset, (key, value)) in records.iter().enumerate().skip(from) {
+                f.record(0, offset as u64, Some(key), Some(value));
+            }
+        };
+        read(&mut f, 0);
+        assert!(f.take_rewind().is_empty(), "partition 1 is behind");
+        let (key, value) = update(9, 1);
+        f.record(1, 0, Some(&key), Some(&value));
+        assert!(!readiness.is_ready(), "caught up, but doc 3 is missing");
+        assert_eq!(
+            store.params("ctr", 3).unwrap().seq,
+            0,
+            "served as the prior"
+        );
+        assert_eq!(f.take_rewind(), BTreeMap::from([(0, 2)]));
+        assert!(f.take_rewind().is_empty(), "asked for once");
+        assert_eq!(f.next_offsets(), BTreeMap::from([(0, 2), (1, 1)]));
+
+        read(&mut f, 2);
+        assert!(readiness.is_ready());
+        assert_eq!(store.params("ctr", 3).unwrap().seq, 1);
+        assert_eq!(store.params("ctr", 1).unwrap().seq, 2);
+        assert_eq!(f.next_offsets(), BTreeMap::from([(0, 6), (1, 1)]));
+        assert!(f.take_rewind().is_empty());
+    }
+
+    /// A feed that cannot seek back turns ready without the rejected
+    /// updates, and its snapshots keep the partition's offset at the first
+    /// of them, so a restart reads them.
+    #[test]
+    fn a_failed_rewind_serves_and_keeps_the_offset_for_a_restart() {
+        let readiness = Readiness::not_ready();
+        let mut f = Follower::with_hold(
+            Arc::new(ParamStore::default()),
+            [(0, 0)].into(),
+            &[(0, 3)].into(),
+            readiness.clone(),
+            Instant::now(),
+            1,
+        );
+        for (offset, doc) in [1, 2, 3].into_iter().enumerate() {
+            let (key, value) = update(doc, 1);
+            f.record(0, offset as u64, Some(&key), Some(&value));
+        }
+        let rewind = f.take_rewind();
+        assert_eq!(rewind, BTreeMap::from([(0, 1)]));
+        f.rewind_failed(0, 1);
+        assert!(readiness.is_ready());
+        assert_eq!(f.next_offsets(), BTreeMap::from([(0, 1)]));
     }
 
     #[test]

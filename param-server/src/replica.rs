@@ -138,12 +138,13 @@ impl Replica {
             .map_err(kafka_error(&topic, "assign the partitions".into()))?;
         tracing::info!(%topic, start = ?start_offsets, high = ?highs, "following the params topic");
         let readiness = Readiness::not_ready();
-        let follower = Follower::new(
+        let follower = Follower::with_hold(
             Arc::clone(store),
             start_offsets,
             &highs,
             readiness.clone(),
             started,
+            kafka.max_held_updates,
         );
         let stop = Arc::new(AtomicBool::new(false));
         let snapshots = config
@@ -162,7 +163,7 @@ impl Replica {
                 let stop = Arc::clone(&stop);
                 let topic = topic.clone();
                 let meter = FeedMeter::new(metrics);
-                move || follow(consumer, follower, &topic, &stop, requests, meter)
+                move || follow(consumer, follower, &topic, timeout, &stop, requests, meter)
             })
             .map_err(|e| ReplicaError::Thread(format!("spawn the feed: {e}")))?;
         Ok(Self {
@@ -281,6 +282,7 @@ fn follow(
     consumer: BaseConsumer,
     mut follower: Follower,
     topic: &str,
+    timeout: Duration,
     stop: &AtomicBool,
     snapshots: Option<(SyncSender<BTreeMap<u32, u64>>, Duration)>,
     mut meter: FeedMeter,
@@ -304,6 +306,28 @@ fn follow(
                 log_consumer_error(topic, &error);
             }
             Some(Err(_)) | None => {}
+        }
+        // Partitions whose updates did not fit the hold, read again now
+        // that their versions are known (the seek drops what was fetched
+        // past it).
+        for (partition, from) in follower.take_rewind() {
+            let seek = consumer.seek(
+                topic,
+                partition as i32,
+                Offset::Offset(from as i64),
+                timeout,
+            );
+            if let Err(error) = seek {
+                tracing::error!(
+                    %topic,
+                    partition,
+                    from,
+                    %error,
+                    "cannot read again the updates the hold rejected: serving without them \
+                     until a restart"
+                );
+                follower.rewind_failed(partition, from);
+            }
         }
         meter.tick(follower.stats(), false);
         if let Some((requests, every)) = &snapshots

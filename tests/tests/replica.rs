@@ -8,7 +8,9 @@
 //! `control` topic, and the forked version reaches both replicas through
 //! the `params` topic. That learner also hosts an embedded param-server
 //! (`[param_server]` with `[publish.kafka]`), which ends up serving what
-//! the replicas serve.
+//! the replicas serve. A replica whose hold for updates ahead of their
+//! version's announcement overflows reads the topic again before it
+//! serves.
 
 #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
 
@@ -268,4 +270,81 @@ listen = \"127.0.0.1:0\"\n"
     learner.terminate(&learner_log);
     a.terminate(&logs[0]);
     b.terminate(&logs[1]);
+}
+
+/// A compacted `params` topic can put a version's updates before its only
+/// announcement left. A replica that holds fewer of them than wait
+/// (`max_held_updates = 2`) reads the partition again once it has caught
+/// up, and serves every key from the moment it turns ready.
+#[test]
+fn updates_beyond_the_hold_are_read_again_before_serving() {
+    use posterior_learner::params::{ANNOUNCEMENT_KEY, announcement_to_wire, update_to_wire};
+    use posterior_learner::posterior::{BetaPosterior, BetaPrior, ModelKind, ModelSpec};
+    use posterior_learner::registry::{VersionEntry, VersionId};
+    use posterior_learner::{KeyState, Posterior, RewardSpec, VersionSpec};
+    use prost::Message as _;
+
+    const LATE_DOCS: u64 = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(Storage::Memory);
+    broker.create_topic("params", 1);
+    broker.create_topic("control", 1);
+    // Doc d's update has seq d + 1; the announcement comes last.
+    let mut records: Vec<(Vec<u8>, Vec<u8>)> = (0..LATE_DOCS)
+        .map(|doc| {
+            let seq = doc + 1;
+            let state = KeyState {
+                seq,
+                sample_count: seq as f64,
+                updated_event_time_ms: 1_700_000_000_000,
+                posterior: Posterior::Beta(
+                    BetaPosterior::from_parts(1.0 + seq as f64, 2.0).unwrap(),
+                ),
+            };
+            (
+                format!("late/{doc}").into_bytes(),
+                update_to_wire("late", doc, &state).encode_to_vec(),
+            )
+        })
+        .collect();
+    let spec = VersionSpec {
+        name: "late".into(),
+        model: ModelSpec::new(ModelKind::Beta(BetaPrior::UNIFORM)),
+        reward: RewardSpec::binary("click"),
+        use_sample_weight: false,
+    };
+    let announcement = announcement_to_wire(&[VersionEntry {
+        id: VersionId(0),
+        spec,
+        retired: false,
+    }]);
+    records.push((ANNOUNCEMENT_KEY.to_vec(), announcement.encode_to_vec()));
+    broker.produce(
+        "params",
+        records
+            .iter()
+            .map(|(key, value)| (0, key.clone(), value.as_slice())),
+    );
+
+    let config = replica_config(dir.path(), "replica", &broker.bootstrap());
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "topic = \"params\"\n",
+        "topic = \"params\"\nmax_held_updates = 2\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("replica.log");
+    let (replica, endpoint) = start_replica(&config, &log);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(ready(&endpoint));
+    let served = runtime
+        .block_on(serving::fetch(&endpoint, &["late"], LATE_DOCS))
+        .unwrap();
+    let seqs: Vec<u64> = (0..LATE_DOCS)
+        .map(|doc| served[&("late".to_owned(), doc)].seq)
+        .collect();
+    let expected: Vec<u64> = (1..=LATE_DOCS).collect();
+    assert_eq!(seqs, expected, "every update served once ready");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("reading those partitions again"), "{text}");
+    replica.terminate(&log);
 }

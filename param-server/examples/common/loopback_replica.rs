@@ -40,6 +40,7 @@ pub fn start(
             brokers: brokers.to_owned(),
             topic: topic.to_owned(),
             request_timeout_ms: 30_000,
+            max_held_updates: posterior_param_server::follower::MAX_HELD,
             properties: properties
                 .iter()
                 .map(|&(k, v)| (k.to_owned(), v.to_owned()))
