@@ -71,6 +71,8 @@ pub fn binary(name: &str) -> PathBuf {
         // build (a no-op writes nothing worth reading), so a suite that
         // spends minutes here can be told why.
         let log_path = target_dir.join("posterior-tests-build.log");
+        // Where this build's part starts: a failure prints only that.
+        let start_of_this = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -97,13 +99,27 @@ pub fn binary(name: &str) -> PathBuf {
         }
         assert!(
             status.success(),
-            "cargo build of the workspace failed:\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
+            "cargo build of the workspace failed (log: {}):\n{}",
+            log_path.display(),
+            this_build(&log_path, start_of_this)
         );
     });
     let path = profile_dir.join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// The build log from byte `start` on (this build's part), without
+/// cargo's lines on why it rebuilt each unit, which bury the compiler's
+/// errors.
+fn this_build(log_path: &Path, start: u64) -> String {
+    let text = std::fs::read(log_path).unwrap_or_default();
+    let ours = text.get(start as usize..).unwrap_or_default();
+    String::from_utf8_lossy(ours)
+        .lines()
+        .filter(|line| !line.contains("cargo::core::compiler::fingerprint"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Whether `cargo test` sets the variable `name` for the crate under test
@@ -315,4 +331,30 @@ pub fn kill_then_finish_with_env(
         log.display()
     );
     crashes
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a panic is the test's failure report")]
+
+    use super::*;
+
+    #[test]
+    fn a_failed_build_reports_its_own_part_of_the_log_without_fingerprints() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("build.log");
+        std::fs::write(&log, "== earlier\nerror[E0599]: an old failure\n").unwrap();
+        let start = std::fs::metadata(&log).unwrap().len();
+        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        write!(
+            file,
+            "== this one\n   0.3s  INFO prepare_target: cargo::core::compiler::fingerprint: stale\n\
+             error[E0063]: missing field `x`\n"
+        )
+        .unwrap();
+        assert_eq!(
+            this_build(&log, start),
+            "== this one\nerror[E0063]: missing field `x`"
+        );
+    }
 }
