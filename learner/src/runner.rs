@@ -1062,10 +1062,7 @@ impl CommandSources {
                 let backlog = reader
                     .read_to_end(engine.control_offset())
                     .context("read the control topic")?;
-                match skip_through {
-                    Some(newest) => schedule_records_after(engine, backlog, newest),
-                    None => schedule_records(engine, backlog),
-                }
+                schedule_records(engine, backlog, skip_through);
                 Some(reader)
             }
             None => None,
@@ -1089,21 +1086,27 @@ impl CommandSources {
             schedule_records(
                 engine,
                 reader.poll_ready().context("read the control topic")?,
+                None,
             );
         }
         Ok(owed)
     }
 }
 
-/// [`schedule_records`] for a learner seeded from served parameters that
-/// had applied samples up to `newest_ms`: the commands stamped at or
-/// before it are skipped (the parameters hold what they did), the others
-/// scheduled.
-fn schedule_records_after(engine: &mut Engine, records: Vec<(u64, Vec<u8>)>, newest_ms: i64) {
+/// Schedules the control topic's `records` (offset, value) and moves the
+/// engine's control offset past each. A learner seeded from served
+/// parameters that had applied samples up to event time `seeded_through`
+/// skips the commands stamped at or before it (the parameters hold what
+/// they did).
+fn schedule_records(
+    engine: &mut Engine,
+    records: Vec<(u64, Vec<u8>)>,
+    seeded_through: Option<i64>,
+) {
     let (mut skipped, mut kept) = (0_usize, 0_usize);
     for (offset, bytes) in records {
         match Scheduled::decode(&bytes) {
-            Ok(command) if command.at_ms <= newest_ms => skipped += 1,
+            Ok(command) if seeded_through.is_some_and(|t| command.at_ms <= t) => skipped += 1,
             decoded => {
                 kept += 1;
                 schedule_command(engine, decoded, &format!("control topic offset {offset}"));
@@ -1111,21 +1114,12 @@ fn schedule_records_after(engine: &mut Engine, records: Vec<(u64, Vec<u8>)>, new
         }
         engine.set_control_offset(offset + 1);
     }
-    tracing::warn!(
-        "seeded from served parameters that had applied samples up to event time {newest_ms}: \
-         {skipped} control commands stamped at or before it are not replayed (the served \
-         parameters hold what they did); {kept} later ones are scheduled"
-    );
-}
-
-fn schedule_records(engine: &mut Engine, records: Vec<(u64, Vec<u8>)>) {
-    for (offset, bytes) in records {
-        schedule_command(
-            engine,
-            Scheduled::decode(&bytes),
-            &format!("control topic offset {offset}"),
+    if let Some(newest_ms) = seeded_through {
+        tracing::warn!(
+            "seeded from served parameters that had applied samples up to event time \
+             {newest_ms}: {skipped} control commands stamped at or before it are not replayed \
+             (the served parameters hold what they did); {kept} later ones are scheduled"
         );
-        engine.set_control_offset(offset + 1);
     }
 }
 
